@@ -1,0 +1,115 @@
+"""The ``bitflow`` command line: ``bitflow train | convert | verify | run | bench | summary | reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+
+
+def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
+    """``["width=64", "first_layer=int8"]`` -> ``{"width": 64, "first_layer": "int8"}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"bitflow: --model-arg expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=a.model,
+        data=a.data,
+        out=a.out,
+        recipe=a.recipe,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        resume=a.resume,
+        limit_train=a.limit_train,
+        limit_test=a.limit_test,
+        fold=a.fold,
+        device=a.device,
+        val_fraction=a.val_fraction,
+        workers=a.workers,
+        progress=False if (a.json or a.no_progress) else None,
+        model_kwargs=_parse_kv(a.model_arg),
+        stop_after=a.stop_after,
+        flip_every=a.flip_every,
+    )
+    result = train(cfg)
+    if result:
+        if a.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"test accuracy {result['test_accuracy']:.4f} (best val {result['val_accuracy']:.4f} at epoch "
+                f"{result['best_epoch'] + 1}); {result['seconds_per_epoch']:.1f} s/epoch; checkpoint {result['checkpoint']}"
+            )
+    return 0
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model (see bitflow.models.list_models())")
+    p.add_argument("--model", required=True, help="model name, e.g. bitflow_vgg_small, bitflow_alexnet")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | fashion-mnist-binary:A,B | folder:PATH | hands11k:PATH")
+    p.add_argument("--recipe", default=None, help="built-in recipe name or a .toml path (default depends on --data)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics.jsonl, flips.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
+    p.add_argument("--fold", type=int, default=None, help="cross-validation test fold (0-based; hands11k)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from training data")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (image folders)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. width=64, first_layer=int8, last_layer=binary, weight_quantizer=sign")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after N epochs of this invocation (continue later with --resume)")
+    p.add_argument("--flip-every", type=int, default=None, metavar="N",
+                   help="log the per-layer sign changing rate every N iterations (default: the recipe's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
+    p.set_defaults(func=_cmd_train)
+
+
+_ADDERS: list[Callable[[Any], None]] = [_add_train]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitflow", description="Binarized neural networks: train, convert, run.")
+    parser.add_argument("--version", action="version", version=f"bitflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _ADDERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"bitflow {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bitflow {args.command}: interrupted", file=sys.stderr)
+        return 130

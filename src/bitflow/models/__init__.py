@@ -1,0 +1,6 @@
+"""Model zoo (``bitflow.models``): ``create(name, **kw)``, ``list_models()``."""
+
+from . import zoo as _zoo  # noqa: F401  (registers the models)
+from ._factory import create, list_models, register_model
+
+__all__ = ["create", "list_models", "register_model"]

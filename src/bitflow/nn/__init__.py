@@ -1,0 +1,15 @@
+"""Binarized layers and quantizers for PyTorch (``bitflow.nn``)."""
+
+from . import functional, quantizers
+from .layers import BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, binary_layers, clip_weights_
+
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLinear",
+    "Int8Conv2d",
+    "Scale",
+    "binary_layers",
+    "clip_weights_",
+    "functional",
+    "quantizers",
+]

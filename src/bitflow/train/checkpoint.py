@@ -1,0 +1,84 @@
+"""Atomic checkpoints that load without executing code (``torch.load(weights_only=True)``).
+
+A checkpoint is a dict of tensors and plain Python values: ``model`` (state dict), ``model_config``
+(``{"name", "kwargs"}`` from ``bitflow.models.create``), optimizer / scheduler state, RNG state,
+``epoch``, ``iteration``, the recipe, the data spec and the best validation accuracy so far.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or not a bitflow checkpoint."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    An interrupted write leaves the previous file (if any) intact and no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Serialize ``state`` with ``torch.save`` into memory, then write it atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint safely (no code execution) with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt zip / unpickling errors
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise CheckpointError(f"{path}: not a bitflow checkpoint (needs 'model' and 'model_config')")
+    return state
+
+
+def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (eval mode) and return it with the checkpoint dict."""
+    from ..models import create
+
+    state = load_checkpoint(path)
+    cfg = state["model_config"]
+    model = create(cfg["name"], **cfg.get("kwargs", {}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match model {cfg['name']!r}: {e}") from None
+    model.eval()
+    return model, state

@@ -1,0 +1,88 @@
+"""Training recipes as data (TOML files in ``bitflow/train/recipes``)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+_AUGMENTS = {"hflip", "crop2", "crop4"}
+_SCHEDULES = {"constant", "multistep", "cosine"}
+_OPTIMIZERS = {"adam", "adamw", "sgd"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimizer, schedule, epochs and augmentation for one training setting."""
+
+    name: str
+    description: str = ""
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 10
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    augment: tuple[str, ...] = ()
+    image_size: int | None = None
+    folds: int = 10
+    flip_log_every: int = 50
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"recipe {self.name!r}: optimizer must be one of {sorted(_OPTIMIZERS)}")
+        if self.schedule not in _SCHEDULES:
+            raise ValueError(f"recipe {self.name!r}: schedule must be one of {sorted(_SCHEDULES)}")
+        bad = set(self.augment) - _AUGMENTS
+        if bad:
+            raise ValueError(f"recipe {self.name!r}: unknown augmentations {sorted(bad)}; valid: {sorted(_AUGMENTS)}")
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.flip_log_every < 1:
+            raise ValueError(f"recipe {self.name!r}: lr, batch_size, epochs and flip_log_every must be positive")
+
+    def override(self, **kw: Any) -> Recipe:
+        """A copy with the non-None keyword values replaced."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes."""
+    root = resources.files("bitflow.train") / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a built-in recipe by name or a TOML file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        text, name = path.read_text(), path.stem
+    else:
+        res = resources.files("bitflow.train") / "recipes" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise KeyError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())} (or a path to a .toml file)")
+        text, name = res.read_text(), name_or_path
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"recipe {name_or_path!r} is not valid TOML: {e}") from None
+    known = {f.name for f in fields(Recipe)} - {"name", "extra"}
+    extra = {k: v for k, v in data.items() if k not in known}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    return Recipe(name=name, extra=extra, **kw)
+
+
+def default_recipe_for(data_spec: str) -> str:
+    """The recipe a data set uses when ``--recipe`` is not given."""
+    if data_spec.startswith("hands11k:"):
+        return "bitflow-alexnet-11khands"
+    if data_spec.startswith("folder:"):
+        return "bitflow-alexnet-imagenet"
+    return "fashion-mnist"

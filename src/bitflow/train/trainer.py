@@ -1,0 +1,374 @@
+"""The training loop: recipes, seeds, per-epoch JSON-lines metrics, sign changing rate,
+atomic checkpoints with ``--resume``, and DDP through ``torchrun``.
+
+Determinism: every random choice of epoch ``e`` (data order, augmentation, any torch RNG use)
+is seeded from ``(seed, e)``, and checkpoints are taken at epoch ends with the optimizer,
+scheduler and sign-snapshot state, so a run resumed from a checkpoint continues to exactly the
+same weights as an uninterrupted run (same device and thread count).
+
+Outputs in ``out``: ``metrics.jsonl`` (one line per epoch), ``flips.jsonl`` (per-layer sign
+changing rate every ``flip_log_every`` iterations), ``last.pt`` (every epoch), ``best.pt``
+(best validation accuracy; the test set is never used for choosing), ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import create
+from ..nn import clip_weights_
+from .augment import augment_batch
+from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .metrics import FlipTracker
+from .recipes import Recipe, default_recipe_for, load_recipe
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``bitflow train`` takes (see ``bitflow train --help``)."""
+
+    model: str
+    data: str = "fashion-mnist"
+    out: str = "runs/train"
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    resume: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    fold: int | None = None
+    device: str | None = None
+    val_fraction: float = 0.1
+    workers: int = 0
+    progress: bool | None = None
+    stop_after: int | None = None
+    flip_every: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class _Dist:
+    """Rank/world information; initializes a process group when launched by torchrun."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _lr_lambda(recipe: Recipe):  # type: ignore[no-untyped-def]
+    def f(epoch: int) -> float:
+        if recipe.schedule == "multistep":
+            return recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
+        if recipe.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, recipe.epochs) / recipe.epochs))
+        return 1.0
+
+    return f
+
+
+def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+
+def _epoch_gen(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _batches(n: int, bs: int, order: Tensor) -> list[Tensor]:
+    return [order[i : i + bs] for i in range(0, n, bs)]
+
+
+def _fetch(ds: Any, idx: Tensor, workers: int) -> tuple[Tensor, Tensor]:
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None:
+        x, y = tensors
+        return x[idx], y[idx]
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
+
+
+def _loader(ds: Any, batches: list[Tensor], workers: int):  # type: ignore[no-untyped-def]
+    """Yield ``(x, y)`` per batch of indices (slicing for in-memory data, a DataLoader else)."""
+    if getattr(ds, "tensors", None) is not None or workers == 0:
+        for idx in batches:
+            yield _fetch(ds, idx, workers)
+        return
+    dl = torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=workers)
+    yield from dl
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Any, device: torch.device, batch_size: int = 500) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` on ``ds`` in eval mode."""
+    n = len(ds)
+    if n == 0:
+        return float("nan"), float("nan")
+    was = model.training
+    model.eval()
+    tot_loss, correct = 0.0, 0
+    for x, y in _loader(ds, _batches(n, batch_size, torch.arange(n)), 0):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        tot_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was)
+    return tot_loss / n, correct / n
+
+
+def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        with open(path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+def _truncate_jsonl(path: Path, keep: Any) -> None:
+    """Keep only rows for which ``keep(row)`` holds (used on resume to drop rows written after
+    the checkpoint the run resumes from)."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = "".join(json.dumps(r) + "\n" for r in rows if keep(r))
+    atomic_write_bytes(path, text.encode())
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2] if random.getstate()[2] is not None else -1,
+    }
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; returns the summary also written to ``result.json``."""
+    from ..data import get_data
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dd = _Dist(device)
+    try:
+        return _train(cfg, device, dd, get_data)
+    finally:
+        dd.close()
+
+
+def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> dict[str, Any]:
+    recipe = load_recipe(cfg.recipe or default_recipe_for(cfg.data)).override(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, flip_log_every=cfg.flip_every
+    )
+    out = Path(cfg.out)
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if dd.enabled and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dd.world))
+    data = get_data(
+        cfg.data,
+        fold=cfg.fold,
+        folds=recipe.folds,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        limit_train=cfg.limit_train,
+        limit_test=cfg.limit_test,
+        image_size=recipe.image_size if not cfg.data.startswith("fashion-mnist") else None,
+    )
+    if len(data.train) == 0:
+        raise ValueError(f"data {cfg.data!r}: the training split is empty")
+    _seed_all(cfg.seed)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    kwargs.update(cfg.model_kwargs)
+    model = create(cfg.model, **kwargs).to(device)
+    config = dict(model.bitflow_config)  # type: ignore[arg-type]
+    opt = _optimizer(model, recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
+    flips = FlipTracker(model)
+    start_epoch, iteration, best_val, best_epoch = 0, 0, -1.0, -1
+    history: list[float] = []
+    last_flips: dict[str, float] = {}
+    last_ckpt = out / "last.pt"
+    if cfg.resume:
+        if not last_ckpt.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint {last_ckpt} to resume from")
+        st = load_checkpoint(last_ckpt)
+        if st["model_config"] != config or st.get("data") != cfg.data or st.get("seed") != cfg.seed:
+            raise ValueError(
+                f"--resume: {last_ckpt} was written for model {st['model_config']}, data {st.get('data')!r}, "
+                f"seed {st.get('seed')}; this run asks for {config}, {cfg.data!r}, seed {cfg.seed}"
+            )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        flips.load_state_dict(st["flips"])
+        start_epoch, iteration = int(st["epoch"]) + 1, int(st["iteration"])
+        best_val, best_epoch = float(st["best_val"]), int(st["best_epoch"])
+        history = list(st.get("epoch_seconds", []))
+        last_flips = dict(st.get("last_flips", {}))
+        if dd.main:
+            _truncate_jsonl(out / "metrics.jsonl", lambda r: r["epoch"] < start_epoch)
+            _truncate_jsonl(out / "flips.jsonl", lambda r: r["iteration"] <= iteration)
+    elif dd.main:
+        for name in ("metrics.jsonl", "flips.jsonl"):
+            (out / name).write_text("")
+    net: nn.Module = model
+    if dd.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    n = len(data.train)
+    augment = tuple(a for a in recipe.augment if a) if getattr(data.train, "tensors", None) is not None else ()
+    end_epoch = recipe.epochs if cfg.stop_after is None else min(recipe.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        torch.manual_seed((cfg.seed * 1_000_003 + epoch) % (2**63))
+        order = torch.randperm(n, generator=_epoch_gen(cfg.seed, epoch))
+        batches = _batches(n, recipe.batch_size, order)
+        if dd.enabled:
+            batches = [b[dd.rank :: dd.world] for b in batches]
+            batches = [b for b in batches if len(b) > 0]
+        aug_gen = _epoch_gen(cfg.seed, epoch, salt=1 + dd.rank)
+        net.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        flip_rows: list[dict[str, Any]] = []
+        it = _loader(data.train, batches, cfg.workers)
+        if progress and dd.main:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(batches), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
+        for x, y in it:
+            x = augment_batch(x, augment, aug_gen).to(device)
+            y = y.to(device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            clip_weights_(model)
+            iteration += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if iteration % recipe.flip_log_every == 0:
+                last_flips = flips.update()
+                flip_rows.append({"iteration": iteration, "epoch": epoch, "flip_ratio": last_flips})
+        sched.step()
+        seconds = time.perf_counter() - t0
+        history.append(seconds)
+        if dd.enabled:
+            stats = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+            dist.all_reduce(stats)
+            loss_sum, correct, seen = float(stats[0]), int(stats[1]), int(stats[2])
+        if dd.main:
+            val_loss, val_acc = evaluate(model, data.val, device)
+            improved = not math.isnan(val_acc) and val_acc > best_val
+            if improved or (math.isnan(val_acc) and epoch == recipe.epochs - 1):
+                best_val, best_epoch = (val_acc if not math.isnan(val_acc) else best_val), epoch
+            state = {
+                "model": model.state_dict(),
+                "model_config": config,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "flips": flips.state_dict(),
+                "last_flips": last_flips,
+                "epoch": epoch,
+                "iteration": iteration,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "epoch_seconds": history,
+                "rng": _rng_state(),
+                "recipe": recipe.to_dict(),
+                "data": cfg.data,
+                "seed": cfg.seed,
+                "num_classes": data.num_classes,
+                "class_names": list(data.class_names),
+            }
+            save_checkpoint(last_ckpt, state)
+            if improved or best_epoch == epoch:
+                save_checkpoint(out / "best.pt", state)
+            row = {
+                "epoch": epoch,
+                "iteration": iteration,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds": seconds,
+            }
+            _append_jsonl(out / "flips.jsonl", flip_rows)
+            _append_jsonl(out / "metrics.jsonl", [row])
+            if not progress:
+                print(
+                    f"epoch {epoch + 1}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
+                    f"train {row['train_accuracy']:.4f}  val {val_acc:.4f}  {seconds:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        dd.barrier()
+
+    result: dict[str, Any] = {}
+    if dd.main:
+        best_path = out / "best.pt" if (out / "best.pt").exists() else last_ckpt
+        best = load_checkpoint(best_path)
+        model.load_state_dict(best["model"])
+        test_loss, test_acc = evaluate(model, data.test, device)
+        result = {
+            "model": cfg.model,
+            "data": cfg.data,
+            "recipe": recipe.name,
+            "epochs": recipe.epochs,
+            "epochs_completed": end_epoch,
+            "best_epoch": best_epoch,
+            "val_accuracy": best_val,
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "test_samples": len(data.test),
+            "seconds_per_epoch": float(np.mean(history)) if history else 0.0,
+            "checkpoint": str(best_path),
+            "flip_ratio": last_flips,
+            "world_size": dd.world,
+            "device": str(device),
+            "config": asdict(cfg),
+        }
+        atomic_write_bytes(out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
+    dd.barrier()
+    return result

@@ -1,0 +1,225 @@
+"""Trainer: resume equality, determinism, flip ratio, checkpoints, DDP, CLI contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitflow.models import create
+from bitflow.train import FlipTracker, TrainConfig, load_checkpoint, train
+from bitflow.train.checkpoint import CheckpointError, model_from_checkpoint, save_checkpoint
+from bitflow.train.recipes import list_recipes, load_recipe
+
+TINY = {"width": 4, "fc": 16}
+
+
+def _cfg(out: Path, **kw: object) -> TrainConfig:
+    base = dict(
+        model="bitflow_vgg_small",
+        data="fashion-mnist",
+        out=str(out),
+        epochs=3,
+        batch_size=64,
+        limit_train=384,
+        limit_test=128,
+        seed=3,
+        progress=False,
+        model_kwargs=dict(TINY),
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    full = train(_cfg(tmp_path / "full"))
+    part = tmp_path / "part"
+    train(_cfg(part, stop_after=1))
+    assert load_checkpoint(part / "last.pt")["epoch"] == 0
+    resumed = train(_cfg(part, resume=True))
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(part / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    # metrics.jsonl has one row per epoch, no duplicates after the resume
+    rows = [json.loads(r) for r in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    full_rows = [json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
+
+
+def test_same_seed_same_result_and_flip_log(tmp_path: Path) -> None:
+    r1 = train(_cfg(tmp_path / "a", epochs=1, flip_every=2))
+    r2 = train(_cfg(tmp_path / "b", epochs=1, flip_every=2))
+    assert r1["test_accuracy"] == r2["test_accuracy"]
+    for k, v in _weights(tmp_path / "a" / "last.pt").items():
+        assert torch.equal(v, _weights(tmp_path / "b" / "last.pt")[k])
+    # limit_train=384 (applied after the validation split) / batch 64 = 6 iterations; logged
+    # every 2 iterations -> rows at iterations 2, 4, 6, one value in [0, 1] per binary layer.
+    rows = [json.loads(r) for r in (tmp_path / "a" / "flips.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [2, 4, 6]
+    layers = set(rows[0]["flip_ratio"])
+    assert len(layers) == 5 and all(0.0 <= v <= 1.0 for r in rows for v in r["flip_ratio"].values())
+    assert any(v > 0 for r in rows for v in r["flip_ratio"].values())  # Adam at lr 2e-3 flips signs
+    assert r1["flip_ratio"] == rows[-1]["flip_ratio"]
+
+
+def test_result_json_contract(tmp_path: Path) -> None:
+    res = train(_cfg(tmp_path / "r", epochs=1))
+    for key in ("test_accuracy", "epochs", "seconds_per_epoch", "checkpoint", "flip_ratio"):
+        assert key in res
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["test_accuracy"] == res["test_accuracy"]
+    assert 0.0 <= res["test_accuracy"] <= 1.0
+    model, st = model_from_checkpoint(res["checkpoint"])
+    assert st["model_config"]["name"] == "bitflow_vgg_small"
+    assert not model.training
+
+
+def test_flip_tracker_counts_flips() -> None:
+    torch.manual_seed(0)
+    m = create("bitflow_lenet", width=4, fc=8)
+    tr = FlipTracker(m)
+    layer = next(iter(tr.layers.values()))
+    with torch.no_grad():
+        w = layer.weight.view(-1)
+        k = w.numel() // 4
+        w[:k] = -w[:k]  # flips exactly the k entries that are non-zero
+        nonzero = int((layer.weight.view(-1)[:k] != 0).sum())
+    ratios = tr.update()
+    name = next(iter(tr.layers))
+    assert ratios[name] == pytest.approx(nonzero / w.numel())
+    assert all(v == 0.0 for n, v in ratios.items() if n != name)
+    assert all(v == 0.0 for v in tr.update().values())  # nothing changed since the snapshot
+
+
+def test_flip_tracker_sign_zero_is_plus() -> None:
+    m = create("bitflow_lenet", width=4, fc=8)
+    tr = FlipTracker(m)
+    layer = next(iter(tr.layers.values()))
+    with torch.no_grad():
+        layer.weight.abs_()
+        tr.update()
+        layer.weight.zero_()  # +|w| -> 0 keeps sign +1 (Eq. 2): no flip
+    assert next(iter(tr.update().values())) == 0.0
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {}, "model_config": {"name": "bitflow_lenet", "kwargs": {}}})
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(trunc)
+    save_checkpoint(tmp_path / "other.pt", {"weights": 1})
+    with pytest.raises(CheckpointError, match="not a bitflow checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_checkpoint_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, {"model": {"a": torch.ones(2)}, "model_config": {"name": "x"}})
+    before = p.read_bytes()
+
+    def boom(*a: object, **k: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(p, {"model": {"a": torch.zeros(2)}, "model_config": {"name": "x"}})
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_resume_mismatch_and_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="resume"):
+        train(_cfg(tmp_path / "none", resume=True))
+    train(_cfg(tmp_path / "m", epochs=1))
+    with pytest.raises(ValueError, match="resume"):
+        train(_cfg(tmp_path / "m", epochs=2, resume=True, seed=4))
+
+
+def test_recipes_load() -> None:
+    names = list_recipes()
+    assert {"fashion-mnist", "bitflow-alexnet-imagenet", "bitflow-alexnet-11khands"} <= set(names)
+    r = load_recipe("bitflow-alexnet-11khands")
+    # BitFlow-Net Sec. IV.C: 100 epochs, batch 128, lr 1e-4 decayed x0.1 at 5, 15, 35, 75
+    assert (r.epochs, r.batch_size, r.lr, r.milestones, r.gamma) == (100, 128, 1e-4, (5, 15, 35, 75), 0.1)
+    r = load_recipe("bitflow-alexnet-imagenet")
+    assert (r.optimizer, r.lr, r.batch_size, r.epochs) == ("adam", 1e-4, 128, 50)
+    with pytest.raises(KeyError, match="fashion-mnist"):
+        load_recipe("nope")
+
+
+def test_multistep_schedule_matches_paper(tmp_path: Path) -> None:
+    from bitflow.train.trainer import _lr_lambda
+
+    f = _lr_lambda(load_recipe("bitflow-alexnet-11khands"))
+    # factor 0.1^(number of milestones <= epoch)
+    assert [f(e) for e in (0, 4, 5, 14, 15, 35, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 1e-3, 1e-4, 1e-4]
+    )
+
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bitflow", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.e2e
+def test_cli_version_and_json(tmp_path: Path) -> None:
+    r = _cli("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("bitflow ")
+    r = _cli("train", "--model", "bitflow_lenet", "--data", "fashion-mnist-binary:0,6", "--epochs", "1",
+             "--limit-train", "256", "--limit-test", "64", "--out", "run", "--json",
+             "--model-arg", "width=4", "--model-arg", "fc=8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["test_samples"] == 64 and Path(tmp_path / res["checkpoint"]).exists()
+    st = load_checkpoint(tmp_path / res["checkpoint"])
+    assert st["num_classes"] == 2
+
+
+@pytest.mark.e2e
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    r = _cli("train", "--model", "nope", "--epochs", "1", "--out", "x", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr and "bitflow_vgg_small" in r.stderr
+    r = _cli("train", "--model", "bitflow_lenet", "--data", "folder:/does/not/exist", "--out", "x", cwd=tmp_path)
+    assert r.returncode == 2 and "/does/not/exist" in r.stderr
+    env = dict(os.environ, BITFLOW_FASHION_MNIST=str(tmp_path / "empty"))
+    r = _cli("train", "--model", "bitflow_lenet", "--out", "x", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
+def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "bitflow", "train", "--model", "bitflow_lenet",
+           "--epochs", "2", "--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--out", "ddp",
+           "--json", "--device", "cpu", "--model-arg", "width=4", "--model-arg", "fc=8"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert res["world_size"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in rows] == [0, 1]
+    # DDP keeps replicas identical: both ranks' gradients are averaged, so the checkpoint written
+    # by rank 0 is a consistent model; it must load and evaluate.
+    model, _ = model_from_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
