@@ -89,7 +89,34 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train]
+def _cmd_summary(a: argparse.Namespace) -> int:
+    from .analysis.summary import format_table, summarize
+    from .models import create
+
+    kwargs = _parse_kv(a.model_arg)
+    if a.num_classes is not None:
+        kwargs["num_classes"] = a.num_classes
+    model = create(a.model, **kwargs)
+    summary = summarize(model)
+    summary["model"] = a.model
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{a.model}: binarized middle layers (BitFlow-Net Table 3; ours, paper in brackets)")
+        print(format_table(summary))
+    return 0
+
+
+def _add_summary(sub: Any) -> None:
+    p = sub.add_parser("summary", help="per-layer Size/Mem/MFLOP of the binary layers (the paper's Table 3)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_summary)
+
+
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_summary]
 
 
 def build_parser() -> argparse.ArgumentParser:

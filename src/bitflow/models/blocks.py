@@ -71,7 +71,12 @@ def first_conv(
 
 
 def classifier(
-    fin: int, num_classes: int, *, last_layer: str = "float", weight_quantizer: str = "xnor"
+    fin: int,
+    num_classes: int,
+    *,
+    last_layer: str = "float",
+    weight_quantizer: str = "xnor",
+    input_quantizer: str = "ste_sign",
 ) -> list[nn.Module]:
     """Last layer: ``BN1d -> Linear`` (full precision, default) or, with ``last_layer="binary"``,
     ``BN1d -> sign -> BinaryLinear -> Scale`` (BitFlow-Net Sec. III.B: a scale layer before
@@ -81,7 +86,10 @@ def classifier(
     if last_layer == "binary":
         return [
             nn.BatchNorm1d(fin),
-            BinaryLinear(fin, num_classes, bias=False, weight_quantizer=weight_quantizer),
+            BinaryLinear(
+                fin, num_classes, bias=False,
+                input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+            ),
             Scale(1.0),
         ]
     raise ValueError(f"last_layer must be 'float' or 'binary', got {last_layer!r}")

@@ -104,7 +104,10 @@ def build(
             mods += [nn.BatchNorm1d(fin), nn.Linear(fin, fc.fout, bias=False), nn.ReLU()]
         fin = fc.fout
     if binary:
-        mods += classifier(fin, num_classes, last_layer=last_layer, weight_quantizer=weight_quantizer)
+        mods += classifier(
+            fin, num_classes, last_layer=last_layer,
+            weight_quantizer=weight_quantizer, input_quantizer=input_quantizer,
+        )
     else:
         if last_layer != "float":
             raise ValueError("a full-precision model has a float last layer")
