@@ -326,3 +326,9 @@ def test_register_model_rejects_duplicates() -> None:
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("lenet")(lambda: nn.Identity())
     assert type(models.create("lenet")) is nn.Sequential
+
+
+def test_full_precision_twin_rejects_binary_options() -> None:
+    for kw in ({"relu": False}, {"weight_quantizer": "sign"}, {"pad_value": 1}, {"input_quantizer": "approx_sign"}):
+        with pytest.raises(ValueError, match="binary models only"):
+            models.create("vgg_small", **kw)

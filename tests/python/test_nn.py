@@ -426,7 +426,7 @@ def test_binary_conv2d_forward_matches_conv_of_signs(c: dict) -> None:
 def test_binary_conv2d_large_fan_in_is_exact_integer() -> None:
     """fan-in 256*3*3 = 2304: float32 conv of +-1 data equals the int64 result exactly."""
     torch.manual_seed(3)
-    layer = BinaryConv2d(256, 8, 3, padding=1, weight_quantizer="sign")
+    layer = BinaryConv2d(256, 8, 3, padding=1, weight_quantizer="sign", bias=False)
     x = torch.randn(1, 256, 6, 6)
     y = layer(x).detach()
     ref = int_conv2d(ref_sign(x), ref_sign(layer.weight.detach()), 1, 1)
@@ -461,6 +461,7 @@ def test_binary_conv2d_gradients(
         padding=padding,
         pad_value=pad_value,
         weight_quantizer=wq,
+        bias=False,
         dtype=torch.float64,
     )
     x = (torch.randn(2, cin, 9, 8, generator=gen, dtype=torch.float64) * 1.5).requires_grad_(True)
@@ -545,7 +546,7 @@ def test_weight_quantizer_as_input_quantizer_rejected() -> None:
 def test_input_quantizer_none_keeps_real_inputs() -> None:
     """input_quantizer=None: binary weights on real activations (BWN); pad_value=1 pads x."""
     torch.manual_seed(0)
-    layer = BinaryConv2d(2, 3, 3, padding=1, input_quantizer=None, pad_value=1)
+    layer = BinaryConv2d(2, 3, 3, padding=1, input_quantizer=None, pad_value=1, bias=False)
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     wt = ref_sign(layer.weight.detach()).double() * ref_alpha(layer.weight).view(-1, 1, 1, 1)
     ref = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), wt)
@@ -777,3 +778,16 @@ def test_int8_conv2d_clamps_pixels_and_handles_zero_weights() -> None:
     # q = 127, s = 1/127: y = p * 127 * s / 255 = p / 255 (float32)
     p = torch.tensor([0.0, 0.0, 128.0, 255.0, 255.0])
     torch.testing.assert_close(y[0, 1, 0], p / 255, rtol=1e-6, atol=0)
+
+
+def test_drop_in_defaults_match_torch() -> None:
+    """Same signature and defaults as nn.Conv2d / nn.Linear (bias=True by default)."""
+    assert BinaryConv2d(3, 4, 3).bias is not None and nn.Conv2d(3, 4, 3).bias is not None
+    assert BinaryLinear(3, 4).bias is not None
+
+
+def test_sign_of_nan_matches_engine_packing() -> None:
+    """The engine packs bit = (value < 0), so NaN is +1 there; training must agree."""
+    from bitflow.nn.functional import sign
+
+    assert sign(torch.tensor([float("nan")])).item() == 1.0

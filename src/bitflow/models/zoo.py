@@ -71,6 +71,15 @@ def build(
     """Build a flat ``nn.Sequential`` from a plan (binary or full-precision twin)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if not binary:
+        given = {
+            k: v for k, v in (("weight_quantizer", weight_quantizer),
+                              ("input_quantizer", input_quantizer), ("relu", relu), ("pad_value", pad_value))
+            if v != {"weight_quantizer": "xnor", "input_quantizer": "ste_sign",
+                     "relu": True, "pad_value": 0}[k]
+        }
+        if given:
+            raise ValueError(f"options {sorted(given)} apply to binary models only, not to a full-precision twin")
     f = plan.first
     mods: list[nn.Module] = [
         first_conv(in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer),

@@ -2,7 +2,8 @@
 
 Every function documents its forward rule, its gradient rule and the paper equation.
 Sign convention everywhere: ``sign(0) = +1`` (BitFlow-Net Eq. 2), so the binary value of an
-input ``x`` is ``+1 if x >= 0 else -1``.
+input ``x`` is ``-1 if x < 0 else +1`` (NaN maps to +1, like the engine's bit packing,
+where a bit is 1 iff the value is < 0).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from torch import Tensor
 
 
 def sign(x: Tensor) -> Tensor:
-    """Deterministic sign with ``sign(0) = +1`` (BitFlow-Net Eq. 2); no gradient."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """Deterministic sign with ``sign(0) = +1`` (BitFlow-Net Eq. 2); no gradient.
+
+    Written as ``-1 if x < 0 else +1`` so that NaN gives +1, exactly as the engine packs it."""
+    return torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
 
 
 class SignSTE(torch.autograd.Function):
