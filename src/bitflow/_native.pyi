@@ -1,0 +1,99 @@
+"""Type stub of ``bitflow._native`` (hand-written from python/bindings.cc).
+
+Belongs next to the installed module (``src/bitflow/_native.pyi``); kept here by the native
+layer's owner so the lead can move it. Every array argument must be a C-contiguous numpy
+array of the stated dtype (read-only arrays are fine); anything else raises TypeError
+(dtype) or ValueError (ndim, shape, contiguity, value range) naming the argument.
+``kernels=""`` uses ``default_kernels()``; ``threads`` is in [1, 1024] and never changes a
+result.
+"""
+
+import numpy as np
+from numpy.typing import NDArray
+
+Pair = int | tuple[int, int]
+
+def cpu_features() -> dict[str, bool]: ...
+def available_kernels() -> list[str]: ...  # compiled AND supported; "ref" first, best last
+def compiled_kernels() -> list[str]: ...
+def default_kernels() -> str: ...
+def kernel_info(kernels: str = "") -> dict[str, str]: ...
+def peak_probe(kernels: str = "", seconds: float = 0.2) -> float: ...
+def bitpack(
+    x: NDArray[np.float32] | NDArray[np.int32], kernels: str = "", threads: int = 1
+) -> NDArray[np.uint64]: ...
+def bgemm(
+    a: NDArray[np.uint64], b: NDArray[np.uint64], k_bits: int, kernels: str = "", threads: int = 1
+) -> NDArray[np.int32]: ...
+def bgemm_planes(
+    a: NDArray[np.uint64], b: NDArray[np.uint64], k_bits: int, kernels: str = "", threads: int = 1
+) -> NDArray[np.int32]: ...
+def bconv2d(
+    x: NDArray[np.uint64],
+    w: NDArray[np.uint64],
+    channels: int,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    pad_value: int = 0,
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.int32]: ...
+def bconv2d_planes(
+    x: NDArray[np.uint64],
+    w: NDArray[np.uint64],
+    channels: int,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    pad_value: int = 0,
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.int32]: ...
+def threshold_bits(
+    acc: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8]
+) -> NDArray[np.uint64]: ...
+def threshold_planes(
+    acc: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8]
+) -> NDArray[np.uint64]: ...
+def threshold_f32_bits(
+    y: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8]
+) -> NDArray[np.uint64]: ...
+def scale_bias(
+    acc: NDArray[np.int32], scale: NDArray[np.float32], bias: NDArray[np.float32]
+) -> NDArray[np.float32]: ...
+def maxpool_bits(
+    x: NDArray[np.uint64],
+    kernel: Pair,
+    stride: Pair | None = None,
+    padding: Pair = 0,
+    op: str = "and",
+) -> NDArray[np.uint64]: ...
+def maxpool_i32(
+    x: NDArray[np.int32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0
+) -> NDArray[np.int32]: ...
+def maxpool_f32(
+    x: NDArray[np.float32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0
+) -> NDArray[np.float32]: ...
+def conv2d_f32(
+    x: NDArray[np.float32],
+    w: NDArray[np.float32],
+    bias: NDArray[np.float32] | None = None,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.float32]: ...
+def dense_f32(
+    x: NDArray[np.float32],
+    w: NDArray[np.float32],
+    bias: NDArray[np.float32] | None = None,
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.float32]: ...
+def conv2d_u8i8(
+    x: NDArray[np.uint8],
+    w: NDArray[np.int8],
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.int32]: ...

@@ -1,0 +1,95 @@
+// Kernel interfaces and the one list of kernel sets that drives dispatch, tests, benchmarks.
+//
+// A kernel set bundles the inner kernels of one instruction set: binary GEMM (xor-popcount),
+// float GEMM (first/last layers), uint8 x int8 GEMM (fixed-point first layer), float32 bit
+// packing, and a peak probe (the benchmark's roofline). The three GEMMs
+// use the "both operands K-contiguous" layout: C[m, n] = sum_k A[m, k] op B[n, k], where A
+// rows are im2col rows of NHWC activations and B rows are weight rows [O][kh][kw][C]. The
+// ISA-independent drivers in ops/ do blocking, threading, im2col and padding corrections.
+#pragma once
+#include <time.h>
+
+#include <cstdint>
+
+#include "bitflow/common.h"
+#include "bitflow/cpu.h"
+
+namespace bitflow {
+
+/// Binary GEMM on packed rows.
+///   C[m * ldc + n] = (accumulate ? C[m * ldc + n] : 0) + mult * (k_bits - 2 * popcount(A[m] ^ B[n]))
+/// A: M rows of Kw words (row stride lda words); B: N rows of Kw words (stride ldb).
+/// The caller guarantees the result fits in int32.
+using BgemmFn = void (*)(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* B,
+                         std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t Kw,
+                         std::int32_t k_bits, std::int32_t mult, bool accumulate, std::int32_t* C,
+                         std::int64_t ldc);
+
+/// Float GEMM: C[m * ldc + n] = sum_k A[m * lda + k] * B[n * ldb + k] (+ bias[n] if bias).
+/// The summation order is the kernel's own (see each kernel); results agree with the
+/// reference within the float32 dot-product error bound documented in ops.h.
+using SgemmFn = void (*)(const float* A, std::int64_t lda, const float* B, std::int64_t ldb,
+                         std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                         float* C, std::int64_t ldc);
+
+/// Exact integer GEMM: C[m * ldc + n] = sum_k int32(A[m, k]) * int32(B[n, k]),
+/// A uint8, B int8. The caller guarantees K * 255 * 128 < 2^31 (no overflow).
+using IgemmU8I8Fn = void (*)(const std::uint8_t* A, std::int64_t lda, const std::int8_t* B,
+                             std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t K,
+                             std::int32_t* C, std::int64_t ldc);
+
+/// Bit packing of float rows: out[r * words_for(cols) + c / 64] bit c % 64 = (x[r * cols + c] < 0)
+/// for rows [0, rows); padding bits 0; NaN and -0.0 give 0 (ordered "less than" compare).
+using BitpackF32Fn = void (*)(const float* x, std::int64_t rows, std::int64_t cols,
+                              std::uint64_t* out);
+
+/// CPU time consumed by the calling thread, in seconds (POSIX CLOCK_THREAD_CPUTIME_ID).
+/// Peak probes use it so that other processes sharing the core do not lower the result.
+inline double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+/// Register-resident xor + popcount + add loop; returns binary MACs per second of thread
+/// CPU time, measured over about `seconds` of thread CPU time (one thread).
+using PeakProbeFn = double (*)(double seconds);
+
+struct KernelSet {
+  const char* name;         // "ref" | "scalar" | "avx2" | "avx512"
+  const char* bgemm_name;   // e.g. "bgemm_4x4__avx512vpopcnt"
+  const char* sgemm_name;   // e.g. "sgemm_4x4__avx512fma"
+  const char* igemm_name;   // e.g. "igemm_u8i8_4x4__avx512vnni"
+  const char* bitpack_name; // e.g. "bitpack_f32__avx512"
+  BgemmFn bgemm;
+  SgemmFn sgemm;
+  IgemmU8I8Fn igemm_u8i8;
+  BitpackF32Fn bitpack_f32;
+  PeakProbeFn peak_probe;
+  bool (*supported)(const CpuFeatures&);
+};
+
+// Kernel sets (defined next to their kernels). Sets for ISAs the compiler cannot target are
+// not declared: BITFLOW_HAVE_X86_KERNELS is set by the build for x86-64 GCC/Clang.
+extern const KernelSet kRefKernels;
+extern const KernelSet kScalarKernels;
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+extern const KernelSet kAvx2Kernels;
+extern const KernelSet kAvx512Kernels;
+#endif
+
+namespace ref {
+// The reference definitions (plain loops).
+void bgemm(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* B, std::int64_t ldb,
+           std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+           std::int32_t mult, bool accumulate, std::int32_t* C, std::int64_t ldc);
+void sgemm(const float* A, std::int64_t lda, const float* B, std::int64_t ldb, std::int64_t M,
+           std::int64_t N, std::int64_t K, const float* bias, float* C, std::int64_t ldc);
+void igemm_u8i8(const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                std::int64_t M, std::int64_t N, std::int64_t K, std::int32_t* C,
+                std::int64_t ldc);
+double peak_probe(double seconds);
+void bitpack_f32(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+}  // namespace ref
+
+}  // namespace bitflow

@@ -1,0 +1,109 @@
+// The ops of the bit engine: ISA-independent drivers (blocking, threading, im2col, padding
+// corrections) around the inner kernels of a KernelSet, plus the output transforms and
+// pools. Shapes are validated by the caller (python/bindings.cc); these functions assume
+// consistent sizes and C-contiguous buffers.
+//
+// Threads: work is split over blocks of output rows and columns (fork-join on a persistent
+// helper-thread pool, ops/parallel.h); every output element is computed by exactly one thread
+// with the same instruction sequence, so results are identical for any thread count
+// (floats included). Blocking: an A block of about 128 KiB of rows stays in L2 while 4-row
+// B tiles stream through L1; convolutions build each A block (im2col) right before using it.
+//
+// Float tolerance. conv2d_f32 / dense_f32 sum K products in float32 in a kernel-specific
+// order (ref: sequential, no FMA; avx2/avx512: 8/16 lane partial sums with FMA, then a
+// fixed tree). Every order satisfies |y - y_exact| <= gamma_K sum_k |a_k b_k| with
+// gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability, Eq. 3.5), plus one
+// rounding of the bias addition. The tests check, for every kernel set against a float64
+// oracle, |y - y_exact| <= 2 K u sum_k |a_k b_k| + 2 u |y_exact|; two kernel sets therefore
+// agree within twice that bound.
+#pragma once
+#include <cstdint>
+
+#include "bitflow/kernels.h"
+
+namespace bitflow::ops {
+
+/// Convolution geometry (NHWC input, [O, kh, kw, C] weights, PyTorch cross-correlation,
+/// dilation 1, groups 1, floor mode). C counts real channels.
+struct ConvGeom {
+  std::int64_t n = 0, h = 0, w = 0, c = 0;  // input
+  std::int64_t o = 0, kh = 0, kw = 0;       // filters
+  std::int64_t sh = 1, sw = 1, ph = 0, pw = 0;
+  std::int64_t ho() const { return conv_out_size(h, kh, sh, ph); }
+  std::int64_t wo() const { return conv_out_size(w, kw, sw, pw); }
+};
+
+// ---- bit packing (bit = value < 0; NaN -> 0) -------------------------------------------
+void bitpack_f32(const KernelSet& ks, const float* x, std::int64_t rows, std::int64_t cols,
+                 std::uint64_t* out, int threads);
+void bitpack_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols,
+                 std::uint64_t* out, int threads);
+
+// ---- binary GEMM / conv ------------------------------------------------------------------
+/// out[m, n] = k_bits - 2 popcount(a[m] ^ b[n]); a [M, Kw], b [N, Kw].
+void bgemm(const KernelSet& ks, int threads, const std::uint64_t* a, const std::uint64_t* b,
+           std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+           std::int32_t* out);
+
+/// out[m, n] = sum_{i<Pa} sum_{j<Pw} 2^(i+j) (k_bits - 2 popcount(a_i[m] ^ b_j[n]))
+/// (MBBN Eq. 8 without scales); a [Pa, M, Kw], b [Pw, N, Kw]. Every term uses ks.bgemm.
+void bgemm_planes(const KernelSet& ks, int threads, const std::uint64_t* a, std::int64_t pa,
+                  const std::uint64_t* b, std::int64_t pw, std::int64_t M, std::int64_t N,
+                  std::int64_t Kw, std::int32_t k_bits, std::int32_t* out);
+
+/// Binary convolution over planes: x [Pa, N, H, W, Cw], w [Pw, O, kh, kw, Cw],
+/// out int32 [N, Ho, Wo, O] = sum_{i,j} 2^(i+j) conv(x_i, w_j) in +-1 arithmetic.
+/// pad_value = 1: padded taps are +1 in every plane. pad_value = 0: padded taps are the real
+/// value 0; they are packed as +1 and corrected by
+///   sum_{padded taps t} (2^Pa - 1) sum_j 2^j (C - 2 popcount(w_j[o, t])),
+/// which is what +1 taps added (each plane i contributes 2^i times the +1 tap's dot).
+/// Method: im2col on packed words (a row gathers the kh*kw taps, padded taps are zero bits),
+/// then the bgemm kernel against the weight rows with k_bits = kh*kw*C. When C is a multiple
+/// of 64 the taps are concatenated word-wise (kh*kw*Cw words per row); otherwise they are
+/// concatenated bit-densely (tap t at bits [t*C, (t+1)*C), words_for(kh*kw*C) words per
+/// row, weights re-laid the same way), which skips the padding bits of every tap. Both are
+/// exact because padding bits are 0 in both operands. 1x1 / stride 1 / no padding uses the
+/// activations in place.
+void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
+                    const std::uint64_t* w, std::int64_t pw, const ConvGeom& g, int pad_value,
+                    std::int32_t* out);
+
+// ---- output transforms (rows = product of leading dims, o = channels) ------------------
+/// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
+void threshold_bits(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                    const std::int32_t* thr, const std::int8_t* dir, std::uint64_t* out);
+/// q = #{l : acc >= thr[o, l]} (dir +1) or #{l : acc <= thr[o, l]} (dir -1), L thresholds,
+/// plane m (m < planes) bit = 1 - ((q >> m) & 1); out [planes, rows, words_for(o)].
+void threshold_planes(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                      const std::int32_t* thr, std::int64_t L, const std::int8_t* dir,
+                      int planes, std::uint64_t* out);
+/// bit 1 (-1) iff y < thr (dir +1) or y > thr (dir -1); NaN never satisfies either (+1).
+void threshold_f32_bits(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
+                        const std::int8_t* dir, std::uint64_t* out);
+/// y = float(acc) * scale + bias, rounded twice in float32 (never an FMA).
+void scale_bias(const std::int32_t* acc, std::int64_t rows, std::int64_t o, const float* scale,
+                const float* bias, float* out);
+
+// ---- pooling (PyTorch max-pool semantics: padding ignored, floor mode) ------------------
+/// Pool geometry: input [n, h, w, c]; for maxpool_bits c is the word count.
+struct PoolGeom {
+  std::int64_t n = 0, h = 0, w = 0, c = 0;
+  std::int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+  std::int64_t ho() const { return conv_out_size(h, kh, sh, ph); }
+  std::int64_t wo() const { return conv_out_size(w, kw, sw, pw); }
+};
+/// and_op: AND of the words in each window (max of +-1 values), else OR (min).
+void maxpool_bits(const std::uint64_t* x, const PoolGeom& g, bool and_op, std::uint64_t* out);
+void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out);
+/// NaN propagates (as torch.nn.functional.max_pool2d).
+void maxpool_f32(const float* x, const PoolGeom& g, float* out);
+
+// ---- first / last layers -----------------------------------------------------------------
+void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
+                const float* bias, const ConvGeom& g, float* out);
+void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
+               const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
+void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
+                 const ConvGeom& g, std::int32_t* out);
+
+}  // namespace bitflow::ops

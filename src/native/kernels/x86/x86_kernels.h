@@ -1,0 +1,38 @@
+// Declarations of the x86 kernels (each defined in a file compiled with its own -m flags).
+// Signatures follow BgemmFn / SgemmFn / IgemmU8I8Fn / PeakProbeFn in bitflow/kernels.h.
+#pragma once
+#include <cstdint>
+
+namespace bitflow {
+
+namespace avx512 {
+void bgemm_4x4__avx512vpopcnt(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* B,
+                              std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t Kw,
+                              std::int32_t k_bits, std::int32_t mult, bool accumulate,
+                              std::int32_t* C, std::int64_t ldc);
+double peak_probe__avx512vpopcnt(double seconds);
+void sgemm_4x4__avx512fma(const float* A, std::int64_t lda, const float* B, std::int64_t ldb,
+                          std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                          float* C, std::int64_t ldc);
+void igemm_u8i8_4x4__avx512vnni(const std::uint8_t* A, std::int64_t lda, const std::int8_t* B,
+                                std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t K,
+                                std::int32_t* C, std::int64_t ldc);
+void bitpack_f32__avx512(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+}  // namespace avx512
+
+namespace avx2 {
+void bgemm_2x4__avx2(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* B,
+                     std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t Kw,
+                     std::int32_t k_bits, std::int32_t mult, bool accumulate, std::int32_t* C,
+                     std::int64_t ldc);
+double peak_probe__avx2(double seconds);
+void sgemm_2x4__avx2fma(const float* A, std::int64_t lda, const float* B, std::int64_t ldb,
+                        std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                        float* C, std::int64_t ldc);
+void igemm_u8i8_2x4__avx2(const std::uint8_t* A, std::int64_t lda, const std::int8_t* B,
+                          std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t K,
+                          std::int32_t* C, std::int64_t ldc);
+void bitpack_f32__avx2(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+}  // namespace avx2
+
+}  // namespace bitflow

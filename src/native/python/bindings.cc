@@ -1,0 +1,637 @@
+// The only file that includes the binding library. Every function validates its inputs
+// (dtype, ndim, shape, C-contiguity, value ranges) and raises TypeError / ValueError with a
+// message naming the function, the argument and the problem; computation runs with the GIL
+// released.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <climits>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bitflow/cpu.h"
+#include "bitflow/kernels.h"
+#include "bitflow/ops.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using bitflow::KernelSet;
+using bitflow::words_for;
+using i64 = std::int64_t;
+
+namespace {
+
+using AnyArray = nb::ndarray<nb::ro, nb::device::cpu>;
+
+std::string dtype_name(const nb::dlpack::dtype& d) {
+  std::string base;
+  switch (static_cast<nb::dlpack::dtype_code>(d.code)) {
+    case nb::dlpack::dtype_code::Int: base = "int"; break;
+    case nb::dlpack::dtype_code::UInt: base = "uint"; break;
+    case nb::dlpack::dtype_code::Float: base = "float"; break;
+    case nb::dlpack::dtype_code::Bool: return "bool";
+    case nb::dlpack::dtype_code::Complex: base = "complex"; break;
+    default: base = "dtype-code-" + std::to_string(d.code) + "-"; break;
+  }
+  return base + std::to_string(d.bits);
+}
+
+template <class T> const char* type_name();
+template <> const char* type_name<float>() { return "float32"; }
+template <> const char* type_name<std::int32_t>() { return "int32"; }
+template <> const char* type_name<std::int8_t>() { return "int8"; }
+template <> const char* type_name<std::uint8_t>() { return "uint8"; }
+template <> const char* type_name<std::uint64_t>() { return "uint64"; }
+
+std::string shape_str(const AnyArray& a) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+/// A validated, C-contiguous input view.
+template <class T>
+struct In {
+  const T* data = nullptr;
+  std::vector<i64> shape;
+  i64 dim(int i) const { return shape[static_cast<std::size_t>(i < 0 ? i + static_cast<int>(shape.size()) : i)]; }
+  i64 ndim() const { return static_cast<i64>(shape.size()); }
+  i64 size() const {
+    i64 s = 1;
+    for (i64 d : shape) s *= d;
+    return s;
+  }
+};
+
+/// Check dtype, ndim (exact when ndim >= 0, at least -ndim when ndim < 0) and C-contiguity.
+template <class T>
+In<T> arg(const AnyArray& a, const char* fn, const char* name, int ndim) {
+  if (a.dtype() != nb::dtype<T>()) {
+    throw nb::type_error((std::string(fn) + ": '" + name + "' must have dtype " + type_name<T>() +
+                          ", got " + dtype_name(a.dtype()))
+                             .c_str());
+  }
+  const int nd = static_cast<int>(a.ndim());
+  if ((ndim >= 0 && nd != ndim) || (ndim < 0 && nd < -ndim)) {
+    throw nb::value_error((std::string(fn) + ": '" + name + "' must have " +
+                           (ndim >= 0 ? "exactly " : "at least ") + std::to_string(ndim >= 0 ? ndim : -ndim) +
+                           " dimensions, got shape " + shape_str(a))
+                              .c_str());
+  }
+  In<T> in;
+  in.shape.resize(static_cast<std::size_t>(nd));
+  i64 expect = 1;
+  bool empty = false;
+  for (int i = nd - 1; i >= 0; --i) {
+    const i64 d = static_cast<i64>(a.shape(static_cast<std::size_t>(i)));
+    in.shape[static_cast<std::size_t>(i)] = d;
+    if (d == 0) empty = true;
+  }
+  if (!empty) {
+    for (int i = nd - 1; i >= 0; --i) {
+      const i64 d = in.shape[static_cast<std::size_t>(i)];
+      if (d != 1 && a.stride(static_cast<std::size_t>(i)) != expect) {
+        throw nb::value_error((std::string(fn) + ": '" + name +
+                               "' must be C-contiguous (use numpy.ascontiguousarray)")
+                                  .c_str());
+      }
+      expect *= d;
+    }
+  }
+  in.data = static_cast<const T*>(static_cast<const void*>(a.data()));
+  return in;
+}
+
+[[noreturn]] void fail(const std::string& fn, const std::string& msg) {
+  throw nb::value_error((fn + ": " + msg).c_str());
+}
+
+/// A freshly allocated numpy output array and its data pointer.
+template <class T>
+struct Out {
+  T* ptr = nullptr;
+  nb::ndarray<nb::numpy, T> array;
+};
+
+template <class T>
+Out<T> make_out(const std::vector<i64>& shape) {
+  std::vector<std::size_t> sh(shape.begin(), shape.end());
+  std::size_t n = 1;
+  for (std::size_t d : sh) n *= d;
+  std::unique_ptr<T[]> buf(new T[n > 0 ? n : 1]);
+  T* ptr = buf.get();
+  nb::capsule owner(ptr, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  buf.release();
+  Out<T> out;
+  out.ptr = ptr;
+  out.array = nb::ndarray<nb::numpy, T>(ptr, sh.size(), sh.data(), owner);
+  return out;
+}
+
+int check_threads(const char* fn, int threads) {
+  if (threads < 1 || threads > 1024) fail(fn, "threads must be in [1, 1024], got " + std::to_string(threads));
+  return threads;
+}
+
+const KernelSet& kernels_arg(const char* fn, const std::string& name) {
+  try {
+    return bitflow::resolve_kernels(name);
+  } catch (const std::invalid_argument& e) {
+    fail(fn, std::string("kernels: ") + e.what());
+  }
+}
+
+/// An integer-like object (int, numpy integer; not bool, not float) -> its value.
+bool index_value(nb::handle h, i64& out) {
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr())) return false;
+  nb::object v = nb::steal(PyNumber_Index(h.ptr()));
+  if (!v.is_valid()) {
+    PyErr_Clear();
+    return false;
+  }
+  const long long x = PyLong_AsLongLong(v.ptr());
+  if (x == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  out = static_cast<i64>(x);
+  return true;
+}
+
+/// An int or a pair of ints (tuple/list) -> (first, second).
+std::pair<i64, i64> pair_arg(const char* fn, const char* name, nb::handle h) {
+  i64 a = 0, b = 0;
+  if (index_value(h, a)) return {a, a};
+  if (PyTuple_Check(h.ptr()) || PyList_Check(h.ptr())) {
+    nb::sequence seq = nb::borrow<nb::sequence>(h);
+    if (nb::len(seq) == 2) {
+      nb::object first = seq[0], second = seq[1];
+      if (index_value(first, a) && index_value(second, b)) return {a, b};
+    }
+  }
+  throw nb::type_error((std::string(fn) + ": " + name + " must be an int or a pair of ints, got " +
+                        nb::cast<std::string>(nb::repr(h)))
+                           .c_str());
+}
+
+i64 check_k_bits(const char* fn, i64 k_bits, i64 kw) {
+  if (kw < 1) fail(fn, "rows must have at least one 64-bit word");
+  if (k_bits < 1 || k_bits > 64 * kw)
+    fail(fn, "k_bits must be in [1, 64 * words] = [1, " + std::to_string(64 * kw) + "], got " + std::to_string(k_bits));
+  return k_bits;
+}
+
+void check_planes_fit(const char* fn, i64 k_bits, i64 pa, i64 pw) {
+  if (pa < 1 || pw < 1) fail(fn, "plane axes must be non-empty");
+  if (pa > 16 || pw > 16) fail(fn, "at most 16 planes per operand");
+  const long double bound = static_cast<long double>(k_bits) * ((1LL << pa) - 1) * ((1LL << pw) - 1);
+  if (bound > static_cast<long double>(INT32_MAX))
+    fail(fn, "int32 accumulator overflow: k_bits * (2^Pa - 1) * (2^Pw - 1) = " +
+                 std::to_string(static_cast<long long>(bound)) + " exceeds 2^31 - 1");
+}
+
+std::vector<i64> with_last(const std::vector<i64>& s, i64 last) {
+  std::vector<i64> r = s;
+  r.back() = last;
+  return r;
+}
+
+i64 rows_of(const std::vector<i64>& s) {
+  i64 r = 1;
+  for (std::size_t i = 0; i + 1 < s.size(); ++i) r *= s[i];
+  return r;
+}
+
+void check_direction(const char* fn, const In<std::int8_t>& d, i64 o) {
+  if (d.ndim() != 1 || d.dim(0) != o)
+    fail(fn, "direction must have shape (" + std::to_string(o) + ",) to match the last axis");
+  for (i64 c = 0; c < o; ++c)
+    if (d.data[c] != 1 && d.data[c] != -1)
+      fail(fn, "direction values must be +1 or -1, got " + std::to_string(static_cast<int>(d.data[c])) +
+                   " at index " + std::to_string(c));
+}
+
+bitflow::ops::ConvGeom conv_geom(const char* fn, i64 n, i64 h, i64 w, i64 c, i64 o, i64 kh, i64 kw,
+                                 std::pair<i64, i64> stride, std::pair<i64, i64> padding) {
+  if (stride.first < 1 || stride.second < 1) fail(fn, "stride must be >= 1");
+  if (padding.first < 0 || padding.second < 0) fail(fn, "padding must be >= 0");
+  if (kh < 1 || kw < 1) fail(fn, "kernel height and width must be >= 1");
+  bitflow::ops::ConvGeom g;
+  g.n = n; g.h = h; g.w = w; g.c = c; g.o = o; g.kh = kh; g.kw = kw;
+  g.sh = stride.first; g.sw = stride.second; g.ph = padding.first; g.pw = padding.second;
+  if (h + 2 * g.ph < kh || w + 2 * g.pw < kw)
+    fail(fn, "kernel " + std::to_string(kh) + "x" + std::to_string(kw) + " is larger than the padded input " +
+                 std::to_string(h + 2 * g.ph) + "x" + std::to_string(w + 2 * g.pw));
+  return g;
+}
+
+bitflow::ops::PoolGeom pool_geom(const char* fn, const std::vector<i64>& s, nb::handle kernel,
+                                 nb::handle stride, nb::handle padding) {
+  const auto k = pair_arg(fn, "kernel", kernel);
+  const auto st = stride.is_none() ? k : pair_arg(fn, "stride", stride);
+  const auto p = pair_arg(fn, "padding", padding);
+  if (k.first < 1 || k.second < 1) fail(fn, "kernel must be >= 1");
+  if (st.first < 1 || st.second < 1) fail(fn, "stride must be >= 1");
+  if (p.first < 0 || p.second < 0 || 2 * p.first > k.first || 2 * p.second > k.second)
+    fail(fn, "padding must be >= 0 and at most half the kernel size (as in PyTorch)");
+  bitflow::ops::PoolGeom g;
+  g.n = s[0]; g.h = s[1]; g.w = s[2]; g.c = s[3];
+  g.kh = k.first; g.kw = k.second; g.sh = st.first; g.sw = st.second; g.ph = p.first; g.pw = p.second;
+  if (g.h + 2 * g.ph < g.kh || g.w + 2 * g.pw < g.kw) fail(fn, "pooling window is larger than the padded input");
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------
+
+nb::object bitpack(const AnyArray& x, const std::string& kernels, int threads) {
+  const char* fn = "bitpack";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  if (x.ndim() < 1) fail(fn, "'x' must have at least 1 dimension");
+  const bool is_f32 = x.dtype() == nb::dtype<float>();
+  const bool is_i32 = x.dtype() == nb::dtype<std::int32_t>();
+  if (!is_f32 && !is_i32)
+    throw nb::type_error(("bitpack: 'x' must have dtype float32 or int32, got " + dtype_name(x.dtype())).c_str());
+  std::vector<i64> shape;
+  i64 cols = 0;
+  if (is_f32) {
+    auto in = arg<float>(x, fn, "x", -1);
+    shape = in.shape;
+    cols = in.dim(-1);
+  } else {
+    auto in = arg<std::int32_t>(x, fn, "x", -1);
+    shape = in.shape;
+    cols = in.dim(-1);
+  }
+  if (cols < 1) fail(fn, "the last axis (channels) must not be empty");
+  const i64 rows = rows_of(shape);
+  auto out = make_out<std::uint64_t>(with_last(shape, words_for(cols)));
+  {
+    nb::gil_scoped_release release;
+    if (is_f32)
+      bitflow::ops::bitpack_f32(ks, static_cast<const float*>(x.data()), rows, cols, out.ptr, threads);
+    else
+      bitflow::ops::bitpack_i32(static_cast<const std::int32_t*>(x.data()), rows, cols, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object bgemm_impl(const char* fn, const AnyArray& a_, const AnyArray& b_, i64 k_bits,
+                      const std::string& kernels, int threads, bool planes) {
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  const int nd = planes ? 3 : 2;
+  auto a = arg<std::uint64_t>(a_, fn, "a", nd);
+  auto b = arg<std::uint64_t>(b_, fn, "b", nd);
+  if (a.dim(-1) != b.dim(-1))
+    fail(fn, "a and b must have the same number of words per row, got " + std::to_string(a.dim(-1)) +
+                 " and " + std::to_string(b.dim(-1)));
+  check_k_bits(fn, k_bits, a.dim(-1));
+  const i64 pa = planes ? a.dim(0) : 1, pw = planes ? b.dim(0) : 1;
+  check_planes_fit(fn, k_bits, pa, pw);
+  const i64 M = a.dim(-2), N = b.dim(-2), Kw = a.dim(-1);
+  auto out = make_out<std::int32_t>({M, N});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::bgemm_planes(ks, threads, a.data, pa, b.data, pw, M, N, Kw,
+                               static_cast<std::int32_t>(k_bits), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object bconv2d_impl(const char* fn, const AnyArray& x_, const AnyArray& w_, i64 channels,
+                        nb::handle stride, nb::handle padding, int pad_value,
+                        const std::string& kernels, int threads, bool planes) {
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  const int nd = planes ? 5 : 4;
+  auto x = arg<std::uint64_t>(x_, fn, "x", nd);
+  auto w = arg<std::uint64_t>(w_, fn, "w", nd);
+  const int off = planes ? 1 : 0;
+  const i64 cw = x.dim(-1);
+  if (w.dim(-1) != cw)
+    fail(fn, "x and w must have the same number of channel words, got " + std::to_string(cw) + " and " +
+                 std::to_string(w.dim(-1)));
+  if (channels < 1 || words_for(channels) != cw)
+    fail(fn, "channels=" + std::to_string(channels) + " does not match " + std::to_string(cw) +
+                 " channel words (need 64 * (words - 1) < channels <= 64 * words)");
+  if (pad_value != 0 && pad_value != 1) fail(fn, "pad_value must be 0 (zero padding) or 1 (+1 padding)");
+  const i64 pa = planes ? x.dim(0) : 1, pw = planes ? w.dim(0) : 1;
+  auto g = conv_geom(fn, x.dim(off), x.dim(off + 1), x.dim(off + 2), channels, w.dim(off), w.dim(off + 1),
+                     w.dim(off + 2), pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  const i64 k_bits = g.kh * g.kw * channels;
+  if (k_bits > INT32_MAX) fail(fn, "kh * kw * channels exceeds the int32 accumulator");
+  check_planes_fit(fn, k_bits, pa, pw);
+  auto out = make_out<std::int32_t>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::bconv2d_planes(ks, threads, x.data, pa, w.data, pw, g, pad_value, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object threshold_bits(const AnyArray& acc_, const AnyArray& thr_, const AnyArray& dir_) {
+  const char* fn = "threshold_bits";
+  auto acc = arg<std::int32_t>(acc_, fn, "acc", -1);
+  auto thr = arg<std::int32_t>(thr_, fn, "thr", 1);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
+  const i64 o = acc.dim(-1);
+  if (o < 1) fail(fn, "the last axis (channels) of acc must not be empty");
+  if (thr.dim(0) != o) fail(fn, "thr must have shape (" + std::to_string(o) + ",) to match the last axis of acc");
+  check_direction(fn, dir, o);
+  const i64 rows = rows_of(acc.shape);
+  auto out = make_out<std::uint64_t>(with_last(acc.shape, words_for(o)));
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::threshold_bits(acc.data, rows, o, thr.data, dir.data, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object threshold_planes(const AnyArray& acc_, const AnyArray& thr_, const AnyArray& dir_) {
+  const char* fn = "threshold_planes";
+  auto acc = arg<std::int32_t>(acc_, fn, "acc", -1);
+  auto thr = arg<std::int32_t>(thr_, fn, "thr", 2);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
+  const i64 o = acc.dim(-1);
+  if (o < 1) fail(fn, "the last axis (channels) of acc must not be empty");
+  if (thr.dim(0) != o) fail(fn, "thr must have shape (O, L) with O = " + std::to_string(o));
+  const i64 L = thr.dim(1);
+  int planes = 0;
+  while (planes < 31 && ((i64{1} << planes) - 1) < L) ++planes;
+  if (L < 1 || ((i64{1} << planes) - 1) != L || planes > 16)
+    fail(fn, "thr must have L = 2^M - 1 thresholds per channel (1 <= M <= 16), got L = " + std::to_string(L));
+  check_direction(fn, dir, o);
+  for (i64 c = 0; c < o; ++c)
+    for (i64 l = 1; l < L; ++l)
+      if (thr.data[c * L + l] < thr.data[c * L + l - 1])
+        fail(fn, "thresholds must be sorted ascending per channel; channel " + std::to_string(c) + " is not");
+  const i64 rows = rows_of(acc.shape);
+  std::vector<i64> shape = with_last(acc.shape, words_for(o));
+  shape.insert(shape.begin(), planes);
+  auto out = make_out<std::uint64_t>(shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::threshold_planes(acc.data, rows, o, thr.data, L, dir.data, planes, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object threshold_f32_bits(const AnyArray& y_, const AnyArray& thr_, const AnyArray& dir_) {
+  const char* fn = "threshold_f32_bits";
+  auto y = arg<float>(y_, fn, "y", -1);
+  auto thr = arg<float>(thr_, fn, "thr", 1);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
+  const i64 o = y.dim(-1);
+  if (o < 1) fail(fn, "the last axis (channels) of y must not be empty");
+  if (thr.dim(0) != o) fail(fn, "thr must have shape (" + std::to_string(o) + ",) to match the last axis of y");
+  check_direction(fn, dir, o);
+  const i64 rows = rows_of(y.shape);
+  auto out = make_out<std::uint64_t>(with_last(y.shape, words_for(o)));
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::threshold_f32_bits(y.data, rows, o, thr.data, dir.data, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object scale_bias(const AnyArray& acc_, const AnyArray& scale_, const AnyArray& bias_) {
+  const char* fn = "scale_bias";
+  auto acc = arg<std::int32_t>(acc_, fn, "acc", -1);
+  auto scale = arg<float>(scale_, fn, "scale", 1);
+  auto bias = arg<float>(bias_, fn, "bias", 1);
+  const i64 o = acc.dim(-1);
+  if (scale.dim(0) != o || bias.dim(0) != o)
+    fail(fn, "scale and bias must have shape (" + std::to_string(o) + ",) to match the last axis of acc");
+  const i64 rows = rows_of(acc.shape);
+  auto out = make_out<float>(acc.shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::scale_bias(acc.data, rows, o, scale.data, bias.data, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object maxpool_bits(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding,
+                        const std::string& op) {
+  const char* fn = "maxpool_bits";
+  auto x = arg<std::uint64_t>(x_, fn, "x", 4);
+  if (op != "and" && op != "or") fail(fn, "op must be 'and' (max of +-1 values) or 'or' (min), got '" + op + "'");
+  auto g = pool_geom(fn, x.shape, kernel, stride, padding);
+  auto out = make_out<std::uint64_t>({g.n, g.ho(), g.wo(), g.c});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::maxpool_bits(x.data, g, op == "and", out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+template <class T>
+nb::object maxpool_typed(const char* fn, const AnyArray& x_, nb::handle kernel, nb::handle stride,
+                         nb::handle padding) {
+  auto x = arg<T>(x_, fn, "x", 4);
+  auto g = pool_geom(fn, x.shape, kernel, stride, padding);
+  auto out = make_out<T>({g.n, g.ho(), g.wo(), g.c});
+  {
+    nb::gil_scoped_release release;
+    if constexpr (std::is_same_v<T, float>)
+      bitflow::ops::maxpool_f32(x.data, g, out.ptr);
+    else
+      bitflow::ops::maxpool_i32(x.data, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object conv2d_f32(const AnyArray& x_, const AnyArray& w_, std::optional<AnyArray> bias_, nb::handle stride,
+                      nb::handle padding, const std::string& kernels, int threads) {
+  const char* fn = "conv2d_f32";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  auto x = arg<float>(x_, fn, "x", 4);
+  auto w = arg<float>(w_, fn, "w", 4);
+  if (w.dim(3) != x.dim(3))
+    fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
+  const float* bias = nullptr;
+  if (bias_) {
+    auto b = arg<float>(*bias_, fn, "bias", 1);
+    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
+    bias = b.data;
+  }
+  auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  auto out = make_out<float>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::conv2d_f32(ks, threads, x.data, w.data, bias, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object dense_f32(const AnyArray& x_, const AnyArray& w_, std::optional<AnyArray> bias_,
+                     const std::string& kernels, int threads) {
+  const char* fn = "dense_f32";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  auto x = arg<float>(x_, fn, "x", 2);
+  auto w = arg<float>(w_, fn, "w", 2);
+  if (w.dim(1) != x.dim(1))
+    fail(fn, "w must have shape (O, K) with K = " + std::to_string(x.dim(1)) + ", got K = " + std::to_string(w.dim(1)));
+  const float* bias = nullptr;
+  if (bias_) {
+    auto b = arg<float>(*bias_, fn, "bias", 1);
+    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
+    bias = b.data;
+  }
+  auto out = make_out<float>({x.dim(0), w.dim(0)});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::dense_f32(ks, threads, x.data, w.data, bias, x.dim(0), x.dim(1), w.dim(0), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object conv2d_u8i8(const AnyArray& x_, const AnyArray& w_, nb::handle stride, nb::handle padding,
+                       const std::string& kernels, int threads) {
+  const char* fn = "conv2d_u8i8";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  auto x = arg<std::uint8_t>(x_, fn, "x", 4);
+  auto w = arg<std::int8_t>(w_, fn, "w", 4);
+  if (w.dim(3) != x.dim(3))
+    fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
+  auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  // |sum| <= K * 255 * 128 must fit in int32.
+  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
+    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+  auto out = make_out<std::int32_t>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::conv2d_u8i8(ks, threads, x.data, w.data, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+  m.doc() =
+      "bitflow native core: bit packing, binary GEMM/convolution (xor-popcount), MBBN bit "
+      "planes, output transforms, pooling, float/int8 first and last layers, ISA dispatch.";
+
+  // Resolve the default once at import: a bad BITFLOW_KERNELS fails loudly here.
+  bitflow::default_kernel_set();
+
+  m.def("cpu_features", [] {
+    const auto& f = bitflow::cpu_features();
+    nb::dict d;
+    d["popcnt"] = f.popcnt; d["avx2"] = f.avx2; d["fma"] = f.fma; d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl; d["avx512vpopcntdq"] = f.avx512vpopcntdq;
+    d["avx512vnni"] = f.avx512vnni; d["avxvnni"] = f.avxvnni;
+    return d;
+  }, "CPU features from cpuid/xgetbv (AVX needs OS ymm state, AVX-512 needs zmm/opmask state).");
+
+  m.def("available_kernels", [] {
+    std::vector<std::string> v;
+    for (const KernelSet* ks : bitflow::eligible_kernel_sets()) v.emplace_back(ks->name);
+    return v;
+  }, "Kernel sets compiled into this build AND supported by this CPU; 'ref' first, best last.");
+
+  m.def("compiled_kernels", [] {
+    std::vector<std::string> v;
+    for (const KernelSet* ks : bitflow::compiled_kernel_sets()) v.emplace_back(ks->name);
+    return v;
+  }, "Every kernel set compiled into this build (some may be unsupported by this CPU).");
+
+  m.def("default_kernels", [] { return std::string(bitflow::default_kernel_set().name); },
+        "The kernel set used when kernels='' (BITFLOW_KERNELS if set at import, else the best eligible).");
+
+  m.def("kernel_info", [](const std::string& kernels) {
+    const KernelSet& ks = kernels_arg("kernel_info", kernels);
+    nb::dict d;
+    d["name"] = ks.name; d["bgemm"] = ks.bgemm_name; d["sgemm"] = ks.sgemm_name; d["igemm_u8i8"] = ks.igemm_name;
+    d["bitpack_f32"] = ks.bitpack_name;
+    return d;
+  }, "kernels"_a = "", "Names of the inner kernels of a kernel set.");
+
+  m.def("peak_probe", [](const std::string& kernels, double seconds) {
+    const KernelSet& ks = kernels_arg("peak_probe", kernels);
+    if (!(seconds > 0.0 && seconds <= 60.0)) fail("peak_probe", "seconds must be in (0, 60]");
+    nb::gil_scoped_release release;
+    return ks.peak_probe(seconds);
+  }, "kernels"_a = "", "seconds"_a = 0.2,
+     "Binary MACs/s of a register-resident xor + popcount + add loop (one thread) for a kernel set.");
+
+  m.def("bitpack", &bitpack, "x"_a, "kernels"_a = "", "threads"_a = 1,
+        "Pack float32 or int32 [..., C] into uint64 [..., ceil(C/64)]: bit = (x < 0), LSB first, "
+        "padding bits 0; NaN packs to 0 (+1).");
+
+  m.def("bgemm", [](const AnyArray& a, const AnyArray& b, i64 k_bits, const std::string& kernels, int threads) {
+    return bgemm_impl("bgemm", a, b, k_bits, kernels, threads, false);
+  }, "a"_a, "b"_a, "k_bits"_a, "kernels"_a = "", "threads"_a = 1,
+     "out[m, n] = k_bits - 2 popcount(a[m] ^ b[n]); a uint64 [M, Kw], b uint64 [N, Kw] -> int32 [M, N].");
+
+  m.def("bgemm_planes", [](const AnyArray& a, const AnyArray& b, i64 k_bits, const std::string& kernels, int threads) {
+    return bgemm_impl("bgemm_planes", a, b, k_bits, kernels, threads, true);
+  }, "a"_a, "b"_a, "k_bits"_a, "kernels"_a = "", "threads"_a = 1,
+     "out[m, n] = sum_i sum_j 2^(i+j) (k_bits - 2 popcount(a[i, m] ^ b[j, n])) (MBBN Eq. 8); "
+     "a uint64 [Pa, M, Kw], b uint64 [Pw, N, Kw] -> int32 [M, N].");
+
+  m.def("bconv2d", [](const AnyArray& x, const AnyArray& w, i64 channels, nb::handle stride, nb::handle padding,
+                      int pad_value, const std::string& kernels, int threads) {
+    return bconv2d_impl("bconv2d", x, w, channels, stride, padding, pad_value, kernels, threads, false);
+  }, "x"_a, "w"_a, "channels"_a, "stride"_a = nb::make_tuple(1, 1), "padding"_a = nb::make_tuple(0, 0),
+     "pad_value"_a = 0, "kernels"_a = "", "threads"_a = 1,
+     "Binary convolution: x uint64 [N, H, W, Cw], w uint64 [O, kh, kw, Cw] -> int32 [N, Ho, Wo, O], "
+     "equal to F.conv2d(sign(x), sign(w)) (pad_value=0: zero padding, corrected exactly; "
+     "pad_value=1: padded taps are +1).");
+
+  m.def("bconv2d_planes", [](const AnyArray& x, const AnyArray& w, i64 channels, nb::handle stride,
+                             nb::handle padding, int pad_value, const std::string& kernels, int threads) {
+    return bconv2d_impl("bconv2d_planes", x, w, channels, stride, padding, pad_value, kernels, threads, true);
+  }, "x"_a, "w"_a, "channels"_a, "stride"_a = nb::make_tuple(1, 1), "padding"_a = nb::make_tuple(0, 0),
+     "pad_value"_a = 0, "kernels"_a = "", "threads"_a = 1,
+     "Plane convolution: x uint64 [Pa, N, H, W, Cw], w uint64 [Pw, O, kh, kw, Cw] -> int32 [N, Ho, Wo, O] "
+     "= sum_{i,j} 2^(i+j) bconv2d(x[i], w[j]).");
+
+  m.def("threshold_bits", &threshold_bits, "acc"_a, "thr"_a, "direction"_a,
+        "int32 [..., O] -> uint64 [..., ceil(O/64)]: +1 (bit 0) iff acc >= thr (direction +1) or "
+        "acc <= thr (direction -1).");
+  m.def("threshold_planes", &threshold_planes, "acc"_a, "thr"_a, "direction"_a,
+        "int32 [..., O], thr int32 [O, L = 2^M - 1] sorted ascending -> uint64 [M, ..., ceil(O/64)]; "
+        "q = #{l: acc >= thr[l]} (dir +1) or #{l: acc <= thr[l]} (dir -1), plane m bit = 1 - bit m of q, "
+        "so sum_m 2^m c_m = 2q - L.");
+  m.def("threshold_f32_bits", &threshold_f32_bits, "y"_a, "thr"_a, "direction"_a,
+        "float32 [..., O] -> uint64 [..., ceil(O/64)]: +1 iff y >= thr (dir +1) or y <= thr (dir -1); "
+        "NaN gives +1 (bit 0), like bitpack.");
+  m.def("scale_bias", &scale_bias, "acc"_a, "scale"_a, "bias"_a,
+        "float32 y = float(acc) * scale + bias, two float32 roundings (no FMA contraction).");
+
+  m.def("maxpool_bits", &maxpool_bits, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0, "op"_a = "and",
+        "Max-pool packed bits uint64 [N, H, W, Cw]: op 'and' = max of +-1 values (bit 1 = -1), "
+        "'or' = min; padded positions are ignored; stride defaults to kernel.");
+  m.def("maxpool_i32", [](const AnyArray& x, nb::handle k, nb::handle s, nb::handle p) {
+    return maxpool_typed<std::int32_t>("maxpool_i32", x, k, s, p);
+  }, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,
+     "Max-pool int32 NHWC (PyTorch semantics: padding ignored, floor mode; stride defaults to kernel).");
+  m.def("maxpool_f32", [](const AnyArray& x, nb::handle k, nb::handle s, nb::handle p) {
+    return maxpool_typed<float>("maxpool_f32", x, k, s, p);
+  }, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,
+     "Max-pool float32 NHWC (PyTorch semantics incl. NaN propagation; stride defaults to kernel).");
+
+  m.def("conv2d_f32", &conv2d_f32, "x"_a, "w"_a, "bias"_a = nb::none(), "stride"_a = nb::make_tuple(1, 1),
+        "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
+        "Float conv: x float32 [N, H, W, C], w float32 [O, kh, kw, C], zero padding -> float32 "
+        "[N, Ho, Wo, O]. Fast kernels match ref within 2 K 2^-24 sum|x w|.");
+  m.def("dense_f32", &dense_f32, "x"_a, "w"_a, "bias"_a = nb::none(), "kernels"_a = "", "threads"_a = 1,
+        "Float dense: x float32 [N, K], w float32 [O, K] -> float32 [N, O].");
+  m.def("conv2d_u8i8", &conv2d_u8i8, "x"_a, "w"_a, "stride"_a = nb::make_tuple(1, 1),
+        "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
+        "Exact fixed-point conv: x uint8 [N, H, W, C], w int8 [O, kh, kw, C], zero padding -> int32.");
+}

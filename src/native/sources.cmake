@@ -1,0 +1,54 @@
+# Native sources. Per-ISA kernels get per-file compile flags so the library runs on any
+# x86-64 (or other) CPU; dispatch picks the best eligible kernel set at run time. The whole
+# library is never compiled with -march=native.
+set(BF_NATIVE ${CMAKE_CURRENT_SOURCE_DIR}/src/native)
+
+set(BF_NATIVE_SOURCES
+  ${BF_NATIVE}/cpu/cpu_features.cc
+  ${BF_NATIVE}/kernels/ref/bgemm_ref.cc
+  ${BF_NATIVE}/kernels/ref/bitpack_ref.cc
+  ${BF_NATIVE}/kernels/ref/transforms_ref.cc
+  ${BF_NATIVE}/kernels/ref/pool_ref.cc
+  ${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc
+  ${BF_NATIVE}/ops/gemm_drivers.cc
+  ${BF_NATIVE}/ops/parallel.cc
+  ${BF_NATIVE}/python/bindings.cc)
+
+set(BF_X86 OFF)
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  set(BF_X86 ON)
+endif()
+
+if(BF_X86)
+  set(BF_AVX2_SOURCES
+    ${BF_NATIVE}/kernels/x86/avx2/bgemm_2x4__avx2.cc
+    ${BF_NATIVE}/kernels/x86/avx2/sgemm_2x4__avx2fma.cc
+    ${BF_NATIVE}/kernels/x86/avx2/igemm_u8i8_2x4__avx2.cc
+    ${BF_NATIVE}/kernels/x86/avx2/bitpack_f32__avx2.cc)
+  set(BF_AVX512_SOURCES
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x4__avx512fma.cc
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
+    ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc)
+  list(APPEND BF_NATIVE_SOURCES ${BF_AVX2_SOURCES} ${BF_AVX512_SOURCES}
+       ${BF_NATIVE}/kernels/x86/kernel_sets__x86.cc)
+  set_source_files_properties(${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc
+    PROPERTIES COMPILE_OPTIONS "-mpopcnt")
+  set_source_files_properties(${BF_AVX2_SOURCES}
+    PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mpopcnt")
+  # -Wno-uninitialized: GCC 12 false positive inside its own avx512 intrinsic headers (GCC PR 105593).
+  set_source_files_properties(${BF_AVX512_SOURCES}
+    PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512vpopcntdq;-mavx512vnni;-mfma;-mpopcnt;-Wno-uninitialized")
+endif()
+
+nanobind_add_module(_native NB_STATIC ${BF_NATIVE_SOURCES})
+target_include_directories(_native PRIVATE ${BF_NATIVE}/include)
+if(BF_X86)
+  target_compile_definitions(_native PRIVATE BITFLOW_HAVE_X86_KERNELS=1)
+endif()
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  # -ffp-contract=off: no silent FMA contraction (scale_bias and the reference sgemm round
+  # every product and every sum in float32; the FMA kernels use explicit intrinsics).
+  target_compile_options(_native PRIVATE -Wall -Wextra -O3 -ffp-contract=off)
+endif()
+install(TARGETS _native LIBRARY DESTINATION bitflow)

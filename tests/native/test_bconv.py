@@ -1,0 +1,206 @@
+"""Binary convolution (single and planes) against torch.nn.functional.conv2d on +-1 values."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from native_oracles import pack_bits, random_pm
+
+from bitflow import _native
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.native
+
+
+def _torch_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: int | tuple[int, int],
+    padding: tuple[int, int],
+    pad_value: int,
+) -> np.ndarray:
+    """NHWC x, OHWC w (real values) -> NHWC int64 via F.conv2d in float64 (exact for integers)."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float64))
+    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 3, 1, 2)).astype(np.float64))
+    ph, pw = padding
+    if pad_value == 1:
+        xt = F.pad(xt, (pw, pw, ph, ph), value=1.0)
+        y = F.conv2d(xt, wt, stride=stride)
+    else:
+        y = F.conv2d(xt, wt, stride=stride, padding=padding)
+    return y.numpy().transpose(0, 2, 3, 1).round().astype(np.int64)
+
+
+CASES = [
+    # n, h, w, c, o, kh, kw, stride, padding
+    (1, 5, 5, 3, 4, 3, 3, 1, (1, 1)),
+    (2, 7, 6, 65, 5, 3, 3, 2, (1, 1)),
+    (3, 6, 9, 64, 9, 2, 3, (2, 1), (0, 2)),
+    (1, 9, 7, 130, 6, 5, 5, 1, (2, 2)),
+    (2, 4, 5, 1, 3, 1, 1, 1, (0, 0)),
+    (1, 8, 8, 200, 17, 1, 1, 2, (1, 0)),
+    (2, 5, 3, 33, 8, 3, 1, 1, (2, 0)),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("pad_value", [0, 1])
+def test_bconv2d_ref_equals_torch(case: tuple, pad_value: int) -> None:
+    n, h, w, c, o, kh, kw, stride, padding = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, kh, kw, c))
+    got = _native.bconv2d(
+        pack_bits(x),
+        pack_bits(wt),
+        c,
+        stride=stride,
+        padding=padding,
+        pad_value=pad_value,
+        kernels="ref",
+    )
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, _torch_conv(x, wt, stride, padding, pad_value))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bconv2d_kernels_equal_ref(fast_kernels: str, case: tuple) -> None:
+    n, h, w, c, o, kh, kw, stride, padding = case
+    rng = np.random.default_rng(17 + hash(case) % 2**32)
+    px, pw_ = pack_bits(random_pm(rng, (n, h, w, c))), pack_bits(random_pm(rng, (o, kh, kw, c)))
+    for pad_value, threads in itertools.product((0, 1), (1, 2)):
+        ref = _native.bconv2d(px, pw_, c, stride, padding, pad_value, kernels="ref")
+        got = _native.bconv2d(
+            px, pw_, c, stride, padding, pad_value, kernels=fast_kernels, threads=threads
+        )
+        np.testing.assert_array_equal(got, ref)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    c=st.integers(1, 140),
+    o=st.integers(1, 10),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    sh=st.integers(1, 2),
+    sw=st.integers(1, 2),
+    ph=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    pad_value=st.sampled_from([0, 1]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bconv2d_property_all_kernels(
+    n: int,
+    h: int,
+    w: int,
+    c: int,
+    o: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    pad_value: int,
+    seed: int,
+) -> None:
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    rng = np.random.default_rng(seed)
+    x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, kh, kw, c))
+    expect = _torch_conv(x, wt, (sh, sw), (ph, pw), pad_value)
+    for ks in _native.available_kernels():
+        got = _native.bconv2d(
+            pack_bits(x), pack_bits(wt), c, (sh, sw), (ph, pw), pad_value, kernels=ks, threads=2
+        )
+        np.testing.assert_array_equal(got, expect, err_msg=ks)
+
+
+@pytest.mark.parametrize("pa,pw", [(1, 1), (2, 1), (1, 2), (2, 3)])
+@pytest.mark.parametrize("pad_value", [0, 1])
+def test_bconv2d_planes_equals_level_conv(kernels: str, pa: int, pw: int, pad_value: int) -> None:
+    # Planes c_i with value v = sum_i 2^i c_i; zero padding = value 0 in every plane, so the
+    # oracle is one conv of the levels (bilinearity, MBBN Eq. 8). pad_value=1: each plane
+    # is padded with +1, i.e. the level 2^Pa - 1.
+    rng = np.random.default_rng(100 * pa + pw + pad_value)
+    n, h, w, c, o, k = 2, 6, 5, 70, 5, 3
+    cx = random_pm(rng, (pa, n, h, w, c))
+    cw = random_pm(rng, (pw, o, k, k, c))
+    vx = np.tensordot(2.0 ** np.arange(pa), cx.astype(np.float64), axes=1)
+    vw = np.tensordot(2.0 ** np.arange(pw), cw.astype(np.float64), axes=1)
+    if pad_value == 1:
+        vx = np.pad(vx, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=2**pa - 1)
+        expect = _torch_conv(vx, vw, 1, (0, 0), 0)
+    else:
+        expect = _torch_conv(vx, vw, 1, (1, 1), 0)
+    for threads in (1, 2):
+        got = _native.bconv2d_planes(
+            pack_bits(cx), pack_bits(cw), c, 1, 1, pad_value, kernels=kernels, threads=threads
+        )
+        np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("c", [128, 100])
+def test_bconv2d_many_row_blocks_threads(c: int) -> None:
+    # M = 4 * 32 * 32 = 4096 im2col rows of 18 (c=128) or 15 (c=100, bit-dense) words is
+    # several 128 KiB row blocks: the fused per-block path runs on 1, 2 and 3 threads.
+    rng = np.random.default_rng(c)
+    x, wt = random_pm(rng, (4, 32, 32, c)), random_pm(rng, (8, 3, 3, c))
+    expect = _torch_conv(x, wt, 1, (1, 1), 0)
+    px, pw_ = pack_bits(x), pack_bits(wt)
+    for ks in _native.available_kernels():
+        for threads in (1, 2, 3):
+            got = _native.bconv2d(px, pw_, c, 1, 1, 0, kernels=ks, threads=threads)
+            np.testing.assert_array_equal(got, expect, err_msg=f"{ks} threads={threads}")
+
+
+def test_concurrent_python_threads_share_the_module() -> None:
+    # The GIL is released while computing; several Python threads calling at once must each
+    # get their own correct result.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    jobs = []
+    for i in range(8):
+        x, wt = random_pm(rng, (2, 9, 9, 70)), random_pm(rng, (5 + i, 3, 3, 70))
+        jobs.append((pack_bits(x), pack_bits(wt), _torch_conv(x, wt, 1, (1, 1), 0)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_native.bconv2d, px, pw_, 70, 1, 1, 0, "", 2) for px, pw_, _ in jobs]
+        for fut, (_, _, expect) in zip(futures, jobs, strict=True):
+            np.testing.assert_array_equal(fut.result(), expect)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    pa=st.integers(1, 3),
+    pw=st.integers(1, 3),
+    h=st.integers(2, 7),
+    c=st.integers(1, 130),
+    k=st.integers(1, 3),
+    s=st.integers(1, 2),
+    p=st.integers(0, 1),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bconv2d_planes_property(
+    pa: int, pw: int, h: int, c: int, k: int, s: int, p: int, seed: int
+) -> None:
+    if h + 2 * p < k:
+        return
+    rng = np.random.default_rng(seed)
+    cx, cw = random_pm(rng, (pa, 2, h, h + 1, c)), random_pm(rng, (pw, 3, k, k, c))
+    vx = np.tensordot(2.0 ** np.arange(pa), cx.astype(np.float64), axes=1)
+    vw = np.tensordot(2.0 ** np.arange(pw), cw.astype(np.float64), axes=1)
+    expect = _torch_conv(vx, vw, s, (p, p), 0)
+    for ks in _native.available_kernels():
+        got = _native.bconv2d_planes(
+            pack_bits(cx), pack_bits(cw), c, s, p, 0, kernels=ks, threads=2
+        )
+        np.testing.assert_array_equal(got, expect, err_msg=ks)

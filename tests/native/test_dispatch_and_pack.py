@@ -1,0 +1,130 @@
+"""CPU features, kernel dispatch, and bit packing against the numpy oracle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from native_oracles import ALL_KERNELS, pack_bits, unpack_pm
+
+from bitflow import _native
+
+pytestmark = pytest.mark.native
+
+FEATURES = "popcnt avx2 fma avx512f avx512bw avx512vl avx512vpopcntdq avx512vnni avxvnni".split()
+
+
+def test_cpu_features_keys_and_consistency() -> None:
+    f = _native.cpu_features()
+    assert sorted(f) == sorted(FEATURES)
+    assert all(isinstance(v, bool) for v in f.values())
+    # /proc/cpuinfo is an independent source on Linux (flag names differ slightly).
+    if os.path.exists("/proc/cpuinfo"):
+        flags = set()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        for ours, linux in [
+            ("popcnt", "popcnt"),
+            ("avx2", "avx2"),
+            ("avx512f", "avx512f"),
+            ("avx512vpopcntdq", "avx512_vpopcntdq"),
+            ("avx512vnni", "avx512_vnni"),
+        ]:
+            assert f[ours] == (linux in flags), ours
+
+
+def test_available_kernels_order_and_default() -> None:
+    avail = _native.available_kernels()
+    compiled = _native.compiled_kernels()
+    assert avail[0] == "ref"
+    assert set(avail) <= set(compiled) <= set(ALL_KERNELS)
+    # Best last: the order follows ALL_KERNELS.
+    assert avail == [k for k in ALL_KERNELS if k in avail]
+    env = os.environ.get("BITFLOW_KERNELS")
+    assert _native.default_kernels() == (env if env else avail[-1])
+    f = _native.cpu_features()
+    assert ("avx512" in avail) == (
+        "avx512" in compiled
+        and f["avx512f"]
+        and f["avx512bw"]
+        and f["avx512vl"]
+        and f["avx512vpopcntdq"]
+        and f["avx512vnni"]
+    )
+    for k in avail:
+        info = _native.kernel_info(k)
+        assert info["name"] == k and info["bgemm"].startswith("bgemm_")
+
+
+def test_unknown_kernel_set_raises() -> None:
+    a = np.zeros((1, 1), dtype=np.uint64)
+    with pytest.raises(ValueError, match="nosuch"):
+        _native.bgemm(a, a, 1, kernels="nosuch")
+    for k in ALL_KERNELS:
+        if k not in _native.available_kernels():
+            with pytest.raises(ValueError, match=k):
+                _native.bgemm(a, a, 1, kernels=k)
+
+
+def _run_with_env(value: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BITFLOW_KERNELS=value)
+    return subprocess.run(
+        [sys.executable, "-c", "from bitflow import _native; print(_native.default_kernels())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_env_var_forces_default() -> None:
+    r = _run_with_env("ref")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ref"
+    bad = _run_with_env("bogus")
+    assert bad.returncode != 0
+    assert "BITFLOW_KERNELS" in bad.stderr and "bogus" in bad.stderr
+
+
+def test_bitpack_f32_matches_oracle_and_sign_rules(kernels: str) -> None:
+    rng = np.random.default_rng(1)
+    for c in (1, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 96, 130, 257):
+        x = rng.standard_normal((3, 2, c)).astype(np.float32)
+        got = _native.bitpack(x, kernels=kernels, threads=2)
+        assert got.dtype == np.uint64 and got.shape == (3, 2, -(-c // 64))
+        np.testing.assert_array_equal(got, pack_bits(x))
+        np.testing.assert_array_equal(unpack_pm(got, c), np.where(x < 0, -1.0, 1.0))
+    # sign(0) = +1 for both zeros; NaN packs to 0 (+1); -inf to 1.
+    x = np.array([[0.0, -0.0, np.nan, -np.inf, np.inf, -1e-45]], dtype=np.float32)
+    assert int(_native.bitpack(x, kernels=kernels)[0, 0]) == 0b101000
+    # the same special values in a full 64-wide word and in the tail of a longer row
+    row = np.ones((1, 200), dtype=np.float32)
+    row[0, [3, 70, 150, 199]] = [-0.0, np.nan, -np.inf, -1e-45]
+    np.testing.assert_array_equal(_native.bitpack(row, kernels=kernels), pack_bits(row))
+    assert pack_bits(row)[0, 3] == np.uint64(1) << np.uint64(199 - 192)
+
+
+def test_bitpack_int32_and_threads() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.integers(-5, 5, size=(17, 100), dtype=np.int32)
+    ref = pack_bits(x)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(_native.bitpack(x, threads=threads), ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_bitpack_roundtrip_property(c: int, rows: int, seed: int) -> None:
+    x = np.random.default_rng(seed).standard_normal((rows, c)).astype(np.float32)
+    packed = _native.bitpack(x)
+    # padding bits of the last word are zero
+    if c % 64:
+        assert np.all(packed[:, -1] >> np.uint64(c % 64) == 0)
+    np.testing.assert_array_equal(unpack_pm(packed, c), np.where(x < 0, -1.0, 1.0))

@@ -1,0 +1,103 @@
+"""Float and uint8 x int8 first/last layers: ref vs torch/numpy, kernels vs ref."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from native_oracles import ALL_KERNELS
+
+from bitflow import _native
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.native
+
+U = 2.0**-24  # unit roundoff of float32
+
+
+def _conv_f64(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float64))
+    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(0, 3, 1, 2)).astype(np.float64))
+    return F.conv2d(xt, wt, stride=stride, padding=padding).numpy().transpose(0, 2, 3, 1)
+
+
+def _bound(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
+    """Error bound of a float32 dot product of length K in any order: K u sum|x w| (+ bias
+    rounding, covered by the factor 2). Higham, Accuracy and Stability, Eq. 3.5."""
+    k = w.shape[1] * w.shape[2] * w.shape[3]
+    return 2 * k * U * _conv_f64(np.abs(x), np.abs(w), stride, padding) + 1e-30
+
+
+CONVS = [  # n, h, w, c, o, k, stride, padding
+    (1, 11, 11, 3, 8, 3, 1, 1),
+    (2, 15, 13, 3, 17, 5, 2, 2),
+    (1, 8, 8, 20, 5, 1, 1, 0),
+    (3, 9, 10, 1, 4, (3, 2), (2, 1), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CONVS)
+def test_conv2d_f32_all_kernels(case: tuple) -> None:
+    n, h, w, c, o, k, stride, padding = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(o)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, kh, kw, c)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    exact = _conv_f64(x, wt, stride, padding) + bias
+    bound = _bound(x, wt, stride, padding) + 2 * U * np.abs(exact)
+    ref = _native.conv2d_f32(x, wt, bias, stride, padding, kernels="ref")
+    assert ref.dtype == np.float32 and ref.shape == exact.shape
+    assert np.all(np.abs(ref - exact) <= bound)
+    for ks in _native.available_kernels():
+        one = _native.conv2d_f32(x, wt, bias, stride, padding, kernels=ks, threads=1)
+        two = _native.conv2d_f32(x, wt, bias, stride, padding, kernels=ks, threads=2)
+        np.testing.assert_array_equal(one, two)  # thread count never changes a float result
+        assert np.all(np.abs(one - exact) <= bound), ks
+    no_bias = _native.conv2d_f32(x, wt, None, stride, padding)
+    assert np.all(np.abs(no_bias - (exact - bias)) <= bound + 2 * U * np.abs(bias))
+
+
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 100, 363])
+def test_dense_f32_all_kernels(k: int) -> None:
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    w = rng.standard_normal((9, k)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    bound = 2 * k * U * (
+        np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    ) + 2 * U * np.abs(exact)
+    for ks in _native.available_kernels():
+        got = _native.dense_f32(x, w, b, kernels=ks, threads=2)
+        assert got.shape == (5, 9) and np.all(np.abs(got - exact) <= bound), ks
+    # the reference is sequential float32 summation: reproduce it exactly in numpy
+    seq = np.zeros((5, 9), dtype=np.float32)
+    for i in range(k):
+        seq = seq + np.multiply(x[:, i : i + 1], w[:, i][None, :])
+    np.testing.assert_array_equal(_native.dense_f32(x, w, b, kernels="ref"), seq + b)
+
+
+@pytest.mark.parametrize("case", CONVS + [(2, 7, 7, 30, 6, 3, 1, 1), (1, 6, 6, 64, 5, 3, 2, 1)])
+def test_conv2d_u8i8_exact(case: tuple) -> None:
+    n, h, w, c, o, k, stride, padding = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(c + o)
+    x = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    wt = rng.integers(-128, 128, size=(o, kh, kw, c), dtype=np.int8)
+    x[0, 0, 0, :] = 255
+    wt[0, ...] = -128  # extreme products
+    expect = _conv_f64(x.astype(np.float64), wt.astype(np.float64), stride, padding)
+    expect = np.rint(expect).astype(np.int64)  # float64 is exact: |sum| < 2^53
+    for ks in _native.available_kernels():
+        for threads in (1, 2):
+            got = _native.conv2d_u8i8(x, wt, stride, padding, kernels=ks, threads=threads)
+            assert got.dtype == np.int32
+            np.testing.assert_array_equal(got, expect, err_msg=ks)
+
+
+def test_peak_probe_positive() -> None:
+    for ks in _native.available_kernels():
+        assert _native.peak_probe(ks, 0.01) > 1e8
+    assert set(_native.available_kernels()) <= set(ALL_KERNELS)

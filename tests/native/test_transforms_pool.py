@@ -1,0 +1,154 @@
+"""Output transforms (thresholds, planes, scale+bias) and max pooling against numpy/torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from native_oracles import pack_bits, random_pm, unpack_pm
+
+from bitflow import _native
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.native
+
+INT32_MIN = np.iinfo(np.int32).min
+
+
+def test_threshold_bits_rule_and_constants() -> None:
+    rng = np.random.default_rng(0)
+    o = 130
+    acc = rng.integers(-50, 50, size=(2, 3, o), dtype=np.int32)
+    thr = rng.integers(-50, 50, size=o, dtype=np.int32)
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    # constants as the caller expresses them: +1 always / -1 always
+    thr[0], direction[0] = INT32_MIN, 1
+    thr[1], direction[1] = INT32_MIN, -1
+    got = _native.threshold_bits(acc, thr, direction)
+    assert got.shape == (2, 3, 3) and got.dtype == np.uint64
+    plus = np.where(direction > 0, acc >= thr, acc <= thr)
+    np.testing.assert_array_equal(unpack_pm(got, o), np.where(plus, 1.0, -1.0))
+    np.testing.assert_array_equal(got, pack_bits(np.where(plus, 1, -1)))
+    assert np.all(unpack_pm(got, o)[..., 0] == 1) and np.all(unpack_pm(got, o)[..., 1] == -1)
+
+
+@pytest.mark.parametrize("planes", [1, 2, 3, 4])
+def test_threshold_planes_identity(planes: int) -> None:
+    rng = np.random.default_rng(planes)
+    L, o = 2**planes - 1, 70
+    acc = rng.integers(-40, 40, size=(3, 4, o), dtype=np.int32)
+    thr = np.sort(rng.integers(-40, 40, size=(o, L), dtype=np.int32), axis=1)
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    got = _native.threshold_planes(acc, thr, direction)
+    assert got.shape == (planes, 3, 4, 2) and got.dtype == np.uint64
+    # oracle: q counts thresholds on the +1 side
+    q = np.where(direction > 0, (acc[..., None] >= thr).sum(-1), (acc[..., None] <= thr).sum(-1))
+    c = np.stack([unpack_pm(got[m], o) for m in range(planes)])
+    value = np.tensordot(2.0 ** np.arange(planes), c, axes=1)
+    np.testing.assert_array_equal(value, 2 * q - L)  # sum_m 2^m c_m = 2q - L
+    for m in range(planes):
+        np.testing.assert_array_equal(c[m], np.where((q >> m) & 1 == 1, 1.0, -1.0))
+
+
+def test_threshold_planes_monotone_in_acc() -> None:
+    # the encoded level is non-decreasing in acc for direction +1 and non-increasing for -1
+    acc = np.arange(-20, 21, dtype=np.int32)[:, None].repeat(2, axis=1)
+    thr = np.array([[-9, -3, 0, 2, 5, 5, 11], [-9, -3, 0, 2, 5, 5, 11]], dtype=np.int32)
+    got = _native.threshold_planes(acc, thr, np.array([1, -1], dtype=np.int8))
+    c = np.stack([unpack_pm(got[m], 2) for m in range(3)])
+    level = np.tensordot([1.0, 2.0, 4.0], c, axes=1)
+    assert np.all(np.diff(level[:, 0]) >= 0) and np.all(np.diff(level[:, 1]) <= 0)
+    assert level[0, 0] == -7 and level[-1, 0] == 7 and level[0, 1] == 7 and level[-1, 1] == -7
+
+
+def test_threshold_f32_bits() -> None:
+    rng = np.random.default_rng(5)
+    o = 67
+    y = rng.standard_normal((4, o)).astype(np.float32)
+    thr = rng.standard_normal(o).astype(np.float32)
+    y[0, :5] = thr[:5]  # ties: +1 for both directions
+    y[1, 0] = np.nan
+    direction = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    got = _native.threshold_f32_bits(y, thr, direction)
+    with np.errstate(invalid="ignore"):
+        minus = np.where(direction > 0, y < thr, y > thr)  # NaN: neither -> +1
+    np.testing.assert_array_equal(unpack_pm(got, o), np.where(minus, -1.0, 1.0))
+    assert np.all(unpack_pm(got, o)[0, :5] == 1.0) and unpack_pm(got, o)[1, 0] == 1.0
+
+
+def test_scale_bias_two_roundings() -> None:
+    rng = np.random.default_rng(6)
+    acc = rng.integers(-(2**24), 2**24, size=(5, 33), dtype=np.int32)
+    scale = rng.standard_normal(33).astype(np.float32)
+    bias = rng.standard_normal(33).astype(np.float32)
+    got = _native.scale_bias(acc, scale, bias)
+    # numpy float32 ufuncs round the product and the sum separately
+    expect = np.add(np.multiply(acc.astype(np.float32), scale), bias)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expect)
+
+
+POOLS = [  # h, w, kernel, stride, padding
+    (6, 6, 2, None, 0),
+    (7, 5, 3, 2, 1),
+    (9, 8, (3, 2), (2, 1), (1, 0)),
+    (5, 5, 3, 1, 1),
+    (13, 13, 3, 2, 0),
+]
+
+
+def _torch_pool(x_nhwc: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    xt = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+    y = F.max_pool2d(xt, kernel, stride=stride if stride is not None else kernel, padding=padding)
+    return y.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("case", POOLS)
+def test_maxpool_bits_equals_torch(case: tuple) -> None:
+    h, w, kernel, stride, padding = case
+    rng = np.random.default_rng(h * w)
+    c = 100
+    x = random_pm(rng, (2, h, w, c))
+    px = pack_bits(x)
+    expect_max = _torch_pool(x, kernel, stride, padding)
+    expect_min = -_torch_pool(-x, kernel, stride, padding)
+    got_and = _native.maxpool_bits(px, kernel, stride, padding, "and")
+    got_or = _native.maxpool_bits(px, kernel, stride, padding, op="or")
+    np.testing.assert_array_equal(unpack_pm(got_and, c), expect_max)
+    np.testing.assert_array_equal(unpack_pm(got_or, c), expect_min)
+    assert np.all(got_and[..., -1] >> np.uint64(c % 64) == 0)  # padding bits stay 0
+
+
+@pytest.mark.parametrize("case", POOLS)
+def test_maxpool_i32_f32_equal_torch(case: tuple) -> None:
+    h, w, kernel, stride, padding = case
+    rng = np.random.default_rng(h + w)
+    xi = rng.integers(-(2**31), 2**31 - 1, size=(2, h, w, 5), dtype=np.int64).astype(np.int32)
+    # float64 holds every int32 exactly
+    expect_i = _torch_pool(xi.astype(np.float64), kernel, stride, padding).astype(np.int32)
+    np.testing.assert_array_equal(_native.maxpool_i32(xi, kernel, stride, padding), expect_i)
+    xf = rng.standard_normal((2, h, w, 5)).astype(np.float32)
+    xf[0, 1, 1, 0] = np.nan
+    xf[1, 0, 0, 1] = -np.inf
+    np.testing.assert_array_equal(
+        _native.maxpool_f32(xf, kernel, stride, padding), _torch_pool(xf, kernel, stride, padding)
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_maxpool_property(h: int, w: int, k: int, s: int, p: int, seed: int) -> None:
+    if 2 * p > k or h + 2 * p < k or w + 2 * p < k:
+        return
+    x = np.random.default_rng(seed).standard_normal((1, h, w, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_native.maxpool_f32(x, k, s, p), _torch_pool(x, k, s, p))
