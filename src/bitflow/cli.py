@@ -116,7 +116,131 @@ def _add_summary(sub: Any) -> None:
     p.set_defaults(func=_cmd_summary)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_summary]
+def _test_arrays(spec: str, limit: int | None, split: str = "test") -> tuple[Any, Any]:
+    """float32 NCHW images in [0, 1] and int64 labels of a data spec's test split.
+
+    Fashion-MNIST specs are read with numpy only (no torch); other specs go through the torch
+    datasets of ``bitflow.data.get_data``."""
+    import numpy as np
+
+    from .data import specs
+
+    if specs.parse_spec(spec).is_fashion:
+        return specs.load_arrays(spec, split=split, limit=limit)  # type: ignore[arg-type]
+    from .data import get_data
+
+    bundle = get_data(spec, limit_test=limit, augment=False)
+    ds = bundle.test
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True) if len(ds) else ((), ())
+    x = np.stack([np.asarray(a, np.float32) for a in xs]) if xs else np.zeros((0, bundle.in_channels, bundle.image_size, bundle.image_size), np.float32)
+    return x, np.asarray(ys, np.int64)
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    import os
+
+    from .convert import convert
+    from .train import model_from_checkpoint
+
+    model, state = model_from_checkpoint(a.checkpoint)
+    graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
+    graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data")})
+    graph.save(a.output)
+    info = {
+        "output": a.output,
+        "mode": graph.mode,
+        "ops": len(graph.ops),
+        "file_bytes": os.path.getsize(a.output),
+        "param_bytes": int(sum(t.nbytes for t in graph.tensors.values())),
+        "input": graph.input.to_json(),
+        "classes": len(graph.class_names),
+    }
+    if a.json:
+        print(json.dumps(info))
+    else:
+        print(graph.summary())
+        print(f"wrote {a.output}: {info['file_bytes']} bytes, {info['ops']} ops, mode {graph.mode}")
+    return 0
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser("convert", help="BatchShift fusion + bit packing: checkpoint -> .bfn model file")
+    p.add_argument("checkpoint", help="a checkpoint written by bitflow train (e.g. runs/fm/best.pt)")
+    p.add_argument("-o", "--output", required=True, help="the .bfn file to write (atomically)")
+    p.add_argument("--mode", choices=("bitflow", "xnor"), default=None,
+                   help="bitflow: integer thresholds (default for bitflow_* models); xnor: float alpha + BatchNorm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from .convert import load_graph, verify
+    from .train import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(a.checkpoint)
+    graph = load_graph(a.model_file)
+    x, y = _test_arrays(a.data, a.limit)
+    report = verify(model, graph, x, y)
+    report.update({"checkpoint": a.checkpoint, "model_file": a.model_file, "data": a.data})
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['samples']} samples: accuracy torch {report['accuracy_torch']:.4f}, integer model "
+              f"{report['accuracy_integer']:.4f}; prediction mismatches {report['prediction_mismatches']}, "
+              f"sign mismatches {report['sign_mismatches']} of {report.get('signs_compared', '?')}, "
+              f"ties {report['ties']}, near-threshold {report['near_threshold']['count']}, "
+              f"max |logit diff| {report['max_logit_abs_diff']:.3g}")
+    bad = report["prediction_mismatches"] + report["sign_mismatches"]
+    return 0 if bad == 0 else 1
+
+
+def _add_verify(sub: Any) -> None:
+    p = sub.add_parser("verify", help="compare a checkpoint (PyTorch) with its .bfn integer model")
+    p.add_argument("checkpoint")
+    p.add_argument("model_file")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test samples")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .engine import load
+    from .engine.check import compare_with_reference
+
+    eng = load(a.model_file, kernels=a.kernels, threads=a.threads)
+    x, y = _test_arrays(a.data, a.limit)
+    report = compare_with_reference(eng, x, y, batch_size=a.batch_size, reference=not a.no_reference)
+    report.update({"model_file": a.model_file, "data": a.data})
+    if a.json:
+        print(json.dumps(report))
+    else:
+        line = (f"{report['samples']} samples: accuracy {report['accuracy']:.4f} with kernels {report['kernels']} "
+                f"({report['threads']} threads), {report['ms_per_sample']:.3f} ms/sample")
+        if "reference" in report:
+            r = report["reference"]
+            line += (f"; vs reference executor: prediction mismatches {r['prediction_mismatches']}, "
+                     f"integer/bit mismatches {r['exact_mismatches']}, near-threshold float-layer bits {r['near_threshold']}, "
+                     f"max |float diff| {r['max_float_abs_diff']:.3g}")
+        print(line)
+    ref = report.get("reference")
+    return 0 if ref is None or (ref["prediction_mismatches"] == 0 and ref["exact_mismatches"] == 0) else 1
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a .bfn model on the native engine and check it against the reference executor")
+    p.add_argument("model_file")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-reference", action="store_true", help="skip the comparison with the reference executor")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"bitflow {args.command}: error: {msg}", file=sys.stderr)
         return 2

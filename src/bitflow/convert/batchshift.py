@@ -1,0 +1,480 @@
+"""BatchShift: fuse (scaling factor, bias, ReLU, max-pool, BatchNorm, sign) into one threshold.
+
+This module is torch-free: it works on numpy arrays holding the float32 parameters of a trained
+model and evaluates every decision *exactly* (rational arithmetic on the float32 values, with the
+square root handled by comparing squares), so the integer rule it produces is a theorem about the
+real-valued model, not a float approximation of it.
+
+The composite (BitFlow-Net Eq. 12, 16; ARCHITECTURE section 3)
+-----------------------------------------------------------------
+A binary layer produces an integer ``x`` per output channel (the xnor-popcount dot product,
+``x`` in ``[-N, N]`` for fan-in ``N``; for the int8 first layer the int32 accumulator). The
+model then computes, per channel, with ``alpha > 0`` (Eq. 3, 5; 1 without a scaling factor) and
+a layer bias ``b`` (usually 0)::
+
+    z   = alpha * x + b
+    z'  = relu(z)          (optional)
+    z'' = maxpool(z')      (optional; commutes with every monotone map below)
+    out = sign(BN(z''))    BN(z) = gamma * (z - mu) / s + beta,  s = sqrt(var + eps)
+
+With ``sign(0) = +1`` (Eq. 2) and ``s > 0``::
+
+    sign(BN(z)) = +1  <=>  gamma * (z - mu) + beta * s >= 0                      (*)
+
+``(*)`` is monotone in ``z`` (non-decreasing for ``gamma > 0``, non-increasing for ``gamma < 0``,
+constant ``sign(beta)`` for ``gamma = 0``), and ``z`` is non-decreasing in ``x``, so the whole
+composite is a monotone step function of the integer ``x``:
+
+- ``gamma > 0``: ``+1 iff x >= T`` with ``T = ceil(tau)``, ``tau = (mu - beta*s/gamma - b) / alpha``
+- ``gamma < 0``: ``+1 iff x <= T`` with ``T = floor(tau)``
+- ``gamma = 0``: the constant ``sign(beta)``
+
+With the ReLU in between, ``z' >= 0``: for ``gamma > 0`` the output is always +1 when
+``c = mu - beta*s/gamma <= 0``; for ``gamma < 0`` it is always -1 when ``c < 0``. Instead of
+special-casing these, :func:`int_thresholds` searches the smallest (largest) reachable integer for
+which the exact predicate ``(*)`` of the full composite holds; the predicate includes the ReLU,
+so every case falls out of the same monotone search. A threshold that every reachable ``x``
+passes (or none does) becomes a constant, written for the native ``threshold_bits`` op as
+``thr = INT32_MIN`` with ``direction = +1`` (always +1) or ``direction = -1`` (always -1).
+
+Max-pooling commutes with the composite: ``g(max_i x_i) = max_i g(x_i)`` for a non-decreasing
+``g`` and ``min_i g(x_i)`` for a non-increasing one. On packed bits (bit 1 = -1) the max of +-1
+values is an AND and the min is an OR, so a pool can run *after* the threshold on bits.
+
+Why the paper's Eq. 13 is inexact
+---------------------------------
+Eq. 13 rewrites ``BN(alpha x)`` as ``(x - E[alpha x]/alpha) / sqrt(Var[alpha x]/alpha^2 + eps)``,
+i.e. it assumes ``BN(alpha x) = BN(x)`` (Eq. 6). But
+
+    sqrt(Var[alpha x] + eps) = alpha * sqrt(Var[alpha x]/alpha^2 + eps/alpha^2)
+                             != alpha * sqrt(Var[alpha x]/alpha^2 + eps),
+
+because ``Var[alpha x] + eps != alpha^2 (Var[x] + eps)`` unless ``eps = 0`` or ``alpha = 1``. The
+stored running variance is ``Var[alpha x]`` (BN sees ``alpha x`` during training, Eq. 18), so the
+paper's threshold ``tau_paper = mu/alpha - beta * sqrt(var/alpha^2 + eps) / gamma`` differs
+from the exact ``tau = mu/alpha - beta * sqrt(var/alpha^2 + eps/alpha^2) / gamma``; the error
+grows with ``eps / (alpha^2 var)`` and flips signs once ``|tau - tau_paper|`` crosses an integer.
+:func:`paper_threshold` implements Eq. 13-17 as printed so that tests can show this.
+
+Float first layer
+-----------------
+For a float32 first-layer output ``y`` the same predicate gives a float32 threshold: the smallest
+(largest) float32 value ``f`` with ``(*)`` true, so ``y >= f`` (``y <= f``) reproduces the exact
+real-valued decision for every float32 ``y`` (:func:`float_thresholds`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+# Threshold kinds (per channel).
+GE = 1  # +1 iff x >= thr
+LE = -1  # +1 iff x <= thr
+CONST_POS = 2  # always +1
+CONST_NEG = -2  # always -1
+
+
+@dataclass(frozen=True)
+class BNParams:
+    """Per-channel inference BatchNorm parameters (float32 values), BitFlow-Net Eq. 11.
+
+    ``BN(z) = gamma * (z - mean) / sqrt(var + eps) + beta``.
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+    gamma: np.ndarray
+    beta: np.ndarray
+
+    def __post_init__(self) -> None:
+        arrays = {"mean": self.mean, "var": self.var, "gamma": self.gamma, "beta": self.beta}
+        n = None
+        for name, a in arrays.items():
+            a = np.asarray(a)
+            if a.ndim != 1:
+                raise ValueError(f"BNParams.{name} must be 1-D, got shape {a.shape}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"BNParams.{name} contains NaN or infinity")
+            if n is None:
+                n = a.shape[0]
+            elif a.shape[0] != n:
+                raise ValueError(f"BNParams.{name} has {a.shape[0]} channels, expected {n}")
+            object.__setattr__(self, name, a.astype(np.float32))
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"BNParams.eps must be finite and >= 0, got {self.eps}")
+        if np.any(self.var < 0):
+            raise ValueError("BNParams.var must be >= 0 (a running variance)")
+        v = self.var.astype(np.float64) + float(self.eps)
+        if np.any(v <= 0):
+            raise ValueError("BNParams: var + eps must be > 0 (BatchNorm would divide by zero)")
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[0])
+
+    @staticmethod
+    def identity(channels: int) -> BNParams:
+        """The BN that changes nothing: ``BN(z) = z`` (used when no BN precedes a sign)."""
+        one = np.ones(channels, np.float32)
+        zero = np.zeros(channels, np.float32)
+        return BNParams(mean=zero, var=one, eps=0.0, gamma=one, beta=zero)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-channel thresholds in the native op's encoding.
+
+    ``thr`` (int32 or float32) and ``direction`` (int8, +1 / -1): the output is +1 iff
+    ``x >= thr`` (direction +1) or ``x <= thr`` (direction -1); constants use ``thr = INT32_MIN``
+    (``-inf`` for floats). ``kind`` holds GE / LE / CONST_POS / CONST_NEG per channel and
+    ``tau`` the real threshold (float64 approximation, NaN where no boundary exists) for reports.
+    """
+
+    thr: np.ndarray
+    direction: np.ndarray
+    kind: np.ndarray
+    tau: np.ndarray
+
+    @property
+    def pool_op(self) -> str | None:
+        """``"and"`` if every channel is non-decreasing (or constant), ``"or"`` if every channel
+        is non-increasing (or constant), ``None`` when mixed (pool before thresholding)."""
+        if np.all(self.kind != LE):
+            return "and"
+        if np.all(self.kind != GE):
+            return "or"
+        return None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Reference evaluation on the last axis: returns int8 +-1 values."""
+        thr = self.thr
+        pos = np.where(self.direction > 0, x >= thr, x <= thr)
+        return np.where(pos, 1, -1).astype(np.int8)
+
+
+# --------------------------------------------------------------------------- exact predicate
+
+
+def _sgn(q: Fraction) -> int:
+    return (q > 0) - (q < 0)
+
+
+def sign_a_plus_b_sqrt(a: Fraction, b: Fraction, v: Fraction) -> int:
+    """Exact sign (-1, 0, +1) of ``a + b * sqrt(v)`` for rationals ``a, b`` and ``v >= 0``.
+
+    If ``a`` and ``b sqrt(v)`` have the same sign (or one is 0) the answer is immediate;
+    otherwise ``sign = sign(a) * sign(a^2 - b^2 v)`` (compare magnitudes by their squares).
+    """
+    if v < 0:
+        raise ValueError("sqrt of a negative number")
+    sa = _sgn(a)
+    sb = _sgn(b) if v != 0 else 0
+    if sb == 0:
+        return sa
+    if sa == 0 or sa == sb:
+        return sb
+    d = a * a - b * b * v
+    if d == 0:
+        return 0
+    return sa if d > 0 else sb
+
+
+class _Lane:
+    """Exact decision ``sign(BN(relu?(alpha * x + b))) == +1`` for one channel."""
+
+    def __init__(
+        self, alpha: float, bias: float, relu: bool, mean: float, var: float, eps: float,
+        gamma: float, beta: float,
+    ) -> None:
+        self.alpha = Fraction(alpha)
+        self.bias = Fraction(bias)
+        self.relu = relu
+        self.mean = Fraction(mean)
+        self.v = Fraction(var) + Fraction(eps)
+        self.gamma = Fraction(gamma)
+        self.beta = Fraction(beta)
+
+    def z(self, x: Fraction) -> Fraction:
+        z = self.alpha * x + self.bias
+        if self.relu and z < 0:
+            return Fraction(0)
+        return z
+
+    def positive(self, x: int | Fraction) -> bool:
+        """``gamma * (z - mu) + beta * sqrt(var + eps) >= 0`` (Eq. (*) in the module doc)."""
+        z = self.z(Fraction(x))
+        return sign_a_plus_b_sqrt(self.gamma * (z - self.mean), self.beta, self.v) >= 0
+
+    def tau(self) -> float:
+        """Real threshold on ``x`` ignoring the ReLU (float64, for reports)."""
+        g = float(self.gamma)
+        if g == 0.0:
+            return math.nan
+        c = float(self.mean) - float(self.beta) * math.sqrt(float(self.v)) / g
+        return (c - float(self.bias)) / float(self.alpha)
+
+
+def _first_true(pred: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Smallest ``t`` in ``[lo, hi]`` with ``pred(t)`` for a non-decreasing predicate, else ``hi+1``."""
+    if not pred(hi):
+        return hi + 1
+    a, b = lo - 1, hi  # invariant: pred(b) is True, pred(a) False (or a = lo - 1)
+    while b - a > 1:
+        m = (a + b) // 2
+        if pred(m):
+            b = m
+        else:
+            a = m
+    return b
+
+
+def _last_true(pred: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Largest ``t`` in ``[lo, hi]`` with ``pred(t)`` for a non-increasing predicate, else ``lo-1``."""
+    if not pred(lo):
+        return lo - 1
+    a, b = lo, hi + 1  # pred(a) True, pred(b) False (or b = hi + 1)
+    while b - a > 1:
+        m = (a + b) // 2
+        if pred(m):
+            a = m
+        else:
+            b = m
+    return a
+
+
+def _broadcast(name: str, a: np.ndarray | float | int, n: int, dtype: type) -> np.ndarray:
+    arr: np.ndarray = np.asarray(a, dtype=dtype)
+    if arr.ndim == 0:
+        arr = np.full(n, arr, dtype=dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {arr.shape}")
+    return arr
+
+
+def _lanes(
+    alpha: np.ndarray | float, bias: np.ndarray | float, bn: BNParams | None, relu: bool, n: int
+) -> list[_Lane]:
+    bn = bn if bn is not None else BNParams.identity(n)
+    if bn.channels != n:
+        raise ValueError(f"BatchNorm has {bn.channels} channels, the layer has {n}")
+    al = _broadcast("alpha", alpha, n, np.float32)
+    bi = _broadcast("bias", bias, n, np.float32)
+    if not np.all(np.isfinite(al)) or np.any(al <= 0):
+        raise ValueError("every scaling factor alpha must be finite and > 0")
+    if not np.all(np.isfinite(bi)):
+        raise ValueError("the layer bias contains NaN or infinity")
+    return [
+        _Lane(float(al[i]), float(bi[i]), relu, float(bn.mean[i]), float(bn.var[i]),
+              float(bn.eps), float(bn.gamma[i]), float(bn.beta[i]))
+        for i in range(n)
+    ]
+
+
+def int_thresholds(
+    *,
+    lo: np.ndarray | int,
+    hi: np.ndarray | int,
+    bn: BNParams | None,
+    alpha: np.ndarray | float = 1.0,
+    bias: np.ndarray | float = 0.0,
+    relu: bool = False,
+    channels: int | None = None,
+) -> Thresholds:
+    """Exact integer thresholds for ``sign(BN(pool(relu?(alpha * x + bias))))`` per channel.
+
+    ``x`` ranges over the reachable integers ``[lo, hi]`` (``[-N, N]`` for a binary layer with
+    fan-in ``N``; the int32 accumulator range for the int8 first layer). ``bn=None`` means no
+    BatchNorm (plain sign). Returns int32 ``thr`` / int8 ``direction`` as the native
+    ``threshold_bits`` op expects (see :class:`Thresholds`); ``T`` is clamped to the reachable
+    range, so an always-true or never-true rule becomes a constant.
+    """
+    if channels is None:
+        channels = bn.channels if bn is not None else int(np.size(alpha))
+    los = _broadcast("lo", lo, channels, np.int64)
+    his = _broadcast("hi", hi, channels, np.int64)
+    if np.any(los > his):
+        raise ValueError("reachable range must satisfy lo <= hi")
+    if np.any(los < INT32_MIN + 1) or np.any(his > INT32_MAX):
+        raise ValueError("reachable range does not fit the int32 accumulator")
+    lanes = _lanes(alpha, bias, bn, relu, channels)
+    thr = np.empty(channels, np.int32)
+    direction = np.empty(channels, np.int8)
+    kind = np.empty(channels, np.int8)
+    tau = np.empty(channels, np.float64)
+    for i, lane in enumerate(lanes):
+        lo_i, hi_i = int(los[i]), int(his[i])
+        tau[i] = lane.tau()
+        if lane.gamma > 0:
+            t = _first_true(lane.positive, lo_i, hi_i)
+            if t <= lo_i:
+                k = CONST_POS
+            elif t > hi_i:
+                k = CONST_NEG
+            else:
+                k = GE
+        elif lane.gamma < 0:
+            t = _last_true(lane.positive, lo_i, hi_i)
+            if t >= hi_i:
+                k = CONST_POS
+            elif t < lo_i:
+                k = CONST_NEG
+            else:
+                k = LE
+        else:
+            t = 0
+            k = CONST_POS if lane.positive(lo_i) else CONST_NEG
+        kind[i] = k
+        if k == GE:
+            thr[i], direction[i] = t, 1
+        elif k == LE:
+            thr[i], direction[i] = t, -1
+        elif k == CONST_POS:
+            thr[i], direction[i] = INT32_MIN, 1
+        else:
+            thr[i], direction[i] = INT32_MIN, -1
+    return Thresholds(thr=thr, direction=direction, kind=kind, tau=tau)
+
+
+# --------------------------------------------------------------------------- float thresholds
+
+_F32_MAX_KEY = int(np.array(np.finfo(np.float32).max, np.float32).view(np.int32))
+
+
+def _f32_from_key(k: int) -> float:
+    """Inverse of the order-preserving map float32 -> int (negative floats get negative keys)."""
+    bits = k if k >= 0 else ((-k) | 0x80000000)
+    return float(np.array(bits & 0xFFFFFFFF, np.uint32).view(np.float32))
+
+
+def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int | None = None) -> Thresholds:
+    """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
+
+    For ``gamma > 0`` ``thr`` is the smallest finite float32 ``f`` for which the exact predicate
+    holds (then ``y >= f`` equals the exact decision for every float32 ``y``); for ``gamma < 0``
+    the largest such ``f`` with direction -1. Constants: ``thr = -inf`` with direction +1 (always
+    +1) or -1 (always -1 for finite ``y``). Searched by bisection over the ordered float32 values.
+    """
+    if channels is None:
+        if bn is None:
+            raise ValueError("channels is required when bn is None")
+        channels = bn.channels
+    lanes = _lanes(1.0, 0.0, bn, relu, channels)
+    thr = np.empty(channels, np.float32)
+    direction = np.empty(channels, np.int8)
+    kind = np.empty(channels, np.int8)
+    tau = np.empty(channels, np.float64)
+    lo, hi = -_F32_MAX_KEY, _F32_MAX_KEY
+    for i, lane in enumerate(lanes):
+        tau[i] = lane.tau()
+
+        def pred(k: int, lane: _Lane = lane) -> bool:
+            return lane.positive(Fraction(_f32_from_key(k)))
+
+        if lane.gamma > 0:
+            t = _first_true(pred, lo, hi)
+            k = CONST_POS if t <= lo else (CONST_NEG if t > hi else GE)
+        elif lane.gamma < 0:
+            t = _last_true(pred, lo, hi)
+            k = CONST_POS if t >= hi else (CONST_NEG if t < lo else LE)
+        else:
+            t = 0
+            k = CONST_POS if lane.positive(0) else CONST_NEG
+        kind[i] = k
+        if k in (GE, LE):
+            thr[i], direction[i] = _f32_from_key(t), k
+        else:
+            thr[i], direction[i] = -np.inf, (1 if k == CONST_POS else -1)
+    return Thresholds(thr=thr, direction=direction, kind=kind, tau=tau)
+
+
+# --------------------------------------------------------------------------- reference forms
+
+
+def float64_sign(
+    x: np.ndarray, *, alpha: np.ndarray | float, bias: np.ndarray | float, relu: bool, bn: BNParams | None
+) -> np.ndarray:
+    """``sign(BN(relu?(alpha x + bias)))`` evaluated directly in float64 (last axis = channel).
+
+    A straightforward float model used in reports and as a cross-check; it can differ from the
+    exact rule only when the float64 BN output is within rounding of 0.
+    """
+    z = np.asarray(x, np.float64) * np.asarray(alpha, np.float64) + np.asarray(bias, np.float64)
+    if relu:
+        z = np.maximum(z, 0.0)
+    if bn is not None:
+        s = np.sqrt(bn.var.astype(np.float64) + float(bn.eps))
+        z = (z - bn.mean.astype(np.float64)) / s * bn.gamma.astype(np.float64) + bn.beta.astype(np.float64)
+    return np.where(z >= 0, 1, -1).astype(np.int8)
+
+
+def paper_threshold(
+    *, alpha: np.ndarray | float, bn: BNParams, lo: np.ndarray | int | None = None,
+    hi: np.ndarray | int | None = None,
+) -> Thresholds:
+    """BitFlow-Net Eq. 13-17 *as printed* (no ReLU, no bias): kept to demonstrate their error.
+
+    Eq. 13 normalises ``x`` with ``sqrt(Var[alpha x]/alpha^2 + eps)``: eps is not divided by
+    ``alpha^2`` (the paper assumes ``BN(alpha x) = BN(x)``, Eq. 6). With
+    ``f = sqrt(var/alpha^2 + eps) / gamma`` (Eq. 14), Eq. 16 is
+    ``BS(x) = (x - mu/alpha + f beta) sign(gamma)``; writing ``-mu/alpha + f beta = A + B``
+    (integer ``A``, fraction ``B``), Eq. 17 gives ``sign(x + A)`` when ``|x + A| >= 1`` and
+    ``sign(B)`` at ``x = -A``, both times ``sign(gamma)``. For integer ``x`` that is
+    ``sign((x - tau_p) sign(gamma))`` with ``tau_p = mu/alpha - f beta``, i.e. ``x >= ceil(tau_p)``
+    for ``gamma > 0`` and ``x <= floor(tau_p)`` for ``gamma < 0`` (a tie ``x = tau_p`` follows
+    Eq. 17's ``sign(B) sign(gamma)``, which we resolve like Eq. 2, ``sign(0) = +1``).
+    Evaluated in float64. Not the exact rule: see the module docstring.
+    """
+    n = bn.channels
+    al = _broadcast("alpha", alpha, n, np.float64)
+    los = _broadcast("lo", INT32_MIN + 1 if lo is None else lo, n, np.int64)
+    his = _broadcast("hi", INT32_MAX if hi is None else hi, n, np.int64)
+    mu = bn.mean.astype(np.float64)
+    var = bn.var.astype(np.float64)
+    g = bn.gamma.astype(np.float64)
+    b = bn.beta.astype(np.float64)
+    thr = np.empty(n, np.int32)
+    direction = np.empty(n, np.int8)
+    kind = np.empty(n, np.int8)
+    tau = np.full(n, np.nan)
+    for i in range(n):
+        if g[i] == 0:
+            kind[i] = CONST_POS if b[i] >= 0 else CONST_NEG
+        else:
+            f = math.sqrt(var[i] / al[i] ** 2 + bn.eps) / g[i]
+            tau[i] = mu[i] / al[i] - f * b[i]
+            if g[i] > 0:
+                t = math.ceil(tau[i])
+                kind[i] = CONST_POS if t <= los[i] else (CONST_NEG if t > his[i] else GE)
+            else:
+                t = math.floor(tau[i])
+                kind[i] = CONST_POS if t >= his[i] else (CONST_NEG if t < los[i] else LE)
+        if kind[i] in (GE, LE):
+            thr[i], direction[i] = t, kind[i]
+        else:
+            thr[i], direction[i] = INT32_MIN, (1 if kind[i] == CONST_POS else -1)
+    return Thresholds(thr=thr, direction=direction, kind=kind, tau=tau)
+
+
+__all__ = [
+    "BNParams",
+    "CONST_NEG",
+    "CONST_POS",
+    "GE",
+    "INT32_MIN",
+    "LE",
+    "Thresholds",
+    "float64_sign",
+    "float_thresholds",
+    "int_thresholds",
+    "paper_threshold",
+    "sign_a_plus_b_sqrt",
+]

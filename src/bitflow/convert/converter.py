@@ -1,0 +1,603 @@
+"""Trained PyTorch model -> engine :class:`~bitflow.ir.graph.Graph` (BitFlow-Net Sec. III).
+
+``mode="bitflow"`` emits the integer-only inference path (Fig. 1b): every binary layer's int32
+output goes through one exact threshold per channel (BatchShift, :mod:`.batchshift`) straight to
+packed bits, pools run on bits (AND / OR) where the thresholds allow it, and float arithmetic
+remains only in the first and the last layer. ``mode="xnor"`` emits XNOR-Net's path (Fig. 1a):
+int32 -> float ``alpha`` multiply -> ReLU -> pool -> float BatchNorm -> sign/bitpack.
+
+Flatten order: PyTorch flattens NCHW (feature ``c*H*W + h*W + w``) while the engine keeps NHWC
+(feature ``(h*W + w)*C + c``); the converter permutes per-feature BatchNorm parameters and the
+columns of the next dense layer's weights accordingly. When the bits are flattened after a
+per-channel threshold, each pixel keeps its word padding (``groups = H*W``) and the dense
+weights are packed the same way; padding bits are 0 in both operands, so the dot stays exact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..ir.bits import pack_bits
+from ..ir.graph import Graph, InputSpec, Op, ValueInfo, infer
+from ..nn import quantizers as Q
+from . import batchshift as bs
+from ._trace import Step, UnsupportedLayerError, trace_steps, unsupported
+
+CONVERTER_VERSION = "1"
+_NEAR_WINDOW = 8
+_MAX_WINDOW = 4096  # disagreements lie within a few ulps of T; the window grows 8x up to this
+
+
+def _f32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy().astype(np.float32).copy()
+
+
+@dataclass
+class Pending:
+    """The not-yet-materialized chain after a producer (first conv or binary layer).
+
+    The producer output ``value`` is ``int32`` (accumulators; the model multiplies by ``alpha``
+    and adds ``bias``) or ``float32`` (first float conv, bias included). ``chw`` is the PyTorch
+    shape ``(C, H, W)`` of a spatial producer (None for a dense one).
+    """
+
+    value: str
+    producer: str
+    is_int: bool
+    channels: int
+    chw: tuple[int, int, int] | None
+    alpha: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    relu: bool = False
+    pools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    flatten: str | None = None  # "before_bn" | "after_bn"
+    flatten_name: str = "flatten"
+    bn: nn.Module | None = None
+    bn_name: str | None = None
+    # float first layer: per-channel bound on float32 summation error, for near-threshold reports
+    err_bound: np.ndarray | None = None
+
+
+class _Builder:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.ops: list[Op] = []
+        self.tensors: dict[str, np.ndarray] = {}
+        self.values: dict[str, ValueInfo] = {}
+        self._names: dict[str, int] = {"input": 1}
+
+    def _unique(self, base: str) -> str:
+        base = base.replace(" ", "_") or "op"
+        k = self._names.get(base, 0)
+        self._names[base] = k + 1
+        return base if k == 0 else f"{base}_{k}"
+
+    def add(self, type_: str, x: str, *, name: str, attrs: dict[str, Any] | None = None,
+            params: dict[str, np.ndarray] | None = None) -> str:
+        opname = self._unique(name)
+        pnames: dict[str, str] = {}
+        for role, arr in (params or {}).items():
+            tname = f"{opname}.{role}"
+            self.tensors[tname] = np.ascontiguousarray(arr)
+            pnames[role] = tname
+        out = opname
+        op = Op(type_, opname, [x], [out], dict(attrs or {}), pnames)
+        self.values[out] = infer(op, [self.values[x]], self.tensors)
+        self.ops.append(op)
+        return out
+
+
+def _bn_params(name: str, m: nn.Module) -> bs.BNParams:
+    assert isinstance(m, nn.modules.batchnorm._BatchNorm)
+    if m.running_mean is None or m.running_var is None:
+        raise unsupported(name, type(m).__name__, "BatchNorm without running statistics (track_running_stats=False)")
+    n = m.num_features
+    gamma = _f32(m.weight) if m.weight is not None else np.ones(n, np.float32)
+    beta = _f32(m.bias) if m.bias is not None else np.zeros(n, np.float32)
+    try:
+        return bs.BNParams(mean=_f32(m.running_mean), var=_f32(m.running_var), eps=float(m.eps), gamma=gamma, beta=beta)
+    except ValueError as e:
+        raise ValueError(f"BatchNorm {name!r}: {e}") from None
+
+
+def _nchw_to_nhwc_perm(c: int, h: int, w: int) -> np.ndarray:
+    """``perm[j]`` = NCHW feature index of NHWC feature ``j`` (``j = (y*W + x)*C + ch``)."""
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+class _Converter:
+    def __init__(self, model: nn.Module, mode: str, input_shape: tuple[int, int, int]) -> None:
+        self.model = model
+        self.mode = mode
+        self.b = _Builder(mode)
+        self.input_shape = input_shape
+        self.ties: dict[str, int] = {}
+        self.float_ties: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- producers
+    def first_layer(self, step: Step, x: str) -> Pending:
+        m = step.module
+        assert isinstance(m, nn.Conv2d)
+        self._check_conv(step.name, m)
+        c_in = self.b.values[x].shape[2]
+        if m.in_channels != c_in:
+            raise ValueError(f"layer {step.name!r} expects {m.in_channels} input channels, the input has {c_in}")
+        attrs = {"stride": list(m.stride), "padding": list(m.padding), "source": step.name}
+        if step.kind == "int8_first":
+            with torch.no_grad():
+                q, s = m.quantized_weight()  # type: ignore[operator]
+                alpha = _f32(s / 255.0)
+            qn = q.detach().numpy()
+            if not np.array_equal(qn, np.round(qn)) or np.abs(qn).max(initial=0) > 127:
+                raise ValueError(f"layer {step.name!r}: quantized weights are not integers in [-127, 127]")
+            w = np.ascontiguousarray(qn.transpose(0, 2, 3, 1)).astype(np.int8)
+            out = self.b.add("conv2d_u8i8", x, name=step.name, attrs=attrs, params={"w": w})
+            q64 = qn.reshape(qn.shape[0], -1).astype(np.int64)
+            lo = 255 * np.minimum(q64, 0).sum(1)
+            hi = 255 * np.maximum(q64, 0).sum(1)
+            bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+            v = self.b.values[out]
+            return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
+                           alpha=alpha, bias=bias, lo=lo, hi=hi)
+        w32 = _f32(m.weight)
+        params = {"w": np.ascontiguousarray(w32.transpose(0, 2, 3, 1))}
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        if m.bias is not None:
+            params["bias"] = bias
+        out = self.b.add("conv2d_f32", x, name=step.name, attrs=attrs, params=params)
+        v = self.b.values[out]
+        fan = w32[0].size
+        # standard float32 summation bound: |err| <= fan_in * u * (sum |w| * max|x| + |b|), x in [0,1]
+        err = fan * float(np.finfo(np.float32).eps) * (np.abs(w32).reshape(w32.shape[0], -1).sum(1) + np.abs(bias))
+        return Pending(out, step.name, False, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
+                       err_bound=err.astype(np.float64))
+
+    def _check_conv(self, name: str, m: nn.Conv2d) -> None:
+        if isinstance(m.padding, str):
+            raise unsupported(name, type(m).__name__, f"string padding {m.padding!r}")
+        if tuple(m.dilation) != (1, 1) or m.groups != 1:
+            raise unsupported(name, type(m).__name__, "dilation and groups must be 1")
+        if m.padding_mode != "zeros":
+            raise unsupported(name, type(m).__name__, f"padding_mode {m.padding_mode!r}")
+
+    def _binary_weights(self, name: str, m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        iq = getattr(m, "input_quantizer", None)
+        if not isinstance(iq, Q.InputQuantizer) or iq.bits != 1:
+            raise unsupported(name, type(m).__name__, "its input_quantizer must be a 1-bit sign quantizer "
+                              f"(got {type(iq).__name__})")
+        wq = getattr(m, "weight_quantizer", None)
+        if not isinstance(wq, Q.WeightQuantizer) or wq.bits != 1:
+            raise unsupported(name, type(m).__name__, "its weight_quantizer must be a 1-bit weight quantizer "
+                              f"('sign' or 'xnor'; got {type(wq).__name__})")
+        with torch.no_grad():
+            b, alpha = m.quantized_weight()  # type: ignore[operator]
+        bn_ = b.detach().numpy()
+        if not np.all(np.abs(bn_) == 1):
+            raise ValueError(f"layer {name!r}: binarized weights are not all +-1")
+        o = bn_.shape[0]
+        a = _f32(alpha) if alpha is not None else np.ones(o, np.float32)
+        if not np.all(np.isfinite(a)) or np.any(a <= 0):
+            raise ValueError(f"layer {name!r}: scaling factor alpha must be > 0 (a channel has all-zero weights?)")
+        return bn_, a
+
+    def binary_conv(self, step: Step, bits: str) -> Pending:
+        m = step.module
+        assert isinstance(m, nn.Conv2d)
+        self._check_conv(step.name, m)
+        b, alpha = self._binary_weights(step.name, m)
+        vin = self.b.values[bits]
+        if m.in_channels != vin.channels:
+            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}")
+        w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
+        attrs = {"channels": m.in_channels, "stride": list(m.stride), "padding": list(m.padding),
+                 "pad_value": int(getattr(m, "pad_value", 0)), "source": step.name}
+        out = self.b.add("bconv2d", bits, name=step.name, attrs=attrs, params={"w": w})
+        v = self.b.values[out]
+        n = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
+                       alpha=alpha, bias=bias, lo=np.full(m.out_channels, -n), hi=np.full(m.out_channels, n))
+
+    def binary_linear(self, step: Step, bits: str, chw: tuple[int, int, int] | None) -> Pending:
+        m = step.module
+        assert isinstance(m, nn.Linear)
+        b, alpha = self._binary_weights(step.name, m)
+        vin = self.b.values[bits]
+        if m.in_features != vin.real_bits:
+            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}")
+        if chw is not None:  # columns from PyTorch's NCHW flatten order to the engine's NHWC order
+            c, h, w_ = chw
+            b4 = b.reshape(b.shape[0], c, h, w_).transpose(0, 2, 3, 1)  # [O, H, W, C]
+            if vin.groups > 1:
+                packed = pack_bits(b4 < 0).reshape(b.shape[0], -1)  # per-pixel word padding
+            else:
+                packed = pack_bits(b4.reshape(b.shape[0], -1) < 0)
+        else:
+            packed = pack_bits(b < 0)
+        attrs: dict[str, Any] = {"k_bits": m.in_features, "source": step.name}
+        if chw is not None:
+            attrs["input_chw"] = list(chw)  # PyTorch (C, H, W) the features were flattened from
+        out = self.b.add("bdense", bits, name=step.name, attrs=attrs, params={"w": packed})
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
+        n = m.in_features
+        return Pending(out, step.name, True, m.out_features, None, alpha=alpha, bias=bias,
+                       lo=np.full(m.out_features, -n), hi=np.full(m.out_features, n))
+
+    # ----------------------------------------------------------------- consumers
+    def _per_feature(self, p: Pending) -> bool:
+        """True if the BN acts on flattened spatial features (BatchNorm1d after flatten)."""
+        return p.chw is not None and p.flatten == "before_bn" and p.bn is not None
+
+    def _lane_arrays(self, p: Pending) -> tuple[Any, ...]:
+        """alpha, bias, lo, hi, BN params per lane, in the BN's own feature order."""
+        bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
+        if self._per_feature(p):
+            chw = self._pooled_chw(p)
+            assert chw is not None
+            c, h, w = chw
+            ch = np.repeat(np.arange(c), h * w)  # NCHW feature -> channel
+
+            def pick(a: np.ndarray | None) -> np.ndarray | None:
+                return None if a is None else a[ch]
+
+            return pick(p.alpha), pick(p.bias), pick(p.lo), pick(p.hi), bnp, c * h * w
+        return p.alpha, p.bias, p.lo, p.hi, bnp, p.channels
+
+    def to_bits(self, p: Pending, consumer: str) -> tuple[str, tuple[int, int, int] | None]:
+        """Materialize ``p`` as packed bits feeding ``consumer``; returns (value, chw of a flatten)."""
+        if self.mode == "xnor":
+            return self._to_bits_xnor(p, consumer)
+        per_feature = self._per_feature(p)
+        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        if p.is_int:
+            th = bs.int_thresholds(lo=lo, hi=hi, bn=bnp, alpha=alpha, bias=bias, relu=p.relu, channels=lanes)
+        else:
+            th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes)
+        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature)
+        thr, direction = th.thr, th.direction
+        if per_feature:
+            pooled = self._pooled_chw(p)
+            assert pooled is not None
+            perm = _nchw_to_nhwc_perm(*pooled)
+            thr, direction = thr[perm], direction[perm]
+        x = p.value
+        pool_on_bits = bool(p.pools) and not per_feature and th.pool_op is not None
+        if not pool_on_bits:
+            for name, a in p.pools:
+                x = self.b.add("maxpool_i32" if p.is_int else "maxpool_f32", x, name=name, attrs=a)
+        chw = None
+        if per_feature:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        tname = f"{p.bn_name or p.producer}.threshold"
+        # integer thresholds: reachable integers where PyTorch disagrees ("ties"); float ones:
+        # float32 inputs next to the threshold where PyTorch's float32 BN rounds the other way
+        attrs: dict[str, Any] = {"ties" if p.is_int else "float_ties": ties, "source": p.bn_name or p.producer}
+        if p.is_int:
+            x = self.b.add("threshold_bits", x, name=tname, attrs=attrs, params={"thr": thr, "direction": direction})
+        else:
+            x = self.b.add("threshold_f32_bits", x, name=tname, attrs=attrs,
+                           params={"thr": thr.astype(np.float32), "direction": direction})
+        if p.is_int:
+            self.ties[tname] = ties
+        else:
+            self.float_ties[tname] = ties
+        if pool_on_bits:
+            for name, a in p.pools:
+                x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": th.pool_op})
+        if p.flatten is not None and not per_feature:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw
+
+    def _pooled_chw(self, p: Pending) -> tuple[int, int, int] | None:
+        if p.chw is None:
+            return None
+        c = p.chw[0]
+        return (c, *self._spatial_after_pools(p))
+
+    def _spatial_after_pools(self, p: Pending) -> tuple[int, int]:
+        assert p.chw is not None
+        _, h, w = p.chw
+        for _, a in p.pools:
+            (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+            h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return h, w
+
+    def _float_chain(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
+        """XNOR-Net style float chain: alpha*x + b, ReLU, pools, [flatten], BN affine, [flatten]."""
+        x = p.value
+        if p.is_int:
+            assert p.alpha is not None and p.bias is not None
+            x = self.b.add("scale_bias", x, name=f"{p.producer}.scale", params={"scale": p.alpha, "bias": p.bias})
+        if p.relu:
+            x = self.b.add("relu_f32", x, name=f"{p.producer}.relu")
+        for name, a in p.pools:
+            x = self.b.add("maxpool_f32", x, name=name, attrs=a)
+        chw = self._pooled_chw(p)
+        if p.flatten == "before_bn":
+            x = self.b.add("flatten", x, name=p.flatten_name)
+        if p.bn is not None:
+            bnp = _bn_params(p.bn_name or "", p.bn)
+            s64 = bnp.gamma.astype(np.float64) / np.sqrt(bnp.var.astype(np.float64) + bnp.eps)
+            scale = s64.astype(np.float32)
+            shift = (bnp.beta.astype(np.float64) - bnp.mean.astype(np.float64) * s64).astype(np.float32)
+            if p.flatten == "before_bn" and chw is not None:
+                perm = _nchw_to_nhwc_perm(*chw)
+                scale, shift = scale[perm], shift[perm]
+            x = self.b.add("affine_f32", x, name=f"{p.bn_name}", params={"scale": scale, "bias": shift},
+                           attrs={"source": p.bn_name})
+        if p.flatten == "after_bn":
+            x = self.b.add("flatten", x, name=p.flatten_name)
+        return x, (chw if p.flatten is not None else None)
+
+    def _to_bits_xnor(self, p: Pending, consumer: str) -> tuple[str, tuple[int, int, int] | None]:
+        x, chw = self._float_chain(p)
+        x = self.b.add("bitpack", x, name=f"{consumer}.sign", attrs={"source": consumer})
+        return x, chw
+
+    def float_linear(self, p: Pending, step: Step) -> str:
+        m = step.module
+        assert isinstance(m, nn.Linear)
+        x, chw = self._float_chain(p)
+        w = _f32(m.weight)
+        if w.shape[1] != self.b.values[x].shape[0]:
+            raise ValueError(f"layer {step.name!r} expects {w.shape[1]} features, gets {self.b.values[x].shape[0]}")
+        if chw is not None:
+            c, h, w_ = chw
+            w = w.reshape(w.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        params = {"w": np.ascontiguousarray(w)}
+        if m.bias is not None:
+            params["bias"] = _f32(m.bias)
+        return self.b.add("dense_f32", x, name=step.name, params=params, attrs={"source": step.name})
+
+    def scale_output(self, p: Pending, scale: float | None, name: str) -> str:
+        """Binary last layer: logits = (x * alpha + b) * s, exactly as PyTorch rounds it."""
+        assert p.alpha is not None and p.bias is not None
+        x = self.b.add("scale_bias", p.value, name=f"{p.producer}.scale", params={"scale": p.alpha, "bias": p.bias})
+        if scale is not None:
+            n = p.channels
+            x = self.b.add("affine_f32", x, name=name, params={"scale": np.full(n, scale, np.float32),
+                                                                "bias": np.zeros(n, np.float32)},
+                           attrs={"source": name})
+        return x
+
+
+def _count_ties(p: Pending, th: bs.Thresholds, alpha: Any, bias: Any, lo: Any, hi: Any, lanes: int,
+                per_feature: bool) -> int:
+    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule.
+
+    Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
+    monotone step functions of ``x``, so their disagreements form an interval next to ``T``: we
+    evaluate a window around ``T`` (and both range ends for constants), widening it while the
+    window edge still disagrees.
+    """
+    bn = p.bn
+    if p.is_int:
+        assert lo is not None and hi is not None
+        lo_ = np.asarray(lo, np.int64)
+        hi_ = np.asarray(hi, np.int64)
+    else:
+        key_max = bs._F32_MAX_KEY
+        lo_ = np.full(lanes, -key_max, np.int64)
+        hi_ = np.full(lanes, key_max, np.int64)
+    const = np.isin(th.kind, (bs.CONST_POS, bs.CONST_NEG))
+    if p.is_int:
+        center = np.where(const, lo_, th.thr.astype(np.int64))
+    else:
+        keys = th.thr.astype(np.float32).view(np.int32).astype(np.int64)
+        keys = np.where(keys < 0, -(keys & 0x7FFFFFFF), keys)
+        center = np.where(const, lo_, keys)
+    total = 0
+    width = _NEAR_WINDOW
+    while True:
+        ks = np.arange(-width, width + 1, dtype=np.int64)
+        pts = np.concatenate([center[None, :] + ks[:, None], np.where(const, hi_, center)[None, :] + ks[:, None]])
+        pts = np.clip(pts, lo_, hi_)
+        if p.is_int:
+            xs = pts.astype(np.float32)
+        else:
+            xs = np.vectorize(bs._f32_from_key, otypes=[np.float32])(pts)
+        exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
+        got = _torch_decisions(p, xs, alpha, bias, bn, per_feature)
+        bad = exact != got
+        # distinct points only (clipping and the two windows may repeat a point)
+        total = 0
+        for j in range(lanes):
+            total += len(np.unique(pts[bad[:, j], j]))
+        edge_rows = [0, 2 * width, 2 * width + 1, 4 * width + 1]
+        edge_bad = bad[edge_rows] & (pts[edge_rows] > lo_) & (pts[edge_rows] < hi_)
+        if not edge_bad.any() or width >= _MAX_WINDOW:
+            return int(total)
+        width *= 8
+
+
+def _torch_decisions(p: Pending, xs: np.ndarray, alpha: Any, bias: Any, bn: nn.Module | None,
+                     per_feature: bool) -> np.ndarray:
+    """PyTorch's float32 ``sign(BN(relu(x*alpha + b))) >= 0`` on ``xs [K, lanes]`` (BN module order)."""
+    with torch.no_grad():
+        y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
+        if p.is_int:
+            y = y * torch.from_numpy(np.asarray(alpha, np.float32))
+            if bias is not None and np.any(bias != 0):
+                y = y + torch.from_numpy(np.asarray(bias, np.float32))
+        if p.relu:
+            y = torch.relu(y)
+        if bn is not None:
+            was = bn.training
+            bn.eval()
+            if isinstance(bn, nn.BatchNorm2d):
+                y = bn(y[:, :, None, None])[:, :, 0, 0]
+            else:
+                y = bn(y)
+            bn.train(was)
+        return (y >= 0).numpy()
+
+
+def _json_safe(x: Any) -> Any:
+    try:
+        json.dumps(x)
+        return x
+    except (TypeError, ValueError):
+        if isinstance(x, dict):
+            return {str(k): _json_safe(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [_json_safe(v) for v in x]
+        return repr(x)
+
+
+def _input_shape(model: nn.Module, example_input: Any) -> tuple[int, int, int]:
+    if example_input is not None:
+        shape = tuple(example_input.shape)
+        if len(shape) == 4:
+            shape = shape[1:]
+        if len(shape) != 3:
+            raise ValueError(f"example_input must have shape [N, C, H, W] or [C, H, W], got {list(example_input.shape)}")
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    c = getattr(model, "in_channels", None)
+    s = getattr(model, "image_size", None)
+    if c is None or s is None:
+        raise ValueError("cannot tell the input shape: pass example_input=[N, C, H, W] (the model has no "
+                         "in_channels / image_size attributes)")
+    h, w = (s, s) if isinstance(s, int) else tuple(s)
+    return int(c), int(h), int(w)
+
+
+def convert(model: nn.Module, *, mode: str | None = None, example_input: Any = None,
+            class_names: list[str] | None = None) -> Graph:
+    """Convert a trained BNN into an engine graph.
+
+    ``mode``: ``"bitflow"`` (integer-only middle layers, BatchShift) or ``"xnor"`` (float alpha
+    and BatchNorm, for comparison); by default ``model.inference`` decides ("xnor" models get
+    the xnor path, everything else bitflow). ``example_input`` gives the input shape when the
+    model lacks ``in_channels`` / ``image_size``. Raises :class:`UnsupportedLayerError` for
+    layers or operations that cannot be expressed.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+    if mode is None:
+        mode = "xnor" if getattr(model, "inference", "bitflow") == "xnor" else "bitflow"
+    if mode not in ("bitflow", "xnor"):
+        raise ValueError(f"mode must be 'bitflow' or 'xnor', got {mode!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        steps = trace_steps(model)
+        graph = _convert_steps(model, steps, mode, _input_shape(model, example_input), class_names)
+    finally:
+        model.train(was_training)
+    return graph
+
+
+def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[int, int, int],
+                   class_names: list[str] | None) -> Graph:
+    if not steps or steps[0].kind not in ("conv_first", "int8_first"):
+        first = steps[0] if steps else None
+        where = first.name if first else type(model).__name__
+        what = type(first.module).__name__ if first and first.module is not None else (first.kind if first else "empty")
+        raise unsupported(where, what, "the first layer must be nn.Conv2d (float) or bitflow.nn.Int8Conv2d")
+    c, h, w = shape
+    spec = InputSpec(c, h, w, "uint8" if steps[0].kind == "int8_first" else "unit")
+    cv = _Converter(model, mode, shape)
+    cv.b.values[spec.name] = spec.value
+    p: Pending | None = cv.first_layer(steps[0], spec.name)
+    out: str | None = None
+    for st in steps[1:]:
+        what = type(st.module).__name__ if st.module is not None else st.kind
+        if out is not None:
+            raise unsupported(st.name, what, "nothing may follow the last layer")
+        assert p is not None
+        if st.kind == "relu":
+            if p.bn is not None:
+                raise unsupported(st.name, "ReLU", "a ReLU between BatchNorm and the next layer is not supported")
+            p.relu = True
+        elif st.kind == "maxpool":
+            if p.bn is not None or p.flatten is not None or p.chw is None:
+                raise unsupported(st.name, "max-pool", "max-pooling must come before BatchNorm/flatten on a conv output")
+            p.pools.append((st.name, st.attrs))
+        elif st.kind == "flatten":
+            if p.chw is None or p.flatten is not None:
+                raise unsupported(st.name, "flatten", "flatten must follow a convolution output once")
+            p.flatten = "after_bn" if p.bn is not None else "before_bn"
+            p.flatten_name = st.name
+        elif st.kind == "bn":
+            if p.bn is not None:
+                raise unsupported(st.name, what, "two BatchNorms in a row")
+            assert st.module is not None
+            nf = st.module.num_features  # type: ignore[union-attr]
+            if isinstance(st.module, nn.BatchNorm2d):
+                if p.chw is None or p.flatten is not None:
+                    raise unsupported(st.name, what, "BatchNorm2d needs a spatial (conv) input")
+                want = p.channels
+            elif p.chw is not None:
+                if p.flatten is None:
+                    raise unsupported(st.name, what, "BatchNorm1d on a conv output needs a flatten first")
+                ch, hh, ww = p.chw[0], *cv._spatial_after_pools(p)
+                want = ch * hh * ww
+            else:
+                want = p.channels
+            if nf != want:
+                raise ValueError(f"BatchNorm {st.name!r} has {nf} features, its input has {want}")
+            p.bn, p.bn_name = st.module, st.name
+        elif st.kind == "bconv":
+            if p.flatten is not None or p.chw is None:
+                raise unsupported(st.name, what, "a binary convolution needs a spatial input")
+            bits, _ = cv.to_bits(p, st.name)
+            p = cv.binary_conv(st, bits)
+        elif st.kind == "blinear":
+            if p.chw is not None and p.flatten is None:
+                raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+            bits, chw = cv.to_bits(p, st.name)
+            p = cv.binary_linear(st, bits, chw)
+        elif st.kind == "linear":
+            if p.chw is not None and p.flatten is None:
+                raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+            out = cv.float_linear(p, st)
+            p = None
+        elif st.kind == "scale":
+            if not (p.is_int and p.chw is None and not p.relu and p.bn is None and not p.pools):
+                raise unsupported(st.name, "Scale", "Scale must directly follow the binary last layer")
+            assert st.module is not None
+            out = cv.scale_output(p, float(_f32(st.module.scale)), st.name)  # type: ignore[arg-type]
+            p = None
+        elif st.kind in ("conv_first", "int8_first"):
+            raise unsupported(st.name, what, "a full-precision convolution is only supported as the first layer")
+        else:
+            raise unsupported(st.name, what)
+    if out is None:
+        assert p is not None
+        if p.is_int and p.chw is None and not p.relu and p.bn is None:
+            out = cv.scale_output(p, None, f"{p.producer}.out")
+        else:
+            raise UnsupportedLayerError(
+                "the model must end with a classifier: nn.Linear, or BinaryLinear (optionally followed by Scale)"
+            )
+    n_out = cv.b.values[out].shape[0]
+    if class_names is None:
+        class_names = [str(x) for x in getattr(model, "class_names", [])] or [str(i) for i in range(n_out)]
+    cfg = getattr(model, "bitflow_config", None) or {}
+    prov = {
+        "model": cfg.get("name", type(model).__name__),
+        "kwargs": _json_safe(cfg.get("kwargs", {})),
+        "converter": f"bitflow.convert {CONVERTER_VERSION}",
+        "bitflow_version": __version__,
+        "mode": mode,
+        "ties": int(sum(cv.ties.values())),
+        "float_ties": int(sum(cv.float_ties.values())),
+    }
+    g = Graph(input=spec, ops=cv.b.ops, tensors=cv.b.tensors, output=out, mode=mode,
+              class_names=list(class_names), provenance=prov)
+    g.validate()
+    return g
+
+
+__all__ = ["CONVERTER_VERSION", "UnsupportedLayerError", "convert"]

@@ -1,0 +1,219 @@
+"""Verification: run PyTorch and the reference executor on the same images, compare sign by sign.
+
+For every binary layer the ``+-1`` values PyTorch feeds it (the output of its
+``input_quantizer``, captured by a forward hook) are compared with the bits the executor feeds
+the matching ``bconv2d`` / ``bdense`` op. A float first layer cannot be bit-exact across
+implementations (two correct float32 convolutions sum in different orders), so a difference at
+the first binary layer whose first-layer output lies within the float32 summation error bound of
+its threshold is reported under ``near_threshold`` with its margin, not as a mismatch; later
+differences in such a sample are consequences and are counted there too. In ``xnor`` graphs the
+float BatchNorm (``affine_f32`` -> ``bitpack``) rounds differently from PyTorch's, so a sign
+whose BN output lies within a few float32 roundings of 0 is reported the same way. Everything else is a
+real mismatch and must be zero for a correct conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ir.bits import unpack_bits
+from ..ir.graph import BINARY_OPS, Graph, Op
+from ..ir.reference import _pool, run
+
+_MAX_REPORTED = 50
+
+
+_U32 = float(np.finfo(np.float32).eps)
+
+
+def _float_source(graph: Graph, bits_value: str) -> tuple[Op, list[Op]] | None:
+    """If ``bits_value`` comes from a float decision (``threshold_f32_bits`` or ``bitpack``, then
+    bit pools / flatten), return that op and the ops after it."""
+    producer = {op.outputs[0]: op for op in graph.ops}
+    chain: list[Op] = []
+    v = bits_value
+    while v in producer:
+        op = producer[v]
+        if op.type in ("threshold_f32_bits", "bitpack"):
+            return op, chain[::-1]
+        if op.type not in ("maxpool_bits", "flatten"):
+            return None
+        chain.append(op)
+        v = op.inputs[0]
+    return None
+
+
+def _conv_err_bound(graph: Graph) -> np.ndarray | None:
+    """Per-channel float32 summation error bound of the first float conv: ``n u (sum|w| + |b|)``."""
+    for op in graph.ops:
+        if op.type == "conv2d_f32":
+            w = graph.tensors[op.params["w"]].astype(np.float64)
+            b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
+            fan = w[0].size
+            return fan * float(np.finfo(np.float32).eps) * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b))
+    return None
+
+
+def _near_info(
+    graph: Graph, inter: dict[str, np.ndarray], key: str, nb: int, err_bound: np.ndarray | None, first: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(y, threshold, bound)`` per decision ``[nb, F]`` behind the bits ``key``, or None.
+
+    ``y`` is the float value the decision was taken on (pooled like the bits), ``bound`` how far
+    two correct float32 implementations may disagree about it: for a float first layer twice
+    its summation bound (times the BN scale when the BN is applied in float, xnor mode), plus
+    for a float BatchNorm (``affine_f32``, xnor mode) a few roundings of ``|scale*z| + |bias|``.
+    """
+    src = _float_source(graph, key)
+    if src is None:
+        return None
+    dec, chain = src
+    producer = {op.outputs[0]: op for op in graph.ops}
+    yv = inter[dec.inputs[0]]
+    for pop in chain:
+        if pop.type == "maxpool_bits":
+            yv = _pool(yv, pop, -np.inf, np.max)
+    yv = yv.reshape(nb, -1).astype(np.float64)
+    f = yv.shape[1]
+    if dec.type == "threshold_f32_bits":
+        t = graph.tensors[dec.params["thr"]].astype(np.float64)
+        thr = t[np.arange(f) % t.shape[0]]
+    else:
+        thr = np.zeros(f)
+    conv_scale = np.ones(f)
+    bound = np.zeros((nb, f))
+    aff = producer.get(dec.inputs[0])
+    if aff is not None and aff.type == "flatten":  # BN2d -> flatten -> sign (same NHWC order)
+        aff = producer.get(aff.inputs[0])
+    if dec.type == "bitpack" and aff is not None and aff.type == "affine_f32":
+        sc = graph.tensors[aff.params["scale"]].astype(np.float64)
+        bi = graph.tensors[aff.params["bias"]].astype(np.float64)
+        z = inter[aff.inputs[0]].reshape(nb, -1).astype(np.float64)
+        idx = np.arange(f) % sc.shape[0]
+        bound = bound + 4 * _U32 * (np.abs(z * sc[idx]) + np.abs(bi[idx]))
+        conv_scale = np.abs(sc[idx])
+    if first and err_bound is not None:
+        bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
+    return yv, thr, bound
+
+
+def verify(
+    model: nn.Module, graph: Graph, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 64,
+) -> dict[str, Any]:
+    """Compare ``model`` (eval mode, float32) with ``graph`` run by the reference executor.
+
+    ``x``: float images ``[N, C, H, W]`` in [0, 1]; ``y``: optional integer labels ``[N]``.
+    Returns ``samples``, ``accuracy_torch`` / ``accuracy_integer`` (None without labels),
+    ``prediction_mismatches``, ``sign_mismatches`` (real ones, over every binarized layer's
+    input), ``signs_compared``, ``sign_mismatches_by_layer``, ``ties`` (reachable integers where
+    PyTorch's float32 BatchNorm disagrees with the exact rule, from the conversion),
+    ``near_threshold`` (``count``, ``samples``, ``downstream`` and up to 50 ``margins``),
+    ``max_logit_abs_diff``.
+    """
+    xa = np.asarray(x, np.float32)
+    if xa.ndim != 4:
+        raise ValueError(f"x must have shape [N, C, H, W], got {list(xa.shape)}")
+    if y is not None:
+        ya = np.asarray(y)
+        if ya.shape != (xa.shape[0],):
+            raise ValueError(f"y must have shape [{xa.shape[0]}], got {list(ya.shape)}")
+    values = graph.validate()
+    bin_ops = [op for op in graph.ops if op.type in BINARY_OPS]
+    modules = dict(model.named_modules())
+    for op in bin_ops:
+        src = op.attrs.get("source")
+        if src not in modules:
+            raise ValueError(f"graph op {op.name!r} refers to layer {src!r}, which the model does not have")
+    err_bound = _conv_err_bound(graph)
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for op in bin_ops:
+        mod = modules[op.attrs["source"]]
+        iq = getattr(mod, "input_quantizer", None)
+        if iq is None:
+            raise ValueError(f"layer {op.attrs['source']!r} has no input_quantizer to observe")
+
+        def hook(_m: nn.Module, _i: Any, out: torch.Tensor, key: str = op.name) -> None:
+            captured[key] = out.detach()
+
+        hooks.append(iq.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    n = xa.shape[0]
+    res: dict[str, Any] = {
+        "samples": n, "accuracy_torch": None, "accuracy_integer": None, "prediction_mismatches": 0,
+        "sign_mismatches": 0, "signs_compared": 0, "sign_mismatches_by_layer": {op.attrs["source"]: 0 for op in bin_ops},
+        "ties": int(sum(int(op.attrs.get("ties", 0)) for op in graph.ops)),
+        "float_ties": int(sum(int(op.attrs.get("float_ties", 0)) for op in graph.ops)),
+        "near_threshold": {"count": 0, "samples": 0, "downstream": 0, "margins": []},
+        "max_logit_abs_diff": 0.0,
+    }
+    correct_t = correct_i = 0
+    try:
+        for start in range(0, n, batch_size):
+            xb = xa[start: start + batch_size]
+            nb = xb.shape[0]
+            captured.clear()
+            with torch.no_grad():
+                lt = model(torch.from_numpy(xb)).float().numpy()
+            li, inter = run(graph, xb, return_intermediates=True)  # type: ignore[misc]
+            if lt.shape != li.shape:
+                raise ValueError(f"model output shape {lt.shape} != graph output shape {li.shape}")
+            res["max_logit_abs_diff"] = max(res["max_logit_abs_diff"], float(np.max(np.abs(lt - li), initial=0.0)))
+            pt, pi = lt.argmax(1), li.argmax(1)
+            near_samples = np.zeros(nb, bool)
+            for op in bin_ops:
+                key = op.inputs[0]
+                info = values[key]
+                assert info.channels is not None
+                neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
+                st = captured[op.name]
+                if st.dim() == 4:
+                    st = st.permute(0, 2, 3, 1)
+                elif "input_chw" in op.attrs:
+                    c, h, w = op.attrs["input_chw"]
+                    st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
+                neg_t = (st.reshape(nb, -1) < 0).numpy()
+                bad = neg_t != neg_exec
+                res["signs_compared"] += bad.size
+                near_info = _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0]) if bad.any() else None
+                if near_info is not None:
+                    yv, thr, bound = near_info
+                    margin = np.abs(yv - thr[None, :])
+                    near = bad & (margin <= bound)
+                    res["near_threshold"]["count"] += int(near.sum())
+                    for s_, j in zip(*np.nonzero(near), strict=True):
+                        if len(res["near_threshold"]["margins"]) < _MAX_REPORTED:
+                            res["near_threshold"]["margins"].append({
+                                "sample": int(start + s_), "layer": op.attrs["source"], "index": int(j),
+                                "y": float(yv[s_, j]), "threshold": float(thr[j]),
+                                "margin": float(margin[s_, j]), "bound": float(bound[s_, j]),
+                            })
+                    near_samples |= near.any(1)
+                    bad = bad & ~near
+                down = bad & near_samples[:, None]
+                res["near_threshold"]["downstream"] += int(down.sum())
+                real = int((bad & ~near_samples[:, None]).sum())
+                res["sign_mismatches"] += real
+                res["sign_mismatches_by_layer"][op.attrs["source"]] += real
+            res["near_threshold"]["samples"] += int(near_samples.sum())
+            res["prediction_mismatches"] += int((pt != pi).sum())
+            if y is not None:
+                yb = np.asarray(y)[start: start + nb]
+                correct_t += int((pt == yb).sum())
+                correct_i += int((pi == yb).sum())
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if y is not None and n:
+        res["accuracy_torch"] = correct_t / n
+        res["accuracy_integer"] = correct_i / n
+    return res
+
+
+__all__ = ["verify"]

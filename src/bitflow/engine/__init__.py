@@ -1,0 +1,188 @@
+"""The native engine: run a ``.bfn`` model with the C++ kernels. numpy in, numpy out; never
+imports torch.
+
+    import bitflow.engine as e
+    m = e.load("fm.bfn")                # kernels="auto" | "ref" | "scalar" | "avx2" | "avx512"
+    m.predict(x)                        # x: float32 [N, C, H, W] in [0, 1] (or uint8 pixels)
+    m.logits(x), m.info()
+
+Every op of the graph (:mod:`bitflow.ir.graph`) maps to one native op of ``bitflow._native``;
+the kernel set is chosen once (best eligible for this CPU, or ``BITFLOW_KERNELS``, or the
+``kernels=`` argument). The binding releases the GIL and an ``Engine`` holds no mutable state
+while it runs, so one engine may be shared by several Python threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _native as N
+from ..ir import Graph, load_graph
+from ..ir.graph import ValueInfo
+from ..ir.reference import preprocess
+
+Kernel = Callable[[np.ndarray], np.ndarray]
+
+_KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
+
+
+def available_kernels() -> list[str]:
+    """Kernel sets that are built and supported by this CPU."""
+    return list(N.available_kernels())
+
+
+class Engine:
+    """A loaded model ready to run. See the module docstring."""
+
+    def __init__(self, graph: Graph, kernels: str = "auto", threads: int | None = None) -> None:
+        if kernels not in _KERNEL_NAMES:
+            raise ValueError(f"kernels must be one of {_KERNEL_NAMES}, got {kernels!r}")
+        if kernels != "auto" and kernels not in N.available_kernels():
+            raise ValueError(
+                f"kernel set {kernels!r} is not available on this machine (built and supported: "
+                f"{', '.join(N.available_kernels())})"
+            )
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.graph = graph
+        self.values = graph.validate()
+        self.kernels = N.default_kernels() if kernels == "auto" else kernels
+        self.threads = threads
+        self._steps: list[tuple[str, str, str, Kernel]] = [
+            (op.type, op.inputs[0], op.outputs[0], self._compile(op)) for op in graph.ops
+        ]
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ op compilation
+    def _compile(self, op: Any) -> Kernel:
+        g, a, k, th = self.graph, op.attrs, self.kernels, self.threads
+        p = {role: g.tensors[name] for role, name in op.params.items()}
+        t = op.type
+        if t == "conv2d_f32":
+            return lambda x: N.conv2d_f32(x, p["w"], p.get("bias"), tuple(a["stride"]), tuple(a["padding"]), k, th)
+        if t == "conv2d_u8i8":
+            return lambda x: N.conv2d_u8i8(x, p["w"], tuple(a["stride"]), tuple(a["padding"]), k, th)
+        if t == "bconv2d":
+            return lambda x: N.bconv2d(x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
+        if t == "bconv2d_planes":
+            return lambda x: N.bconv2d_planes(x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
+        if t == "bdense":
+            return lambda x: N.bgemm(x, p["w"], a["k_bits"], k, th)
+        if t == "bdense_planes":
+            return lambda x: N.bgemm_planes(x, p["w"], a["k_bits"], k, th)
+        if t == "maxpool_bits":
+            return lambda x: N.maxpool_bits(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), a["op"])
+        if t == "maxpool_i32":
+            return lambda x: N.maxpool_i32(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
+        if t == "maxpool_f32":
+            return lambda x: N.maxpool_f32(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
+        if t == "threshold_bits":
+            return lambda x: N.threshold_bits(x, p["thr"], p["direction"])
+        if t == "threshold_f32_bits":
+            return lambda x: N.threshold_f32_bits(x, p["thr"], p["direction"])
+        if t == "threshold_planes":
+            return lambda x: N.threshold_planes(x, p["thr"], p["direction"])
+        if t == "scale_bias":
+            return lambda x: N.scale_bias(x, p["scale"], p["bias"])
+        if t == "affine_f32":
+            return lambda x: (x * p["scale"] + p["bias"]).astype(np.float32, copy=False)
+        if t == "relu_f32":
+            return lambda x: np.maximum(x, np.float32(0))
+        if t == "bitpack":
+            return lambda x: N.bitpack(np.ascontiguousarray(x), k)
+        if t == "flatten":
+            out = self.values[op.outputs[0]]
+            return lambda x: _flatten(x, out)
+        if t == "dense_f32":
+            return lambda x: N.dense_f32(x, p["w"], p.get("bias"), k, th)
+        raise ValueError(f"op {op.name!r}: the engine has no kernel for op type {t!r}")
+
+    # ------------------------------------------------------------------ running
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        spec = self.graph.input
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.ndim == 3:
+            x = x[None]
+        want = (spec.channels, spec.height, spec.width)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}] (NCHW), got {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("input batch is empty")
+        if not x.flags.c_contiguous:
+            raise ValueError("input must be C-contiguous (use np.ascontiguousarray(x))")
+        if x.dtype == np.uint8:
+            nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            return nhwc if spec.preprocess == "uint8" else nhwc.astype(np.float32) / np.float32(255)
+        if x.dtype != np.float32:
+            raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
+        # the reference executor's preprocessing: NHWC, and for a fixed-point first layer
+        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training
+        return preprocess(self.graph, x)
+
+    def run(self, x: np.ndarray, keep: bool = False) -> dict[str, np.ndarray]:
+        """Run the graph; returns the output value (and with ``keep`` every intermediate)."""
+        env = {self.graph.input.name: self._prepare(x)}
+        for _, src, dst, fn in self._steps:
+            env[dst] = fn(env[src])
+            if not keep:
+                del env[src]
+        return env
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """float32 ``[N, classes]`` logits for float32 ``[N, C, H, W]`` input in [0, 1]."""
+        return self.run(x)[self.graph.output]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """int64 ``[N]`` class indices (argmax of the logits)."""
+        return self.logits(x).argmax(axis=1).astype(np.int64)
+
+    def info(self) -> dict[str, Any]:
+        """Ops, chosen kernels, threads, parameter bytes and activation memory per sample."""
+        ops = []
+        peak = 0
+        for op in self.graph.ops:
+            v = self.values[op.outputs[0]]
+            b = _value_bytes(v)
+            peak = max(peak, b + _value_bytes(self.values.get(op.inputs[0], self.graph.input.value)))
+            ops.append({"type": op.type, "name": op.name, "output": v.to_json(), "output_bytes_per_sample": b,
+                        "param_bytes": int(sum(self.graph.tensors[t].nbytes for t in op.params.values()))})
+        return {
+            "kernels": self.kernels,
+            "available_kernels": available_kernels(),
+            "cpu_features": {k: bool(v) for k, v in N.cpu_features().items()},
+            "threads": self.threads,
+            "mode": self.graph.mode,
+            "input": self.graph.input.to_json(),
+            "classes": self.graph.class_names,
+            "ops": ops,
+            "param_bytes": int(sum(t.nbytes for t in self.graph.tensors.values())),
+            "peak_activation_bytes_per_sample": peak,
+        }
+
+
+def _value_bytes(v: ValueInfo) -> int:
+    item = {"float32": 4, "int32": 4, "uint8": 1, "bits": 8}[v.dtype]
+    return int(np.prod(v.shape)) * item * v.planes
+
+
+def _flatten(x: np.ndarray, out: ValueInfo) -> np.ndarray:
+    if out.planes > 1:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def load(path: str | os.PathLike[str], kernels: str = "auto", threads: int | None = None) -> Engine:
+    """Load and validate a ``.bfn`` model file (never executes code) and build an engine."""
+    return Engine(load_graph(Path(path)), kernels=kernels, threads=threads)
+
+
+__all__ = ["Engine", "available_kernels", "load"]

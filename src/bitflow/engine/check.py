@@ -1,0 +1,130 @@
+"""Agreement of the native engine with the reference executor (numpy only, no torch).
+
+Each engine op is run on the reference executor's own input to that op ("teacher forcing"),
+so every op is checked in isolation: integer and bit outputs must be identical, float outputs
+agree within rounding, and a float first layer's threshold bits may differ only where the
+reference value lies within the float32 summation error bound of the threshold (two correct
+float32 convolutions sum in different orders; ARCHITECTURE section 3). End to end, the
+engine's predictions are compared with the reference's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..ir.graph import Graph
+from ..ir.reference import run as reference_run
+from . import Engine
+
+_U = 2.0**-24  # float32 unit roundoff
+
+
+def _float_conv_bounds(graph: Graph) -> dict[str, np.ndarray]:
+    """Per-channel error bound 2 K u (sum|w| + |b|) of each conv2d_f32 output (inputs in [0, 1]),
+    propagated unchanged through max-pool and ReLU to the threshold that reads it."""
+    bounds: dict[str, np.ndarray] = {}
+    for op in graph.ops:
+        if op.type == "conv2d_f32":
+            w = graph.tensors[op.params["w"]].astype(np.float64)
+            b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
+            fan = w[0].size
+            bounds[op.outputs[0]] = 2 * fan * _U * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b)) + 1e-30
+        elif op.type in ("maxpool_f32", "relu_f32") and op.inputs[0] in bounds:
+            bounds[op.outputs[0]] = bounds[op.inputs[0]]
+    return bounds
+
+
+def _unpack(words: np.ndarray, channels: int) -> np.ndarray:
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    return bits[..., :channels].astype(bool)
+
+
+def compare_with_reference(
+    engine: Engine, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 256, reference: bool = True
+) -> dict[str, Any]:
+    """Accuracy and speed of ``engine`` on ``x`` and, with ``reference``, its op-by-op agreement
+    with the reference executor (see the module docstring)."""
+    g = engine.graph
+    n = int(x.shape[0])
+    if n == 0:
+        raise ValueError("no samples to run")
+    preds = np.empty(n, np.int64)
+    t_engine = 0.0
+    ref_report: dict[str, Any] = {
+        "prediction_mismatches": 0, "exact_mismatches": 0, "exact_values_compared": 0,
+        "max_float_abs_diff": 0.0, "near_threshold": 0, "by_op": {},
+    }
+    bounds = _float_conv_bounds(g)
+    for i in range(0, n, batch_size):
+        xb = np.ascontiguousarray(x[i: i + batch_size], dtype=np.float32)
+        t0 = time.perf_counter()
+        logits = engine.logits(xb)
+        t_engine += time.perf_counter() - t0
+        preds[i: i + len(xb)] = logits.argmax(1)
+        if not reference:
+            continue
+        ref_logits, env = reference_run(g, xb, return_intermediates=True)  # type: ignore[misc]
+        ref_report["prediction_mismatches"] += int((ref_logits.argmax(1) != preds[i: i + len(xb)]).sum())
+        ref_report["max_logit_abs_diff_end_to_end"] = max(
+            ref_report.get("max_logit_abs_diff_end_to_end", 0.0), float(np.max(np.abs(logits - ref_logits)))
+        )
+        # End to end, only a float first layer's threshold can start a divergence: count its
+        # bits that differ from the reference and check each lies within the error bound.
+        own = engine.run(xb, keep=True)
+        for op in g.ops:
+            if op.type == "threshold_f32_bits" and op.inputs[0] in bounds:
+                ch = engine.values[op.outputs[0]].channels
+                assert ch is not None
+                diff = _unpack(own[op.outputs[0]], ch) != _unpack(env[op.outputs[0]], ch)
+                near = np.abs(env[op.inputs[0]].astype(np.float64) - g.tensors[op.params["thr"]]) <= bounds[op.inputs[0]]
+                e2e = ref_report.setdefault("first_layer_end_to_end", {"near_threshold": 0, "real": 0, "samples_affected": 0})
+                e2e["near_threshold"] += int((diff & near).sum())
+                e2e["real"] += int((diff & ~near).sum())
+                ref_report["exact_mismatches"] += int((diff & ~near).sum())
+                e2e["samples_affected"] += int(diff.reshape(len(xb), -1).any(1).sum())
+        for (typ, src, dst, fn), op in zip(engine._steps, g.ops, strict=True):
+            out = fn(np.ascontiguousarray(env[src]))
+            want = env[dst]
+            v = engine.values[dst]
+            stats = ref_report["by_op"].setdefault(op.name, {"type": typ, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0})
+            if v.dtype == "float32":
+                d = float(np.max(np.abs(out.astype(np.float64) - want))) if out.size else 0.0
+                stats["max_abs_diff"] = max(stats["max_abs_diff"], d)
+                ref_report["max_float_abs_diff"] = max(ref_report["max_float_abs_diff"], d)
+                continue
+            if out.shape != want.shape:
+                raise AssertionError(f"op {op.name!r}: engine shape {out.shape} != reference {want.shape}")
+            if typ == "threshold_f32_bits" and src in bounds:
+                assert v.channels is not None
+                diff = _unpack(out, v.channels) != _unpack(want, v.channels)
+                yv = env[src].astype(np.float64)
+                thr = g.tensors[op.params["thr"]].astype(np.float64)
+                near = np.abs(yv - thr) <= bounds[src]
+                real = diff & ~near
+                stats["near_threshold"] = stats.get("near_threshold", 0) + int((diff & near).sum())
+                ref_report["near_threshold"] += int((diff & near).sum())
+                mism = int(real.sum())
+            elif v.dtype == "bits":
+                assert v.channels is not None
+                mism = int(np.count_nonzero(out != want))
+            else:
+                mism = int(np.count_nonzero(out != want))
+            stats["mismatches"] += mism
+            stats["compared"] += int(want.size)
+            ref_report["exact_mismatches"] += mism
+            ref_report["exact_values_compared"] += int(want.size)
+    report: dict[str, Any] = {
+        "samples": n,
+        "kernels": engine.kernels,
+        "threads": engine.threads,
+        "batch_size": batch_size,
+        "ms_per_sample": 1000 * t_engine / n,
+    }
+    if y is not None:
+        report["accuracy"] = float((preds == np.asarray(y)).mean())
+    if reference:
+        report["reference"] = ref_report
+    return report
