@@ -240,7 +240,34 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary]
+def _cmd_reproduce(a: argparse.Namespace) -> int:
+    if a.paper == "bitflow-net":
+        from .analysis.reproduce import format_report, reproduce_bitflow_net
+
+        out = a.out or "runs/reproduce-bitflow-net"
+        report = reproduce_bitflow_net(out, data=a.data, binary_classes=a.binary_classes, quick=a.quick, seed=a.seed,
+                                       log=lambda m: print(m, file=sys.stderr, flush=True))
+        if a.json:
+            print(json.dumps(report))
+        else:
+            print(format_report(report))
+            print(f"(tables and figures in {out}/report.txt, {out}/*.png)")
+    return 0
+
+
+def _add_reproduce(sub: Any) -> None:
+    p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net)")
+    p.add_argument("paper", choices=("bitflow-net",))
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)")
+    p.add_argument("--quick", action="store_true", help="short trainings (under 10 minutes here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:
