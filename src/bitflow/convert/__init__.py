@@ -4,7 +4,12 @@
 - :func:`load_graph` / ``Graph.save(path)``: the ``.bfn`` model file
 - :func:`run` (also ``bitflow.convert.reference.run``): the numpy reference executor
 - :func:`verify`: PyTorch vs reference executor, sign by sign
-- :mod:`bitflow.convert.batchshift`: the threshold math (torch-free)
+- :mod:`bitflow.convert.batchshift`: the threshold math (torch-free), including the
+  ``2^M - 1``-step rules of MBBN quantizers (``level_int_thresholds``, ``level_float_thresholds``)
+
+MBBN models (``MBitConv2d`` / ``MBitLinear``, e.g. ``mbbn_vgg_small``) convert to
+``threshold_planes`` -> ``bconv2d_planes`` / ``bdense_planes`` (M activation planes x K weight
+planes, MBBN Eq. 7-9), bit-exact like the 1-bit BatchShift path.
 """
 
 from ..ir import Graph, GraphError, ModelFileError, load_graph, save_graph

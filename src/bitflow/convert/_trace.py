@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..nn import BinaryConv2d, BinaryLinear, Int8Conv2d, Scale
+from ..nn.mbbn import MBitConv2d, MBitLinear
 
 SUPPORTED = (
     "nn.Conv2d / bitflow.nn.Int8Conv2d (first layer), bitflow.nn.BinaryConv2d, bitflow.nn.BinaryLinear, "
+    "bitflow.nn.MBitConv2d, bitflow.nn.MBitLinear (MBBN), "
     "nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear (last layer), "
     "bitflow.nn.Scale, nn.Dropout, nn.Identity, F.relu, torch.flatten, x.view(x.size(0), -1)"
 )
@@ -38,7 +40,7 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 @dataclass
 class Step:
     """One inference step: ``kind`` in conv_first, int8_first, relu, maxpool, bn, bconv, blinear,
-    flatten, linear, scale; ``name`` the module name (or the fx node name)."""
+    mbconv, mblinear (MBBN), flatten, linear, scale; ``name`` the module name (or the fx node name)."""
 
     kind: str
     name: str
@@ -191,7 +193,11 @@ def trace_steps(model: nn.Module) -> list[Step]:
 
 
 def _module_step(name: str, m: nn.Module) -> list[Step]:
-    # exact types: a subclass (e.g. the multi-bit MBBN layers) may compute something else
+    # exact types: a subclass may compute something else (the MBBN layers are handled here)
+    if type(m) is MBitConv2d:
+        return [Step("mbconv", name, m)]
+    if type(m) is MBitLinear:
+        return [Step("mblinear", name, m)]
     if type(m) is BinaryConv2d:
         return [Step("bconv", name, m)]
     if type(m) is BinaryLinear:
@@ -201,8 +207,8 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
     if type(m) is Scale:
         return [Step("scale", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
-        raise unsupported(name, type(m).__name__, "subclasses of the bitflow layers (e.g. multi-bit MBBN "
-                          "layers) have their own arithmetic; only the 1-bit layers themselves convert")
+        raise unsupported(name, type(m).__name__, "subclasses of the bitflow layers have their own arithmetic; "
+                          "only the bitflow layers themselves (and MBitConv2d / MBitLinear) convert")
     if type(m) is nn.Conv2d:
         return [Step("conv_first", name, m)]
     if type(m) is nn.Linear:

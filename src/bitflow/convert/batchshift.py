@@ -56,6 +56,33 @@ from the exact ``tau = mu/alpha - beta * sqrt(var/alpha^2 + eps/alpha^2) / gamma
 grows with ``eps / (alpha^2 var)`` and flips signs once ``|tau - tau_paper|`` crosses an integer.
 :func:`paper_threshold` implements Eq. 13-17 as printed so that tests can show this.
 
+Multi-bit activations (MBBN, Eq. 7-9, 21)
+-----------------------------------------
+An ``M``-bit activation quantizer maps its input ``u`` (here ``u = BN(z'')``) to an odd level
+``v = 2q - L`` with ``L = 2^M - 1`` and ``q = #{l : u >= b_l}`` for ``L`` ascending boundaries
+``b_0 < ... < b_{L-1}`` (``-inf`` allowed: always passed); for the odd-level ladder of range
+``t`` they are ``b_l = 2 j t / L``, ``j = l - (2^(M-1) - 1)`` (Table II: ``-2/3, 0, 2/3`` for
+``M = 2``, ``t = 1``). Every step ``u >= b_l`` is the predicate ``(*)`` with ``beta`` replaced
+by ``beta - b_l``::
+
+    BN(z) >= b  <=>  gamma * (z - mu) + (beta - b) * s >= 0                      (**)
+
+so each boundary gets its own exact integer threshold ``T_l`` by the same monotone search, and
+with ``gamma > 0`` ``q = #{l : x >= T_l}``, with ``gamma < 0`` ``q = #{l : x <= T_l}``
+(``gamma = 0``: ``q`` is the constant ``#{l : beta >= b_l}``). Because ``b_l`` ascends, the
+``T_l`` ascend for ``gamma > 0`` and descend for ``gamma < 0``; the count does not depend on the
+order, so the native ``threshold_planes`` op gets them sorted ascending. A boundary passed by
+every reachable ``x`` becomes ``INT32_MIN`` (``x >= INT32_MIN``, direction +1) or ``INT32_MAX``
+(``x <= INT32_MAX``, direction -1); one passed by none becomes ``hi + 1`` (+1) or ``lo - 1``
+(-1). ``q``'s binary digits are the ``M`` planes (``c_m = +1`` iff bit ``m`` of ``q`` is 1,
+Eq. 7: ``sum_m 2^m c_m = 2q - L = v``). :func:`level_int_thresholds`.
+
+For a float32 first layer the same boundaries give float32 thresholds
+(:func:`level_float_thresholds`), one per (channel, boundary): the "thermometer" bits
+``e_l = +1`` iff ``u >= b_l`` satisfy ``sum_l e_l = 2q - L = v``, so a binary layer that sees
+each channel's ``L`` thermometer bits with that channel's weight repeated ``L`` times computes
+exactly ``sum_c v_c w_c``.
+
 Float first layer
 -----------------
 For a float32 first-layer output ``y`` the same predicate gives a float32 threshold: the smallest
@@ -66,7 +93,7 @@ real-valued decision for every float32 ``y`` (:func:`float_thresholds`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -193,7 +220,7 @@ class _Lane:
 
     def __init__(
         self, alpha: float, bias: float, relu: bool, mean: float, var: float, eps: float,
-        gamma: float, beta: float,
+        gamma: float, beta: float, boundary: Fraction = Fraction(0),
     ) -> None:
         self.alpha = Fraction(alpha)
         self.bias = Fraction(bias)
@@ -201,7 +228,8 @@ class _Lane:
         self.mean = Fraction(mean)
         self.v = Fraction(var) + Fraction(eps)
         self.gamma = Fraction(gamma)
-        self.beta = Fraction(beta)
+        # BN(z) >= b  <=>  gamma (z - mu) + (beta - b) s >= 0: a boundary b shifts beta
+        self.beta = Fraction(beta) - boundary
 
     def z(self, x: Fraction) -> Fraction:
         z = self.alpha * x + self.bias
@@ -210,9 +238,14 @@ class _Lane:
         return z
 
     def positive(self, x: int | Fraction) -> bool:
-        """``gamma * (z - mu) + beta * sqrt(var + eps) >= 0`` (Eq. (*) in the module doc)."""
+        """``gamma * (z - mu) + beta * sqrt(var + eps) >= 0`` (Eq. (*) in the module doc; with a
+        boundary ``b``, ``beta`` stands for ``beta - b``: the predicate ``BN(z) >= b``)."""
         z = self.z(Fraction(x))
         return sign_a_plus_b_sqrt(self.gamma * (z - self.mean), self.beta, self.v) >= 0
+
+    def negative(self, x: int | Fraction) -> bool:
+        """``not positive(x)``."""
+        return not self.positive(x)
 
     def tau(self) -> float:
         """Real threshold on ``x`` ignoring the ReLU (float64, for reports)."""
@@ -229,6 +262,46 @@ def _first_true(pred: Callable[[int], bool], lo: int, hi: int) -> int:
         return hi + 1
     a, b = lo - 1, hi  # invariant: pred(b) is True, pred(a) False (or a = lo - 1)
     while b - a > 1:
+        m = (a + b) // 2
+        if pred(m):
+            b = m
+        else:
+            a = m
+    return b
+
+
+def _first_true_near(pred: Callable[[int], bool], lo: int, hi: int, guess: float) -> int:
+    """:func:`_first_true` started from a float estimate ``guess`` of the answer: gallop away
+    from it (steps 1, 2, 4, ...) until the answer is bracketed, then bisect. The result is the
+    same for any guess (only exact ``pred`` evaluations decide); a good guess needs a handful
+    of evaluations instead of ``log2(hi - lo)``."""
+    if not math.isfinite(guess):
+        return _first_true(pred, lo, hi)
+    g = min(max(math.ceil(guess), lo), hi)
+    step = 1
+    if pred(g):  # answer <= g: walk down to a False point (or below lo)
+        b = g
+        while True:
+            a = b - step
+            if a < lo:
+                a = lo - 1
+                break
+            if not pred(a):
+                break
+            b, step = a, step * 2
+    else:  # answer > g: walk up to a True point (or past hi)
+        a = g
+        while True:
+            b = a + step
+            if b >= hi:
+                if not pred(hi):
+                    return hi + 1
+                b = hi
+                break
+            if pred(b):
+                break
+            a, step = b, step * 2
+    while b - a > 1:  # pred(b) True, pred(a) False (or a = lo - 1)
         m = (a + b) // 2
         if pred(m):
             b = m
@@ -261,7 +334,8 @@ def _broadcast(name: str, a: np.ndarray | float | int, n: int, dtype: type) -> n
 
 
 def _lanes(
-    alpha: np.ndarray | float, bias: np.ndarray | float, bn: BNParams | None, relu: bool, n: int
+    alpha: np.ndarray | float, bias: np.ndarray | float, bn: BNParams | None, relu: bool, n: int,
+    boundary: Fraction = Fraction(0),
 ) -> list[_Lane]:
     bn = bn if bn is not None else BNParams.identity(n)
     if bn.channels != n:
@@ -274,7 +348,7 @@ def _lanes(
         raise ValueError("the layer bias contains NaN or infinity")
     return [
         _Lane(float(al[i]), float(bi[i]), relu, float(bn.mean[i]), float(bn.var[i]),
-              float(bn.eps), float(bn.gamma[i]), float(bn.beta[i]))
+              float(bn.eps), float(bn.gamma[i]), float(bn.beta[i]), boundary)
         for i in range(n)
     ]
 
@@ -288,8 +362,12 @@ def int_thresholds(
     bias: np.ndarray | float = 0.0,
     relu: bool = False,
     channels: int | None = None,
+    boundary: Fraction = Fraction(0),
 ) -> Thresholds:
     """Exact integer thresholds for ``sign(BN(pool(relu?(alpha * x + bias))))`` per channel.
+
+    With ``boundary = b`` (an exact rational) the rule decides ``BN(...) >= b`` instead of
+    ``BN(...) >= 0`` (one step of a multi-bit quantizer, :func:`level_int_thresholds`).
 
     ``x`` ranges over the reachable integers ``[lo, hi]`` (``[-N, N]`` for a binary layer with
     fan-in ``N``; the int32 accumulator range for the int8 first layer). ``bn=None`` means no
@@ -305,7 +383,7 @@ def int_thresholds(
         raise ValueError("reachable range must satisfy lo <= hi")
     if np.any(los < INT32_MIN + 1) or np.any(his > INT32_MAX):
         raise ValueError("reachable range does not fit the int32 accumulator")
-    lanes = _lanes(alpha, bias, bn, relu, channels)
+    lanes = _lanes(alpha, bias, bn, relu, channels, boundary)
     thr = np.empty(channels, np.int32)
     direction = np.empty(channels, np.int8)
     kind = np.empty(channels, np.int8)
@@ -314,7 +392,7 @@ def int_thresholds(
         lo_i, hi_i = int(los[i]), int(his[i])
         tau[i] = lane.tau()
         if lane.gamma > 0:
-            t = _first_true(lane.positive, lo_i, hi_i)
+            t = _first_true_near(lane.positive, lo_i, hi_i, tau[i])
             if t <= lo_i:
                 k = CONST_POS
             elif t > hi_i:
@@ -322,7 +400,8 @@ def int_thresholds(
             else:
                 k = GE
         elif lane.gamma < 0:
-            t = _last_true(lane.positive, lo_i, hi_i)
+            # largest x with pred = (smallest x without it) - 1, the search started near tau
+            t = _first_true_near(lane.negative, lo_i, hi_i, tau[i] + 1) - 1
             if t >= hi_i:
                 k = CONST_POS
             elif t < lo_i:
@@ -355,7 +434,8 @@ def _f32_from_key(k: int) -> float:
     return float(np.array(bits & 0xFFFFFFFF, np.uint32).view(np.float32))
 
 
-def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int | None = None) -> Thresholds:
+def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int | None = None,
+                     boundary: Fraction = Fraction(0)) -> Thresholds:
     """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
 
     For ``gamma > 0`` ``thr`` is the smallest finite float32 ``f`` for which the exact predicate
@@ -367,7 +447,7 @@ def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int |
         if bn is None:
             raise ValueError("channels is required when bn is None")
         channels = bn.channels
-    lanes = _lanes(1.0, 0.0, bn, relu, channels)
+    lanes = _lanes(1.0, 0.0, bn, relu, channels, boundary)
     thr = np.empty(channels, np.float32)
     direction = np.empty(channels, np.int8)
     kind = np.empty(channels, np.int8)
@@ -394,6 +474,130 @@ def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int |
         else:
             thr[i], direction[i] = -np.inf, (1 if k == CONST_POS else -1)
     return Thresholds(thr=thr, direction=direction, kind=kind, tau=tau)
+
+
+# --------------------------------------------------------------------------- multi-bit levels
+
+
+@dataclass(frozen=True)
+class LevelThresholds:
+    """Per-channel thresholds of an ``M``-bit quantizer in the native ``threshold_planes`` form.
+
+    ``thr`` int32 ``[O, L]`` sorted ascending per row, ``L = 2^M - 1``; ``direction`` int8
+    ``[O]``: the level is ``v = 2q - L`` with ``q = #{l : x >= thr[o, l]}`` (direction +1) or
+    ``q = #{l : x <= thr[o, l]}`` (direction -1). ``kind`` ``[O, L]`` holds GE / LE /
+    CONST_POS / CONST_NEG of every boundary (boundary order, not sorted) for reports.
+    """
+
+    thr: np.ndarray
+    direction: np.ndarray
+    kind: np.ndarray
+
+    @property
+    def levels_count(self) -> int:
+        return int(self.thr.shape[1])
+
+    def counts(self, x: np.ndarray) -> np.ndarray:
+        """``q`` for integer inputs ``x [..., O]`` (int64)."""
+        xi = np.asarray(x, np.int64)[..., None]
+        t = self.thr.astype(np.int64)
+        ge = (xi >= t).sum(-1)
+        le = (xi <= t).sum(-1)
+        return np.where(self.direction > 0, ge, le).astype(np.int64)
+
+    def levels(self, x: np.ndarray) -> np.ndarray:
+        """Odd levels ``v = 2q - L`` for integer inputs ``x [..., O]`` (int64)."""
+        return 2 * self.counts(x) - self.levels_count
+
+
+def _check_boundaries(boundaries: Sequence[Fraction | None]) -> list[Fraction | None]:
+    bs_ = list(boundaries)
+    n = len(bs_)
+    if n < 1 or (n + 1) & n:
+        raise ValueError(f"a multi-bit quantizer needs 2^M - 1 boundaries, got {n}")
+    finite = [b for b in bs_ if b is not None]
+    if any(b is None for b in bs_[len(bs_) - len(finite):]) or any(
+        b1 >= b2 for b1, b2 in zip(finite, finite[1:], strict=False)
+    ):
+        raise ValueError("boundaries must ascend strictly (None = -inf, only at the start)")
+    return bs_
+
+
+def level_int_thresholds(
+    *,
+    lo: np.ndarray | int,
+    hi: np.ndarray | int,
+    bn: BNParams | None,
+    boundaries: Sequence[Fraction | None],
+    alpha: np.ndarray | float = 1.0,
+    bias: np.ndarray | float = 0.0,
+    relu: bool = False,
+    channels: int | None = None,
+) -> LevelThresholds:
+    """Exact integer thresholds of ``v = Q_M(BN(pool(relu?(alpha x + bias))))`` per channel.
+
+    ``Q_M`` is an ``M``-bit odd-level quantizer given by its ``2^M - 1`` ascending
+    ``boundaries`` (exact rationals; ``None`` = ``-inf``, always passed), see "Multi-bit
+    activations" in the module docstring: ``(**)`` per boundary, searched over the reachable
+    integers ``[lo, hi]``. Returns the ``threshold_planes`` form (:class:`LevelThresholds`).
+    """
+    bl = _check_boundaries(boundaries)
+    if channels is None:
+        channels = bn.channels if bn is not None else int(np.size(alpha))
+    his = _broadcast("hi", hi, channels, np.int64)
+    los = _broadcast("lo", lo, channels, np.int64)
+    if np.any(his >= INT32_MAX) or np.any(los <= INT32_MIN):
+        raise ValueError("reachable range must lie strictly inside int32 (the thresholds need hi + 1, lo - 1)")
+    gam = (bn.gamma if bn is not None else np.ones(channels, np.float32)).astype(np.float64)
+    direction = np.where(gam < 0, -1, 1).astype(np.int8)
+    n_l = len(bl)
+    thr = np.empty((channels, n_l), np.int64)
+    kind = np.empty((channels, n_l), np.int8)
+    for l_, b in enumerate(bl):
+        if b is None:
+            kind[:, l_] = CONST_POS
+        else:
+            th = int_thresholds(lo=los, hi=his, bn=bn, alpha=alpha, bias=bias, relu=relu, channels=channels,
+                                boundary=b)
+            kind[:, l_] = th.kind
+            thr[:, l_] = th.thr
+        k = kind[:, l_]
+        up = direction > 0
+        thr[:, l_] = np.where(k == CONST_POS, np.where(up, INT32_MIN, INT32_MAX),
+                              np.where(k == CONST_NEG, np.where(up, his + 1, los - 1), thr[:, l_]))
+    if np.any((kind == GE) & (direction[:, None] < 0)) or np.any((kind == LE) & (direction[:, None] > 0)):
+        raise AssertionError("internal error: threshold kind disagrees with the sign of gamma")  # pragma: no cover
+    return LevelThresholds(thr=np.sort(thr, axis=1).astype(np.int32), direction=direction, kind=kind)
+
+
+def level_float_thresholds(
+    bn: BNParams | None, *, boundaries: Sequence[Fraction | None], relu: bool = False, channels: int | None = None,
+) -> Thresholds:
+    """Float32 "thermometer" thresholds of ``Q_M(BN(pool(relu?(y))))`` on a float32 ``y``.
+
+    Returns :class:`Thresholds` over ``channels * L`` lanes, lane ``c * L + l`` deciding
+    ``BN(y_c) >= b_l`` (``+1`` iff passed): the sum of a channel's ``L`` thermometer bits is its
+    level ``v = 2q - L`` (module docstring). Each lane is :func:`float_thresholds` with that
+    boundary; a ``None`` (``-inf``) boundary is the constant +1.
+    """
+    bl = _check_boundaries(boundaries)
+    if channels is None:
+        if bn is None:
+            raise ValueError("channels is required when bn is None")
+        channels = bn.channels
+    n_l = len(bl)
+    parts: list[Thresholds] = []
+    for b in bl:
+        if b is None:
+            parts.append(Thresholds(thr=np.full(channels, -np.inf, np.float32), direction=np.ones(channels, np.int8),
+                                    kind=np.full(channels, CONST_POS, np.int8), tau=np.full(channels, np.nan)))
+        else:
+            parts.append(float_thresholds(bn, relu=relu, channels=channels, boundary=b))
+
+    def inter(name: str) -> np.ndarray:
+        return np.stack([getattr(t, name) for t in parts], axis=1).reshape(channels * n_l)
+
+    return Thresholds(thr=inter("thr"), direction=inter("direction"), kind=inter("kind"), tau=inter("tau"))
 
 
 # --------------------------------------------------------------------------- reference forms
@@ -471,10 +675,13 @@ __all__ = [
     "GE",
     "INT32_MIN",
     "LE",
+    "LevelThresholds",
     "Thresholds",
     "float64_sign",
     "float_thresholds",
     "int_thresholds",
+    "level_float_thresholds",
+    "level_int_thresholds",
     "paper_threshold",
     "sign_a_plus_b_sqrt",
 ]

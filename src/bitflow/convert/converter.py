@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ from .. import __version__
 from ..ir.bits import pack_bits
 from ..ir.graph import Graph, InputSpec, Op, ValueInfo, infer
 from ..nn import quantizers as Q
+from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
+from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
 from ._trace import Step, UnsupportedLayerError, trace_steps, unsupported
 
 CONVERTER_VERSION = "1"
@@ -299,6 +302,193 @@ class _Converter:
             chw = self._pooled_chw(p)
         return x, chw
 
+    # ----------------------------------------------------------------- MBBN (multi-bit) layers
+    def to_levels(self, p: Pending, step: Step) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
+        """Materialize ``p`` as the ``M``-bit input of the MBBN layer ``step``.
+
+        Returns ``(value, chw of a flatten, encoding)``; ``encoding`` (stored on the binary op)
+        says how the value holds the odd levels ``v``: ``"planes"`` (``M`` bit planes, Eq. 7;
+        ``M = 1`` is the plain sign bit) or ``"thermometer"`` (after a float first layer: ``L =
+        2^M - 1`` bits per channel whose sum is ``v``, see :mod:`.batchshift`).
+
+        Integer producer: one :func:`~.batchshift.level_int_thresholds` rule per channel ->
+        ``threshold_planes`` (``M >= 2``; max-pools run on the int32 accumulator first, since
+        the max of two levels is not a bitwise function of their planes) or the 1-bit
+        ``threshold_bits`` path (``M = 1``, pools on bits).
+        """
+        m = step.module
+        assert m is not None
+        bits_a, boundaries = quantizer_boundaries(step.name, m)
+        if bits_a == 1:
+            if boundaries != [Fraction(0)]:  # pragma: no cover - quantizer_boundaries guarantees it
+                raise AssertionError("1-bit quantizer with a boundary other than 0")
+            x, chw = self.to_bits(p, step.name)
+            return x, chw, {"encoding": "planes", "bits": 1, "repeat": 1}
+        if not p.is_int:
+            return self._thermometer(p, step, bits_a, boundaries)
+        per_feature = self._per_feature(p)
+        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        th = bs.level_int_thresholds(lo=lo, hi=hi, bn=bnp, boundaries=boundaries, alpha=alpha, bias=bias,
+                                     relu=p.relu, channels=lanes)
+        ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
+        thr, direction = th.thr, th.direction
+        x = p.value
+        for name, a in p.pools:
+            x = self.b.add("maxpool_i32", x, name=name, attrs=a)
+        chw = None
+        if per_feature:
+            pooled = self._pooled_chw(p)
+            assert pooled is not None
+            perm = _nchw_to_nhwc_perm(*pooled)
+            thr, direction = thr[perm], direction[perm]
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = pooled
+        tname = f"{p.bn_name or p.producer}.threshold"
+        x = self.b.add("threshold_planes", x, name=tname,
+                       attrs={"planes": bits_a, "ties": ties, "source": p.bn_name or p.producer},
+                       params={"thr": np.ascontiguousarray(thr), "direction": direction})
+        self.ties[tname] = ties
+        if p.flatten is not None and not per_feature:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw, {"encoding": "planes", "bits": bits_a, "repeat": 1}
+
+    def _thermometer(self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
+                     ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
+        """Float first layer -> ``M``-bit levels as ``L`` thermometer bits per channel.
+
+        No native op turns a float32 value into bit planes, so the first convolution's output
+        channels are repeated ``L = 2^M - 1`` times (channel ``c * L + l``: the same float32
+        weights, hence the same value as channel ``c``) and ``threshold_f32_bits`` decides
+        ``BN(y_c) >= b_l`` on copy ``l``; the next layer repeats each input channel's weights
+        ``L`` times, so its dot product is ``sum_c (sum_l e_{c,l}) w_c = sum_c v_c w_c`` exactly.
+        Each bit is monotone in ``y``, so max-pools commute with it (AND / OR on bits).
+        """
+        if self._per_feature(p):
+            raise unsupported(step.name, type(step.module).__name__,
+                              "a multi-bit quantizer on per-feature BatchNorm1d right after the float first layer")
+        conv = self.b.ops[-1]
+        if conv.type != "conv2d_f32" or conv.outputs[0] != p.value:  # pragma: no cover - first_layer emits it last
+            raise AssertionError("the float first convolution must be the last op emitted")
+        n_l = len(boundaries)
+        for tname in conv.params.values():
+            self.b.tensors[tname] = np.ascontiguousarray(np.repeat(self.b.tensors[tname], n_l, axis=0))
+        self.b.values[conv.outputs[0]] = infer(conv, [self.b.values[conv.inputs[0]]], self.b.tensors)
+        bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
+        th = bs.level_float_thresholds(bnp, boundaries=boundaries, relu=p.relu, channels=p.channels)
+        assert step.module is not None
+        ties = _count_level_ties_float(p, th, n_l, step.module)
+        x = p.value
+        pool_on_bits = bool(p.pools) and th.pool_op is not None
+        if not pool_on_bits:
+            for name, a in p.pools:
+                x = self.b.add("maxpool_f32", x, name=name, attrs=a)
+        tname = f"{p.bn_name or p.producer}.threshold"
+        x = self.b.add("threshold_f32_bits", x, name=tname,
+                       attrs={"float_ties": ties, "source": p.bn_name or p.producer, "thermometer": n_l},
+                       params={"thr": th.thr.astype(np.float32), "direction": th.direction})
+        self.float_ties[tname] = ties
+        if pool_on_bits:
+            for name, a in p.pools:
+                x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": th.pool_op})
+        chw = None
+        if p.flatten is not None:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw, {"encoding": "thermometer", "bits": bits_a, "repeat": n_l}
+
+    def _mbit_common(self, step: Step, value: str, enc: dict[str, Any]) -> tuple[np.ndarray, int, np.ndarray,
+                                                                                     np.ndarray, np.ndarray]:
+        """Weight levels, K, output scale, reachable accumulator range ``[lo, hi]`` per channel."""
+        m = step.module
+        assert m is not None
+        vw, k, scale = weight_levels(step.name, m)
+        a_in = (1 << int(enc["bits"])) - 1
+        span = np.abs(vw).reshape(vw.shape[0], -1).sum(1) * a_in  # |sum v_x v_w| <= A sum |v_w|
+        return vw, k, scale, -span, span
+
+    def check_accumulator(self, step: Step) -> None:
+        """ARCHITECTURE sec. 2: the int32 accumulator must hold ``fan_in (2^M - 1)(2^K - 1)``
+        (checked before any threshold is computed; the engine ops check it again)."""
+        m = step.module
+        assert isinstance(m, (MBitConv2d, MBitLinear))
+        bound = int(m.accumulator_bound())
+        if bound >= bs.INT32_MAX:
+            raise ValueError(
+                f"layer {step.name!r}: accumulator bound fan_in x (2^M - 1) x (2^K - 1) = {m.fan_in} x "
+                f"{(1 << m.bits_a) - 1} x {(1 << m.bits_w) - 1} = {bound} does not fit the int32 accumulator "
+                f"(2^31 - 1); use fewer bits or a smaller fan-in"
+            )
+
+    def _mbit_attrs(self, step: Step, enc: dict[str, Any]) -> dict[str, Any]:
+        m = step.module
+        assert isinstance(m, (MBitConv2d, MBitLinear))
+        return {"source": step.name, "input_encoding": enc["encoding"], "input_bits": int(enc["bits"]),
+                "input_repeat": int(enc["repeat"]), "weight_bits": int(m.bits_w)}
+
+    def mbit_conv(self, step: Step, value: str, enc: dict[str, Any]) -> Pending:
+        """``MBitConv2d`` -> ``bconv2d_planes`` (``K`` packed weight planes ``[K, O, kh, kw, Cw]``;
+        the op accumulates ``sum_{m,k} 2^(m+k) dot(c_m, d_k) = v_x . v_w``, Eq. 8), or
+        ``bconv2d`` when both operands have one plane."""
+        m = step.module
+        assert isinstance(m, nn.Conv2d)
+        self._check_conv(step.name, m)
+        # MBitConv2d pads the levels with 0, or with every plane +1 (level 2^M - 1) for any
+        # nonzero pad_value: the engine's zero / +1 padding on every plane (and thermometer bit)
+        pad = 0 if float(getattr(m, "pad_value", 0)) == 0.0 else 1
+        vw, k, scale, lo, hi = self._mbit_common(step, value, enc)
+        vin = self.b.values[value]
+        rep = int(enc["repeat"])
+        assert vin.channels is not None
+        if m.in_channels * rep != vin.channels:
+            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels // rep}")
+        planes = weight_planes(vw, k).transpose(0, 1, 3, 4, 2)  # [K, O, kh, kw, C]
+        if rep > 1:
+            planes = np.repeat(planes, rep, axis=-1)
+        packed = pack_bits(planes < 0)
+        attrs = {"channels": vin.channels, "stride": list(m.stride), "padding": list(m.padding), "pad_value": pad,
+                 **self._mbit_attrs(step, enc)}
+        if k == 1 and vin.planes == 1:
+            out = self.b.add("bconv2d", value, name=step.name, attrs=attrs, params={"w": packed[0]})
+        else:
+            out = self.b.add("bconv2d_planes", value, name=step.name, attrs=attrs, params={"w": packed})
+        v = self.b.values[out]
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
+                       alpha=scale, bias=bias, lo=lo, hi=hi)
+
+    def mbit_linear(self, step: Step, value: str, chw: tuple[int, int, int] | None, enc: dict[str, Any]) -> Pending:
+        """``MBitLinear`` -> ``bdense_planes`` (weights ``[K, O, Kw]``) or ``bdense`` (one plane each)."""
+        m = step.module
+        assert isinstance(m, nn.Linear)
+        vw, k, scale, lo, hi = self._mbit_common(step, value, enc)
+        vin = self.b.values[value]
+        rep = int(enc["repeat"])
+        if m.in_features * rep != vin.real_bits:
+            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits // rep}")
+        planes = weight_planes(vw, k)  # [K, O, F]
+        o = vw.shape[0]
+        if chw is not None:  # NCHW flatten order -> NHWC, each pixel keeps its word padding
+            c, h, w_ = chw
+            p5 = planes.reshape(k, o, c, h, w_).transpose(0, 1, 3, 4, 2)  # [K, O, H, W, C]
+            if rep > 1:
+                p5 = np.repeat(p5, rep, axis=-1)
+            packed = (pack_bits(p5 < 0).reshape(k, o, -1) if vin.groups > 1
+                      else pack_bits(p5.reshape(k, o, -1) < 0))
+        else:
+            if rep > 1:
+                planes = np.repeat(planes, rep, axis=-1)
+            packed = pack_bits(planes < 0)
+        attrs: dict[str, Any] = {"k_bits": vin.real_bits, **self._mbit_attrs(step, enc)}
+        if chw is not None:
+            attrs["input_chw"] = list(chw)
+        if k == 1 and vin.planes == 1:
+            out = self.b.add("bdense", value, name=step.name, attrs=attrs, params={"w": packed[0]})
+        else:
+            out = self.b.add("bdense_planes", value, name=step.name, attrs=attrs, params={"w": packed})
+        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
+        return Pending(out, step.name, True, m.out_features, None, alpha=scale, bias=bias, lo=lo, hi=hi)
+
     def _pooled_chw(self, p: Pending) -> tuple[int, int, int] | None:
         if p.chw is None:
             return None
@@ -419,6 +609,89 @@ def _count_ties(p: Pending, th: bs.Thresholds, alpha: Any, bias: Any, lo: Any, h
         if not edge_bad.any() or width >= _MAX_WINDOW:
             return int(total)
         width *= 8
+
+
+def _torch_level_fn(p: Pending, alpha: Any, bias: Any, layer: nn.Module) -> Any:
+    """``xs [K, lanes] -> PyTorch's levels [K, lanes]``: float32 ``x*alpha + b``, ReLU, the BN
+    module, then ``layer``'s input quantizer (module order, as in the model)."""
+    bn = p.bn
+
+    def fn(xs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
+            if p.is_int:
+                y = y * torch.from_numpy(np.asarray(alpha, np.float32))
+                if bias is not None and np.any(bias != 0):
+                    y = y + torch.from_numpy(np.asarray(bias, np.float32))
+            if p.relu:
+                y = torch.relu(y)
+            if bn is not None:
+                was = bn.training
+                bn.eval()
+                y = bn(y[:, :, None, None])[:, :, 0, 0] if isinstance(bn, nn.BatchNorm2d) else bn(y)
+                bn.train(was)
+            return torch_levels(layer, y).numpy()
+
+    return fn
+
+
+def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: Any, torch_fn: Any,
+                 to_x: Any) -> int:
+    """Distinct points ``k`` (integers, or float32 order keys) in windows around ``centers
+    [lanes, J]`` where ``exact(k)`` and ``torch_fn(to_x(k))`` (both ``[rows, lanes]`` levels)
+    disagree; the windows widen (x8, up to ``_MAX_WINDOW``) while a window edge disagrees.
+    Both are monotone step functions of ``k`` that differ only next to the thresholds."""
+    width = _NEAR_WINDOW
+    n_j = centers.shape[1]
+    while True:
+        ks = np.arange(-width, width + 1, dtype=np.int64)
+        pts = (centers.T[:, None, :] + ks[None, :, None]).reshape(n_j * ks.size, -1)
+        pts = np.clip(pts, lo_, hi_)
+        step = max(1, (1 << 22) // max(1, pts.shape[1] * n_j))  # bound the [rows, lanes, L] temporaries
+        bad = np.concatenate([exact(pts[i: i + step]) != torch_fn(to_x(pts[i: i + step]))
+                              for i in range(0, pts.shape[0], step)])
+        total = sum(len(np.unique(pts[bad[:, j], j])) for j in range(pts.shape[1]))
+        edges = np.concatenate([np.arange(n_j) * ks.size, np.arange(n_j) * ks.size + ks.size - 1])
+        edge_bad = bad[edges] & (pts[edges] > lo_) & (pts[edges] < hi_)
+        if not edge_bad.any() or width >= _MAX_WINDOW:
+            return int(total)
+        width *= 8
+
+
+def _count_level_ties_int(p: Pending, th: bs.LevelThresholds, alpha: Any, bias: Any, lo: Any, hi: Any,
+                          lanes: int, layer: nn.Module) -> int:
+    """Reachable integers where PyTorch's float32 levels differ from the exact rule (like
+    :func:`_count_ties`, around every one of the ``2^M - 1`` thresholds)."""
+    lo_ = np.asarray(lo, np.int64)
+    hi_ = np.asarray(hi, np.int64)
+    centers = np.clip(th.thr.astype(np.int64), lo_[:, None], hi_[:, None])
+    fn = _torch_level_fn(p, alpha, bias, layer)
+    return _window_ties(centers, lo_, hi_, th.levels, fn, lambda k: k.astype(np.float32))
+
+
+def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.Module) -> int:
+    """Float32 first-layer outputs next to a thermometer threshold where PyTorch's float32 BN and
+    quantizer give another level than the exact thresholds."""
+    c = p.channels
+    key_max = bs._F32_MAX_KEY
+    keys = th.thr.astype(np.float32).view(np.int32).astype(np.int64)
+    keys = np.where(keys < 0, -(keys & 0x7FFFFFFF), keys).reshape(c, n_l)
+    lo_ = np.full(c, -key_max, np.int64)
+    hi_ = np.full(c, key_max, np.int64)
+
+    def to_x(k: np.ndarray) -> np.ndarray:
+        return np.vectorize(bs._f32_from_key, otypes=[np.float32])(k)
+
+    thr = th.thr.astype(np.float64).reshape(c, n_l)
+    up = (th.direction.reshape(c, n_l) > 0)
+
+    def exact(k: np.ndarray) -> np.ndarray:
+        y = to_x(k).astype(np.float64)[:, :, None]
+        passed = np.where(up, y >= thr, y <= thr)  # th.apply per (channel, boundary) lane
+        return 2 * passed.sum(-1) - n_l
+
+    fn = _torch_level_fn(p, None, None, layer)
+    return _window_ties(np.clip(keys, lo_[:, None], hi_[:, None]), lo_, hi_, exact, fn, to_x)
 
 
 def _torch_decisions(p: Pending, xs: np.ndarray, alpha: Any, bias: Any, bn: nn.Module | None,
@@ -558,6 +831,20 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
             bits, chw = cv.to_bits(p, st.name)
             p = cv.binary_linear(st, bits, chw)
+        elif st.kind in ("mbconv", "mblinear"):
+            if mode != "bitflow":
+                raise unsupported(st.name, what, "MBBN layers convert in mode='bitflow' only")
+            cv.check_accumulator(st)
+            if st.kind == "mbconv":
+                if p.flatten is not None or p.chw is None:
+                    raise unsupported(st.name, what, "a multi-bit convolution needs a spatial input")
+                val, _, enc = cv.to_levels(p, st)
+                p = cv.mbit_conv(st, val, enc)
+            else:
+                if p.chw is not None and p.flatten is None:
+                    raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+                val, chw, enc = cv.to_levels(p, st)
+                p = cv.mbit_linear(st, val, chw, enc)
         elif st.kind == "linear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")

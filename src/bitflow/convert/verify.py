@@ -1,5 +1,10 @@
 """Verification: run PyTorch and the reference executor on the same images, compare sign by sign.
 
+MBBN layers (``MBitConv2d`` / ``MBitLinear``) are compared on their integer input levels: the
+levels PyTorch's quantizer produces against the levels the graph's bit planes encode (Eq. 7), or,
+after a float first layer, against the thermometer bits (copy ``l`` of a channel is +1 iff its
+level passed boundary ``l``); ``sign_mismatches`` then counts level (or thermometer bit) mismatches.
+
 For every binary layer the ``+-1`` values PyTorch feeds it (the output of its
 ``input_quantizer``, captured by a forward hook) are compared with the bits the executor feeds
 the matching ``bconv2d`` / ``bdense`` op. A float first layer cannot be bit-exact across
@@ -23,6 +28,7 @@ from torch import nn
 from ..ir.bits import unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
 from ..ir.reference import _pool, run
+from ._mbbn import torch_levels
 
 _MAX_REPORTED = 50
 
@@ -137,6 +143,15 @@ def verify(
         if iq is None:
             raise ValueError(f"layer {op.attrs['source']!r} has no input_quantizer to observe")
 
+        if "input_encoding" in op.attrs:
+            # MBBN layers call their quantizer's decompose(), not its forward: observe the layer's
+            # input and compute the quantizer's integer levels from it (what the layer uses)
+            def pre_hook(_m: nn.Module, inp: Any, key: str = op.name, layer: nn.Module = mod) -> None:
+                captured[key] = torch_levels(layer, inp[0].detach())
+
+            hooks.append(mod.register_forward_pre_hook(pre_hook))
+            continue
+
         def hook(_m: nn.Module, _i: Any, out: torch.Tensor, key: str = op.name) -> None:
             captured[key] = out.detach()
 
@@ -170,14 +185,32 @@ def verify(
                 key = op.inputs[0]
                 info = values[key]
                 assert info.channels is not None
-                neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
                 st = captured[op.name]
                 if st.dim() == 4:
                     st = st.permute(0, 2, 3, 1)
                 elif "input_chw" in op.attrs:
                     c, h, w = op.attrs["input_chw"]
                     st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
-                neg_t = (st.reshape(nb, -1) < 0).numpy()
+                enc = op.attrs.get("input_encoding", "planes")
+                if info.planes > 1:  # M-bit levels: decode the planes (Eq. 7) and compare levels
+                    lv = sum((1 << m_) * (1 - 2 * unpack_bits(inter[key][m_], info.channels, info.groups)
+                                          .reshape(nb, -1).astype(np.int64)) for m_ in range(info.planes))
+                    bad = np.asarray(lv) != st.reshape(nb, -1).numpy()
+                    res["signs_compared"] += bad.size
+                    # integer thresholds are exact: a difference here is a real mismatch unless
+                    # the sample already took a near-threshold float decision upstream
+                    res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
+                    real = int((bad & ~near_samples[:, None]).sum())
+                    res["sign_mismatches"] += real
+                    res["sign_mismatches_by_layer"][op.attrs["source"]] += real
+                    continue
+                neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
+                if enc == "thermometer":  # copy l of a channel is +1 iff its level passed boundary l
+                    n_l = int(op.attrs["input_repeat"])
+                    q = (st.reshape(nb, -1, 1).numpy() + n_l) // 2
+                    neg_t = (np.arange(n_l)[None, None, :] >= q).reshape(nb, -1)
+                else:
+                    neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec
                 res["signs_compared"] += bad.size
                 near_info = _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0]) if bad.any() else None

@@ -73,11 +73,14 @@ class Engine:
         if t == "bconv2d":
             return lambda x: N.bconv2d(x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
         if t == "bconv2d_planes":
-            return lambda x: N.bconv2d_planes(x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
+            # a one-plane value is stored without its plane axis (ValueInfo.storage_shape)
+            one = self.values[op.inputs[0]].planes == 1
+            return lambda x: N.bconv2d_planes(x[None] if one else x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
         if t == "bdense":
             return lambda x: N.bgemm(x, p["w"], a["k_bits"], k, th)
         if t == "bdense_planes":
-            return lambda x: N.bgemm_planes(x, p["w"], a["k_bits"], k, th)
+            one = self.values[op.inputs[0]].planes == 1
+            return lambda x: N.bgemm_planes(x[None] if one else x, p["w"], a["k_bits"], k, th)
         if t == "maxpool_bits":
             return lambda x: N.maxpool_bits(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), a["op"])
         if t == "maxpool_i32":
@@ -89,6 +92,8 @@ class Engine:
         if t == "threshold_f32_bits":
             return lambda x: N.threshold_f32_bits(x, p["thr"], p["direction"])
         if t == "threshold_planes":
+            if int(a["planes"]) == 1:
+                return lambda x: N.threshold_planes(x, p["thr"], p["direction"])[0]
             return lambda x: N.threshold_planes(x, p["thr"], p["direction"])
         if t == "scale_bias":
             return lambda x: N.scale_bias(x, p["scale"], p["bias"])

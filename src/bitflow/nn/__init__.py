@@ -13,3 +13,15 @@ __all__ = [
     "functional",
     "quantizers",
 ]
+
+from . import mbbn  # noqa: E402  (registers the MBBN quantizers)
+from .mbbn import (  # noqa: E402
+    MBitConv2d,
+    MBitEncoder,
+    MBitLinear,
+    MBitWeight,
+    OddLinearQuantizer,
+    OddLinearWeight,
+)
+
+__all__ += ["MBitConv2d", "MBitEncoder", "MBitLinear", "MBitWeight", "OddLinearQuantizer", "OddLinearWeight", "mbbn"]
