@@ -8,6 +8,8 @@ array of the stated dtype (read-only arrays are fine); anything else raises Type
 result.
 """
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -97,3 +99,44 @@ def conv2d_u8i8(
     kernels: str = "",
     threads: int = 1,
 ) -> NDArray[np.int32]: ...
+
+class BinaryLayer:
+    """A prepared binary layer: bconv2d / bdense [-> maxpool] [-> flatten] -> threshold_bits in one
+    call, with the weight layout and zero-padding correction computed once."""
+
+    def __init__(
+        self,
+        w: NDArray[np.uint64],
+        channels: int,
+        stride: int | tuple[int, int] = (1, 1),
+        padding: int | tuple[int, int] = (0, 0),
+        pad_value: int = 0,
+        kernels: str = "",
+        thr: NDArray[np.int32] | None = None,
+        direction: NDArray[np.int8] | None = None,
+        pool_kernel: int | tuple[int, int] | None = None,
+        pool_stride: int | tuple[int, int] | None = None,
+        pool_padding: int | tuple[int, int] = 0,
+    ) -> None: ...
+    def __call__(self, x: NDArray[np.uint64], threads: int = 1) -> NDArray[Any]: ...
+
+class Int8ConvLayer:
+    """A prepared fixed-point first layer: conv2d_u8i8 [-> maxpool] -> threshold_bits in one call."""
+
+    def __init__(
+        self,
+        w: NDArray[np.int8],
+        stride: int | tuple[int, int] = (1, 1),
+        padding: int | tuple[int, int] = (0, 0),
+        kernels: str = "",
+        thr: NDArray[np.int32] | None = None,
+        direction: NDArray[np.int8] | None = None,
+        pool_kernel: int | tuple[int, int] | None = None,
+        pool_stride: int | tuple[int, int] | None = None,
+        pool_padding: int | tuple[int, int] = 0,
+    ) -> None: ...
+    def __call__(self, x: NDArray[np.uint8], threads: int = 1) -> NDArray[Any]: ...
+
+def threshold_bits_range(
+    acc: NDArray[np.int32], lo: NDArray[np.int32], hi: NDArray[np.int32], kernels: str = ""
+) -> NDArray[np.uint64]: ...

@@ -25,6 +25,26 @@ def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _bits_list(text: str | None) -> int | list[int] | None:
+    """``"2"`` -> 2, ``"1,2,2,4"`` -> [1, 2, 2, 4] (per layer), None -> None."""
+    if text is None:
+        return None
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"bitflow: bit widths must be integers or a comma-separated list, got {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _bits_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for key in ("bits_a", "bits_w"):
+        v = _bits_list(getattr(a, key))
+        if v is not None:
+            out[key] = v
+    return out
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -45,9 +65,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         val_fraction=a.val_fraction,
         workers=a.workers,
         progress=False if (a.json or a.no_progress) else None,
-        model_kwargs=_parse_kv(a.model_arg),
+        model_kwargs={**_bits_kwargs(a), **_parse_kv(a.model_arg)},
         stop_after=a.stop_after,
         flip_every=a.flip_every,
+        init_from=a.init_from,
     )
     result = train(cfg)
     if result:
@@ -84,6 +105,10 @@ def _add_train(sub: Any) -> None:
                    help="stop after N epochs of this invocation (continue later with --resume)")
     p.add_argument("--flip-every", type=int, default=None, metavar="N",
                    help="log the per-layer sign changing rate every N iterations (default: the recipe's)")
+    p.add_argument("--bits-a", default=None, metavar="M[,M...]", help="MBBN activation bits (one value or one per layer)")
+    p.add_argument("--bits-w", default=None, metavar="K[,K...]", help="MBBN weight bits (one value or one per layer)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="initialise from a checkpoint (MBBN: progressive init from a higher-bit model, Sec. V.A)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     p.set_defaults(func=_cmd_train)
@@ -256,8 +281,8 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def _add_reproduce(sub: Any) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net)")
-    p.add_argument("paper", choices=("bitflow-net",))
+    p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)")
+    p.add_argument("paper", choices=("bitflow-net", "mbbn"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)")
     p.add_argument("--quick", action="store_true", help="short trainings (under 10 minutes here)")
@@ -267,7 +292,60 @@ def _add_reproduce(sub: Any) -> None:
     p.set_defaults(func=_cmd_reproduce)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary, _add_reproduce]
+def _cmd_bench(a: argparse.Namespace) -> int:
+    import os
+
+    from .bench import (
+        BASELINES,
+        bench_file,
+        bench_zoo,
+        clean_blas_env,
+        format_report,
+        parse_int_list,
+    )
+
+    if (a.model_file is None) == (a.model is None):
+        raise ValueError("give either a .bfn model file or --model NAME (a zoo model with random weights)")
+    threads = parse_int_list(a.threads, "--threads")
+    batches = parse_int_list(a.batch, "--batch")
+    baselines = [] if a.baselines in ("", "none") else [b.strip() for b in a.baselines.split(",") if b.strip()]
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"--baselines: unknown {unknown}; choose from {', '.join(BASELINES)} or 'none'")
+    if a.model_file is not None and not os.path.exists(a.model_file):
+        raise FileNotFoundError(f"model file not found: {a.model_file}")
+    clean_blas_env(["-m", "bitflow", *sys.argv[1:]])
+    kw = {"threads": threads, "batches": batches, "repeat": a.repeat, "warmup": a.warmup, "baselines": baselines,
+          "layers": not a.no_layers, "kernels": a.kernels}
+    if a.model is not None:
+        result = bench_zoo(a.model, model_kwargs=_parse_kv(a.model_arg), **kw)
+    else:
+        result = bench_file(a.model_file, **kw)
+    if a.output:
+        with open(a.output, "w") as f:
+            f.write(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result) if a.json else format_report(result))
+    return 0
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="engine latency vs PyTorch fp32, ONNX Runtime fp32/int8 and OpenVINO's BNN, same run")
+    p.add_argument("model_file", nargs="?", default=None, help="a .bfn model file (or use --model)")
+    p.add_argument("--model", default=None, help="a zoo model with random weights, converted on the fly (e.g. bitflow_alexnet)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="zoo model option, e.g. first_layer=int8")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (median, min, max)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs before each measurement")
+    p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
+    p.add_argument("--baselines", default="torch,ort,openvino", help="comma-separated subset of torch,ort,openvino, or 'none'")
+    p.add_argument("--no-layers", action="store_true", help="whole-model numbers only")
+    p.add_argument("--output", default=None, help="also write the JSON result (indented) to this file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary, _add_reproduce, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ set(BF_NATIVE_SOURCES
   ${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc
   ${BF_NATIVE}/ops/gemm_drivers.cc
   ${BF_NATIVE}/ops/parallel.cc
+  ${BF_NATIVE}/ops/binary_layer.cc
   ${BF_NATIVE}/python/bindings.cc)
 
 set(BF_X86 OFF)
@@ -29,7 +30,11 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x4__avx512fma.cc
     ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
-    ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc
+    ${BF_NATIVE}/kernels/x86/avx512/threshold_bits__avx512.cc
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
   list(APPEND BF_NATIVE_SOURCES ${BF_AVX2_SOURCES} ${BF_AVX512_SOURCES}
        ${BF_NATIVE}/kernels/x86/kernel_sets__x86.cc)
   set_source_files_properties(${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc

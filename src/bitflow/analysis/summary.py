@@ -11,10 +11,12 @@ summary``):
   element (alpha multiply + BN subtract, divide, multiply, add: 0.699 for BinConv2).
 - ``bitflow`` (the paper's BitFlow-Net accounting, Fig. 1b): Size = 1-bit weights + one int32
   threshold per output channel; Mem = one 32-bit integer per output element; MFLOP = 0.
-- ``bitflow_packed`` (our engine and ``.bfn`` file): Size = the bytes of the layer's tensors in
-  the model file (weights as uint64 words ``[O][kh][kw][ceil(C/64)]``, int32 thresholds and int8
-  directions); Mem = the packed output feature map the next layer reads (1 bit per element,
-  each pixel padded to 64-bit words); MFLOP = 0.
+- ``bitflow_packed`` (our engine and ``.bfn`` file, taken from the converted graph): Size = the
+  bytes of the layer's tensors in the model file (its uint64 weight words plus the int32
+  thresholds and int8 directions that binarize its output; where the converter thresholds per
+  feature after a flatten, that is one per feature); Mem = the packed bits of that output per
+  image (the engine's int32 accumulator tile is transient); MFLOP = 0. A binary layer whose
+  output feeds the float classifier has no threshold.
 
 Size is in MiB (2^20 bytes) and Mem in MB (10^6 bytes), the units that reproduce the paper's
 numbers (its BinConv2 weights: 96 x 192 x 25 bits = 57,600 B = 0.055 MiB; its Mem column is
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,6 +96,28 @@ def _words(bits: int) -> int:
     return (bits + 63) // 64
 
 
+def _graph_bytes(model: nn.Module) -> tuple[list[dict[str, int]], int] | None:
+    """Per binary op of the converted graph, in order: the bytes of its weights plus those of the
+    threshold ops that turn its output into the next layer's bits, and the bytes per sample of
+    that packed output; and the total tensor bytes of the file. ``None`` if not convertible."""
+    from ..convert import convert
+
+    try:
+        graph = convert(model)
+    except (ValueError, TypeError):  # a model the converter refuses: formula column only
+        return None
+    values = graph.validate()
+    out: list[dict[str, int]] = []
+    for op in graph.ops:
+        if op.type in ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes"):
+            out.append({"bytes": int(sum(graph.tensors[t].nbytes for t in op.params.values())), "mem": 0})
+        elif op.type in ("threshold_bits", "threshold_planes") and out:
+            out[-1]["bytes"] += int(sum(graph.tensors[t].nbytes for t in op.params.values()))
+            v = values[op.outputs[0]]
+            out[-1]["mem"] = int(np.prod(v.shape)) * 8 * v.planes
+    return out, int(sum(t.nbytes for t in graph.tensors.values()))
+
+
 def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None, include_last: bool = False) -> dict[str, Any]:
     """Per-layer and total Size/Mem/MFLOP of the binary middle layers of ``model``.
 
@@ -110,6 +135,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
             layers = layers[:-1]
     rows = []
     tot = {c: {"size_mb": 0.0, "mem_mb": 0.0, "mflop": 0.0} for c in CONVENTIONS}
+    gb = _graph_bytes(model)
     tot_mops = 0.0
     for i, lay in enumerate(layers):
         if lay.k is not None:
@@ -139,6 +165,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
                 "mflop": 0.0,
             },
         }
+        if gb is not None and i < len(gb[0]):
+            # the real file: this layer's weight tensor plus the thresholds (int32) and
+            # directions (int8) that binarize its output, and that packed output per image
+            cols["bitflow_packed"]["size_mb"] = gb[0][i]["bytes"] / MIB
+            cols["bitflow_packed"]["mem_mb"] = gb[0][i]["mem"] / MB
         mops = weight_bits * hw[0] * hw[1] / 1e6
         tot_mops += mops
         for c in cols:
@@ -159,6 +190,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
                             "bitflow": dict(zip(("size_mb", "mem_mb", "mflop"), p[3:], strict=True))}
         rows.append(row)
     total: dict[str, Any] = {"layer": "TOTAL", "binary_mops": tot_mops, **tot}
+    if gb is not None:
+        total["file_tensor_bytes"] = gb[1]
     if len(layers) == 6:
         p = PAPER_TABLE3["TOTAL"]
         total["paper"] = {"xnor": dict(zip(("size_mb", "mem_mb", "mflop"), p[:3], strict=True)),

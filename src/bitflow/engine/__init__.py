@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,15 @@ from ..ir.graph import ValueInfo
 from ..ir.reference import preprocess
 
 Kernel = Callable[[np.ndarray], np.ndarray]
+
+
+class Step(NamedTuple):
+    """One call of the fused plan: ``env[dst] = fn(env[src])``, covering graph ops ``ops``."""
+
+    src: str
+    dst: str
+    fn: Kernel
+    ops: tuple[str, ...]
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
 
@@ -59,7 +68,99 @@ class Engine:
         self._steps: list[tuple[str, str, str, Kernel]] = [
             (op.type, op.inputs[0], op.outputs[0], self._compile(op)) for op in graph.ops
         ]
+        self._plan = self._fuse()
         self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ fused fast plan
+    def _fuse(self) -> list[Step]:
+        """The plan :meth:`run` executes when intermediates are not kept: ``bconv2d
+        [-> maxpool_i32] [-> flatten] -> threshold_bits`` and ``bdense -> threshold_bits`` (and
+        a lone ``bconv2d``) become one call of a prepared :class:`bitflow._native.BinaryLayer`
+        (weights laid out and zero-padding correction prepared once, int32 activations never
+        returned to Python), the fixed-point first layer ``conv2d_u8i8 [-> maxpool_i32] ->
+        threshold_bits`` one call of :class:`bitflow._native.Int8ConvLayer` (weights packed
+        for the VNNI kernel once); every other op is its own step. The fused steps compute the same ops with the same kernels, so the
+        output is identical bit for bit (``_steps`` keeps the op-by-op form for checks)."""
+        ops = self.graph.ops
+        uses: dict[str, int] = {}
+        for op in ops:
+            for name in op.inputs:
+                uses[name] = uses.get(name, 0) + 1
+
+        def private(value: str) -> bool:  # consumed by exactly the next op, not an output
+            return uses.get(value, 0) == 1 and value != self.graph.output
+
+        plan: list[Step] = []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            fused = self._fuse_binary(ops, i, private)
+            if fused is not None:
+                n_ops, fn = fused
+                plan.append(Step(op.inputs[0], ops[i + n_ops - 1].outputs[0], fn, tuple(o.name for o in ops[i: i + n_ops])))
+                i += n_ops
+                continue
+            plan.append(Step(op.inputs[0], op.outputs[0], self._steps[i][3], (op.name,)))
+            i += 1
+        return plan
+
+    def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
+        op = ops[i]
+        if op.type not in ("bconv2d", "bdense", "conv2d_u8i8"):
+            return None
+        g, th = self.graph, self.threads
+        chain = [op]
+        pool = None
+        j = i + 1
+        if op.type in ("bconv2d", "conv2d_u8i8") and j < len(ops) and ops[j].type == "maxpool_i32" and private(chain[-1].outputs[0]) \
+                and ops[j].inputs[0] == chain[-1].outputs[0]:
+            pool = ops[j]
+            chain.append(pool)
+            j += 1
+        flat = None
+        if op.type in ("bconv2d", "conv2d_u8i8") and j < len(ops) and ops[j].type == "flatten" and private(chain[-1].outputs[0]) \
+                and ops[j].inputs[0] == chain[-1].outputs[0] and self.values[ops[j].outputs[0]].dtype == "int32":
+            flat = ops[j]  # int32 [Ho, Wo, O] -> [Ho * Wo * O]: the same memory
+            chain.append(flat)
+            j += 1
+        thr = None
+        if j < len(ops) and ops[j].type == "threshold_bits" and private(chain[-1].outputs[0]) \
+                and ops[j].inputs[0] == chain[-1].outputs[0]:
+            thr = ops[j]
+            chain.append(thr)
+        if thr is None:  # fuse pool / flatten only together with the threshold
+            chain = chain[:1]
+            pool = flat = None
+        if len(chain) == 1 and op.type == "bdense":
+            return None
+        w = g.tensors[op.params["w"]]
+        kw: dict[str, Any] = {"kernels": self.kernels}
+        if thr is not None:
+            kw["thr"] = g.tensors[thr.params["thr"]]
+            kw["direction"] = g.tensors[thr.params["direction"]]
+        if pool is not None:
+            pa = pool.attrs
+            kw.update(pool_kernel=tuple(pa["kernel"]), pool_stride=tuple(pa["stride"]), pool_padding=tuple(pa["padding"]))
+        if op.type == "conv2d_u8i8":
+            if thr is None:
+                return None
+            a = op.attrs
+            layer8 = N.Int8ConvLayer(w, tuple(a["stride"]), tuple(a["padding"]), **kw)
+            if flat is not None:
+                return len(chain), lambda x: layer8(x, th).reshape(x.shape[0], -1)
+            return len(chain), lambda x: layer8(x, th)
+        if op.type == "bconv2d":
+            a = op.attrs
+            layer = N.BinaryLayer(w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], **kw)
+            if flat is not None:
+                # bits [N, words] (a 1x1 pooled output comes back as [N, 1, 1, words]: same memory)
+                return len(chain), lambda x: layer(x, th).reshape(x.shape[0], -1)
+            return len(chain), lambda x: layer(x, th)
+        k_bits = op.attrs["k_bits"]
+        if w.ndim != 2 or -(-k_bits // 64) != w.shape[1]:
+            return None
+        layer = N.BinaryLayer(np.ascontiguousarray(w.reshape(w.shape[0], 1, 1, w.shape[1])), k_bits, **kw)
+        return len(chain), lambda x: layer(x.reshape(x.shape[0], 1, 1, x.shape[-1]), th).reshape(x.shape[0], -1)
 
     # ------------------------------------------------------------------ op compilation
     def _compile(self, op: Any) -> Kernel:
@@ -88,7 +189,14 @@ class Engine:
         if t == "maxpool_f32":
             return lambda x: N.maxpool_f32(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
         if t == "threshold_bits":
-            return lambda x: N.threshold_bits(x, p["thr"], p["direction"])
+            # the kernel set's range form: +1 iff lo <= acc <= hi, [T, INT32_MAX] for direction
+            # +1 and [INT32_MIN, T] for -1 (common.h); equal to N.threshold_bits
+            d = p["direction"]
+            if d.shape != p["thr"].shape or not np.all(np.abs(d.astype(np.int64)) == 1):
+                return lambda x: N.threshold_bits(x, p["thr"], p["direction"])
+            lo = np.where(d > 0, p["thr"], np.iinfo(np.int32).min).astype(np.int32)
+            hi = np.where(d > 0, np.iinfo(np.int32).max, p["thr"]).astype(np.int32)
+            return lambda x: N.threshold_bits_range(x, lo, hi, k)
         if t == "threshold_f32_bits":
             return lambda x: N.threshold_f32_bits(x, p["thr"], p["direction"])
         if t == "threshold_planes":
@@ -130,12 +238,25 @@ class Engine:
         if x.dtype != np.float32:
             raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
         # the reference executor's preprocessing: NHWC, and for a fixed-point first layer
-        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training
-        return preprocess(self.graph, x)
+        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training; done here
+        # in place in one NHWC buffer (the same float32 operations, fewer temporaries)
+        if spec.preprocess != "uint8":
+            return preprocess(self.graph, x)
+        nhwc = np.empty((x.shape[0], spec.height, spec.width, spec.channels), np.float32)
+        np.multiply(x.transpose(0, 2, 3, 1), np.float32(255), out=nhwc)
+        np.rint(nhwc, out=nhwc)
+        if not np.isfinite(nhwc).all():
+            raise ValueError("input contains NaN or infinity")
+        np.clip(nhwc, 0, 255, out=nhwc)
+        return nhwc.astype(np.uint8)
 
     def run(self, x: np.ndarray, keep: bool = False) -> dict[str, np.ndarray]:
         """Run the graph; returns the output value (and with ``keep`` every intermediate)."""
         env = {self.graph.input.name: self._prepare(x)}
+        if not keep:
+            for step in self._plan:
+                env[step.dst] = step.fn(env.pop(step.src))
+            return env
         for _, src, dst, fn in self._steps:
             env[dst] = fn(env[src])
             if not keep:
@@ -190,4 +311,4 @@ def load(path: str | os.PathLike[str], kernels: str = "auto", threads: int | Non
     return Engine(load_graph(Path(path)), kernels=kernels, threads=threads)
 
 
-__all__ = ["Engine", "available_kernels", "load"]
+__all__ = ["Engine", "Step", "available_kernels", "load"]

@@ -59,6 +59,7 @@ class TrainConfig:
     progress: bool | None = None
     stop_after: int | None = None
     flip_every: int | None = None
+    init_from: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,6 +182,21 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
+def _init_from(model: nn.Module, path: str) -> None:
+    """Initialise from a checkpoint: MBBN progressive initialisation (a higher-bit or
+    full-precision model of the same architecture, MBBN Sec. V.A) or a strict weight copy."""
+    st = load_checkpoint(path)
+    if getattr(model, "mbbn", None) is not None:
+        from ..nn.mbbn import init_from_higher
+
+        init_from_higher(model, st["model"])
+        return
+    try:
+        model.load_state_dict(st["model"])
+    except RuntimeError as e:
+        raise ValueError(f"--init-from {path}: weights do not fit this model: {e}") from None
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary also written to ``result.json``."""
     from ..data import get_data
@@ -217,7 +233,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     _seed_all(cfg.seed)
     kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
     kwargs.update(cfg.model_kwargs)
-    model = create(cfg.model, **kwargs).to(device)
+    model = create(cfg.model, **kwargs)
+    if cfg.init_from is not None and not cfg.resume:
+        _init_from(model, cfg.init_from)
+    model = model.to(device)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))

@@ -144,22 +144,57 @@ inline void append_bits(std::uint64_t* dst, std::int64_t row_words, std::int64_t
 }
 
 /// Rows [m0, m1) of the bit-dense packed im2col matrix (row m = (n, oh, ow)), each
-/// row_words long, written to dst (zeroed here).
+/// row_words long, written to dst. A row is built as a bit stream in a register: the taps are
+/// appended in order (C bits each, zero bits for a padded tap) and every output word is
+/// written once, so there are no read-modify-write chains through memory. The source words'
+/// padding bits are 0, so a word holds no bits beyond its count. The output position advances
+/// incrementally (no division per row).
 void im2col_bits_dense_rows(const std::uint64_t* x, const ConvGeom& g, std::int64_t row_words,
                             std::int64_t m0, std::int64_t m1, std::uint64_t* dst) {
   const std::int64_t ho = g.ho(), wo = g.wo(), cw = words_for(g.c);
+  const int last_bits = static_cast<int>(g.c - (cw - 1) * kWordBits);  // bits in a pixel's last word
+  if (m0 >= m1) return;
+  std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
   for (std::int64_t m = m0; m < m1; ++m) {
-    const std::int64_t n = m / (ho * wo), rem = m % (ho * wo);
-    const std::int64_t oh = rem / wo, ow = rem % wo;
-    std::uint64_t* row = dst + (m - m0) * row_words;
-    std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(row_words));
+    std::uint64_t* out = dst + (m - m0) * row_words;
+    std::uint64_t* const row_end = out + row_words;
+    std::uint64_t cur = 0;
+    int fill = 0;  // bits of cur in use, < 64
+    const auto push = [&](std::uint64_t v, int nb) {  // v has no bits at or above nb
+      cur |= v << fill;
+      const int total = fill + nb;
+      if (total >= kWordBits) {
+        *out++ = cur;
+        cur = fill != 0 ? v >> (kWordBits - fill) : 0;
+        fill = total - kWordBits;
+      } else {
+        fill = total;
+      }
+    };
+    const std::int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
     for (std::int64_t i = 0; i < g.kh; ++i) {
-      const std::int64_t ih = oh * g.sh - g.ph + i;
-      if (ih < 0 || ih >= g.h) continue;
+      const std::int64_t ih = ih0 + i;
+      const bool row_ok = ih >= 0 && ih < g.h;
+      const std::uint64_t* src_row = x + (n * g.h + (row_ok ? ih : 0)) * g.w * cw;
       for (std::int64_t j = 0; j < g.kw; ++j) {
-        const std::int64_t iw = ow * g.sw - g.pw + j;
-        if (iw < 0 || iw >= g.w) continue;
-        append_bits(row, row_words, (i * g.kw + j) * g.c, x + ((n * g.h + ih) * g.w + iw) * cw, cw);
+        const std::int64_t iw = iw0 + j;
+        if (row_ok && iw >= 0 && iw < g.w) {
+          const std::uint64_t* src = src_row + iw * cw;
+          for (std::int64_t q = 0; q + 1 < cw; ++q) push(src[q], kWordBits);
+          push(src[cw - 1], last_bits);
+        } else {
+          for (std::int64_t q = 0; q + 1 < cw; ++q) push(0, kWordBits);
+          push(0, last_bits);
+        }
+      }
+    }
+    if (fill > 0) *out++ = cur;
+    while (out < row_end) *out++ = 0;
+    if (++ow == wo) {
+      ow = 0;
+      if (++oh == ho) {
+        oh = 0;
+        ++n;
       }
     }
   }
@@ -201,29 +236,90 @@ void bgemm(const KernelSet& ks, int threads, const std::uint64_t* a, const std::
   bgemm_planes(ks, threads, a, 1, b, 1, M, N, Kw, k_bits, out);
 }
 
-void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
-                    const std::uint64_t* w, std::int64_t pw, const ConvGeom& g, int pad_value,
-                    std::int32_t* out) {
+std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64_t N, std::int64_t Kw) {
+  const std::int64_t blocks = (N + kPackedNR - 1) / kPackedNR;
+  std::vector<std::uint64_t> out(static_cast<std::size_t>(blocks * Kw * kPackedNR), 0);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t k = 0; k < Kw; ++k)
+      out[((n / kPackedNR) * Kw + k) * kPackedNR + n % kPackedNR] = B[n * Kw + k];
+  return out;
+}
+
+PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
+                           const ConvGeom& g) {
+  PreparedBconv p;
+  p.o = g.o; p.kh = g.kh; p.kw = g.kw; p.c = g.c; p.pw = pw;
+  const std::int64_t cw = words_for(g.c);
+  const std::int64_t taps = g.kh * g.kw;
+  const std::int64_t K = taps * cw;
+  // Weight rows [pw, O, Kr]; bit-dense when that saves words (see ops.h).
+  p.dense = taps > 1 && words_for(taps * g.c) < K;
+  p.Kr = p.dense ? words_for(taps * g.c) : K;
+  if (p.dense) {
+    p.rows.assign(static_cast<std::size_t>(pw * g.o * p.Kr), 0);
+    for (std::int64_t j = 0; j < pw; ++j)
+      dense_weights(w + j * g.o * K, g.o, taps, g.c, p.Kr, p.rows.data() + j * g.o * p.Kr);
+  } else {
+    p.rows.assign(w, w + pw * g.o * K);
+  }
+  if (ks.bgemm_packed != nullptr && pw == 1) p.packed = pack_bgemm_weights(p.rows.data(), g.o, p.Kr);
+  // tv[t][o] = sum_j 2^j dot(+1, w_j[o, t]), where dot(+1, w) = C - 2 popcount(w): one bgemm of
+  // an all-zero (+1) row against the weight taps viewed as rows [O * taps, Cw] gives it with
+  // the kernel's own popcount.
+  if (g.o > 0 && taps > 0) {
+    std::vector<std::int32_t> tvo(static_cast<std::size_t>(g.o * taps));
+    const std::vector<std::uint64_t> plus_one(static_cast<std::size_t>(cw), 0);
+    for (std::int64_t j = 0; j < pw; ++j)
+      ks.bgemm(plus_one.data(), cw, w + j * g.o * K, cw, 1, g.o * taps, cw,
+               static_cast<std::int32_t>(g.c), std::int32_t{1} << j, j > 0, tvo.data(), g.o * taps);
+    p.tv.resize(static_cast<std::size_t>(taps * g.o));
+    for (std::int64_t o = 0; o < g.o; ++o)
+      for (std::int64_t t = 0; t < taps; ++t) p.tv[t * g.o + o] = tvo[o * taps + t];
+  }
+  return p;
+}
+
+void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
+                      const PreparedBconv& prep, const ConvGeom& g, int pad_value,
+                      std::int32_t* out) {
   const std::int64_t cw = words_for(g.c);
   const std::int64_t ho = g.ho(), wo = g.wo();
   const std::int64_t M = g.n * ho * wo;
   const std::int64_t taps = g.kh * g.kw;
-  const std::int64_t K = taps * cw;
   const std::int32_t k_bits = static_cast<std::int32_t>(taps * g.c);
   if (M == 0 || g.o == 0) return;
-  // Weight rows [pw, O, Kr]; bit-dense when that saves words (see ops.h).
-  const bool dense = taps > 1 && words_for(taps * g.c) < K;
-  const std::int64_t Kr = dense ? words_for(taps * g.c) : K;
-  std::vector<std::uint64_t> wdense;
-  const std::uint64_t* wr = w;
-  if (dense) {
-    wdense.assign(static_cast<std::size_t>(pw * g.o * Kr), 0);
-    for (std::int64_t j = 0; j < pw; ++j)
-      dense_weights(w + j * g.o * K, g.o, taps, g.c, Kr, wdense.data() + j * g.o * Kr);
-    wr = wdense.data();
-  }
+  const std::int64_t pw = prep.pw, Kr = prep.Kr;
+  const bool dense = prep.dense;
+  const std::uint64_t* wr = prep.rows.data();
   const std::int64_t plane_in = g.n * g.h * g.w * cw;
-  if (is_pointwise(g)) {
+  if (pa == 1 && !prep.packed.empty()) {
+    // Packed weights: blocks of kPackedNR output channels (every task's n0 is a multiple of
+    // kPackedNR: the blockings below and in conv_driver split N in blocks of kNB = 32).
+    static_assert(kNB % kPackedNR == 0, "column blocks must start at packed-block boundaries");
+    const std::uint64_t* bp = prep.packed.data();
+    const auto gemm = [&](const std::uint64_t* a, std::int64_t, std::int64_t m0, std::int64_t mc,
+                          std::int64_t n0, std::int64_t nc) {
+      ks.bgemm_packed(a, Kr, bp + (n0 / kPackedNR) * Kr * kPackedNR, mc, nc, Kr, k_bits,
+                      out + m0 * g.o + n0, g.o);
+    };
+    if (is_pointwise(g)) {
+      const Blocking bl = make_blocking(M, g.o, Kr * 8, threads);
+      parallel_for(bl.n_mb * bl.n_nb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = (t / bl.n_nb) * bl.mb, n0 = (t % bl.n_nb) * bl.nb;
+        gemm(x + m0 * Kr, 0, m0, std::min(bl.mb, M - m0), n0, std::min(bl.nb, g.o - n0));
+      });
+    } else {
+      conv_driver<std::uint64_t>(
+          M, g.o, Kr, 1, threads,
+          [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::uint64_t* dst) {
+            if (dense)
+              im2col_bits_dense_rows(x, g, Kr, m0, m1, dst);
+            else
+              im2col_rows(x, g, cw, m0, m1, dst);
+          },
+          gemm);
+    }
+  } else if (is_pointwise(g)) {
     bgemm_planes(ks, threads, x, pa, wr, pw, M, g.o, Kr, k_bits, out);
   } else {
     conv_driver<std::uint64_t>(
@@ -243,19 +339,10 @@ void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, st
         });
   }
   if (pad_value != 0 || (g.ph == 0 && g.pw == 0)) return;
-  // Zero padding: remove what the +1 taps added. tv[t][o] = (2^pa - 1) sum_j 2^j dot(+1, w_j[o,t]),
-  // where dot(+1, w) = C - 2 popcount(w): one bgemm of an all-zero (+1) row against the
-  // weight taps viewed as rows [O * taps, Cw] gives it with the kernel's own popcount.
+  // Zero padding: remove what the +1 taps added, (2^pa - 1) tv[t][o] per padded tap t (each
+  // activation plane i contributes 2^i times the +1 tap's dot).
   const std::int32_t a_weight = (std::int32_t{1} << pa) - 1;
-  std::vector<std::int32_t> tvo(static_cast<std::size_t>(g.o * taps));
-  const std::vector<std::uint64_t> plus_one(static_cast<std::size_t>(cw), 0);
-  for (std::int64_t j = 0; j < pw; ++j)
-    ks.bgemm(plus_one.data(), cw, w + j * g.o * K, cw, 1, g.o * taps, cw,
-             static_cast<std::int32_t>(g.c), a_weight * (std::int32_t{1} << j), j > 0, tvo.data(),
-             g.o * taps);
-  std::vector<std::int32_t> tv(static_cast<std::size_t>(taps * g.o));
-  for (std::int64_t o = 0; o < g.o; ++o)
-    for (std::int64_t t = 0; t < taps; ++t) tv[t * g.o + o] = tvo[o * taps + t];
+  const std::vector<std::int32_t>& tv = prep.tv;
   // The padded taps of an output position are those outside its valid tap box
   // [i0, i1) x [j0, j1); positions with the same box (a handful near each border) share one
   // correction vector, computed once.
@@ -275,7 +362,7 @@ void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, st
           for (std::int64_t j = 0; j < g.kw; ++j) {
             if (i >= i0 && i < i1 && j >= j0 && j < j1) continue;
             const std::int32_t* tr = tv.data() + (i * g.kw + j) * g.o;
-            for (std::int64_t o = 0; o < g.o; ++o) corr[o] += tr[o];
+            for (std::int64_t o = 0; o < g.o; ++o) corr[o] += a_weight * tr[o];
           }
       }
       for (std::int64_t n = 0; n < g.n; ++n) {
@@ -284,6 +371,14 @@ void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, st
       }
     }
   }
+}
+
+void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
+                    const std::uint64_t* w, std::int64_t pw, const ConvGeom& g, int pad_value,
+                    std::int32_t* out) {
+  if (g.n * g.ho() * g.wo() == 0 || g.o == 0) return;
+  const PreparedBconv prep = prepare_bconv(ks, w, pw, g);
+  bconv2d_prepared(ks, threads, x, pa, prep, g, pad_value, out);
 }
 
 namespace {
@@ -314,6 +409,20 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
     sgemm_threaded(ks, threads, x, w, bias, M, g.o, K, out);
     return;
   }
+  if (ks.sgemm_packed != nullptr) {
+    // Packed weights (k-major blocks of kPackedF32NR channels; every task's n0 is a multiple
+    // of kNB = 32, hence of 16). Packing is O(O K), small next to the O(M O K) product.
+    static_assert(kNB % kPackedF32NR == 0, "column blocks must start at packed-block boundaries");
+    const std::vector<float> bp = pack_sgemm_weights(w, g.o, K);
+    conv_driver<float>(
+        M, g.o, K, 1, threads,
+        [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
+        [&](const float* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
+          ks.sgemm_packed(a, K, bp.data() + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
+                          bias != nullptr ? bias + n0 : nullptr, out + m0 * g.o + n0, g.o);
+        });
+    return;
+  }
   conv_driver<float>(
       M, g.o, K, 1, threads,
       [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
@@ -334,8 +443,9 @@ void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
   sgemm_threaded(ks, threads, x, w, bias, n, o, k, out);
 }
 
-void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
-                 const ConvGeom& g, std::int32_t* out) {
+namespace {
+void conv2d_u8i8_rows(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
+                      const ConvGeom& g, std::int32_t* out) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   const std::int64_t K = g.kh * g.kw * g.c;
   if (M == 0 || g.o == 0) return;
@@ -355,6 +465,120 @@ void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const 
       M, g.o, K, 1, threads,
       [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::uint8_t* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
       gemm);
+}
+
+}  // namespace
+
+namespace {
+/// Copy n bytes in 8-byte moves plus a byte tail: small runs (an 11-tap row of a 3-channel
+/// image is 33 bytes) cost a few instructions instead of a library call each.
+inline void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::int64_t n) {
+  std::int64_t b = 0;
+  for (; b + 8 <= n; b += 8) {
+    std::uint64_t v;
+    std::memcpy(&v, src + b, 8);
+    std::memcpy(dst + b, &v, 8);
+  }
+  for (; b < n; ++b) dst[b] = src[b];
+}
+
+/// im2col rows [m0, m1) of a uint8 NHWC input with row stride ld >= kh*kw*C bytes (zeros in
+/// padded taps and past kh*kw*C); the output position advances without divisions.
+void im2col_u8_rows(const std::uint8_t* x, const ConvGeom& g, std::int64_t ld, std::int64_t m0,
+                    std::int64_t m1, std::uint8_t* dst) {
+  const std::int64_t ho = g.ho(), wo = g.wo(), K = g.kh * g.kw * g.c, seg = g.kw * g.c;
+  if (m0 >= m1) return;
+  std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+  for (std::int64_t m = m0; m < m1; ++m) {
+    std::uint8_t* row = dst + (m - m0) * ld;
+    const std::int64_t iw0 = ow * g.sw - g.pw;
+    const std::int64_t j0 = std::max<std::int64_t>(0, -iw0);
+    const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w - iw0);
+    for (std::int64_t i = 0; i < g.kh; ++i) {
+      std::uint8_t* out = row + i * seg;
+      const std::int64_t ih = oh * g.sh - g.ph + i;
+      if (ih < 0 || ih >= g.h || j1 <= j0) {
+        std::memset(out, 0, static_cast<std::size_t>(seg));
+        continue;
+      }
+      for (std::int64_t b = 0; b < j0 * g.c; ++b) out[b] = 0;
+      copy_bytes(out + j0 * g.c, x + ((n * g.h + ih) * g.w + iw0 + j0) * g.c, (j1 - j0) * g.c);
+      for (std::int64_t b = j1 * g.c; b < seg; ++b) out[b] = 0;
+    }
+    for (std::int64_t k = K; k < ld; ++k) row[k] = 0;
+    if (++ow == wo) {
+      ow = 0;
+      if (++oh == ho) {
+        oh = 0;
+        ++n;
+      }
+    }
+  }
+}
+}  // namespace
+
+std::vector<float> pack_sgemm_weights(const float* B, std::int64_t N, std::int64_t K) {
+  const std::int64_t blocks = (N + kPackedF32NR - 1) / kPackedF32NR;
+  std::vector<float> out(static_cast<std::size_t>(blocks * K * kPackedF32NR), 0.0f);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t k = 0; k < K; ++k)
+      out[((n / kPackedF32NR) * K + k) * kPackedF32NR + n % kPackedF32NR] = B[n * K + k];
+  return out;
+}
+
+std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N, std::int64_t K) {
+  const std::int64_t K4 = (K + 3) / 4, blocks = (N + kPackedI8NR - 1) / kPackedI8NR;
+  std::vector<std::int8_t> out(static_cast<std::size_t>(blocks * K4 * kPackedI8NR * 4), 0);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t k = 0; k < K; ++k)
+      out[(((n / kPackedI8NR) * K4 + k / 4) * kPackedI8NR + n % kPackedI8NR) * 4 + k % 4] = B[n * K + k];
+  return out;
+}
+
+PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g) {
+  PreparedU8Conv p;
+  p.o = g.o; p.kh = g.kh; p.kw = g.kw; p.c = g.c;
+  p.K = g.kh * g.kw * g.c;
+  p.K4 = (p.K + 3) / 4;
+  p.rows.assign(w, w + g.o * p.K);
+  if (ks.igemm_packed != nullptr) p.packed = pack_igemm_weights(w, g.o, p.K);
+  return p;
+}
+
+void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out) {
+  const std::int64_t M = g.n * g.ho() * g.wo();
+  if (M == 0 || g.o == 0) return;
+  if (prep.packed.empty()) {
+    conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
+    return;
+  }
+  // im2col rows of K4 * 4 bytes (zeros past K), then the packed kernel per column block
+  // (every task's n0 is a multiple of kNB = 32, hence of the 16-row packing).
+  static_assert(kNB % kPackedI8NR == 0, "column blocks must start at packed-block boundaries");
+  const std::int64_t Kp = prep.K4 * 4;
+  const std::int8_t* bp = prep.packed.data();
+  const std::int64_t block_bytes = prep.K4 * kPackedI8NR * 4;
+  conv_driver<std::uint8_t>(
+      M, g.o, Kp, 1, threads,
+      [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::uint8_t* dst) {
+        im2col_u8_rows(x, g, Kp, m0, m1, dst);
+      },
+      [&](const std::uint8_t* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0,
+          std::int64_t nc) {
+        ks.igemm_packed(a, Kp, bp + (n0 / kPackedI8NR) * block_bytes, mc, nc, prep.K4,
+                        out + m0 * g.o + n0, g.o);
+      });
+}
+
+void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
+                 const ConvGeom& g, std::int32_t* out) {
+  if (g.n * g.ho() * g.wo() == 0 || g.o == 0) return;
+  if (ks.igemm_packed == nullptr) {
+    conv2d_u8i8_rows(ks, threads, x, w, g, out);
+    return;
+  }
+  conv2d_u8i8_prepared(ks, threads, x, prepare_u8i8(ks, w, g), g, out);
 }
 
 }  // namespace bitflow::ops

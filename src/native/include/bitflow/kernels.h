@@ -43,6 +43,51 @@ using IgemmU8I8Fn = void (*)(const std::uint8_t* A, std::int64_t lda, const std:
 using BitpackF32Fn = void (*)(const float* x, std::int64_t rows, std::int64_t cols,
                               std::uint64_t* out);
 
+/// Binary GEMM against pre-packed weights ("outer-product" form, no horizontal reductions).
+/// Bp holds the N weight rows in blocks of kPackedNR = 32 rows, word-interleaved:
+///   Bp[(nb * Kw + k) * 32 + r] = B[nb * 32 + r][k]   (rows >= N are zero),
+/// see pack_bgemm_weights in ops.h. The call computes, for n in [0, N) (N may stop inside a
+/// block; Bp points at the block of column 0):
+///   C[m * ldc + n] = k_bits - 2 * popcount(A[m] ^ B[n])   over Kw words.
+/// A kernel vectorizes over the 32 rows of a block (8 per 512-bit register, one broadcast A
+/// word per step), so K is processed in whole 64-bit words with no tail and no reduction.
+inline constexpr std::int64_t kPackedNR = 32;
+using BgemmPackedFn = void (*)(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* Bp,
+                               std::int64_t M, std::int64_t N, std::int64_t Kw,
+                               std::int32_t k_bits, std::int32_t* C, std::int64_t ldc);
+
+/// Exact uint8 x int8 GEMM against pre-packed weights (vpdpbusd "outer-product" form).
+/// Bp holds N weight rows of K bytes in blocks of kPackedI8NR = 16 rows, 4 bytes of K at a
+/// time:  Bp[((nb * K4 + q) * 16 + r) * 4 + b] = B[nb * 16 + r][4 q + b]  (zero for rows >= N
+/// and bytes >= K; K4 = ceil(K / 4)), see pack_igemm_weights in ops.h. A rows have K4 * 4
+/// bytes (zero beyond K). The call computes, for n in [0, N) (Bp points at column 0's block):
+///   C[m * ldc + n] = sum_k int32(A[m, k]) * int32(B[n, k]).
+inline constexpr std::int64_t kPackedI8NR = 16;
+using IgemmPackedFn = void (*)(const std::uint8_t* A, std::int64_t lda, const std::int8_t* Bp,
+                               std::int64_t M, std::int64_t N, std::int64_t K4, std::int32_t* C,
+                               std::int64_t ldc);
+
+/// Float GEMM against pre-packed weights (FMA "outer-product" form) for convolutions.
+/// Bp holds N weight rows of K floats in blocks of kPackedF32NR = 16 rows, k-major:
+///   Bp[(nb * K + k) * 16 + r] = B[nb * 16 + r][k]   (zero for rows >= N),
+/// see pack_sgemm_weights in ops.h. For n in [0, N) (Bp points at column 0's block):
+///   C[m * ldc + n] = (sum_k A[m, k] * B[n, k]) + bias[n]  (bias optional),
+/// the sum taken in order k = 0, 1, ..., K-1 with one fused multiply-add per k (one rounding
+/// each), so |error| <= gamma_K sum |a b| (ops.h) and the result does not depend on threads.
+inline constexpr std::int64_t kPackedF32NR = 16;
+using SgemmPackedFn = void (*)(const float* A, std::int64_t lda, const float* Bp, std::int64_t M,
+                               std::int64_t N, std::int64_t K, const float* bias, float* C,
+                               std::int64_t ldc);
+
+/// Threshold to packed bits with per-channel bounds (the "bits" output transform of
+/// common.h in range form): the value is +1 iff lo[c] <= acc[r * o + c] <= hi[c], so
+///   out[r * words_for(o) + c / 64] bit c % 64 = (acc < lo[c]) || (acc > hi[c]).
+/// Direction +1 with threshold T is [lo, hi] = [T, INT32_MAX]; direction -1 is
+/// [INT32_MIN, T]. Padding bits of the last word are 0.
+using ThresholdBitsFn = void (*)(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                                 const std::int32_t* lo, const std::int32_t* hi,
+                                 std::uint64_t* out);
+
 /// CPU time consumed by the calling thread, in seconds (POSIX CLOCK_THREAD_CPUTIME_ID).
 /// Peak probes use it so that other processes sharing the core do not lower the result.
 inline double thread_cpu_seconds() {
@@ -67,6 +112,16 @@ struct KernelSet {
   BitpackF32Fn bitpack_f32;
   PeakProbeFn peak_probe;
   bool (*supported)(const CpuFeatures&);
+  ThresholdBitsFn threshold_bits;  // fused output transform of the prepared layers
+  // Packed-weight binary GEMM of the prepared layers (nullptr: they use bgemm instead).
+  const char* bgemm_packed_name;
+  BgemmPackedFn bgemm_packed;
+  // Packed-weight uint8 x int8 GEMM of the fixed-point first layer (nullptr: igemm_u8i8).
+  const char* igemm_packed_name;
+  IgemmPackedFn igemm_packed;
+  // Packed-weight float GEMM of the float convolutions (nullptr: sgemm).
+  const char* sgemm_packed_name;
+  SgemmPackedFn sgemm_packed;
 };
 
 // Kernel sets (defined next to their kernels). Sets for ISAs the compiler cannot target are
@@ -90,6 +145,13 @@ void igemm_u8i8(const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, s
                 std::int64_t ldc);
 double peak_probe(double seconds);
 void bitpack_f32(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+void threshold_bits_range(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                          const std::int32_t* lo, const std::int32_t* hi, std::uint64_t* out);
+void bgemm_packed(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* Bp,
+                  std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+                  std::int32_t* C, std::int64_t ldc);
+void igemm_packed(const std::uint8_t* A, std::int64_t lda, const std::int8_t* Bp, std::int64_t M,
+                  std::int64_t N, std::int64_t K4, std::int32_t* C, std::int64_t ldc);
 }  // namespace ref
 
 }  // namespace bitflow

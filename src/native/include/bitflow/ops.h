@@ -11,13 +11,15 @@
 //
 // Float tolerance. conv2d_f32 / dense_f32 sum K products in float32 in a kernel-specific
 // order (ref: sequential, no FMA; avx2/avx512: 8/16 lane partial sums with FMA, then a
-// fixed tree). Every order satisfies |y - y_exact| <= gamma_K sum_k |a_k b_k| with
+// fixed tree; avx512 convolutions with a spatial kernel: sequential FMA per output through
+// the packed-weight kernel sgemm_4x48__avx512fma). Every order satisfies |y - y_exact| <= gamma_K sum_k |a_k b_k| with
 // gamma_K = K u / (1 - K u), u = 2^-24 (Higham, Accuracy and Stability, Eq. 3.5), plus one
 // rounding of the bias addition. The tests check, for every kernel set against a float64
 // oracle, |y - y_exact| <= 2 K u sum_k |a_k b_k| + 2 u |y_exact|; two kernel sets therefore
 // agree within twice that bound.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "bitflow/kernels.h"
 
@@ -68,6 +70,31 @@ void bconv2d_planes(const KernelSet& ks, int threads, const std::uint64_t* x, st
                     const std::uint64_t* w, std::int64_t pw, const ConvGeom& g, int pad_value,
                     std::int32_t* out);
 
+/// The weights of a binary convolution laid out once for the GEMM (bit-dense rows when that
+/// saves words, see bconv2d_planes) with the +1-tap dots of the zero-padding correction,
+/// tv[t * O + o] = sum_j 2^j (C - 2 popcount(w_j[o, t])). Preparing once per model instead
+/// of once per call is what the engine's prepared layers do; the result is identical.
+struct PreparedBconv {
+  std::int64_t o = 0, kh = 0, kw = 0, c = 0, pw = 1;
+  std::int64_t Kr = 0;                // words per weight row
+  bool dense = false;                 // bit-dense tap concatenation
+  std::vector<std::uint64_t> rows;    // [pw, O, Kr]
+  std::vector<std::int32_t> tv;       // [kh * kw, O]
+  // rows re-packed for ks.bgemm_packed (pw = 1 and the set has one; else empty):
+  // [ceil(O / kPackedNR), Kr, kPackedNR], see pack_bgemm_weights.
+  std::vector<std::uint64_t> packed;
+};
+/// B rows [N, Kw] -> the packed layout of BgemmPackedFn: out[(nb * Kw + k) * 32 + r] =
+/// B[nb * 32 + r][k], zero for rows >= N; out has words_for-style size ceil(N/32) * Kw * 32.
+std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64_t N, std::int64_t Kw);
+/// Lay out w [Pw, O, kh, kw, Cw] (the filter fields o, kh, kw, c of g are used).
+PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
+                            const ConvGeom& g);
+/// bconv2d_planes with prepared weights (same result, bit for bit).
+void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
+                      const PreparedBconv& prep, const ConvGeom& g, int pad_value,
+                      std::int32_t* out);
+
 // ---- output transforms (rows = product of leading dims, o = channels) ------------------
 /// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
 void threshold_bits(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
@@ -105,5 +132,21 @@ void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
                  const ConvGeom& g, std::int32_t* out);
+
+/// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
+/// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else kept as rows.
+struct PreparedU8Conv {
+  std::int64_t o = 0, kh = 0, kw = 0, c = 0, K = 0, K4 = 0;
+  std::vector<std::int8_t> rows;    // [O, K] (original layout)
+  std::vector<std::int8_t> packed;  // [ceil(O / 16), K4, 16, 4] or empty
+};
+/// B rows [N, K] -> the packed layout of SgemmPackedFn (zero-padded in N).
+std::vector<float> pack_sgemm_weights(const float* B, std::int64_t N, std::int64_t K);
+/// B rows [N, K] -> the packed layout of IgemmPackedFn (zero-padded in N and K).
+std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N, std::int64_t K);
+PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g);
+/// conv2d_u8i8 with prepared weights (same exact result).
+void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out);
 
 }  // namespace bitflow::ops

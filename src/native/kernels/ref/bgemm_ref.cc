@@ -31,6 +31,34 @@ void bgemm(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* B, std
   }
 }
 
+void bgemm_packed(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* Bp,
+                  std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+                  std::int32_t* C, std::int64_t ldc) {
+  for (std::int64_t m = 0; m < M; ++m) {
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::uint64_t* b = Bp + (n / kPackedNR) * Kw * kPackedNR + n % kPackedNR;
+      std::int64_t pop = 0;
+      for (std::int64_t k = 0; k < Kw; ++k) pop += popcount64(A[m * lda + k] ^ b[k * kPackedNR]);
+      C[m * ldc + n] = static_cast<std::int32_t>(k_bits - 2 * pop);
+    }
+  }
+}
+
+void igemm_packed(const std::uint8_t* A, std::int64_t lda, const std::int8_t* Bp, std::int64_t M,
+                  std::int64_t N, std::int64_t K4, std::int32_t* C, std::int64_t ldc) {
+  for (std::int64_t m = 0; m < M; ++m) {
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int8_t* b = Bp + ((n / kPackedI8NR) * K4 * kPackedI8NR + n % kPackedI8NR) * 4;
+      std::int32_t acc = 0;
+      for (std::int64_t q = 0; q < K4; ++q)
+        for (int i = 0; i < 4; ++i)
+          acc += static_cast<std::int32_t>(A[m * lda + 4 * q + i]) *
+                 static_cast<std::int32_t>(b[q * kPackedI8NR * 4 + i]);
+      C[m * ldc + n] = acc;
+    }
+  }
+}
+
 void sgemm(const float* A, std::int64_t lda, const float* B, std::int64_t ldb, std::int64_t M,
            std::int64_t N, std::int64_t K, const float* bias, float* C, std::int64_t ldc) {
   for (std::int64_t m = 0; m < M; ++m) {
@@ -100,5 +128,12 @@ const KernelSet kRefKernels = {"ref",
                                &ref::igemm_u8i8,
                                &ref::bitpack_f32,
                                &ref::peak_probe,
-                               &ref_supported};
+                               &ref_supported,
+                               &ref::threshold_bits_range,
+                               "bgemm_packed_1x1__ref",
+                               &ref::bgemm_packed,
+                               "igemm_packed_1x1__ref",
+                               &ref::igemm_packed,
+                               nullptr,
+                               nullptr};
 }  // namespace bitflow

@@ -68,3 +68,23 @@ void scale_bias(const std::int32_t* acc, std::int64_t rows, std::int64_t o, cons
 }
 
 }  // namespace bitflow::ops
+
+namespace bitflow::ref {
+
+void threshold_bits_range(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                          const std::int32_t* lo, const std::int32_t* hi, std::uint64_t* out) {
+  const std::int64_t nw = words_for(o);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int32_t* a = acc + r * o;
+    std::uint64_t* dst = out + r * nw;
+    for (std::int64_t wd = 0; wd < nw; ++wd) {
+      std::uint64_t word = 0;
+      const std::int64_t c0 = wd * kWordBits, c1 = c0 + kWordBits < o ? c0 + kWordBits : o;
+      for (std::int64_t c = c0; c < c1; ++c)
+        word |= static_cast<std::uint64_t>((a[c] < lo[c]) | (a[c] > hi[c])) << (c - c0);
+      dst[wd] = word;
+    }
+  }
+}
+
+}  // namespace bitflow::ref

@@ -103,5 +103,12 @@ const KernelSet kScalarKernels = {"scalar",
                                   &ref::igemm_u8i8,
                                   &ref::bitpack_f32,
                                   &scalar::peak_probe,
-                                  &scalar::supported};
+                                  &scalar::supported,
+                                  &ref::threshold_bits_range,
+                                  nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  nullptr,
+                                  nullptr};
 }  // namespace bitflow

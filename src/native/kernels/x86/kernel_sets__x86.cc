@@ -20,7 +20,14 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 &avx2::igemm_u8i8_2x4__avx2,
                                 &avx2::bitpack_f32__avx2,
                                 &avx2::peak_probe__avx2,
-                                &avx2_supported};
+                                &avx2_supported,
+                                &ref::threshold_bits_range,
+                                nullptr,
+                                nullptr,
+                                nullptr,
+                                nullptr,
+                                nullptr,
+                                nullptr};
 
 const KernelSet kAvx512Kernels = {"avx512",
                                   "bgemm_4x4__avx512vpopcnt",
@@ -32,5 +39,12 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   &avx512::igemm_u8i8_4x4__avx512vnni,
                                   &avx512::bitpack_f32__avx512,
                                   &avx512::peak_probe__avx512vpopcnt,
-                                  &avx512_supported};
+                                  &avx512_supported,
+                                  &avx512::threshold_bits__avx512,
+                                  "bgemm_4x32__avx512vpopcnt",
+                                  &avx512::bgemm_4x32__avx512vpopcnt,
+                                  "igemm_u8i8_6x48__avx512vnni",
+                                  &avx512::igemm_u8i8_6x48__avx512vnni,
+                                  "sgemm_4x48__avx512fma",
+                                  &avx512::sgemm_4x48__avx512fma};
 }  // namespace bitflow

@@ -18,6 +18,17 @@ void igemm_u8i8_4x4__avx512vnni(const std::uint8_t* A, std::int64_t lda, const s
                                 std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t K,
                                 std::int32_t* C, std::int64_t ldc);
 void bitpack_f32__avx512(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+void bgemm_4x32__avx512vpopcnt(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* Bp,
+                               std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+                               std::int32_t* C, std::int64_t ldc);
+void igemm_u8i8_6x48__avx512vnni(const std::uint8_t* A, std::int64_t lda, const std::int8_t* Bp,
+                                 std::int64_t M, std::int64_t N, std::int64_t K4, std::int32_t* C,
+                                 std::int64_t ldc);
+void sgemm_4x48__avx512fma(const float* A, std::int64_t lda, const float* Bp, std::int64_t M,
+                           std::int64_t N, std::int64_t K, const float* bias, float* C,
+                           std::int64_t ldc);
+void threshold_bits__avx512(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                            const std::int32_t* lo, const std::int32_t* hi, std::uint64_t* out);
 }  // namespace avx512
 
 namespace avx2 {

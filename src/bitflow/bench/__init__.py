@@ -1,0 +1,552 @@
+"""``bitflow bench``: latency of the native engine against float and binary baselines,
+measured in the same process and run.
+
+For a model (a ``.bfn`` file or a zoo model with random weights, converted on the fly) and
+every (threads, batch) setting this measures, as medians with min and max over ``repeat``
+timed calls after ``warmup`` untimed ones:
+
+- ``engine_ms``: :class:`bitflow.engine.Engine` (its fused plan) on float32 NCHW input;
+- ``torch_fp32_ms``: the full-precision twin (zoo twin, e.g. ``alexnet`` for
+  ``bitflow_alexnet``; for a file, a twin built from the graph's shapes) in eval mode under
+  ``torch.no_grad``;
+- ``ort_fp32_ms`` / ``ort_int8_ms``: that twin exported to ONNX (legacy exporter, opset 17)
+  in ONNX Runtime, as float32 and as int8 static QDQ (``quantize_static``, per-channel
+  weights, calibrated on random inputs);
+- ``openvino_bnn_ms``: the same architecture built with OpenVINO's ``BinaryConvolution``
+  (:mod:`bitflow.bench._graph_models`), f32 inference-precision hint;
+
+and per binary layer ``engine_ms``, ``torch_fp32_ms`` (a float conv / linear of the same
+shape), ``openvino_bnn_ms`` (OpenVINO's own per-node profile) and ``binary_macs_per_s``
+(binary multiply-accumulates of the layer / engine median). Optional baselines whose package
+is missing are skipped with a note. Memory: per-sample activation bytes of the middle
+(binary) layers, packed bits vs float32; model file vs float32 weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _native as N
+from ..engine import Engine
+from ..ir import Graph, load_graph
+from ..ir.graph import ValueInfo
+from ._timing import Timing, measure
+
+BASELINES = ("torch", "ort", "openvino")
+BINARY_OPS = ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")
+_BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+__all__ = ["BASELINES", "Timing", "bench", "bench_file", "bench_zoo", "clean_blas_env", "format_report", "measure", "parse_int_list", "zoo_model"]
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]``; every value must be a positive integer."""
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be a comma-separated list of positive integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise ValueError(f"{what} must be a comma-separated list of positive integers, got {text!r}")
+    return vals
+
+
+def clean_blas_env(argv: Sequence[str] | None = None) -> None:
+    """If ``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` is set, re-execute this process
+    without them (BLAS reads them once when it loads, so the float baselines would run with a
+    forced core type / cache size otherwise). ``argv``: the interpreter arguments of the new
+    process (``["-m", "bitflow", ...]`` or ``[script, ...]``), default ``sys.argv``."""
+    if not any(k in os.environ for k in _BLAS_OVERRIDES):
+        return
+    env = {k: v for k, v in os.environ.items() if k not in _BLAS_OVERRIDES}
+    args = list(sys.argv if argv is None else argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *args], env)
+
+
+# ---------------------------------------------------------------------------------- models
+def zoo_model(name: str, seed: int = 0, **kwargs: Any) -> tuple[Graph, Any]:
+    """A zoo BNN with random weights and randomized BatchNorm statistics (so thresholds are
+    not trivial), converted with :func:`bitflow.convert.convert`, and its full-precision twin
+    (the zoo model named without the ``bitflow_`` / ``xnor_`` prefix, float first layer)."""
+    import torch
+
+    from ..convert import convert
+    from ..models import create, list_models
+
+    if name not in list_models():
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    torch.manual_seed(seed)
+    model = create(name, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(-1.0, 1.0)
+                    m.bias.uniform_(-0.5, 0.5)
+    graph = convert(model)
+    base = name.split("_", 1)[1] if name.startswith(("bitflow_", "xnor_")) else None
+    twin = None
+    if base is not None and base in list_models():
+        twin_kw = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_channels", "image_size", "width", "fc")}
+        twin = create(base, **twin_kw).eval()
+    return graph, twin
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _value_bytes(v: ValueInfo) -> int:
+    item = {"float32": 4, "int32": 4, "uint8": 1, "bits": 8}[v.dtype]
+    return int(np.prod(v.shape)) * item * v.planes
+
+
+def _binary_layers(graph: Graph) -> list[dict[str, Any]]:
+    """Shape facts of every binary layer: input/output NCHW shapes, binary MACs per sample,
+    float32 weight bytes of a float layer of the same shape, packed bytes in the graph."""
+    values = graph.validate()
+    out = []
+    for op in graph.ops:
+        if op.type not in BINARY_OPS:
+            continue
+        a = op.attrs
+        w = graph.tensors[op.params["w"]]
+        vin, vout = values[op.inputs[0]], values[op.outputs[0]]
+        pw = w.shape[0] if op.type.endswith("_planes") else 1
+        pa = vin.planes
+        in_shape: tuple[int, ...]
+        out_shape: tuple[int, ...]
+        if op.type.startswith("bconv2d"):
+            o, kh, kw = w.shape[-4:-1]
+            c = a["channels"]
+            h, wd = vin.shape[0], vin.shape[1]
+            ho, wo = vout.shape[0], vout.shape[1]
+            macs = ho * wo * o * kh * kw * c
+            fan = kh * kw * c
+            in_shape, out_shape = (c, h, wd), (o, ho, wo)
+        else:
+            o, c = w.shape[-2], a["k_bits"]
+            macs, fan = o * c, c
+            in_shape, out_shape = (c,), (o,)
+        out.append({
+            "name": op.name, "type": op.type, "in_shape": in_shape, "out_shape": out_shape,
+            "stride": tuple(a.get("stride", (1, 1))), "padding": tuple(a.get("padding", (0, 0))),
+            "binary_macs": int(macs) * pa * pw, "float32_weight_bytes": 4 * o * fan,
+            "packed_weight_bytes": int(w.nbytes),
+        })
+    return out
+
+
+def _memory(graph: Graph, engine: Engine, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-sample activation bytes of the middle (binary) layers: the engine's stored values
+    (input and output of each fused step) vs a float32 model (input and output of each layer),
+    and the engine's int32 accumulator scratch, which lives only inside one call."""
+    values = engine.values
+    names = {layer["name"] for layer in layers}
+    eng_peak = scratch = 0
+    for step in engine._plan:
+        if not names.intersection(step.ops):
+            continue
+        src = values.get(step.src, graph.input.value)
+        eng_peak = max(eng_peak, _value_bytes(src) + _value_bytes(values[step.dst]))
+        first = next(op for op in graph.ops if op.name == step.ops[0])
+        scratch = max(scratch, _value_bytes(values[first.outputs[0]]))
+    f32_peak = max((4 * (int(np.prod(x["in_shape"])) + int(np.prod(x["out_shape"]))) for x in layers), default=0)
+    return {
+        "engine_middle_peak_activation_bytes": int(eng_peak),
+        "float32_middle_peak_activation_bytes": int(f32_peak),
+        "ratio_float32_over_engine": float(f32_peak / eng_peak) if eng_peak else None,
+        "engine_int32_scratch_bytes": int(scratch),
+    }
+
+
+def _file_sizes(graph: Graph, layers: list[dict[str, Any]], file_bytes: int, twin: Any) -> dict[str, Any]:
+    packed = sum(x["packed_weight_bytes"] for x in layers)
+    f32 = sum(x["float32_weight_bytes"] for x in layers)
+    thr = 0
+    for op in graph.ops:
+        if op.type.startswith("threshold") and op.type != "threshold_f32_bits":
+            thr += int(graph.tensors[op.params["thr"]].nbytes + graph.tensors[op.params["direction"]].nbytes)
+    res: dict[str, Any] = {
+        "bfn_bytes": int(file_bytes),
+        "binary_layers_packed_weight_bytes": int(packed),
+        "binary_layers_threshold_bytes": int(thr),
+        "binary_layers_float32_weight_bytes": int(f32),
+        "ratio_float32_over_packed": float(f32 / packed) if packed else None,
+        "ratio_float32_over_packed_with_thresholds": float(f32 / (packed + thr)) if packed + thr else None,
+    }
+    if twin is not None:
+        res["float32_twin_param_bytes"] = int(sum(4 * p.numel() for p in twin.parameters()))
+        res["ratio_float32_twin_over_bfn"] = res["float32_twin_param_bytes"] / file_bytes if file_bytes else None
+    return res
+
+
+def _blas_info() -> list[dict[str, Any]]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "threadpoolctl not installed"}]
+    keep = ("user_api", "internal_api", "num_threads", "version", "architecture", "threading_layer", "prefix")
+    return [{k: d.get(k) for k in keep} for d in threadpool_info()]
+
+
+# ---------------------------------------------------------------------------------- baselines
+class _Baselines:
+    """Lazily built baseline runners; each missing optional package becomes a note."""
+
+    def __init__(self, graph: Graph, twin: Any, wanted: Iterable[str], workdir: Path, notes: list[str]) -> None:
+        self.graph, self.twin, self.workdir, self.notes = graph, twin, workdir, notes
+        self.wanted = set(wanted)
+        self._onnx: dict[str, str] = {}
+        self._ov_models: dict[int, Any] = {}
+        self.versions: dict[str, str | None] = {}
+        if self.wanted & {"torch", "ort"}:
+            import torch
+
+            self.versions["torch"] = torch.__version__
+            if self.twin is None:
+                from ._graph_models import torch_twin
+
+                self.twin = torch_twin(graph)
+                notes.append("float32 twin built from the graph's layer shapes (no zoo twin for this model)")
+        if "ort" in self.wanted:
+            try:
+                import onnx  # noqa: F401
+                import onnxruntime as ort
+
+                self.versions["onnxruntime"] = ort.__version__
+            except ImportError:
+                notes.append("onnx / onnxruntime not installed: ort_fp32_ms and ort_int8_ms skipped "
+                             "(pip install 'bitflow[bench]')")
+                self.wanted.discard("ort")
+        if "openvino" in self.wanted:
+            try:
+                import openvino as ov
+
+                self.versions["openvino"] = ov.__version__
+            except ImportError:
+                notes.append("openvino not installed: openvino_bnn_ms skipped (pip install openvino)")
+                self.wanted.discard("openvino")
+
+    def _input(self, batch: int, seed: int = 0) -> np.ndarray:
+        spec = self.graph.input
+        return np.random.default_rng(seed).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
+
+    # -- torch
+    def torch_fn(self, threads: int, batch: int) -> Any:
+        import torch
+
+        torch.set_num_threads(threads)
+        x = torch.from_numpy(self._input(batch))
+        model = self.twin
+
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    # -- onnx runtime
+    def _onnx_files(self) -> dict[str, str]:
+        if self._onnx:
+            return self._onnx
+        import torch
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        spec = self.graph.input
+        fp32 = str(self.workdir / "twin_fp32.onnx")
+        x = torch.from_numpy(self._input(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
+            torch.onnx.export(self.twin, (x,), fp32, opset_version=17, dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+        shape = (1, spec.channels, spec.height, spec.width)
+
+        class Reader(CalibrationDataReader):  # type: ignore[misc]
+            """Eight random calibration inputs in [0, 1]."""
+
+            def __init__(self) -> None:
+                rng = np.random.default_rng(1)
+                self.items = iter([{"input": rng.random(shape, dtype=np.float32)} for _ in range(8)])
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self.items, None)
+
+        int8 = str(self.workdir / "twin_int8_qdq.onnx")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its pre-processing advice, printed on every call
+        try:
+            quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+        self._onnx = {"fp32": fp32, "int8": int8}
+        return self._onnx
+
+    def ort_fn(self, kind: str, threads: int, batch: int) -> Any:
+        import onnxruntime as ort
+
+        path = self._onnx_files()[kind]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        feed = {"input": self._input(batch)}
+        return lambda: sess.run(None, feed)
+
+    # -- openvino
+    def _ov_compiled(self, threads: int, batch: int, perf: bool) -> Any:
+        import openvino as ov
+
+        from ._graph_models import openvino_bnn
+
+        if batch not in self._ov_models:
+            self._ov_models[batch] = openvino_bnn(self.graph, batch)
+        cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                               "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        if perf:
+            cfg["PERF_COUNT"] = True
+        return ov.Core().compile_model(self._ov_models[batch], "CPU", cfg)
+
+    def ov_fn(self, threads: int, batch: int) -> Any:
+        req = self._ov_compiled(threads, batch, False).create_infer_request()
+        x = self._input(batch)
+        return lambda: req.infer(x)
+
+    def ov_layer_ms(self, threads: int, batch: int, repeat: int, warmup: int) -> dict[str, dict[str, Any]]:
+        """Per node median / min / max ms from OpenVINO's own profiling counters."""
+        req = self._ov_compiled(threads, batch, True).create_infer_request()
+        x = self._input(batch)
+        for _ in range(warmup):
+            req.infer(x)
+        per: dict[str, list[float]] = {}
+        for _ in range(repeat):
+            req.infer(x)
+            for pi in req.profiling_info:
+                per.setdefault(pi.node_name, []).append(1e3 * pi.real_time.total_seconds())
+        out: dict[str, dict[str, Any]] = {}
+        for name, ts in per.items():
+            ts.sort()
+            m = len(ts) // 2
+            out[name] = {"median": ts[m] if len(ts) % 2 else 0.5 * (ts[m - 1] + ts[m]), "min": ts[0], "max": ts[-1]}
+        return out
+
+
+def _torch_layer_fn(layer: dict[str, Any], threads: int, batch: int) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    if layer["type"].startswith("bconv2d"):
+        c, h, w = layer["in_shape"]
+        o = layer["out_shape"][0]
+        mod: torch.nn.Module = torch.nn.Conv2d(c, o, kernel_size=layer["kernel"], stride=layer["stride"],
+                                               padding=layer["padding"], bias=False)
+        x = torch.rand(batch, c, h, w)
+    else:
+        mod = torch.nn.Linear(layer["in_shape"][0], layer["out_shape"][0], bias=False)
+        x = torch.rand(batch, layer["in_shape"][0])
+    mod.eval()
+
+    def run() -> None:
+        with torch.no_grad():
+            mod(x)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------- the bench
+def bench(
+    graph: Graph,
+    *,
+    twin: Any = None,
+    threads: Sequence[int] = (1,),
+    batches: Sequence[int] = (1,),
+    repeat: int = 30,
+    warmup: int = 5,
+    baselines: Iterable[str] = BASELINES,
+    layers: bool = True,
+    kernels: str = "auto",
+    file_bytes: int | None = None,
+    model_name: str | None = None,
+    probe_seconds: float = 0.2,
+) -> dict[str, Any]:
+    """Measure ``graph`` on the engine and the requested baselines (see the module docstring)
+    for every (threads, batch) pair; returns a JSON-ready dict."""
+    baselines = list(baselines)
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    if not threads or not batches or any(int(t) < 1 for t in threads) or any(int(b) < 1 for b in batches):
+        raise ValueError("threads and batches must be non-empty lists of positive integers")
+    notes: list[str] = []
+    shape_layers = _binary_layers(graph)
+    for layer, op in zip(shape_layers, [o for o in graph.ops if o.type in BINARY_OPS], strict=True):
+        if op.type.startswith("bconv2d"):
+            w = graph.tensors[op.params["w"]]
+            layer["kernel"] = (int(w.shape[-3]), int(w.shape[-2]))
+    engine1 = Engine(graph, kernels=kernels, threads=1)
+    first = graph.ops[0].type
+    with tempfile.TemporaryDirectory(prefix="bitflow-bench-") as tmp:
+        work = Path(tmp)
+        if file_bytes is None:
+            path = work / "model.bfn"
+            graph.save(str(path))
+            file_bytes = path.stat().st_size
+        base = _Baselines(graph, twin, baselines, work, notes)
+        spec = graph.input
+        result: dict[str, Any] = {
+            "model": model_name,
+            "input": [spec.channels, spec.height, spec.width],
+            "first_layer": {"conv2d_f32": "float", "conv2d_u8i8": "int8"}.get(first, first),
+            "kernels": engine1.kernels,
+            "kernel_info": dict(N.kernel_info(engine1.kernels)),
+            "cpu_features": {k: bool(v) for k, v in N.cpu_features().items()},
+            "peak_binary_macs_per_s": float(N.peak_probe(engine1.kernels, probe_seconds)) if probe_seconds > 0 else None,
+            "repeat": repeat,
+            "warmup": warmup,
+            "versions": {"bitflow_engine": engine1.kernels, **base.versions},
+            "blas": _blas_info(),
+            "memory": _memory(graph, engine1, shape_layers),
+            "file": _file_sizes(graph, shape_layers, file_bytes, base.twin),
+            "settings": [],
+            "notes": notes,
+        }
+        for t in threads:
+            eng = Engine(graph, kernels=kernels, threads=int(t))
+            for b in batches:
+                result["settings"].append(_setting(eng, base, shape_layers, int(t), int(b), repeat, warmup, layers))
+        result["blas_after"] = _blas_info()
+    return result
+
+
+def _bind(fn: Any, arg: Any) -> Any:
+    return lambda: fn(arg)
+
+
+def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], t: int, b: int,
+             repeat: int, warmup: int, layers: bool) -> dict[str, Any]:
+    spec = eng.graph.input
+    x = np.random.default_rng(0).random((b, spec.channels, spec.height, spec.width), dtype=np.float32)
+    row: dict[str, Any] = {"threads": t, "batch": b}
+    row.update(measure(lambda: eng.logits(x), repeat, warmup).to_json("engine_ms"))
+    if "torch" in base.wanted:
+        row.update(measure(base.torch_fn(t, b), repeat, warmup).to_json("torch_fp32_ms"))
+    if "ort" in base.wanted:
+        row.update(measure(base.ort_fn("fp32", t, b), repeat, warmup).to_json("ort_fp32_ms"))
+        row.update(measure(base.ort_fn("int8", t, b), repeat, warmup).to_json("ort_int8_ms"))
+    if "openvino" in base.wanted:
+        row.update(measure(base.ov_fn(t, b), repeat, warmup).to_json("openvino_bnn_ms"))
+    keys = [k for k in ("torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms") if k in row]
+    row["speedup"] = {k[:-3]: row[k] / row["engine_ms"] for k in keys}
+    # per-call process CPU time: comparable between runtimes only with one thread each
+    if t == 1:
+        row["speedup_cpu"] = {k[:-3]: row[f"{k}_cpu"] / row["engine_ms_cpu"] for k in keys if row["engine_ms_cpu"] > 0}
+    if not layers:
+        return row
+    # every step of the engine's fused plan, timed on its own input
+    env = {eng.graph.input.name: eng._prepare(x)}
+    steps = []
+    step_ms: dict[str, Timing] = {}
+    for step in eng._plan:
+        inp = env[step.src]
+        tm = measure(_bind(step.fn, inp), repeat, warmup)
+        env[step.dst] = step.fn(inp)
+        steps.append({"ops": list(step.ops), **tm.to_json("engine_ms")})
+        for name in step.ops:
+            step_ms[name] = tm
+    row["engine_steps"] = steps
+    ov_nodes = base.ov_layer_ms(t, b, repeat, warmup) if "openvino" in base.wanted else {}
+    out_layers = []
+    for layer in shape_layers:
+        tm = step_ms[layer["name"]]
+        ent: dict[str, Any] = {k: layer[k] for k in ("name", "type", "in_shape", "out_shape", "binary_macs")}
+        ent["binary_macs"] = layer["binary_macs"] * b
+        ent["engine_step_ops"] = next(s["ops"] for s in steps if layer["name"] in s["ops"])
+        ent.update(tm.to_json("engine_ms"))
+        ent["binary_macs_per_s"] = ent["binary_macs"] / (tm.median_ms * 1e-3)
+        ent["binary_macs_per_s_best"] = ent["binary_macs"] / (tm.min_ms * 1e-3)
+        if "torch" in base.wanted:
+            ent.update(measure(_torch_layer_fn(layer, t, b), repeat, warmup).to_json("torch_fp32_ms"))
+        if layer["name"] in ov_nodes:
+            o = ov_nodes[layer["name"]]
+            ent.update({"openvino_bnn_ms": o["median"], "openvino_bnn_ms_min": o["min"], "openvino_bnn_ms_max": o["max"]})
+            ent["openvino_binary_macs_per_s"] = ent["binary_macs"] / (o["median"] * 1e-3) if o["median"] > 0 else None
+        out_layers.append(ent)
+    row["layers"] = out_layers
+    return row
+
+
+def bench_zoo(name: str, *, seed: int = 0, model_kwargs: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """:func:`bench` on a zoo model with random weights (see :func:`zoo_model`)."""
+    graph, twin = zoo_model(name, seed=seed, **(model_kwargs or {}))
+    res = bench(graph, twin=twin, model_name=name, **kw)
+    res["source"] = "zoo (random weights, randomized BatchNorm statistics)"
+    return res
+
+
+def bench_file(path: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
+    """:func:`bench` on a ``.bfn`` model file."""
+    p = Path(path)
+    graph = load_graph(p)
+    res = bench(graph, file_bytes=p.stat().st_size, model_name=p.name, **kw)
+    res["source"] = str(p)
+    return res
+
+
+def _fmt_ms(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.3f}" if key in row else "-"
+
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A plain-text summary of a :func:`bench` result (the JSON holds everything)."""
+    lines = [
+        f"{result.get('model')}: input {result['input']}, first layer {result['first_layer']}, "
+        f"kernels {result['kernels']}, peak probe {result['peak_binary_macs_per_s'] or 0:.3g} binary MACs/s",
+    ]
+    cols = ("engine_ms", "torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms")
+    lines.append(f"{'threads':>7} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + "  (median ms)")
+    for row in result["settings"]:
+        lines.append(f"{row['threads']:>7} {row['batch']:>5} " + " ".join(f"{_fmt_ms(row, c):>16}" for c in cols))
+        lines.append(f"{'':>14}" + " ".join(f"{_fmt_ms(row, c + '_cpu'):>16}" for c in cols) + "  (CPU ms per call)")
+        sp = ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items())
+        if sp:
+            lines.append(f"{'':>14}engine speed-up: {sp}")
+        sp = ", ".join(f"{k} {v:.2f}x" for k, v in row.get("speedup_cpu", {}).items())
+        if sp:
+            lines.append(f"{'':>14}engine speed-up in CPU time: {sp}")
+        for layer in row.get("layers", []):
+            ov = f", openvino {layer['openvino_bnn_ms']:.3f} ms" if "openvino_bnn_ms" in layer else ""
+            tf = f", torch fp32 {layer['torch_fp32_ms']:.3f} ms" if "torch_fp32_ms" in layer else ""
+            lines.append(f"{'':>14}{layer['type']} {layer['name']}: engine {layer['engine_ms']:.3f} ms "
+                         f"({layer['binary_macs_per_s']:.3g} binary MACs/s){tf}{ov}")
+    mem, f = result["memory"], result["file"]
+    lines.append(f"middle-layer activations per sample: engine {mem['engine_middle_peak_activation_bytes']} B, "
+                 f"float32 {mem['float32_middle_peak_activation_bytes']} B "
+                 f"({(mem['ratio_float32_over_engine'] or 0):.1f}x); int32 scratch {mem['engine_int32_scratch_bytes']} B")
+    lines.append(f"binary-layer weights: packed {f['binary_layers_packed_weight_bytes']} B vs float32 "
+                 f"{f['binary_layers_float32_weight_bytes']} B ({(f['ratio_float32_over_packed'] or 0):.1f}x); "
+                 f"file {f['bfn_bytes']} B")
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

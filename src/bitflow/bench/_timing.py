@@ -1,0 +1,54 @@
+"""Wall-clock timing: medians (plus min and max) of repeated calls after warm-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call over ``runs`` timed calls: wall clock (median, min, max) and the
+    median CPU time of the whole process per call (all its threads; on a shared machine this
+    is what a call costs when other processes preempt it, so it is reported beside the wall
+    clock, never instead of it)."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    cpu_median_ms: float = float("nan")
+
+    def to_json(self, key: str) -> dict[str, Any]:
+        """``{key: median, key_min: min, key_max: max, key_cpu: CPU median}`` (``key`` ends in
+        ``_ms``)."""
+        return {key: self.median_ms, f"{key}_min": self.min_ms, f"{key}_max": self.max_ms,
+                f"{key}_cpu": self.cpu_median_ms}
+
+
+def measure(fn: Callable[[], Any], repeat: int, warmup: int) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeat`` times, each timed with
+    ``time.perf_counter`` (and ``time.process_time``); returns the median (the mean of the two
+    middle values for an even count), min and max in milliseconds."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        fn()
+    times, cpu = [], []
+    for _ in range(repeat):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    times.sort()
+    return Timing(1e3 * _median(times), 1e3 * times[0], 1e3 * times[-1], len(times), 1e3 * _median(sorted(cpu)))
+
+
+def _median(sorted_values: list[float]) -> float:
+    mid = len(sorted_values) // 2
+    return sorted_values[mid] if len(sorted_values) % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])

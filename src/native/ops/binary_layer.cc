@@ -1,0 +1,126 @@
+// The prepared binary layer (see bitflow/binary_layer.h).
+#include "bitflow/binary_layer.h"
+
+#include <climits>
+#include <utility>
+
+namespace bitflow::ops {
+
+BinaryLayer::BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const ConvGeom& filt,
+                         int pad_value, const std::int32_t* thr, const std::int8_t* dir,
+                         std::int64_t thr_len, const Pool& pool)
+    : ks_(&ks), filt_(filt), pad_value_(pad_value), prep_(prepare_bconv(ks, w, 1, filt)),
+      pool_(pool) {
+  init_threshold(thr, dir, thr_len);
+}
+
+BinaryLayer::BinaryLayer(const KernelSet& ks, const std::int8_t* w, const ConvGeom& filt,
+                         const std::int32_t* thr, const std::int8_t* dir, std::int64_t thr_len,
+                         const Pool& pool)
+    : ks_(&ks), filt_(filt), pad_value_(0), int8_(true), prep8_(prepare_u8i8(ks, w, filt)),
+      pool_(pool) {
+  init_threshold(thr, dir, thr_len);
+}
+
+void BinaryLayer::init_threshold(const std::int32_t* thr, const std::int8_t* dir,
+                                 std::int64_t thr_len) {
+  if (thr == nullptr) return;
+  // +1 iff acc >= T (direction +1) or acc <= T (direction -1): the range [lo, hi].
+  lo_.resize(static_cast<std::size_t>(thr_len));
+  hi_.resize(static_cast<std::size_t>(thr_len));
+  for (std::int64_t c = 0; c < thr_len; ++c) {
+    lo_[c] = dir[c] > 0 ? thr[c] : INT32_MIN;
+    hi_[c] = dir[c] > 0 ? INT32_MAX : thr[c];
+  }
+  if (thr_len == filt_.o) {
+    and_mask_.assign(static_cast<std::size_t>(words_for(filt_.o)), 0);
+    for (std::int64_t c = 0; c < filt_.o; ++c) {
+      if (dir[c] > 0)
+        and_mask_[c / kWordBits] |= std::uint64_t{1} << (c % kWordBits);
+      else
+        any_or_ = true;
+    }
+  }
+}
+
+ConvGeom BinaryLayer::geom(std::int64_t n, std::int64_t h, std::int64_t w) const {
+  ConvGeom g = filt_;
+  g.n = n;
+  g.h = h;
+  g.w = w;
+  return g;
+}
+
+std::pair<std::int64_t, std::int64_t> BinaryLayer::out_hw(std::int64_t h, std::int64_t w) const {
+  const ConvGeom g = geom(1, h, w);
+  std::int64_t ho = g.ho(), wo = g.wo();
+  if (pool_.on) {
+    ho = conv_out_size(ho, pool_.kh, pool_.sh, pool_.ph);
+    wo = conv_out_size(wo, pool_.kw, pool_.sw, pool_.pw);
+  }
+  return {ho, wo};
+}
+
+void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h,
+                      std::int64_t w, std::uint64_t* out_bits, std::int32_t* out_acc) const {
+  const ConvGeom g = geom(n, h, w);
+  const std::int64_t ho = g.ho(), wo = g.wo(), o = g.o;
+  // Per-thread scratch (one engine may run on several Python threads at once).
+  thread_local std::vector<std::int32_t> acc_buf, pool_buf;
+  thread_local std::vector<std::uint64_t> bits_buf, or_buf;
+  const bool thr = has_threshold();
+  std::int32_t* acc = out_acc;
+  if (thr || pool_.on) {
+    acc_buf.resize(static_cast<std::size_t>(n * ho * wo * o));
+    acc = acc_buf.data();
+  }
+  if (int8_)
+    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc);
+  else
+    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc);
+  std::int64_t rows = n * ho * wo;
+  const std::int32_t* cur = acc;
+  if (pool_.on && thr && !flat_threshold()) {
+    // threshold at full resolution, then pool the bits (AND / OR per channel, see the header)
+    const std::int64_t ow = words_for(o);
+    bits_buf.resize(static_cast<std::size_t>(rows * ow));
+    ks_->threshold_bits(acc, rows, o, lo_.data(), hi_.data(), bits_buf.data());
+    PoolGeom pg;
+    pg.n = n; pg.h = ho; pg.w = wo; pg.c = ow;
+    pg.kh = pool_.kh; pg.kw = pool_.kw; pg.sh = pool_.sh; pg.sw = pool_.sw;
+    pg.ph = pool_.ph; pg.pw = pool_.pw;
+    maxpool_bits(bits_buf.data(), pg, true, out_bits);
+    if (any_or_) {
+      const std::int64_t out_rows = n * pg.ho() * pg.wo();
+      or_buf.resize(static_cast<std::size_t>(out_rows * ow));
+      maxpool_bits(bits_buf.data(), pg, false, or_buf.data());
+      for (std::int64_t r = 0; r < out_rows; ++r)
+        for (std::int64_t q = 0; q < ow; ++q) {
+          const std::uint64_t m = and_mask_[q];
+          out_bits[r * ow + q] = (out_bits[r * ow + q] & m) | (or_buf[r * ow + q] & ~m);
+        }
+    }
+    return;
+  }
+  if (pool_.on) {
+    PoolGeom pg;
+    pg.n = n; pg.h = ho; pg.w = wo; pg.c = o;
+    pg.kh = pool_.kh; pg.kw = pool_.kw; pg.sh = pool_.sh; pg.sw = pool_.sw;
+    pg.ph = pool_.ph; pg.pw = pool_.pw;
+    std::int32_t* dst = out_acc;
+    if (thr) {
+      pool_buf.resize(static_cast<std::size_t>(n * pg.ho() * pg.wo() * o));
+      dst = pool_buf.data();
+    }
+    maxpool_i32(cur, pg, dst);
+    cur = dst;
+    rows = n * pg.ho() * pg.wo();
+  }
+  if (!thr) return;
+  if (flat_threshold())  // [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
+    ks_->threshold_bits(cur, n, rows / n * o, lo_.data(), hi_.data(), out_bits);
+  else
+    ks_->threshold_bits(cur, rows, o, lo_.data(), hi_.data(), out_bits);
+}
+
+}  // namespace bitflow::ops

@@ -1,0 +1,33 @@
+"""The MBBN reproduction pipeline on tiny settings (plumbing and exactness, not accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bitflow.analysis.reproduce_mbbn import reproduce_mbbn, speedup_curve
+from bitflow.nn.mbbn import speedup_theory
+
+
+@pytest.mark.e2e
+def test_reproduce_mbbn_tiny(tmp_path: Path) -> None:
+    r = reproduce_mbbn(tmp_path, bits=(2, 1), epochs=1, limit_train=256, limit_test=100, width=4, gemm_size=128,
+                       log=lambda m: None)
+    rows = r["table"]
+    assert [row["bits"] for row in rows][:3] == ["32/32", "2/2", "1/1"]
+    for row in rows[1:]:
+        # every converted MBBN model equals its PyTorch model (levels and predictions)
+        assert row["prediction_mismatches"] == 0 and row["sign_mismatches"] == 0
+        assert row["accuracy_torch"] == row["accuracy_integer"]
+    assert rows[1]["compression_weights"] == 16.0 and rows[2]["compression_weights"] == 32.0
+    assert (tmp_path / "fig7_speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Fig. 7" in (tmp_path / "report.txt").read_text()
+
+
+def test_speedup_curve_has_theory_and_checks_products() -> None:
+    rows = speedup_curve(64, max_bits=3, reps=1)
+    assert [r["bits"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["theory_speedup"] == pytest.approx(speedup_theory(r["bits"], r["bits"], 64))
+        assert r["encoded_s"] > 0 and r["float32_s"] > 0
