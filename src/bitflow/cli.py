@@ -266,17 +266,22 @@ def _add_run(sub: Any) -> None:
 
 
 def _cmd_reproduce(a: argparse.Namespace) -> int:
-    if a.paper == "bitflow-net":
-        from .analysis.reproduce import format_report, reproduce_bitflow_net
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.paper == "mbbn":
+        from .analysis.reproduce_mbbn import reproduce_mbbn
 
-        out = a.out or "runs/reproduce-bitflow-net"
-        report = reproduce_bitflow_net(out, data=a.data, binary_classes=a.binary_classes, quick=a.quick, seed=a.seed,
-                                       log=lambda m: print(m, file=sys.stderr, flush=True))
-        if a.json:
-            print(json.dumps(report))
-        else:
-            print(format_report(report))
-            print(f"(tables and figures in {out}/report.txt, {out}/*.png)")
+        rep = reproduce_mbbn(a.out or "runs/reproduce-mbbn", data=a.data, quick=a.quick, seed=a.seed, log=log)
+        print(json.dumps(rep) if a.json else rep["text"])
+        return 0
+    from .analysis.reproduce import format_report, reproduce_bitflow_net
+
+    out = a.out or "runs/reproduce-bitflow-net"
+    report = reproduce_bitflow_net(out, data=a.data, binary_classes=a.binary_classes, quick=a.quick, seed=a.seed, log=log)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+        print(f"(tables and figures in {out}/report.txt, {out}/*.png)")
     return 0
 
 
