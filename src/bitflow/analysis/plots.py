@@ -12,7 +12,7 @@ import numpy as np
 
 
 def _save(fig: Any, path: str | Path) -> None:
-    from ..train.checkpoint import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

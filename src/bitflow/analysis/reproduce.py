@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train.checkpoint import atomic_write_bytes
+from .._io import atomic_write_bytes
 
 PAPER_TABLE2 = {
     "alexnet": "(59.30%, 82.80%) | 99.80%",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..train.checkpoint import atomic_write_bytes
+from .._io import atomic_write_bytes
 from .reproduce import _train
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_write_bytes
 from .graph import Graph, GraphError
 
 FORMAT = "bitflow-bfn"
@@ -73,12 +73,6 @@ def _encode(graph: Graph) -> bytes:
     return len(hb).to_bytes(8, "little") + hb + b"".join(blobs)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:
     """Validate ``graph`` and write it to ``path`` atomically.
 
@@ -86,33 +80,7 @@ def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:
     renamed over ``path`` (``os.replace``), so a reader sees either the old file or the complete
     new one; on any error the temporary file is removed and ``path`` is left untouched.
     """
-    data = _encode(graph)
-    p = Path(path)
-    d = p.parent if str(p.parent) else Path(".")
-    if not d.is_dir():
-        raise FileNotFoundError(f"directory {str(d)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=d)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_bytes(path, _encode(graph), make_dirs=False)
 
 
 def _fail(path: str, msg: str) -> ModelFileError:

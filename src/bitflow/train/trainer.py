@@ -29,10 +29,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import atomic_write_bytes
 from ..models import create
 from ..nn import clip_weights_
 from .augment import augment_batch
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import FlipTracker
 from .recipes import Recipe, default_recipe_for, load_recipe
 
