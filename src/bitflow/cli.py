@@ -269,6 +269,10 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if a.paper == "mbbn":
         from .analysis.reproduce_mbbn import reproduce_mbbn
+        from .bench import clean_blas_env
+
+        # the float32 GEMM baseline runs without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (re-exec)
+        clean_blas_env(["-m", "bitflow", *sys.argv[1:]])
 
         rep = reproduce_mbbn(a.out or "runs/reproduce-mbbn", data=a.data, quick=a.quick, seed=a.seed, log=log)
         print(json.dumps(rep) if a.json else rep["text"])

@@ -48,7 +48,13 @@ def speedup_curve(n: int, max_bits: int = 6, reps: int = 3, threads: int = 1, se
     rng = np.random.default_rng(seed)
     a32 = rng.standard_normal((n, n), dtype=np.float32)
     b32 = rng.standard_normal((n, n), dtype=np.float32)
-    t_float = _median_seconds(lambda: a32 @ b32.T, reps)
+    try:  # same thread count on both sides: the BLAS is limited to `threads` as well
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads, user_api="blas"):
+            t_float = _median_seconds(lambda: a32 @ b32.T, reps)
+    except ImportError:
+        t_float = _median_seconds(lambda: a32 @ b32.T, reps)
     rows = []
     for bits in range(1, max_bits + 1):
         top = 2**bits - 1
@@ -159,7 +165,9 @@ def reproduce_mbbn(
     log(f"[fig 7] encoded GEMM speed-up, {gemm_size}^3")
     curve = speedup_curve(gemm_size, reps=3)
     _plot_speedup(curve, gemm_size, out / "fig7_speedup.png")
-    report = {"quick": quick, "epochs": epochs, "width": width, "table": rows, "speedup": curve,
+    from ..bench import _blas_info
+
+    report = {"quick": quick, "epochs": epochs, "width": width, "table": rows, "speedup": curve, "blas": _blas_info(),
               "gemm_size": gemm_size, "png": str(out / "fig7_speedup.png"), "seconds": time.perf_counter() - t0}
     report["text"] = format_report(report)
     atomic_write_bytes(out / "report.txt", (report["text"] + "\n").encode())
@@ -177,7 +185,9 @@ def format_report(r: dict[str, Any]) -> str:
         cw = f"{row['compression_weights']:.1f}x" if "compression_weights" in row else "-"
         cf = f"{row['compression_file']:.1f}x" if "compression_file" in row else "-"
         lines.append(f"{row['bits']:<28} {100 * row['test_accuracy']:>8.2f}% {integer:>8} {mism:>6} {cw:>6} {cf:>10}")
-    lines += ["", f"Fig. 7 analogue ({r['png']}): encoded GEMM {r['gemm_size']}^3 vs float32 BLAS, 1 thread",
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')} ({b.get('num_threads')} threads)"
+                     for b in r.get("blas", []) if b.get("user_api") == "blas")
+    lines += ["", f"Fig. 7 analogue ({r['png']}): encoded GEMM {r['gemm_size']}^3 vs float32 BLAS, 1 thread (BLAS: {blas or 'unknown'})",
               f"{'M=K':>4} {'float32 ms':>10} {'encoded ms':>10} {'measured':>9} {'S_MK theory':>11}"]
     for c in r["speedup"]:
         lines.append(f"{c['bits']:>4} {1000 * c['float32_s']:>10.1f} {1000 * c['encoded_s']:>10.1f} "
