@@ -27,7 +27,7 @@ from torch import nn
 
 from ..ir.bits import unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
-from ..ir.reference import _pool, run
+from ..ir.reference import _pool, conv_f32_error_bound, run
 from ._mbbn import torch_levels
 
 _MAX_REPORTED = 50
@@ -54,13 +54,10 @@ def _float_source(graph: Graph, bits_value: str) -> tuple[Op, list[Op]] | None:
 
 
 def _conv_err_bound(graph: Graph) -> np.ndarray | None:
-    """Per-channel float32 summation error bound of the first float conv: ``n u (sum|w| + |b|)``."""
+    """The float32 summation error bound of the first float conv (see conv_f32_error_bound)."""
     for op in graph.ops:
         if op.type == "conv2d_f32":
-            w = graph.tensors[op.params["w"]].astype(np.float64)
-            b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
-            fan = w[0].size
-            return fan * float(np.finfo(np.float32).eps) * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b))
+            return conv_f32_error_bound(graph, op)
     return None
 
 

@@ -16,22 +16,18 @@ from typing import Any
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.reference import conv_f32_error_bound
 from ..ir.reference import run as reference_run
 from . import Engine
 
-_U = 2.0**-24  # float32 unit roundoff
-
 
 def _float_conv_bounds(graph: Graph) -> dict[str, np.ndarray]:
-    """Per-channel error bound 2 K u (sum|w| + |b|) of each conv2d_f32 output (inputs in [0, 1]),
+    """Per-channel error bound of each conv2d_f32 output (:func:`conv_f32_error_bound`),
     propagated unchanged through max-pool and ReLU to the threshold that reads it."""
     bounds: dict[str, np.ndarray] = {}
     for op in graph.ops:
         if op.type == "conv2d_f32":
-            w = graph.tensors[op.params["w"]].astype(np.float64)
-            b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
-            fan = w[0].size
-            bounds[op.outputs[0]] = 2 * fan * _U * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b)) + 1e-30
+            bounds[op.outputs[0]] = conv_f32_error_bound(graph, op) + 1e-30
         elif op.type in ("maxpool_f32", "relu_f32") and op.inputs[0] in bounds:
             bounds[op.outputs[0]] = bounds[op.inputs[0]]
     return bounds

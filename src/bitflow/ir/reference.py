@@ -268,6 +268,17 @@ def _run_op(g: Graph, op: Op, x: np.ndarray, vin: ValueInfo) -> np.ndarray:
     raise GraphError(f"reference executor has no rule for op {t!r}")  # pragma: no cover
 
 
+def conv_f32_error_bound(graph: Graph, op: Op) -> np.ndarray:
+    """Per-output-channel bound on ``|float32 conv2d_f32 - exact|`` for inputs in [0, 1]:
+    ``K eps32 (sum|w| + |b|)`` with fan-in ``K`` and ``eps32 = 2^-23 = 2u`` (the first-order
+    summation bound, Higham Eq. 3.5, for any summation order). Two correct float32 convolutions
+    may put an output within this distance of a threshold on different sides."""
+    w = graph.tensors[op.params["w"]].astype(np.float64)
+    b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
+    fan = w[0].size
+    return fan * float(np.finfo(np.float32).eps) * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b))
+
+
 def preprocess(g: Graph, x: np.ndarray) -> np.ndarray:
     """Check ``x`` (float NCHW in [0, 1]) and convert it to the first layer's input (NHWC)."""
     arr = np.asarray(x)
@@ -323,4 +334,4 @@ def _run_all(graph: Graph, values: dict[str, ValueInfo], x: np.ndarray) -> dict[
     return env
 
 
-__all__ = ["preprocess", "run"]
+__all__ = ["conv_f32_error_bound", "preprocess", "run"]
