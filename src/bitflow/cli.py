@@ -69,6 +69,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,
+        calibrate=not a.no_calibrate,
     )
     result = train(cfg)
     if result:
@@ -109,6 +110,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--bits-w", default=None, metavar="K[,K...]", help="MBBN weight bits (one value or one per layer)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="initialise from a checkpoint (MBBN: progressive init from a higher-bit model, Sec. V.A)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
+                        "to 1,024 training samples, bitflow.nn.mbbn.calibrate_ranges)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     p.set_defaults(func=_cmd_train)
@@ -274,7 +278,10 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
         # the float32 GEMM baseline runs without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (re-exec)
         clean_blas_env(["-m", "bitflow", *sys.argv[1:]])
 
-        rep = reproduce_mbbn(a.out or "runs/reproduce-mbbn", data=a.data, quick=a.quick, seed=a.seed, log=log)
+        parsed = _bits_list(a.bits)
+        bits = None if parsed is None else tuple(parsed) if isinstance(parsed, list) else (parsed,)
+        rep = reproduce_mbbn(a.out or "runs/reproduce-mbbn", data=a.data, quick=a.quick, seed=a.seed, log=log,
+                             epochs=a.epochs, bits=bits, method=a.method)
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
     from .analysis.reproduce import format_report, reproduce_bitflow_net
@@ -298,6 +305,11 @@ def _add_reproduce(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--epochs", type=int, default=None, help="mbbn: epochs per model (default 15; --quick 2)")
+    p.add_argument("--bits", default=None,
+                   help="mbbn: comma-separated M = K values of the table, highest first (default 8,4,3,2,1; --quick 4,3,2,1)")
+    p.add_argument("--method", default="quantizer", choices=("quantizer", "encoder"),
+                   help="mbbn: Algorithm 2 (learned ranges, default) or Algorithm 1 (MBitEncoder)")
     p.set_defaults(func=_cmd_reproduce)
 
 

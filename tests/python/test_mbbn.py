@@ -476,7 +476,14 @@ def test_float64_accumulation_beyond_2_pow_24() -> None:
     torch.manual_seed(2)
     # fan_in 4096 with 8-bit x 8-bit: 4096 * 255 * 255 = 266,342,400 >= 2^24 -> float64.
     layer = MBitLinear(4096, 3, bits_a=8, bits_w=8, method="quantizer")
+    # Training with autograd: float32 (speed; a gradient step does not need the last bit).
+    assert layer.training and layer.accumulate_dtype == torch.float32
+    layer.eval()
     assert layer.accumulator_bound() == 4096 * 255 * 255 and layer.accumulate_dtype == torch.float64
+    layer.train()
+    with torch.no_grad():  # no autograd: exact even in training mode
+        assert layer.accumulate_dtype == torch.float64
+    layer.eval()
     assert "accumulate=float64" in repr(layer)
     x = torch.randn(2, 4096)
     vx, _ = layer.quantized_input(x)

@@ -219,3 +219,121 @@ def test_init_across_methods() -> None:
     assert copied and all("quantizer" not in k for k in copied)
     for name, layer in mbit_layers(alg1).items():
         assert torch.equal(layer.weight.detach(), alg2.state_dict()[f"{name}.weight"])
+
+
+def _quant_mse(v: torch.Tensor, t: float, bits: int, lower: str = "symmetric") -> float:
+    """Squared error of the odd-level quantizer with range ``t`` (the definition in
+    :func:`bitflow.nn.mbbn.odd_linear_levels`, evaluated independently with torch.round)."""
+    a = (1 << bits) - 1
+    lo = -t if lower == "symmetric" else 0.0
+    y = a * v.double().clamp(lo, t) / t
+    lev = (2 * torch.floor(y / 2) + 1).clamp(-a, a)  # nearest odd integer, ties up
+    return float(((lev * t / a) - v.double()).pow(2).mean())
+
+
+def _calibration_batch(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_calibrate_ranges_fits_mse_without_labels() -> None:
+    from bitflow.nn.mbbn import calibrate_ranges
+
+    torch.manual_seed(0)
+    fp = create("vgg_small", **TINY)
+    _perturb(fp, 3)
+    low = create("mbbn_vgg_small", bits_a=3, bits_w=2, method="quantizer", **TINY)
+    init_from_higher(low, fp.state_dict())
+    low.train()
+    x, _ = _calibration_batch()
+    seen: dict[str, torch.Tensor] = {}
+    chosen = calibrate_ranges(low, x)
+    assert low.training  # mode restored
+    low.eval()
+    hooks = [m.register_forward_pre_hook(lambda _m, inp, n=n: seen.__setitem__(n, inp[0].detach()))
+             for n, m in mbit_layers(low).items()]
+    with torch.no_grad():
+        low(x)
+    for h in hooks:
+        h.remove()
+    for name, layer in mbit_layers(low).items():
+        tw = float(layer.weight_quantizer.t.detach())
+        ta = float(layer.input_quantizer.t.detach())
+        assert chosen[f"{name}.weight_quantizer.t"] == pytest.approx(tw)
+        assert chosen[f"{name}.input_quantizer.t"] == pytest.approx(ta)
+        w, xa = layer.weight.detach(), seen[name]
+        # The grid minimum is no worse than the naive ranges max|v| and 1.0, and no worse than its
+        # grid neighbours (a local minimum of the squared error over t = max|v| j / 96).
+        for v, t, bits in ((w, tw, 2), (xa, ta, 3)):
+            amax = float(v.abs().max())
+            err = _quant_mse(v, t, bits)
+            assert err <= _quant_mse(v, amax, bits) + 1e-12
+            assert err <= _quant_mse(v, 1.0, bits) + 1e-12 or 1.0 > amax
+            for j in (round(t / amax * 96) - 1, round(t / amax * 96) + 1):
+                if 1 <= j <= 96:
+                    assert err <= _quant_mse(v, amax * j / 96, bits) + 1e-9
+
+
+def test_calibrate_ranges_with_labels_never_raises_the_loss() -> None:
+    from bitflow.nn.mbbn import calibrate_ranges
+
+    torch.manual_seed(1)
+    fp = create("vgg_small", **TINY)
+    _perturb(fp, 4)
+    low = create("mbbn_vgg_small", bits_a=2, bits_w=2, method="quantizer", **TINY)
+    init_from_higher(low, fp.state_dict())
+    x, y = _calibration_batch()
+    low.eval()
+    with torch.no_grad():
+        before = float(F.cross_entropy(low(x).double(), y))
+    calibrate_ranges(low, x, y)
+    with torch.no_grad():
+        after = float(F.cross_entropy(low(x).double(), y))
+    # Every greedy step keeps the current range among its candidates, so the loss cannot rise.
+    assert after <= before + 1e-9
+
+
+def test_calibrate_ranges_leaves_algorithm_1_alone_and_checks_input() -> None:
+    from bitflow.nn.mbbn import calibrate_ranges
+
+    enc = create("mbbn_vgg_small", bits_a=2, bits_w=2, method="encoder", **TINY)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    assert calibrate_ranges(enc, _calibration_batch()[0]) == {}
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    with pytest.raises(ValueError, match="non-empty"):
+        calibrate_ranges(enc, torch.zeros(0, 1, 28, 28))
+    with pytest.raises(ValueError, match="label"):
+        calibrate_ranges(enc, torch.zeros(4, 1, 28, 28), torch.zeros(3))
+
+
+def test_trainer_calibrates_after_init_from(tmp_path: Path) -> None:
+    from bitflow.train import TrainConfig, load_checkpoint, train
+    from bitflow.train.trainer import _calibrate
+
+    torch.manual_seed(0)
+    src = tmp_path / "fp"
+    common = {"data": "fashion-mnist", "epochs": 1, "batch_size": 64, "limit_train": 128, "limit_test": 64,
+              "progress": False}
+    train(TrainConfig(model="vgg_small", out=str(src), model_kwargs=dict(TINY), **common))  # type: ignore[arg-type]
+    kw = {"bits_a": 3, "bits_w": 3, "method": "quantizer", **TINY}
+    ranges = {}
+    for cal in (True, False):
+        out = tmp_path / f"low{cal}"
+        # lr 1e-12 (must be > 0): two Adam steps move each parameter by ~2e-12, so the ranges stay
+        # where initialisation put them (to pytest.approx's 1e-6 relative tolerance)
+        train(TrainConfig(model="mbbn_vgg_small", out=str(out), init_from=str(src / "last.pt"), calibrate=cal,
+                          lr=1e-12, model_kwargs=kw, **common))  # type: ignore[arg-type]
+        st = load_checkpoint(out / "last.pt")["model"]
+        ranges[cal] = {k: float(v.mean()) for k, v in st.items() if k.endswith("quantizer.t")}
+    fresh = create("mbbn_vgg_small", **kw)  # type: ignore[arg-type]
+    init_from_higher(fresh, load_checkpoint(src / "last.pt")["model"])
+    expect_uncal = {f"{n}.{q}.t": float(getattr(m, q).t.detach().mean()) for n, m in mbit_layers(fresh).items()
+                    for q in ("input_quantizer", "weight_quantizer")}
+    assert ranges[False] == pytest.approx(expect_uncal)  # copied / max|w| / 1.0
+    assert all(v == 1.0 for k, v in ranges[False].items() if k.endswith("input_quantizer.t"))
+    assert ranges[True] != pytest.approx(ranges[False])
+    from bitflow.data import get_data
+
+    data = get_data("fashion-mnist", val_fraction=0.1, seed=0, limit_train=128, limit_test=64)
+    expect_cal = _calibrate(fresh, data.train, 0)  # the trainer's seeded training subset
+    assert ranges[True] == pytest.approx(expect_cal)

@@ -42,3 +42,22 @@ def test_cli_reproduce_mbbn_is_wired() -> None:
                        capture_output=True, text=True, timeout=120)
     # the mbbn branch runs (and refuses a data set it does not reproduce on) instead of doing nothing
     assert r.returncode == 2 and "reproduce mbbn runs on Fashion-MNIST" in r.stderr
+
+
+@pytest.mark.parametrize("kw, msg", [({"epochs": 0}, "epochs"), ({"bits": (9,)}, "1..8"), ({"bits": ()}, "1..8")])
+def test_reproduce_mbbn_rejects_bad_settings(tmp_path: Path, kw: dict[str, object], msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        reproduce_mbbn(tmp_path, log=lambda m: None, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.e2e
+def test_cli_reproduce_mbbn_passes_epochs_bits_method() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--bits", "3,9", "--epochs", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "bits must be M = K values in 1..8, got (3, 9)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--method", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "invalid choice" in r.stderr

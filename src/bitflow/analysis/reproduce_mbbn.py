@@ -126,13 +126,24 @@ def reproduce_mbbn(
     limit_test: int | None = None,
     width: int | None = None,
     gemm_size: int | None = None,
+    method: str = "quantizer",
 ) -> dict[str, Any]:
     """Run the MBBN reproduction; returns the report also written to ``out/report.json``.
 
     ``quick``: 2 epochs per model on 12,000 samples, width 16, bits 4, 3, 2, 1, GEMM 1024^3;
-    full: 15 epochs on all data, width 32, bits 8, 4, 3, 2, 1, GEMM 2048^3."""
+    full: 15 epochs on all data, width 32, bits 8, 4, 3, 2, 1, GEMM 2048^3.
+
+    ``method``: ``"quantizer"`` (default; Algorithm 2, the quantized network with learned ranges
+    ``t`` transformed exactly into binary branches, the paper's route for its progressive
+    8 -> 7 -> ... -> 1 bit experiments; at every initialisation the ranges are fitted to training
+    data, see :func:`bitflow.nn.mbbn.calibrate_ranges`) or ``"encoder"`` (Algorithm 1, fixed
+    range 1)."""
     if data != "fashion-mnist":
         raise ValueError("bitflow reproduce mbbn runs on Fashion-MNIST (--data fashion-mnist)")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if bits is not None and (not bits or any(not 1 <= b <= 8 for b in bits)):
+        raise ValueError(f"bits must be M = K values in 1..8, got {tuple(bits)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = epochs or (2 if quick else 15)
@@ -149,7 +160,7 @@ def reproduce_mbbn(
     prev = fp["checkpoint"]
     for b in bits:
         log(f"[table III] M = K = {b} (initialised from {Path(prev).parent.name})")
-        r = _train(out / f"m{b}k{b}", model="mbbn_vgg_small", model_kwargs={"width": width, "bits_a": b, "bits_w": b},
+        r = _train(out / f"m{b}k{b}", model="mbbn_vgg_small", model_kwargs={"width": width, "bits_a": b, "bits_w": b, "method": method},
                    init_from=prev, **common)
         ev = _evaluate(r["checkpoint"], limit_test)
         rows.append({"bits": f"{b}/{b}", "test_accuracy": r["test_accuracy"], "compression_weights": 32 / b,
@@ -158,7 +169,7 @@ def reproduce_mbbn(
     log("[table IV] mixed precision")
     mixed = {"bits_a": [4, 2, 2, 2, 4], "bits_w": [2, 1, 1, 1, 2]}
     src = out / "m4k4" / "best.pt" if (out / "m4k4" / "best.pt").exists() else Path(fp["checkpoint"])
-    r = _train(out / "mixed", model="mbbn_vgg_small", model_kwargs={"width": width, **mixed}, init_from=str(src), **common)
+    r = _train(out / "mixed", model="mbbn_vgg_small", model_kwargs={"width": width, "method": method, **mixed}, init_from=str(src), **common)
     ev = _evaluate(r["checkpoint"], limit_test)
     rows.append({"bits": "A 4,2,2,2,4 / W 2,1,1,1,2", "test_accuracy": r["test_accuracy"], **ev,
                  "compression_file": ev["float32_param_bytes"] / ev["file_bytes"]})
@@ -167,7 +178,7 @@ def reproduce_mbbn(
     _plot_speedup(curve, gemm_size, out / "fig7_speedup.png")
     from ..bench import _blas_info
 
-    report = {"quick": quick, "epochs": epochs, "width": width, "table": rows, "speedup": curve, "blas": _blas_info(),
+    report = {"quick": quick, "epochs": epochs, "width": width, "method": method, "table": rows, "speedup": curve, "blas": _blas_info(),
               "gemm_size": gemm_size, "png": str(out / "fig7_speedup.png"), "seconds": time.perf_counter() - t0}
     report["text"] = format_report(report)
     atomic_write_bytes(out / "report.txt", (report["text"] + "\n").encode())
@@ -177,7 +188,7 @@ def reproduce_mbbn(
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"MBBN reproduction on Fashion-MNIST (mbbn_vgg_small width {r['width']}, {r['epochs']} epochs per model, "
-             "progressive initialisation)", "",
+             f"method {r.get('method', 'encoder')}, progressive initialisation)", "",
              f"{'bits A/W':<28} {'torch acc':>9} {'integer':>8} {'mism.':>6} {'32/K':>6} {'file ratio':>10}"]
     for row in r["table"]:
         integer = f"{100 * row['accuracy_integer']:.2f}%" if "accuracy_integer" in row else "-"

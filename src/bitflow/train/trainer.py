@@ -61,6 +61,7 @@ class TrainConfig:
     stop_after: int | None = None
     flip_every: int | None = None
     init_from: str | None = None
+    calibrate: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -198,6 +199,23 @@ def _init_from(model: nn.Module, path: str) -> None:
         raise ValueError(f"--init-from {path}: weights do not fit this model: {e}") from None
 
 
+CALIBRATION_SAMPLES = 1024
+
+
+def _calibrate(model: nn.Module, ds: Any, seed: int) -> dict[str, float]:
+    """After ``--init-from``: fit Algorithm 2's quantizer ranges to ``CALIBRATION_SAMPLES``
+    training samples (a seeded subset, no augmentation; :func:`bitflow.nn.mbbn.calibrate_ranges`).
+    A no-op for models without learned ranges."""
+    from ..nn.mbbn import OddLinearQuantizer, OddLinearWeight, calibrate_ranges
+
+    if not any(isinstance(m, (OddLinearQuantizer, OddLinearWeight)) for m in model.modules()):
+        return {}
+    n = len(ds)
+    idx = torch.randperm(n, generator=_epoch_gen(seed, 0, salt=97))[: min(n, CALIBRATION_SAMPLES)]
+    x, y = _fetch(ds, idx, 0)
+    return calibrate_ranges(model, x, y)
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary also written to ``result.json``."""
     from ..data import get_data
@@ -237,6 +255,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     model = create(cfg.model, **kwargs)
     if cfg.init_from is not None and not cfg.resume:
         _init_from(model, cfg.init_from)
+        if cfg.calibrate:
+            _calibrate(model, data.train, cfg.seed)
     model = model.to(device)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
