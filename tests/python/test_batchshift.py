@@ -256,3 +256,24 @@ def test_bad_parameters_raise() -> None:
         bs.int_thresholds(lo=-3, hi=3, bn=bn, alpha=np.array([1, 0], np.float32))
     with pytest.raises(ValueError, match="lo <= hi"):
         bs.int_thresholds(lo=3, hi=-3, bn=bn)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lo=st.integers(-10_000, 10_000), width=st.integers(0, 20_000), cut=st.integers(-30_000, 30_000),
+       guess=st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf)))
+def test_first_true_near_equals_a_scan_for_any_guess(lo: int, width: int, cut: int, guess: float) -> None:
+    # oracle: for the non-decreasing predicate x >= cut the smallest true x in [lo, hi] is
+    # max(lo, cut) when cut <= hi, else hi + 1 -- whatever the (possibly far or non-finite) guess
+    hi = lo + width
+    calls: list[int] = []
+
+    def pred(x: int) -> bool:
+        assert lo <= x <= hi, "evaluated outside the reachable range"
+        calls.append(x)
+        return x >= cut
+
+    expected = max(lo, cut) if cut <= hi else hi + 1
+    assert bs._first_true_near(pred, lo, hi, guess) == expected
+    # a constant rule costs a handful of evaluations, not a walk of 2 log2(hi - lo) from the guess
+    if math.isfinite(guess) and (cut <= lo or cut > hi):
+        assert len(calls) <= 6

@@ -248,3 +248,28 @@ def test_full_fashion_mnist_test_set_runs_under_a_minute() -> None:
     out = R.run(g, x)
     assert out.shape == (10000, 10)
     assert time.perf_counter() - t < 60
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 8), k=st.integers(1, 8), c=st.sampled_from([1, 7, 8, 37, 64, 70]),
+       pad_value=st.sampled_from([0, 1]), stride=st.sampled_from([1, 2]), ksize=st.sampled_from([1, 3]),
+       seed=st.integers(0, 2**31))
+def test_bconv2d_planes_equals_sum_of_plane_convolutions(m: int, k: int, c: int, pad_value: int, stride: int,
+                                                        ksize: int, seed: int) -> None:
+    # oracle: Eq. 8 term by term in PyTorch, sum_{i,j} 2^(i+j) conv(pad(x_i, pad_value), w_j), every
+    # plane padded with 0 or +1 (float64: the largest sum, 9 * 70 * 255 * 255 < 2^53, is exact)
+    rng = np.random.default_rng(seed)
+    x = pm1((m, 2, 5, 6, c), rng)
+    xb = pack_bits(x < 0)
+    w = pm1((k, 4, c, ksize, ksize), rng)
+    wb = pack_bits(w.transpose(0, 1, 3, 4, 2) < 0)
+    pad = ksize // 2
+    attrs = {"channels": c, "stride": [stride, stride], "padding": [pad, pad], "pad_value": pad_value}
+    xin = xb if m > 1 else xb[0]  # one plane is an ordinary [N, H, W, Cw] bit tensor
+    got = run_op("bconv2d_planes", xin, ValueInfo("bits", xb.shape[2:], c, planes=m), attrs, {"w": wb})
+    want = 0
+    for i in range(m):
+        xi = F.pad(torch.from_numpy(x[i].astype(np.float64)).permute(0, 3, 1, 2), (pad,) * 4, value=float(pad_value))
+        for j in range(k):
+            want = want + (2 ** (i + j)) * F.conv2d(xi, torch.from_numpy(w[j].astype(np.float64)), stride=stride)
+    np.testing.assert_array_equal(got, want.permute(0, 2, 3, 1).numpy().astype(np.int64))

@@ -274,7 +274,10 @@ def _first_true_near(pred: Callable[[int], bool], lo: int, hi: int, guess: float
     """:func:`_first_true` started from a float estimate ``guess`` of the answer: gallop away
     from it (steps 1, 2, 4, ...) until the answer is bracketed, then bisect. The result is the
     same for any guess (only exact ``pred`` evaluations decide); a good guess needs a handful
-    of evaluations instead of ``log2(hi - lo)``."""
+    of evaluations instead of ``log2(hi - lo)``. After three steps away from the guess the far
+    end of the range is tried once: a rule that is constant on ``[lo, hi]`` (the float guess
+    ignores a ReLU's flat part, so it can lie far outside) then costs ~5 evaluations, not
+    ``2 log2(hi - lo)``: a 4x faster 8-bit MBBN conversion (255 boundaries per channel)."""
     if not math.isfinite(guess):
         return _first_true(pred, lo, hi)
     g = min(max(math.ceil(guess), lo), hi)
@@ -286,6 +289,8 @@ def _first_true_near(pred: Callable[[int], bool], lo: int, hi: int, guess: float
             if a < lo:
                 a = lo - 1
                 break
+            if step == 4 and pred(lo):  # far from the guess (a ReLU-flat rule): maybe constant
+                return lo
             if not pred(a):
                 break
             b, step = a, step * 2
@@ -293,6 +298,8 @@ def _first_true_near(pred: Callable[[int], bool], lo: int, hi: int, guess: float
         a = g
         while True:
             b = a + step
+            if step == 4 and b < hi and not pred(hi):
+                return hi + 1
             if b >= hi:
                 if not pred(hi):
                     return hi + 1

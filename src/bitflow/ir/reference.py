@@ -8,6 +8,10 @@ within rounding (float convolutions and dense layers accumulate in float64 and r
   Zero padding (``pad_value=0``) pads the +-1 map with 0, one-padding with +1 (ARCHITECTURE 2).
 - Binary dense: ``dot = k_bits - 2 popcount(a XOR b)`` on the packed words (padding bits are 0
   in both operands, so they never count).
+- MBBN plane convolution (``bconv2d_planes``): the integer convolution of the decoded odd
+  levels ``sum_i 2^i c_i`` (MBBN Eq. 7) in one GEMM; the engines compute it as ``M x K``
+  weighted binary products (Eq. 8), two independent routes to the same integers. The plane
+  dense layer (``bdense_planes``, small) sums the ``M x K`` popcount products.
 - Thresholds: bit 1 (-1) iff ``x < thr`` (direction +1) or ``x > thr`` (direction -1), i.e.
   +1 iff ``x >= thr`` resp. ``x <= thr``; a NaN float is never on the -1 side.
 - Pools ignore padded positions (PyTorch pads max-pooling with -inf); on bits the max of +-1
@@ -167,6 +171,35 @@ def _bconv(op: Op, x: np.ndarray, w: np.ndarray, channels: int) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def _levels(planes: np.ndarray, channels: int, dtype: type) -> np.ndarray:
+    """Packed planes ``[P, ..., Cw]`` -> odd integer levels ``sum_i 2^i c_i`` (MBBN Eq. 7,
+    ``c_i`` = +-1 of plane ``i``, bit 1 = -1) as ``[..., C]`` values of ``dtype``."""
+    lev = _pm1(planes[0], channels, dtype)
+    for i in range(1, planes.shape[0]):
+        lev = lev + dtype(1 << i) * _pm1(planes[i], channels, dtype)
+    return lev
+
+
+def _bconv_levels(op: Op, xs: np.ndarray, w: np.ndarray, channels: int) -> np.ndarray:
+    """MBBN convolution of ``M`` activation planes with ``K`` weight planes: the integer
+    convolution of the decoded levels (one GEMM; the definition the engine's ``M x K`` plane
+    products, Eq. 8, must reproduce). A plane padded with 0 pads level 0; one padded with +1
+    (``pad_value=1``) pads level ``2^M - 1``. Exact: float32 while the fan-in times the largest
+    product ``(2^M - 1)(2^K - 1)`` stays below 2^24, float64 (below 2^53) otherwise."""
+    m, k_planes = xs.shape[0], w.shape[0]
+    _, kh, kw, _ = w.shape[1:]
+    bound = kh * kw * channels * ((1 << m) - 1) * ((1 << k_planes) - 1)
+    if bound >= 2**53:
+        raise GraphError(f"op {op.name!r}: accumulator bound {bound} exceeds exact float64 integers")
+    acc = np.float32 if bound < _F32_EXACT else np.float64
+    xl = _levels(xs, channels, acc)
+    wl = _levels(w, channels, acc)
+    ph, pw = op.attrs["padding"]
+    pad = 0 if int(op.attrs["pad_value"]) == 0 else (1 << m) - 1
+    y = _conv_generic(_pad(xl, ph, pw, pad), wl, tuple(op.attrs["stride"]), acc)
+    return y.astype(np.int64).astype(np.int32)
+
+
 def _bdense(x: np.ndarray, w: np.ndarray, k_bits: int) -> np.ndarray:
     n, kw = x.shape
     o = w.shape[0]
@@ -203,11 +236,7 @@ def _run_op(g: Graph, op: Op, x: np.ndarray, vin: ValueInfo) -> np.ndarray:
     if t == "bconv2d_planes":
         _expect(op, x, np.uint64)
         xs = x if vin.planes > 1 else x[None]
-        acc = sum(
-            (1 << (i + j)) * _bconv(op, xs[i], p["w"][j], vin.channels or 0).astype(np.int64)
-            for i in range(xs.shape[0]) for j in range(p["w"].shape[0])
-        )
-        return np.asarray(acc).astype(np.int32)
+        return _bconv_levels(op, xs, p["w"], vin.channels or 0)
     if t == "bdense":
         _expect(op, x, np.uint64)
         return _bdense(x, p["w"], int(a["k_bits"])).astype(np.int32)
