@@ -60,9 +60,8 @@ LAYER_BITS = [(1, 1), (2, 2), (3, 3), (4, 4), (6, 6), (4, 2), (2, 4)]
 
 
 def timeit(fn: Callable[[], Any], reps: int, min_time: float = 0.0) -> float:
-    """Best (minimum) seconds of ``reps`` samples after one warm-up call; a sample repeats the
-    call until ``min_time`` has passed (for very short calls). The minimum, not the median: on a
-    shared machine it is the least disturbed estimate, and both sides of a ratio use it."""
+    """Median seconds of ``reps`` samples after one warm-up call; a sample repeats the call until
+    ``min_time`` has passed (for very short calls). Both sides of every ratio use it."""
     fn()
     samples = []
     for _ in range(reps):
@@ -74,7 +73,7 @@ def timeit(fn: Callable[[], Any], reps: int, min_time: float = 0.0) -> float:
             if dt >= min_time:
                 break
         samples.append(dt / n)
-    return min(samples)
+    return float(np.median(samples))
 
 
 def random_levels(rng: np.random.Generator, bits: int, shape: tuple[int, int]) -> np.ndarray:
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=4096, help="square GEMM size (rows = cols = depth)")
     p.add_argument("--max-bits", type=int, default=6, help="M, K in 1..max-bits for the square GEMM")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (the best one counts)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (their median counts)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-layers", action="store_true", help="skip the ResNet-18 / VGG-small layer shapes")
     a = p.parse_args(argv)
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(limits=a.threads, user_api="blas"):
         for line in blas_report():
             print(line)
-        print(f"threads={a.threads}, best of reps={a.reps}, times exclude packing the weights (offline)")
+        print(f"threads={a.threads}, median of reps={a.reps}, times exclude packing the weights (offline)")
         n = a.size
         flops = 2.0 * n**3
         print(f"\nsquare {n}x{n}x{n}; the float32 baselines are re-measured before every M row (drift on a shared machine)")

@@ -56,6 +56,9 @@ def threshold_bits(
 def threshold_planes(
     acc: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8]
 ) -> NDArray[np.uint64]: ...
+def threshold_f32_planes(
+    y: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8]
+) -> NDArray[np.uint64]: ...
 def threshold_f32_bits(
     y: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8]
 ) -> NDArray[np.uint64]: ...

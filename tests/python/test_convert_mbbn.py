@@ -14,6 +14,7 @@ import math
 from decimal import Decimal, getcontext
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,6 +104,38 @@ def test_level_float_thresholds_equal_exact_levels_next_to_every_threshold() -> 
         want = [_oracle_level(float(y), alpha=1.0, bias=0.0, relu=True, mean=float(bnp.mean[c]), var=float(bnp.var[c]),
                               eps=bnp.eps, gamma=float(bnp.gamma[c]), beta=float(bnp.beta[c]), boundaries=bounds)
                 for y in pts]
+        assert got[:, c].tolist() == want, c
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_float_plane_thresholds_count_the_exact_level(relu: bool) -> None:
+    # oracle: _oracle_level (60-digit decimals) at every float32 threshold, its two neighbours and
+    # random values, against the counting rule threshold_f32_planes applies (reference executor)
+    rng = np.random.default_rng(11)
+    o, m = 6, 3
+    bnp = bs.BNParams(mean=rng.normal(0, 1, o).astype(np.float32), var=rng.uniform(0.1, 3, o).astype(np.float32),
+                      eps=1e-5, gamma=np.array([0.8, -1.1, 0.0, 3.0, -0.2, 1e-3], np.float32),
+                      beta=rng.normal(0, 1, o).astype(np.float32))
+    bounds = _ladder(m)
+    lanes = bs.level_float_thresholds(bnp, boundaries=bounds, relu=relu)
+    thr, direction = bs.float_plane_thresholds(lanes, o)
+    assert thr.shape == (o, 7) and np.all(thr[:, 1:] >= thr[:, :-1])
+    assert direction.tolist() == [1, -1, 1, 1, -1, 1]
+    finite = thr[np.isfinite(thr)]
+    pts = np.concatenate([finite, np.nextafter(finite, np.float32(np.inf)), np.nextafter(finite, np.float32(-np.inf)),
+                          rng.normal(0, 3, 200).astype(np.float32)]).astype(np.float32)
+    from bitflow.ir import Op, ValueInfo
+    from bitflow.ir import reference as R
+
+    op = Op("threshold_f32_planes", "t", ["y"], ["t"], {"planes": m}, {"thr": "thr", "direction": "d"})
+    y = np.ascontiguousarray(np.repeat(pts[:, None], o, axis=1))
+    planes = R._run_op(SimpleNamespace(tensors={"thr": thr, "d": direction}), op, y,
+                       ValueInfo("float32", (o,)))
+    got = decode(np.stack([1 - 2 * unpack_bits(planes[i], o).astype(np.int64) for i in range(m)]))
+    for c in range(o):
+        want = [_oracle_level(float(v), alpha=1.0, bias=0.0, relu=relu, mean=float(bnp.mean[c]), var=float(bnp.var[c]),
+                              eps=bnp.eps, gamma=float(bnp.gamma[c]), beta=float(bnp.beta[c]), boundaries=bounds)
+                for v in pts]
         assert got[:, c].tolist() == want, c
 
 
@@ -261,8 +294,6 @@ def test_random_mbbn_chain_is_bit_exact(seed: int) -> None:
         planes = np.stack([1 - 2 * unpack_bits(p_, info.channels, info.groups).reshape(len(x), -1).astype(np.int64)
                            for p_ in xs])
         lg = decode(planes)
-        if op.attrs["input_encoding"] == "thermometer":
-            lg = planes[0].reshape(len(x), -1, int(op.attrs["input_repeat"])).sum(-1)
         if near == 0:
             assert np.array_equal(lg, lt), op.name
             assert np.array_equal(inter[op.outputs[0]], acc_want), op.name
@@ -280,12 +311,14 @@ def test_mixed_precision_model_emits_planes_ops_and_survives_a_file_round_trip(t
     _randomize(model, torch.from_numpy(np.random.default_rng(1).random((32, 1, 28, 28), dtype=np.float32)), 0)
     graph = convert(model)
     types = [op.type for op in graph.ops]
-    # M = 3, 4, 2 thresholds produce planes; the 1-bit quantizer the sign bits; float first layer
-    # -> thermometer (float thresholds on 3 copies of each channel)
+    # M = 3, 4, 2 integer thresholds produce planes; the 1-bit quantizer the sign bits; the float
+    # first layer's 2-bit quantizer 3 float thresholds per channel -> 2 planes
     assert types.count("threshold_planes") == 3 and types.count("threshold_bits") == 1
-    assert types.count("threshold_f32_bits") == 1
+    assert types.count("threshold_f32_planes") == 1 and "threshold_f32_bits" not in types
     first = graph.ops[0]
-    assert graph.tensors[first.params["w"]].shape[0] == 4 * 3
+    assert graph.tensors[first.params["w"]].shape[0] == 4  # the float conv is not repeated
+    f32 = next(op for op in graph.ops if op.type == "threshold_f32_planes")
+    assert graph.tensors[f32.params["thr"]].shape == (4, 3) and f32.attrs["planes"] == 2
     thr_planes = [graph.tensors[op.params["thr"]].shape[1] for op in graph.ops if op.type == "threshold_planes"]
     assert thr_planes == [7, 15, 3]
     path = tmp_path / "m.bfn"

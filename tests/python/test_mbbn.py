@@ -198,6 +198,35 @@ def test_plane_convention_matches_native_engine() -> None:
         np.testing.assert_array_equal(out, ours)
 
 
+@pytest.mark.native
+def test_threshold_f32_planes_counts_passed_thresholds() -> None:
+    # oracle: q = #{l : not y < thr_l} (dir +1) / #{l : not y > thr_l} (dir -1) in numpy, planes =
+    # our encode of 2q - L; a NaN passes every threshold (the top level, like bitpack's +1)
+    nat = pytest.importorskip("bitflow._native")
+    rng = np.random.default_rng(3)
+    for bits in (1, 2, 3, 8):
+        levels = 2**bits - 1
+        c = 70
+        thr = np.sort(rng.normal(0, 1, (c, levels)).astype(np.float32), axis=1)
+        thr[0, :] = -np.inf
+        thr[1, -1] = np.inf
+        d = np.where(rng.random(c) < 0.5, 1, -1).astype(np.int8)
+        y = rng.normal(0, 1.2, (4, 5, c)).astype(np.float32)
+        y[0, 0, :3] = np.nan
+        y[1, 1, :] = thr[np.arange(c), rng.integers(0, levels, c)]  # exactly on a threshold
+        out = np.asarray(nat.threshold_f32_planes(y, thr, d))
+        q = np.where(d > 0, (~(y[..., None] < thr)).sum(-1), (~(y[..., None] > thr)).sum(-1))
+        ours = M.pack_planes(M.encode(2 * q - levels, bits))
+        np.testing.assert_array_equal(out, ours if bits > 1 else ours.reshape(out.shape))
+    with pytest.raises(ValueError, match="sorted"):
+        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.array([[1, 0, 2]] * 3, np.float32),
+                                 np.ones(3, np.int8))
+    with pytest.raises(ValueError, match="NaN"):
+        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.full((3, 3), np.nan, np.float32), np.ones(3, np.int8))
+    with pytest.raises(ValueError, match="2\\^M - 1"):
+        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), np.ones(3, np.int8))
+
+
 # ============================================================================ Table I, Eq. 10-13
 
 

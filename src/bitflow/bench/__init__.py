@@ -175,7 +175,7 @@ def _file_sizes(graph: Graph, layers: list[dict[str, Any]], file_bytes: int, twi
     f32 = sum(x["float32_weight_bytes"] for x in layers)
     thr = 0
     for op in graph.ops:
-        if op.type.startswith("threshold") and op.type != "threshold_f32_bits":
+        if op.type.startswith("threshold") and op.type not in ("threshold_f32_bits", "threshold_f32_planes"):
             thr += int(graph.tensors[op.params["thr"]].nbytes + graph.tensors[op.params["direction"]].nbytes)
     res: dict[str, Any] = {
         "bfn_bytes": int(file_bytes),

@@ -685,6 +685,7 @@ __all__ = [
     "LevelThresholds",
     "Thresholds",
     "float64_sign",
+    "float_plane_thresholds",
     "float_thresholds",
     "int_thresholds",
     "level_float_thresholds",
@@ -692,3 +693,29 @@ __all__ = [
     "paper_threshold",
     "sign_a_plus_b_sqrt",
 ]
+
+
+def float_plane_thresholds(lanes: Thresholds, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The native ``threshold_f32_planes`` form of :func:`level_float_thresholds`' lanes.
+
+    Returns ``thr`` float32 ``[C, L]`` (sorted ascending per channel) and ``direction`` int8
+    ``[C]`` such that, for every finite float32 ``y``, ``q = #{l : not y < thr[c, l]}``
+    (direction +1) or ``#{l : not y > thr[c, l]}`` (direction -1) equals the number of lanes
+    ``c * L + l`` that pass, so the level ``2q - L`` is the exact ``Q_M(BN(y))``. All of a
+    channel's non-constant lanes share the sign of its ``gamma`` (GE lanes for ``gamma > 0``, LE
+    lanes for ``gamma < 0``); a constant lane becomes ``-inf`` / ``+inf`` (always / never
+    passed by a finite ``y``). The count does not depend on the lanes' order, so they are
+    sorted for the engine's check."""
+    if lanes.thr.shape[0] % channels:
+        raise ValueError(f"{lanes.thr.shape[0]} lanes do not split into {channels} channels")
+    n_l = lanes.thr.shape[0] // channels
+    kind = lanes.kind.reshape(channels, n_l)
+    thr = lanes.thr.astype(np.float32).reshape(channels, n_l)
+    up = ~np.any(kind == LE, axis=1)
+    if np.any(np.any(kind == LE, axis=1) & np.any(kind == GE, axis=1)):
+        raise AssertionError("internal error: a channel mixes >= and <= lanes")  # pragma: no cover
+    inf = np.float32(np.inf)
+    always = np.where(up, -inf, inf)[:, None]
+    never = np.where(up, inf, -inf)[:, None]
+    out = np.where(kind == CONST_POS, always, np.where(kind == CONST_NEG, never, thr)).astype(np.float32)
+    return np.sort(out, axis=1), np.where(up, 1, -1).astype(np.int8)

@@ -308,13 +308,13 @@ class _Converter:
 
         Returns ``(value, chw of a flatten, encoding)``; ``encoding`` (stored on the binary op)
         says how the value holds the odd levels ``v``: ``"planes"`` (``M`` bit planes, Eq. 7;
-        ``M = 1`` is the plain sign bit) or ``"thermometer"`` (after a float first layer: ``L =
-        2^M - 1`` bits per channel whose sum is ``v``, see :mod:`.batchshift`).
+        ``M = 1`` is the plain sign bit), from integer or (first layer) float thresholds.
 
         Integer producer: one :func:`~.batchshift.level_int_thresholds` rule per channel ->
         ``threshold_planes`` (``M >= 2``; max-pools run on the int32 accumulator first, since
         the max of two levels is not a bitwise function of their planes) or the 1-bit
-        ``threshold_bits`` path (``M = 1``, pools on bits).
+        ``threshold_bits`` path (``M = 1``, pools on bits). Float producer (the first layer):
+        :meth:`_float_planes`.
         """
         m = step.module
         assert m is not None
@@ -323,9 +323,9 @@ class _Converter:
             if boundaries != [Fraction(0)]:  # pragma: no cover - quantizer_boundaries guarantees it
                 raise AssertionError("1-bit quantizer with a boundary other than 0")
             x, chw = self.to_bits(p, step.name)
-            return x, chw, {"encoding": "planes", "bits": 1, "repeat": 1}
+            return x, chw, {"encoding": "planes", "bits": 1}
         if not p.is_int:
-            return self._thermometer(p, step, bits_a, boundaries)
+            return self._float_planes(p, step, bits_a, boundaries)
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         th = bs.level_int_thresholds(lo=lo, hi=hi, bn=bnp, boundaries=boundaries, alpha=alpha, bias=bias,
@@ -351,51 +351,40 @@ class _Converter:
         if p.flatten is not None and not per_feature:
             x = self.b.add("flatten", x, name=p.flatten_name)
             chw = self._pooled_chw(p)
-        return x, chw, {"encoding": "planes", "bits": bits_a, "repeat": 1}
+        return x, chw, {"encoding": "planes", "bits": bits_a}
 
-    def _thermometer(self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
-                     ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
-        """Float first layer -> ``M``-bit levels as ``L`` thermometer bits per channel.
+    def _float_planes(self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
+                      ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
+        """Float first layer -> the ``M`` bit planes of its levels (``threshold_f32_planes``).
 
-        No native op turns a float32 value into bit planes, so the first convolution's output
-        channels are repeated ``L = 2^M - 1`` times (channel ``c * L + l``: the same float32
-        weights, hence the same value as channel ``c``) and ``threshold_f32_bits`` decides
-        ``BN(y_c) >= b_l`` on copy ``l``; the next layer repeats each input channel's weights
-        ``L`` times, so its dot product is ``sum_c (sum_l e_{c,l}) w_c = sum_c v_c w_c`` exactly.
-        Each bit is monotone in ``y``, so max-pools commute with it (AND / OR on bits).
+        Per channel the ``L = 2^M - 1`` exact float32 thresholds of
+        :func:`~.batchshift.level_float_thresholds` (``BN(y) >= b_l``), in the counting form of
+        :func:`~.batchshift.float_plane_thresholds`: ``q`` = thresholds passed, plane ``m`` = bit
+        ``m`` of ``q``. Max-pools run on the float32 output first (the model pools before its
+        BatchNorm; the max of two levels is not a bitwise function of their planes).
         """
         if self._per_feature(p):
             raise unsupported(step.name, type(step.module).__name__,
                               "a multi-bit quantizer on per-feature BatchNorm1d right after the float first layer")
-        conv = self.b.ops[-1]
-        if conv.type != "conv2d_f32" or conv.outputs[0] != p.value:  # pragma: no cover - first_layer emits it last
-            raise AssertionError("the float first convolution must be the last op emitted")
         n_l = len(boundaries)
-        for tname in conv.params.values():
-            self.b.tensors[tname] = np.ascontiguousarray(np.repeat(self.b.tensors[tname], n_l, axis=0))
-        self.b.values[conv.outputs[0]] = infer(conv, [self.b.values[conv.inputs[0]]], self.b.tensors)
         bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
         th = bs.level_float_thresholds(bnp, boundaries=boundaries, relu=p.relu, channels=p.channels)
         assert step.module is not None
         ties = _count_level_ties_float(p, th, n_l, step.module)
+        thr, direction = bs.float_plane_thresholds(th, p.channels)
         x = p.value
-        pool_on_bits = bool(p.pools) and th.pool_op is not None
-        if not pool_on_bits:
-            for name, a in p.pools:
-                x = self.b.add("maxpool_f32", x, name=name, attrs=a)
+        for name, a in p.pools:
+            x = self.b.add("maxpool_f32", x, name=name, attrs=a)
         tname = f"{p.bn_name or p.producer}.threshold"
-        x = self.b.add("threshold_f32_bits", x, name=tname,
-                       attrs={"float_ties": ties, "source": p.bn_name or p.producer, "thermometer": n_l},
-                       params={"thr": th.thr.astype(np.float32), "direction": th.direction})
+        x = self.b.add("threshold_f32_planes", x, name=tname,
+                       attrs={"planes": bits_a, "float_ties": ties, "source": p.bn_name or p.producer},
+                       params={"thr": np.ascontiguousarray(thr), "direction": direction})
         self.float_ties[tname] = ties
-        if pool_on_bits:
-            for name, a in p.pools:
-                x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": th.pool_op})
         chw = None
         if p.flatten is not None:
             x = self.b.add("flatten", x, name=p.flatten_name)
             chw = self._pooled_chw(p)
-        return x, chw, {"encoding": "thermometer", "bits": bits_a, "repeat": n_l}
+        return x, chw, {"encoding": "planes", "bits": bits_a}
 
     def _mbit_common(self, step: Step, value: str, enc: dict[str, Any]) -> tuple[np.ndarray, int, np.ndarray,
                                                                                      np.ndarray, np.ndarray]:
@@ -424,7 +413,7 @@ class _Converter:
         m = step.module
         assert isinstance(m, (MBitConv2d, MBitLinear))
         return {"source": step.name, "input_encoding": enc["encoding"], "input_bits": int(enc["bits"]),
-                "input_repeat": int(enc["repeat"]), "weight_bits": int(m.bits_w)}
+                "weight_bits": int(m.bits_w)}
 
     def mbit_conv(self, step: Step, value: str, enc: dict[str, Any]) -> Pending:
         """``MBitConv2d`` -> ``bconv2d_planes`` (``K`` packed weight planes ``[K, O, kh, kw, Cw]``;
@@ -434,17 +423,14 @@ class _Converter:
         assert isinstance(m, nn.Conv2d)
         self._check_conv(step.name, m)
         # MBitConv2d pads the levels with 0, or with every plane +1 (level 2^M - 1) for any
-        # nonzero pad_value: the engine's zero / +1 padding on every plane (and thermometer bit)
+        # nonzero pad_value: the engine's zero / +1 padding on every plane
         pad = 0 if float(getattr(m, "pad_value", 0)) == 0.0 else 1
         vw, k, scale, lo, hi = self._mbit_common(step, value, enc)
         vin = self.b.values[value]
-        rep = int(enc["repeat"])
         assert vin.channels is not None
-        if m.in_channels * rep != vin.channels:
-            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels // rep}")
+        if m.in_channels != vin.channels:
+            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}")
         planes = weight_planes(vw, k).transpose(0, 1, 3, 4, 2)  # [K, O, kh, kw, C]
-        if rep > 1:
-            planes = np.repeat(planes, rep, axis=-1)
         packed = pack_bits(planes < 0)
         attrs = {"channels": vin.channels, "stride": list(m.stride), "padding": list(m.padding), "pad_value": pad,
                  **self._mbit_attrs(step, enc)}
@@ -463,21 +449,16 @@ class _Converter:
         assert isinstance(m, nn.Linear)
         vw, k, scale, lo, hi = self._mbit_common(step, value, enc)
         vin = self.b.values[value]
-        rep = int(enc["repeat"])
-        if m.in_features * rep != vin.real_bits:
-            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits // rep}")
+        if m.in_features != vin.real_bits:
+            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}")
         planes = weight_planes(vw, k)  # [K, O, F]
         o = vw.shape[0]
         if chw is not None:  # NCHW flatten order -> NHWC, each pixel keeps its word padding
             c, h, w_ = chw
             p5 = planes.reshape(k, o, c, h, w_).transpose(0, 1, 3, 4, 2)  # [K, O, H, W, C]
-            if rep > 1:
-                p5 = np.repeat(p5, rep, axis=-1)
             packed = (pack_bits(p5 < 0).reshape(k, o, -1) if vin.groups > 1
                       else pack_bits(p5.reshape(k, o, -1) < 0))
         else:
-            if rep > 1:
-                planes = np.repeat(planes, rep, axis=-1)
             packed = pack_bits(planes < 0)
         attrs: dict[str, Any] = {"k_bits": vin.real_bits, **self._mbit_attrs(step, enc)}
         if chw is not None:
@@ -670,7 +651,7 @@ def _count_level_ties_int(p: Pending, th: bs.LevelThresholds, alpha: Any, bias: 
 
 
 def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.Module) -> int:
-    """Float32 first-layer outputs next to a thermometer threshold where PyTorch's float32 BN and
+    """Float32 first-layer outputs next to a level threshold where PyTorch's float32 BN and
     quantizer give another level than the exact thresholds."""
     c = p.channels
     key_max = bs._F32_MAX_KEY

@@ -1,9 +1,10 @@
 """Verification: run PyTorch and the reference executor on the same images, compare sign by sign.
 
 MBBN layers (``MBitConv2d`` / ``MBitLinear``) are compared on their integer input levels: the
-levels PyTorch's quantizer produces against the levels the graph's bit planes encode (Eq. 7), or,
-after a float first layer, against the thermometer bits (copy ``l`` of a channel is +1 iff its
-level passed boundary ``l``); ``sign_mismatches`` then counts level (or thermometer bit) mismatches.
+levels PyTorch's quantizer produces against the levels the graph's bit planes encode (Eq. 7);
+``sign_mismatches`` then counts level mismatches. After a float first layer
+(``threshold_f32_planes``) a level difference is near-threshold when the float value lies within
+the float32 error bound of any of its channel's ``2^M - 1`` thresholds.
 
 For every binary layer the ``+-1`` values PyTorch feeds it (the output of its
 ``input_quantizer``, captured by a forward hook) are compared with the bits the executor feeds
@@ -37,14 +38,15 @@ _U32 = float(np.finfo(np.float32).eps)
 
 
 def _float_source(graph: Graph, bits_value: str) -> tuple[Op, list[Op]] | None:
-    """If ``bits_value`` comes from a float decision (``threshold_f32_bits`` or ``bitpack``, then
-    bit pools / flatten), return that op and the ops after it."""
+    """If ``bits_value`` comes from a float decision (``threshold_f32_bits``,
+    ``threshold_f32_planes`` or ``bitpack``, then bit pools / flatten), return that op and the
+    ops after it."""
     producer = {op.outputs[0]: op for op in graph.ops}
     chain: list[Op] = []
     v = bits_value
     while v in producer:
         op = producer[v]
-        if op.type in ("threshold_f32_bits", "bitpack"):
+        if op.type in ("threshold_f32_bits", "threshold_f32_planes", "bitpack"):
             return op, chain[::-1]
         if op.type not in ("maxpool_bits", "flatten"):
             return None
@@ -64,7 +66,8 @@ def _conv_err_bound(graph: Graph) -> np.ndarray | None:
 def _near_info(
     graph: Graph, inter: dict[str, np.ndarray], key: str, nb: int, err_bound: np.ndarray | None, first: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(y, threshold, bound)`` per decision ``[nb, F]`` behind the bits ``key``, or None.
+    """``(y, threshold, bound)`` per decision ``[nb, F]`` behind the bits ``key``, or None
+    (``threshold`` is ``[F]``, or ``[F, L]`` for the ``L`` thresholds of a level).
 
     ``y`` is the float value the decision was taken on (pooled like the bits), ``bound`` how far
     two correct float32 implementations may disagree about it: for a float first layer twice
@@ -82,7 +85,7 @@ def _near_info(
             yv = _pool(yv, pop, -np.inf, np.max)
     yv = yv.reshape(nb, -1).astype(np.float64)
     f = yv.shape[1]
-    if dec.type == "threshold_f32_bits":
+    if dec.type in ("threshold_f32_bits", "threshold_f32_planes"):
         t = graph.tensors[dec.params["thr"]].astype(np.float64)
         thr = t[np.arange(f) % t.shape[0]]
     else:
@@ -102,6 +105,35 @@ def _near_info(
     if first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
     return yv, thr, bound
+
+
+def _split_near(res: dict[str, Any], near_info: tuple[np.ndarray, np.ndarray, np.ndarray], bad: np.ndarray,
+                near_samples: np.ndarray, start: int, layer: str) -> np.ndarray:
+    """Count the mismatches ``bad [nb, F]`` whose float value lies within its bound of the
+    (nearest) threshold as near-threshold (recording up to 50 margins), mark their samples in
+    ``near_samples`` (in place) and return the remaining mismatches."""
+    yv, thr, bound = near_info
+    rows, cols = np.nonzero(bad)
+    y_bad = yv[rows, cols]
+    if thr.ndim == 2:  # a level: the nearest of its L thresholds
+        t_bad = thr[cols]
+        nearest = t_bad[np.arange(len(cols)), np.abs(y_bad[:, None] - t_bad).argmin(1)]
+    else:
+        nearest = thr[cols]
+    margin = np.abs(y_bad - nearest)
+    is_near = margin <= bound[rows, cols]
+    near = np.zeros_like(bad)
+    near[rows[is_near], cols[is_near]] = True
+    res["near_threshold"]["count"] += int(is_near.sum())
+    for i in np.nonzero(is_near)[0]:
+        if len(res["near_threshold"]["margins"]) >= _MAX_REPORTED:
+            break
+        res["near_threshold"]["margins"].append({
+            "sample": int(start + rows[i]), "layer": layer, "index": int(cols[i]), "y": float(y_bad[i]),
+            "threshold": float(nearest[i]), "margin": float(margin[i]), "bound": float(bound[rows[i], cols[i]]),
+        })
+    near_samples |= near.any(1)
+    return bad & ~near
 
 
 def verify(
@@ -128,6 +160,9 @@ def verify(
     bin_ops = [op for op in graph.ops if op.type in BINARY_OPS]
     modules = dict(model.named_modules())
     for op in bin_ops:
+        if op.attrs.get("input_encoding") == "thermometer":
+            raise ValueError(f"graph op {op.name!r} reads a thermometer encoding (a file converted by an earlier "
+                             "bitflow); convert the checkpoint again")
         src = op.attrs.get("source")
         if src not in modules:
             raise ValueError(f"graph op {op.name!r} refers to layer {src!r}, which the model does not have")
@@ -188,43 +223,30 @@ def verify(
                 elif "input_chw" in op.attrs:
                     c, h, w = op.attrs["input_chw"]
                     st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
-                enc = op.attrs.get("input_encoding", "planes")
                 if info.planes > 1:  # M-bit levels: decode the planes (Eq. 7) and compare levels
                     lv = sum((1 << m_) * (1 - 2 * unpack_bits(inter[key][m_], info.channels, info.groups)
                                           .reshape(nb, -1).astype(np.int64)) for m_ in range(info.planes))
                     bad = np.asarray(lv) != st.reshape(nb, -1).numpy()
                     res["signs_compared"] += bad.size
                     # integer thresholds are exact: a difference here is a real mismatch unless
-                    # the sample already took a near-threshold float decision upstream
+                    # the sample already took a near-threshold float decision upstream, or the
+                    # levels come from a float first layer whose value lies near a threshold
+                    near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0])
+                                 if bad.any() else None)
+                    if near_info is not None:
+                        bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
                     res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
                     real = int((bad & ~near_samples[:, None]).sum())
                     res["sign_mismatches"] += real
                     res["sign_mismatches_by_layer"][op.attrs["source"]] += real
                     continue
                 neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
-                if enc == "thermometer":  # copy l of a channel is +1 iff its level passed boundary l
-                    n_l = int(op.attrs["input_repeat"])
-                    q = (st.reshape(nb, -1, 1).numpy() + n_l) // 2
-                    neg_t = (np.arange(n_l)[None, None, :] >= q).reshape(nb, -1)
-                else:
-                    neg_t = (st.reshape(nb, -1) < 0).numpy()
+                neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec
                 res["signs_compared"] += bad.size
                 near_info = _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0]) if bad.any() else None
                 if near_info is not None:
-                    yv, thr, bound = near_info
-                    margin = np.abs(yv - thr[None, :])
-                    near = bad & (margin <= bound)
-                    res["near_threshold"]["count"] += int(near.sum())
-                    for s_, j in zip(*np.nonzero(near), strict=True):
-                        if len(res["near_threshold"]["margins"]) < _MAX_REPORTED:
-                            res["near_threshold"]["margins"].append({
-                                "sample": int(start + s_), "layer": op.attrs["source"], "index": int(j),
-                                "y": float(yv[s_, j]), "threshold": float(thr[j]),
-                                "margin": float(margin[s_, j]), "bound": float(bound[s_, j]),
-                            })
-                    near_samples |= near.any(1)
-                    bad = bad & ~near
+                    bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
                 down = bad & near_samples[:, None]
                 res["near_threshold"]["downstream"] += int(down.sum())
                 real = int((bad & ~near_samples[:, None]).sum())

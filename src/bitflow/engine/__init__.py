@@ -199,6 +199,10 @@ class Engine:
             return lambda x: N.threshold_bits_range(x, lo, hi, k)
         if t == "threshold_f32_bits":
             return lambda x: N.threshold_f32_bits(x, p["thr"], p["direction"])
+        if t == "threshold_f32_planes":
+            if int(a["planes"]) == 1:
+                return lambda x: N.threshold_f32_planes(x, p["thr"], p["direction"])[0]
+            return lambda x: N.threshold_f32_planes(x, p["thr"], p["direction"])
         if t == "threshold_planes":
             if int(a["planes"]) == 1:
                 return lambda x: N.threshold_planes(x, p["thr"], p["direction"])[0]

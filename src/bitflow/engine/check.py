@@ -38,6 +38,29 @@ def _unpack(words: np.ndarray, channels: int) -> np.ndarray:
     return bits[..., :channels].astype(bool)
 
 
+FLOAT_DECISIONS = ("threshold_f32_bits", "threshold_f32_planes")
+
+
+def float_decision_diff(
+    op_type: str, out: np.ndarray, want: np.ndarray, y: np.ndarray, thr: np.ndarray, bound: np.ndarray, channels: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(diff, near)`` over ``[..., channels]`` for a float threshold op's two outputs.
+
+    ``threshold_f32_bits``: the bits differ, near when ``|y - thr| <= bound``.
+    ``threshold_f32_planes`` (``[M, ..., words]``): the decoded levels ``sum_m 2^m c_m`` differ,
+    near when ``y`` lies within ``bound`` of any of the channel's thresholds (two float32
+    values on either side of none of them give the same level)."""
+    yv = y.astype(np.float64)
+    if op_type == "threshold_f32_bits":
+        return _unpack(out, channels) != _unpack(want, channels), np.abs(yv - thr) <= bound
+    def levels(planes: np.ndarray) -> np.ndarray:
+        return sum((1 << m) * (1 - 2 * _unpack(planes[m], channels).astype(np.int64)) for m in range(planes.shape[0]))
+    m = (thr.shape[1] + 1).bit_length() - 1  # L = 2^M - 1 thresholds per channel
+    out_p, want_p = (out, want) if m > 1 else (out[None], want[None])  # one plane has no plane axis
+    dist = np.min(np.abs(yv[..., None] - thr.astype(np.float64)), axis=-1)
+    return levels(out_p) != levels(want_p), dist <= bound
+
+
 def compare_with_reference(
     engine: Engine, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 256, reference: bool = True
 ) -> dict[str, Any]:
@@ -71,11 +94,11 @@ def compare_with_reference(
         # bits that differ from the reference and check each lies within the error bound.
         own = engine.run(xb, keep=True)
         for op in g.ops:
-            if op.type == "threshold_f32_bits" and op.inputs[0] in bounds:
+            if op.type in FLOAT_DECISIONS and op.inputs[0] in bounds:
                 ch = engine.values[op.outputs[0]].channels
                 assert ch is not None
-                diff = _unpack(own[op.outputs[0]], ch) != _unpack(env[op.outputs[0]], ch)
-                near = np.abs(env[op.inputs[0]].astype(np.float64) - g.tensors[op.params["thr"]]) <= bounds[op.inputs[0]]
+                diff, near = float_decision_diff(op.type, own[op.outputs[0]], env[op.outputs[0]], env[op.inputs[0]],
+                                                 g.tensors[op.params["thr"]], bounds[op.inputs[0]], ch)
                 e2e = ref_report.setdefault("first_layer_end_to_end", {"near_threshold": 0, "real": 0, "samples_affected": 0})
                 e2e["near_threshold"] += int((diff & near).sum())
                 e2e["real"] += int((diff & ~near).sum())
@@ -93,12 +116,10 @@ def compare_with_reference(
                 continue
             if out.shape != want.shape:
                 raise AssertionError(f"op {op.name!r}: engine shape {out.shape} != reference {want.shape}")
-            if typ == "threshold_f32_bits" and src in bounds:
+            if typ in FLOAT_DECISIONS and src in bounds:
                 assert v.channels is not None
-                diff = _unpack(out, v.channels) != _unpack(want, v.channels)
-                yv = env[src].astype(np.float64)
-                thr = g.tensors[op.params["thr"]].astype(np.float64)
-                near = np.abs(yv - thr) <= bounds[src]
+                diff, near = float_decision_diff(typ, out, want, env[src], g.tensors[op.params["thr"]], bounds[src],
+                                                 v.channels)
                 real = diff & ~near
                 stats["near_threshold"] = stats.get("near_threshold", 0) + int((diff & near).sum())
                 ref_report["near_threshold"] += int((diff & near).sum())

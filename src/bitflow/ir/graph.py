@@ -28,6 +28,7 @@ maxpool_i32 / _f32    [H,W,C] -> [Ho,Wo,C]                  padding ignored (PyT
 threshold_bits        i32 [...,O] -> bits [...,Ow]          [thr i32 (O), direction i8 (O)]
 threshold_f32_bits    f32 [...,O] -> bits [...,Ow]          [thr f32 (O), direction i8 (O)]
 threshold_planes      i32 [...,O] -> bits M x [...,Ow]      [thr i32 (O,2^M-1), direction i8 (O)]
+threshold_f32_planes  f32 [...,O] -> bits M x [...,Ow]      [thr f32 (O,2^M-1), direction i8 (O)]
 scale_bias            i32 [...,O] -> f32                    [scale f32 (O), bias f32 (O)]
 affine_f32            f32 [...,O] -> f32                    [scale f32 (O), bias f32 (O)]
 relu_f32              f32 -> f32
@@ -376,16 +377,19 @@ def infer(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -
         if ho < 1 or wo < 1:
             raise GraphError(f"op {op.name!r}: pool window {kh}x{kw} does not fit the {h}x{w} input")
         return ValueInfo(x.dtype, (ho, wo, c), x.channels, 1, x.planes)
-    if t in ("threshold_bits", "threshold_f32_bits", "threshold_planes"):
-        _need(op, x, ("float32",) if t == "threshold_f32_bits" else ("int32",))
+    if t in ("threshold_bits", "threshold_f32_bits", "threshold_planes", "threshold_f32_planes"):
+        is_f32 = t in ("threshold_f32_bits", "threshold_f32_planes")
+        _need(op, x, ("float32",) if is_f32 else ("int32",))
         o = x.shape[-1]
-        if t == "threshold_planes":
+        if t in ("threshold_planes", "threshold_f32_planes"):
             m = _int(op.attrs.get("planes"), f"op {op.name!r} attribute planes")
             if not 1 <= m <= 8:
                 raise GraphError(f"op {op.name!r}: planes must be in 1..8, got {m}")
-            thr = _param(op, tensors, "thr", "int32", shape=(o, 2**m - 1))
+            thr = _param(op, tensors, "thr", "float32" if is_f32 else "int32", shape=(o, 2**m - 1))
             assert thr is not None
-            if np.any(np.diff(thr.astype(np.int64), axis=1) < 0):
+            if is_f32 and np.any(np.isnan(thr)):
+                raise GraphError(f"op {op.name!r}: thresholds must not be NaN")
+            if np.any(thr[:, 1:] < thr[:, :-1]):  # comparisons, not differences: inf - inf is NaN
                 raise GraphError(f"op {op.name!r}: thresholds of every channel must be sorted ascending")
         else:
             m = 1
@@ -432,18 +436,20 @@ _PARAM_ROLES: dict[str, set[str]] = {
     "bdense": {"w"}, "bdense_planes": {"w"}, "maxpool_bits": set(), "maxpool_i32": set(),
     "maxpool_f32": set(), "threshold_bits": {"thr", "direction"},
     "threshold_f32_bits": {"thr", "direction"}, "threshold_planes": {"thr", "direction"},
+    "threshold_f32_planes": {"thr", "direction"},
     "scale_bias": {"scale", "bias"}, "affine_f32": {"scale", "bias"}, "relu_f32": set(),
     "bitpack": set(), "flatten": set(), "dense_f32": {"w", "bias"},
 }
 OP_TYPES = frozenset({
     "conv2d_f32", "conv2d_u8i8", "bconv2d", "bconv2d_planes", "bdense", "bdense_planes",
     "maxpool_bits", "maxpool_i32", "maxpool_f32", "threshold_bits", "threshold_f32_bits",
-    "threshold_planes", "scale_bias", "affine_f32", "relu_f32", "bitpack", "flatten", "dense_f32",
+    "threshold_planes", "threshold_f32_planes", "scale_bias", "affine_f32", "relu_f32", "bitpack", "flatten",
+    "dense_f32",
 })
 BINARY_OPS = frozenset({"bconv2d", "bconv2d_planes", "bdense", "bdense_planes"})
 FLOAT_OPS = frozenset({
-    "conv2d_f32", "maxpool_f32", "threshold_f32_bits", "scale_bias", "affine_f32", "relu_f32",
-    "bitpack", "dense_f32",
+    "conv2d_f32", "maxpool_f32", "threshold_f32_bits", "threshold_f32_planes", "scale_bias", "affine_f32",
+    "relu_f32", "bitpack", "dense_f32",
 })
 
 

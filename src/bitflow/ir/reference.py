@@ -13,7 +13,9 @@ within rounding (float convolutions and dense layers accumulate in float64 and r
   weighted binary products (Eq. 8), two independent routes to the same integers. The plane
   dense layer (``bdense_planes``, small) sums the ``M x K`` popcount products.
 - Thresholds: bit 1 (-1) iff ``x < thr`` (direction +1) or ``x > thr`` (direction -1), i.e.
-  +1 iff ``x >= thr`` resp. ``x <= thr``; a NaN float is never on the -1 side.
+  +1 iff ``x >= thr`` resp. ``x <= thr``; a NaN float is never on the -1 side. Plane
+  thresholds (``threshold_planes`` on int32, ``threshold_f32_planes`` on float32) count the
+  passed thresholds ``q`` of a channel's ``2^M - 1`` and emit bit ``m`` of ``q`` as plane ``m``.
 - Pools ignore padded positions (PyTorch pads max-pooling with -inf); on bits the max of +-1
   values is an AND of packed bits and the min an OR.
 
@@ -265,11 +267,11 @@ def _run_op(g: Graph, op: Op, x: np.ndarray, vin: ValueInfo) -> np.ndarray:
     if t == "threshold_f32_bits":
         _expect(op, x, np.float32)
         return _threshold(x, p["thr"], p["direction"])
-    if t == "threshold_planes":
-        _expect(op, x, np.int32)
+    if t in ("threshold_planes", "threshold_f32_planes"):
+        _expect(op, x, np.int32 if t == "threshold_planes" else np.float32)
         thr, d = p["thr"], p["direction"]
-        ge = (x[..., None] >= thr).sum(-1)
-        le = (x[..., None] <= thr).sum(-1)
+        ge = (~(x[..., None] < thr)).sum(-1)  # a NaN passes every float threshold (as in bitpack)
+        le = (~(x[..., None] > thr)).sum(-1)
         q = np.where(d > 0, ge, le)
         m = int(a["planes"])
         return np.stack([pack_bits(((q >> k) & 1) == 0) for k in range(m)])

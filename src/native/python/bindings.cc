@@ -9,10 +9,12 @@
 #include <nanobind/stl/vector.h>
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bitflow/binary_layer.h"
@@ -355,13 +357,17 @@ nb::object threshold_bits(const AnyArray& acc_, const AnyArray& thr_, const AnyA
   return nb::cast(out.array);
 }
 
-nb::object threshold_planes(const AnyArray& acc_, const AnyArray& thr_, const AnyArray& dir_) {
-  const char* fn = "threshold_planes";
-  auto acc = arg<std::int32_t>(acc_, fn, "acc", -1);
-  auto thr = arg<std::int32_t>(thr_, fn, "thr", 2);
+/// The shared checks and output of threshold_planes (T = int32) and threshold_f32_planes
+/// (T = float): x [..., O], thr [O, L = 2^M - 1] sorted ascending, direction [O] ->
+/// uint64 [M, ..., ceil(O/64)] from kernel(x, rows, o, thr, L, dir, planes, out).
+template <class T, class Kernel>
+nb::object planes_op(const char* fn, const char* xname, const AnyArray& x_, const AnyArray& thr_,
+                     const AnyArray& dir_, Kernel kernel) {
+  auto x = arg<T>(x_, fn, xname, -1);
+  auto thr = arg<T>(thr_, fn, "thr", 2);
   auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
-  const i64 o = acc.dim(-1);
-  if (o < 1) fail(fn, "the last axis (channels) of acc must not be empty");
+  const i64 o = x.dim(-1);
+  if (o < 1) fail(fn, std::string("the last axis (channels) of ") + xname + " must not be empty");
   if (thr.dim(0) != o) fail(fn, "thr must have shape (O, L) with O = " + std::to_string(o));
   const i64 L = thr.dim(1);
   int planes = 0;
@@ -369,19 +375,31 @@ nb::object threshold_planes(const AnyArray& acc_, const AnyArray& thr_, const An
   if (L < 1 || ((i64{1} << planes) - 1) != L || planes > 16)
     fail(fn, "thr must have L = 2^M - 1 thresholds per channel (1 <= M <= 16), got L = " + std::to_string(L));
   check_direction(fn, dir, o);
+  if constexpr (std::is_floating_point_v<T>) {
+    for (i64 i = 0; i < o * L; ++i)
+      if (std::isnan(thr.data[i])) fail(fn, "thresholds must not be NaN");
+  }
   for (i64 c = 0; c < o; ++c)
     for (i64 l = 1; l < L; ++l)
       if (thr.data[c * L + l] < thr.data[c * L + l - 1])
         fail(fn, "thresholds must be sorted ascending per channel; channel " + std::to_string(c) + " is not");
-  const i64 rows = rows_of(acc.shape);
-  std::vector<i64> shape = with_last(acc.shape, words_for(o));
+  const i64 rows = rows_of(x.shape);
+  std::vector<i64> shape = with_last(x.shape, words_for(o));
   shape.insert(shape.begin(), planes);
   auto out = make_out<std::uint64_t>(shape);
   {
     nb::gil_scoped_release release;
-    bitflow::ops::threshold_planes(acc.data, rows, o, thr.data, L, dir.data, planes, out.ptr);
+    kernel(x.data, rows, o, thr.data, L, dir.data, planes, out.ptr);
   }
   return nb::cast(out.array);
+}
+
+nb::object threshold_planes(const AnyArray& acc_, const AnyArray& thr_, const AnyArray& dir_) {
+  return planes_op<std::int32_t>("threshold_planes", "acc", acc_, thr_, dir_, bitflow::ops::threshold_planes);
+}
+
+nb::object threshold_f32_planes(const AnyArray& y_, const AnyArray& thr_, const AnyArray& dir_) {
+  return planes_op<float>("threshold_f32_planes", "y", y_, thr_, dir_, bitflow::ops::threshold_f32_planes);
 }
 
 nb::object threshold_f32_bits(const AnyArray& y_, const AnyArray& thr_, const AnyArray& dir_) {
@@ -773,6 +791,10 @@ NB_MODULE(_native, m) {
         "int32 [..., O], thr int32 [O, L = 2^M - 1] sorted ascending -> uint64 [M, ..., ceil(O/64)]; "
         "q = #{l: acc >= thr[l]} (dir +1) or #{l: acc <= thr[l]} (dir -1), plane m bit = 1 - bit m of q, "
         "so sum_m 2^m c_m = 2q - L.");
+  m.def("threshold_f32_planes", &threshold_f32_planes, "y"_a, "thr"_a, "direction"_a,
+        "float32 [..., O], thr float32 [O, L = 2^M - 1] sorted ascending -> uint64 [M, ..., ceil(O/64)]; "
+        "q = #{l: not y < thr[l]} (dir +1) or #{l: not y > thr[l]} (dir -1) (NaN passes every threshold), "
+        "plane m bit = 1 - bit m of q.");
   m.def("threshold_f32_bits", &threshold_f32_bits, "y"_a, "thr"_a, "direction"_a,
         "float32 [..., O] -> uint64 [..., ceil(O/64)]: +1 iff y >= thr (dir +1) or y <= thr (dir -1); "
         "NaN gives +1 (bit 0), like bitpack.");

@@ -104,6 +104,11 @@ void threshold_bits(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
 void threshold_planes(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
                       const std::int32_t* thr, std::int64_t L, const std::int8_t* dir,
                       int planes, std::uint64_t* out);
+/// Float32 form of threshold_planes (a float first layer -> M bit planes):
+/// q = #{l : !(y < thr[o, l])} (dir +1) or #{l : !(y > thr[o, l])} (dir -1), so a NaN passes
+/// every threshold (like threshold_f32_bits, where NaN gives +1); out [planes, rows, words_for(o)].
+void threshold_f32_planes(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
+                          std::int64_t L, const std::int8_t* dir, int planes, std::uint64_t* out);
 /// bit 1 (-1) iff y < thr (dir +1) or y > thr (dir -1); NaN never satisfies either (+1).
 void threshold_f32_bits(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
                         const std::int8_t* dir, std::uint64_t* out);

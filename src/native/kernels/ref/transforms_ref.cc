@@ -44,6 +44,28 @@ void threshold_planes(const std::int32_t* acc, std::int64_t rows, std::int64_t o
   }
 }
 
+void threshold_f32_planes(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
+                          std::int64_t L, const std::int8_t* dir, int planes, std::uint64_t* out) {
+  const std::int64_t nw = words_for(o);
+  std::memset(out, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(planes * rows * nw));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* a = y + r * o;
+    for (std::int64_t c = 0; c < o; ++c) {
+      const float* t = thr + c * L;
+      std::int64_t q = 0;
+      if (dir[c] > 0) {
+        for (std::int64_t l = 0; l < L; ++l) q += !(a[c] < t[l]);
+      } else {
+        for (std::int64_t l = 0; l < L; ++l) q += !(a[c] > t[l]);
+      }
+      for (int m = 0; m < planes; ++m) {
+        const std::uint64_t bit = 1u - static_cast<std::uint64_t>((q >> m) & 1);
+        out[(m * rows + r) * nw + c / kWordBits] |= bit << (c % kWordBits);
+      }
+    }
+  }
+}
+
 void threshold_f32_bits(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
                         const std::int8_t* dir, std::uint64_t* out) {
   const std::int64_t nw = words_for(o);
