@@ -236,14 +236,20 @@ def _calibration_batch(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+def _low_from_fp(seed: int, perturb: int, bits_a: int, bits_w: int) -> torch.nn.Module:
+    """A tiny Algorithm 2 MBBN initialised from a perturbed full-precision twin."""
+    torch.manual_seed(seed)
+    fp = create("vgg_small", **TINY)
+    _perturb(fp, perturb)
+    low = create("mbbn_vgg_small", bits_a=bits_a, bits_w=bits_w, method="quantizer", **TINY)
+    init_from_higher(low, fp.state_dict())
+    return low
+
+
 def test_calibrate_ranges_fits_mse_without_labels() -> None:
     from bitflow.nn.mbbn import calibrate_ranges
 
-    torch.manual_seed(0)
-    fp = create("vgg_small", **TINY)
-    _perturb(fp, 3)
-    low = create("mbbn_vgg_small", bits_a=3, bits_w=2, method="quantizer", **TINY)
-    init_from_higher(low, fp.state_dict())
+    low = _low_from_fp(0, 3, bits_a=3, bits_w=2)
     low.train()
     x, _ = _calibration_batch()
     seen: dict[str, torch.Tensor] = {}
@@ -277,11 +283,7 @@ def test_calibrate_ranges_fits_mse_without_labels() -> None:
 def test_calibrate_ranges_with_labels_never_raises_the_loss() -> None:
     from bitflow.nn.mbbn import calibrate_ranges
 
-    torch.manual_seed(1)
-    fp = create("vgg_small", **TINY)
-    _perturb(fp, 4)
-    low = create("mbbn_vgg_small", bits_a=2, bits_w=2, method="quantizer", **TINY)
-    init_from_higher(low, fp.state_dict())
+    low = _low_from_fp(1, 4, bits_a=2, bits_w=2)
     x, y = _calibration_batch()
     low.eval()
     with torch.no_grad():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ir.bits import unpack_bits
+from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
 from ..ir.reference import _pool, conv_f32_error_bound, run
 from ._mbbn import torch_levels
@@ -224,9 +224,8 @@ def verify(
                     c, h, w = op.attrs["input_chw"]
                     st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
                 if info.planes > 1:  # M-bit levels: decode the planes (Eq. 7) and compare levels
-                    lv = sum((1 << m_) * (1 - 2 * unpack_bits(inter[key][m_], info.channels, info.groups)
-                                          .reshape(nb, -1).astype(np.int64)) for m_ in range(info.planes))
-                    bad = np.asarray(lv) != st.reshape(nb, -1).numpy()
+                    lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
+                    bad = lv != st.reshape(nb, -1).numpy()
                     res["signs_compared"] += bad.size
                     # integer thresholds are exact: a difference here is a real mismatch unless
                     # the sample already took a near-threshold float decision upstream, or the

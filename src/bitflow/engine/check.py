@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..ir.bits import plane_levels
 from ..ir.graph import Graph
 from ..ir.reference import conv_f32_error_bound
 from ..ir.reference import run as reference_run
@@ -53,12 +54,10 @@ def float_decision_diff(
     yv = y.astype(np.float64)
     if op_type == "threshold_f32_bits":
         return _unpack(out, channels) != _unpack(want, channels), np.abs(yv - thr) <= bound
-    def levels(planes: np.ndarray) -> np.ndarray:
-        return sum((1 << m) * (1 - 2 * _unpack(planes[m], channels).astype(np.int64)) for m in range(planes.shape[0]))
-    m = (thr.shape[1] + 1).bit_length() - 1  # L = 2^M - 1 thresholds per channel
-    out_p, want_p = (out, want) if m > 1 else (out[None], want[None])  # one plane has no plane axis
+    if thr.shape[1] == 1:  # one plane (L = 1) has no plane axis
+        out, want = out[None], want[None]
     dist = np.min(np.abs(yv[..., None] - thr.astype(np.float64)), axis=-1)
-    return levels(out_p) != levels(want_p), dist <= bound
+    return plane_levels(out, channels) != plane_levels(want, channels), dist <= bound
 
 
 def compare_with_reference(

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .bits import pack_bits
+from .bits import pack_bits, plane_levels
 from .graph import Graph, GraphError, Op, ValueInfo
 
 _F32_EXACT = 2**24  # float32 represents every integer below 2^24 exactly
@@ -173,15 +173,6 @@ def _bconv(op: Op, x: np.ndarray, w: np.ndarray, channels: int) -> np.ndarray:
     return y.astype(np.int32)
 
 
-def _levels(planes: np.ndarray, channels: int, dtype: type) -> np.ndarray:
-    """Packed planes ``[P, ..., Cw]`` -> odd integer levels ``sum_i 2^i c_i`` (MBBN Eq. 7,
-    ``c_i`` = +-1 of plane ``i``, bit 1 = -1) as ``[..., C]`` values of ``dtype``."""
-    lev = _pm1(planes[0], channels, dtype)
-    for i in range(1, planes.shape[0]):
-        lev = lev + dtype(1 << i) * _pm1(planes[i], channels, dtype)
-    return lev
-
-
 def _bconv_levels(op: Op, xs: np.ndarray, w: np.ndarray, channels: int) -> np.ndarray:
     """MBBN convolution of ``M`` activation planes with ``K`` weight planes: the integer
     convolution of the decoded levels (one GEMM; the definition the engine's ``M x K`` plane
@@ -194,8 +185,8 @@ def _bconv_levels(op: Op, xs: np.ndarray, w: np.ndarray, channels: int) -> np.nd
     if bound >= 2**53:
         raise GraphError(f"op {op.name!r}: accumulator bound {bound} exceeds exact float64 integers")
     acc = np.float32 if bound < _F32_EXACT else np.float64
-    xl = _levels(xs, channels, acc)
-    wl = _levels(w, channels, acc)
+    xl = plane_levels(xs, channels).astype(acc)
+    wl = plane_levels(w, channels).astype(acc)
     ph, pw = op.attrs["padding"]
     pad = 0 if int(op.attrs["pad_value"]) == 0 else (1 << m) - 1
     y = _conv_generic(_pad(xl, ph, pw, pad), wl, tuple(op.attrs["stride"]), acc)
