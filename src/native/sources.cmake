@@ -13,6 +13,7 @@ set(BF_NATIVE_SOURCES
   ${BF_NATIVE}/ops/gemm_drivers.cc
   ${BF_NATIVE}/ops/parallel.cc
   ${BF_NATIVE}/ops/binary_layer.cc
+  ${BF_NATIVE}/ops/elementwise.cc
   ${BF_NATIVE}/python/bindings.cc)
 
 set(BF_X86 OFF)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bitflow.convert import batchshift as bs
 from bitflow.ir import Op
-from bitflow.ir import reference as R
+from bitflow.ir._refkernels import pool
 from bitflow.ir.bits import pack_bits, unpack_bits
 
 f32 = st.floats(-4, 4, allow_nan=False, width=32)
@@ -105,12 +105,12 @@ def test_pool_on_bits_equals_float_pooling(p: dict, k: int, s: int, pad: int, se
     op = Op("maxpool_i32", "p", ["a"], ["b"], {"kernel": [k, k], "stride": [s, s], "padding": [pad, pad]})
     if th.pool_op is None:  # mixed directions: pool the integers first
         assert np.any(th.kind == bs.GE) and np.any(th.kind == bs.LE)
-        got = th.apply(R._pool(x.astype(np.int32), op, np.iinfo(np.int32).min, np.max))
+        got = th.apply(pool(x.astype(np.int32), op, np.iinfo(np.int32).min, np.max))
     else:
         bits = pack_bits(th.apply(x) < 0)
         reduce = np.bitwise_and.reduce if th.pool_op == "and" else np.bitwise_or.reduce
         fill = np.uint64(2**64 - 1) if th.pool_op == "and" else np.uint64(0)
-        pb = R._pool(bits, op, fill, reduce)
+        pb = pool(bits, op, fill, reduce)
         got = np.where(unpack_bits(pb, c), -1, 1)
     np.testing.assert_array_equal(got, want)
 

@@ -170,7 +170,7 @@ def test_fused_engine_equals_reference_executor(name: str, kw: dict) -> None:
         # every fused step reproduces the reference's value at its end, bit for bit
         for step in eng._plan:
             if step.dst in env and env[step.dst].dtype != np.float32:
-                np.testing.assert_array_equal(step.fn(np.ascontiguousarray(env[step.src])), env[step.dst])
+                np.testing.assert_array_equal(step.fn([np.ascontiguousarray(env[v]) for v in step.srcs]), env[step.dst])
         logits = eng.logits(x)
         np.testing.assert_array_equal(logits, eng.run(x, keep=True)[graph.output])
         if spec.preprocess == "uint8":  # integer-only network: exact up to the float last layers

@@ -53,7 +53,7 @@ def test_round_trip_is_exact(graph: Graph, tmp_path: Path) -> None:
     os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     header, body = _split(p.read_bytes())
-    assert header["__metadata__"]["format"] == "bitflow-bfn" and header["__metadata__"]["version"] == "1"
+    assert header["__metadata__"]["format"] == "bitflow-bfn" and header["__metadata__"]["version"] == "2"
     assert (8 + int.from_bytes(p.read_bytes()[:8], "little")) % 8 == 0  # header padded to 8 bytes
     dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
     assert dtypes <= {"U64", "I32", "F32", "I8", "U8"} and "U64" in dtypes and "I32" in dtypes
@@ -110,7 +110,7 @@ def _first_tensor(h: dict) -> str:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (_meta(lambda h: h["__metadata__"].update(version="2")), "unsupported .bfn version '2'"),
+        (_meta(lambda h: h["__metadata__"].update(version="3")), "unsupported .bfn version '3'"),
         (_meta(lambda h: h["__metadata__"].update(format="other")), "not a bitflow model file"),
         (_meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "dtype": "F64"}})), "unsupported dtype"),
         (_meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "shape": [3, 3]}})), "do not match shape"),

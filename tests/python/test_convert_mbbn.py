@@ -129,8 +129,8 @@ def test_float_plane_thresholds_count_the_exact_level(relu: bool) -> None:
 
     op = Op("threshold_f32_planes", "t", ["y"], ["t"], {"planes": m}, {"thr": "thr", "direction": "d"})
     y = np.ascontiguousarray(np.repeat(pts[:, None], o, axis=1))
-    planes = R._run_op(SimpleNamespace(tensors={"thr": thr, "d": direction}), op, y,
-                       ValueInfo("float32", (o,)))
+    planes = R.run_op(SimpleNamespace(tensors={"thr": thr, "d": direction}), op, [y],  # type: ignore[arg-type]
+                     [ValueInfo("float32", (o,))])
     got = decode(np.stack([1 - 2 * unpack_bits(planes[i], o).astype(np.int64) for i in range(m)]))
     for c in range(o):
         want = [_oracle_level(float(v), alpha=1.0, bias=0.0, relu=relu, mean=float(bnp.mean[c]), var=float(bnp.var[c]),

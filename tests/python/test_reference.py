@@ -22,7 +22,7 @@ def run_op(type_: str, x: np.ndarray, vin: ValueInfo, attrs: dict, params: dict[
     """Shape-check one op with the graph's rules, run it, and check the output shape."""
     op = Op(type_, "op", ["x"], ["y"], attrs, {k: k for k in params})
     vout = infer(op, [vin], params)
-    y = R._run_op(SimpleNamespace(tensors=params), op, x, vin)  # type: ignore[arg-type]
+    y = R.run_op(SimpleNamespace(tensors=params), op, [x], [vin])  # type: ignore[arg-type]
     batch = x.shape[1] if vin.planes > 1 else x.shape[0]
     assert y.shape == vout.storage_shape(batch)
     return y
@@ -231,7 +231,7 @@ def test_run_checks_input_and_returns_intermediates() -> None:
     # a tensor of the wrong dtype reaching a binary op is refused at run time
     op = g.ops[2]
     with pytest.raises(GraphError, match="expected uint64"):
-        R._run_op(g, op, inter["c1"], g.values["c1"])
+        R.run_op(g, op, [inter["c1"]], [g.values["c1"]])
 
 
 @pytest.mark.slow

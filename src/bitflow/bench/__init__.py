@@ -39,10 +39,11 @@ from .. import _native as N
 from ..engine import Engine
 from ..ir import Graph, load_graph
 from ..ir.graph import ValueInfo
+from ..ir.ops import ops_in_group
 from ._timing import Timing, measure
 
 BASELINES = ("torch", "ort", "openvino")
-BINARY_OPS = ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")
+BINARY_OPS = tuple(sorted(ops_in_group("binary")))  # the op table's binary group
 _BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 __all__ = ["BASELINES", "Timing", "bench", "bench_file", "bench_zoo", "clean_blas_env", "format_report", "measure", "parse_int_list", "zoo_model"]
@@ -157,8 +158,8 @@ def _memory(graph: Graph, engine: Engine, layers: list[dict[str, Any]]) -> dict[
     for step in engine._plan:
         if not names.intersection(step.ops):
             continue
-        src = values.get(step.src, graph.input.value)
-        eng_peak = max(eng_peak, _value_bytes(src) + _value_bytes(values[step.dst]))
+        srcs = sum(_value_bytes(values.get(v, graph.input.value)) for v in step.srcs)
+        eng_peak = max(eng_peak, srcs + _value_bytes(values[step.dst]))
         first = next(op for op in graph.ops if op.name == step.ops[0])
         scratch = max(scratch, _value_bytes(values[first.outputs[0]]))
     f32_peak = max((4 * (int(np.prod(x["in_shape"])) + int(np.prod(x["out_shape"]))) for x in layers), default=0)
@@ -468,7 +469,7 @@ def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], 
     steps = []
     step_ms: dict[str, Timing] = {}
     for step in eng._plan:
-        inp = env[step.src]
+        inp = [env[v] for v in step.srcs]
         tm = measure(_bind(step.fn, inp), repeat, warmup)
         env[step.dst] = step.fn(inp)
         steps.append({"ops": list(step.ops), **tm.to_json("engine_ms")})

@@ -6,7 +6,8 @@ imports torch.
     m.predict(x)                        # x: float32 [N, C, H, W] in [0, 1] (or uint8 pixels)
     m.logits(x), m.info()
 
-Every op of the graph (:mod:`bitflow.ir.graph`) maps to one native op of ``bitflow._native``;
+Every op of the graph runs the native functions its op-table entry names
+(:mod:`bitflow.ir.ops`), in topological order, each buffer released after its last reader;
 the kernel set is chosen once (best eligible for this CPU, or ``BITFLOW_KERNELS``, or the
 ``kernels=`` argument). The binding releases the GIL and an ``Engine`` holds no mutable state
 while it runs, so one engine may be shared by several Python threads.
@@ -25,18 +26,22 @@ import numpy as np
 from .. import _native as N
 from ..ir import Graph, load_graph
 from ..ir.graph import ValueInfo
+from ..ir.ops import OPS, EngineContext
 from ..ir.reference import preprocess
 
 Kernel = Callable[[np.ndarray], np.ndarray]
+TableKernel = Callable[[list[np.ndarray]], np.ndarray]
 
 
 class Step(NamedTuple):
-    """One call of the fused plan: ``env[dst] = fn(env[src])``, covering graph ops ``ops``."""
+    """One call of a plan: ``env[dst] = fn([env[s] for s in srcs])``, covering graph ops
+    ``ops``; ``free`` lists the values whose last reader this step is (released after it)."""
 
-    src: str
+    srcs: tuple[str, ...]
     dst: str
-    fn: Kernel
+    fn: TableKernel
     ops: tuple[str, ...]
+    free: tuple[str, ...] = ()
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
 
@@ -65,10 +70,10 @@ class Engine:
         self.values = graph.validate()
         self.kernels = N.default_kernels() if kernels == "auto" else kernels
         self.threads = threads
-        self._steps: list[tuple[str, str, str, Kernel]] = [
-            (op.type, op.inputs[0], op.outputs[0], self._compile(op)) for op in graph.ops
-        ]
-        self._plan = self._fuse()
+        ctx = EngineContext(N, self.kernels, self.threads, graph, self.values)
+        steps = [Step(tuple(op.inputs), op.outputs[0], OPS[op.type].engine(ctx, op), (op.name,)) for op in graph.ops]
+        self._steps = _with_frees(steps, graph.output)
+        self._plan = _with_frees(self._fuse(), graph.output)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ fused fast plan
@@ -97,16 +102,19 @@ class Engine:
             fused = self._fuse_binary(ops, i, private)
             if fused is not None:
                 n_ops, fn = fused
-                plan.append(Step(op.inputs[0], ops[i + n_ops - 1].outputs[0], fn, tuple(o.name for o in ops[i: i + n_ops])))
+                plan.append(Step((op.inputs[0],), ops[i + n_ops - 1].outputs[0], _one(fn),
+                                 tuple(o.name for o in ops[i: i + n_ops])))
                 i += n_ops
                 continue
-            plan.append(Step(op.inputs[0], op.outputs[0], self._steps[i][3], (op.name,)))
+            plan.append(self._steps[i])
             i += 1
         return plan
 
     def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
         op = ops[i]
         if op.type not in ("bconv2d", "bdense", "conv2d_u8i8"):
+            return None
+        if self.values[op.inputs[0]].planes != 1:
             return None
         g, th = self.graph, self.threads
         chain = [op]
@@ -162,66 +170,6 @@ class Engine:
         layer = N.BinaryLayer(np.ascontiguousarray(w.reshape(w.shape[0], 1, 1, w.shape[1])), k_bits, **kw)
         return len(chain), lambda x: layer(x.reshape(x.shape[0], 1, 1, x.shape[-1]), th).reshape(x.shape[0], -1)
 
-    # ------------------------------------------------------------------ op compilation
-    def _compile(self, op: Any) -> Kernel:
-        g, a, k, th = self.graph, op.attrs, self.kernels, self.threads
-        p = {role: g.tensors[name] for role, name in op.params.items()}
-        t = op.type
-        if t == "conv2d_f32":
-            return lambda x: N.conv2d_f32(x, p["w"], p.get("bias"), tuple(a["stride"]), tuple(a["padding"]), k, th)
-        if t == "conv2d_u8i8":
-            return lambda x: N.conv2d_u8i8(x, p["w"], tuple(a["stride"]), tuple(a["padding"]), k, th)
-        if t == "bconv2d":
-            return lambda x: N.bconv2d(x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
-        if t == "bconv2d_planes":
-            # a one-plane value is stored without its plane axis (ValueInfo.storage_shape)
-            one = self.values[op.inputs[0]].planes == 1
-            return lambda x: N.bconv2d_planes(x[None] if one else x, p["w"], a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], k, th)
-        if t == "bdense":
-            return lambda x: N.bgemm(x, p["w"], a["k_bits"], k, th)
-        if t == "bdense_planes":
-            one = self.values[op.inputs[0]].planes == 1
-            return lambda x: N.bgemm_planes(x[None] if one else x, p["w"], a["k_bits"], k, th)
-        if t == "maxpool_bits":
-            return lambda x: N.maxpool_bits(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), a["op"])
-        if t == "maxpool_i32":
-            return lambda x: N.maxpool_i32(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
-        if t == "maxpool_f32":
-            return lambda x: N.maxpool_f32(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
-        if t == "threshold_bits":
-            # the kernel set's range form: +1 iff lo <= acc <= hi, [T, INT32_MAX] for direction
-            # +1 and [INT32_MIN, T] for -1 (common.h); equal to N.threshold_bits
-            d = p["direction"]
-            if d.shape != p["thr"].shape or not np.all(np.abs(d.astype(np.int64)) == 1):
-                return lambda x: N.threshold_bits(x, p["thr"], p["direction"])
-            lo = np.where(d > 0, p["thr"], np.iinfo(np.int32).min).astype(np.int32)
-            hi = np.where(d > 0, np.iinfo(np.int32).max, p["thr"]).astype(np.int32)
-            return lambda x: N.threshold_bits_range(x, lo, hi, k)
-        if t == "threshold_f32_bits":
-            return lambda x: N.threshold_f32_bits(x, p["thr"], p["direction"])
-        if t == "threshold_f32_planes":
-            if int(a["planes"]) == 1:
-                return lambda x: N.threshold_f32_planes(x, p["thr"], p["direction"])[0]
-            return lambda x: N.threshold_f32_planes(x, p["thr"], p["direction"])
-        if t == "threshold_planes":
-            if int(a["planes"]) == 1:
-                return lambda x: N.threshold_planes(x, p["thr"], p["direction"])[0]
-            return lambda x: N.threshold_planes(x, p["thr"], p["direction"])
-        if t == "scale_bias":
-            return lambda x: N.scale_bias(x, p["scale"], p["bias"])
-        if t == "affine_f32":
-            return lambda x: (x * p["scale"] + p["bias"]).astype(np.float32, copy=False)
-        if t == "relu_f32":
-            return lambda x: np.maximum(x, np.float32(0))
-        if t == "bitpack":
-            return lambda x: N.bitpack(np.ascontiguousarray(x), k)
-        if t == "flatten":
-            out = self.values[op.outputs[0]]
-            return lambda x: _flatten(x, out)
-        if t == "dense_f32":
-            return lambda x: N.dense_f32(x, p["w"], p.get("bias"), k, th)
-        raise ValueError(f"op {op.name!r}: the engine has no kernel for op type {t!r}")
-
     # ------------------------------------------------------------------ running
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         spec = self.graph.input
@@ -255,17 +203,32 @@ class Engine:
         return nhwc.astype(np.uint8)
 
     def run(self, x: np.ndarray, keep: bool = False) -> dict[str, np.ndarray]:
-        """Run the graph; returns the output value (and with ``keep`` every intermediate)."""
+        """Run the graph in topological order; returns ``{output: logits}``. Without ``keep``
+        the fused plan runs and every buffer is released after its last reader; with ``keep``
+        every op runs on its own and every intermediate value is returned."""
         env = {self.graph.input.name: self._prepare(x)}
         if not keep:
             for step in self._plan:
-                env[step.dst] = step.fn(env.pop(step.src))
+                env[step.dst] = step.fn([env[v] for v in step.srcs])
+                for v in step.free:
+                    del env[v]
             return env
-        for _, src, dst, fn in self._steps:
-            env[dst] = fn(env[src])
-            if not keep:
-                del env[src]
+        for step in self._steps:
+            env[step.dst] = step.fn([env[v] for v in step.srcs])
         return env
+
+    def peak_activation_bytes(self, fused: bool = True) -> int:
+        """Peak bytes per sample of the values alive at once while the plan runs (the input
+        included; a step's inputs and its output are alive together; a fused layer's int32
+        scratch is not counted). ``fused=False``: the op-by-op plan that keeps nothing."""
+        size = {v: _value_bytes(info) for v, info in self.values.items()}
+        live = size[self.graph.input.name]
+        peak = live
+        for step in self._plan if fused else self._steps:
+            live += size[step.dst]
+            peak = max(peak, live)
+            live -= sum(size[v] for v in step.free)
+        return int(peak)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """float32 ``[N, classes]`` logits for float32 ``[N, C, H, W]`` input in [0, 1]."""
@@ -278,13 +241,12 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """Ops, chosen kernels, threads, parameter bytes and activation memory per sample."""
         ops = []
-        peak = 0
         for op in self.graph.ops:
             v = self.values[op.outputs[0]]
-            b = _value_bytes(v)
-            peak = max(peak, b + _value_bytes(self.values.get(op.inputs[0], self.graph.input.value)))
-            ops.append({"type": op.type, "name": op.name, "output": v.to_json(), "output_bytes_per_sample": b,
+            ops.append({"type": op.type, "name": op.name, "inputs": list(op.inputs), "output": v.to_json(),
+                        "output_bytes_per_sample": _value_bytes(v),
                         "param_bytes": int(sum(self.graph.tensors[t].nbytes for t in op.params.values()))})
+        peak = self.peak_activation_bytes()
         return {
             "kernels": self.kernels,
             "available_kernels": available_kernels(),
@@ -299,15 +261,27 @@ class Engine:
         }
 
 
+def _one(fn: Kernel) -> TableKernel:
+    return lambda xs: fn(xs[0])
+
+
+def _with_frees(steps: list[Step], output: str) -> list[Step]:
+    """The steps with ``free`` set: each value (never the output) is released right after the
+    last step that reads it."""
+    last: dict[str, int] = {}
+    for i, st in enumerate(steps):
+        for v in st.srcs:
+            last[v] = i
+    frees: dict[int, list[str]] = {}
+    for v, i in last.items():
+        if v != output:
+            frees.setdefault(i, []).append(v)
+    return [st._replace(free=tuple(dict.fromkeys(frees.get(i, [])))) for i, st in enumerate(steps)]
+
+
 def _value_bytes(v: ValueInfo) -> int:
     item = {"float32": 4, "int32": 4, "uint8": 1, "bits": 8}[v.dtype]
     return int(np.prod(v.shape)) * item * v.planes
-
-
-def _flatten(x: np.ndarray, out: ValueInfo) -> np.ndarray:
-    if out.planes > 1:
-        return x.reshape(x.shape[0], x.shape[1], -1)
-    return x.reshape(x.shape[0], -1)
 
 
 def load(path: str | os.PathLike[str], kernels: str = "auto", threads: int | None = None) -> Engine:

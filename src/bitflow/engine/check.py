@@ -103,8 +103,9 @@ def compare_with_reference(
                 e2e["real"] += int((diff & ~near).sum())
                 ref_report["exact_mismatches"] += int((diff & ~near).sum())
                 e2e["samples_affected"] += int(diff.reshape(len(xb), -1).any(1).sum())
-        for (typ, src, dst, fn), op in zip(engine._steps, g.ops, strict=True):
-            out = fn(np.ascontiguousarray(env[src]))
+        for step, op in zip(engine._steps, g.ops, strict=True):
+            typ, src, dst = op.type, op.inputs[0], step.dst
+            out = step.fn([np.ascontiguousarray(env[v]) for v in step.srcs])
             want = env[dst]
             v = engine.values[dst]
             stats = ref_report["by_op"].setdefault(op.name, {"type": typ, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0})

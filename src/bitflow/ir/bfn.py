@@ -32,7 +32,8 @@ from .._io import atomic_write_bytes
 from .graph import Graph, GraphError
 
 FORMAT = "bitflow-bfn"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: DAG graphs (graph version 2); version-1 files still load
+SUPPORTED_FORMAT_VERSIONS = ("1", "2")
 MAX_HEADER = 64 * 1024 * 1024
 
 _DTYPES: dict[str, np.dtype[Any]] = {
@@ -106,8 +107,9 @@ def parse_bfn(data: bytes, path: str = "<bytes>") -> Graph:
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _fail(path, f"not a bitflow model file (metadata format is not {FORMAT!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise _fail(path, f"unsupported .bfn version {meta.get('version')!r} (this reader supports {FORMAT_VERSION!r})")
+    if meta.get("version") not in SUPPORTED_FORMAT_VERSIONS:
+        raise _fail(path, f"unsupported .bfn version {meta.get('version')!r} (this reader supports "
+                          f"{', '.join(SUPPORTED_FORMAT_VERSIONS)})")
     body = memoryview(data)[8 + n:]
     tensors: dict[str, np.ndarray] = {}
     spans: list[tuple[int, int, str]] = []

@@ -1,0 +1,36 @@
+// Elementwise, average-pooling and layout ops of DAG graphs (residual streams, shortcuts,
+// concatenation). Shapes are validated by the caller (python/bindings.cc); buffers are
+// C-contiguous. Semantics (the reference is bitflow/ir/ops/elementwise.py):
+//   add_f32: y = x_0 + x_1 + ... summed left to right in float32, every partial sum rounded
+//            (no FMA, no reassociation: bit-identical to the reference).
+//   add_i32: exact; returns false on int32 overflow (the caller raises).
+//   affine_f32: y = (x * scale[c]) + bias[c], two float32 roundings (like scale_bias).
+//   avgpool_f32 / global_avgpool_f32: window sums in double, divided by kh * kw (zero padding
+//            counts, PyTorch's count_include_pad=True) resp. H * W, rounded once to float32.
+//   concat: along the last axis; concat_bits: channel bits appended after each other.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "bitflow/ops.h"
+
+namespace bitflow::ops {
+
+void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out);
+bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int32_t* out);
+void affine_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* scale, const float* bias,
+                float* out);
+void relu_f32(const float* x, std::int64_t size, float* out);
+/// x [n, h, w, c] -> [n, ho, wo, c]; g.c counts channels.
+void avgpool_f32(const float* x, const PoolGeom& g, float* out);
+/// x [n, hw, c] -> [n, c].
+void global_avgpool_f32(const float* x, std::int64_t n, std::int64_t hw, std::int64_t c, float* out);
+/// rows x (sum of widths) from per-input [rows, width_i] blocks of elem_size-byte items.
+void concat_bytes(const std::vector<const void*>& xs, const std::vector<std::int64_t>& widths,
+                  std::int64_t rows, std::int64_t elem_size, void* out);
+/// Packed bits: per row, input i holds channels[i] bits in words_for(channels[i]) words; the
+/// output row holds their concatenation in words_for(sum channels) words (padding bits 0).
+void concat_bits(const std::vector<const std::uint64_t*>& xs, const std::vector<std::int64_t>& channels,
+                 std::int64_t rows, std::uint64_t* out);
+
+}  // namespace bitflow::ops
