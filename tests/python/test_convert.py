@@ -215,13 +215,16 @@ def test_unsupported_layers_raise_clear_errors() -> None:
                           BinaryConv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 24 * 24, 2))
     with pytest.raises(UnsupportedLayerError, match=r"layer '2' \(nn.Dropout2d\) is not supported; supported:"):
         convert(model, example_input=torch.zeros(1, 1, 28, 28))
-    with pytest.raises(UnsupportedLayerError, match="straight chain"):
-        convert(_Branchy(), example_input=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(UnsupportedLayerError, match="must end with a classifier"):
+        convert(_Branchy(), example_input=torch.zeros(1, 1, 8, 8))  # a residual DAG, but no classifier
     with pytest.raises(UnsupportedLayerError, match="first layer"):
         convert(nn.Sequential(nn.Linear(4, 2)), example_input=torch.zeros(1, 1, 2, 2))
-    avg = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(36, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"nn.AvgPool2d"):
+    avg = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"layer '1' \(avg-pool\) is not supported: ceil_mode=True"):
         convert(avg, example_input=torch.zeros(1, 1, 8, 8))
+    gap = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(UnsupportedLayerError, match=r"only output size 1"):
+        convert(gap, example_input=torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="example_input"):
         convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="mode"):

@@ -1,8 +1,9 @@
-"""Turn a PyTorch model into a linear list of inference steps with ``torch.fx``.
+"""Turn a PyTorch model into a DAG of inference steps with ``torch.fx``.
 
 Binary layers, the int8 first layer and ``Scale`` are leaf modules; functional ReLU / flatten /
-max-pool / dropout calls and ``x.view(x.size(0), -1)`` are recognised. Anything else raises
-:class:`UnsupportedLayerError` naming the layer.
+max-pool / average-pool / dropout calls, ``x.view(x.size(0), -1)``, residual adds and
+``torch.cat`` are recognised; the result is a DAG of steps (values with several consumers are
+fine). Anything else raises :class:`UnsupportedLayerError` naming the layer and the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ SUPPORTED = (
     "nn.Conv2d / bitflow.nn.Int8Conv2d (first layer), bitflow.nn.BinaryConv2d, bitflow.nn.BinaryLinear, "
     "bitflow.nn.MBitConv2d, bitflow.nn.MBitLinear (MBBN), "
     "nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear (last layer), "
-    "bitflow.nn.Scale, nn.Dropout, nn.Identity, F.relu, torch.flatten, x.view(x.size(0), -1)"
+    "bitflow.nn.Scale, nn.Dropout, nn.Identity, F.relu, torch.flatten, x.view(x.size(0), -1), "
+    "nn.Conv2d (float shortcuts), nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), residual adds (a + b), torch.cat(dim=1)"
 )
 
 
@@ -39,13 +41,17 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 
 @dataclass
 class Step:
-    """One inference step: ``kind`` in conv_first, int8_first, relu, maxpool, bn, bconv, blinear,
-    mbconv, mblinear (MBBN), flatten, linear, scale; ``name`` the module name (or the fx node name)."""
+    """One inference step: ``kind`` in conv_first (any float nn.Conv2d), int8_first, relu,
+    maxpool, avgpool, gap (global average pool), add, concat, bn, bconv, blinear, mbconv,
+    mblinear (MBBN), flatten, linear, scale, output; ``name`` the module name (or the fx node
+    name)."""
 
     kind: str
     name: str
     module: nn.Module | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)  # the steps (or "input") it reads
+    node: str = ""  # this step's own value name (unique)
 
 
 class _Tracer(fx.Tracer):
@@ -56,7 +62,7 @@ class _Tracer(fx.Tracer):
 
 
 def _pool_attrs(where: str, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
-                return_indices: bool = False) -> dict[str, Any]:
+                return_indices: bool = False, what: str = "max-pool") -> dict[str, Any]:
     def pair(v: Any) -> tuple[int, int]:
         if isinstance(v, int):
             return (v, v)
@@ -64,11 +70,11 @@ def _pool_attrs(where: str, kernel: Any, stride: Any, padding: Any, dilation: An
         return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
 
     if ceil_mode:
-        raise unsupported(where, "max-pool", "ceil_mode=True")
+        raise unsupported(where, what, "ceil_mode=True")
     if return_indices:
-        raise unsupported(where, "max-pool", "return_indices=True")
+        raise unsupported(where, what, "return_indices=True")
     if pair(dilation) != (1, 1):
-        raise unsupported(where, "max-pool", "dilation != 1")
+        raise unsupported(where, what, "dilation != 1")
     k = pair(kernel)
     s = pair(stride if stride not in (None, ()) else kernel)
     return {"kernel": list(k), "stride": list(s), "padding": list(pair(padding))}
@@ -84,112 +90,168 @@ def _flatten_dims(where: str, start: int, end: int) -> None:
         raise unsupported(where, "flatten", f"only flatten(start_dim=1, end_dim=-1) is supported, got ({start}, {end})")
 
 
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.args if isinstance(a, fx.Node)]
+
+
 def trace_steps(model: nn.Module) -> list[Step]:
-    """Trace ``model`` (eval mode) and return its steps in order. The graph must be a chain."""
+    """Trace ``model`` (eval mode) and return its steps in topological order.
+
+    The result is a DAG: each step's ``inputs`` name the steps (or ``"input"``) whose results
+    it reads; identity operations (dropout, ``nn.Identity``, ``.contiguous()``) are aliases and
+    produce no step. Residual adds (``+``, ``torch.add``, ``add_``), ``torch.cat(dim=1)``,
+    average pooling and adaptive average pooling to 1x1 are steps of their own.
+    """
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
     except Exception as e:  # fx raises many types for untraceable code
         raise UnsupportedLayerError(
             f"model {type(model).__name__} could not be traced with torch.fx ({type(e).__name__}: {e}); "
-            "write forward() as a straight chain of supported layers"
+            "write forward() with supported layers, adds and concatenations (no data-dependent control flow)"
         ) from None
     steps: list[Step] = []
-    current: fx.Node | None = None
+    alias: dict[fx.Node, str] = {}  # fx node -> the step name (or "input") holding its value
     sizes: set[fx.Node] = set()
+    placeholder: fx.Node | None = None
 
-    def chain(node: fx.Node, arg: Any) -> None:
-        if arg is not current:
-            raise UnsupportedLayerError(
-                f"operation {node.name!r} does not consume the previous result; only a straight chain "
-                "of layers (no branches or residual connections) can be converted"
-            )
+    def src(node: fx.Node, arg: Any) -> str:
+        if not isinstance(arg, fx.Node) or arg not in alias:
+            raise unsupported(node.name, f"operation {node.target}", "its input is not a tensor the converter tracks")
+        return alias[arg]
+
+    def emit(node: fx.Node, st: list[Step], inputs: list[str]) -> None:
+        if not st:  # identity
+            alias[node] = inputs[0]
+            return
+        for i, one_step in enumerate(st):
+            one_step.inputs = list(inputs) if i == 0 else [st[i - 1].node]
+            one_step.node = f"{node.name}" if i == len(st) - 1 else f"{node.name}.{i}"
+            steps.append(one_step)
+        alias[node] = st[-1].node
 
     for node in graph.nodes:
         if node.op == "placeholder":
-            if current is not None:
+            if placeholder is not None:
                 raise UnsupportedLayerError("the model must take exactly one input tensor")
-            current = node
+            placeholder = node
+            alias[node] = "input"
             continue
         if node.op == "output":
-            chain(node, node.args[0])
+            out = src(node, node.args[0])
+            steps.append(Step("output", "output", inputs=[out], node="output"))
             break
+        if node.op == "get_attr":
+            raise unsupported(node.name, "parameter access in forward()")
         if node.op == "call_module":
             mod = model.get_submodule(str(node.target))
             name = str(node.target)
-            chain(node, node.args[0] if node.args else None)
             if len(node.args) != 1 or node.kwargs:
                 raise unsupported(name, type(mod).__name__, "called with extra arguments")
-            steps.extend(_module_step(name, mod))
-            current = node
+            emit(node, _module_step(name, mod), [src(node, node.args[0])])
             continue
         if node.op == "call_function":
             fn = node.target
+            fname = getattr(fn, "__name__", str(fn))
             if fn in _RELU_FUNCS:
-                chain(node, node.args[0])
-                steps.append(Step("relu", node.name))
+                emit(node, [Step("relu", node.name)], [src(node, node.args[0])])
             elif fn in _DROPOUT_FUNCS:
-                chain(node, node.args[0])
+                emit(node, [], [src(node, node.args[0])])
             elif fn in _FLATTEN_FUNCS:
-                chain(node, node.args[0])
                 start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
                 _flatten_dims(node.name, int(start), int(end))
-                steps.append(Step("flatten", node.name))
-            elif fn is F.max_pool2d or getattr(fn, "__name__", "") in ("max_pool2d", "_max_pool2d"):
-                chain(node, node.args[0])
+                emit(node, [Step("flatten", node.name)], [src(node, node.args[0])])
+            elif fn is F.max_pool2d or fname in ("max_pool2d", "_max_pool2d", "boolean_dispatch"):
                 a = list(node.args[1:]) + [None] * 6
                 kw = node.kwargs
-                steps.append(Step("maxpool", node.name, attrs=_pool_attrs(
+                emit(node, [Step("maxpool", node.name, attrs=_pool_attrs(
                     node.name, kw.get("kernel_size", a[0]), kw.get("stride", a[1]),
                     kw.get("padding", a[2] if a[2] is not None else 0),
                     kw.get("dilation", a[3] if a[3] is not None else 1),
                     bool(kw.get("ceil_mode", a[4] or False)), bool(kw.get("return_indices", a[5] or False)),
-                )))
+                ))], [src(node, node.args[0])])
+            elif fn is F.avg_pool2d:
+                a = list(node.args[1:]) + [None] * 6
+                kw = node.kwargs
+                emit(node, [Step("avgpool", node.name, attrs=_avgpool_attrs(
+                    node.name, kw.get("kernel_size", a[0]), kw.get("stride", a[1]),
+                    kw.get("padding", a[2] if a[2] is not None else 0), bool(kw.get("ceil_mode", a[3] or False)),
+                    bool(kw.get("count_include_pad", True if a[4] is None else a[4])), kw.get("divisor_override", a[5]),
+                ))], [src(node, node.args[0])])
+            elif fn is F.adaptive_avg_pool2d:
+                size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+                _gap_check(node.name, size)
+                emit(node, [Step("gap", node.name)], [src(node, node.args[0])])
+            elif fn in (operator.add, operator.iadd, torch.add):
+                if node.kwargs.get("alpha", 1) != 1 or len(node.args) != 2:
+                    raise unsupported(node.name, "add", "only a + b (alpha = 1) is supported")
+                if not all(isinstance(a, fx.Node) for a in node.args):
+                    raise unsupported(node.name, "add", "adding a constant is not supported; add two tensors")
+                emit(node, [Step("add", node.name)], [src(node, a) for a in node.args])
+            elif fn is torch.cat:
+                tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+                dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+                if dim not in (1, -3) or not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
+                    raise unsupported(node.name, "torch.cat", "only concatenating 2+ feature maps along dim=1 is supported")
+                emit(node, [Step("concat", node.name)], [src(node, a) for a in tensors])
             elif fn is operator.getitem:
                 raise unsupported(node.name, "indexing")
             else:
-                if sum(isinstance(a, fx.Node) for a in node.args) > 1:
-                    raise UnsupportedLayerError(
-                        f"operation {node.name!r} ({getattr(fn, '__name__', fn)}) combines several tensors; "
-                        "only a straight chain of layers (no branches or residual connections) can be converted"
-                    )
-                raise unsupported(node.name, f"function {getattr(fn, '__name__', fn)}")
-            current = node
+                raise unsupported(node.name, f"function {fname}")
             continue
         if node.op == "call_method":
             m = str(node.target)
             if m == "size":
                 sizes.add(node)
                 continue
-            chain(node, node.args[0])
             if m in ("relu", "relu_"):
-                steps.append(Step("relu", node.name))
+                emit(node, [Step("relu", node.name)], [src(node, node.args[0])])
             elif m == "contiguous":
-                pass
+                emit(node, [], [src(node, node.args[0])])
+            elif m in ("add", "add_"):
+                if len(node.args) != 2 or node.kwargs or not isinstance(node.args[1], fx.Node):
+                    raise unsupported(node.name, f"x.{m}()", "only x.add(y) / x.add_(y) with a tensor y is supported")
+                emit(node, [Step("add", node.name)], [src(node, node.args[0]), src(node, node.args[1])])
             elif m == "flatten":
                 start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
                 _flatten_dims(node.name, int(start), int(end))
-                steps.append(Step("flatten", node.name))
+                emit(node, [Step("flatten", node.name)], [src(node, node.args[0])])
             elif m in ("view", "reshape"):
                 shape = list(node.args[1:])
                 if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
                     shape = list(shape[0])
+                x = node.args[0]
                 ok = (
                     len(shape) == 2 and shape[1] == -1 and isinstance(shape[0], fx.Node)
-                    and shape[0] in sizes and shape[0].args[0] is current
+                    and shape[0] in sizes and isinstance(x, fx.Node) and isinstance(shape[0].args[0], fx.Node)
+                    and alias.get(shape[0].args[0]) == alias.get(x)
                     and tuple(shape[0].args[1:]) == (0,)
                 )
                 if not ok:
                     raise unsupported(node.name, f"x.{m}{tuple(shape)}", "only x.view(x.size(0), -1) is supported")
-                steps.append(Step("flatten", node.name))
+                emit(node, [Step("flatten", node.name)], [src(node, x)])
             else:
                 raise unsupported(node.name, f"method .{m}()")
-            current = node
             continue
         raise unsupported(node.name, f"fx op {node.op}")
     return steps
+
+
+def _avgpool_attrs(where: str, kernel: Any, stride: Any, padding: Any, ceil_mode: bool, count_include_pad: bool,
+                   divisor_override: Any) -> dict[str, Any]:
+    a = _pool_attrs(where, kernel, stride, padding, 1, ceil_mode, what="avg-pool")
+    if divisor_override is not None:
+        raise unsupported(where, "avg-pool", "divisor_override")
+    if not count_include_pad and any(a["padding"]):
+        raise unsupported(where, "avg-pool", "count_include_pad=False with padding")
+    return a
+
+
+def _gap_check(where: str, size: Any) -> None:
+    if size not in (1, (1, 1), [1, 1]):
+        raise unsupported(where, "adaptive avg-pool", f"only output size 1 (global average pooling), got {size!r}")
 
 
 def _module_step(name: str, m: nn.Module) -> list[Step]:
@@ -220,6 +282,12 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
     if isinstance(m, nn.MaxPool2d):
         return [Step("maxpool", name, m, _pool_attrs(name, m.kernel_size, m.stride, m.padding, m.dilation,
                                                         m.ceil_mode, m.return_indices))]
+    if isinstance(m, nn.AvgPool2d):
+        return [Step("avgpool", name, m, _avgpool_attrs(name, m.kernel_size, m.stride, m.padding, m.ceil_mode,
+                                                          m.count_include_pad, m.divisor_override))]
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        _gap_check(name, m.output_size)
+        return [Step("gap", name, m)]
     if isinstance(m, nn.Flatten):
         _flatten_dims(name, m.start_dim, m.end_dim)
         return [Step("flatten", name, m)]

@@ -752,28 +752,102 @@ def convert(model: nn.Module, *, mode: str | None = None, example_input: Any = N
     return graph
 
 
+def _float_pending(cv: _Converter, value: str, producer: str, chw: tuple[int, int, int] | None) -> Pending:
+    v = cv.b.values[value]
+    return Pending(value, producer, False, v.shape[-1], chw)
+
+
+def _materialize(cv: _Converter, p: Pending, where: str) -> Pending:
+    """``p`` as a float32 value (XNOR-Net style float chain: ``alpha x + b``, ReLU, pools, BN
+    affine): the residual stream as published, for adds, average pools, concatenations and
+    values with several consumers."""
+    if p.flatten is not None:
+        raise unsupported(where, "flattened value", "a flattened value can only feed one linear layer")
+    x, _ = cv._float_chain(p)
+    return _float_pending(cv, x, p.producer, cv._pooled_chw(p))
+
+
 def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[int, int, int],
                    class_names: list[str] | None) -> Graph:
-    if not steps or steps[0].kind not in ("conv_first", "int8_first"):
+    if not steps or steps[0].kind not in ("conv_first", "int8_first") or steps[0].inputs != ["input"]:
         first = steps[0] if steps else None
         where = first.name if first else type(model).__name__
         what = type(first.module).__name__ if first and first.module is not None else (first.kind if first else "empty")
         raise unsupported(where, what, "the first layer must be nn.Conv2d (float) or bitflow.nn.Int8Conv2d")
+    uses: dict[str, int] = {}
+    for st in steps:
+        for v in st.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    if uses.get("input", 0) != 1:
+        raise unsupported(steps[0].name, "input", "the network input must feed only the first layer")
     c, h, w = shape
     spec = InputSpec(c, h, w, "uint8" if steps[0].kind == "int8_first" else "unit")
     cv = _Converter(model, mode, shape)
     cv.b.values[spec.name] = spec.value
-    p: Pending | None = cv.first_layer(steps[0], spec.name)
+    state: dict[str, Pending] = {steps[0].node: cv.first_layer(steps[0], spec.name)}
+    shared: dict[str, Pending] = {}  # materialized values of several consumers
     out: str | None = None
+    out_node: str | None = None
+
+    def take(node: str, where: str) -> Pending:
+        """The value of ``node`` for one consumer: itself (to extend lazily) when it has one
+        consumer, else a fresh float Pending over its materialized float32 value."""
+        if node not in state:
+            raise unsupported(where, "operation", f"reads {node!r}, which is not a feature map the converter tracks")
+        if uses.get(node, 0) <= 1:
+            return state[node]
+        if node not in shared:
+            shared[node] = _materialize(cv, state[node], where)
+        m = shared[node]
+        return Pending(m.value, m.producer, False, m.channels, m.chw)
+
     for st in steps[1:]:
         what = type(st.module).__name__ if st.module is not None else st.kind
-        if out is not None:
+        if st.kind == "output":
+            if out is None or st.inputs != [out_node]:
+                raise UnsupportedLayerError(
+                    "the model must end with a classifier: nn.Linear, or BinaryLinear (optionally followed by Scale)"
+                )
+            break
+        if out is not None and st.kind != "output":
             raise unsupported(st.name, what, "nothing may follow the last layer")
-        assert p is not None
+        if st.kind in ("add", "concat"):
+            ins = [_materialize(cv, take(v, st.name), st.name) if uses.get(v, 0) <= 1 else take(v, st.name)
+                   for v in st.inputs]
+            chws = {q.chw for q in ins}
+            if st.kind == "add":
+                if len(chws) != 1:
+                    raise ValueError(f"add {st.name!r}: its inputs have different shapes {sorted(chws, key=str)}")
+                x = _add_op(cv, "add_f32", [q.value for q in ins], st.name)
+                state[st.node] = _float_pending(cv, x, st.name, ins[0].chw)
+            else:
+                if any(q.chw is None for q in ins) or len({q.chw[1:] for q in ins if q.chw}) != 1:
+                    raise unsupported(st.name, "torch.cat", "only feature maps of one spatial size can be concatenated")
+                x = _add_op(cv, "concat", [q.value for q in ins], st.name)
+                ch = sum(q.channels for q in ins)
+                first_chw = ins[0].chw
+                assert first_chw is not None
+                state[st.node] = _float_pending(cv, x, st.name, (ch, first_chw[1], first_chw[2]))
+            continue
+        p = take(st.inputs[0], st.name)
+        if st.kind in ("avgpool", "gap"):
+            if p.chw is None or p.flatten is not None:
+                raise unsupported(st.name, what, "average pooling needs a spatial (conv) input")
+            q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+            if st.kind == "avgpool":
+                x = cv.b.add("avgpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name})
+            else:
+                x = cv.b.add("global_avgpool_f32", q.value, name=st.name, attrs={"source": st.name})
+            v = cv.b.values[x]
+            state[st.node] = _float_pending(cv, x, st.name, (v.shape[2], v.shape[0], v.shape[1]))
+            continue
         if st.kind == "relu":
             if p.bn is not None:
-                raise unsupported(st.name, "ReLU", "a ReLU between BatchNorm and the next layer is not supported")
-            p.relu = True
+                q = _materialize(cv, p, st.name)
+                x = cv.b.add("relu_f32", q.value, name=st.name)
+                p = _float_pending(cv, x, st.name, q.chw)
+            else:
+                p.relu = True
         elif st.kind == "maxpool":
             if p.bn is not None or p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, "max-pool", "max-pooling must come before BatchNorm/flatten on a conv output")
@@ -785,7 +859,7 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             p.flatten_name = st.name
         elif st.kind == "bn":
             if p.bn is not None:
-                raise unsupported(st.name, what, "two BatchNorms in a row")
+                p = _materialize(cv, p, st.name)  # BN -> BN (e.g. a shortcut's BN feeding a block's BN)
             assert st.module is not None
             nf = st.module.num_features  # type: ignore[union-attr]
             if isinstance(st.module, nn.BatchNorm2d):
@@ -828,30 +902,43 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
                 p = cv.mbit_linear(st, val, chw, enc)
         elif st.kind == "linear":
             if p.chw is not None and p.flatten is None:
-                raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+                if p.chw[1:] != (1, 1):
+                    raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+                p.flatten, p.flatten_name = ("after_bn" if p.bn is not None else "before_bn"), f"{st.name}.flatten"
             out = cv.float_linear(p, st)
-            p = None
+            out_node = st.node
+            continue
         elif st.kind == "scale":
             if not (p.is_int and p.chw is None and not p.relu and p.bn is None and not p.pools):
                 raise unsupported(st.name, "Scale", "Scale must directly follow the binary last layer")
             assert st.module is not None
             out = cv.scale_output(p, float(_f32(st.module.scale)), st.name)  # type: ignore[arg-type]
-            p = None
-        elif st.kind in ("conv_first", "int8_first"):
-            raise unsupported(st.name, what, "a full-precision convolution is only supported as the first layer")
+            out_node = st.node
+            continue
+        elif st.kind == "conv_first":
+            assert isinstance(st.module, nn.Conv2d)
+            if p.flatten is not None or p.chw is None:
+                raise unsupported(st.name, what, "a float convolution needs a spatial input")
+            q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+            p = cv.first_layer(st, q.value)
+        elif st.kind == "int8_first":
+            raise unsupported(st.name, what, "a fixed-point (Int8Conv2d) convolution is only supported as the first layer")
         else:
             raise unsupported(st.name, what)
-    if out is None:
-        assert p is not None
-        if p.is_int and p.chw is None and not p.relu and p.bn is None:
+        state[st.node] = p
+        # a binary last layer with nothing after it (BinaryLinear as classifier)
+        if st.kind in ("blinear", "mblinear") and uses.get(st.node, 0) == 1 and _reads_output(steps, st.node):
             out = cv.scale_output(p, None, f"{p.producer}.out")
-        else:
-            raise UnsupportedLayerError(
-                "the model must end with a classifier: nn.Linear, or BinaryLinear (optionally followed by Scale)"
-            )
+            out_node = st.node
+    if out is None:
+        raise UnsupportedLayerError(
+            "the model must end with a classifier: nn.Linear, or BinaryLinear (optionally followed by Scale)"
+        )
     n_out = cv.b.values[out].shape[0]
     if class_names is None:
         class_names = [str(x) for x in getattr(model, "class_names", [])] or [str(i) for i in range(n_out)]
+    if mode == "bitflow" and _float_between_binary(cv):
+        mode = "mixed"  # a float32 residual stream runs between binary layers (as published)
     cfg = getattr(model, "bitflow_config", None) or {}
     prov = {
         "model": cfg.get("name", type(model).__name__),
@@ -866,6 +953,26 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
               class_names=list(class_names), provenance=prov)
     g.validate()
     return g
+
+
+def _add_op(cv: _Converter, type_: str, inputs: list[str], name: str) -> str:
+    """A multi-input op (``add_f32``, ``concat``)."""
+    opname = cv.b._unique(name)
+    op = Op(type_, opname, list(inputs), [opname], {"source": name}, {})
+    cv.b.values[opname] = infer(op, [cv.b.values[v] for v in inputs], cv.b.tensors)
+    cv.b.ops.append(op)
+    return opname
+
+
+def _reads_output(steps: list[Step], node: str) -> bool:
+    return any(st.kind == "output" and st.inputs == [node] for st in steps)
+
+
+def _float_between_binary(cv: _Converter) -> bool:
+    from ..ir.graph import BINARY_OPS
+
+    idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS]
+    return bool(idx) and any(cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0]: idx[-1] + 1])
 
 
 __all__ = ["CONVERTER_VERSION", "UnsupportedLayerError", "convert"]
