@@ -505,8 +505,12 @@ class _Converter:
             if p.flatten == "before_bn" and chw is not None:
                 perm = _nchw_to_nhwc_perm(*chw)
                 scale, shift = scale[perm], shift[perm]
+            # |beta| + |mean * s|: PyTorch's BN rounds (x - mean) s + beta, whose terms can be far
+            # larger than the folded bias; the float error bound of verify needs their size
+            terms = float(np.max(np.abs(bnp.beta.astype(np.float64)) + np.abs(bnp.mean.astype(np.float64) * s64),
+                                 initial=0.0))
             x = self.b.add("affine_f32", x, name=f"{p.bn_name}", params={"scale": scale, "bias": shift},
-                           attrs={"source": p.bn_name})
+                           attrs={"source": p.bn_name, "bn_terms_abs": terms})
         if p.flatten == "after_bn":
             x = self.b.add("flatten", x, name=p.flatten_name)
         return x, (chw if p.flatten is not None else None)

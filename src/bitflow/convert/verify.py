@@ -16,6 +16,11 @@ differences in such a sample are consequences and are counted there too. In ``xn
 float BatchNorm (``affine_f32`` -> ``bitpack``) rounds differently from PyTorch's, so a sign
 whose BN output lies within a few float32 roundings of 0 is reported the same way. Everything else is a
 real mismatch and must be zero for a correct conversion.
+
+Graphs with a float residual stream (mode ``mixed``: Bi-Real-style ``BN(BinConv(sign x)) +
+x``) take sign decisions on float sums; a difference there is near-threshold when the value
+lies within twice the propagated float32 error bound of :func:`~bitflow.ir.reference.
+float_error_bounds` of its threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import nn
 from ..ir._refkernels import pool as _pool
 from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
-from ..ir.reference import conv_f32_error_bound, run
+from ..ir.reference import conv_f32_error_bound, float_error_bounds, run
 from ._mbbn import torch_levels
 
 _MAX_REPORTED = 50
@@ -66,6 +71,7 @@ def _conv_err_bound(graph: Graph) -> np.ndarray | None:
 
 def _near_info(
     graph: Graph, inter: dict[str, np.ndarray], key: str, nb: int, err_bound: np.ndarray | None, first: bool,
+    fbounds: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(y, threshold, bound)`` per decision ``[nb, F]`` behind the bits ``key``, or None
     (``threshold`` is ``[F]``, or ``[F, L]`` for the ``L`` thresholds of a level).
@@ -81,9 +87,11 @@ def _near_info(
     dec, chain = src
     producer = {op.outputs[0]: op for op in graph.ops}
     yv = inter[dec.inputs[0]]
+    eb = None if fbounds is None else fbounds.get(dec.inputs[0])
     for pop in chain:
         if pop.type == "maxpool_bits":
             yv = _pool(yv, pop, -np.inf, np.max)
+            eb = None if eb is None else _pool(np.broadcast_to(eb, inter[dec.inputs[0]].shape), pop, 0.0, np.max)
     yv = yv.reshape(nb, -1).astype(np.float64)
     f = yv.shape[1]
     if dec.type in ("threshold_f32_bits", "threshold_f32_planes"):
@@ -105,6 +113,8 @@ def _near_info(
         conv_scale = np.abs(sc[idx])
     if first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
+    if eb is not None:  # a float stream (residual adds, shortcuts): its propagated bound, both sides
+        bound = np.maximum(bound, 2 * np.broadcast_to(eb, yv.shape if eb.size == yv.size else eb.shape).reshape(nb, -1))
     return yv, thr, bound
 
 
@@ -209,6 +219,7 @@ def verify(
             with torch.no_grad():
                 lt = model(torch.from_numpy(xb)).float().numpy()
             li, inter = run(graph, xb, return_intermediates=True)  # type: ignore[misc]
+            fb = float_error_bounds(graph, inter) if graph.mode == "mixed" else None
             if lt.shape != li.shape:
                 raise ValueError(f"model output shape {lt.shape} != graph output shape {li.shape}")
             res["max_logit_abs_diff"] = max(res["max_logit_abs_diff"], float(np.max(np.abs(lt - li), initial=0.0)))
@@ -231,7 +242,7 @@ def verify(
                     # integer thresholds are exact: a difference here is a real mismatch unless
                     # the sample already took a near-threshold float decision upstream, or the
                     # levels come from a float first layer whose value lies near a threshold
-                    near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0])
+                    near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
                                  if bad.any() else None)
                     if near_info is not None:
                         bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
@@ -244,7 +255,8 @@ def verify(
                 neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec
                 res["signs_compared"] += bad.size
-                near_info = _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0]) if bad.any() else None
+                near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
+                             if bad.any() else None)
                 if near_info is not None:
                     bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
                 down = bad & near_samples[:, None]

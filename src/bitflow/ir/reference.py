@@ -109,4 +109,72 @@ def run_op(graph: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) ->
     return OPS[op.type].reference(graph, op, xs, vins)
 
 
-__all__ = ["conv_f32_error_bound", "preprocess", "run", "run_op"]
+
+_EPS32 = float(np.finfo(np.float32).eps)  # 2^-23 = 2u
+
+
+def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Elementwise bounds ``E[v]`` on ``|computed - exact|`` of every float32 value ``v`` of a
+    run (``env``: the reference's intermediates), valid for any correct float32 implementation
+    (the engines, PyTorch's own module order); two implementations differ by at most ``2 E``.
+
+    First-order rules (``eps = 2^-23``, Higham Eq. 3.5 for sums; ``|.|`` taken on the
+    reference's values): a float conv of fan-in ``K`` on the input in [0, 1]: ``K eps (sum|w| +
+    |b|)``; on another float value ``x``: ``K eps sum|w| max|x| + sum|w| max E[x]``; ``scale_bias``
+    (``alpha acc + b``; PyTorch's ``acc * alpha + b`` and BN): ``4 eps (|s x| + |b|)``;
+    ``affine_f32`` (a folded BatchNorm): ``|s| E[x] + 4 eps (|s x| + |b| + t)`` with ``t = |beta|
+    + |mean s|`` (attribute ``bn_terms_abs``: PyTorch rounds ``(x - mean) s + beta``); ``add_f32``
+    of ``n`` terms: ``sum E + (n - 1) eps sum|x_i|``; average pools: the window's max ``E`` plus
+    ``k eps max|x|``; ReLU, max-pool, flatten and concat carry ``E`` along.
+    """
+    from ._refkernels import pool
+
+    e: dict[str, np.ndarray] = {}
+    for op in graph.ops:
+        t, out = op.type, op.outputs[0]
+        y = env.get(out)
+        if y is None or y.dtype != np.float32:
+            continue
+        ins = [env[v] for v in op.inputs]
+        p = {role: graph.tensors[name].astype(np.float64) for role, name in op.params.items()}
+        if t == "conv2d_f32":
+            w = p["w"]
+            fan = w[0].size
+            sw = np.abs(w).reshape(w.shape[0], -1).sum(1)
+            b = np.abs(p["bias"]) if "bias" in p else 0.0
+            if op.inputs[0] == graph.input.name:
+                bound = fan * _EPS32 * (sw + b)
+            else:
+                xm = float(np.abs(ins[0]).max(initial=0.0))
+                em = float(e.get(op.inputs[0], np.zeros(1)).max(initial=0.0))
+                bound = fan * _EPS32 * (sw * xm + b) + sw * em
+            e[out] = np.broadcast_to(bound, y.shape).astype(np.float64)
+        elif t == "scale_bias":
+            e[out] = 4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
+        elif t == "affine_f32":
+            x = ins[0].astype(np.float64)
+            terms = float(op.attrs.get("bn_terms_abs", 0.0))
+            prev = e.get(op.inputs[0], 0.0)
+            e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms)
+        elif t == "add_f32":
+            mags = sum(np.abs(x.astype(np.float64)) for x in ins)
+            e[out] = sum(e.get(v, np.zeros(y.shape)) for v in op.inputs) + (len(ins) - 1) * _EPS32 * mags
+        elif t in ("relu_f32", "flatten"):
+            e[out] = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape))).reshape(y.shape)
+        elif t == "maxpool_f32":
+            e[out] = pool(np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape))), op, 0.0, np.max)
+        elif t == "avgpool_f32":
+            kh, kw = (int(v) for v in op.attrs["kernel"])
+            prev = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape)))
+            e[out] = pool(prev, op, 0.0, np.max) + kh * kw * _EPS32 * pool(np.abs(ins[0]).astype(np.float64), op, 0.0, np.max)
+        elif t == "global_avgpool_f32":
+            prev = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape)))
+            hw = ins[0].shape[1] * ins[0].shape[2]
+            e[out] = (prev.max(axis=(1, 2), keepdims=True)
+                      + hw * _EPS32 * np.abs(ins[0]).astype(np.float64).max(axis=(1, 2), keepdims=True))
+        elif t == "concat":
+            e[out] = np.concatenate([np.broadcast_to(e.get(v, 0.0), x.shape) for v, x in zip(op.inputs, ins, strict=True)], -1)
+    return e
+
+
+__all__ = ["conv_f32_error_bound", "float_error_bounds", "preprocess", "run", "run_op"]
