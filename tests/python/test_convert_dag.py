@@ -276,3 +276,45 @@ def test_float_error_bounds_cover_pytorch_on_the_residual_stream() -> None:
     assert (
         r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
     )
+
+
+def test_bireal_models_registry_counts_and_parameters() -> None:
+    import bitflow.models as M
+    from bitflow.nn import BinaryConv2d
+
+    for name, n_bin in (
+        ("bireal_resnet18", 16),
+        ("bireal_resnet20", 18),
+        ("resnet18", 0),
+        ("resnet20", 0),
+    ):
+        assert name in M.list_models()
+        m = M.create(name)
+        assert sum(isinstance(x, BinaryConv2d) for x in m.modules()) == n_bin
+    # ResNet-18 at 224 / 1000 classes has 11,689,512 parameters (torchvision's count: the same
+    # convs, BNs, 1x1 downsample convs and fc); our stem conv carries a bias (+64)
+    m = M.create("resnet18", num_classes=1000, in_channels=3, image_size=224)
+    assert sum(p.numel() for p in m.parameters()) == 11_689_512 + 64
+    b = M.create("bireal_resnet18", num_classes=1000, in_channels=3, image_size=224)
+    assert [p.shape for p in b.parameters()] == [
+        p.shape for p in m.parameters()
+    ]  # twins map one to one
+
+
+def test_bireal_resnet18_224_converts_and_the_engine_matches_the_reference() -> None:
+    import bitflow.models as M
+
+    torch.manual_seed(0)
+    m = _randomize(
+        M.create("bireal_resnet18", num_classes=1000, in_channels=3, image_size=224, width=16), 1
+    )
+    graph = convert(m)
+    x = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
+    ref = run(graph, x)
+    with torch.no_grad():
+        lt = m(torch.from_numpy(x)).numpy()
+    assert (lt.argmax(1) == ref.argmax(1)).all()
+    for k in available_kernels():
+        eng = Engine(graph, kernels=k)
+        assert (eng.predict(x) == ref.argmax(1)).all()
+        np.testing.assert_allclose(eng.logits(x), ref, rtol=1e-4, atol=1e-4)
