@@ -842,8 +842,8 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
                 x = cv.b.add("avgpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name})
             else:
                 x = cv.b.add("global_avgpool_f32", q.value, name=st.name, attrs={"source": st.name})
-            v = cv.b.values[x]
-            state[st.node] = _float_pending(cv, x, st.name, (v.shape[2], v.shape[0], v.shape[1]))
+            vi = cv.b.values[x]
+            state[st.node] = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
             continue
         if st.kind == "relu":
             if p.bn is not None:
@@ -855,8 +855,8 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         elif st.kind == "maxpool" and p.bn is not None and p.flatten is None and p.chw is not None:
             q = _materialize(cv, p, st.name)  # BN -> max-pool (e.g. a ResNet stem): pool the float values
             x = cv.b.add("maxpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name})
-            v = cv.b.values[x]
-            p = _float_pending(cv, x, st.name, (v.shape[2], v.shape[0], v.shape[1]))
+            vi = cv.b.values[x]
+            p = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
         elif st.kind == "maxpool":
             if p.bn is not None or p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, "max-pool", "max-pooling must come before BatchNorm/flatten on a conv output")

@@ -157,8 +157,9 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
             prev = e.get(op.inputs[0], 0.0)
             e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms)
         elif t == "add_f32":
-            mags = sum(np.abs(x.astype(np.float64)) for x in ins)
-            e[out] = sum(e.get(v, np.zeros(y.shape)) for v in op.inputs) + (len(ins) - 1) * _EPS32 * mags
+            mags = np.sum([np.abs(x.astype(np.float64)) for x in ins], axis=0)
+            prevs = np.sum([np.broadcast_to(e.get(v, 0.0), y.shape) for v in op.inputs], axis=0)
+            e[out] = prevs + (len(ins) - 1) * _EPS32 * mags
         elif t in ("relu_f32", "flatten"):
             e[out] = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape))).reshape(y.shape)
         elif t == "maxpool_f32":

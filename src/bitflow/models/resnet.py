@@ -127,7 +127,7 @@ def _make(blocks: tuple[int, ...], binary: bool, default_width: int, **kw: Any) 
     if unknown:
         raise TypeError(f"unexpected options {sorted(unknown)}; valid: {sorted(opts)}")
     opts.update(kw)
-    if int(opts["width"]) < 1 or int(opts["num_classes"]) < 1:
+    if int(opts["width"]) < 1 or int(opts["num_classes"]) < 1:  # type: ignore[call-overload]
         raise ValueError("width and num_classes must be >= 1")
     if not binary and opts["first_layer"] != "float":
         raise ValueError("the full-precision twins take first_layer='float' only")
