@@ -1,28 +1,62 @@
-"""Residual BNNs: Bi-Real-Net (Liu et al., ECCV 2018; survey Sec. 3.2) and full-precision twins.
+"""Residual binary networks: Bi-Real-Net, BitFlow / XNOR ResNet-18 and their full-precision twins.
 
-Bi-Real unit (one per binary 3x3 conv, the "real-valued shortcut around every binary conv")::
+Two residual layouts, each a stem, a flat ``nn.Sequential`` of residual units and a head.
 
-    out = BN(BinConv(sign x)) + shortcut(x)
+**Bi-Real layout** (Liu et al., "Bi-Real Net", ECCV 2018; survey Sec. 3.2): every binary 3x3
+convolution has its own shortcut, so the real-valued activations before each sign are carried to
+the next unit instead of being lost to binarization. Unit ``l`` (:class:`BiRealUnit`)::
 
-with ``sign`` the ApproxSign activation (forward ``sign``, backward the piecewise-quadratic
-derivative ``2 + 2x`` on [-1, 0), ``2 - 2x`` on [0, 1), 0 elsewhere; ``input_quantizer=
-"approx_sign"``), XNOR weights with a channel scale alpha, and a real-valued downsample
-shortcut ``BN(Conv1x1(AvgPool2d(2)(x)))`` where the stride or the width changes. The stream
-``x`` stays real (float32 at inference: graphs of mode ``mixed``), the stem and the classifier
-are full precision (``first_layer="int8"``: a fixed-point stem).
+    x_{l+1} = requant( BN_l( BinConv_l( sign(x_l) ) ) + shortcut_l(x_l) )
 
-- ``bireal_resnet18``: 4 stages x 2 basic blocks x 2 units (16 binary convs), widths ``w, 2w,
-  4w, 8w``; ``stem="imagenet"`` (7x7/2 conv + BN + 3x3/2 max-pool, for 224x224) or
-  ``"cifar"`` (3x3/1 conv + BN, for 28x28 / 32x32); ``"auto"`` picks by ``image_size``.
-- ``bireal_resnet20``: ResNet-20 layout for small images: 3 stages x 3 blocks x 2 units
-  (18 binary convs), widths ``w, 2w, 4w`` (``w = 16`` default), cifar stem.
-- ``resnet18`` / ``resnet20``: the full-precision twins (the same units with ``nn.Conv2d`` and
-  a ReLU-free real stream, so weights map one to one).
+where ``BinConv(sign(x)) = (sign(x) (*) sign(W)) * alpha`` (the sign is the ``input_quantizer``
+inside :class:`~bitflow.nn.BinaryConv2d`; ``"approx_sign"`` gives Bi-Real's ApproxSign gradient
+``d sign(x)/dx ~ (2 - 2|x|) 1[|x| <= 1]``, Bi-Real Eq. 5; ``alpha_o = mean |W_o|`` is Bi-Real's
+magnitude-aware weight scale, Eq. 6-8, the ``"xnor"`` weight quantizer). ``shortcut_l`` is the
+identity, or, where the stride or the width changes, the real-valued downsample
+``BN(Conv1x1(AvgPool2d(2, 2)(x)))`` (``downsample="avgpool"``, Bi-Real) or ``BN(Conv1x1/2(x))``
+(``downsample="conv"``, ResNet option B).
+
+- ``bireal_resnet18``: stem ``Conv7x7/2 -> BN -> MaxPool3x3/2`` (ImageNet, no ReLU as in Bi-Real)
+  or ``Conv3x3/1 -> BN`` (small inputs); 4 stages x 4 units, widths ``w, 2w, 4w, 8w`` (``w = 64``):
+  16 binary convolutions; head ``AdaptiveAvgPool2d(1) -> Flatten -> Linear``.
+- ``bireal_resnet20``: the CIFAR ResNet-20 layout (He et al. 2016, 3 stages x 3 basic blocks of two
+  3x3 convolutions) with a shortcut around every convolution: stem ``Conv3x3/1 -> BN``, 3 stages x 6
+  units, widths ``w, 2w, 4w`` (``w = 16``): 18 binary convolutions; 28 -> 28 -> 14 -> 7.
+
+**BitFlow layout** (:class:`BinaryBasicBlock`; the zoo's block order ``BN -> sign -> BinConv``,
+BitFlow-Net Sec. II.A / Algorithm 1, inside a ResNet basic block, XNOR-Net's ResNet-18)::
+
+    h = act1( BinConv1( sign( BN1(x) ) ) )        act1 = ReLU (relu=True, Algorithm 1 line 10) or none
+    h = BinConv2( sign( BN2(h) ) )
+    x' = requant( h + shortcut(x) )               shortcut: identity or BN(Conv1x1/2(x)) (default)
+
+- ``bitflow_resnet18`` / ``xnor_resnet18``: stem ``Conv -> BN -> ReLU (-> MaxPool)``, 4 stages x 2
+  blocks (16 binary convolutions), head ``BN -> ReLU -> AdaptiveAvgPool2d(1) -> Flatten ->
+  Linear``. They build the same training graph and differ only in ``model.inference``
+  (``"bitflow"``: integer thresholds where possible; ``"xnor"``: float alpha + BatchNorm), as the
+  zoo's ``bitflow_*`` / ``xnor_*`` pairs do.
+
+**Full-precision twins** ``resnet18`` and ``resnet20`` (``block="bireal"``, default, or
+``"bitflow"``) have the same modules and parameter names as their binary versions with
+``nn.Conv2d`` in place of ``BinaryConv2d`` and a real nonlinearity ``act`` (``activation="relu"``,
+or ``"htanh"``, Bi-Real's ``clip(-1, x, 1)`` pre-training nonlinearity) where the binary model has
+its sign. Their state dicts load into the binary model unchanged, so ``bitflow train --model
+bireal_resnet20 --init-from runs/resnet20/best.pt`` starts from a trained twin (Bi-Real Sec. 3.3).
+
+**Residual stream.** ``residual="float"`` keeps the stream in float32 (as published). Every unit
+ends in ``requant`` (and the stem in ``stem.requant``), built by :func:`residual_requant`: the one
+place where a fixed-point fake-quantizer of the stream goes (``residual="int"``, issue 10 Sec. 3,
+not implemented yet: it raises ``ValueError``). For ``"float"`` it is ``nn.Identity``.
+
+Conversion contract: forward passes use only ``BinaryConv2d``, ``nn.Conv2d``, ``Int8Conv2d``
+(``first_layer="int8"``), ``nn.BatchNorm2d``, ``nn.ReLU``, ``nn.MaxPool2d``,
+``nn.AvgPool2d(2, 2)``, ``nn.AdaptiveAvgPool2d(1)``, ``nn.Flatten``, ``nn.Linear``,
+``nn.Identity`` and ``+``; ``nn.Hardtanh`` appears only in a twin built with ``activation="htanh"``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -30,132 +64,476 @@ from ..nn import BinaryConv2d
 from ._factory import register_model
 from .blocks import first_conv
 
+RESIDUALS = ("float", "int")
+DOWNSAMPLES = ("avgpool", "conv")
+STEMS = ("auto", "imagenet", "cifar")
+ACTIVATIONS = ("relu", "htanh")
+
+
+def residual_requant(residual: str) -> nn.Module:
+    """The quantizer of the residual stream, applied to every unit's output (and the stem's).
+
+    ``"float"``: ``nn.Identity`` (the float32 stream of Bi-Real / ResNet). ``"int"`` is the hook for
+    the fixed-point stream of issue 10 Sec. 3 (``q(x) = clamp(round(x 2^f), -2^(b-1), 2^(b-1) - 1)
+    2^-f`` with an STE); it is not implemented yet and raises ``ValueError``.
+    """
+    if residual == "float":
+        return nn.Identity()
+    if residual == "int":
+        raise ValueError(
+            "residual='int' (fixed-point residual stream, issue 10 Sec. 3) is not implemented yet; "
+            "its fake-quantizer goes into bitflow.models.resnet.residual_requant. Use residual='float'."
+        )
+    raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+
+
+def _activation(activation: str) -> nn.Module:
+    """The full-precision twin's nonlinearity in place of the sign."""
+    if activation == "relu":
+        return nn.ReLU()
+    if activation == "htanh":
+        return nn.Hardtanh(-1.0, 1.0)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def shortcut(cin: int, cout: int, stride: int, downsample: str) -> nn.Module:
+    """Identity if the shape is kept, else a real-valued downsample:
+    ``"avgpool"``: ``AvgPool2d(2, 2) (if stride 2) -> Conv1x1 -> BN`` (Bi-Real);
+    ``"conv"``: ``Conv1x1/stride -> BN`` (ResNet option B)."""
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    if downsample == "avgpool":
+        pool: list[nn.Module] = [nn.AvgPool2d(2, 2)] if stride == 2 else []
+        return nn.Sequential(*pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
+def _conv3x3(cin: int, cout: int, stride: int, binary: bool, bkw: dict[str, object]) -> nn.Conv2d:
+    if binary:
+        return BinaryConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, **bkw)  # type: ignore[arg-type]
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
 
 class BiRealUnit(nn.Module):
-    """``out = BN(conv(x)) + shortcut(x)``; ``conv`` binary (sign inside) or float (twin)."""
+    """One Bi-Real unit: ``x' = requant(bn(conv(act(x))) + shortcut(x))``.
 
-    def __init__(
-        self, cin: int, cout: int, stride: int, binary: bool, input_quantizer: str = "approx_sign"
-    ) -> None:
-        super().__init__()
-        if binary:
-            self.conv: nn.Module = BinaryConv2d(
-                cin,
-                cout,
-                3,
-                stride=stride,
-                padding=1,
-                bias=False,
-                input_quantizer=input_quantizer,
-                weight_quantizer="xnor",
-            )
-        else:
-            self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        if stride != 1 or cin != cout:
-            pool: nn.Module = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-            self.shortcut: nn.Module = nn.Sequential(
-                pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)
-            )
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x)) + self.shortcut(x)
-
-
-class BiRealNet(nn.Module):
-    """Stem -> stages of Bi-Real units -> global average pool -> linear (module docstring)."""
+    Binary: ``act`` is ``None`` (the sign is ``conv.input_quantizer``) and ``conv`` a
+    ``BinaryConv2d``; twin: ``act`` a ReLU/Hardtanh and ``conv`` an ``nn.Conv2d`` (same shapes).
+    Submodules: ``conv``, ``bn``, ``shortcut``, ``requant`` (and ``act`` in the twin).
+    """
 
     def __init__(
         self,
+        cin: int,
+        cout: int,
+        stride: int,
         *,
-        blocks: tuple[int, ...],
-        width: int,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        stem: str,
-        first_layer: str,
         binary: bool,
+        bkw: dict[str, object],
+        downsample: str,
+        residual: str,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
-        if stem == "auto":
-            stem = "imagenet" if image_size >= 112 else "cifar"
-        if stem == "imagenet":
-            self.stem = nn.Sequential(
-                first_conv(in_channels, width, 7, stride=2, padding=3, first_layer=first_layer),
-                nn.BatchNorm2d(width),
-                nn.MaxPool2d(3, 2, 1),
-            )
-        elif stem == "cifar":
-            self.stem = nn.Sequential(
-                first_conv(in_channels, width, 3, padding=1, first_layer=first_layer),
-                nn.BatchNorm2d(width),
-            )
-        else:
-            raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', got {stem!r}")
-        units: list[nn.Module] = []
-        cin = width
-        for s, n in enumerate(blocks):
-            cout = width * 2**s
-            for b in range(n):
-                stride = 2 if (s > 0 and b == 0) else 1
-                units += [BiRealUnit(cin, cout, stride, binary), BiRealUnit(cout, cout, 1, binary)]
-                cin = cout
-        self.units = nn.Sequential(*units)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)
-        )
-        self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
-        self.inference = "bitflow"
+        self.act: nn.Module | None = None if binary else _activation(activation)
+        self.conv = _conv3x3(cin, cout, stride, binary, bkw)
+        self.bn = nn.BatchNorm2d(cout)
+        self.shortcut = shortcut(cin, cout, stride, downsample)
+        self.requant = residual_requant(residual)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.units(self.stem(x)))
+        h = x if self.act is None else self.act(x)
+        return self.requant(self.bn(self.conv(h)) + self.shortcut(x))  # type: ignore[no-any-return]
 
 
-def _make(blocks: tuple[int, ...], binary: bool, default_width: int, **kw: Any) -> nn.Module:
-    opts = {
-        "num_classes": 10,
-        "in_channels": 1,
-        "image_size": 28,
-        "width": default_width,
-        "stem": "auto",
-        "first_layer": "float",
+class BinaryBasicBlock(nn.Module):
+    """ResNet basic block in the BitFlow order (see the module docstring)::
+
+        h = act1(conv1(a(bn1(x))));  x' = requant(conv2(a(bn2(h))) + shortcut(x))
+
+    Binary: ``a`` is the sign inside ``conv1``/``conv2`` (no module); twin: ``a`` is ``act``
+    (ReLU/Hardtanh), which with ``relu=False`` makes the twin a pre-activation ResNet (He et al.
+    2016b). ``act1`` is a ReLU (``relu=True``) or ``None``. Submodules: ``bn1``, ``conv1``,
+    ``act1``, ``bn2``, ``conv2``, ``shortcut``, ``requant`` (and ``act`` in the twin).
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        *,
+        binary: bool,
+        bkw: dict[str, object],
+        downsample: str,
+        residual: str,
+        relu: bool,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.act: nn.Module | None = None if binary else _activation(activation)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = _conv3x3(cin, cout, stride, binary, bkw)
+        self.act1: nn.Module | None = nn.ReLU() if relu else None
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = _conv3x3(cout, cout, 1, binary, bkw)
+        self.shortcut = shortcut(cin, cout, stride, downsample)
+        self.requant = residual_requant(residual)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn1(x)
+        if self.act is not None:
+            h = self.act(h)
+        h = self.conv1(h)
+        if self.act1 is not None:
+            h = self.act1(h)
+        h = self.bn2(h)
+        if self.act is not None:
+            h = self.act(h)
+        return self.requant(self.conv2(h) + self.shortcut(x))  # type: ignore[no-any-return]
+
+
+def _stem(
+    in_channels: int, width: int, stem: str, first_layer: str, relu: bool, residual: str
+) -> nn.Sequential:
+    """``conv -> BN -> ReLU? -> MaxPool3x3/2 (imagenet) -> requant``; conv is 7x7/2 (imagenet) or
+    3x3/1 (cifar), float (``nn.Conv2d``) or fixed point (``Int8Conv2d``), with a bias like every
+    zoo first layer (:func:`~bitflow.models.blocks.first_conv`; redundant before BN: +``width``
+    parameters)."""
+    k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
+    conv = first_conv(in_channels, width, k, stride=s, padding=p, first_layer=first_layer)
+    mods: list[nn.Module] = [conv, nn.BatchNorm2d(width)]
+    if relu:
+        mods.append(nn.ReLU())
+    if stem == "imagenet":
+        mods.append(nn.MaxPool2d(3, 2, 1))
+    mods.append(residual_requant(residual))
+    return nn.Sequential(*mods)
+
+
+def _stem_size(image_size: int, stem: str) -> int:
+    if stem == "imagenet":
+        conv = (image_size + 2 * 3 - 7) // 2 + 1
+        return (conv + 2 - 3) // 2 + 1
+    return image_size
+
+
+class ResNet(nn.Module):
+    """A residual network ``head(units(stem(x)))``: ``stem`` (see :func:`_stem`), ``units`` (a
+    flat ``nn.Sequential`` of :class:`BiRealUnit` or :class:`BinaryBasicBlock`), ``head``
+    (``[BN -> ReLU ->] AdaptiveAvgPool2d(1) -> Flatten -> Linear``)."""
+
+    def __init__(
+        self, stem: nn.Sequential, units: Sequence[nn.Module], head: nn.Sequential
+    ) -> None:
+        super().__init__()
+        self.stem = stem
+        self.units = nn.Sequential(*units)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.units(self.stem(x)))  # type: ignore[no-any-return]
+
+
+def build_resnet(
+    *,
+    block: str,
+    stages: Sequence[int],
+    binary: bool,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    width: int,
+    stem: str,
+    first_layer: str = "float",
+    residual: str = "float",
+    downsample: str = "avgpool",
+    input_quantizer: str = "approx_sign",
+    weight_quantizer: str = "xnor",
+    pad_value: float = 0,
+    relu: bool = True,
+    activation: str = "relu",
+    inference: str = "bitflow",
+) -> ResNet:
+    """Build a residual network. ``block="bireal"``: ``stages[i]`` :class:`BiRealUnit` s of width
+    ``width * 2^i``; ``"bitflow"``: ``stages[i]`` :class:`BinaryBasicBlock` s. The first unit of
+    every stage but the first has stride 2. ``binary=False`` builds the full-precision twin."""
+    if block not in ("bireal", "bitflow"):
+        raise ValueError(f"block must be 'bireal' or 'bitflow', got {block!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if width < 1 or in_channels < 1:
+        raise ValueError(f"width and in_channels must be >= 1, got {width} and {in_channels}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if stem == "auto":
+        stem = "imagenet" if image_size >= 112 else "cifar"
+    if downsample not in DOWNSAMPLES:
+        raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
+    residual_requant(residual)  # validate before building anything
+    if not binary:
+        _activation(activation)
+    bkw: dict[str, object] = {
+        "input_quantizer": input_quantizer,
+        "weight_quantizer": weight_quantizer,
+        "pad_value": pad_value,
     }
-    unknown = set(kw) - set(opts)
-    if unknown:
-        raise TypeError(f"unexpected options {sorted(unknown)}; valid: {sorted(opts)}")
-    opts.update(kw)
-    if int(opts["width"]) < 1 or int(opts["num_classes"]) < 1:  # type: ignore[call-overload]
-        raise ValueError("width and num_classes must be >= 1")
-    if not binary and opts["first_layer"] != "float":
-        raise ValueError("the full-precision twins take first_layer='float' only")
-    return BiRealNet(blocks=blocks, binary=binary, **opts)  # type: ignore[arg-type]
+    bireal = block == "bireal"
+    size = _stem_size(image_size, stem)
+    if size < 1:
+        raise ValueError(f"image_size {image_size} is too small for the {stem!r} stem")
+    units: list[nn.Module] = []
+    cin = width
+    for i, n in enumerate(stages):
+        cout = width * 2**i
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            if stride == 2:
+                if downsample == "avgpool" and size % 2:
+                    raise ValueError(
+                        f"image_size {image_size}: stage {i + 1} downsamples a {size}x{size} map; AvgPool2d(2, 2) "
+                        f"gives {size // 2}x{size // 2} but the stride-2 conv gives {(size + 1) // 2}x{(size + 1) // 2}. "
+                        "Use downsample='conv' (a 1x1 stride-2 conv shortcut) or an image size whose maps stay even"
+                    )
+                size = (size + 1) // 2
+            if bireal:
+                units.append(
+                    BiRealUnit(
+                        cin,
+                        cout,
+                        stride,
+                        binary=binary,
+                        bkw=bkw,
+                        downsample=downsample,
+                        residual=residual,
+                        activation=activation,
+                    )
+                )
+            else:
+                units.append(
+                    BinaryBasicBlock(
+                        cin,
+                        cout,
+                        stride,
+                        binary=binary,
+                        bkw=bkw,
+                        downsample=downsample,
+                        residual=residual,
+                        relu=relu,
+                        activation=activation,
+                    )
+                )
+            cin = cout
+    head: list[nn.Module] = [] if bireal else [nn.BatchNorm2d(cin), nn.ReLU()]
+    head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    model = ResNet(
+        _stem(in_channels, width, stem, first_layer, relu=not bireal, residual=residual),
+        units,
+        nn.Sequential(*head),
+    )
+    model.inference = inference if binary else "float"  # type: ignore[assignment]
+    model.image_size = image_size  # type: ignore[assignment]
+    model.in_channels = in_channels  # type: ignore[assignment]
+    model.num_classes = num_classes  # type: ignore[assignment]
+    model.residual = residual  # type: ignore[assignment]
+    return model
 
 
 @register_model("bireal_resnet18")
-def bireal_resnet18(**kw: Any) -> nn.Module:
-    """Bi-Real-Net 18 (16 binary 3x3 convs, each with its own shortcut); width 64 default."""
-    return _make((2, 2, 2, 2), True, 64, **kw)
+def bireal_resnet18(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    image_size: int = 224,
+    width: int = 64,
+    stem: str = "auto",
+    first_layer: str = "float",
+    residual: str = "float",
+    downsample: str = "avgpool",
+    input_quantizer: str = "approx_sign",
+    weight_quantizer: str = "xnor",
+    pad_value: float = 0,
+) -> nn.Module:
+    """Bi-Real-Net 18 (Liu et al. 2018): 16 binary 3x3 convolutions, each with its own shortcut
+    ``x' = BN(BinConv(sign x)) + shortcut(x)``; float stem, downsample shortcuts and classifier."""
+    return build_resnet(
+        block="bireal",
+        stages=(4, 4, 4, 4),
+        binary=True,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width=width,
+        stem=stem,
+        first_layer=first_layer,
+        residual=residual,
+        downsample=downsample,
+        input_quantizer=input_quantizer,
+        weight_quantizer=weight_quantizer,
+        pad_value=pad_value,
+        inference="bitflow",
+    )
 
 
 @register_model("bireal_resnet20")
-def bireal_resnet20(**kw: Any) -> nn.Module:
-    """Bi-Real ResNet-20 for 28x28 / 32x32 inputs (18 binary 3x3 convs); width 16 default."""
-    return _make((3, 3, 3), True, 16, **kw)
+def bireal_resnet20(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    width: int = 16,
+    stem: str = "cifar",
+    first_layer: str = "float",
+    residual: str = "float",
+    downsample: str = "avgpool",
+    input_quantizer: str = "approx_sign",
+    weight_quantizer: str = "xnor",
+    pad_value: float = 0,
+) -> nn.Module:
+    """Bi-Real ResNet-20 for small inputs: 3 stages x 6 binary 3x3 convolutions (widths ``w, 2w,
+    4w``), a shortcut around every one (Bi-Real), float stem, downsample shortcuts and classifier."""
+    return build_resnet(
+        block="bireal",
+        stages=(6, 6, 6),
+        binary=True,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width=width,
+        stem=stem,
+        first_layer=first_layer,
+        residual=residual,
+        downsample=downsample,
+        input_quantizer=input_quantizer,
+        weight_quantizer=weight_quantizer,
+        pad_value=pad_value,
+        inference="bitflow",
+    )
+
+
+def _bitflow_resnet18(inference: str):  # type: ignore[no-untyped-def]
+    def make(
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        width: int = 64,
+        stem: str = "auto",
+        first_layer: str = "float",
+        residual: str = "float",
+        downsample: str = "conv",
+        input_quantizer: str = "ste_sign",
+        weight_quantizer: str = "xnor",
+        pad_value: float = 0,
+        relu: bool = True,
+    ) -> nn.Module:
+        return build_resnet(
+            block="bitflow",
+            stages=(2, 2, 2, 2),
+            binary=True,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            width=width,
+            stem=stem,
+            first_layer=first_layer,
+            residual=residual,
+            downsample=downsample,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
+            pad_value=pad_value,
+            relu=relu,
+            inference=inference,
+        )
+
+    return make
+
+
+bitflow_resnet18 = register_model("bitflow_resnet18")(_bitflow_resnet18("bitflow"))
+bitflow_resnet18.__doc__ = (
+    "Binary ResNet-18 in the BitFlow block order (BN -> sign -> BinConv, XNOR alpha), 16 binary 3x3 "
+    "convolutions in 8 basic blocks with float shortcuts; BatchShift integer inference."
+)
+xnor_resnet18 = register_model("xnor_resnet18")(_bitflow_resnet18("xnor"))
+xnor_resnet18.__doc__ = "XNOR-Net ResNet-18: the training graph of ``bitflow_resnet18``; float alpha + BatchNorm at inference."
 
 
 @register_model("resnet18")
-def resnet18(**kw: Any) -> nn.Module:
-    """Full-precision twin of ``bireal_resnet18``."""
-    return _make((2, 2, 2, 2), False, 64, **kw)
+def resnet18(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    image_size: int = 224,
+    width: int = 64,
+    stem: str = "auto",
+    block: str = "bireal",
+    first_layer: str = "float",
+    downsample: str | None = None,
+    activation: str = "relu",
+    relu: bool = True,
+) -> nn.Module:
+    """Full-precision twin of ``bireal_resnet18`` (``block="bireal"``) or ``bitflow_resnet18``
+    (``block="bitflow"``): same modules and parameter names, ``nn.Conv2d`` and ``activation``
+    where the binary model has BinaryConv2d and its sign. ``downsample`` defaults to that of the
+    binary model (``"avgpool"`` / ``"conv"``); ``relu`` applies to ``block="bitflow"`` only."""
+    return build_resnet(
+        block=block,
+        stages=(4, 4, 4, 4) if block == "bireal" else (2, 2, 2, 2),
+        binary=False,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width=width,
+        stem=stem,
+        first_layer=first_layer,
+        downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
+        activation=activation,
+        relu=relu,
+    )
 
 
 @register_model("resnet20")
-def resnet20(**kw: Any) -> nn.Module:
-    """Full-precision twin of ``bireal_resnet20``."""
-    return _make((3, 3, 3), False, 16, **kw)
+def resnet20(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    width: int = 16,
+    stem: str = "cifar",
+    block: str = "bireal",
+    first_layer: str = "float",
+    downsample: str | None = None,
+    activation: str = "relu",
+    relu: bool = True,
+) -> nn.Module:
+    """Full-precision twin of ``bireal_resnet20`` (``block="bireal"``: 18 units) or a ResNet-20 of
+    3 x 3 basic blocks in the BitFlow order (``block="bitflow"``)."""
+    return build_resnet(
+        block=block,
+        stages=(6, 6, 6) if block == "bireal" else (3, 3, 3),
+        binary=False,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width=width,
+        stem=stem,
+        first_layer=first_layer,
+        downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
+        activation=activation,
+        relu=relu,
+    )
 
 
-__all__ = ["BiRealNet", "BiRealUnit", "bireal_resnet18", "bireal_resnet20", "resnet18", "resnet20"]
+__all__ = [
+    "BiRealUnit",
+    "BinaryBasicBlock",
+    "ResNet",
+    "bireal_resnet18",
+    "bireal_resnet20",
+    "bitflow_resnet18",
+    "build_resnet",
+    "residual_requant",
+    "resnet18",
+    "resnet20",
+    "shortcut",
+    "xnor_resnet18",
+]
