@@ -502,3 +502,42 @@ def test_one_training_step(name: str) -> None:
     ]
     assert conv_keys and set(conv_keys) <= set(changed)
     assert torch.isfinite(F.cross_entropy(m(x), y))
+
+
+# ----------------------------------------------------------------------------- conversion contract
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("bireal_resnet20", {"width": 4}),
+        ("bireal_resnet20", {"width": 4, "first_layer": "int8", "downsample": "conv"}),
+        ("bireal_resnet18", {"width": 4, "image_size": 64, "stem": "imagenet", "in_channels": 3}),
+        ("bitflow_resnet18", SMALL["bitflow_resnet18"]),
+        ("xnor_resnet18", SMALL["xnor_resnet18"]),
+        ("resnet20", {"width": 4}),
+    ],
+)
+def test_converts_and_the_engine_matches(name: str, kw: dict[str, Any]) -> None:
+    """The converter of issue 10 takes these models as they are: its reference executor predicts
+    what PyTorch predicts, and the engine equals the reference on every kernel set."""
+    import numpy as np
+
+    from bitflow.convert import convert
+    from bitflow.engine import Engine, available_kernels
+    from bitflow.ir import run
+
+    torch.manual_seed(0)
+    m = models.create(name, **kw)
+    _randomize_bn(m)
+    m.eval()
+    x = np.random.default_rng(0).random(
+        (4, m.in_channels, m.image_size, m.image_size), dtype=np.float32
+    )
+    graph = convert(m)
+    ref = run(graph, x)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
+    for k in available_kernels():
+        np.testing.assert_array_equal(Engine(graph, kernels=k).predict(x), ref.argmax(1))
