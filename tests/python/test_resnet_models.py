@@ -217,6 +217,9 @@ def test_twin_options() -> None:
         models.create("resnet20", activation="gelu")
     with pytest.raises(ValueError, match="block must be"):
         models.create("resnet20", block="dense")
+    with pytest.raises(ValueError, match="relu applies to block='bitflow' only"):
+        models.create("resnet20", relu=False)
+    assert models.create("resnet20", block="bitflow", relu=False).units[0].act1 is None
     with pytest.raises(TypeError, match="resnet20"):  # binary-only options are not twin options
         models.create("resnet20", input_quantizer="ste_sign")
 

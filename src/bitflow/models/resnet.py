@@ -255,7 +255,7 @@ def build_resnet(
     input_quantizer: str = "approx_sign",
     weight_quantizer: str = "xnor",
     pad_value: float = 0,
-    relu: bool = True,
+    relu: bool | None = None,
     activation: str = "relu",
     inference: str = "bitflow",
 ) -> ResNet:
@@ -277,6 +277,9 @@ def build_resnet(
     residual_requant(residual)  # validate before building anything
     if not binary:
         _activation(activation)
+    if relu is not None and block == "bireal":
+        raise ValueError("relu applies to block='bitflow' only (a Bi-Real unit has no ReLU)")
+    relu = True if relu is None else relu
     bkw: dict[str, object] = {
         "input_quantizer": input_quantizer,
         "weight_quantizer": weight_quantizer,
@@ -470,12 +473,13 @@ def resnet18(
     first_layer: str = "float",
     downsample: str | None = None,
     activation: str = "relu",
-    relu: bool = True,
+    relu: bool | None = None,
 ) -> nn.Module:
     """Full-precision twin of ``bireal_resnet18`` (``block="bireal"``) or ``bitflow_resnet18``
     (``block="bitflow"``): same modules and parameter names, ``nn.Conv2d`` and ``activation``
     where the binary model has BinaryConv2d and its sign. ``downsample`` defaults to that of the
-    binary model (``"avgpool"`` / ``"conv"``); ``relu`` applies to ``block="bitflow"`` only."""
+    binary model (``"avgpool"`` / ``"conv"``); ``relu`` (ReLU after ``conv1``, default on) applies
+    to ``block="bitflow"`` only."""
     return build_resnet(
         block=block,
         stages=(4, 4, 4, 4) if block == "bireal" else (2, 2, 2, 2),
@@ -503,7 +507,7 @@ def resnet20(
     first_layer: str = "float",
     downsample: str | None = None,
     activation: str = "relu",
-    relu: bool = True,
+    relu: bool | None = None,
 ) -> nn.Module:
     """Full-precision twin of ``bireal_resnet20`` (``block="bireal"``: 18 units) or a ResNet-20 of
     3 x 3 basic blocks in the BitFlow order (``block="bitflow"``)."""
