@@ -61,6 +61,9 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"{raw.shape[0]} images but indices have shape {src.shape}")
         t = torch.from_numpy(raw)
         t = t.permute(0, 3, 1, 2) if channels_last else t.unsqueeze(1)
+        # plain NCHW strides: a permuted [N, H, W, 1] counts as "contiguous" already but keeps
+        # channels-last strides, which send PyTorch's CPU convolutions down a slower path
+        t = torch.empty(t.shape, dtype=torch.uint8).copy_(t)
         self.raw: np.ndarray = raw
         self.indices: np.ndarray = src
         self.x: torch.Tensor = t.contiguous().float().div_(255.0)
