@@ -1,4 +1,4 @@
-"""The ``bitflow`` command line: ``bitflow train | convert | verify | run | bench | summary | reproduce``."""
+"""The ``bitflow`` command line: ``bitflow train | convert | verify | run | export | bench | summary | reproduce``."""
 
 from __future__ import annotations
 
@@ -286,6 +286,43 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=_cmd_run)
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    import os
+
+    from .export import export_onnx
+    from .ir import load_graph
+
+    graph = load_graph(a.model_file)
+    batch = None if a.batch == "N" else int(a.batch) if a.batch is not None else "default"
+    proto = export_onnx(graph, a.output, format=a.format, batch=batch)
+    info = {"output": a.output, "format": a.format, "bytes": os.path.getsize(a.output), "nodes": len(proto.graph.node),
+            "ops": len(graph.ops), "input": [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]}
+    if a.json:
+        print(json.dumps(info))
+    else:
+        print(f"wrote {a.output}: {a.format}, {info['nodes']} nodes for {info['ops']} engine ops, input {info['input']}, "
+              f"{info['bytes']} bytes (onnx.checker full check passed)")
+    return 0
+
+
+def _batch_arg(text: str) -> str:
+    if text != "N":
+        _COUNT(text)
+    return text
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a .bfn model as ONNX (onnxruntime, Netron) or QONNX (Brevitas/FINN tools)")
+    p.add_argument("model_file")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
+    p.add_argument("--format", choices=("onnx", "qonnx"), default="onnx")
+    p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|B",
+                   help="batch size in the model's shapes: N = symbolic (default for onnx), or a number "
+                        "(default 1 for qonnx)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+
 def _cmd_reproduce(a: argparse.Namespace) -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if a.paper == "mbbn":
@@ -383,7 +420,7 @@ def _add_bench(sub: Any) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary, _add_reproduce, _add_bench]
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_export, _add_summary, _add_reproduce, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
