@@ -148,10 +148,8 @@ def _dead_reader(g: dict[str, Any]) -> None:
     g.setdefault("values", {})["dead"] = g["values"][first["outputs"][0]]
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="issue 14: a value read by two ops passes validation and predict fails with "
-                          "KeyError; the lead's DAG work (multi-use values, buffers freed after the last "
-                          "use) fixes it")
+# issue 14: this failed with KeyError in predict; main's DAG work (multi-use values, buffers
+# freed after the last use) made it pass
 def test_a_value_read_by_two_ops_either_fails_validation_or_runs(data: bytes) -> None:
     try:
         graph = parse_bfn(_edit_graph(data, _dead_reader))
