@@ -144,7 +144,7 @@ def image_geometry(paths: Sequence[str | os.PathLike[str]], seed: int = 0) -> Im
     paths = list(paths)
     if not paths:
         raise DatasetError("no images to infer the image size from")
-    pick = range(len(paths))
+    pick: Sequence[int] = range(len(paths))
     if len(paths) > PROBE_LIMIT:
         pick = sorted(np.random.default_rng(seed).choice(len(paths), PROBE_LIMIT, replace=False).tolist())
     sizes: dict[tuple[int, int], int] = {}

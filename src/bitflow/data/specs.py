@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -189,7 +189,7 @@ def eval_arrays(
     _check_limit(limit, "limit")
     bundle = get_data(spec, limit_test=limit, limit_train=limit, augment=False, image_size=image_size,
                       channels=channels, seed=seed, val_fraction=0.0 if split == "train" else 0.1)
-    ds = bundle.test if split == "test" else bundle.train
+    ds: Any = bundle.test if split == "test" else bundle.train
     c, s = bundle.in_channels, bundle.image_size
     tensors = getattr(ds, "tensors", None)
     if tensors is not None:
