@@ -20,5 +20,5 @@ command -v cmake >/dev/null || { echo "setup: cmake is required (pip install cma
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 # Build requirements live in the venv so the editable build can run without isolation.
 "$VENV/bin/python" -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" cmake ninja
-"$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[train,dev,bench]"
+"$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[train,dev,bench,onnx]"
 "$VENV/bin/python" -c "import bitflow, bitflow._native; print('bitflow', bitflow.__version__, 'installed in $VENV')"

@@ -1,4 +1,4 @@
-"""The ``bitflow`` command line: ``bitflow train | convert | verify | run | bench | summary | reproduce``."""
+"""The ``bitflow`` command line: ``bitflow train | convert | verify | run | export | bench | summary | reproduce``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         flip_every=a.flip_every,
         init_from=a.init_from,
         calibrate=not a.no_calibrate,
+        image_size=a.image_size,
+        channels=a.channels,
     )
     result = train(cfg)
     if result:
@@ -88,14 +90,19 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--model", required=True, help="model name, e.g. bitflow_vgg_small, bitflow_alexnet")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | fashion-mnist-binary:A,B | folder:PATH | hands11k:PATH")
     p.add_argument("--recipe", default=None, help="built-in recipe name or a .toml path (default depends on --data)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=_COUNT, default=None)
+    p.add_argument("--batch-size", type=_COUNT, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics.jsonl, flips.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training samples")
-    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test samples")
+    p.add_argument("--limit-train", type=_COUNT, default=None, help="use only the first N training samples")
+    p.add_argument("--limit-test", type=_COUNT, default=None, help="use only the first N test samples")
+    p.add_argument("--image-size", type=_positive("--image-size", 4096), default=None, metavar="N",
+                   help="folder/hands11k: resize images to NxN (default: the images' own size when they all "
+                        "agree, else 224)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="folder/hands11k: 1 = grey, 3 = RGB (default: 1 when every image is grey)")
     p.add_argument("--fold", type=int, default=None, help="cross-validation test fold (0-based; hands11k)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from training data")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
@@ -145,24 +152,32 @@ def _add_summary(sub: Any) -> None:
     p.set_defaults(func=_cmd_summary)
 
 
-def _test_arrays(spec: str, limit: int | None, split: str = "test") -> tuple[Any, Any]:
-    """float32 NCHW images in [0, 1] and int64 labels of a data spec's test split.
+def _model_arrays(spec: str, limit: int | None, graph: Any, seed: int = 0) -> tuple[Any, Any]:
+    """The evaluation split of ``spec`` shaped like the model's own input (channels, size)."""
+    from .data import eval_arrays
 
-    Fashion-MNIST specs are read with numpy only (no torch); other specs go through the torch
-    datasets of ``bitflow.data.get_data``."""
-    import numpy as np
+    inp = graph.input
+    if inp.height != inp.width:
+        raise ValueError(f"the model takes non-square {inp.height}x{inp.width} input; data specs give square images")
+    return eval_arrays(spec, limit, channels=inp.channels, image_size=inp.height, seed=seed)
 
-    from .data import specs
 
-    if specs.parse_spec(spec).is_fashion:
-        return specs.load_arrays(spec, split=split, limit=limit)  # type: ignore[arg-type]
-    from .data import get_data
+def _positive(kind: str, upper: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer >= 1 (and <= ``upper``), with a message naming the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
+        if v < 1 or (upper is not None and v > upper):
+            rng = f"in [1, {upper}]" if upper is not None else ">= 1"
+            raise argparse.ArgumentTypeError(f"{kind} must be {rng}, got {v}")
+        return v
+    return parse
 
-    bundle = get_data(spec, limit_test=limit, augment=False)
-    ds = bundle.test
-    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True) if len(ds) else ((), ())
-    x = np.stack([np.asarray(a, np.float32) for a in xs]) if xs else np.zeros((0, bundle.in_channels, bundle.image_size, bundle.image_size), np.float32)
-    return x, np.asarray(ys, np.int64)
+
+_COUNT = _positive("a count")
+_THREADS = _positive("threads", 1024)
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -173,7 +188,8 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
     model, state = model_from_checkpoint(a.checkpoint)
     graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
-    graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data")})
+    graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data"),
+                             "seed": state.get("seed")})
     graph.save(a.output)
     info = {
         "output": a.output,
@@ -206,9 +222,9 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     from .convert import load_graph, verify
     from .train import model_from_checkpoint
 
-    model, _ = model_from_checkpoint(a.checkpoint)
+    model, state = model_from_checkpoint(a.checkpoint)
     graph = load_graph(a.model_file)
-    x, y = _test_arrays(a.data, a.limit)
+    x, y = _model_arrays(a.data, a.limit, graph, seed=int(state.get("seed") or 0))
     report = verify(model, graph, x, y)
     report.update({"checkpoint": a.checkpoint, "model_file": a.model_file, "data": a.data})
     if a.json:
@@ -228,7 +244,7 @@ def _add_verify(sub: Any) -> None:
     p.add_argument("checkpoint")
     p.add_argument("model_file")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--limit", type=int, default=None, help="only the first N test samples")
+    p.add_argument("--limit", type=_COUNT, default=None, help="only the first N test samples")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_verify)
 
@@ -238,7 +254,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from .engine.check import compare_with_reference
 
     eng = load(a.model_file, kernels=a.kernels, threads=a.threads)
-    x, y = _test_arrays(a.data, a.limit)
+    seed = eng.graph.provenance.get("seed")
+    x, y = _model_arrays(a.data, a.limit, eng.graph, seed=seed if isinstance(seed, int) and seed >= 0 else 0)
     report = compare_with_reference(eng, x, y, batch_size=a.batch_size, reference=not a.no_reference)
     report.update({"model_file": a.model_file, "data": a.data})
     if a.json:
@@ -260,13 +277,50 @@ def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run a .bfn model on the native engine and check it against the reference executor")
     p.add_argument("model_file")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=_COUNT, default=None)
     p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=_THREADS, default=None)
+    p.add_argument("--batch-size", type=_COUNT, default=256)
     p.add_argument("--no-reference", action="store_true", help="skip the comparison with the reference executor")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_run)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    import os
+
+    from .export import export_onnx
+    from .ir import load_graph
+
+    graph = load_graph(a.model_file)
+    batch = None if a.batch == "N" else int(a.batch) if a.batch is not None else "default"
+    proto = export_onnx(graph, a.output, format=a.format, batch=batch)
+    info = {"output": a.output, "format": a.format, "bytes": os.path.getsize(a.output), "nodes": len(proto.graph.node),
+            "ops": len(graph.ops), "input": [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]}
+    if a.json:
+        print(json.dumps(info))
+    else:
+        print(f"wrote {a.output}: {a.format}, {info['nodes']} nodes for {info['ops']} engine ops, input {info['input']}, "
+              f"{info['bytes']} bytes (onnx.checker full check passed)")
+    return 0
+
+
+def _batch_arg(text: str) -> str:
+    if text != "N":
+        _COUNT(text)
+    return text
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a .bfn model as ONNX (onnxruntime, Netron) or QONNX (Brevitas/FINN tools)")
+    p.add_argument("model_file")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
+    p.add_argument("--format", choices=("onnx", "qonnx"), default="onnx")
+    p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|B",
+                   help="batch size in the model's shapes: N = symbolic (default for onnx), or a number "
+                        "(default 1 for qonnx)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
 
 
 def _cmd_reproduce(a: argparse.Namespace) -> int:
@@ -356,7 +410,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="zoo model option, e.g. first_layer=int8")
     p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--repeat", type=int, default=30, help="timed runs per measurement (median, min, max)")
+    p.add_argument("--repeat", type=_COUNT, default=30, help="timed runs per measurement (median, min, max)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before each measurement")
     p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
     p.add_argument("--baselines", default="torch,ort,openvino", help="comma-separated subset of torch,ort,openvino, or 'none'")
@@ -366,7 +420,7 @@ def _add_bench(sub: Any) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_summary, _add_reproduce, _add_bench]
+_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_export, _add_summary, _add_reproduce, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -382,7 +382,7 @@ def test_folder_train_val_subfolders(tmp_path: Path) -> None:
     make_folder(root / "train", per_class=4)
     solid_png(root / "val" / "dog" / "v0.png", COLOURS["dog"])
     solid_png(root / "val" / "emu" / "v1.jpeg", COLOURS["emu"])
-    b = bd.get_data(f"folder:{root}", image_size=4, val_fraction=0.25)
+    b = bd.get_data(f"folder:{root}", image_size=4, val_fraction=0.25, in_memory=False)  # files, decoded per access
     assert b.class_names == ("cat", "dog", "emu")
     assert sorted(y for _, y in b.test.samples) == [1, 2]  # labels follow train/ order
     assert len(b.train) + len(b.val) == 12 and len(b.val) == 3
@@ -476,7 +476,7 @@ def test_hands_get_data_grouped(tmp_path: Path) -> None:
     spec = f"hands11k:{tmp_path / 'h'}"
     seen_test: list[str] = []
     for fold in range(4):
-        b = bd.get_data(spec, fold=fold, folds=4, val_fraction=0.2, image_size=6)
+        b = bd.get_data(spec, fold=fold, folds=4, val_fraction=0.2, image_size=6, in_memory=False)
         assert (b.num_classes, b.in_channels, b.image_size, b.fold) == (2, 3, 6, fold)
         ids = [{expected[Path(s).name][0] for s, _ in d.samples} for d in (b.train, b.val, b.test)]
         assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
@@ -491,7 +491,7 @@ def test_hands_get_data_grouped(tmp_path: Path) -> None:
     assert sorted(seen_test) == sorted(expected)  # every sample tested exactly once
     d = bd.get_data(spec, folds=4)
     assert d.fold == 0 and d.image_size == 224
-    assert not bd.get_data(spec, folds=4, augment=False).train.augment
+    assert not bd.get_data(spec, folds=4, augment=False, in_memory=False).train.augment
     with pytest.raises(ValueError, match="0-based"):
         bd.get_data(spec, fold=4, folds=4)
     with pytest.raises(ValueError, match="distinct groups"):

@@ -62,14 +62,14 @@ def _train(out: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _accuracies(ckpt: str, data: str, limit: int | None) -> dict[str, Any]:
-    from ..cli import _test_arrays
+    from ..data import eval_arrays
     from ..convert import convert, verify
     from ..convert.reference import run
     from ..engine import Engine
     from ..train import model_from_checkpoint
 
     model, _ = model_from_checkpoint(ckpt)
-    x, y = _test_arrays(data, limit)
+    x, y = eval_arrays(data, limit)
     g_bit = convert(model, mode="bitflow")
     g_xnor = convert(model, mode="xnor")
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def _accuracies(ckpt: str, data: str, limit: int | None) -> dict[str, Any]:
 def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, Any]:
     """BN output vs BatchShift (Eq. 16) output for one channel of the first binary conv layer
     that is followed by ReLU and the next block's BatchNorm without pooling in between."""
-    from ..cli import _test_arrays
+    from ..data import eval_arrays
     from ..nn import BinaryConv2d
     from ..nn.functional import sign
     from .plots import plot_batchshift
@@ -110,7 +110,7 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
     if idx is None:
         raise ValueError("Fig. 3 needs a BinaryConv2d -> ReLU -> BatchNorm2d sequence in the model")
     conv, bn = mods[idx], mods[idx + 2]
-    x, _ = _test_arrays(data, limit)
+    x, _ = eval_arrays(data, limit)
     captured: dict[str, torch.Tensor] = {}
     h = conv.register_forward_hook(lambda m, inp, out: captured.__setitem__("in", inp[0].detach()))
     with torch.no_grad():

@@ -95,13 +95,13 @@ def _evaluate(ckpt: str, limit_test: int | None) -> dict[str, Any]:
     import os
     import tempfile
 
-    from ..cli import _test_arrays
+    from ..data import eval_arrays
     from ..convert import convert, verify
     from ..train import model_from_checkpoint
 
     model, _ = model_from_checkpoint(ckpt)
     graph = convert(model)
-    x, y = _test_arrays("fashion-mnist", limit_test)
+    x, y = eval_arrays("fashion-mnist", limit_test)
     v = verify(model, graph, x, y)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.bfn")

@@ -581,14 +581,12 @@ def _count_ties(p: Pending, th: bs.Thresholds, alpha: Any, bias: Any, lo: Any, h
         if p.is_int:
             xs = pts.astype(np.float32)
         else:
-            xs = np.vectorize(bs._f32_from_key, otypes=[np.float32])(pts)
+            xs = bs.f32_from_keys(pts)
         exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
         got = _torch_decisions(p, xs, alpha, bias, bn, per_feature)
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
-        total = 0
-        for j in range(lanes):
-            total += len(np.unique(pts[bad[:, j], j]))
+        total = _distinct_bad(pts, bad)
         edge_rows = [0, 2 * width, 2 * width + 1, 4 * width + 1]
         edge_bad = bad[edge_rows] & (pts[edge_rows] > lo_) & (pts[edge_rows] < hi_)
         if not edge_bad.any() or width >= _MAX_WINDOW:
@@ -620,6 +618,17 @@ def _torch_level_fn(p: Pending, alpha: Any, bias: Any, layer: nn.Module) -> Any:
     return fn
 
 
+def _distinct_bad(pts: np.ndarray, bad: np.ndarray) -> int:
+    """Number of distinct points per column of ``pts [rows, lanes]`` where ``bad`` holds, summed
+    over the lanes (``bad`` is a function of the point, so repeats agree); vectorized."""
+    order = np.argsort(pts, axis=0, kind="stable")
+    p = np.take_along_axis(pts, order, axis=0)
+    b = np.take_along_axis(bad, order, axis=0)
+    first = np.ones_like(b)
+    first[1:] = p[1:] != p[:-1]
+    return int((b & first).sum())
+
+
 def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: Any, torch_fn: Any,
                  to_x: Any) -> int:
     """Distinct points ``k`` (integers, or float32 order keys) in windows around ``centers
@@ -635,7 +644,7 @@ def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: A
         step = max(1, (1 << 22) // max(1, pts.shape[1] * n_j))  # bound the [rows, lanes, L] temporaries
         bad = np.concatenate([exact(pts[i: i + step]) != torch_fn(to_x(pts[i: i + step]))
                               for i in range(0, pts.shape[0], step)])
-        total = sum(len(np.unique(pts[bad[:, j], j])) for j in range(pts.shape[1]))
+        total = _distinct_bad(pts, bad)
         edges = np.concatenate([np.arange(n_j) * ks.size, np.arange(n_j) * ks.size + ks.size - 1])
         edge_bad = bad[edges] & (pts[edges] > lo_) & (pts[edges] < hi_)
         if not edge_bad.any() or width >= _MAX_WINDOW:
@@ -665,7 +674,7 @@ def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.M
     hi_ = np.full(c, key_max, np.int64)
 
     def to_x(k: np.ndarray) -> np.ndarray:
-        return np.vectorize(bs._f32_from_key, otypes=[np.float32])(k)
+        return bs.f32_from_keys(k)
 
     thr = th.thr.astype(np.float64).reshape(c, n_l)
     up = (th.direction.reshape(c, n_l) > 0)

@@ -23,7 +23,7 @@ from .folders import (
     scan_image_folder,
 )
 from .idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx, to_float01, write_idx
-from .specs import SPEC_FORMS, Spec, load_arrays, parse_spec
+from .specs import SPEC_FORMS, Spec, eval_arrays, load_arrays, parse_spec
 from .splits import group_holdout, group_kfold, stratified_holdout
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ __all__ = [
     "load_fashion_mnist",
     "to_float01",
     "load_arrays",
+    "eval_arrays",
     "parse_spec",
     "scan_image_folder",
     "read_hands11k",

@@ -6,7 +6,9 @@ Every dataset returns ``(x, label)`` with ``x`` a float32 tensor ``[C, H, W]`` h
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from torch.utils.data import Dataset
 from .folders import ImageIndex
 from .images import load_image
 
-__all__ = ["ArrayDataset", "ImageFileDataset"]
+__all__ = ["ArrayDataset", "DecodedImageDataset", "ImageFileDataset"]
 
 
 class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -59,6 +61,9 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"{raw.shape[0]} images but indices have shape {src.shape}")
         t = torch.from_numpy(raw)
         t = t.permute(0, 3, 1, 2) if channels_last else t.unsqueeze(1)
+        # plain NCHW strides: a permuted [N, H, W, 1] counts as "contiguous" already but keeps
+        # channels-last strides, which send PyTorch's CPU convolutions down a slower path
+        t = torch.empty(t.shape, dtype=torch.uint8).copy_(t)
         self.raw: np.ndarray = raw
         self.indices: np.ndarray = src
         self.x: torch.Tensor = t.contiguous().float().div_(255.0)
@@ -85,17 +90,20 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
 class ImageFileDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images decoded from disk on access (ImageNet-style folders, 11K Hands).
 
-    Each item: Pillow decode -> RGB -> bilinear resize to ``image_size`` x ``image_size`` ->
-    (``augment=True`` only) horizontal flip with probability 1/2, drawn from torch's global
-    generator so ``torch.manual_seed`` and DataLoader worker seeding make it reproducible ->
-    float32 ``[3, H, W]`` = pixel / 255.
+    Each item: Pillow decode -> RGB (``channels=3``) or grey (``channels=1``) -> bilinear resize
+    to ``image_size`` x ``image_size`` -> (``augment=True`` only) horizontal flip with
+    probability 1/2, drawn from torch's global generator so ``torch.manual_seed`` and DataLoader
+    worker seeding make it reproducible -> float32 ``[channels, H, W]`` = pixel / 255.
     """
 
-    def __init__(self, index: ImageIndex, image_size: int = 224, *, augment: bool = False) -> None:
+    def __init__(self, index: ImageIndex, image_size: int = 224, *, augment: bool = False, channels: int = 3) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.index = index
         self.image_size = image_size
+        self.channels = channels
         self.augment = augment
         self.classes: tuple[str, ...] = index.class_names
 
@@ -113,8 +121,8 @@ class ImageFileDataset(Dataset[tuple[torch.Tensor, int]]):
         return len(self.index)
 
     def raw(self, i: int) -> np.ndarray:
-        """Resized uint8 pixels ``[H, W, 3]`` of sample ``i`` (no augmentation)."""
-        return load_image(self.index.paths[i], self.image_size)
+        """Resized uint8 pixels ``[H, W, channels]`` of sample ``i`` (no augmentation)."""
+        return load_image(self.index.paths[i], self.image_size, self.channels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         pixels = self.raw(i)
@@ -123,15 +131,45 @@ class ImageFileDataset(Dataset[tuple[torch.Tensor, int]]):
             x = x.flip(-1)
         return x.contiguous().float().div_(255.0), int(self.index.labels[i])
 
-    def to_memory(self) -> ArrayDataset:
-        """Decode every image once into an :class:`ArrayDataset` (no augmentation).
+    def memory_bytes(self) -> int:
+        """Bytes :meth:`to_memory` needs: uint8 pixels plus their float32 copy."""
+        return len(self) * self.channels * self.image_size**2 * 5
 
-        Memory: ``N * 3 * image_size**2 * 5`` bytes (uint8 raw + float32), so use it for small
-        folders or small ``image_size`` only.
+    def to_memory(self, workers: int | None = None) -> ArrayDataset:
+        """Decode every image once into an :class:`ArrayDataset` (no augmentation: the trainer
+        augments in-memory batches from the recipe instead).
+
+        Memory: :meth:`memory_bytes` (``N * channels * image_size**2 * 5``), so use it for small
+        folders or small ``image_size`` only. Decoding runs on ``workers`` threads (default: up
+        to 4; Pillow releases the GIL while it decodes); the order of samples is kept.
         """
         size = self.image_size
-        if len(self) == 0:
-            pixels = np.zeros((0, size, size, 3), dtype=np.uint8)
+        pixels = np.empty((len(self), size, size, self.channels), dtype=np.uint8)
+        n_workers = min(4, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+
+        def fill(i: int) -> None:
+            pixels[i] = self.raw(i)
+
+        if n_workers == 1 or len(self) < 64:
+            for i in range(len(self)):
+                fill(i)
         else:
-            pixels = np.stack([self.raw(i) for i in range(len(self))])
-        return ArrayDataset(pixels, self.index.labels, self.classes, channels_last=True)
+            with ThreadPoolExecutor(n_workers) as pool:
+                list(pool.map(fill, range(len(self))))  # list(): re-raise the first error here
+        return DecodedImageDataset(self, pixels)
+
+
+class DecodedImageDataset(ArrayDataset):
+    """An :class:`ImageFileDataset` decoded once into memory (:meth:`ImageFileDataset.to_memory`):
+    an :class:`ArrayDataset` that still knows its files (``index``, ``samples``) and geometry."""
+
+    def __init__(self, files: ImageFileDataset, pixels: np.ndarray) -> None:
+        super().__init__(pixels, files.index.labels, files.classes, channels_last=True)
+        self.index = files.index
+        self.image_size = files.image_size
+        self.channels = files.channels
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path, label)`` per sample."""
+        return [(str(p), int(y)) for p, y in zip(self.index.paths, self.index.labels, strict=True)]

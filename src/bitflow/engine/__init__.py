@@ -44,6 +44,7 @@ class Step(NamedTuple):
     free: tuple[str, ...] = ()
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
+MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
 
 
 def available_kernels() -> list[str]:
@@ -63,9 +64,9 @@ class Engine:
                 f"{', '.join(N.available_kernels())})"
             )
         if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+            threads = min(MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
         self.graph = graph
         self.values = graph.validate()
         self.kernels = N.default_kernels() if kernels == "auto" else kernels

@@ -35,6 +35,7 @@ FORMAT = "bitflow-bfn"
 FORMAT_VERSION = "2"  # 2: DAG graphs (graph version 2); version-1 files still load
 SUPPORTED_FORMAT_VERSIONS = ("1", "2")
 MAX_HEADER = 64 * 1024 * 1024
+MAX_NDIM = 8  # no bitflow tensor has more axes (conv weights of MBBN planes have 6)
 
 _DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype("<u8"),
@@ -100,7 +101,7 @@ def parse_bfn(data: bytes, path: str = "<bytes>") -> Graph:
         raise _fail(path, f"file is truncated: header length {n} exceeds the file size {size}")
     try:
         header = json.loads(data[8: 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, int too long
         raise _fail(path, f"corrupt header (not valid JSON): {type(e).__name__}: {e}") from None
     if not isinstance(header, dict):
         raise _fail(path, "corrupt header: expected a JSON object")
@@ -117,10 +118,12 @@ def parse_bfn(data: bytes, path: str = "<bytes>") -> Graph:
         if not isinstance(info, dict):
             raise _fail(path, f"tensor {name!r}: entry must be an object")
         code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if code not in _DTYPES:
+        if not isinstance(code, str) or code not in _DTYPES:
             raise _fail(path, f"tensor {name!r}: unsupported dtype {code!r} (expected one of {sorted(_DTYPES)})")
-        if not (isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise _fail(path, f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
+                and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= len(body) * 8 for s in shape)):
+            raise _fail(path, f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} non-negative integers "
+                              f"that fit the data section, got {shape!r}")
         if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
             raise _fail(path, f"tensor {name!r}: data_offsets must be [begin, end], got {offs!r}")
         begin, end = offs
@@ -146,12 +149,16 @@ def parse_bfn(data: bytes, path: str = "<bytes>") -> Graph:
         raise _fail(path, "metadata has no graph description")
     try:
         gdict = json.loads(gtext)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, int too long
         raise _fail(path, f"corrupt graph description (not valid JSON): {type(e).__name__}: {e}") from None
     try:
         graph = Graph.from_json(gdict, tensors)
     except GraphError as e:
         raise _fail(path, f"inconsistent graph: {e}") from None
+    except (TypeError, KeyError, IndexError, AttributeError, ValueError, OverflowError, RecursionError) as e:
+        # a field of the wrong JSON type that the graph checks did not anticipate: still the
+        # file's fault, never a crash of the caller
+        raise _fail(path, f"malformed graph description: {type(e).__name__}: {e}") from None
     used = {t for op in graph.ops for t in op.params.values()}
     extra = sorted(set(tensors) - used)
     if extra:
@@ -169,8 +176,12 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
     for a missing file and :class:`ModelFileError` (a ``ValueError``) for anything else.
     """
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise IsADirectoryError(f"model file {str(p)!r} is a directory, not a .bfn file")
+    if not p.exists():
         raise FileNotFoundError(f"model file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise ModelFileError(f"model file {str(p)!r} is not a regular file")
     return parse_bfn(p.read_bytes(), str(p))
 
 

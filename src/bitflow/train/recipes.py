@@ -79,10 +79,23 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(name=name, extra=extra, **kw)
 
 
-def default_recipe_for(data_spec: str) -> str:
-    """The recipe a data set uses when ``--recipe`` is not given."""
+#: A folder whose images are at most this many pixels on a side, or that holds at most
+#: SMALL_FOLDER_IMAGES images, trains with the ``folder-small`` recipe by default.
+SMALL_IMAGE_SIDE = 64
+SMALL_FOLDER_IMAGES = 20_000
+
+
+def default_recipe_for(data_spec: str, image_side: int | None = None, images: int | None = None) -> str:
+    """The recipe a data set uses when ``--recipe`` is not given.
+
+    For ``folder:`` specs it depends on the data: ``folder-small`` when the images are small
+    (``image_side`` <= :data:`SMALL_IMAGE_SIDE`) or few (``images`` <= :data:`SMALL_FOLDER_IMAGES`),
+    else the ImageNet recipe of the paper. Unknown size and count (None) mean ImageNet.
+    """
     if data_spec.startswith("hands11k:"):
         return "bitflow-alexnet-11khands"
     if data_spec.startswith("folder:"):
-        return "bitflow-alexnet-imagenet"
+        small = (image_side is not None and image_side <= SMALL_IMAGE_SIDE) or (
+            images is not None and images <= SMALL_FOLDER_IMAGES)
+        return "folder-small" if small else "bitflow-alexnet-imagenet"
     return "fashion-mnist"

@@ -62,6 +62,8 @@ class TrainConfig:
     flip_every: int | None = None
     init_from: str | None = None
     calibrate: bool = True
+    image_size: int | None = None
+    channels: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -229,7 +231,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> dict[str, Any]:
-    recipe = load_recipe(cfg.recipe or default_recipe_for(cfg.data)).override(
+    geometry = None
+    recipe_name = cfg.recipe
+    if cfg.data.startswith("folder:") and (recipe_name is None or cfg.image_size is None or cfg.channels is None):
+        # probe the image headers once: the default recipe and the input size depend on them
+        from ..data import parse_spec
+        from ..data.images import folder_geometry
+
+        spec_path = parse_spec(cfg.data).path
+        assert spec_path is not None
+        geometry = folder_geometry(spec_path, cfg.seed)
+    if recipe_name is None:
+        side = cfg.image_size or (geometry.image_size() if geometry is not None and geometry.uniform else None)
+        recipe_name = default_recipe_for(cfg.data, image_side=side, images=geometry.count if geometry else None)
+    recipe = load_recipe(recipe_name).override(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, flip_log_every=cfg.flip_every
     )
     out = Path(cfg.out)
@@ -245,7 +260,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         seed=cfg.seed,
         limit_train=cfg.limit_train,
         limit_test=cfg.limit_test,
-        image_size=recipe.image_size if not cfg.data.startswith("fashion-mnist") else None,
+        image_size=cfg.image_size if cfg.data.startswith(("folder:", "fashion-mnist")) else (cfg.image_size or recipe.image_size),
+        channels=cfg.channels,
+        default_image_size=recipe.image_size,
+        geometry=geometry,
     )
     if len(data.train) == 0:
         raise ValueError(f"data {cfg.data!r}: the training split is empty")
@@ -402,6 +420,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "test_accuracy": test_acc,
             "test_loss": test_loss,
             "test_samples": len(data.test),
+            "input": {"channels": data.in_channels, "image_size": data.image_size, "in_memory": data.in_memory,
+                      "images": None if data.geometry is None else data.geometry.describe()},
             "seconds_per_epoch": float(np.mean(history)) if history else 0.0,
             "checkpoint": str(best_path),
             "flip_ratio": last_flips,
