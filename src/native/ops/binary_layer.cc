@@ -4,6 +4,8 @@
 #include <climits>
 #include <utility>
 
+#include "parallel.h"
+
 namespace bitflow::ops {
 
 BinaryLayer::BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const ConvGeom& filt,
@@ -80,26 +82,39 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
     bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc);
   std::int64_t rows = n * ho * wo;
   const std::int32_t* cur = acc;
+  // The transforms and pools split their rows over the threads by work size (a thread
+  // writes one contiguous range of rows: identical results for any thread count).
+  const auto threshold = [&](const std::int32_t* src, std::int64_t r, std::int64_t cols,
+                             std::uint64_t* dst) {
+    const std::int64_t ow = words_for(cols);
+    parallel_rows(r, 0.25 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+      ks_->threshold_bits(src + r0 * cols, r1 - r0, cols, lo_.data(), hi_.data(), dst + r0 * ow);
+    });
+  };
   if (pool_.on && thr && !flat_threshold()) {
     // threshold at full resolution, then pool the bits (AND / OR per channel, see the header)
     const std::int64_t ow = words_for(o);
     bits_buf.resize(static_cast<std::size_t>(rows * ow));
-    ks_->threshold_bits(acc, rows, o, lo_.data(), hi_.data(), bits_buf.data());
+    threshold(acc, rows, o, bits_buf.data());
     PoolGeom pg;
     pg.n = n; pg.h = ho; pg.w = wo; pg.c = ow;
     pg.kh = pool_.kh; pg.kw = pool_.kw; pg.sh = pool_.sh; pg.sw = pool_.sw;
     pg.ph = pool_.ph; pg.pw = pool_.pw;
-    maxpool_bits(bits_buf.data(), pg, true, out_bits);
-    if (any_or_) {
-      const std::int64_t out_rows = n * pg.ho() * pg.wo();
-      or_buf.resize(static_cast<std::size_t>(out_rows * ow));
-      maxpool_bits(bits_buf.data(), pg, false, or_buf.data());
-      for (std::int64_t r = 0; r < out_rows; ++r)
-        for (std::int64_t q = 0; q < ow; ++q) {
-          const std::uint64_t m = and_mask_[q];
-          out_bits[r * ow + q] = (out_bits[r * ow + q] & m) | (or_buf[r * ow + q] & ~m);
-        }
-    }
+    const std::int64_t pwo = pg.wo(), row_words = pwo * ow;
+    if (any_or_) or_buf.resize(static_cast<std::size_t>(n * pg.ho() * row_words));
+    // raw pointers: a lambda naming a thread_local would use the helper thread's instance
+    const std::uint64_t* bits = bits_buf.data();
+    std::uint64_t* const orb = any_or_ ? or_buf.data() : nullptr;
+    const double ns_per_row = 0.3 * static_cast<double>(pwo * pg.kh * pg.kw * ow) * (any_or_ ? 2 : 1);
+    parallel_rows(n * pg.ho(), ns_per_row, threads, [&](std::int64_t r0, std::int64_t r1) {
+      maxpool_bits_rows(bits, pg, true, out_bits, r0, r1);
+      if (!any_or_) return;
+      maxpool_bits_rows(bits, pg, false, orb, r0, r1);
+      for (std::int64_t i = r0 * row_words; i < r1 * row_words; ++i) {
+        const std::uint64_t m = and_mask_[i % ow];
+        out_bits[i] = (out_bits[i] & m) | (orb[i] & ~m);
+      }
+    });
     return;
   }
   if (pool_.on) {
@@ -112,15 +127,15 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
       pool_buf.resize(static_cast<std::size_t>(n * pg.ho() * pg.wo() * o));
       dst = pool_buf.data();
     }
-    maxpool_i32(cur, pg, dst);
+    maxpool_i32(cur, pg, dst, threads);
     cur = dst;
     rows = n * pg.ho() * pg.wo();
   }
   if (!thr) return;
   if (flat_threshold())  // [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
-    ks_->threshold_bits(cur, n, rows / n * o, lo_.data(), hi_.data(), out_bits);
+    threshold(cur, n, rows / n * o, out_bits);
   else
-    ks_->threshold_bits(cur, rows, o, lo_.data(), hi_.data(), out_bits);
+    threshold(cur, rows, o, out_bits);
 }
 
 }  // namespace bitflow::ops

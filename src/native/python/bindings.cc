@@ -23,6 +23,7 @@
 #include "bitflow/elementwise.h"
 #include "bitflow/kernels.h"
 #include "bitflow/ops.h"
+#include "../ops/parallel.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -904,6 +905,13 @@ NB_MODULE(_native, m) {
     d["igemm_packed"] = ks.igemm_packed_name != nullptr ? nb::cast(std::string(ks.igemm_packed_name)) : nb::none();
     return d;
   }, "kernels"_a = "", "Names of the inner kernels of a kernel set.");
+
+  m.def("_set_grain_ns", [](double ns) {
+    if (!(ns >= 0.0)) fail("_set_grain_ns", "the grain must be >= 0");
+    return bitflow::ops::set_grain_ns(ns);
+  }, "ns"_a,
+     "Testing hook: the smallest estimated work (ns of one core) given to another thread "
+     "(0: every op uses all its threads, so small inputs take every split). Returns the old value.");
 
   m.def("peak_probe", [](const std::string& kernels, double seconds) {
     const KernelSet& ks = kernels_arg("peak_probe", kernels);

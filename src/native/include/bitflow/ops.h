@@ -125,10 +125,15 @@ struct PoolGeom {
   std::int64_t wo() const { return conv_out_size(w, kw, sw, pw); }
 };
 /// and_op: AND of the words in each window (max of +-1 values), else OR (min).
-void maxpool_bits(const std::uint64_t* x, const PoolGeom& g, bool and_op, std::uint64_t* out);
-void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out);
+/// Output rows ((n, oh) pairs) are split over up to `threads` threads by work size.
+void maxpool_bits(const std::uint64_t* x, const PoolGeom& g, bool and_op, std::uint64_t* out,
+                  int threads = 1);
+/// maxpool_bits for output rows [r0, r1) only (a row is one (n, oh) pair), one thread.
+void maxpool_bits_rows(const std::uint64_t* x, const PoolGeom& g, bool and_op,
+                       std::uint64_t* out, std::int64_t r0, std::int64_t r1);
+void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, int threads = 1);
 /// NaN propagates (as torch.nn.functional.max_pool2d).
-void maxpool_f32(const float* x, const PoolGeom& g, float* out);
+void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1);
 
 // ---- first / last layers -----------------------------------------------------------------
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
