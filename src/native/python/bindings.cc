@@ -255,6 +255,21 @@ bitflow::ops::PoolGeom pool_geom(const char* fn, const std::vector<i64>& s, nb::
 
 // ---------------------------------------------------------------------------------------
 
+nb::object quantize_u8_nhwc(const AnyArray& x, int threads) {
+  const char* fn = "quantize_u8_nhwc";
+  check_threads(fn, threads);
+  auto in = arg<float>(x, fn, "x", 4);
+  const i64 n = in.dim(0), c = in.dim(1), h = in.dim(2), w = in.dim(3);
+  auto out = make_out<std::uint8_t>({n, h, w, c});
+  bool finite = true;
+  {
+    nb::gil_scoped_release release;
+    finite = bitflow::ops::quantize_u8_nhwc(in.data, n, c, h, w, out.ptr, threads);
+  }
+  if (!finite) fail(fn, "input contains NaN or infinity");
+  return nb::cast(out.array);
+}
+
 nb::object bitpack(const AnyArray& x, const std::string& kernels, int threads) {
   const char* fn = "bitpack";
   check_threads(fn, threads);
@@ -920,6 +935,10 @@ NB_MODULE(_native, m) {
     return ks.peak_probe(seconds);
   }, "kernels"_a = "", "seconds"_a = 0.2,
      "Binary MACs/s of a register-resident xor + popcount + add loop (one thread) for a kernel set.");
+
+  m.def("quantize_u8_nhwc", &quantize_u8_nhwc, "x"_a, "threads"_a = 1,
+        "float32 [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C] = clip(rint(x * 255), 0, 255) (float32 "
+        "multiply, round half to even): a fixed-point first layer's input; ValueError on NaN / inf.");
 
   m.def("bitpack", &bitpack, "x"_a, "kernels"_a = "", "threads"_a = 1,
         "Pack float32 or int32 [..., C] into uint64 [..., ceil(C/64)]: bit = (x < 0), LSB first, "

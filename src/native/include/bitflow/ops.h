@@ -95,6 +95,14 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
                       std::int32_t* out);
 
+// ---- input preparation -----------------------------------------------------------------
+/// A fixed-point first layer's input: x float32 [n, c, h, w] (NCHW, values in [0, 1]) ->
+/// out uint8 [n, h, w, c] = clip(rint(fl32(x * 255)), 0, 255), rint rounding half to even
+/// (the same float32 operations as the reference executor's numpy preprocessing). Rows are
+/// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
+bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
+                      std::int64_t w, std::uint8_t* out, int threads);
+
 // ---- output transforms (rows = product of leading dims, o = channels) ------------------
 /// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
 void threshold_bits(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
