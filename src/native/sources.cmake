@@ -27,24 +27,34 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx2/sgemm_2x4__avx2fma.cc
     ${BF_NATIVE}/kernels/x86/avx2/igemm_u8i8_2x4__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/bitpack_f32__avx2.cc)
+  # AVX-512 files get only the extensions their kernels need, so that the per-op selection
+  # (cpu/cpu_features.cc, kernels/x86/kernel_sets__x86.cc) may use e.g. the bitpack kernel on
+  # a CPU without VPOPCNTDQ / VNNI.
   set(BF_AVX512_SOURCES
-    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x4__avx512fma.cc
-    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
     ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/threshold_bits__avx512.cc
-    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc
-    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
+  set(BF_AVX512_VPOPCNT_SOURCES
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc)
+  set(BF_AVX512_VNNI_SOURCES
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc)
   list(APPEND BF_NATIVE_SOURCES ${BF_AVX2_SOURCES} ${BF_AVX512_SOURCES}
+       ${BF_AVX512_VPOPCNT_SOURCES} ${BF_AVX512_VNNI_SOURCES}
        ${BF_NATIVE}/kernels/x86/kernel_sets__x86.cc)
   set_source_files_properties(${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc
     PROPERTIES COMPILE_OPTIONS "-mpopcnt")
   set_source_files_properties(${BF_AVX2_SOURCES}
     PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mpopcnt")
   # -Wno-uninitialized: GCC 12 false positive inside its own avx512 intrinsic headers (GCC PR 105593).
-  set_source_files_properties(${BF_AVX512_SOURCES}
-    PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512vpopcntdq;-mavx512vnni;-mfma;-mpopcnt;-Wno-uninitialized")
+  set(BF_AVX512_FLAGS "-mavx512f;-mavx512bw;-mavx512vl;-mfma;-mpopcnt;-Wno-uninitialized")
+  set_source_files_properties(${BF_AVX512_SOURCES} PROPERTIES COMPILE_OPTIONS "${BF_AVX512_FLAGS}")
+  set_source_files_properties(${BF_AVX512_VPOPCNT_SOURCES}
+    PROPERTIES COMPILE_OPTIONS "${BF_AVX512_FLAGS};-mavx512vpopcntdq")
+  set_source_files_properties(${BF_AVX512_VNNI_SOURCES}
+    PROPERTIES COMPILE_OPTIONS "${BF_AVX512_FLAGS};-mavx512vnni")
 endif()
 
 nanobind_add_module(_native NB_STATIC ${BF_NATIVE_SOURCES})

@@ -58,6 +58,7 @@ CpuFeatures detect() { return CpuFeatures{}; }
 #endif
 
 const KernelSet& resolve_no_default(const std::string& name) {
+  if (name == "auto") return auto_kernel_set();
   for (const KernelSet* ks : compiled_kernel_sets()) {
     if (name == ks->name) {
       if (!ks->supported(cpu_features())) {
@@ -108,9 +109,42 @@ const KernelSet& default_kernel_set() {
                                     e.what());
       }
     }
-    return eligible_kernel_sets().back();
+    return &auto_kernel_set();
   }();
   return *chosen;
+}
+
+KernelSet compose_kernel_set(const CpuFeatures& f) {
+  const auto best = [&](KernelOp op) {
+    const KernelSet* pick = &kRefKernels;
+    for (const KernelSet* ks : compiled_kernel_sets())  // reference first, best last
+      if (ks->op_supported(op, f)) pick = ks;
+    return pick;
+  };
+  KernelSet k = kRefKernels;
+  k.name = "auto";
+  const KernelSet* b = best(KernelOp::kBgemm);
+  k.bgemm_name = b->bgemm_name; k.bgemm = b->bgemm; k.peak_probe = b->peak_probe;
+  k.bgemm_packed_name = b->bgemm_packed_name; k.bgemm_packed = b->bgemm_packed;
+  const KernelSet* s = best(KernelOp::kSgemm);
+  k.sgemm_name = s->sgemm_name; k.sgemm = s->sgemm;
+  k.sgemm_packed_name = s->sgemm_packed_name; k.sgemm_packed = s->sgemm_packed;
+  const KernelSet* i = best(KernelOp::kIgemm);
+  k.igemm_name = i->igemm_name; k.igemm_u8i8 = i->igemm_u8i8;
+  k.igemm_packed_name = i->igemm_packed_name; k.igemm_packed = i->igemm_packed;
+  const KernelSet* p = best(KernelOp::kBitpackF32);
+  k.bitpack_name = p->bitpack_name; k.bitpack_f32 = p->bitpack_f32;
+  const KernelSet* t = best(KernelOp::kThresholdBits);
+  k.threshold_name = t->threshold_name; k.threshold_bits = t->threshold_bits;
+  // Eligible on the CPU it was composed for; no per-op re-selection of a composed set.
+  k.supported = [](const CpuFeatures&) { return true; };
+  k.op_supported = [](KernelOp, const CpuFeatures&) { return true; };
+  return k;
+}
+
+const KernelSet& auto_kernel_set() {
+  static const KernelSet k = compose_kernel_set(cpu_features());
+  return k;
 }
 
 const KernelSet& resolve_kernels(const std::string& name) {
