@@ -2,7 +2,7 @@
 imports torch.
 
     import bitflow.engine as e
-    m = e.load("fm.bfn")                # kernels="auto" | "ref" | "scalar" | "avx2" | "avx512"
+    m = e.load("fm.bfn")                # kernels="auto" | "ref" | "scalar" | "avx2" | "avx512" | "neon"
     m.predict(x)                        # x: float32 [N, C, H, W] in [0, 1] (or uint8 pixels)
     m.logits(x), m.info()
 
@@ -43,7 +43,7 @@ class Step(NamedTuple):
     ops: tuple[str, ...]
     free: tuple[str, ...] = ()
 
-_KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
+_KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 
 
 def available_kernels() -> list[str]:

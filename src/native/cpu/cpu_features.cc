@@ -9,6 +9,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 namespace bitflow {
@@ -53,6 +55,16 @@ CpuFeatures detect() {
   f.avxvnni = (a >> 4) & 1u;
   return f;
 }
+#elif defined(__aarch64__)
+CpuFeatures detect() {
+  CpuFeatures f;
+  f.neon = true;  // Advanced SIMD is mandatory in AArch64 (hwcap bit 1 on Linux)
+#if defined(__linux__)
+  const unsigned long hw = getauxval(AT_HWCAP);
+  f.dotprod = (hw >> 20) & 1ul;  // HWCAP_ASIMDDP
+#endif
+  return f;
+}
 #else
 CpuFeatures detect() { return CpuFeatures{}; }
 #endif
@@ -86,6 +98,9 @@ const std::vector<const KernelSet*>& compiled_kernel_sets() {
       &kRefKernels, &kScalarKernels,
 #if defined(BITFLOW_HAVE_X86_KERNELS)
       &kAvx2Kernels, &kAvx512Kernels,
+#endif
+#if defined(BITFLOW_HAVE_NEON_KERNELS)
+      &kNeonKernels,
 #endif
   };
   return sets;

@@ -139,12 +139,16 @@ struct KernelSet {
 };
 
 // Kernel sets (defined next to their kernels). Sets for ISAs the compiler cannot target are
-// not declared: BITFLOW_HAVE_X86_KERNELS is set by the build for x86-64 GCC/Clang.
+// not declared: BITFLOW_HAVE_X86_KERNELS is set by the build for x86-64 GCC/Clang,
+// BITFLOW_HAVE_NEON_KERNELS for aarch64 GCC/Clang.
 extern const KernelSet kRefKernels;
 extern const KernelSet kScalarKernels;
 #if defined(BITFLOW_HAVE_X86_KERNELS)
 extern const KernelSet kAvx2Kernels;
 extern const KernelSet kAvx512Kernels;
+#endif
+#if defined(BITFLOW_HAVE_NEON_KERNELS)
+extern const KernelSet kNeonKernels;
 #endif
 
 namespace ref {
