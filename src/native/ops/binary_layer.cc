@@ -76,26 +76,30 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
     acc_buf.resize(static_cast<std::size_t>(n * ho * wo * o));
     acc = acc_buf.data();
   }
-  if (int8_)
-    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc);
-  else
-    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc);
   std::int64_t rows = n * ho * wo;
-  const std::int32_t* cur = acc;
-  // The transforms and pools split their rows over the threads by work size (a thread
-  // writes one contiguous range of rows: identical results for any thread count).
-  const auto threshold = [&](const std::int32_t* src, std::int64_t r, std::int64_t cols,
-                             std::uint64_t* dst) {
-    const std::int64_t ow = words_for(cols);
-    parallel_rows(r, 0.25 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
-      ks_->threshold_bits(src + r0 * cols, r1 - r0, cols, lo_.data(), hi_.data(), dst + r0 * ow);
-    });
+  // A per-channel threshold runs in the convolution's epilogue: each finished block of rows
+  // is thresholded to bits by the thread that computed it, while its int32 values are still
+  // in that core's cache (to out_bits, or to the full-resolution bits that are pooled next).
+  const bool fused = thr && !flat_threshold();
+  const std::int64_t ow = words_for(o);
+  if (fused && pool_.on) bits_buf.resize(static_cast<std::size_t>(rows * ow));
+  std::uint64_t* const thr_dst = pool_.on ? bits_buf.data() : out_bits;  // raw pointers: see below
+  std::int32_t* const acc_rows = acc;
+  const RowsEpilogue epilogue = [&](std::int64_t m0, std::int64_t m1) {
+    ks_->threshold_bits(acc_rows + m0 * o, m1 - m0, o, lo_.data(), hi_.data(), thr_dst + m0 * ow);
   };
-  if (pool_.on && thr && !flat_threshold()) {
-    // threshold at full resolution, then pool the bits (AND / OR per channel, see the header)
-    const std::int64_t ow = words_for(o);
-    bits_buf.resize(static_cast<std::size_t>(rows * ow));
-    threshold(acc, rows, o, bits_buf.data());
+  const RowsEpilogue* epi = fused ? &epilogue : nullptr;
+  if (int8_)
+    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc, epi);
+  else
+    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc, epi);
+  if (fused && !pool_.on) return;
+  const std::int32_t* cur = acc;
+  // The pools and the flat threshold split their rows over the threads by work size (a
+  // thread writes one contiguous range of rows: identical results for any thread count).
+  if (fused) {
+    // thresholded at full resolution (the epilogue above); pool the bits (AND / OR per
+    // channel, see the header)
     PoolGeom pg;
     pg.n = n; pg.h = ho; pg.w = wo; pg.c = ow;
     pg.kh = pool_.kh; pg.kw = pool_.kw; pg.sh = pool_.sh; pg.sw = pool_.sw;
@@ -132,10 +136,11 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
     rows = n * pg.ho() * pg.wo();
   }
   if (!thr) return;
-  if (flat_threshold())  // [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
-    threshold(cur, n, rows / n * o, out_bits);
-  else
-    threshold(cur, rows, o, out_bits);
+  // flat threshold: [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
+  const std::int64_t cols = rows / n * o, cw = words_for(cols);
+  parallel_rows(n, 0.25 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+    ks_->threshold_bits(cur + r0 * cols, r1 - r0, cols, lo_.data(), hi_.data(), out_bits + r0 * cw);
+  });
 }
 
 }  // namespace bitflow::ops

@@ -52,6 +52,17 @@ Blocking make_blocking(std::int64_t M, std::int64_t N, std::int64_t row_bytes, i
   return bl;
 }
 
+/// The epilogue over all M rows, in contiguous chunks over the threads (for drivers whose
+/// tasks do not finish whole rows).
+void run_epilogue(const RowsEpilogue* epilogue, std::int64_t M, int threads) {
+  if (epilogue == nullptr || M == 0) return;
+  const std::int64_t parts = std::min<std::int64_t>(M, threads);
+  parallel_for(parts, threads, [&](std::int64_t p) {
+    const auto [m0, m1] = chunk(M, parts, p);
+    (*epilogue)(m0, m1);
+  });
+}
+
 /// Rows [m0, m1) of the im2col matrix (row m = (n, oh, ow) holds the kh*kw taps of cpix
 /// elements each, padded taps are zeros), written densely to dst. For each kernel row the
 /// valid taps are one contiguous run of the NHWC input, copied with one memcpy.
@@ -92,7 +103,7 @@ void im2col_rows(const T* x, const ConvGeom& g, std::int64_t cpix, std::int64_t 
 /// row and column blocks.
 template <class T, class RowsFn, class GemmFn>
 void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t planes,
-                 int threads, RowsFn&& rows, GemmFn&& gemm) {
+                 int threads, RowsFn&& rows, GemmFn&& gemm, const RowsEpilogue* epilogue = nullptr) {
   const std::int64_t row_bytes = K * static_cast<std::int64_t>(sizeof(T));
   Blocking b1 = make_blocking(M, N, row_bytes, 1);
   if (threads > 1 && b1.n_mb >= 2 * threads && b1.n_mb < 4 * threads) {
@@ -115,6 +126,7 @@ void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t pl
       T* buf = reinterpret_cast<T*>(scratch.get());
       for (std::int64_t p = 0; p < planes; ++p) rows(p, m0, m0 + mc, buf + p * mc * K);
       gemm(static_cast<const T*>(buf), mc * K, m0, mc, std::int64_t{0}, N);
+      if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);  // the block's rows are complete
     });
     return;
   }
@@ -131,6 +143,7 @@ void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t pl
     gemm(static_cast<const T*>(cols.get() + m0 * K), M * K, m0, std::min(bl.mb, M - m0), n0,
          std::min(bl.nb, N - n0));
   });
+  run_epilogue(epilogue, M, threads);
 }
 
 bool is_pointwise(const ConvGeom& g) {
@@ -294,7 +307,7 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
 
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
-                      std::int32_t* out) {
+                      std::int32_t* out, const RowsEpilogue* epilogue) {
   const std::int64_t cw = words_for(g.c);
   const std::int64_t ho = g.ho(), wo = g.wo();
   const std::int64_t M = g.n * ho * wo;
@@ -373,6 +386,7 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         const std::int64_t m0 = (t / bl.n_nb) * bl.mb, n0 = (t % bl.n_nb) * bl.nb;
         gemm(x + m0 * Kr, 0, m0, std::min(bl.mb, M - m0), n0, std::min(bl.nb, g.o - n0));
       });
+      run_epilogue(epilogue, M, threads);
     } else {
       conv_driver<std::uint64_t>(
           M, g.o, Kr, 1, threads,
@@ -382,10 +396,11 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
             else
               im2col_rows(x, g, cw, m0, m1, dst);
           },
-          gemm);
+          gemm, epilogue);
     }
   } else if (is_pointwise(g)) {
     bgemm_planes(ks, threads, x, pa, wr, pw, M, g.o, Kr, k_bits, out);
+    run_epilogue(epilogue, M, threads);
   } else {
     conv_driver<std::uint64_t>(
         M, g.o, Kr, pa, threads,
@@ -402,7 +417,8 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
               ks.bgemm(a + i * a_plane, Kr, wr + (j * g.o + n0) * Kr, Kr, mc, nc, Kr, k_bits,
                        std::int32_t{1} << (i + j), i + j > 0, out + m0 * g.o + n0, g.o);
           correct(m0, mc, n0, nc);
-        });
+        },
+        epilogue);
   }
 }
 
@@ -585,11 +601,13 @@ PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const Con
 }
 
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
-                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out) {
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
+                          const RowsEpilogue* epilogue) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   if (M == 0 || g.o == 0) return;
   if (prep.packed.empty()) {
     conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
+    run_epilogue(epilogue, M, threads);
     return;
   }
   // im2col rows of K4 * 4 bytes (zeros past K), then the packed kernel per column block
@@ -609,7 +627,8 @@ void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* 
           std::int64_t nc) {
         ks.igemm_packed(a, Kp, bp + (n0 / kPackedI8NR) * block_bytes, mc, nc, prep.K4,
                         out + m0 * g.o + n0, g.o);
-      });
+      },
+      epilogue);
 }
 
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,

@@ -19,6 +19,7 @@
 // agree within twice that bound.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "bitflow/kernels.h"
@@ -90,10 +91,16 @@ std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64
 /// Lay out w [Pw, O, kh, kw, Cw] (the filter fields o, kh, kw, c of g are used).
 PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
                             const ConvGeom& g);
-/// bconv2d_planes with prepared weights (same result, bit for bit).
+/// An output epilogue of the convolution drivers: called with [m0, m1) once the int32 rows
+/// m0..m1-1 (all O channels, padding correction included) are final, on the thread that
+/// finished them, while they are still in its cache (the fused threshold of the prepared
+/// layers). Every row is passed exactly once; calls may run concurrently on disjoint rows.
+using RowsEpilogue = std::function<void(std::int64_t m0, std::int64_t m1)>;
+
+/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue.
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
-                      std::int32_t* out);
+                      std::int32_t* out, const RowsEpilogue* epilogue = nullptr);
 
 // ---- input preparation -----------------------------------------------------------------
 /// A fixed-point first layer's input: x float32 [n, c, h, w] (NCHW, values in [0, 1]) ->
@@ -163,8 +170,9 @@ std::vector<float> pack_sgemm_weights(const float* B, std::int64_t N, std::int64
 /// B rows [N, K] -> the packed layout of IgemmPackedFn (zero-padded in N and K).
 std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N, std::int64_t K);
 PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g);
-/// conv2d_u8i8 with prepared weights (same exact result).
+/// conv2d_u8i8 with prepared weights (same exact result), optional epilogue (see above).
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
-                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out);
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
+                          const RowsEpilogue* epilogue = nullptr);
 
 }  // namespace bitflow::ops

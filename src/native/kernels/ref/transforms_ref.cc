@@ -1,36 +1,10 @@
 // Output transforms (definitions). Compiled with -ffp-contract=off so scale_bias rounds the
 // product and the sum separately: y = fl(fl(float(acc) * scale) + bias).
-#include <atomic>
-#include <cmath>
 #include <cstring>
 
-#include "../../ops/parallel.h"
 #include "bitflow/ops.h"
 
 namespace bitflow::ops {
-
-bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
-                      std::int64_t w, std::uint8_t* out, int threads) {
-  std::atomic<bool> finite{true};
-  parallel_rows(n * h, 1.0 * static_cast<double>(w * c), threads, [&](std::int64_t r0, std::int64_t r1) {
-    bool ok = true;
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t b = r / h, i = r % h;
-      std::uint8_t* dst = out + r * w * c;
-      for (std::int64_t ch = 0; ch < c; ++ch) {
-        const float* src = x + ((b * c + ch) * h + i) * w;
-        for (std::int64_t j = 0; j < w; ++j) {
-          const float v = src[j] * 255.0f;  // one float32 rounding, as numpy
-          ok &= std::isfinite(v);
-          const float q = std::nearbyint(v);  // default rounding mode: half to even (np.rint)
-          dst[j * c + ch] = q >= 0.0f && q <= 255.0f ? static_cast<std::uint8_t>(q) : (q > 255.0f ? 255 : 0);
-        }
-      }
-    }
-    if (!ok) finite.store(false, std::memory_order_relaxed);
-  });
-  return finite.load();
-}
 
 void threshold_bits(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
                     const std::int32_t* thr, const std::int8_t* dir, std::uint64_t* out) {
