@@ -5,6 +5,11 @@
 # Debian's g++-aarch64-linux-gnu and run it under qemu-aarch64 (Debian qemu-user) twice:
 #   -cpu max         NEON + dotprod: the "neon" set (SDOT int8 GEMM) and "auto";
 #   -cpu cortex-a53  ARMv8.0, no dotprod: "auto" = NEON binary kernels + reference int8 GEMM.
+# With the project's .venv (scripts/setup.sh; CI runs it first), a model run is replayed too:
+# bitflow_lenet (int8 first layer) trained for one epoch on 3000 Fashion-MNIST images,
+# converted, run by the x86 engine on 200 test images and recorded (tests/native/arm/
+# dump_model.py); under qemu every op is rerun with each kernel set on the recorded input
+# (integers and bits bit for bit) and the whole chain must give the same predictions.
 # Installs both packages when missing (apt-get; root or sudo). Correctness only: no speed
 # claims under emulation. Usage: bash scripts/test_arm.sh [build-dir]
 set -euo pipefail
@@ -25,9 +30,22 @@ cmake -S tests/native/arm -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$BUILD" -j 2 >/dev/null
 file "$BUILD/kernel_selftest" 2>/dev/null | grep -q "ARM aarch64" || { command -v file >/dev/null && { echo "test_arm: not an aarch64 binary" >&2; exit 1; }; }
 
+replay=()
+if [ -x .venv/bin/python ]; then
+  FM="$BUILD/fashion-mnist"
+  echo "== record a Fashion-MNIST model run on this machine ($FM)"
+  .venv/bin/bitflow train --model bitflow_lenet --model-arg first_layer=int8 --data fashion-mnist \
+    --epochs 1 --limit-train 3000 --limit-test 500 --out "$FM" --no-progress >/dev/null
+  .venv/bin/bitflow convert "$FM/best.pt" -o "$FM/model.bfn" >/dev/null
+  .venv/bin/python tests/native/arm/dump_model.py "$FM/replay" --model-file "$FM/model.bfn" --images 200
+  replay=(--replay "$FM/replay")
+else
+  echo "== no .venv (bash scripts/setup.sh): the model replay is skipped, kernel self-tests only"
+fi
+
 status=0
 for cpu in max cortex-a53; do
   echo "== qemu-aarch64 -cpu $cpu"
-  qemu-aarch64 -cpu "$cpu" "$BUILD/kernel_selftest" || status=1
+  qemu-aarch64 -cpu "$cpu" "$BUILD/kernel_selftest" "${replay[@]}" || status=1
 done
 exit $status

@@ -3,12 +3,13 @@
 // random data at tile edges (K in bits {1, 31, 32, 33, 63, 64, 65, 255, 256, 257, 511, 512,
 // 513}, every bit of the random words set at random, M and N around the 4x4 / 32-wide tiles,
 // row strides larger than the rows), and the threaded drivers / prepared layers of each set
-// against the reference set on one thread. Prints "N passed, M failed"; exit status 1 on any
-// failure.
+// against the reference set on one thread; with --replay DIR also a recorded model run
+// (model_replay.cc). Prints "N passed, M failed"; exit status 1 on any failure.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
@@ -236,7 +237,11 @@ void test_layers(const KernelSet& ks) {
 
 }  // namespace
 
-int main() {
+// model_replay.cc
+void replay_model(const std::string& dir, const std::vector<const KernelSet*>& sets,
+                  const std::function<void(bool, const std::string&)>& check);
+
+int main(int argc, char** argv) {
   const bitflow::CpuFeatures& f = bitflow::cpu_features();
   std::printf("cpu: neon=%d dotprod=%d avx2=%d avx512f=%d avx512vpopcntdq=%d avx512vnni=%d\n", f.neon, f.dotprod,
               f.avx2, f.avx512f, f.avx512vpopcntdq, f.avx512vnni);
@@ -257,6 +262,13 @@ int main() {
     test_layers(*ks);
     std::printf("kernel set %s: %d checks\n", ks->name, g_passed + g_failed - before);
   }
+  // --replay DIR: a model run recorded on another machine (dump_model.py)
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--replay") {
+      std::vector<const KernelSet*> all = {&bitflow::kRefKernels};
+      all.insert(all.end(), sets.begin(), sets.end());
+      replay_model(argv[i + 1], all, check);
+    }
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
