@@ -8,7 +8,10 @@ For each batch size, ``--rounds`` rounds each time one whole-model call per thre
 (in a rotating order); the report gives medians, the speed-up of every thread count over
 one thread (ratios of medians from the same rounds), and per fused step of the engine's
 plan the median time and, for binary layers, binary MACs/s and the fraction of the peak
-probe (``_native.peak_probe``, one thread, measured before and after the rounds: median).
+probe (``_native.peak_probe``, one thread, measured before and after the rounds: median);
+for binary dense layers also the weight bytes streamed per second against a memory-read
+probe (numpy sum over a 64 MiB array, the read bandwidth of one thread, same run): at batch 1
+such a layer reads every weight once, so the read bandwidth is its bound.
 The per-step times come from separate rounds of step-by-step calls (the same plan).
 Not collected by pytest.
 """
@@ -36,6 +39,17 @@ def _steps_once(e: Engine, x: np.ndarray) -> list[float]:
     return out
 
 
+def read_bandwidth(rounds: int = 7) -> float:
+    """Bytes per second of one thread summing a 64 MiB int64 array (median of rounds)."""
+    a = np.ones(8 << 20, dtype=np.int64)
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a.sum()
+        ts.append(time.perf_counter() - t0)
+    return a.nbytes / float(np.median(ts))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = parse_int_list(a.threads, "--threads")
     kwargs: dict[str, Any] = {"first_layer": "int8"} if a.first_layer == "int8" else {}
     graph, _ = zoo_model(a.model, **kwargs)
-    macs = {d["name"]: d["binary_macs"] for d in _binary_layers(graph)}
+    layers = _binary_layers(graph)
+    macs = {d["name"]: d["binary_macs"] for d in layers}
+    dense_bytes = {d["name"]: d["packed_weight_bytes"] for d in layers if d["type"] == "bdense"}
     engines = {t: Engine(graph, kernels=a.kernels, threads=t) for t in threads}
     peaks = [N.peak_probe(a.kernels, 0.3)]
+    bws = [read_bandwidth()]
     info = N.kernel_info(a.kernels)
     print(
         f"{a.model} ({a.first_layer} first layer), kernels {a.kernels}: bgemm {info['bgemm_packed'] or info['bgemm']}, "
@@ -79,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                 steps[t].append(_steps_once(engines[t], x))
         report.append((batch, whole, steps))
     peaks.append(N.peak_probe(a.kernels, 0.3))
-    peak = float(np.median(peaks))
+    bws.append(read_bandwidth())
+    peak, bw = float(np.median(peaks)), float(np.median(bws))
     print(
         f"peak probe {peak:.3g} binary MACs/s (one thread; runs: {', '.join(f'{v:.3g}' for v in peaks)})"
+    )
+    print(
+        f"read bandwidth {bw / 1e9:.1f} GB/s (one thread; runs: {', '.join(f'{v / 1e9:.1f}' for v in bws)})"
     )
     for batch, whole, steps in report:
         base = float(np.median(whole[threads[0]]))
@@ -100,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                 if name in macs:
                     rate = macs[name] * batch / med
                     extra = f" {rate:.3g} MAC/s = {rate / (peak * t):.0%} of {t}x peak"
+                if name in dense_bytes and batch == 1:
+                    gbs = dense_bytes[name] / med
+                    extra += f", weights {gbs / 1e9:.1f} GB/s = {gbs / bw:.0%} of 1-thread read bw"
                 row.append(f"{t} thr {med * 1e3:7.3f} ms{extra}")
             print(f"   {'+'.join(s.ops)[:40]:40s} " + " | ".join(row))
     return 0
