@@ -98,16 +98,19 @@ void im2col_rows(const T* x, const ConvGeom& g, std::int64_t cpix, std::int64_t 
 /// rows(p, m0, m1, dst) writes im2col rows [m0, m1) of input plane p (row length K);
 /// gemm(a, a_plane_stride, m0, mc, n0, nc) multiplies rows [m0, m0+mc) (at `a`) with
 /// weight rows [n0, n0+nc). When there are enough row blocks, each task builds its block in
-/// a cache-resident buffer and multiplies it with every weight row at once (fused); with
-/// few rows and several threads the whole matrix is built first and the GEMM is split over
-/// row and column blocks.
+/// a cache-resident buffer and multiplies it with every weight row at once (fused); only
+/// with very few rows (< 16 per thread) the whole matrix is built first and the GEMM is split
+/// over row and column blocks.
 template <class T, class RowsFn, class GemmFn>
 void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t planes,
                  int threads, RowsFn&& rows, GemmFn&& gemm, const RowsEpilogue* epilogue = nullptr) {
   const std::int64_t row_bytes = K * static_cast<std::int64_t>(sizeof(T));
   Blocking b1 = make_blocking(M, N, row_bytes, 1);
-  if (threads > 1 && b1.n_mb >= 2 * threads && b1.n_mb < 4 * threads) {
-    // At least 4 row blocks per thread, so an uneven last round costs little.
+  if (threads > 1 && b1.n_mb < 4 * threads && M >= 16 * threads) {
+    // At least 4 row blocks (of >= 4 rows) per thread, so an uneven last round costs little
+    // and even a batch-1 convolution takes the fused path: every thread builds its own
+    // cache-resident rows and its epilogue runs on rows still in its cache (the weights are
+    // read by both threads, from their own L2).
     b1.mb = std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads) + 3, 4) / 4 * 4;
     b1.n_mb = (M + b1.mb - 1) / b1.mb;
   }
