@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ALL_KERNELS = ("ref", "scalar", "avx2", "avx512")
+ALL_KERNELS = ("ref", "scalar", "avx2", "avx512", "neon")
 
 
 def pack_bits(x: np.ndarray) -> np.ndarray:

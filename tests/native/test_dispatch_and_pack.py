@@ -16,7 +16,7 @@ from bitflow import _native
 
 pytestmark = pytest.mark.native
 
-FEATURES = "popcnt avx2 fma avx512f avx512bw avx512vl avx512vpopcntdq avx512vnni avxvnni".split()
+FEATURES = "popcnt avx2 fma avx512f avx512bw avx512vl avx512vpopcntdq avx512vnni avxvnni neon dotprod".split()
 
 
 def test_cpu_features_keys_and_consistency() -> None:
@@ -48,7 +48,7 @@ def test_available_kernels_order_and_default() -> None:
     # Best last: the order follows ALL_KERNELS.
     assert avail == [k for k in ALL_KERNELS if k in avail]
     env = os.environ.get("BITFLOW_KERNELS")
-    assert _native.default_kernels() == (env if env else avail[-1])
+    assert _native.default_kernels() == (env if env else "auto")
     f = _native.cpu_features()
     assert ("avx512" in avail) == (
         "avx512" in compiled
@@ -58,9 +58,59 @@ def test_available_kernels_order_and_default() -> None:
         and f["avx512vpopcntdq"]
         and f["avx512vnni"]
     )
-    for k in avail:
+    for k in [*avail, "auto"]:
         info = _native.kernel_info(k)
-        assert info["name"] == k and info["bgemm"].startswith("bgemm_")
+        assert info["name"] == k and str(info["bgemm"]).startswith("bgemm_")
+    # "auto" on this CPU is the per-op selection for its features
+    auto = _native.kernel_info("auto")
+    assert _native.compose_kernels(_native.cpu_features()) == auto
+    if avail[-1] in (
+        "avx512",
+        "avx2",
+        "neon",
+    ):  # the best tier is fully eligible: auto uses its GEMM
+        assert auto["bgemm"] == _native.kernel_info(avail[-1])["bgemm"]
+
+
+X86 = {"popcnt": True, "avx2": True, "fma": True}
+AVX512_BASE = {**X86, "avx512f": True, "avx512bw": True, "avx512vl": True}
+
+
+@pytest.mark.skipif("avx512" not in _native.compiled_kernels(), reason="x86 kernels not compiled")
+def test_per_op_selection_rules() -> None:
+    """Kernels are chosen per op: AVX-512F/BW/VL without VPOPCNTDQ / VNNI still gets the
+    AVX-512 bitpack, threshold and float GEMMs, with the AVX2 popcount and int8 GEMMs (and
+    no packed kernel of a set whose plain kernel was not chosen)."""
+    no_vpop = _native.compose_kernels(AVX512_BASE)
+    assert no_vpop["bitpack_f32"] == "bitpack_f32__avx512"
+    assert no_vpop["threshold_bits"] == "threshold_bits__avx512"
+    assert (
+        no_vpop["sgemm"] == "sgemm_4x4__avx512fma"
+        and no_vpop["sgemm_packed"] == "sgemm_4x48__avx512fma"
+    )
+    assert no_vpop["bgemm"] == "bgemm_2x4__avx2" and no_vpop["bgemm_packed"] is None
+    assert no_vpop["igemm_u8i8"] == "igemm_u8i8_2x4__avx2" and no_vpop["igemm_packed"] is None
+    vnni = _native.compose_kernels({**AVX512_BASE, "avx512vnni": True})
+    assert (
+        vnni["igemm_packed"] == "igemm_u8i8_6x48__avx512vnni" and vnni["bgemm"] == "bgemm_2x4__avx2"
+    )
+    vpop = _native.compose_kernels({**AVX512_BASE, "avx512vpopcntdq": True})
+    assert vpop["bgemm_packed"] == "bgemm_4x32__avx512vpopcnt"
+    assert vpop["igemm_u8i8"] == "igemm_u8i8_2x4__avx2"
+    full = _native.compose_kernels({**AVX512_BASE, "avx512vpopcntdq": True, "avx512vnni": True})
+    assert full == {**_native.kernel_info("avx512"), "name": "auto"}
+    avx2 = _native.compose_kernels(X86)
+    assert avx2 == {
+        **_native.kernel_info("avx2"),
+        "name": "auto",
+        "threshold_bits": "threshold_bits__ref",
+        "bgemm_packed": None,
+        "igemm_packed": None,
+    }
+    assert _native.compose_kernels({"popcnt": True})["bgemm"] == "bgemm_4x4__scalar"
+    assert _native.compose_kernels({}) == {**_native.kernel_info("ref"), "name": "auto"}
+    with pytest.raises(ValueError, match="nosuch"):
+        _native.compose_kernels({"nosuch": True})
 
 
 def test_unknown_kernel_set_raises() -> None:
@@ -88,6 +138,7 @@ def test_env_var_forces_default() -> None:
     r = _run_with_env("ref")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ref"
+    assert _run_with_env("auto").stdout.strip() == "auto"
     bad = _run_with_env("bogus")
     assert bad.returncode != 0
     assert "BITFLOW_KERNELS" in bad.stderr and "bogus" in bad.stderr

@@ -152,3 +152,27 @@ def test_maxpool_property(h: int, w: int, k: int, s: int, p: int, seed: int) -> 
         return
     x = np.random.default_rng(seed).standard_normal((1, h, w, 3)).astype(np.float32)
     np.testing.assert_array_equal(_native.maxpool_f32(x, k, s, p), _torch_pool(x, k, s, p))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_quantize_u8_nhwc_equals_numpy(threads: int) -> None:
+    """clip(rint(float32(x * 255)), 0, 255) in NHWC: ties (k + 0.5) / 255 round half to even,
+    out-of-range values clip, -0.0 gives 0; NaN / inf raise."""
+    rng = np.random.default_rng(threads)
+    x = rng.uniform(-0.2, 1.2, size=(3, 5, 17, 19)).astype(np.float32)
+    flat = x.reshape(-1)
+    ties = ((np.arange(256) + 0.5) / 255).astype(np.float32)
+    flat[: ties.size] = ties
+    flat[ties.size : ties.size + 4] = [-0.0, 0.0, 1.0, 1e30]
+    want = np.clip(np.rint(x.transpose(0, 2, 3, 1) * np.float32(255)), 0, 255).astype(np.uint8)
+    old = _native._set_grain_ns(0.0)
+    try:
+        got = _native.quantize_u8_nhwc(x, threads)
+    finally:
+        _native._set_grain_ns(old)
+    np.testing.assert_array_equal(got, want)
+    for bad in (np.nan, np.inf, 1e38):
+        y = x.copy()
+        y[1, 2, 3, 4] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            _native.quantize_u8_nhwc(y, threads)

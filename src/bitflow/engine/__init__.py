@@ -2,7 +2,7 @@
 imports torch.
 
     import bitflow.engine as e
-    m = e.load("fm.bfn")                # kernels="auto" | "ref" | "scalar" | "avx2" | "avx512"
+    m = e.load("fm.bfn")                # kernels="auto" | "ref" | "scalar" | "avx2" | "avx512" | "neon"
     m.predict(x)                        # x: float32 [N, C, H, W] in [0, 1] (or uint8 pixels)
     m.logits(x), m.info()
 
@@ -43,7 +43,7 @@ class Step(NamedTuple):
     ops: tuple[str, ...]
     free: tuple[str, ...] = ()
 
-_KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512")
+_KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
 
 
@@ -191,17 +191,14 @@ class Engine:
         if x.dtype != np.float32:
             raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
         # the reference executor's preprocessing: NHWC, and for a fixed-point first layer
-        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training; done here
-        # in place in one NHWC buffer (the same float32 operations, fewer temporaries)
+        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training
         if spec.preprocess != "uint8":
             return preprocess(self.graph, x)
-        nhwc = np.empty((x.shape[0], spec.height, spec.width, spec.channels), np.float32)
-        np.multiply(x.transpose(0, 2, 3, 1), np.float32(255), out=nhwc)
-        np.rint(nhwc, out=nhwc)
-        if not np.isfinite(nhwc).all():
-            raise ValueError("input contains NaN or infinity")
-        np.clip(nhwc, 0, 255, out=nhwc)
-        return nhwc.astype(np.uint8)
+        # native: the same float32 operations in one threaded pass (ValueError on NaN / inf)
+        try:
+            return N.quantize_u8_nhwc(x, self.threads)
+        except ValueError:
+            raise ValueError("input contains NaN or infinity") from None
 
     def run(self, x: np.ndarray, keep: bool = False) -> dict[str, np.ndarray]:
         """Run the graph in topological order; returns ``{output: logits}``. Without ``keep``

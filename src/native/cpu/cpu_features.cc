@@ -9,6 +9,8 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 namespace bitflow {
@@ -53,11 +55,22 @@ CpuFeatures detect() {
   f.avxvnni = (a >> 4) & 1u;
   return f;
 }
+#elif defined(__aarch64__)
+CpuFeatures detect() {
+  CpuFeatures f;
+  f.neon = true;  // Advanced SIMD is mandatory in AArch64 (hwcap bit 1 on Linux)
+#if defined(__linux__)
+  const unsigned long hw = getauxval(AT_HWCAP);
+  f.dotprod = (hw >> 20) & 1ul;  // HWCAP_ASIMDDP
+#endif
+  return f;
+}
 #else
 CpuFeatures detect() { return CpuFeatures{}; }
 #endif
 
 const KernelSet& resolve_no_default(const std::string& name) {
+  if (name == "auto") return auto_kernel_set();
   for (const KernelSet* ks : compiled_kernel_sets()) {
     if (name == ks->name) {
       if (!ks->supported(cpu_features())) {
@@ -86,6 +99,9 @@ const std::vector<const KernelSet*>& compiled_kernel_sets() {
 #if defined(BITFLOW_HAVE_X86_KERNELS)
       &kAvx2Kernels, &kAvx512Kernels,
 #endif
+#if defined(BITFLOW_HAVE_NEON_KERNELS)
+      &kNeonKernels,
+#endif
   };
   return sets;
 }
@@ -108,9 +124,42 @@ const KernelSet& default_kernel_set() {
                                     e.what());
       }
     }
-    return eligible_kernel_sets().back();
+    return &auto_kernel_set();
   }();
   return *chosen;
+}
+
+KernelSet compose_kernel_set(const CpuFeatures& f) {
+  const auto best = [&](KernelOp op) {
+    const KernelSet* pick = &kRefKernels;
+    for (const KernelSet* ks : compiled_kernel_sets())  // reference first, best last
+      if (ks->op_supported(op, f)) pick = ks;
+    return pick;
+  };
+  KernelSet k = kRefKernels;
+  k.name = "auto";
+  const KernelSet* b = best(KernelOp::kBgemm);
+  k.bgemm_name = b->bgemm_name; k.bgemm = b->bgemm; k.peak_probe = b->peak_probe;
+  k.bgemm_packed_name = b->bgemm_packed_name; k.bgemm_packed = b->bgemm_packed;
+  const KernelSet* s = best(KernelOp::kSgemm);
+  k.sgemm_name = s->sgemm_name; k.sgemm = s->sgemm;
+  k.sgemm_packed_name = s->sgemm_packed_name; k.sgemm_packed = s->sgemm_packed;
+  const KernelSet* i = best(KernelOp::kIgemm);
+  k.igemm_name = i->igemm_name; k.igemm_u8i8 = i->igemm_u8i8;
+  k.igemm_packed_name = i->igemm_packed_name; k.igemm_packed = i->igemm_packed;
+  const KernelSet* p = best(KernelOp::kBitpackF32);
+  k.bitpack_name = p->bitpack_name; k.bitpack_f32 = p->bitpack_f32;
+  const KernelSet* t = best(KernelOp::kThresholdBits);
+  k.threshold_name = t->threshold_name; k.threshold_bits = t->threshold_bits;
+  // Eligible on the CPU it was composed for; no per-op re-selection of a composed set.
+  k.supported = [](const CpuFeatures&) { return true; };
+  k.op_supported = [](KernelOp, const CpuFeatures&) { return true; };
+  return k;
+}
+
+const KernelSet& auto_kernel_set() {
+  static const KernelSet k = compose_kernel_set(cpu_features());
+  return k;
 }
 
 const KernelSet& resolve_kernels(const std::string& name) {

@@ -4,6 +4,8 @@
 #include <climits>
 #include <utility>
 
+#include "parallel.h"
+
 namespace bitflow::ops {
 
 BinaryLayer::BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const ConvGeom& filt,
@@ -74,32 +76,49 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
     acc_buf.resize(static_cast<std::size_t>(n * ho * wo * o));
     acc = acc_buf.data();
   }
-  if (int8_)
-    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc);
-  else
-    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc);
   std::int64_t rows = n * ho * wo;
+  // A per-channel threshold runs in the convolution's epilogue: each finished block of rows
+  // is thresholded to bits by the thread that computed it, while its int32 values are still
+  // in that core's cache (to out_bits, or to the full-resolution bits that are pooled next).
+  const bool fused = thr && !flat_threshold();
+  const std::int64_t ow = words_for(o);
+  if (fused && pool_.on) bits_buf.resize(static_cast<std::size_t>(rows * ow));
+  std::uint64_t* const thr_dst = pool_.on ? bits_buf.data() : out_bits;  // raw pointers: see below
+  std::int32_t* const acc_rows = acc;
+  const RowsEpilogue epilogue = [&](std::int64_t m0, std::int64_t m1) {
+    ks_->threshold_bits(acc_rows + m0 * o, m1 - m0, o, lo_.data(), hi_.data(), thr_dst + m0 * ow);
+  };
+  const RowsEpilogue* epi = fused ? &epilogue : nullptr;
+  if (int8_)
+    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc, epi);
+  else
+    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc, epi);
+  if (fused && !pool_.on) return;
   const std::int32_t* cur = acc;
-  if (pool_.on && thr && !flat_threshold()) {
-    // threshold at full resolution, then pool the bits (AND / OR per channel, see the header)
-    const std::int64_t ow = words_for(o);
-    bits_buf.resize(static_cast<std::size_t>(rows * ow));
-    ks_->threshold_bits(acc, rows, o, lo_.data(), hi_.data(), bits_buf.data());
+  // The pools and the flat threshold split their rows over the threads by work size (a
+  // thread writes one contiguous range of rows: identical results for any thread count).
+  if (fused) {
+    // thresholded at full resolution (the epilogue above); pool the bits (AND / OR per
+    // channel, see the header)
     PoolGeom pg;
     pg.n = n; pg.h = ho; pg.w = wo; pg.c = ow;
     pg.kh = pool_.kh; pg.kw = pool_.kw; pg.sh = pool_.sh; pg.sw = pool_.sw;
     pg.ph = pool_.ph; pg.pw = pool_.pw;
-    maxpool_bits(bits_buf.data(), pg, true, out_bits);
-    if (any_or_) {
-      const std::int64_t out_rows = n * pg.ho() * pg.wo();
-      or_buf.resize(static_cast<std::size_t>(out_rows * ow));
-      maxpool_bits(bits_buf.data(), pg, false, or_buf.data());
-      for (std::int64_t r = 0; r < out_rows; ++r)
-        for (std::int64_t q = 0; q < ow; ++q) {
-          const std::uint64_t m = and_mask_[q];
-          out_bits[r * ow + q] = (out_bits[r * ow + q] & m) | (or_buf[r * ow + q] & ~m);
-        }
-    }
+    const std::int64_t pwo = pg.wo(), row_words = pwo * ow;
+    if (any_or_) or_buf.resize(static_cast<std::size_t>(n * pg.ho() * row_words));
+    // raw pointers: a lambda naming a thread_local would use the helper thread's instance
+    const std::uint64_t* bits = bits_buf.data();
+    std::uint64_t* const orb = any_or_ ? or_buf.data() : nullptr;
+    const double ns_per_row = 0.3 * static_cast<double>(pwo * pg.kh * pg.kw * ow) * (any_or_ ? 2 : 1);
+    parallel_rows(n * pg.ho(), ns_per_row, threads, [&](std::int64_t r0, std::int64_t r1) {
+      maxpool_bits_rows(bits, pg, true, out_bits, r0, r1);
+      if (!any_or_) return;
+      maxpool_bits_rows(bits, pg, false, orb, r0, r1);
+      for (std::int64_t i = r0 * row_words; i < r1 * row_words; ++i) {
+        const std::uint64_t m = and_mask_[i % ow];
+        out_bits[i] = (out_bits[i] & m) | (orb[i] & ~m);
+      }
+    });
     return;
   }
   if (pool_.on) {
@@ -112,15 +131,16 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
       pool_buf.resize(static_cast<std::size_t>(n * pg.ho() * pg.wo() * o));
       dst = pool_buf.data();
     }
-    maxpool_i32(cur, pg, dst);
+    maxpool_i32(cur, pg, dst, threads);
     cur = dst;
     rows = n * pg.ho() * pg.wo();
   }
   if (!thr) return;
-  if (flat_threshold())  // [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
-    ks_->threshold_bits(cur, n, rows / n * o, lo_.data(), hi_.data(), out_bits);
-  else
-    ks_->threshold_bits(cur, rows, o, lo_.data(), hi_.data(), out_bits);
+  // flat threshold: [n, Ho, Wo, O] int32 is [n, Ho * Wo * O] in memory (HWC order)
+  const std::int64_t cols = rows / n * o, cw = words_for(cols);
+  parallel_rows(n, 0.25 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+    ks_->threshold_bits(cur + r0 * cols, r1 - r0, cols, lo_.data(), hi_.data(), out_bits + r0 * cw);
+  });
 }
 
 }  // namespace bitflow::ops

@@ -18,6 +18,17 @@ namespace {
 constexpr std::int64_t kABlockBytes = 128 * 1024;
 constexpr std::int64_t kNB = 32;
 
+// Work estimates for threads_for() (parallel.h), in nanoseconds of one core: inner steps at
+// a per-step cost of the fast kernels plus memory traffic at about 20 GB/s, so that a
+// memory-bound batch-1 dense layer (few steps, megabytes of weights) is still split.
+constexpr double kNsPerWordOp = 0.08;  // one 64-bit xor + popcount + add
+constexpr double kNsPerF32Mac = 0.03;
+constexpr double kNsPerI8Mac = 0.01;
+constexpr double kNsPerByte = 0.05;
+inline double work_ns(double steps, double ns_per_step, double bytes) {
+  return steps * ns_per_step + bytes * kNsPerByte;
+}
+
 struct Blocking {
   std::int64_t mb, nb, n_mb, n_nb;
 };
@@ -39,6 +50,17 @@ Blocking make_blocking(std::int64_t M, std::int64_t N, std::int64_t row_bytes, i
   bl.mb = mb;
   bl.n_mb = std::max<std::int64_t>(n_mb, 0);
   return bl;
+}
+
+/// The epilogue over all M rows, in contiguous chunks over the threads (for drivers whose
+/// tasks do not finish whole rows).
+void run_epilogue(const RowsEpilogue* epilogue, std::int64_t M, int threads) {
+  if (epilogue == nullptr || M == 0) return;
+  const std::int64_t parts = std::min<std::int64_t>(M, threads);
+  parallel_for(parts, threads, [&](std::int64_t p) {
+    const auto [m0, m1] = chunk(M, parts, p);
+    (*epilogue)(m0, m1);
+  });
 }
 
 /// Rows [m0, m1) of the im2col matrix (row m = (n, oh, ow) holds the kh*kw taps of cpix
@@ -76,16 +98,19 @@ void im2col_rows(const T* x, const ConvGeom& g, std::int64_t cpix, std::int64_t 
 /// rows(p, m0, m1, dst) writes im2col rows [m0, m1) of input plane p (row length K);
 /// gemm(a, a_plane_stride, m0, mc, n0, nc) multiplies rows [m0, m0+mc) (at `a`) with
 /// weight rows [n0, n0+nc). When there are enough row blocks, each task builds its block in
-/// a cache-resident buffer and multiplies it with every weight row at once (fused); with
-/// few rows and several threads the whole matrix is built first and the GEMM is split over
-/// row and column blocks.
+/// a cache-resident buffer and multiplies it with every weight row at once (fused); only
+/// with very few rows (< 16 per thread) the whole matrix is built first and the GEMM is split
+/// over row and column blocks.
 template <class T, class RowsFn, class GemmFn>
 void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t planes,
-                 int threads, RowsFn&& rows, GemmFn&& gemm) {
+                 int threads, RowsFn&& rows, GemmFn&& gemm, const RowsEpilogue* epilogue = nullptr) {
   const std::int64_t row_bytes = K * static_cast<std::int64_t>(sizeof(T));
   Blocking b1 = make_blocking(M, N, row_bytes, 1);
-  if (threads > 1 && b1.n_mb >= 2 * threads && b1.n_mb < 4 * threads) {
-    // At least 4 row blocks per thread, so an uneven last round costs little.
+  if (threads > 1 && b1.n_mb < 4 * threads && M >= 16 * threads) {
+    // At least 4 row blocks (of >= 4 rows) per thread, so an uneven last round costs little
+    // and even a batch-1 convolution takes the fused path: every thread builds its own
+    // cache-resident rows and its epilogue runs on rows still in its cache (the weights are
+    // read by both threads, from their own L2).
     b1.mb = std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads) + 3, 4) / 4 * 4;
     b1.n_mb = (M + b1.mb - 1) / b1.mb;
   }
@@ -104,6 +129,7 @@ void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t pl
       T* buf = reinterpret_cast<T*>(scratch.get());
       for (std::int64_t p = 0; p < planes; ++p) rows(p, m0, m0 + mc, buf + p * mc * K);
       gemm(static_cast<const T*>(buf), mc * K, m0, mc, std::int64_t{0}, N);
+      if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);  // the block's rows are complete
     });
     return;
   }
@@ -120,6 +146,7 @@ void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t pl
     gemm(static_cast<const T*>(cols.get() + m0 * K), M * K, m0, std::min(bl.mb, M - m0), n0,
          std::min(bl.nb, N - n0));
   });
+  run_epilogue(epilogue, M, threads);
 }
 
 bool is_pointwise(const ConvGeom& g) {
@@ -216,6 +243,8 @@ void bgemm_planes(const KernelSet& ks, int threads, const std::uint64_t* a, std:
                   const std::uint64_t* b, std::int64_t pw, std::int64_t M, std::int64_t N,
                   std::int64_t Kw, std::int32_t k_bits, std::int32_t* out) {
   if (M == 0 || N == 0) return;
+  threads = threads_for(work_ns(static_cast<double>(pa * pw * M) * N * Kw, kNsPerWordOp,
+                                static_cast<double>((pa * M + pw * N) * Kw * 8)), threads);
   const Blocking bl = make_blocking(M, N, Kw * 8, threads);
   parallel_for(bl.n_mb * bl.n_nb, threads, [&](std::int64_t t) {
     const std::int64_t m0 = (t / bl.n_nb) * bl.mb, n0 = (t % bl.n_nb) * bl.nb;
@@ -281,7 +310,7 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
 
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
-                      std::int32_t* out) {
+                      std::int32_t* out, const RowsEpilogue* epilogue) {
   const std::int64_t cw = words_for(g.c);
   const std::int64_t ho = g.ho(), wo = g.wo();
   const std::int64_t M = g.n * ho * wo;
@@ -292,6 +321,57 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
   const bool dense = prep.dense;
   const std::uint64_t* wr = prep.rows.data();
   const std::int64_t plane_in = g.n * g.h * g.w * cw;
+  threads = threads_for(work_ns(static_cast<double>(pa * pw * M) * g.o * Kr, kNsPerWordOp,
+                                static_cast<double>((pa * M + pw * g.o) * Kr * 8)), threads);
+
+  // Zero padding: each task removes what the +1 taps added to its own outputs,
+  // (2^pa - 1) tv[t][o] per padded tap t (each activation plane i contributes 2^i times the
+  // +1 tap's dot), right after its GEMM while they are in cache. The padded taps of an output
+  // position are those outside its valid tap box [i0, i1) x [j0, j1); positions with the
+  // same box (a handful near each border) share one correction vector, computed once here.
+  std::vector<std::int32_t> box_of;  // [ho * wo]: index of the correction vector, -1: none
+  std::vector<std::int32_t> corr;    // [boxes, O]
+  if (pad_value == 0 && (g.ph != 0 || g.pw != 0)) {
+    const std::int32_t a_weight = (std::int32_t{1} << pa) - 1;
+    const std::vector<std::int32_t>& tv = prep.tv;
+    std::map<std::array<std::int64_t, 4>, std::int32_t> by_box;
+    box_of.assign(static_cast<std::size_t>(ho * wo), -1);
+    for (std::int64_t oh = 0; oh < ho; ++oh) {
+      const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
+      const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
+      for (std::int64_t ow = 0; ow < wo; ++ow) {
+        const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
+        const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
+        if (i0 == 0 && i1 == g.kh && j0 == 0 && j1 == g.kw) continue;  // no padded tap
+        auto [it, fresh] = by_box.try_emplace({i0, i1, j0, j1}, static_cast<std::int32_t>(by_box.size()));
+        if (fresh) {
+          corr.resize(corr.size() + static_cast<std::size_t>(g.o), 0);
+          std::int32_t* c = corr.data() + static_cast<std::int64_t>(it->second) * g.o;
+          for (std::int64_t i = 0; i < g.kh; ++i)
+            for (std::int64_t j = 0; j < g.kw; ++j) {
+              if (i >= i0 && i < i1 && j >= j0 && j < j1) continue;
+              const std::int32_t* tr = tv.data() + (i * g.kw + j) * g.o;
+              for (std::int64_t o = 0; o < g.o; ++o) c[o] += a_weight * tr[o];
+            }
+        }
+        box_of[oh * wo + ow] = it->second;
+      }
+    }
+  }
+  const auto correct = [&](std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
+    if (box_of.empty()) return;
+    std::int64_t pos = m0 % (ho * wo);
+    for (std::int64_t m = m0; m < m0 + mc; ++m) {
+      const std::int32_t b = box_of[pos];
+      if (b >= 0) {
+        const std::int32_t* c = corr.data() + static_cast<std::int64_t>(b) * g.o + n0;
+        std::int32_t* dst = out + m * g.o + n0;
+        for (std::int64_t o = 0; o < nc; ++o) dst[o] -= c[o];
+      }
+      if (++pos == ho * wo) pos = 0;
+    }
+  };
+
   if (pa == 1 && !prep.packed.empty()) {
     // Packed weights: blocks of kPackedNR output channels (every task's n0 is a multiple of
     // kPackedNR: the blockings below and in conv_driver split N in blocks of kNB = 32).
@@ -301,6 +381,7 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
                           std::int64_t n0, std::int64_t nc) {
       ks.bgemm_packed(a, Kr, bp + (n0 / kPackedNR) * Kr * kPackedNR, mc, nc, Kr, k_bits,
                       out + m0 * g.o + n0, g.o);
+      correct(m0, mc, n0, nc);
     };
     if (is_pointwise(g)) {
       const Blocking bl = make_blocking(M, g.o, Kr * 8, threads);
@@ -308,6 +389,7 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         const std::int64_t m0 = (t / bl.n_nb) * bl.mb, n0 = (t % bl.n_nb) * bl.nb;
         gemm(x + m0 * Kr, 0, m0, std::min(bl.mb, M - m0), n0, std::min(bl.nb, g.o - n0));
       });
+      run_epilogue(epilogue, M, threads);
     } else {
       conv_driver<std::uint64_t>(
           M, g.o, Kr, 1, threads,
@@ -317,10 +399,11 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
             else
               im2col_rows(x, g, cw, m0, m1, dst);
           },
-          gemm);
+          gemm, epilogue);
     }
   } else if (is_pointwise(g)) {
     bgemm_planes(ks, threads, x, pa, wr, pw, M, g.o, Kr, k_bits, out);
+    run_epilogue(epilogue, M, threads);
   } else {
     conv_driver<std::uint64_t>(
         M, g.o, Kr, pa, threads,
@@ -336,40 +419,9 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
             for (std::int64_t j = 0; j < pw; ++j)
               ks.bgemm(a + i * a_plane, Kr, wr + (j * g.o + n0) * Kr, Kr, mc, nc, Kr, k_bits,
                        std::int32_t{1} << (i + j), i + j > 0, out + m0 * g.o + n0, g.o);
-        });
-  }
-  if (pad_value != 0 || (g.ph == 0 && g.pw == 0)) return;
-  // Zero padding: remove what the +1 taps added, (2^pa - 1) tv[t][o] per padded tap t (each
-  // activation plane i contributes 2^i times the +1 tap's dot).
-  const std::int32_t a_weight = (std::int32_t{1} << pa) - 1;
-  const std::vector<std::int32_t>& tv = prep.tv;
-  // The padded taps of an output position are those outside its valid tap box
-  // [i0, i1) x [j0, j1); positions with the same box (a handful near each border) share one
-  // correction vector, computed once.
-  std::map<std::array<std::int64_t, 4>, std::vector<std::int32_t>> by_box;
-  for (std::int64_t oh = 0; oh < ho; ++oh) {
-    const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
-    const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
-    for (std::int64_t ow = 0; ow < wo; ++ow) {
-      const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
-      const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
-      if (i0 == 0 && i1 == g.kh && j0 == 0 && j1 == g.kw) continue;  // no padded tap
-      auto [it, fresh] = by_box.try_emplace({i0, i1, j0, j1});
-      std::vector<std::int32_t>& corr = it->second;
-      if (fresh) {
-        corr.assign(static_cast<std::size_t>(g.o), 0);
-        for (std::int64_t i = 0; i < g.kh; ++i)
-          for (std::int64_t j = 0; j < g.kw; ++j) {
-            if (i >= i0 && i < i1 && j >= j0 && j < j1) continue;
-            const std::int32_t* tr = tv.data() + (i * g.kw + j) * g.o;
-            for (std::int64_t o = 0; o < g.o; ++o) corr[o] += a_weight * tr[o];
-          }
-      }
-      for (std::int64_t n = 0; n < g.n; ++n) {
-        std::int32_t* dst = out + ((n * ho + oh) * wo + ow) * g.o;
-        for (std::int64_t o = 0; o < g.o; ++o) dst[o] -= corr[o];
-      }
-    }
+          correct(m0, mc, n0, nc);
+        },
+        epilogue);
   }
 }
 
@@ -385,6 +437,8 @@ namespace {
 void sgemm_threaded(const KernelSet& ks, int threads, const float* a, const float* b,
                     const float* bias, std::int64_t M, std::int64_t N, std::int64_t K, float* out) {
   if (M == 0 || N == 0) return;
+  threads = threads_for(work_ns(static_cast<double>(M) * N * K, kNsPerF32Mac,
+                                static_cast<double>((M + N) * K * 4)), threads);
   const Blocking bl = make_blocking(M, N, K * 4, threads);
   parallel_for(bl.n_mb * bl.n_nb, threads, [&](std::int64_t t) {
     const std::int64_t m0 = (t / bl.n_nb) * bl.mb, n0 = (t % bl.n_nb) * bl.nb;
@@ -409,6 +463,8 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
     sgemm_threaded(ks, threads, x, w, bias, M, g.o, K, out);
     return;
   }
+  threads = threads_for(work_ns(static_cast<double>(M) * g.o * K, kNsPerF32Mac,
+                                static_cast<double>((M + g.o) * K * 4)), threads);
   if (ks.sgemm_packed != nullptr) {
     // Packed weights (k-major blocks of kPackedF32NR channels; every task's n0 is a multiple
     // of kNB = 32, hence of 16). Packing is O(O K), small next to the O(M O K) product.
@@ -449,6 +505,8 @@ void conv2d_u8i8_rows(const KernelSet& ks, int threads, const std::uint8_t* x, c
   const std::int64_t M = g.n * g.ho() * g.wo();
   const std::int64_t K = g.kh * g.kw * g.c;
   if (M == 0 || g.o == 0) return;
+  threads = threads_for(work_ns(static_cast<double>(M) * g.o * K, kNsPerI8Mac,
+                                static_cast<double>((M + g.o) * K)), threads);
   const auto gemm = [&](const std::uint8_t* a, std::int64_t, std::int64_t m0, std::int64_t mc,
                         std::int64_t n0, std::int64_t nc) {
     ks.igemm_u8i8(a, K, w + n0 * K, K, mc, nc, K, out + m0 * g.o + n0, g.o);
@@ -546,17 +604,21 @@ PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const Con
 }
 
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
-                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out) {
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
+                          const RowsEpilogue* epilogue) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   if (M == 0 || g.o == 0) return;
   if (prep.packed.empty()) {
     conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
+    run_epilogue(epilogue, M, threads);
     return;
   }
   // im2col rows of K4 * 4 bytes (zeros past K), then the packed kernel per column block
   // (every task's n0 is a multiple of kNB = 32, hence of the 16-row packing).
   static_assert(kNB % kPackedI8NR == 0, "column blocks must start at packed-block boundaries");
   const std::int64_t Kp = prep.K4 * 4;
+  threads = threads_for(work_ns(static_cast<double>(M) * g.o * Kp, kNsPerI8Mac,
+                                static_cast<double>((M + g.o) * Kp)), threads);
   const std::int8_t* bp = prep.packed.data();
   const std::int64_t block_bytes = prep.K4 * kPackedI8NR * 4;
   conv_driver<std::uint8_t>(
@@ -568,7 +630,8 @@ void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* 
           std::int64_t nc) {
         ks.igemm_packed(a, Kp, bp + (n0 / kPackedI8NR) * block_bytes, mc, nc, prep.K4,
                         out + m0 * g.o + n0, g.o);
-      });
+      },
+      epilogue);
 }
 
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,

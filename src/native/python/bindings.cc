@@ -23,6 +23,7 @@
 #include "bitflow/elementwise.h"
 #include "bitflow/kernels.h"
 #include "bitflow/ops.h"
+#include "../ops/parallel.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -253,6 +254,33 @@ bitflow::ops::PoolGeom pool_geom(const char* fn, const std::vector<i64>& s, nb::
 }
 
 // ---------------------------------------------------------------------------------------
+
+nb::object quantize_u8_nhwc(const AnyArray& x, int threads) {
+  const char* fn = "quantize_u8_nhwc";
+  check_threads(fn, threads);
+  auto in = arg<float>(x, fn, "x", 4);
+  const i64 n = in.dim(0), c = in.dim(1), h = in.dim(2), w = in.dim(3);
+  auto out = make_out<std::uint8_t>({n, h, w, c});
+  bool finite = true;
+  {
+    nb::gil_scoped_release release;
+    finite = bitflow::ops::quantize_u8_nhwc(in.data, n, c, h, w, out.ptr, threads);
+  }
+  if (!finite) fail(fn, "input contains NaN or infinity");
+  return nb::cast(out.array);
+}
+
+nb::dict kernel_set_dict(const KernelSet& ks) {
+  const auto opt = [](const char* name) { return name != nullptr ? nb::cast(std::string(name)) : nb::none(); };
+  nb::dict d;
+  d["name"] = ks.name; d["bgemm"] = ks.bgemm_name; d["sgemm"] = ks.sgemm_name; d["igemm_u8i8"] = ks.igemm_name;
+  d["bitpack_f32"] = ks.bitpack_name; d["threshold_bits"] = ks.threshold_name;
+  // kernels of the prepared layers (None: they fall back to bgemm / igemm_u8i8 / sgemm above)
+  d["bgemm_packed"] = opt(ks.bgemm_packed_name);
+  d["igemm_packed"] = opt(ks.igemm_packed_name);
+  d["sgemm_packed"] = opt(ks.sgemm_packed_name);
+  return d;
+}
 
 nb::object bitpack(const AnyArray& x, const std::string& kernels, int threads) {
   const char* fn = "bitpack";
@@ -875,7 +903,7 @@ NB_MODULE(_native, m) {
     nb::dict d;
     d["popcnt"] = f.popcnt; d["avx2"] = f.avx2; d["fma"] = f.fma; d["avx512f"] = f.avx512f;
     d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl; d["avx512vpopcntdq"] = f.avx512vpopcntdq;
-    d["avx512vnni"] = f.avx512vnni; d["avxvnni"] = f.avxvnni;
+    d["avx512vnni"] = f.avx512vnni; d["avxvnni"] = f.avxvnni; d["neon"] = f.neon; d["dotprod"] = f.dotprod;
     return d;
   }, "CPU features from cpuid/xgetbv (AVX needs OS ymm state, AVX-512 needs zmm/opmask state).");
 
@@ -892,18 +920,39 @@ NB_MODULE(_native, m) {
   }, "Every kernel set compiled into this build (some may be unsupported by this CPU).");
 
   m.def("default_kernels", [] { return std::string(bitflow::default_kernel_set().name); },
-        "The kernel set used when kernels='' (BITFLOW_KERNELS if set at import, else the best eligible).");
+        "The kernel set used when kernels='' (BITFLOW_KERNELS if set at import, else 'auto', the per-op selection).");
 
   m.def("kernel_info", [](const std::string& kernels) {
-    const KernelSet& ks = kernels_arg("kernel_info", kernels);
-    nb::dict d;
-    d["name"] = ks.name; d["bgemm"] = ks.bgemm_name; d["sgemm"] = ks.sgemm_name; d["igemm_u8i8"] = ks.igemm_name;
-    d["bitpack_f32"] = ks.bitpack_name;
-    // kernels of the prepared layers (None: they fall back to bgemm / igemm_u8i8 above)
-    d["bgemm_packed"] = ks.bgemm_packed_name != nullptr ? nb::cast(std::string(ks.bgemm_packed_name)) : nb::none();
-    d["igemm_packed"] = ks.igemm_packed_name != nullptr ? nb::cast(std::string(ks.igemm_packed_name)) : nb::none();
-    return d;
-  }, "kernels"_a = "", "Names of the inner kernels of a kernel set.");
+    return kernel_set_dict(kernels_arg("kernel_info", kernels));
+  }, "kernels"_a = "", "Names of the inner kernels of a kernel set ('auto': the per-op selection).");
+
+  m.def("compose_kernels", [](const nb::dict& features) {
+    bitflow::CpuFeatures f;
+    bool* fields[] = {&f.popcnt, &f.avx2, &f.fma, &f.avx512f, &f.avx512bw, &f.avx512vl,
+                      &f.avx512vpopcntdq, &f.avx512vnni, &f.avxvnni, &f.neon, &f.dotprod};
+    const char* keys[] = {"popcnt", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                          "avx512vpopcntdq", "avx512vnni", "avxvnni", "neon", "dotprod"};
+    for (auto item : features) {
+      const std::string key = nb::cast<std::string>(item.first);
+      bool known = false;
+      for (std::size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); ++i)
+        if (key == keys[i]) {
+          *fields[i] = nb::cast<bool>(item.second);
+          known = true;
+        }
+      if (!known) fail("compose_kernels", "unknown CPU feature '" + key + "'");
+    }
+    return kernel_set_dict(bitflow::compose_kernel_set(f));
+  }, "features"_a,
+     "The per-op selection ('auto') that a CPU with these features (missing keys: absent) would get, "
+     "as kernel_info() names; for testing the selection rules on any machine.");
+
+  m.def("_set_grain_ns", [](double ns) {
+    if (!(ns >= 0.0)) fail("_set_grain_ns", "the grain must be >= 0");
+    return bitflow::ops::set_grain_ns(ns);
+  }, "ns"_a,
+     "Testing hook: the smallest estimated work (ns of one core) given to another thread "
+     "(0: every op uses all its threads, so small inputs take every split). Returns the old value.");
 
   m.def("peak_probe", [](const std::string& kernels, double seconds) {
     const KernelSet& ks = kernels_arg("peak_probe", kernels);
@@ -912,6 +961,10 @@ NB_MODULE(_native, m) {
     return ks.peak_probe(seconds);
   }, "kernels"_a = "", "seconds"_a = 0.2,
      "Binary MACs/s of a register-resident xor + popcount + add loop (one thread) for a kernel set.");
+
+  m.def("quantize_u8_nhwc", &quantize_u8_nhwc, "x"_a, "threads"_a = 1,
+        "float32 [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C] = clip(rint(x * 255), 0, 255) (float32 "
+        "multiply, round half to even): a fixed-point first layer's input; ValueError on NaN / inf.");
 
   m.def("bitpack", &bitpack, "x"_a, "kernels"_a = "", "threads"_a = 1,
         "Pack float32 or int32 [..., C] into uint64 [..., ceil(C/64)]: bit = (x < 0), LSB first, "

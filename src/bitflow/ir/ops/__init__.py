@@ -70,10 +70,12 @@ NATIVE_NON_OPS = frozenset(
     {
         "available_kernels",
         "compiled_kernels",
+        "compose_kernels",
         "cpu_features",
         "default_kernels",
         "kernel_info",
         "peak_probe",
+        "quantize_u8_nhwc",
         "BinaryLayer",
         "Int8ConvLayer",
     }

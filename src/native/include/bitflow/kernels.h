@@ -100,8 +100,16 @@ inline double thread_cpu_seconds() {
 /// CPU time, measured over about `seconds` of thread CPU time (one thread).
 using PeakProbeFn = double (*)(double seconds);
 
+/// The ops of a kernel set that are selected one by one ("auto", see cpu.h). A packed kernel
+/// (bgemm_packed, igemm_packed, sgemm_packed) and the peak probe come from the same set as
+/// their base op (bgemm, igemm_u8i8, sgemm, bgemm), so a faster plain kernel is never
+/// replaced by a slower set's packed one.
+enum class KernelOp { kBgemm, kSgemm, kIgemm, kBitpackF32, kThresholdBits };
+inline constexpr KernelOp kKernelOps[] = {KernelOp::kBgemm, KernelOp::kSgemm, KernelOp::kIgemm,
+                                          KernelOp::kBitpackF32, KernelOp::kThresholdBits};
+
 struct KernelSet {
-  const char* name;         // "ref" | "scalar" | "avx2" | "avx512"
+  const char* name;         // "ref" | "scalar" | "avx2" | "avx512" | "neon" | "auto"
   const char* bgemm_name;   // e.g. "bgemm_4x4__avx512vpopcnt"
   const char* sgemm_name;   // e.g. "sgemm_4x4__avx512fma"
   const char* igemm_name;   // e.g. "igemm_u8i8_4x4__avx512vnni"
@@ -122,15 +130,25 @@ struct KernelSet {
   // Packed-weight float GEMM of the float convolutions (nullptr: sgemm).
   const char* sgemm_packed_name;
   SgemmPackedFn sgemm_packed;
+  // Name of the fused threshold kernel.
+  const char* threshold_name;
+  // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
+  // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
+  // the conjunction over every op.
+  bool (*op_supported)(KernelOp op, const CpuFeatures& f);
 };
 
 // Kernel sets (defined next to their kernels). Sets for ISAs the compiler cannot target are
-// not declared: BITFLOW_HAVE_X86_KERNELS is set by the build for x86-64 GCC/Clang.
+// not declared: BITFLOW_HAVE_X86_KERNELS is set by the build for x86-64 GCC/Clang,
+// BITFLOW_HAVE_NEON_KERNELS for aarch64 GCC/Clang.
 extern const KernelSet kRefKernels;
 extern const KernelSet kScalarKernels;
 #if defined(BITFLOW_HAVE_X86_KERNELS)
 extern const KernelSet kAvx2Kernels;
 extern const KernelSet kAvx512Kernels;
+#endif
+#if defined(BITFLOW_HAVE_NEON_KERNELS)
+extern const KernelSet kNeonKernels;
 #endif
 
 namespace ref {

@@ -19,6 +19,7 @@
 // agree within twice that bound.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "bitflow/kernels.h"
@@ -90,10 +91,24 @@ std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64
 /// Lay out w [Pw, O, kh, kw, Cw] (the filter fields o, kh, kw, c of g are used).
 PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
                             const ConvGeom& g);
-/// bconv2d_planes with prepared weights (same result, bit for bit).
+/// An output epilogue of the convolution drivers: called with [m0, m1) once the int32 rows
+/// m0..m1-1 (all O channels, padding correction included) are final, on the thread that
+/// finished them, while they are still in its cache (the fused threshold of the prepared
+/// layers). Every row is passed exactly once; calls may run concurrently on disjoint rows.
+using RowsEpilogue = std::function<void(std::int64_t m0, std::int64_t m1)>;
+
+/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue.
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
-                      std::int32_t* out);
+                      std::int32_t* out, const RowsEpilogue* epilogue = nullptr);
+
+// ---- input preparation -----------------------------------------------------------------
+/// A fixed-point first layer's input: x float32 [n, c, h, w] (NCHW, values in [0, 1]) ->
+/// out uint8 [n, h, w, c] = clip(rint(fl32(x * 255)), 0, 255), rint rounding half to even
+/// (the same float32 operations as the reference executor's numpy preprocessing). Rows are
+/// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
+bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
+                      std::int64_t w, std::uint8_t* out, int threads);
 
 // ---- output transforms (rows = product of leading dims, o = channels) ------------------
 /// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
@@ -125,10 +140,15 @@ struct PoolGeom {
   std::int64_t wo() const { return conv_out_size(w, kw, sw, pw); }
 };
 /// and_op: AND of the words in each window (max of +-1 values), else OR (min).
-void maxpool_bits(const std::uint64_t* x, const PoolGeom& g, bool and_op, std::uint64_t* out);
-void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out);
+/// Output rows ((n, oh) pairs) are split over up to `threads` threads by work size.
+void maxpool_bits(const std::uint64_t* x, const PoolGeom& g, bool and_op, std::uint64_t* out,
+                  int threads = 1);
+/// maxpool_bits for output rows [r0, r1) only (a row is one (n, oh) pair), one thread.
+void maxpool_bits_rows(const std::uint64_t* x, const PoolGeom& g, bool and_op,
+                       std::uint64_t* out, std::int64_t r0, std::int64_t r1);
+void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, int threads = 1);
 /// NaN propagates (as torch.nn.functional.max_pool2d).
-void maxpool_f32(const float* x, const PoolGeom& g, float* out);
+void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1);
 
 // ---- first / last layers -----------------------------------------------------------------
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
@@ -150,8 +170,9 @@ std::vector<float> pack_sgemm_weights(const float* B, std::int64_t N, std::int64
 /// B rows [N, K] -> the packed layout of IgemmPackedFn (zero-padded in N and K).
 std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N, std::int64_t K);
 PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g);
-/// conv2d_u8i8 with prepared weights (same exact result).
+/// conv2d_u8i8 with prepared weights (same exact result), optional epilogue (see above).
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
-                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out);
+                          const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
+                          const RowsEpilogue* epilogue = nullptr);
 
 }  // namespace bitflow::ops

@@ -117,6 +117,7 @@ double peak_probe(double seconds) {
 namespace bitflow {
 namespace {
 bool ref_supported(const CpuFeatures&) { return true; }
+bool ref_op_supported(KernelOp, const CpuFeatures&) { return true; }
 }  // namespace
 const KernelSet kRefKernels = {"ref",
                                "bgemm_1x1__ref",
@@ -135,5 +136,7 @@ const KernelSet kRefKernels = {"ref",
                                "igemm_packed_1x1__ref",
                                &ref::igemm_packed,
                                nullptr,
-                               nullptr};
+                               nullptr,
+                               "threshold_bits__ref",
+                               &ref_op_supported};
 }  // namespace bitflow

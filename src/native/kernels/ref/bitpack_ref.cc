@@ -14,9 +14,7 @@ template <class T>
 void pack_rows(const T* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out,
                int threads) {
   const std::int64_t nw = words_for(cols);
-  const std::int64_t parts = std::min<std::int64_t>(rows, 4 * std::max(threads, 1));
-  parallel_for(parts, threads, [&](std::int64_t p) {
-    const auto [r0, r1] = chunk(rows, parts, p);
+  parallel_rows(rows, 0.5 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r) {
       const T* in = x + r * cols;
       std::uint64_t* dst = out + r * nw;
@@ -37,9 +35,7 @@ void pack_rows(const T* x, std::int64_t rows, std::int64_t cols, std::uint64_t* 
 void bitpack_f32(const KernelSet& ks, const float* x, std::int64_t rows, std::int64_t cols,
                  std::uint64_t* out, int threads) {
   const std::int64_t nw = words_for(cols);
-  const std::int64_t parts = std::min<std::int64_t>(rows, 4 * std::max(threads, 1));
-  parallel_for(parts, threads, [&](std::int64_t p) {
-    const auto [r0, r1] = chunk(rows, parts, p);
+  parallel_rows(rows, 0.2 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
     ks.bitpack_f32(x + r0 * cols, r1 - r0, cols, out + r0 * nw);
   });
 }

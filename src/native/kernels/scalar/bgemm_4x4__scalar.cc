@@ -89,6 +89,10 @@ bool supported([[maybe_unused]] const CpuFeatures& f) {
 #endif
 }
 
+// Only bgemm (and its peak probe) is this set's own; the other ops are the reference loops,
+// which a per-op selection never prefers over the reference itself.
+bool op_supported(KernelOp op, const CpuFeatures& f) { return op == KernelOp::kBgemm && supported(f); }
+
 }  // namespace
 }  // namespace bitflow::scalar
 
@@ -110,5 +114,7 @@ const KernelSet kScalarKernels = {"scalar",
                                   nullptr,
                                   nullptr,
                                   nullptr,
-                                  nullptr};
+                                  nullptr,
+                                  "threshold_bits__ref",
+                                  &scalar::op_supported};
 }  // namespace bitflow

@@ -4,9 +4,29 @@
 
 namespace bitflow {
 namespace {
-bool avx2_supported(const CpuFeatures& f) { return f.avx2 && f.fma && f.popcnt; }
-bool avx512_supported(const CpuFeatures& f) {
-  return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vpopcntdq && f.avx512vnni && f.popcnt;
+// Per-op requirements match each file's compile flags (CMakeLists.txt): the AVX2 files are
+// built with -mavx2 -mfma -mpopcnt; the AVX-512 files with -mavx512f/bw/vl -mfma -mpopcnt,
+// plus -mavx512vpopcntdq for the binary GEMMs and -mavx512vnni for the int8 GEMMs only.
+bool avx2_op_supported(KernelOp op, const CpuFeatures& f) {
+  const bool base = f.avx2 && f.fma && f.popcnt;
+  switch (op) {
+    case KernelOp::kThresholdBits: return false;  // the set uses the reference threshold
+    default: return base;
+  }
+}
+bool avx512_op_supported(KernelOp op, const CpuFeatures& f) {
+  const bool base = f.avx512f && f.avx512bw && f.avx512vl && f.fma && f.popcnt;
+  switch (op) {
+    case KernelOp::kBgemm: return base && f.avx512vpopcntdq;
+    case KernelOp::kIgemm: return base && f.avx512vnni;
+    default: return base;
+  }
+}
+template <bool (*OpSupported)(KernelOp, const CpuFeatures&)>
+bool all_ops_supported(const CpuFeatures& f) {
+  for (KernelOp op : kKernelOps)
+    if (op != KernelOp::kThresholdBits && !OpSupported(op, f)) return false;
+  return true;
 }
 }  // namespace
 
@@ -20,14 +40,16 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 &avx2::igemm_u8i8_2x4__avx2,
                                 &avx2::bitpack_f32__avx2,
                                 &avx2::peak_probe__avx2,
-                                &avx2_supported,
+                                &all_ops_supported<avx2_op_supported>,
                                 &ref::threshold_bits_range,
                                 nullptr,
                                 nullptr,
                                 nullptr,
                                 nullptr,
                                 nullptr,
-                                nullptr};
+                                nullptr,
+                                "threshold_bits__ref",
+                                &avx2_op_supported};
 
 const KernelSet kAvx512Kernels = {"avx512",
                                   "bgemm_4x4__avx512vpopcnt",
@@ -39,12 +61,14 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   &avx512::igemm_u8i8_4x4__avx512vnni,
                                   &avx512::bitpack_f32__avx512,
                                   &avx512::peak_probe__avx512vpopcnt,
-                                  &avx512_supported,
+                                  &all_ops_supported<avx512_op_supported>,
                                   &avx512::threshold_bits__avx512,
                                   "bgemm_4x32__avx512vpopcnt",
                                   &avx512::bgemm_4x32__avx512vpopcnt,
                                   "igemm_u8i8_6x48__avx512vnni",
                                   &avx512::igemm_u8i8_6x48__avx512vnni,
                                   "sgemm_4x48__avx512fma",
-                                  &avx512::sgemm_4x48__avx512fma};
+                                  &avx512::sgemm_4x48__avx512fma,
+                                  "threshold_bits__avx512",
+                                  &avx512_op_supported};
 }  // namespace bitflow
