@@ -318,3 +318,35 @@ def test_bireal_resnet18_224_converts_and_the_engine_matches_the_reference() -> 
         eng = Engine(graph, kernels=k)
         assert (eng.predict(x) == ref.argmax(1)).all()
         np.testing.assert_allclose(eng.logits(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_near_threshold_info_on_the_float_stream_has_the_decision_layout() -> None:
+    """A sign decided on the float residual stream (threshold of an ``add_f32``): verify's
+    near-threshold record ``(y, thr, bound)`` is laid out ``[nb, F]`` like the bits (NHWC order),
+    ``y`` is the stream itself and ``bound`` twice its propagated bound E (two correct float32
+    implementations differ by at most 2E). Regression: the [nb, H, W, C] bound was broadcast to
+    [nb, F] and raised on every trained Bi-Real model with a mismatch on the stream."""
+    from bitflow.convert.verify import _near_info
+    from bitflow.ir.reference import float_error_bounds
+
+    model = _randomize(_Net([8, 8, 16], [1, 2], ["avg", "conv"], [False, False], False, False, True), 5)
+    graph = convert(model)
+    x = np.random.default_rng(1).random((6, 1, 12, 12), dtype=np.float32)
+    _, env = run(graph, x, return_intermediates=True)  # type: ignore[misc]
+    eb = float_error_bounds(graph, env)
+    producer = {op.outputs[0]: op for op in graph.ops}
+    checked = 0
+    for op in graph.ops:
+        if op.type not in ("bitpack", "threshold_f32_bits") or producer[op.inputs[0]].type != "add_f32":
+            continue
+        info = _near_info(graph, env, op.outputs[0], 6, None, first=False, fbounds=eb)
+        assert info is not None
+        yv, thr, bound = info
+        stream = env[op.inputs[0]]
+        assert yv.shape == bound.shape == (6, stream[0].size)
+        np.testing.assert_array_equal(yv, stream.reshape(6, -1))
+        np.testing.assert_array_equal(bound, 2 * eb[op.inputs[0]].reshape(6, -1))
+        t = graph.tensors[op.params["thr"]] if "thr" in op.params else np.zeros(1, np.float32)
+        np.testing.assert_array_equal(thr, t[np.arange(yv.shape[1]) % t.size])
+        checked += 1
+    assert checked == 1  # the sign of unit 0's output (unit 1's output goes to the float head)

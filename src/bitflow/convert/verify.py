@@ -92,6 +92,8 @@ def _near_info(
         if pop.type == "maxpool_bits":
             yv = _pool(yv, pop, -np.inf, np.max)
             eb = None if eb is None else _pool(np.broadcast_to(eb, inter[dec.inputs[0]].shape), pop, 0.0, np.max)
+    if eb is not None:  # the bound of each (pooled) element, in the same [nb, F] layout as yv
+        eb = np.broadcast_to(eb, yv.shape).reshape(nb, -1)
     yv = yv.reshape(nb, -1).astype(np.float64)
     f = yv.shape[1]
     if dec.type in ("threshold_f32_bits", "threshold_f32_planes"):
@@ -114,7 +116,7 @@ def _near_info(
     if first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
     if eb is not None:  # a float stream (residual adds, shortcuts): its propagated bound, both sides
-        bound = np.maximum(bound, 2 * np.broadcast_to(eb, yv.shape if eb.size == yv.size else eb.shape).reshape(nb, -1))
+        bound = np.maximum(bound, 2 * eb)
     return yv, thr, bound
 
 

@@ -26,7 +26,7 @@ def _infer_bconv(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndar
     if c != x.channels:
         raise GraphError(f"op {op.name!r}: attribute channels={c} but the input has {x.channels}")
     pv = op.attrs.get("pad_value")
-    if pv not in (0, 1) or isinstance(pv, bool):
+    if type(pv) is not int or pv not in (0, 1):  # 1.0, -0.0 and True compare equal: type first
         raise GraphError(f"op {op.name!r}: pad_value must be 0 or 1, got {pv!r}")
     if op.type == "bconv2d":
         wt = need_param(op, tensors, "w", "uint64", ndim=4)
