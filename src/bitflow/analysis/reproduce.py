@@ -62,9 +62,9 @@ def _train(out: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _accuracies(ckpt: str, data: str, limit: int | None) -> dict[str, Any]:
-    from ..data import eval_arrays
     from ..convert import convert, verify
     from ..convert.reference import run
+    from ..data import eval_arrays
     from ..engine import Engine
     from ..train import model_from_checkpoint
 

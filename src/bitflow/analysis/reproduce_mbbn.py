@@ -95,8 +95,8 @@ def _evaluate(ckpt: str, limit_test: int | None) -> dict[str, Any]:
     import os
     import tempfile
 
-    from ..data import eval_arrays
     from ..convert import convert, verify
+    from ..data import eval_arrays
     from ..train import model_from_checkpoint
 
     model, _ = model_from_checkpoint(ckpt)
