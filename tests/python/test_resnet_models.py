@@ -198,7 +198,9 @@ def test_odd_map_with_avgpool_downsample_is_a_clear_error() -> None:
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"residual": "int"}, r"residual='int'.*not implemented yet.*residual_requant"),
+        ({"residual": "int", "first_layer": "float"}, r"residual='int' needs first_layer='int8'"),
+        ({"residual": "int", "downsample": "avgpool"}, r"residual='int' needs downsample='binary'"),
+        ({"residual": "int", "weight_quantizer": "xnor"}, r"residual='int' needs weight_quantizer='sign'"),
         ({"residual": "fixed"}, "residual must be one of"),
         ({"stem": "big"}, "stem must be one of"),
         ({"first_layer": "int4"}, "first_layer must be"),
@@ -210,6 +212,12 @@ def test_odd_map_with_avgpool_downsample_is_a_clear_error() -> None:
 def test_bad_options(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         models.create("bireal_resnet20", **kw)
+
+
+@pytest.mark.parametrize("name", ["bitflow_resnet18", "xnor_resnet18"])
+def test_int_residual_needs_the_binary_bireal_layout(name: str) -> None:
+    with pytest.raises(ValueError, match="residual='int' needs the binary Bi-Real layout"):
+        models.create(name, residual="int")
 
 
 def test_twin_options() -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..nn import BinaryConv2d, BinaryLinear, Int8Conv2d, Scale
+from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, Int8Conv2d, Scale, StreamClamp
 from ..nn.mbbn import MBitConv2d, MBitLinear
 
 SUPPORTED = (
@@ -24,7 +24,8 @@ SUPPORTED = (
     "bitflow.nn.MBitConv2d, bitflow.nn.MBitLinear (MBBN), "
     "nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear (last layer), "
     "bitflow.nn.Scale, nn.Dropout, nn.Identity, F.relu, torch.flatten, x.view(x.size(0), -1), "
-    "nn.Conv2d (float shortcuts), nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), residual adds (a + b), torch.cat(dim=1)"
+    "nn.Conv2d (float shortcuts), nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), residual adds (a + b), torch.cat(dim=1), "
+    "bitflow.nn.FixedPointBN and bitflow.nn.StreamClamp (fixed-point residual stream)"
 )
 
 
@@ -43,7 +44,7 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 class Step:
     """One inference step: ``kind`` in conv_first (any float nn.Conv2d), int8_first, relu,
     maxpool, avgpool, gap (global average pool), add, concat, bn, bconv, blinear, mbconv,
-    mblinear (MBBN), flatten, linear, scale, output; ``name`` the module name (or the fx node
+    mblinear (MBBN), flatten, linear, scale, fxbn / sclamp (fixed-point stream), output; ``name`` the module name (or the fx node
     name)."""
 
     kind: str
@@ -56,7 +57,7 @@ class Step:
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
+        if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, FixedPointBN, StreamClamp)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -268,6 +269,10 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return [Step("int8_first", name, m)]
     if type(m) is Scale:
         return [Step("scale", name, m)]
+    if type(m) is FixedPointBN:
+        return [Step("fxbn", name, m)]
+    if type(m) is StreamClamp:
+        return [Step("sclamp", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
         raise unsupported(name, type(m).__name__, "subclasses of the bitflow layers have their own arithmetic; "
                           "only the bitflow layers themselves (and MBitConv2d / MBitLinear) convert")

@@ -16,7 +16,7 @@ weights are packed the same way; padding bits are 0 in both operands, so the dot
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -27,7 +27,9 @@ from torch import nn
 from .. import __version__
 from ..ir.bits import pack_bits
 from ..ir.graph import Graph, InputSpec, Op, ValueInfo, infer
+from ..nn import FixedPointBN, StreamClamp
 from ..nn import quantizers as Q
+from ..nn.fixedpoint import SHIFT
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
@@ -68,6 +70,9 @@ class Pending:
     bn_name: str | None = None
     # float first layer: per-channel bound on float32 summation error, for near-threshold reports
     err_bound: np.ndarray | None = None
+    # fixed-point residual stream (FixedPointBN / StreamClamp): the grid exponent f of the int32
+    # value r (the model's value is r 2^-f: alpha = 2^-f, bias 0); None for any other value
+    stream: int | None = None
 
 
 class _Builder:
@@ -125,6 +130,7 @@ class _Converter:
         self.input_shape = input_shape
         self.ties: dict[str, int] = {}
         self.float_ties: dict[str, int] = {}
+        self.stream_bits: dict[str, str] = {}  # int32 stream value -> its sign bits (one per value)
 
     # ----------------------------------------------------------------- producers
     def first_layer(self, step: Step, x: str) -> Pending:
@@ -138,7 +144,8 @@ class _Converter:
         if step.kind == "int8_first":
             with torch.no_grad():
                 q, s = m.quantized_weight()  # type: ignore[operator]
-                alpha = _f32(s / 255.0)
+                # integer_output: the model itself returns the integer accumulator (FixedPointBN next)
+                alpha = np.ones(m.out_channels, np.float32) if getattr(m, "integer_output", False) else _f32(s / 255.0)
             qn = q.detach().numpy()
             if not np.array_equal(qn, np.round(qn)) or np.abs(qn).max(initial=0) > 127:
                 raise ValueError(f"layer {step.name!r}: quantized weights are not integers in [-127, 127]")
@@ -259,6 +266,13 @@ class _Converter:
         """Materialize ``p`` as packed bits feeding ``consumer``; returns (value, chw of a flatten)."""
         if self.mode == "xnor":
             return self._to_bits_xnor(p, consumer)
+        if p.stream is not None and p.flatten is None and not p.pools:
+            if p.value not in self.stream_bits:  # the stream's signs, computed once for all readers
+                self.stream_bits[p.value] = self._to_bits_int(p)[0]
+            return self.stream_bits[p.value], None
+        return self._to_bits_int(p)
+
+    def _to_bits_int(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         if p.is_int:
@@ -809,6 +823,8 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             raise unsupported(where, "operation", f"reads {node!r}, which is not a feature map the converter tracks")
         if uses.get(node, 0) <= 1:
             return state[node]
+        if state[node].stream is not None:  # an int32 stream value: every reader reads it as it is
+            return replace(state[node], pools=[])
         if node not in shared:
             shared[node] = _materialize(cv, state[node], where)
         m = shared[node]
@@ -824,6 +840,9 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             break
         if out is not None and st.kind != "output":
             raise unsupported(st.name, what, "nothing may follow the last layer")
+        if st.kind == "add" and any(state.get(v) is not None and state[v].stream is not None for v in st.inputs):
+            state[st.node] = _stream_add(cv, [take(v, st.name) for v in st.inputs], st.name)
+            continue
         if st.kind in ("add", "concat"):
             ins = [_materialize(cv, take(v, st.name), st.name) if uses.get(v, 0) <= 1 else take(v, st.name)
                    for v in st.inputs]
@@ -854,7 +873,17 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             vi = cv.b.values[x]
             state[st.node] = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
             continue
-        if st.kind == "relu":
+        if st.kind == "fxbn":
+            p = _fixed_point_bn(cv, p, st)
+        elif st.kind == "sclamp":
+            p = _stream_clamp(cv, p, st, uses)
+        elif st.kind == "maxpool" and p.stream is not None:
+            if p.chw is None:
+                raise unsupported(st.name, what, "max-pooling needs a spatial input")
+            x = cv.b.add("maxpool_i32", p.value, name=st.name, attrs={**st.attrs, "source": st.name})
+            vi = cv.b.values[x]
+            p = replace(p, value=x, chw=(vi.shape[2], vi.shape[0], vi.shape[1]))
+        elif st.kind == "relu":
             if p.bn is not None:
                 q = _materialize(cv, p, st.name)
                 x = cv.b.add("relu_f32", q.value, name=st.name)
@@ -971,6 +1000,73 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
               class_names=list(class_names), provenance=prov)
     g.validate()
     return g
+
+
+def _fixed_point_bn(cv: _Converter, p: Pending, st: Step) -> Pending:
+    """``FixedPointBN`` on an integer accumulator -> ``requant_i32`` (its exact eval form, from
+    the module's own ``fixed_point()`` integers): the int32 stream value ``r``."""
+    m = st.module
+    assert isinstance(m, FixedPointBN)
+    if not p.is_int or p.chw is None or p.flatten is not None or p.relu or p.pools or p.bn is not None \
+            or p.stream is not None:
+        raise unsupported(st.name, "FixedPointBN", "it must directly follow a convolution's integer accumulator")
+    if p.alpha is None or p.bias is None or np.any(p.alpha != 1) or np.any(p.bias != 0):
+        raise unsupported(st.name, "FixedPointBN", "its input must be an unscaled integer accumulator: "
+                          "BinaryConv2d with weight_quantizer='sign' and no bias, or Int8Conv2d(integer_output=True)")
+    if m.num_features != p.channels:
+        raise ValueError(f"FixedPointBN {st.name!r} has {m.num_features} features, its input has {p.channels}")
+    mt, bt = m.fixed_point()
+    mi, bi = mt.numpy().astype(np.int64), bt.numpy().astype(np.int64)
+    assert p.lo is not None and p.hi is not None
+    lo, hi = [int(v) for v in p.lo], [int(v) for v in p.hi]
+    umax = max(max(abs(v) for v in lo), max(abs(v) for v in hi))
+    if umax * int(np.abs(mi).max(initial=0)) + int(np.abs(bi).max(initial=0)) >= 2**62:
+        raise ValueError(f"FixedPointBN {st.name!r}: accumulators up to {umax} overflow the int64 requantization")
+    ends = [((lo[c] * int(mi[c]) + int(bi[c])) >> SHIFT, (hi[c] * int(mi[c]) + int(bi[c])) >> SHIFT)
+            for c in range(p.channels)]
+    x = cv.b.add("requant_i32", p.value, name=st.name, attrs={"shift": SHIFT, "source": st.name},
+                 params={"m": mi, "b": bi})
+    return Pending(x, st.name, True, p.channels, p.chw, alpha=np.full(p.channels, 2.0**-m.frac, np.float32),
+                   bias=np.zeros(p.channels, np.float32), lo=np.array([min(e) for e in ends], np.int64),
+                   hi=np.array([max(e) for e in ends], np.int64), stream=m.frac)
+
+
+def _stream_clamp(cv: _Converter, p: Pending, st: Step, uses: dict[str, int]) -> Pending:
+    """``StreamClamp``: the saturation, fused into the op that produced the stream value (a
+    ``requant_i32`` or ``add_i32`` read only here), else an identity ``requant_i32`` with a clamp."""
+    m = st.module
+    assert isinstance(m, StreamClamp)
+    if p.stream is None:
+        raise unsupported(st.name, "StreamClamp", "it must follow a FixedPointBN or an add of fixed-point values")
+    if p.stream != m.frac:
+        raise ValueError(f"StreamClamp {st.name!r}: frac={m.frac}, but its input is on the 2^-{p.stream} grid")
+    prod = next(op for op in reversed(cv.b.ops) if op.outputs[0] == p.value) if cv.b.ops else None
+    rng = [m.lo, m.hi]
+    if prod is not None and prod.type in ("requant_i32", "add_i32") and "clamp" not in prod.attrs \
+            and uses.get(st.inputs[0], 0) == 1 and not any(p.value in op.inputs for op in cv.b.ops):
+        prod.attrs["clamp"] = rng
+        x = p.value
+    else:
+        c = p.channels
+        x = cv.b.add("requant_i32", p.value, name=st.name, attrs={"shift": 0, "clamp": rng, "source": st.name},
+                     params={"m": np.ones(c, np.int64), "b": np.zeros(c, np.int64)})
+    assert p.lo is not None and p.hi is not None
+    return replace(p, value=x, lo=np.clip(p.lo, m.lo, m.hi), hi=np.clip(p.hi, m.lo, m.hi))
+
+
+def _stream_add(cv: _Converter, ins: list[Pending], name: str) -> Pending:
+    """A residual add on the fixed-point stream: an exact ``add_i32`` of values on one grid."""
+    fr = {q.stream for q in ins}
+    if None in fr or len(fr) != 1:
+        raise unsupported(name, "add", "a fixed-point stream value can only be added to values on the same grid "
+                          "(the outputs of FixedPointBN / StreamClamp with one frac)")
+    if len({q.chw for q in ins}) != 1:
+        raise ValueError(f"add {name!r}: its inputs have different shapes {sorted({q.chw for q in ins}, key=str)}")
+    x = _add_op(cv, "add_i32", [q.value for q in ins], name)
+    assert all(q.lo is not None and q.hi is not None for q in ins)
+    lo = np.sum([np.asarray(q.lo) for q in ins], axis=0)
+    hi = np.sum([np.asarray(q.hi) for q in ins], axis=0)
+    return replace(ins[0], value=x, producer=name, lo=lo, hi=hi, pools=[])
 
 
 def _add_op(cv: _Converter, type_: str, inputs: list[str], name: str) -> str:

@@ -3,7 +3,7 @@
 Layout (the safetensors format, written here from its description)::
 
     [8 bytes]  little-endian uint64 n: length of the JSON header
-    [n bytes]  UTF-8 JSON: {"<tensor>": {"dtype": "U64"|"I32"|"F32"|"I8"|"U8", "shape": [...],
+    [n bytes]  UTF-8 JSON: {"<tensor>": {"dtype": "U64"|"I32"|"I64"|"F32"|"I8"|"U8", "shape": [...],
                                          "data_offsets": [begin, end]}, ...,
                             "__metadata__": {"format": "bitflow-bfn", "version": "1",
                                              "graph": "<graph JSON string>"}}
@@ -40,6 +40,7 @@ MAX_NDIM = 8  # no bitflow tensor has more axes (conv weights of MBBN planes hav
 _DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype("<u8"),
     "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
     "F32": np.dtype("<f4"),
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
@@ -65,7 +66,7 @@ def _encode(graph: Graph) -> bytes:
         dt = t.dtype.newbyteorder("<") if t.dtype.byteorder == ">" else t.dtype
         code = _CODES.get(np.dtype(dt))
         if code is None:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be stored (uint64, int32, float32, int8, uint8)")
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be stored (uint64, int32, int64, float32, int8, uint8)")
         data = np.ascontiguousarray(t, dtype=_DTYPES[code]).tobytes()
         header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)

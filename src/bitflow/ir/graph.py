@@ -39,6 +39,7 @@ DTYPES = ("float32", "uint8", "int32", "bits")
 PARAM_DTYPES = {
     "float32": np.dtype("<f4"),
     "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
     "int8": np.dtype("i1"),
     "uint8": np.dtype("u1"),
     "uint64": np.dtype("<u8"),

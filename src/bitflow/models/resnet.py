@@ -44,9 +44,18 @@ its sign. Their state dicts load into the binary model unchanged, so ``bitflow t
 bireal_resnet20 --init-from runs/resnet20/best.pt`` starts from a trained twin (Bi-Real Sec. 3.3).
 
 **Residual stream.** ``residual="float"`` keeps the stream in float32 (as published). Every unit
-ends in ``requant`` (and the stem in ``stem.requant``), built by :func:`residual_requant`: the one
-place where a fixed-point fake-quantizer of the stream goes (``residual="int"``, issue 10 Sec. 3,
-not implemented yet: it raises ``ValueError``). For ``"float"`` it is ``nn.Identity``.
+ends in ``requant`` (and the stem in ``stem.requant``), built by :func:`residual_requant`:
+``nn.Identity`` for ``"float"``. ``residual="int"`` (bitflow's own, Bi-Real layout only) holds the
+stream in fixed point, ``x = r 2^-f`` with ``r`` a ``b``-bit integer (``residual_frac = f = 8``,
+``residual_bits = b = 16``; one power-of-two scale for every stream tensor, so adds need no
+shifts), see :mod:`bitflow.nn.fixedpoint`: every BatchNorm that feeds the stream is a
+:class:`~bitflow.nn.FixedPointBN` (output rounded to the grid), ``requant`` a
+:class:`~bitflow.nn.StreamClamp` (saturation), the binary convolutions use the unscaled ``"sign"``
+weights (the integer accumulator goes into the BN, whose batch statistics absorb alpha), the stem
+is an ``Int8Conv2d(integer_output=True)`` and the downsample shortcut is binary
+(``BinConv1x1/2(sign x) -> FixedPointBN``, ``downsample="binary"``). Every value between the input
+and the classifier is then an integer and every sign is decided by integer arithmetic; the head
+(global average pool -> Linear) stays float.
 
 Conversion contract: forward passes use only ``BinaryConv2d``, ``nn.Conv2d``, ``Int8Conv2d``
 (``first_layer="int8"``), ``nn.BatchNorm2d``, ``nn.ReLU``, ``nn.MaxPool2d``,
@@ -60,31 +69,33 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..nn import BinaryConv2d
+from ..nn import BinaryConv2d, FixedPointBN, Int8Conv2d, StreamClamp
 from ._factory import register_model
 from .blocks import first_conv
 
 RESIDUALS = ("float", "int")
-DOWNSAMPLES = ("avgpool", "conv")
+DOWNSAMPLES = ("avgpool", "conv", "binary")
 STEMS = ("auto", "imagenet", "cifar")
 ACTIVATIONS = ("relu", "htanh")
 
 
-def residual_requant(residual: str) -> nn.Module:
+def residual_requant(residual: str, frac: int = 8, bits: int = 16) -> nn.Module:
     """The quantizer of the residual stream, applied to every unit's output (and the stem's).
 
-    ``"float"``: ``nn.Identity`` (the float32 stream of Bi-Real / ResNet). ``"int"`` is the hook for
-    the fixed-point stream of issue 10 Sec. 3 (``q(x) = clamp(round(x 2^f), -2^(b-1), 2^(b-1) - 1)
-    2^-f`` with an STE); it is not implemented yet and raises ``ValueError``.
+    ``"float"``: ``nn.Identity`` (the float32 stream of Bi-Real / ResNet); ``"int"``: the
+    saturation :class:`~bitflow.nn.StreamClamp` of the fixed-point stream ``r 2^-frac`` (the
+    rounding happens in the :class:`~bitflow.nn.FixedPointBN` of each branch).
     """
     if residual == "float":
         return nn.Identity()
     if residual == "int":
-        raise ValueError(
-            "residual='int' (fixed-point residual stream, issue 10 Sec. 3) is not implemented yet; "
-            "its fake-quantizer goes into bitflow.models.resnet.residual_requant. Use residual='float'."
-        )
+        return StreamClamp(frac, bits)
     raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+
+
+def _stream_bn(cout: int, residual: str, frac: int) -> nn.BatchNorm2d:
+    """The BatchNorm of a branch that feeds the stream (rounded to the grid when it is int)."""
+    return FixedPointBN(cout, frac) if residual == "int" else nn.BatchNorm2d(cout)
 
 
 def _activation(activation: str) -> nn.Module:
@@ -96,16 +107,30 @@ def _activation(activation: str) -> nn.Module:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def shortcut(cin: int, cout: int, stride: int, downsample: str) -> nn.Module:
-    """Identity if the shape is kept, else a real-valued downsample:
-    ``"avgpool"``: ``AvgPool2d(2, 2) (if stride 2) -> Conv1x1 -> BN`` (Bi-Real);
-    ``"conv"``: ``Conv1x1/stride -> BN`` (ResNet option B)."""
+def shortcut(
+    cin: int,
+    cout: int,
+    stride: int,
+    downsample: str,
+    *,
+    bkw: dict[str, object] | None = None,
+    residual: str = "float",
+    frac: int = 8,
+) -> nn.Module:
+    """Identity if the shape is kept, else a downsample:
+    ``"avgpool"``: ``AvgPool2d(2, 2) (if stride 2) -> Conv1x1 -> BN`` (Bi-Real, real-valued);
+    ``"conv"``: ``Conv1x1/stride -> BN`` (ResNet option B, real-valued);
+    ``"binary"``: ``BinConv1x1/stride(sign x) -> BN`` (``bkw``: the binary conv's quantizers; a
+    :class:`~bitflow.nn.FixedPointBN` on an int stream)."""
     if downsample not in DOWNSAMPLES:
         raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}")
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     if stride == 1 and cin == cout:
         return nn.Identity()
+    if downsample == "binary":
+        conv = BinaryConv2d(cin, cout, 1, stride=stride, bias=False, **(bkw or {}))  # type: ignore[arg-type]
+        return nn.Sequential(conv, _stream_bn(cout, residual, frac))
     if downsample == "avgpool":
         pool: list[nn.Module] = [nn.AvgPool2d(2, 2)] if stride == 2 else []
         return nn.Sequential(*pool, nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
@@ -137,13 +162,15 @@ class BiRealUnit(nn.Module):
         downsample: str,
         residual: str,
         activation: str = "relu",
+        frac: int = 8,
+        bits: int = 16,
     ) -> None:
         super().__init__()
         self.act: nn.Module | None = None if binary else _activation(activation)
         self.conv = _conv3x3(cin, cout, stride, binary, bkw)
-        self.bn = nn.BatchNorm2d(cout)
-        self.shortcut = shortcut(cin, cout, stride, downsample)
-        self.requant = residual_requant(residual)
+        self.bn = _stream_bn(cout, residual, frac)
+        self.shortcut = shortcut(cin, cout, stride, downsample, bkw=bkw, residual=residual, frac=frac)
+        self.requant = residual_requant(residual, frac, bits)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x if self.act is None else self.act(x)
@@ -181,7 +208,7 @@ class BinaryBasicBlock(nn.Module):
         self.act1: nn.Module | None = nn.ReLU() if relu else None
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = _conv3x3(cout, cout, 1, binary, bkw)
-        self.shortcut = shortcut(cin, cout, stride, downsample)
+        self.shortcut = shortcut(cin, cout, stride, downsample, bkw=bkw)
         self.requant = residual_requant(residual)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,20 +225,37 @@ class BinaryBasicBlock(nn.Module):
 
 
 def _stem(
-    in_channels: int, width: int, stem: str, first_layer: str, relu: bool, residual: str
+    in_channels: int,
+    width: int,
+    stem: str,
+    first_layer: str,
+    relu: bool,
+    residual: str,
+    frac: int = 8,
+    bits: int = 16,
 ) -> nn.Sequential:
     """``conv -> BN -> ReLU? -> MaxPool3x3/2 (imagenet) -> requant``; conv is 7x7/2 (imagenet) or
     3x3/1 (cifar), float (``nn.Conv2d``) or fixed point (``Int8Conv2d``), with a bias like every
     zoo first layer (:func:`~bitflow.models.blocks.first_conv`; redundant before BN: +``width``
-    parameters)."""
+    parameters). Int stream: ``Int8Conv2d(integer_output=True, bias=False) -> FixedPointBN``
+    (the accumulator rounded to the grid; max-pooling grid values is exact)."""
     k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
-    conv = first_conv(in_channels, width, k, stride=s, padding=p, first_layer=first_layer)
-    mods: list[nn.Module] = [conv, nn.BatchNorm2d(width)]
+    conv: nn.Module
+    if residual == "int":
+        conv = Int8Conv2d(in_channels, width, k, stride=s, padding=p, bias=False, integer_output=True)
+    else:
+        conv = first_conv(in_channels, width, k, stride=s, padding=p, first_layer=first_layer)
+    mods: list[nn.Module] = [conv, _stream_bn(width, residual, frac)]
     if relu:
         mods.append(nn.ReLU())
+    # the saturation commutes with the max-pool (both monotone); on the int stream it goes first,
+    # fused into the requantization
+    if residual == "int":
+        mods.append(residual_requant(residual, frac, bits))
     if stem == "imagenet":
         mods.append(nn.MaxPool2d(3, 2, 1))
-    mods.append(residual_requant(residual))
+    if residual != "int":
+        mods.append(residual_requant(residual, frac, bits))
     return nn.Sequential(*mods)
 
 
@@ -249,19 +293,40 @@ def build_resnet(
     image_size: int,
     width: int,
     stem: str,
-    first_layer: str = "float",
+    first_layer: str | None = None,
     residual: str = "float",
-    downsample: str = "avgpool",
+    downsample: str = "auto",
     input_quantizer: str = "approx_sign",
-    weight_quantizer: str = "xnor",
+    weight_quantizer: str | None = None,
     pad_value: float = 0,
     relu: bool | None = None,
     activation: str = "relu",
     inference: str = "bitflow",
+    residual_frac: int = 8,
+    residual_bits: int = 16,
 ) -> ResNet:
     """Build a residual network. ``block="bireal"``: ``stages[i]`` :class:`BiRealUnit` s of width
     ``width * 2^i``; ``"bitflow"``: ``stages[i]`` :class:`BinaryBasicBlock` s. The first unit of
-    every stage but the first has stride 2. ``binary=False`` builds the full-precision twin."""
+    every stage but the first has stride 2. ``binary=False`` builds the full-precision twin.
+
+    ``None`` / ``"auto"`` options follow ``residual``: float stream -> ``first_layer="float"``,
+    ``downsample="avgpool"`` (``"conv"`` for block ``"bitflow"``), ``weight_quantizer="xnor"``;
+    int stream -> ``"int8"`` (integer accumulator), ``"binary"``, ``"sign"`` (the only choices
+    that keep every value an integer; anything else raises ``ValueError``)."""
+    int_stream = residual == "int"
+    if int_stream:
+        if block != "bireal" or not binary:
+            raise ValueError("residual='int' needs the binary Bi-Real layout (block='bireal', binary=True): every "
+                             "branch that feeds the stream must end in a BatchNorm on an integer accumulator")
+        for opt, val, want in (("first_layer", first_layer, "int8"), ("downsample", downsample, "binary"),
+                               ("weight_quantizer", weight_quantizer, "sign")):
+            if val not in (None, "auto", want):
+                raise ValueError(f"residual='int' needs {opt}={want!r} (every value an integer), got {val!r}")
+        first_layer, downsample, weight_quantizer = "int8", "binary", "sign"
+    first_layer = first_layer or "float"
+    weight_quantizer = weight_quantizer or "xnor"
+    if downsample == "auto":
+        downsample = "avgpool" if block == "bireal" else "conv"
     if block not in ("bireal", "bitflow"):
         raise ValueError(f"block must be 'bireal' or 'bitflow', got {block!r}")
     if num_classes < 1:
@@ -314,6 +379,8 @@ def build_resnet(
                         downsample=downsample,
                         residual=residual,
                         activation=activation,
+                        frac=residual_frac,
+                        bits=residual_bits,
                     )
                 )
             else:
@@ -334,7 +401,8 @@ def build_resnet(
     head: list[nn.Module] = [] if bireal else [nn.BatchNorm2d(cin), nn.ReLU()]
     head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     model = ResNet(
-        _stem(in_channels, width, stem, first_layer, relu=not bireal, residual=residual),
+        _stem(in_channels, width, stem, first_layer, relu=not bireal, residual=residual, frac=residual_frac,
+              bits=residual_bits),
         units,
         nn.Sequential(*head),
     )
@@ -343,6 +411,8 @@ def build_resnet(
     model.in_channels = in_channels  # type: ignore[assignment]
     model.num_classes = num_classes  # type: ignore[assignment]
     model.residual = residual  # type: ignore[assignment]
+    if int_stream:
+        model.residual_frac, model.residual_bits = residual_frac, residual_bits  # type: ignore[assignment]
     return model
 
 
@@ -353,12 +423,14 @@ def bireal_resnet18(
     image_size: int = 224,
     width: int = 64,
     stem: str = "auto",
-    first_layer: str = "float",
+    first_layer: str | None = None,
     residual: str = "float",
-    downsample: str = "avgpool",
+    downsample: str = "auto",
     input_quantizer: str = "approx_sign",
-    weight_quantizer: str = "xnor",
+    weight_quantizer: str | None = None,
     pad_value: float = 0,
+    residual_frac: int = 8,
+    residual_bits: int = 16,
 ) -> nn.Module:
     """Bi-Real-Net 18 (Liu et al. 2018): 16 binary 3x3 convolutions, each with its own shortcut
     ``x' = BN(BinConv(sign x)) + shortcut(x)``; float stem, downsample shortcuts and classifier."""
@@ -378,6 +450,8 @@ def bireal_resnet18(
         weight_quantizer=weight_quantizer,
         pad_value=pad_value,
         inference="bitflow",
+        residual_frac=residual_frac,
+        residual_bits=residual_bits,
     )
 
 
@@ -388,12 +462,14 @@ def bireal_resnet20(
     image_size: int = 28,
     width: int = 16,
     stem: str = "cifar",
-    first_layer: str = "float",
+    first_layer: str | None = None,
     residual: str = "float",
-    downsample: str = "avgpool",
+    downsample: str = "auto",
     input_quantizer: str = "approx_sign",
-    weight_quantizer: str = "xnor",
+    weight_quantizer: str | None = None,
     pad_value: float = 0,
+    residual_frac: int = 8,
+    residual_bits: int = 16,
 ) -> nn.Module:
     """Bi-Real ResNet-20 for small inputs: 3 stages x 6 binary 3x3 convolutions (widths ``w, 2w,
     4w``), a shortcut around every one (Bi-Real), float stem, downsample shortcuts and classifier."""
@@ -413,6 +489,8 @@ def bireal_resnet20(
         weight_quantizer=weight_quantizer,
         pad_value=pad_value,
         inference="bitflow",
+        residual_frac=residual_frac,
+        residual_bits=residual_bits,
     )
 
 

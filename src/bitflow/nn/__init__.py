@@ -25,3 +25,7 @@ from .mbbn import (  # noqa: E402
 )
 
 __all__ += ["MBitConv2d", "MBitEncoder", "MBitLinear", "MBitWeight", "OddLinearQuantizer", "OddLinearWeight", "mbbn"]
+
+from .fixedpoint import FixedPointBN, StreamClamp  # noqa: E402
+
+__all__ += ["FixedPointBN", "StreamClamp"]

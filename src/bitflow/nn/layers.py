@@ -184,10 +184,15 @@ class Int8Conv2d(nn.Conv2d):
     can be evaluated on it without any float rounding.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, integer_output: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError("Int8Conv2d supports zero padding only")
+        # integer_output: return the integer accumulator p (*) q itself (no s_o / 255, no bias);
+        # for a following FixedPointBN, whose batch statistics absorb the per-channel scale
+        self.integer_output = bool(integer_output)
+        if self.integer_output and self.bias is not None:
+            raise ValueError("Int8Conv2d(integer_output=True) has no bias (pass bias=False)")
         fan_in = self.weight[0].numel()
         if 255 * 127 * fan_in >= 2**24:
             raise ValueError(
@@ -208,6 +213,8 @@ class Int8Conv2d(nn.Conv2d):
         p = torch.round(x.detach() * 255.0).clamp(0, 255) + (x - x.detach()) * 255.0
         q, s = self.quantized_weight()
         y = F.conv2d(p, q, None, self.stride, self.padding, self.dilation, self.groups)
+        if self.integer_output:
+            return y
         y = y * (s / 255.0).view(1, -1, 1, 1)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)

@@ -14,13 +14,38 @@ void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out)
   }
 }
 
-bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int32_t* out) {
+bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
+             std::int32_t* out) {
+  constexpr std::int64_t kMin = std::numeric_limits<std::int32_t>::min();
+  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
+  const bool clamped = lo > kMin || hi < kMax;
   bool ok = true;
   for (std::int64_t i = 0; i < size; ++i) {
     std::int64_t s = 0;
     for (const std::int32_t* x : xs) s += x[i];
-    if (s < std::numeric_limits<std::int32_t>::min() || s > std::numeric_limits<std::int32_t>::max()) ok = false;
+    if (clamped) s = s < lo ? lo : (s > hi ? hi : s);
+    else if (s < kMin || s > kMax) ok = false;
     out[i] = static_cast<std::int32_t>(s);
+  }
+  return ok;
+}
+
+bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
+                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out) {
+  constexpr std::int64_t kMin = std::numeric_limits<std::int32_t>::min();
+  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
+  const bool clamped = lo > kMin || hi < kMax;
+  bool ok = true;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int32_t* xr = x + r * cols;
+    std::int32_t* yr = out + r * cols;
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const __int128 v = static_cast<__int128>(xr[c]) * m[c] + b[c];
+      __int128 q = v >> shift;  // arithmetic shift = floor division by 2^shift (GCC/Clang, any standard)
+      if (clamped) q = q < lo ? lo : (q > hi ? hi : q);
+      else if (q < kMin || q > kMax) ok = false;
+      yr[c] = static_cast<std::int32_t>(q);
+    }
   }
   return ok;
 }

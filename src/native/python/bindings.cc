@@ -54,6 +54,7 @@ template <> const char* type_name<std::int32_t>() { return "int32"; }
 template <> const char* type_name<std::int8_t>() { return "int8"; }
 template <> const char* type_name<std::uint8_t>() { return "uint8"; }
 template <> const char* type_name<std::uint64_t>() { return "uint64"; }
+template <> const char* type_name<std::int64_t>() { return "int64"; }
 
 std::string shape_str(const AnyArray& a) {
   std::string s = "(";
@@ -757,7 +758,18 @@ nb::object add_f32(const std::vector<AnyArray>& xs) {
   return nb::cast(out.array);
 }
 
-nb::object add_i32(const std::vector<AnyArray>& xs) {
+// The optional saturation range of the integer ops: [lo, hi] within int32 (default: all of it).
+std::pair<i64, i64> int32_range(const char* fn, const nb::object& lo_, const nb::object& hi_) {
+  constexpr i64 kMin = std::numeric_limits<std::int32_t>::min(), kMax = std::numeric_limits<std::int32_t>::max();
+  const i64 lo = lo_.is_none() ? kMin : nb::cast<i64>(lo_);
+  const i64 hi = hi_.is_none() ? kMax : nb::cast<i64>(hi_);
+  if (lo < kMin || hi > kMax || lo > hi)
+    fail(fn, "clamp range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] must lie within int32 with lo <= hi");
+  return {lo, hi};
+}
+
+nb::object add_i32(const std::vector<AnyArray>& xs, const nb::object& lo_, const nb::object& hi_) {
+  auto [lo, hi] = int32_range("add_i32", lo_, hi_);
   auto ins = same_shape_args<std::int32_t>("add_i32", xs);
   auto out = make_out<std::int32_t>(ins[0].shape);
   std::vector<const std::int32_t*> ptrs;
@@ -765,9 +777,30 @@ nb::object add_i32(const std::vector<AnyArray>& xs) {
   bool ok = true;
   {
     nb::gil_scoped_release release;
-    ok = bitflow::ops::add_i32(ptrs, ins[0].size(), out.ptr);
+    ok = bitflow::ops::add_i32(ptrs, ins[0].size(), lo, hi, out.ptr);
   }
   if (!ok) fail("add_i32", "the sum overflows int32");
+  return nb::cast(out.array);
+}
+
+nb::object requant_i32(const AnyArray& x_, const AnyArray& m_, const AnyArray& b_, int shift, const nb::object& lo_,
+                       const nb::object& hi_) {
+  const char* fn = "requant_i32";
+  auto [lo, hi] = int32_range(fn, lo_, hi_);
+  auto x = arg<std::int32_t>(x_, fn, "x", -1);
+  auto m = arg<std::int64_t>(m_, fn, "m", 1);
+  auto b = arg<std::int64_t>(b_, fn, "b", 1);
+  const i64 c = x.dim(-1);
+  if (m.dim(0) != c || b.dim(0) != c)
+    fail(fn, "m and b must have shape (" + std::to_string(c) + ",) to match the last axis of x");
+  if (shift < 0 || shift > 62) fail(fn, "shift must be in [0, 62], got " + std::to_string(shift));
+  auto out = make_out<std::int32_t>(x.shape);
+  bool ok = true;
+  {
+    nb::gil_scoped_release release;
+    ok = bitflow::ops::requant_i32(x.data, rows_of(x.shape), c, m.data, b.data, shift, lo, hi, out.ptr);
+  }
+  if (!ok) fail(fn, "a result overflows int32 (no clamp range given)");
   return nb::cast(out.array);
 }
 
@@ -1044,7 +1077,11 @@ NB_MODULE(_native, m) {
 
   // DAG ops (bitflow/elementwise.h)
   m.def("add_f32", &add_f32, "xs"_a, "Elementwise sum of >= 2 float32 arrays of one shape, left to right in float32.");
-  m.def("add_i32", &add_i32, "xs"_a, "Exact elementwise sum of >= 2 int32 arrays of one shape (overflow: ValueError).");
+  m.def("add_i32", &add_i32, "xs"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+        "Exact elementwise sum of >= 2 int32 arrays of one shape, saturated to [lo, hi] when given "
+        "(an unclamped overflow: ValueError).");
+  m.def("requant_i32", &requant_i32, "x"_a, "m"_a, "b"_a, "shift"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+        "int32 [..., C] -> floor((x * m[c] + b[c]) / 2^shift) (exact, int64 m, b), saturated to [lo, hi] when given.");
   m.def("affine_f32", &affine_f32, "x"_a, "scale"_a, "bias"_a, "float32 [..., O] -> x * scale + bias (two roundings).");
   m.def("relu_f32", &relu_f32, "x"_a, "float32 -> max(x, 0) (NaN propagates).");
   m.def("avgpool_f32", &avgpool_f32, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,

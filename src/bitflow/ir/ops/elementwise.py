@@ -4,7 +4,11 @@
   FMA), ``affine_f32`` (the same on float32), ``relu_f32``.
 - ``add_f32``: ``x_0 + x_1 + ...`` summed left to right in float32 (every partial sum
   rounded: the engines compute exactly this, bit for bit); ``add_i32``: exact int32 sum (an
-  overflow is an error, never a wrap-around).
+  overflow is an error, never a wrap-around), saturated to ``clamp = [lo, hi]`` when given (the
+  fixed-point residual stream, :class:`bitflow.nn.StreamClamp`).
+- ``requant_i32``: ``clamp(floor((x m_c + b_c) / 2^shift), lo, hi)`` on int32 accumulators with
+  int64 ``m``, ``b`` (exact; :class:`bitflow.nn.FixedPointBN`'s eval form, a BatchNorm rounded
+  to the stream grid). Without ``clamp`` a result outside int32 is an error.
 - Pools: ``maxpool_*`` ignore padded positions (PyTorch pads max-pooling with -inf); on bits
   the max of +-1 values is an AND of packed bits and the min an OR. ``avgpool_f32`` divides
   the window sum by ``kh * kw`` (PyTorch's ``count_include_pad=True``; zero padding counts);
@@ -72,9 +76,74 @@ def _eng_relu(c: EngineContext, op: Op) -> Kernel:
     return one(lambda x: N.relu_f32(x))
 
 
+# ----------------------------------------------------------------------------- integer clamp
+_I32 = (int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max))
+
+
+def _clamp_range(op: Op) -> tuple[int, int] | None:
+    """The ``clamp`` attribute ``[lo, hi]`` (ints within int32, ``lo <= hi``) or None."""
+    c = op.attrs.get("clamp")
+    if c is None:
+        return None
+    if (not isinstance(c, (list, tuple)) or len(c) != 2 or any(type(v) is not int for v in c)
+            or not _I32[0] <= c[0] <= c[1] <= _I32[1]):
+        raise GraphError(f"op {op.name!r} ({op.type}): clamp must be [lo, hi], ints within int32, lo <= hi; got {c!r}")
+    return int(c[0]), int(c[1])
+
+
+def _saturate(op: Op, s: np.ndarray, what: str) -> np.ndarray:
+    """int64 (or object) results -> int32: clamped to the op's range, else overflow is an error."""
+    rng = _clamp_range(op)
+    if rng is not None:
+        return np.clip(s, rng[0], rng[1]).astype(np.int32)
+    if s.size and (s.min() < _I32[0] or s.max() > _I32[1]):
+        raise GraphError(f"op {op.name!r} ({op.type}): {what} overflows int32")
+    return s.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- requant
+def _infer_requant(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
+    x = ins[0]
+    need(op, x, ("int32",))
+    c = x.shape[-1]
+    need_param(op, tensors, "m", "int64", shape=(c,))
+    need_param(op, tensors, "b", "int64", shape=(c,))
+    sh = op.attrs.get("shift")
+    if type(sh) is not int or not 0 <= sh <= 62:
+        raise GraphError(f"op {op.name!r} (requant_i32): shift must be an int in [0, 62], got {sh!r}")
+    _clamp_range(op)
+    return x
+
+
+def _ref_requant(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+    x = xs[0]
+    rk.expect(op, x, np.int32)
+    m, b = g.tensors[op.params["m"]], g.tensors[op.params["b"]]
+    sh = int(op.attrs["shift"])
+    xmax = int(np.abs(x).max(initial=0))
+    if xmax * int(np.abs(m).max(initial=0)) + int(np.abs(b).max(initial=0)) < 2**63:
+        v = x.astype(np.int64) * m + b  # exact in int64
+        q = v >> sh  # arithmetic shift: floor division by 2^shift
+    else:  # exact Python integers (slow; only for extreme parameters)
+        v = x.astype(object) * m.astype(object) + b.astype(object)
+        q = v >> sh
+    return _saturate(op, q, "a requantized value")
+
+
+def _eng_requant(c: EngineContext, op: Op) -> Kernel:
+    p, N = c.params(op), c.native
+    sh, rng = int(op.attrs["shift"]), _clamp_range(op)
+    lo, hi = rng if rng is not None else (None, None)
+    return one(lambda x: N.requant_i32(x, p["m"], p["b"], sh, lo, hi))
+
+
 # ----------------------------------------------------------------------------- add
 def _infer_add(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
     dt = "float32" if op.type == "add_f32" else "int32"
+    if op.type == "add_i32":
+        _clamp_range(op)
+    elif "clamp" in op.attrs:
+        raise GraphError(f"op {op.name!r} (add_f32): clamp applies to add_i32 only")
     for v in ins:
         need(op, v, (dt,))
         if v.shape != ins[0].shape:
@@ -95,15 +164,16 @@ def _ref_add(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> n
     for x in xs:
         rk.expect(op, x, np.int32)
     s = np.sum([x.astype(np.int64) for x in xs], axis=0)
-    if s.size and (s.min() < np.iinfo(np.int32).min or s.max() > np.iinfo(np.int32).max):
-        raise GraphError(f"op {op.name!r} (add_i32): the sum overflows int32")
-    return s.astype(np.int32)
+    return _saturate(op, s, "the sum")
 
 
 def _eng_add(c: EngineContext, op: Op) -> Kernel:
     N = c.native
-    f = N.add_f32 if op.type == "add_f32" else N.add_i32
-    return lambda xs: f(list(xs))
+    if op.type == "add_f32":
+        return lambda xs: N.add_f32(list(xs))
+    rng = _clamp_range(op)
+    lo, hi = rng if rng is not None else (None, None)
+    return lambda xs: N.add_i32(list(xs), lo, hi)
 
 
 # ----------------------------------------------------------------------------- pools
@@ -294,13 +364,26 @@ register(
         "add_i32",
         "integer",
         "i32 x n (same shape) -> i32",
-        "exact; overflow is an error",
+        "exact; optional clamp [lo, hi] (saturation), else overflow is an error",
         frozenset(),
         _infer_add,
         _ref_add,
         _eng_add,
         ("add_i32",),
         inputs=(2, None),
+    )
+)
+register(
+    OpDef(
+        "requant_i32",
+        "integer",
+        "i32 [..., C] -> i32 [..., C]",
+        "m, b i64 (C,); shift; optional clamp [lo, hi]: floor((x m + b) / 2^shift)",
+        frozenset({"m", "b"}),
+        _infer_requant,
+        _ref_requant,
+        _eng_requant,
+        ("requant_i32",),
     )
 )
 for _t, _grp, _sig, _nat in (

@@ -3,7 +3,10 @@
 // C-contiguous. Semantics (the reference is bitflow/ir/ops/elementwise.py):
 //   add_f32: y = x_0 + x_1 + ... summed left to right in float32, every partial sum rounded
 //            (no FMA, no reassociation: bit-identical to the reference).
-//   add_i32: exact; returns false on int32 overflow (the caller raises).
+//   add_i32: exact; saturated to [lo, hi] (the clamp attribute; the full int32 range without it);
+//            returns false on int32 overflow of an unclamped sum (the caller raises).
+//   requant_i32: y = clamp(floor((x * m[c] + b[c]) / 2^shift), lo, hi), exact (128-bit
+//            intermediate); returns false when an unclamped result leaves int32.
 //   affine_f32: y = (x * scale[c]) + bias[c], two float32 roundings (like scale_bias).
 //   avgpool_f32 / global_avgpool_f32: window sums in double, divided by kh * kw (zero padding
 //            counts, PyTorch's count_include_pad=True) resp. H * W, rounded once to float32.
@@ -17,7 +20,11 @@
 namespace bitflow::ops {
 
 void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out);
-bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int32_t* out);
+bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
+             std::int32_t* out);
+/// x [rows, cols] int32, m/b [cols] int64 -> [rows, cols] int32.
+bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
+                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out);
 void affine_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* scale, const float* bias,
                 float* out);
 void relu_f32(const float* x, std::int64_t size, float* out);
