@@ -1,0 +1,265 @@
+"""The fixed-point residual stream (``residual="int"``, issue 10 Sec. 3): the requantization is
+exact against rational arithmetic, the native ops equal the reference, and a converted int-stream
+Bi-Real network has every sign decided in integers: ``verify`` reports 0 sign mismatches, 0
+prediction mismatches and 0 near-threshold values, and the engine equals the reference executor
+op by op (integers and bits identical) on every kernel set."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from bitflow import _native as N
+from bitflow import models
+from bitflow.convert import UnsupportedLayerError, convert, verify
+from bitflow.engine import Engine, available_kernels
+from bitflow.engine.check import compare_with_reference
+from bitflow.ir.graph import GraphError, Op
+from bitflow.ir.reference import run_op
+from bitflow.models.resnet import build_resnet
+from bitflow.nn import BinaryConv2d, FixedPointBN, Int8Conv2d, StreamClamp
+from bitflow.nn.fixedpoint import SHIFT
+
+
+def _floor_exact(u: int, m: int, b: int, shift: int) -> int:
+    return math.floor(Fraction(u * m + b, 2**shift))
+
+
+# --------------------------------------------------------------------------- native ops
+@pytest.mark.parametrize("clamp", [None, (-5, 7)])
+def test_requant_i32_native_equals_exact_integers(clamp: tuple[int, int] | None) -> None:
+    rng = np.random.default_rng(0)
+    c = 13
+    x = rng.integers(-(2**20), 2**20, size=(3, 5, 4, c)).astype(np.int32)
+    x.flat[:4] = [0, -1, 2**20 - 1, -(2**20)]
+    m = rng.integers(-(2**30), 2**30, size=c).astype(np.int64)
+    b = rng.integers(-(2**40), 2**40, size=c).astype(np.int64)
+    shift = 31
+    lo, hi = clamp if clamp is not None else (None, None)
+    got = N.requant_i32(x, m, b, shift, lo, hi)
+    want = np.array(
+        [_floor_exact(int(v), int(m[i % c]), int(b[i % c]), shift) for i, v in enumerate(x.ravel())], dtype=object
+    )
+    if clamp is not None:
+        want = np.clip(want, *clamp)
+    assert np.array_equal(got.ravel().astype(np.int64), want.astype(np.int64))
+    # the op table's reference (graph op) computes the same
+    op = Op("requant_i32", "r", ["x"], ["y"], {"shift": shift, **({"clamp": list(clamp)} if clamp else {})},
+            {"m": "r.m", "b": "r.b"})
+
+    class _G:
+        tensors = {"r.m": m, "r.b": b}
+
+    ref = run_op(_G(), op, [x], [])  # type: ignore[arg-type]
+    assert np.array_equal(ref, got)
+
+
+def test_requant_i32_overflow_without_clamp_is_an_error() -> None:
+    x = np.full((1, 2), 2**30, np.int32)
+    m = np.array([4, 1], np.int64)
+    with pytest.raises(ValueError, match="overflows int32"):
+        N.requant_i32(x, m, np.zeros(2, np.int64), 0)
+    # with a clamp it saturates
+    assert N.requant_i32(x, m, np.zeros(2, np.int64), 0, -100, 100).tolist() == [[100, 100]]
+
+
+def test_add_i32_saturates_to_its_clamp() -> None:
+    a = np.array([[30000, -30000, 5]], np.int32)
+    b = np.array([[30000, -30000, -7]], np.int32)
+    assert N.add_i32([a, b], -32768, 32767).tolist() == [[32767, -32768, -2]]
+    assert N.add_i32([a, b]).tolist() == [[60000, -60000, -2]]
+    with pytest.raises(ValueError, match="clamp range"):
+        N.add_i32([a, b], 5, 4)
+
+
+# --------------------------------------------------------------------------- FixedPointBN
+def _randomized_bn(c: int, frac: int, seed: int) -> FixedPointBN:
+    g = torch.Generator().manual_seed(seed)
+    bn = FixedPointBN(c, frac).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_((torch.rand(c, generator=g) - 0.5) * 200)
+        bn.running_var.copy_(torch.rand(c, generator=g) * 500 + 1e-3)
+        bn.weight.copy_((torch.rand(c, generator=g) - 0.5) * 4)
+        bn.bias.copy_((torch.rand(c, generator=g) - 0.5) * 4)
+    return bn
+
+
+def test_fixed_point_bn_eval_is_the_rounded_batchnorm() -> None:
+    """Oracle: ``floor(BN(u) 2^f + 1/2)`` in exact rational arithmetic from the float32
+    parameters (sqrt in float64). The int64 form may differ from it only where the exact value lies
+    within ``(|u| + 1) 2^-S`` (plus the float64 sqrt's rounding) of the rounding boundary."""
+    c, frac = 6, 8
+    bn = _randomized_bn(c, frac, 1)
+    u = torch.arange(-300, 301, dtype=torch.float32).view(1, 1, -1, 1).expand(1, c, -1, 1).contiguous()
+    r = (bn(u) * 2.0**frac).round().to(torch.int64)[0, :, :, 0]
+    differ = 0
+    for ch in range(c):
+        s = Fraction(float(bn.weight.detach()[ch])) / Fraction(math.sqrt(float(bn.running_var[ch]) + bn.eps))
+        for i, uv in enumerate(range(-300, 301)):
+            z = (s * (uv - Fraction(float(bn.running_mean[ch]))) + Fraction(float(bn.bias.detach()[ch]))) * 2**frac
+            want = math.floor(z + Fraction(1, 2))
+            got = int(r[ch, i])
+            if got != want:
+                gap = abs(z + Fraction(1, 2) - round(z + Fraction(1, 2)))
+                assert gap <= Fraction(abs(uv) + 2, 2**SHIFT) * 2**frac, (ch, uv, got, want)
+                differ += 1
+    assert differ <= 2  # a handful at most: the grid of m, b is 2^-24 fine
+
+
+def test_fixed_point_bn_trains_on_the_grid_with_a_straight_through_gradient() -> None:
+    torch.manual_seed(0)
+    bn = FixedPointBN(4, frac=3).train()
+    ref = nn.BatchNorm2d(4).train()
+    u = (torch.randn(8, 4, 5, 5) * 20).round().requires_grad_(True)
+    u2 = u.detach().clone().requires_grad_(True)
+    y = bn(u)
+    yr = ref(u2)
+    assert torch.equal(y * 8, (y * 8).round())  # on the 2^-3 grid
+    assert (y - yr).abs().max() <= 0.5 / 8 + 1e-6  # rounded to the nearest grid point
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (yr * w).sum().backward()
+    assert u.grad is not None and u2.grad is not None
+    torch.testing.assert_close(u.grad, u2.grad)  # STE: d floor(z + 1/2) / dz = 1
+
+
+def test_round_half_up_commutes_with_integer_adds() -> None:
+    """Why floor(z + 1/2) and not round-half-even: the stream adds an integer to each rounded
+    branch, and only the half-up rule gives the same result as rounding the sum."""
+    z = torch.tensor([2.5, 3.5, -0.5, -1.5, 0.49])
+    k = torch.tensor([1.0, -2.0, 3.0, 1.0, 5.0])
+    assert torch.equal(torch.floor(z + 0.5) + k, torch.floor(z + k + 0.5))
+    assert not torch.equal(torch.round(z) + k, torch.round(z + k))  # half-even does not commute
+
+
+def test_stream_clamp_saturates() -> None:
+    c = StreamClamp(frac=2, bits=4)  # r in [-8, 7], x = r / 4
+    x = torch.tensor([-5.0, -2.0, 1.75, 1.5, 9.0])
+    assert c(x).tolist() == [-2.0, -2.0, 1.75, 1.5, 1.75]
+
+
+# --------------------------------------------------------------------------- conversion
+def _calibrated(model: nn.Module, shape: tuple[int, ...], seed: int, steps: int = 3) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics with a few training-mode passes."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.5
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-1.0, 1.0)
+        for _ in range(steps):
+            model(torch.rand(*shape))
+    return model.eval()
+
+
+def _assert_integer_exact(model: nn.Module, x: np.ndarray) -> None:
+    graph = convert(model)
+    assert graph.mode == "bitflow"
+    assert not any(op.type in ("add_f32", "affine_f32", "threshold_f32_bits") for op in graph.ops)
+    r = verify(model, graph, x)
+    assert r["sign_mismatches"] == 0
+    assert r["prediction_mismatches"] == 0
+    assert r["near_threshold"]["count"] == 0
+    assert r["signs_compared"] > 0
+    for k in available_kernels():
+        rep = compare_with_reference(Engine(graph, kernels=k, threads=2), x)["reference"]
+        assert rep["exact_mismatches"] == 0 and rep["prediction_mismatches"] == 0, (k, rep)
+        assert rep["exact_values_compared"] > 0
+
+
+def test_int_bireal_resnet20_is_integer_exact() -> None:
+    model = _calibrated(models.create("bireal_resnet20", residual="int", width=8), (32, 1, 28, 28), 0)
+    graph = convert(model)
+    types = [op.type for op in graph.ops]
+    # 18 units + 2 binary downsamples; the stem and every unit output signed once
+    assert types.count("requant_i32") == 1 + 18 + 2
+    assert types.count("add_i32") == 18
+    assert types.count("threshold_bits") == 18
+    x = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    _assert_integer_exact(model, x)
+
+
+def test_int_bireal_resnet18_224_is_integer_exact() -> None:
+    """ImageNet layout: 7x7/2 int8 stem, saturation then 3x3/2 max-pool of the int stream."""
+    model = _calibrated(
+        models.create("bireal_resnet18", residual="int", width=8, num_classes=1000), (4, 3, 224, 224), 1, 2
+    )
+    x = np.random.default_rng(1).random((4, 3, 224, 224), dtype=np.float32)
+    _assert_integer_exact(model, x)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stages=st.lists(st.integers(1, 2), min_size=1, max_size=3),
+    width=st.integers(1, 11),
+    size=st.sampled_from([8, 10, 12]),
+    frac=st.integers(0, 10),
+    bits=st.sampled_from([4, 8, 16]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_int_stream_networks_are_integer_exact(
+    stages: list[int], width: int, size: int, frac: int, bits: int, seed: int
+) -> None:
+    """Odd widths, narrow saturating streams (4 bits: the clamp is hit), coarse and fine grids."""
+    model = build_resnet(block="bireal", stages=stages, binary=True, num_classes=5, in_channels=2,
+                         image_size=size, width=width, stem="cifar", residual="int", residual_frac=frac,
+                         residual_bits=bits)
+    _calibrated(model, (16, 2, size, size), seed)
+    x = np.random.default_rng(seed).random((8, 2, size, size), dtype=np.float32)
+    _assert_integer_exact(model, x)
+
+
+# --------------------------------------------------------------------------- errors
+def test_fixed_point_bn_needs_an_unscaled_integer_accumulator() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = Int8Conv2d(1, 4, 3, padding=1, bias=False, integer_output=True)
+            self.bn0 = FixedPointBN(4)
+            self.conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_quantizer="xnor")
+            self.bn = FixedPointBN(4)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.bn0(self.stem(x))
+            return self.head(self.bn(self.conv(h)) + h)
+
+    with pytest.raises(UnsupportedLayerError, match="unscaled integer accumulator"):
+        convert(_calibrated(Net(), (4, 1, 8, 8), 0), example_input=torch.zeros(1, 1, 8, 8))
+
+
+def test_stream_plus_float_value_is_refused() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = Int8Conv2d(1, 4, 3, padding=1, bias=False, integer_output=True)
+            self.bn0 = FixedPointBN(4)
+            self.conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_quantizer="xnor")
+            self.bn = nn.BatchNorm2d(4)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.bn0(self.stem(x))
+            return self.head(self.bn(self.conv(h)) + h)
+
+    with pytest.raises(UnsupportedLayerError, match="same grid"):
+        convert(_calibrated(Net(), (4, 1, 8, 8), 0), example_input=torch.zeros(1, 1, 8, 8))
+
+
+def test_bad_clamp_attributes_are_graph_errors() -> None:
+    model = _calibrated(models.create("bireal_resnet20", residual="int", width=2), (4, 1, 28, 28), 0, 1)
+    graph = convert(model)
+    op = next(o for o in graph.ops if o.type == "add_i32")
+    for bad in ([5, 4], [0.0, 1], [-(2**31) - 1, 0], "x"):
+        op.attrs["clamp"] = bad
+        with pytest.raises(GraphError, match="clamp must be"):
+            graph.validate()
