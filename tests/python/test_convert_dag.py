@@ -350,3 +350,27 @@ def test_near_threshold_info_on_the_float_stream_has_the_decision_layout() -> No
         np.testing.assert_array_equal(thr, t[np.arange(yv.shape[1]) % t.size])
         checked += 1
     assert checked == 1  # the sign of unit 0's output (unit 1's output goes to the float head)
+
+
+def test_mbbn_resnet18_converts_and_the_engine_matches_the_reference() -> None:
+    """The MBBN residual model (multi-bit branches inside residual blocks) now converts: 0 sign
+    mismatches against PyTorch, and the engine equals the reference op by op on every kernel set."""
+    from bitflow.convert import verify
+    from bitflow.engine.check import compare_with_reference
+    from bitflow.models import create
+
+    torch.manual_seed(0)
+    m = create("mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=4, bits_a=2, bits_w=2)
+    m.train()
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.rand(16, 1, 28, 28))
+    m.eval()
+    g = convert(m)
+    assert any(op.type == "add_f32" for op in g.ops) and g.mode == "mixed"
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    r = verify(m, g, x)
+    assert r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
+    for k in available_kernels():
+        rep = compare_with_reference(Engine(g, kernels=k, threads=2), x)["reference"]
+        assert rep["exact_mismatches"] == 0, (k, rep)
