@@ -61,6 +61,31 @@ def test_requant_i32_native_equals_exact_integers(clamp: tuple[int, int] | None)
     assert np.array_equal(ref, got)
 
 
+def test_int_stream_ops_are_thread_count_invariant_and_take_both_paths() -> None:
+    """Large maps split over threads give the same integers; a multiplier >= 2^31 takes the
+    128-bit path, which must equal the narrow (int64) path where both apply."""
+    old = N._set_grain_ns(0.0)  # every op uses all the threads it is given
+    try:
+        _thread_invariance()
+    finally:
+        N._set_grain_ns(old)
+
+
+def _thread_invariance() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(-4000, 4000, size=(2, 40, 40, 24)).astype(np.int32)
+    m = rng.integers(-(2**30), 2**30, size=24).astype(np.int64)
+    b = rng.integers(-(2**50), 2**50, size=24).astype(np.int64)
+    one = N.requant_i32(x, m, b, 24, -32768, 32767, 1)
+    assert np.array_equal(one, N.requant_i32(x, m, b, 24, -32768, 32767, 2))
+    wide = N.requant_i32(x, m * 4, b * 4, 26, -32768, 32767, 1)  # same value, |4 m| may exceed 2^31
+    assert np.abs(m * 4).max() >= 2**31 and np.array_equal(wide, one)
+    y = rng.integers(-(2**20), 2**20, size=x.shape).astype(np.int32)
+    s1 = N.add_i32([x, y], -30000, 30000, 1)
+    assert np.array_equal(s1, N.add_i32([x, y], -30000, 30000, 2))
+    assert np.array_equal(s1, np.clip(x.astype(np.int64) + y, -30000, 30000))
+
+
 def test_requant_i32_overflow_without_clamp_is_an_error() -> None:
     x = np.full((1, 2), 2**30, np.int32)
     m = np.array([4, 1], np.int64)

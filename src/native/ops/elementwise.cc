@@ -1,8 +1,13 @@
 // Elementwise, average-pooling and layout ops (see bitflow/elementwise.h for the semantics).
 #include "bitflow/elementwise.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#include "parallel.h"
 
 namespace bitflow::ops {
 
@@ -14,39 +19,107 @@ void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out)
   }
 }
 
-bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
-             std::int32_t* out) {
-  constexpr std::int64_t kMin = std::numeric_limits<std::int32_t>::min();
-  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
-  const bool clamped = lo > kMin || hi < kMax;
-  bool ok = true;
-  for (std::int64_t i = 0; i < size; ++i) {
-    std::int64_t s = 0;
-    for (const std::int32_t* x : xs) s += x[i];
-    if (clamped) s = s < lo ? lo : (s > hi ? hi : s);
-    else if (s < kMin || s > kMax) ok = false;
-    out[i] = static_cast<std::int32_t>(s);
+namespace {
+constexpr std::int64_t kI32Min = std::numeric_limits<std::int32_t>::min();
+constexpr std::int64_t kI32Max = std::numeric_limits<std::int32_t>::max();
+
+inline std::int64_t clamp64(std::int64_t v, std::int64_t lo, std::int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// One row of the narrow requantization (|m| < 2^31: a 32 x 32 -> 64-bit product, exact in int64
+// with |b| < 2^62), clamped to [lo, hi] (the int32 range when unclamped; the caller then checks
+// the range separately). Built for AVX-512 / AVX2 / baseline and picked at load time (GCC
+// target_clones): the same integer operations in every clone, so identical results.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+bool requant_row_narrow(const std::int32_t* __restrict x, std::int64_t cols, const std::int32_t* __restrict m32,
+                        const std::int64_t* __restrict b, int shift, std::int64_t lo, std::int64_t hi,
+                        std::int32_t* __restrict y) {
+  std::int64_t out_of_range = 0;  // any q outside [lo, hi] (only an error when unclamped)
+  for (std::int64_t c = 0; c < cols; ++c) {
+    const std::int64_t q = (std::int64_t{x[c]} * std::int64_t{m32[c]} + b[c]) >> shift;
+    out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+    y[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
   }
+  return out_of_range == 0;
+}
+
+// Two-input int32 sum saturated to [lo, hi] (within int32); returns whether every sum was in range.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+bool add2_i32(const std::int32_t* __restrict a, const std::int32_t* __restrict b, std::int64_t n, std::int64_t lo,
+              std::int64_t hi, std::int32_t* __restrict y) {
+  std::int64_t out_of_range = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t v = std::int64_t{a[i]} + std::int64_t{b[i]};
+    out_of_range |= static_cast<std::int64_t>(v < lo) | static_cast<std::int64_t>(v > hi);
+    y[i] = static_cast<std::int32_t>(v < lo ? lo : (v > hi ? hi : v));
+  }
+  return out_of_range == 0;
+}
+}  // namespace
+
+bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
+             std::int32_t* out, int threads) {
+  const bool clamped = lo > kI32Min || hi < kI32Max;
+  std::atomic<bool> ok{true};
+  // chunks of 4096 elements as rows: each element is summed by one thread in the same order
+  constexpr std::int64_t kChunk = 4096;
+  const std::int64_t chunks = (size + kChunk - 1) / kChunk;
+  parallel_rows(chunks, 0.3 * kChunk * static_cast<double>(xs.size()), threads, [&](std::int64_t r0, std::int64_t r1) {
+    const std::int64_t i0 = r0 * kChunk, i1 = std::min(size, r1 * kChunk);
+    bool good = true;
+    if (xs.size() == 2) {  // the residual add: a vectorized loop
+      const bool in_range = add2_i32(xs[0] + i0, xs[1] + i0, i1 - i0, clamped ? lo : kI32Min,
+                                     clamped ? hi : kI32Max, out + i0);
+      good &= clamped || in_range;
+    } else {
+      for (std::int64_t i = i0; i < i1; ++i) {
+        std::int64_t v = 0;
+        for (const std::int32_t* x : xs) v += x[i];
+        if (clamped) v = clamp64(v, lo, hi);
+        else good &= (v >= kI32Min) & (v <= kI32Max);
+        out[i] = static_cast<std::int32_t>(v);
+      }
+    }
+    if (!good) ok = false;
+  });
   return ok;
 }
 
 bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
-                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out) {
-  constexpr std::int64_t kMin = std::numeric_limits<std::int32_t>::min();
-  constexpr std::int64_t kMax = std::numeric_limits<std::int32_t>::max();
-  const bool clamped = lo > kMin || hi < kMax;
-  bool ok = true;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int32_t* xr = x + r * cols;
-    std::int32_t* yr = out + r * cols;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const __int128 v = static_cast<__int128>(xr[c]) * m[c] + b[c];
-      __int128 q = v >> shift;  // arithmetic shift = floor division by 2^shift (GCC/Clang, any standard)
-      if (clamped) q = q < lo ? lo : (q > hi ? hi : q);
-      else if (q < kMin || q > kMax) ok = false;
-      yr[c] = static_cast<std::int32_t>(q);
+                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out,
+                 int threads) {
+  const bool clamped = lo > kI32Min || hi < kI32Max;
+  // int64 is exact when |x m| < 2^31 2^31 = 2^62 and |b| < 2^62 (sum < 2^63); else 128 bits
+  bool narrow = true;
+  for (std::int64_t c = 0; c < cols; ++c)
+    narrow &= (m[c] > -(std::int64_t{1} << 31)) & (m[c] < (std::int64_t{1} << 31)) &
+              (b[c] > -(std::int64_t{1} << 62)) & (b[c] < (std::int64_t{1} << 62));
+  const std::int64_t flo = clamped ? lo : kI32Min, fhi = clamped ? hi : kI32Max;
+  std::vector<std::int32_t> m32(narrow ? static_cast<std::size_t>(cols) : 0);
+  for (std::size_t c = 0; c < m32.size(); ++c) m32[c] = static_cast<std::int32_t>(m[c]);
+  std::atomic<bool> ok{true};
+  parallel_rows(rows, (narrow ? 0.5 : 3.0) * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+    bool good = true;
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int32_t* xr = x + r * cols;
+      std::int32_t* yr = out + r * cols;
+      if (narrow) {
+        const bool in_range = requant_row_narrow(xr, cols, m32.data(), b, shift, flo, fhi, yr);
+        good &= clamped || in_range;
+      } else {
+        for (std::int64_t c = 0; c < cols; ++c) {
+          const __int128 v = static_cast<__int128>(xr[c]) * m[c] + b[c];
+          const __int128 q = v >> shift;
+          good &= clamped || (q >= kI32Min && q <= kI32Max);
+          yr[c] = static_cast<std::int32_t>(q < flo ? flo : (q > fhi ? fhi : q));
+        }
+      }
     }
-  }
+    if (!good) ok = false;
+  });
   return ok;
 }
 

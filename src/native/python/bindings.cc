@@ -768,7 +768,8 @@ std::pair<i64, i64> int32_range(const char* fn, const nb::object& lo_, const nb:
   return {lo, hi};
 }
 
-nb::object add_i32(const std::vector<AnyArray>& xs, const nb::object& lo_, const nb::object& hi_) {
+nb::object add_i32(const std::vector<AnyArray>& xs, const nb::object& lo_, const nb::object& hi_, int threads) {
+  check_threads("add_i32", threads);
   auto [lo, hi] = int32_range("add_i32", lo_, hi_);
   auto ins = same_shape_args<std::int32_t>("add_i32", xs);
   auto out = make_out<std::int32_t>(ins[0].shape);
@@ -777,15 +778,16 @@ nb::object add_i32(const std::vector<AnyArray>& xs, const nb::object& lo_, const
   bool ok = true;
   {
     nb::gil_scoped_release release;
-    ok = bitflow::ops::add_i32(ptrs, ins[0].size(), lo, hi, out.ptr);
+    ok = bitflow::ops::add_i32(ptrs, ins[0].size(), lo, hi, out.ptr, threads);
   }
   if (!ok) fail("add_i32", "the sum overflows int32");
   return nb::cast(out.array);
 }
 
 nb::object requant_i32(const AnyArray& x_, const AnyArray& m_, const AnyArray& b_, int shift, const nb::object& lo_,
-                       const nb::object& hi_) {
+                       const nb::object& hi_, int threads) {
   const char* fn = "requant_i32";
+  check_threads(fn, threads);
   auto [lo, hi] = int32_range(fn, lo_, hi_);
   auto x = arg<std::int32_t>(x_, fn, "x", -1);
   auto m = arg<std::int64_t>(m_, fn, "m", 1);
@@ -798,7 +800,7 @@ nb::object requant_i32(const AnyArray& x_, const AnyArray& m_, const AnyArray& b
   bool ok = true;
   {
     nb::gil_scoped_release release;
-    ok = bitflow::ops::requant_i32(x.data, rows_of(x.shape), c, m.data, b.data, shift, lo, hi, out.ptr);
+    ok = bitflow::ops::requant_i32(x.data, rows_of(x.shape), c, m.data, b.data, shift, lo, hi, out.ptr, threads);
   }
   if (!ok) fail(fn, "a result overflows int32 (no clamp range given)");
   return nb::cast(out.array);
@@ -1077,10 +1079,11 @@ NB_MODULE(_native, m) {
 
   // DAG ops (bitflow/elementwise.h)
   m.def("add_f32", &add_f32, "xs"_a, "Elementwise sum of >= 2 float32 arrays of one shape, left to right in float32.");
-  m.def("add_i32", &add_i32, "xs"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+  m.def("add_i32", &add_i32, "xs"_a, "lo"_a = nb::none(), "hi"_a = nb::none(), "threads"_a = 1,
         "Exact elementwise sum of >= 2 int32 arrays of one shape, saturated to [lo, hi] when given "
         "(an unclamped overflow: ValueError).");
   m.def("requant_i32", &requant_i32, "x"_a, "m"_a, "b"_a, "shift"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+        "threads"_a = 1,
         "int32 [..., C] -> floor((x * m[c] + b[c]) / 2^shift) (exact, int64 m, b), saturated to [lo, hi] when given.");
   m.def("affine_f32", &affine_f32, "x"_a, "scale"_a, "bias"_a, "float32 [..., O] -> x * scale + bias (two roundings).");
   m.def("relu_f32", &relu_f32, "x"_a, "float32 -> max(x, 0) (NaN propagates).");

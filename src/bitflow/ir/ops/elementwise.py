@@ -134,7 +134,8 @@ def _eng_requant(c: EngineContext, op: Op) -> Kernel:
     p, N = c.params(op), c.native
     sh, rng = int(op.attrs["shift"]), _clamp_range(op)
     lo, hi = rng if rng is not None else (None, None)
-    return one(lambda x: N.requant_i32(x, p["m"], p["b"], sh, lo, hi))
+    t = c.threads
+    return one(lambda x: N.requant_i32(x, p["m"], p["b"], sh, lo, hi, t))
 
 
 # ----------------------------------------------------------------------------- add
@@ -173,7 +174,8 @@ def _eng_add(c: EngineContext, op: Op) -> Kernel:
         return lambda xs: N.add_f32(list(xs))
     rng = _clamp_range(op)
     lo, hi = rng if rng is not None else (None, None)
-    return lambda xs: N.add_i32(list(xs), lo, hi)
+    t = c.threads
+    return lambda xs: N.add_i32(list(xs), lo, hi, t)
 
 
 # ----------------------------------------------------------------------------- pools

@@ -21,10 +21,11 @@ namespace bitflow::ops {
 
 void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out);
 bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
-             std::int32_t* out);
+             std::int32_t* out, int threads = 1);
 /// x [rows, cols] int32, m/b [cols] int64 -> [rows, cols] int32.
 bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
-                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out);
+                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out,
+                 int threads = 1);
 void affine_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* scale, const float* bias,
                 float* out);
 void relu_f32(const float* x, std::int64_t size, float* out);
