@@ -125,7 +125,8 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
     ``affine_f32`` (a folded BatchNorm): ``|s| E[x] + 4 eps (|s x| + |b| + t)`` with ``t = |beta|
     + |mean s|`` (attribute ``bn_terms_abs``: PyTorch rounds ``(x - mean) s + beta``); ``add_f32``
     of ``n`` terms: ``sum E + (n - 1) eps sum|x_i|``; average pools: the window's max ``E`` plus
-    ``k eps max|x|``; ReLU, max-pool, flatten and concat carry ``E`` along.
+    ``k eps max|x|``; a float dense layer of fan-in ``K``: ``K eps (|x| |W|^T + |b|) + E[x] |W|^T``;
+    ReLU, max-pool, flatten and concat carry ``E`` along.
     """
     from ._refkernels import pool
 
@@ -149,6 +150,12 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
                 em = float(e.get(op.inputs[0], np.zeros(1)).max(initial=0.0))
                 bound = fan * _EPS32 * (sw * xm + b) + sw * em
             e[out] = np.broadcast_to(bound, y.shape).astype(np.float64)
+        elif t == "dense_f32":
+            x = ins[0].astype(np.float64)  # [N, K]
+            aw = np.abs(p["w"])  # [O, K]
+            b = np.abs(p["bias"]) if "bias" in p else 0.0
+            prev = np.broadcast_to(e.get(op.inputs[0], 0.0), x.shape)
+            e[out] = aw.shape[1] * _EPS32 * (np.abs(x) @ aw.T + b) + prev @ aw.T
         elif t == "scale_bias":
             e[out] = 4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
         elif t == "affine_f32":
