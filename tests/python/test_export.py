@@ -236,3 +236,25 @@ def test_integer_sums_beyond_float32_are_refused() -> None:
     add.inputs = ["c1", "c2"] + ["c1"] * 600_000  # bound 36 * 600,002 > 2^24
     with pytest.raises(ExportError, match="'s' .*2\\^24"):
         to_onnx(g, "onnx")
+
+
+def test_near_threshold_flags_exactly_the_decisions_within_the_bound() -> None:
+    from bitflow.export.agreement import near_threshold
+    from bitflow.ir import run
+    from bitflow.ir.reference import float_error_bounds
+
+    g = _dag_graph()
+    x = np.random.default_rng(3).random((8, 1, 9, 9), dtype=np.float32)
+    _, env = run(g, x, return_intermediates=True)  # type: ignore[misc]
+    eb = float_error_bounds(g, env)
+    far = np.full(4, 1e6, np.float32)
+    g.tensors["t0"] = far  # every decision of the only float threshold is far: none near
+    assert not near_threshold(g, env, eb).any()
+    f, e = env["f"], eb["f"]
+    t = far.copy()
+    t[2] = f[5, 4, 4, 2] + np.float32(1.5 * e[5, 4, 4, 2])  # within 2E of sample 5's value only
+    assert 1.5 * e[5, 4, 4, 2] > 0 and not np.isclose(f[:, :, :, 2], t[2], atol=1e-3).reshape(8, -1)[:5].any()
+    g.tensors["t0"] = t
+    assert near_threshold(g, env, eb).tolist() == [i == 5 for i in range(8)]
+    t[2] = f[5, 4, 4, 2] + np.float32(2.5 * e[5, 4, 4, 2])  # beyond 2E: not near
+    assert not near_threshold(g, env, eb)[5]
