@@ -15,12 +15,11 @@ from bitflow.cli import main as cli_main
 from bitflow.convert import convert
 from bitflow.data import load_arrays
 from bitflow.engine import Engine
-from bitflow.export import to_onnx
-from bitflow.export import RULES, ExportError
+from bitflow.export import RULES, ExportError, to_onnx
 from bitflow.export.agreement import agreement, onnxruntime_logits
 from bitflow.ir import save_graph
-from bitflow.ir.graph import Graph, InputSpec, Op
 from bitflow.ir.bits import pack_bits
+from bitflow.ir.graph import Graph, InputSpec, Op
 from bitflow.ir.ops import OPS
 
 onnx = pytest.importorskip("onnx")

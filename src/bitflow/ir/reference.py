@@ -154,14 +154,14 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
             x = ins[0].astype(np.float64)  # [N, K]
             aw = np.abs(p["w"])  # [O, K]
             b = np.abs(p["bias"]) if "bias" in p else 0.0
-            prev = np.broadcast_to(e.get(op.inputs[0], 0.0), x.shape)
+            prev = e[op.inputs[0]] if op.inputs[0] in e else np.zeros(x.shape)
             e[out] = aw.shape[1] * _EPS32 * (np.abs(x) @ aw.T + b) + prev @ aw.T
         elif t == "scale_bias":
             e[out] = 4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
         elif t == "affine_f32":
             x = ins[0].astype(np.float64)
             terms = float(op.attrs.get("bn_terms_abs", 0.0))
-            prev = e.get(op.inputs[0], 0.0)
+            prev = e.get(op.inputs[0], np.zeros(()))
             e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms)
         elif t == "add_f32":
             mags = np.sum([np.abs(x.astype(np.float64)) for x in ins], axis=0)
