@@ -30,6 +30,8 @@ the graph validation enforces it and every binary op re-checks its input dtype a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .graph import Graph, GraphError, Op, ValueInfo
@@ -110,6 +112,15 @@ def run_op(graph: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) ->
 
 
 
+def pool_windows(x: np.ndarray, op: Op, fill: float, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    """``reduce`` (``np.max``, ``np.sum``, ...) over every pooling window of ``op`` (its
+    ``kernel``, ``stride``, ``padding``) of an NHWC array ``x``; padded positions hold ``fill``.
+    For reports that pool a float value the way the graph pools the bits decided on it."""
+    from ._refkernels import pool
+
+    return pool(x, op, fill, reduce)
+
+
 _EPS32 = float(np.finfo(np.float32).eps)  # 2^-23 = 2u
 
 
@@ -185,4 +196,4 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
     return e
 
 
-__all__ = ["conv_f32_error_bound", "float_error_bounds", "preprocess", "run", "run_op"]
+__all__ = ["conv_f32_error_bound", "float_error_bounds", "pool_windows", "preprocess", "run", "run_op"]
