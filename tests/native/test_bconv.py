@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ CASES = [
 @pytest.mark.parametrize("pad_value", [0, 1])
 def test_bconv2d_ref_equals_torch(case: tuple, pad_value: int) -> None:
     n, h, w, c, o, kh, kw, stride, padding = case
-    rng = np.random.default_rng(hash(case) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))  # replayable, unlike hash()
     x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, kh, kw, c))
     got = _native.bconv2d(
         pack_bits(x),
@@ -71,7 +72,7 @@ def test_bconv2d_ref_equals_torch(case: tuple, pad_value: int) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_bconv2d_kernels_equal_ref(fast_kernels: str, case: tuple) -> None:
     n, h, w, c, o, kh, kw, stride, padding = case
-    rng = np.random.default_rng(17 + hash(case) % 2**32)
+    rng = np.random.default_rng(17 + zlib.crc32(repr(case).encode()))
     px, pw_ = pack_bits(random_pm(rng, (n, h, w, c))), pack_bits(random_pm(rng, (o, kh, kw, c)))
     for pad_value, threads in itertools.product((0, 1), (1, 2)):
         ref = _native.bconv2d(px, pw_, c, stride, padding, pad_value, kernels="ref")

@@ -5,6 +5,8 @@ fused engine plan against the numpy reference executor on whole zoo models."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +70,7 @@ CASES = [
 @pytest.mark.parametrize("fused", ["int32", "bits"])
 def test_binary_layer_matches_torch(kernels: str, case: tuple, fused: str) -> None:
     n, h, c, o, k, stride, pad, pad_value, pool = case
-    rng = np.random.default_rng(hash(case) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))  # replayable: hash(None) is per process
     x = np.where(rng.random((n, h, h, c)) < 0.5, -1.0, 1.0)
     w = np.where(rng.random((o, k, k, c)) < 0.5, -1.0, 1.0)
     thr = direction = None

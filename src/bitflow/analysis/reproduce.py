@@ -101,6 +101,8 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
     from .plots import plot_batchshift
 
     model, _ = model_from_ckpt(ckpt)
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"figure 3 needs a sequential zoo model (a BitFlow-Net), got {type(model).__name__}")
     mods = list(model)
     idx = None
     for i, m in enumerate(mods[:-2]):
@@ -110,6 +112,7 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
     if idx is None:
         raise ValueError("Fig. 3 needs a BinaryConv2d -> ReLU -> BatchNorm2d sequence in the model")
     conv, bn = mods[idx], mods[idx + 2]
+    assert isinstance(conv, BinaryConv2d) and isinstance(bn, nn.BatchNorm2d)  # as found above
     x, _ = eval_arrays(data, limit)
     captured: dict[str, torch.Tensor] = {}
     h = conv.register_forward_hook(lambda m, inp, out: captured.__setitem__("in", inp[0].detach()))
@@ -120,6 +123,8 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
         xi = torch.nn.functional.conv2d(sign(captured["in"]), sign(b), None, conv.stride, conv.padding)  # integer x
         z = xi * alpha.view(1, -1, 1, 1) if alpha is not None else xi
         bn_out = bn(torch.relu(z))
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("Fig. 3 needs a BatchNorm2d with running statistics (track_running_stats=True)")
     gamma, beta = bn.weight.detach().double(), bn.bias.detach().double()
     mu, s = bn.running_mean.double(), torch.sqrt(bn.running_var.double() + bn.eps)
     a = alpha.double() if alpha is not None else torch.ones_like(gamma)

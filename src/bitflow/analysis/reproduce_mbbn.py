@@ -176,9 +176,9 @@ def reproduce_mbbn(
     log(f"[fig 7] encoded GEMM speed-up, {gemm_size}^3")
     curve = speedup_curve(gemm_size, reps=3)
     _plot_speedup(curve, gemm_size, out / "fig7_speedup.png")
-    from ..bench import _blas_info
+    from ..bench import blas_info
 
-    report = {"quick": quick, "epochs": epochs, "width": width, "method": method, "table": rows, "speedup": curve, "blas": _blas_info(),
+    report: dict[str, Any] = {"quick": quick, "epochs": epochs, "width": width, "method": method, "table": rows, "speedup": curve, "blas": blas_info(),
               "gemm_size": gemm_size, "png": str(out / "fig7_speedup.png"), "seconds": time.perf_counter() - t0}
     report["text"] = format_report(report)
     atomic_write_bytes(out / "report.txt", (report["text"] + "\n").encode())

@@ -46,7 +46,7 @@ BASELINES = ("torch", "ort", "openvino")
 BINARY_OPS = tuple(sorted(ops_in_group("binary")))  # the op table's binary group
 _BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-__all__ = ["BASELINES", "Timing", "bench", "bench_file", "bench_zoo", "clean_blas_env", "format_report", "measure", "parse_int_list", "zoo_model"]
+__all__ = ["BASELINES", "Timing", "bench", "bench_file", "blas_info", "bench_zoo", "clean_blas_env", "format_report", "measure", "parse_int_list", "zoo_model"]
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -192,7 +192,7 @@ def _file_sizes(graph: Graph, layers: list[dict[str, Any]], file_bytes: int, twi
     return res
 
 
-def _blas_info() -> list[dict[str, Any]]:
+def blas_info() -> list[dict[str, Any]]:
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -426,7 +426,7 @@ def bench(
             "repeat": repeat,
             "warmup": warmup,
             "versions": {"bitflow_engine": engine1.kernels, **base.versions},
-            "blas": _blas_info(),
+            "blas": blas_info(),
             "memory": _memory(graph, engine1, shape_layers),
             "file": _file_sizes(graph, shape_layers, file_bytes, base.twin),
             "settings": [],
@@ -436,7 +436,7 @@ def bench(
             eng = Engine(graph, kernels=kernels, threads=int(t))
             for b in batches:
                 result["settings"].append(_setting(eng, base, shape_layers, int(t), int(b), repeat, warmup, layers))
-        result["blas_after"] = _blas_info()
+        result["blas_after"] = blas_info()
     return result
 
 

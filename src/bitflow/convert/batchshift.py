@@ -629,23 +629,6 @@ def level_float_thresholds(
 # --------------------------------------------------------------------------- reference forms
 
 
-def float64_sign(
-    x: np.ndarray, *, alpha: np.ndarray | float, bias: np.ndarray | float, relu: bool, bn: BNParams | None
-) -> np.ndarray:
-    """``sign(BN(relu?(alpha x + bias)))`` evaluated directly in float64 (last axis = channel).
-
-    A straightforward float model used in reports and as a cross-check; it can differ from the
-    exact rule only when the float64 BN output is within rounding of 0.
-    """
-    z = np.asarray(x, np.float64) * np.asarray(alpha, np.float64) + np.asarray(bias, np.float64)
-    if relu:
-        z = np.maximum(z, 0.0)
-    if bn is not None:
-        s = np.sqrt(bn.var.astype(np.float64) + float(bn.eps))
-        z = (z - bn.mean.astype(np.float64)) / s * bn.gamma.astype(np.float64) + bn.beta.astype(np.float64)
-    return np.where(z >= 0, 1, -1).astype(np.int8)
-
-
 def paper_threshold(
     *, alpha: np.ndarray | float, bn: BNParams, lo: np.ndarray | int | None = None,
     hi: np.ndarray | int | None = None,
@@ -703,7 +686,6 @@ __all__ = [
     "LE",
     "LevelThresholds",
     "Thresholds",
-    "float64_sign",
     "float_plane_thresholds",
     "float_thresholds",
     "int_thresholds",

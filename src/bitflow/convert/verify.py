@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ir._refkernels import pool as _pool
 from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
 from ..ir.reference import conv_f32_error_bound, float_error_bounds, run
+from ..ir.reference import pool_windows as _pool
 from ._mbbn import torch_levels
 
 _MAX_REPORTED = 50

@@ -16,7 +16,6 @@ while it runs, so one engine may be shared by several Python threads.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -75,7 +74,6 @@ class Engine:
         steps = [Step(tuple(op.inputs), op.outputs[0], OPS[op.type].engine(ctx, op), (op.name,)) for op in graph.ops]
         self._steps = _with_frees(steps, graph.output)
         self._plan = _with_frees(self._fuse(), graph.output)
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ fused fast plan
     def _fuse(self) -> list[Step]:

@@ -13,6 +13,6 @@ See :mod:`bitflow.export.onnx` for how each op is written and the one convention
 
 from __future__ import annotations
 
-from .onnx import FORMATS, ExportError, export_onnx, to_onnx
+from .onnx import FORMATS, RULES, ExportError, export_onnx, to_onnx
 
-__all__ = ["FORMATS", "ExportError", "export_onnx", "to_onnx"]
+__all__ = ["FORMATS", "RULES", "ExportError", "export_onnx", "to_onnx"]

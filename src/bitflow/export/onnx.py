@@ -21,7 +21,18 @@ binary weights (QONNX)   +-1 initializers through ``BipolarQuant`` (scale 1)
 fixed-point first layer  ``Clip(Round(255 x), 0, 255)`` (ONNX Round is half-to-even, like the
                          engine) and a ``Conv`` with the int8 weights as float32
 flatten                  ``Transpose`` to NHWC, then ``Flatten``: the engine's feature order
+add_f32 / add_i32        a chain of ``Add`` nodes, left to right (the engine's float32 rounding
+                         of every partial sum; integer sums are checked to stay below 2^24)
+concat                   ``Concat`` on the channel axis (bits: the +-1 channels, bit by bit)
+avgpool_f32              ``AveragePool`` with ``count_include_pad=1`` (PyTorch's default)
+global_avgpool_f32       ``GlobalAveragePool``
+scale_bias / affine_f32  ``Mul`` then ``Add`` (each rounded, no FMA: the engine's order)
 =======================  ===================================================================
+
+Each op type has one small rule in :data:`RULES` (``@rule("add_f32", "add_i32")``), like the
+op table it mirrors (:data:`bitflow.ir.ops.OPS`): a new engine op is one new entry, and a test
+fails while an op of the table has no rule. Integer values carry a bound on ``|x|`` from their
+producer (:meth:`_Builder.set_bound`) so every sum is proven exact in float32.
 
 The one convention that differs is NaN. ``bitflow`` refuses input that contains NaN or infinity
 (``ValueError``); inside a graph (a float first layer whose output is NaN) a NaN passes every
@@ -34,7 +45,7 @@ lowest level. onnxruntime and qonnx accept NaN input and compute with it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +54,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from ..ir import Graph, load_graph
 from ..ir.bits import plane_levels, unpack_bits
-from ..ir.graph import ValueInfo
+from ..ir.graph import Op, ValueInfo
 
 FORMATS = ("onnx", "qonnx")
 OPSET = 17
@@ -74,6 +85,8 @@ def _logical(v: ValueInfo) -> tuple[int, ...]:
 
 
 class _Builder:
+    """Emits ONNX nodes for one graph; the per-op rules (:data:`RULES`) call its helpers."""
+
     def __init__(self, graph: Graph, fmt: str, batch: int | None) -> None:
         self.batch: int | str = "N" if batch is None else batch
         self.onnx = _onnx()
@@ -85,6 +98,8 @@ class _Builder:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.names: dict[str, str] = {}
+        # bound on |x| of every integer value (int32, uint8): float32 must hold them exactly
+        self.bounds: dict[str, int] = {}
         self.count = 0
 
     # ------------------------------------------------------------------ helpers
@@ -97,14 +112,14 @@ class _Builder:
         self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(a), name))
         return name
 
+    def scalar(self, hint: str, v: float) -> str:
+        return self.const(hint, np.array(v, np.float32))
+
     def node(self, op: str, inputs: Sequence[str], hint: str, domain: str | None = None, **attrs: Any) -> str:
         out = self.fresh(hint)
         kw = {"domain": domain} if domain else {}
         self.nodes.append(self.h.make_node(op, list(inputs), [out], name=out, **kw, **attrs))
         return out
-
-    def value(self, name: str) -> str:
-        return self.names[name]
 
     def per_channel(self, v: ValueInfo, a: np.ndarray, extra: int = 0) -> np.ndarray:
         """Per-channel params ``[C, *extra]`` broadcast against this value's ONNX layout."""
@@ -114,30 +129,42 @@ class _Builder:
             return a.reshape(a.shape[0], 1, 1, *a.shape[1:]) if extra else a.reshape(-1, 1, 1)
         return a
 
-    # ------------------------------------------------------------------ ops
+    def set_bound(self, op: Op, bound: int) -> None:
+        """Record the bound on ``|x|`` of ``op``'s integer output; refuse one float32 would not
+        hold exactly."""
+        if bound >= _EXACT:
+            raise ExportError(f"op {op.name!r} ({op.type}): integer bound {bound} exceeds 2^24, so float32 would "
+                              "not hold the integers exactly")
+        self.bounds[op.outputs[0]] = bound
+
+    def bound(self, op: Op, value: str) -> int:
+        if value not in self.bounds:
+            raise ExportError(f"op {op.name!r} ({op.type}): no integer range is known for its input {value!r}, "
+                              "so the exporter cannot prove float32 holds it exactly")
+        return self.bounds[value]
+
+    # ------------------------------------------------------------------ graph
     def run(self) -> Any:
         g, h, onnx = self.g, self.h, self.onnx
         spec = g.input
         x = "input"
         if spec.preprocess == "uint8":  # round(255 x), clamp to 0..255 (the engine's preprocessing)
-            x = self.node("Mul", [x, self.const("c255", np.array(255, np.float32))], "scaled")
+            x = self.node("Mul", [x, self.scalar("c255", 255)], "scaled")
             x = self.node("Round", [x], "rounded")
-            x = self.node("Clip", [x, self.const("lo", np.array(0, np.float32)), self.const("hi", np.array(255, np.float32))],
-                          "pixels")
+            x = self.node("Clip", [x, self.scalar("lo", 0), self.scalar("hi", 255)], "pixels")
+            self.bounds[spec.name] = 255
         self.names[spec.name] = x
         for op in g.ops:
-            if len(op.inputs) != 1 or len(op.outputs) != 1:
-                raise ExportError(f"op {op.name!r} ({op.type}): only single-input single-output ops are exported")
-            vin = self.values[op.inputs[0]]
-            vout = self.values[op.outputs[0]]
-            src = self.value(op.inputs[0])
-            fn = getattr(self, "op_" + op.type, None)
-            if fn is None:
+            rule = RULES.get(op.type)
+            if rule is None:
                 raise ExportError(f"op {op.name!r}: no ONNX rule for op type {op.type!r}")
-            out = fn(op, src, vin, vout)
-            self.names[op.outputs[0]] = out
+            if len(op.outputs) != 1:  # pragma: no cover - validation forbids it
+                raise ExportError(f"op {op.name!r} ({op.type}): ops have exactly one output")
+            xs = [self.names[v] for v in op.inputs]
+            vins = [self.values[v] for v in op.inputs]
+            self.names[op.outputs[0]] = rule(self, op, xs, vins, self.values[op.outputs[0]])
         vout = self.values[g.output]
-        self.nodes.append(h.make_node("Identity", [self.value(g.output)], ["logits"], name="logits"))
+        self.nodes.append(h.make_node("Identity", [self.names[g.output]], ["logits"], name="logits"))
         batch = self.batch
         inputs = [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [batch, spec.channels, spec.height, spec.width])]
         outputs = [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [batch, *_logical(vout)])]
@@ -159,92 +186,37 @@ class _Builder:
             entry.key, entry.value = k, v
         return model
 
-    def _weights(self, w: np.ndarray, binary: bool) -> str:
+    # ------------------------------------------------------------------ shared by several rules
+    def weights(self, w: np.ndarray, binary: bool) -> str:
         name = self.const("w", w.astype(np.float32))
         if binary and self.fmt == "qonnx":
-            name = self.node("BipolarQuant", [name, self.const("wscale", np.array(1.0, np.float32))], "wq",
-                             domain=QONNX_DOMAIN)
+            name = self.node("BipolarQuant", [name, self.scalar("wscale", 1.0)], "wq", domain=QONNX_DOMAIN)
         return name
 
-    def _conv(self, op: Any, x: str, w: np.ndarray, bias: np.ndarray | None, pad_level: float, binary: bool) -> str:
+    def conv(self, op: Op, x: str, w: np.ndarray, bias: np.ndarray | None, pad_level: float, binary: bool) -> str:
         ph, pw = op.attrs["padding"]
         sh, sw = op.attrs["stride"]
         if pad_level != 0 and (ph or pw):
             pads = np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64)
-            x = self.node("Pad", [x, self.const("pads", pads), self.const("padv", np.array(pad_level, np.float32))], "padded")
+            x = self.node("Pad", [x, self.const("pads", pads), self.scalar("padv", pad_level)], "padded")
             ph = pw = 0
-        ins = [x, self._weights(w.transpose(0, 3, 1, 2), binary)]
+        ins = [x, self.weights(w.transpose(0, 3, 1, 2), binary)]
         if bias is not None:
             ins.append(self.const("b", bias.astype(np.float32)))
         kh, kw = w.shape[1], w.shape[2]
         return self.node("Conv", ins, op.name or "conv", kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
 
-    @staticmethod
-    def _check_exact(op: Any, bound: int) -> None:
-        if bound >= _EXACT:
-            raise ExportError(f"op {op.name!r}: accumulator bound {bound} exceeds 2^24, so float32 would not hold "
-                              "the integers exactly")
+    def dense(self, op: Op, x: str, wl: np.ndarray, binary: bool) -> str:
+        return self.node("MatMul", [x, self.weights(np.ascontiguousarray(wl.T), binary)], op.name or "dense")
 
-    def op_conv2d_f32(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        p = self.g.tensors
-        return self._conv(op, x, p[op.params["w"]], p[op.params["bias"]] if "bias" in op.params else None, 0, False)
-
-    def op_conv2d_u8i8(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        w = self.g.tensors[op.params["w"]]
-        self._check_exact(op, 255 * int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0)))
-        return self._conv(op, x, w, None, 0, False)
-
-    def op_bconv2d(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        w = self.g.tensors[op.params["w"]]
-        c = int(op.attrs["channels"])
-        wl = 1 - 2 * unpack_bits(w, c).astype(np.int64)  # [O, kh, kw, C] +-1
-        self._check_exact(op, wl[0].size)
-        return self._conv(op, x, wl, None, 0 if int(op.attrs["pad_value"]) == 0 else 1, True)
-
-    def op_bconv2d_planes(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        w = self.g.tensors[op.params["w"]]
-        c = int(op.attrs["channels"])
-        wl = plane_levels(w, c)  # [O, kh, kw, C] odd levels
-        lx = (1 << vin.planes) - 1
-        self._check_exact(op, wl[0].size * lx * ((1 << w.shape[0]) - 1))
-        pad = 0 if int(op.attrs["pad_value"]) == 0 else lx
-        return self._conv(op, x, wl, None, pad, w.shape[0] == 1)
-
-    def _dense(self, op: Any, x: str, wl: np.ndarray, binary: bool) -> str:
-        return self.node("MatMul", [x, self._weights(np.ascontiguousarray(wl.T), binary)], op.name or "dense")
-
-    def op_bdense(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        w = self.g.tensors[op.params["w"]]
-        assert vin.channels is not None
-        wl = 1 - 2 * unpack_bits(w, vin.channels, vin.groups).astype(np.int64)  # [O, K]
-        self._check_exact(op, wl.shape[1])
-        return self._dense(op, x, wl, True)
-
-    def op_bdense_planes(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        w = self.g.tensors[op.params["w"]]
-        assert vin.channels is not None
-        wl = plane_levels(w, vin.channels, vin.groups)
-        self._check_exact(op, wl.shape[1] * ((1 << vin.planes) - 1) * ((1 << w.shape[0]) - 1))
-        return self._dense(op, x, wl, w.shape[0] == 1)
-
-    def _pool(self, op: Any, x: str) -> str:
+    def window(self, op: Op, onnx_op: str, x: str, **extra: Any) -> str:
         kh, kw = op.attrs["kernel"]
         sh, sw = op.attrs["stride"]
         ph, pw = op.attrs["padding"]
-        return self.node("MaxPool", [x], op.name or "pool", kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
+        return self.node(onnx_op, [x], op.name or "pool", kernel_shape=[kh, kw], strides=[sh, sw],
+                         pads=[ph, pw, ph, pw], **extra)
 
-    def op_maxpool_bits(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        if op.attrs["op"] == "and":  # AND of bits (1 = -1) = max of +-1
-            return self._pool(op, x)
-        neg = self.node("Neg", [x], "neg")  # OR = min of +-1
-        return self.node("Neg", [self._pool(op, neg)], op.name or "pool")
-
-    def op_maxpool_i32(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        return self._pool(op, x)
-
-    op_maxpool_f32 = op_maxpool_i32
-
-    def _threshold(self, op: Any, x: str, vin: ValueInfo, planes: int) -> str:
+    def threshold(self, op: Op, x: str, vin: ValueInfo, planes: int) -> str:
         thr = self.g.tensors[op.params["thr"]]
         d = self.g.tensors[op.params["direction"]].astype(np.float64)
         t = thr.astype(np.float64).reshape(thr.shape[0], -1)  # [C, L]
@@ -265,56 +237,182 @@ class _Builder:
                              out_dtype=dtype, data_layout=layout)
         if levels == 1:
             below = self.node("Less", [x, self.const("thr", self.per_channel(vin, td[:, 0].astype(np.float32)))], "below")
-            return self.node("Where", [below, self.const("m1", np.array(-1, np.float32)), self.const("p1", np.array(1, np.float32))],
-                             op.name or "threshold")
+            return self.node("Where", [below, self.scalar("m1", -1), self.scalar("p1", 1)], op.name or "threshold")
         xe = self.node("Unsqueeze", [x, self.const("axis", np.array([-1], np.int64))], "xl")
         below = self.node("Less", [xe, self.const("thr", self.per_channel(vin, td.astype(np.float32), extra=1))], "below")
         passed = self.node("Cast", [self.node("Not", [below], "passed")], "passedf", to=self.onnx.TensorProto.FLOAT)
         q = self.node("ReduceSum", [passed, self.const("axis", np.array([-1], np.int64))], "q", keepdims=0)
-        two_q = self.node("Mul", [q, self.const("two", np.array(2, np.float32))], "twoq")
-        return self.node("Sub", [two_q, self.const("L", np.array(levels, np.float32))], op.name or "levels")
+        two_q = self.node("Mul", [q, self.scalar("two", 2)], "twoq")
+        return self.node("Sub", [two_q, self.scalar("L", levels)], op.name or "levels")
 
-    def op_threshold_bits(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        return self._threshold(op, x, vin, 1)
 
-    op_threshold_f32_bits = op_threshold_bits
+# ---------------------------------------------------------------------------- the rule table
+Rule = Callable[[_Builder, Op, list[str], list[ValueInfo], ValueInfo], str]
+"""``rule(builder, op, xs, vins, vout) -> name``: emit the nodes of ``op`` (ONNX input names
+``xs``, input values ``vins``, output value ``vout``) and return the ONNX name of its output."""
 
-    def op_threshold_planes(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        return self._threshold(op, x, vin, int(op.attrs["planes"]))
+RULES: dict[str, Rule] = {}
+"""op type -> export rule; every op of :data:`bitflow.ir.ops.OPS` has one (a test checks it)."""
 
-    op_threshold_f32_planes = op_threshold_planes
 
-    def op_scale_bias(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        p = self.g.tensors
-        y = self.node("Mul", [x, self.const("scale", self.per_channel(vin, p[op.params["scale"]]))], "scaled")
-        return self.node("Add", [y, self.const("bias", self.per_channel(vin, p[op.params["bias"]]))], op.name or "affine")
+def rule(*types: str) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the export rule of the op ``types`` (a new engine op: one entry)."""
 
-    op_affine_f32 = op_scale_bias
+    def deco(fn: Rule) -> Rule:
+        for t in types:
+            if t in RULES:
+                raise ValueError(f"export rule for op type {t!r} is declared twice")
+            RULES[t] = fn
+        return fn
 
-    def op_relu_f32(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        return self.node("Relu", [x], op.name or "relu")
+    return deco
 
-    def op_bitpack(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        if self.fmt == "qonnx":
-            return self.node("BipolarQuant", [x, self.const("scale", np.array(1.0, np.float32))], op.name or "sign",
-                             domain=QONNX_DOMAIN)
-        below = self.node("Less", [x, self.const("zero", np.array(0, np.float32))], "negative")
-        return self.node("Where", [below, self.const("m1", np.array(-1, np.float32)), self.const("p1", np.array(1, np.float32))],
-                         op.name or "sign")
 
-    def op_flatten(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        if vin.planes > 1 and vin.dtype != "bits":  # pragma: no cover - validation forbids it
-            raise ExportError(f"op {op.name!r}: unexpected planes")
-        if len(_logical(vin)) == 3:
-            x = self.node("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])  # the engine's NHWC feature order
-        return self.node("Flatten", [x], op.name or "flatten", axis=1)
+@rule("conv2d_f32")
+def _conv2d_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    p = b.g.tensors
+    return b.conv(op, xs[0], p[op.params["w"]], p[op.params["bias"]] if "bias" in op.params else None, 0, False)
 
-    def op_dense_f32(self, op: Any, x: str, vin: ValueInfo, vout: ValueInfo) -> str:
-        p = self.g.tensors
-        y = self._dense(op, x, p[op.params["w"]], False)
-        if "bias" in op.params:
-            y = self.node("Add", [y, self.const("b", p[op.params["bias"]].astype(np.float32))], (op.name or "dense") + "_bias")
-        return y
+
+@rule("conv2d_u8i8")
+def _conv2d_u8i8(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w = b.g.tensors[op.params["w"]]
+    b.set_bound(op, b.bound(op, op.inputs[0]) * int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0)))
+    return b.conv(op, xs[0], w, None, 0, False)
+
+
+@rule("bconv2d")
+def _bconv2d(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w = b.g.tensors[op.params["w"]]
+    wl = 1 - 2 * unpack_bits(w, int(op.attrs["channels"])).astype(np.int64)  # [O, kh, kw, C] +-1
+    b.set_bound(op, wl[0].size)
+    return b.conv(op, xs[0], wl, None, 0 if int(op.attrs["pad_value"]) == 0 else 1, True)
+
+
+@rule("bconv2d_planes")
+def _bconv2d_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w = b.g.tensors[op.params["w"]]
+    wl = plane_levels(w, int(op.attrs["channels"]))  # [O, kh, kw, C] odd levels
+    lx = (1 << vins[0].planes) - 1
+    b.set_bound(op, wl[0].size * lx * ((1 << w.shape[0]) - 1))
+    pad = 0 if int(op.attrs["pad_value"]) == 0 else lx
+    return b.conv(op, xs[0], wl, None, pad, w.shape[0] == 1)
+
+
+@rule("bdense")
+def _bdense(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w, vin = b.g.tensors[op.params["w"]], vins[0]
+    assert vin.channels is not None
+    wl = 1 - 2 * unpack_bits(w, vin.channels, vin.groups).astype(np.int64)  # [O, K]
+    b.set_bound(op, wl.shape[1])
+    return b.dense(op, xs[0], wl, True)
+
+
+@rule("bdense_planes")
+def _bdense_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w, vin = b.g.tensors[op.params["w"]], vins[0]
+    assert vin.channels is not None
+    wl = plane_levels(w, vin.channels, vin.groups)
+    b.set_bound(op, wl.shape[1] * ((1 << vin.planes) - 1) * ((1 << w.shape[0]) - 1))
+    return b.dense(op, xs[0], wl, w.shape[0] == 1)
+
+
+@rule("dense_f32")
+def _dense_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    p = b.g.tensors
+    y = b.dense(op, xs[0], p[op.params["w"]], False)
+    if "bias" in op.params:
+        y = b.node("Add", [y, b.const("b", p[op.params["bias"]].astype(np.float32))], (op.name or "dense") + "_bias")
+    return y
+
+
+@rule("maxpool_bits")
+def _maxpool_bits(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    if op.attrs["op"] == "and":  # AND of bits (1 = -1) = max of +-1
+        return b.window(op, "MaxPool", xs[0])
+    neg = b.node("Neg", [xs[0]], "neg")  # OR = min of +-1
+    return b.node("Neg", [b.window(op, "MaxPool", neg)], op.name or "pool")
+
+
+@rule("maxpool_i32", "maxpool_f32")
+def _maxpool(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    if vins[0].dtype == "int32":
+        b.set_bound(op, b.bound(op, op.inputs[0]))
+    return b.window(op, "MaxPool", xs[0])
+
+
+@rule("avgpool_f32")
+def _avgpool_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # the window sum over kh * kw, zero padding included (PyTorch's count_include_pad=True)
+    return b.window(op, "AveragePool", xs[0], count_include_pad=1)
+
+
+@rule("global_avgpool_f32")
+def _global_avgpool_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    return b.node("GlobalAveragePool", [xs[0]], op.name or "gap")  # [N, C, 1, 1]: the engine's [1, 1, C]
+
+
+@rule("threshold_bits", "threshold_f32_bits")
+def _threshold_bits(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    return b.threshold(op, xs[0], vins[0], 1)
+
+
+@rule("threshold_planes", "threshold_f32_planes")
+def _threshold_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    return b.threshold(op, xs[0], vins[0], int(op.attrs["planes"]))
+
+
+@rule("scale_bias", "affine_f32")
+def _affine(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # x * scale, rounded, then + bias, rounded: the engine's order (no FMA)
+    p, v = b.g.tensors, vins[0]
+    y = b.node("Mul", [xs[0], b.const("scale", b.per_channel(v, p[op.params["scale"]]))], "scaled")
+    return b.node("Add", [y, b.const("bias", b.per_channel(v, p[op.params["bias"]]))], op.name or "affine")
+
+
+@rule("relu_f32")
+def _relu_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    return b.node("Relu", [xs[0]], op.name or "relu")
+
+
+@rule("add_f32", "add_i32")
+def _add(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # a chain of binary Adds, left to right: the engine's float32 rounding of every partial sum
+    # (ONNX Sum leaves the order open); on int32 every partial sum is an exact float32 integer
+    if op.type == "add_i32":
+        b.set_bound(op, sum(b.bound(op, v) for v in op.inputs))
+    y = xs[0]
+    for i, x in enumerate(xs[1:], 1):
+        y = b.node("Add", [y, x], op.name or "add" if i == len(xs) - 1 else "partial")
+    return y
+
+
+@rule("concat")
+def _concat(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # along the channels (ONNX axis 1 for maps and vectors); bits are +-1 per channel already
+    if vout.dtype in ("int32", "uint8"):
+        b.set_bound(op, max(b.bound(op, v) for v in op.inputs))
+    return b.node("Concat", xs, op.name or "concat", axis=1)
+
+
+@rule("bitpack")
+def _bitpack(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    if b.fmt == "qonnx":
+        return b.node("BipolarQuant", [xs[0], b.scalar("scale", 1.0)], op.name or "sign", domain=QONNX_DOMAIN)
+    below = b.node("Less", [xs[0], b.scalar("zero", 0)], "negative")
+    return b.node("Where", [below, b.scalar("m1", -1), b.scalar("p1", 1)], op.name or "sign")
+
+
+@rule("flatten")
+def _flatten(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    x, vin = xs[0], vins[0]
+    if vin.planes > 1 and vin.dtype != "bits":  # pragma: no cover - validation forbids it
+        raise ExportError(f"op {op.name!r}: unexpected planes")
+    if vin.dtype in ("int32", "uint8"):
+        b.set_bound(op, b.bound(op, op.inputs[0]))
+    if len(_logical(vin)) == 3:
+        x = b.node("Transpose", [x], "nhwc", perm=[0, 2, 3, 1])  # the engine's NHWC feature order
+    return b.node("Flatten", [x], op.name or "flatten", axis=1)
 
 
 def _default_batch(format: str, batch: int | None | str) -> int | None:

@@ -30,6 +30,8 @@ the graph validation enforces it and every binary op re-checks its input dtype a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .graph import Graph, GraphError, Op, ValueInfo
@@ -110,6 +112,15 @@ def run_op(graph: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) ->
 
 
 
+def pool_windows(x: np.ndarray, op: Op, fill: float, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    """``reduce`` (``np.max``, ``np.sum``, ...) over every pooling window of ``op`` (its
+    ``kernel``, ``stride``, ``padding``) of an NHWC array ``x``; padded positions hold ``fill``.
+    For reports that pool a float value the way the graph pools the bits decided on it."""
+    from ._refkernels import pool
+
+    return pool(x, op, fill, reduce)
+
+
 _EPS32 = float(np.finfo(np.float32).eps)  # 2^-23 = 2u
 
 
@@ -125,7 +136,8 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
     ``affine_f32`` (a folded BatchNorm): ``|s| E[x] + 4 eps (|s x| + |b| + t)`` with ``t = |beta|
     + |mean s|`` (attribute ``bn_terms_abs``: PyTorch rounds ``(x - mean) s + beta``); ``add_f32``
     of ``n`` terms: ``sum E + (n - 1) eps sum|x_i|``; average pools: the window's max ``E`` plus
-    ``k eps max|x|``; ReLU, max-pool, flatten and concat carry ``E`` along.
+    ``k eps max|x|``; a float dense layer of fan-in ``K``: ``K eps (|x| |W|^T + |b|) + E[x] |W|^T``;
+    ReLU, max-pool, flatten and concat carry ``E`` along.
     """
     from ._refkernels import pool
 
@@ -149,12 +161,18 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
                 em = float(e.get(op.inputs[0], np.zeros(1)).max(initial=0.0))
                 bound = fan * _EPS32 * (sw * xm + b) + sw * em
             e[out] = np.broadcast_to(bound, y.shape).astype(np.float64)
+        elif t == "dense_f32":
+            x = ins[0].astype(np.float64)  # [N, K]
+            aw = np.abs(p["w"])  # [O, K]
+            b = np.abs(p["bias"]) if "bias" in p else 0.0
+            prev = e[op.inputs[0]] if op.inputs[0] in e else np.zeros(x.shape)
+            e[out] = aw.shape[1] * _EPS32 * (np.abs(x) @ aw.T + b) + prev @ aw.T
         elif t == "scale_bias":
             e[out] = 4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
         elif t == "affine_f32":
             x = ins[0].astype(np.float64)
             terms = float(op.attrs.get("bn_terms_abs", 0.0))
-            prev = e.get(op.inputs[0], 0.0)
+            prev = e.get(op.inputs[0], np.zeros(()))
             e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms)
         elif t == "add_f32":
             mags = np.sum([np.abs(x.astype(np.float64)) for x in ins], axis=0)
@@ -178,4 +196,4 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
     return e
 
 
-__all__ = ["conv_f32_error_bound", "float_error_bounds", "preprocess", "run", "run_op"]
+__all__ = ["conv_f32_error_bound", "float_error_bounds", "pool_windows", "preprocess", "run", "run_op"]

@@ -35,7 +35,7 @@ def _check_pad_value(pad_value: float) -> float:
 class _BinaryMixin:
     input_quantizer: nn.Module | None
     weight_quantizer: nn.Module | None
-    weight: nn.Parameter
+    weight: Tensor
     weight_clip: float | None
 
     def _init_quantizers(
@@ -100,7 +100,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
             raise ValueError("BinaryConv2d needs explicit integer padding, not a string")
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            padding_mode, device, dtype,
+            "zeros", device, dtype,
         )
         self.pad_value = _check_pad_value(pad_value)
         self._init_quantizers(input_quantizer, weight_quantizer, weight_clip)
@@ -108,9 +108,9 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         xq = self.input_quantizer(x) if self.input_quantizer is not None else x
         b, alpha = self.quantized_weight()
-        padding = self.padding
-        if self.pad_value != 0 and any(p > 0 for p in self.padding):  # type: ignore[operator]
-            ph, pw = self.padding  # type: ignore[misc]
+        padding = self.padding  # a tuple: the constructor refuses string padding
+        if self.pad_value != 0 and not isinstance(padding, str) and any(p > 0 for p in padding):
+            ph, pw = padding
             xq = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value)
             padding = (0, 0)
         y = F.conv2d(xq, b, None, self.stride, padding, self.dilation, self.groups)
@@ -239,7 +239,7 @@ def clip_weights_(model: nn.Module) -> None:
             m.clip_weights_()
 
 
-def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
+def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:
     """``{qualified name: layer}`` for every ``BinaryConv2d`` / ``BinaryLinear`` in ``model``."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))}
 

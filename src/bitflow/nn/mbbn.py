@@ -775,6 +775,8 @@ def make_quantizers(
 class _MBitMixin(_BinaryMixin):
     """Shared arithmetic of :class:`MBitConv2d` and :class:`MBitLinear`."""
 
+    training: bool  # from nn.Module, which every user of the mixin also subclasses
+
     def _setup(self) -> None:
         init = getattr(self.weight_quantizer, "init_latent_", None)
         if callable(init):
@@ -1032,7 +1034,7 @@ def _resolve_quantizers(
     return iq, wq
 
 
-def mbit_layers(model: nn.Module) -> dict[str, _MBitMixin]:
+def mbit_layers(model: nn.Module) -> dict[str, MBitConv2d | MBitLinear]:
     """``{qualified name: layer}`` for every :class:`MBitConv2d` / :class:`MBitLinear`."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (MBitConv2d, MBitLinear))}
 
@@ -1179,14 +1181,8 @@ def calibrate_ranges(model: nn.Module, x: Tensor, y: Tensor | None = None) -> di
                     pick(wq.t.data, [wq.t.detach().clone().double(), t_mse])
                 chosen[prefix + "weight_quantizer.t"] = float(wq.t.mean())
             if isinstance(iq, OddLinearQuantizer):
-                seen: list[Tensor] = []
-                hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
-                try:
-                    model(x)
-                finally:
-                    hook.remove()
                 lower = "symmetric" if iq.activation == "htanh" else "zero"
-                t_mse = _mse_range(seen[0], iq.bits, lower)[0]
+                t_mse = _mse_range(_layer_input(model, layer, x), iq.bits, lower)[0]
                 if y is None:
                     iq.t.copy_(t_mse.to(iq.t.dtype))
                 else:
@@ -1195,6 +1191,19 @@ def calibrate_ranges(model: nn.Module, x: Tensor, y: Tensor | None = None) -> di
     finally:
         model.train(was_training)
     return chosen
+
+
+def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """The input ``layer`` receives (its first call) when ``model`` runs on ``x``."""
+    seen: list[Tensor] = []
+    hook = layer.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach()))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    if not seen:
+        raise ValueError(f"calibrate_ranges: layer {type(layer).__name__} is not called by the model's forward")
+    return seen[0]
 
 
 def _few(items: Iterable[str], n: int = 6) -> str:

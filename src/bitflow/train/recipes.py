@@ -75,7 +75,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise ValueError(f"recipe {name_or_path!r} is not valid TOML: {e}") from None
     known = {f.name for f in fields(Recipe)} - {"name", "extra"}
     extra = {k: v for k, v in data.items() if k not in known}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
     return Recipe(name=name, extra=extra, **kw)
 
 

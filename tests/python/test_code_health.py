@@ -1,0 +1,49 @@
+"""Source-level checks of issue 14 section 4 that no linter does for us.
+
+- Replayable seeds: no random generator is seeded from ``hash(...)``. ``hash(None)`` (and of
+  ``str``) changes from process to process on Python 3.11, so a failing case could not be
+  replayed; derive seeds from ``zlib.crc32(repr(case).encode())`` or a fixed integer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TREES = ("src", "tests", "scripts", "benchmarks")
+SEEDERS = {"default_rng", "manual_seed", "seed", "RandomState", "Random", "Generator", "SeedSequence"}
+
+
+def hash_seeds(text: str) -> list[int]:
+    """Lines where a seeding call takes an argument that calls the builtin ``hash``."""
+    bad = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        if name not in SEEDERS:
+            continue
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "hash" for n in ast.walk(arg)):
+                bad.append(node.lineno)
+    return bad
+
+
+def test_no_seed_comes_from_hash() -> None:
+    files = [f for t in TREES for f in sorted((REPO / t).rglob("*.py"))]
+    assert len(files) > 50
+    bad = [f"{f.relative_to(REPO)}:{line}" for f in files for line in hash_seeds(f.read_text())]
+    assert bad == []
+
+
+def test_the_seed_check_finds_hash_seeds() -> None:
+    src = (
+        "import numpy as np, torch, zlib\n"
+        "a = np.random.default_rng(hash(case) % 2**32)\n"
+        "b = np.random.default_rng(zlib.crc32(repr(case).encode()))\n"
+        "torch.manual_seed(17 + hash((1, None)))\n"
+        "c = hash(case)\n"
+    )
+    assert hash_seeds(src) == [2, 4]
