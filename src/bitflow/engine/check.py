@@ -5,7 +5,7 @@ run on the reference executor's own input to that step ("teacher forcing"), so e
 checked in isolation: integer and bit outputs must be identical, float outputs
 agree within rounding, and a float first layer's threshold bits may differ only where the
 reference value lies within the float32 summation error bound of the threshold (two correct
-float32 convolutions sum in different orders; ARCHITECTURE section 3). End to end, the
+float32 convolutions sum in different orders; docs/architecture.md §3). End to end, the
 engine's predictions are compared with the reference's.
 """
 
