@@ -3,8 +3,10 @@
 For every ``M`` (activation planes) and ``K`` (weight planes) the encoded GEMM
 ``out = sum_{i<M} sum_{j<K} 2^(i+j) (k - 2 popcount(a_i XOR b_j))`` runs on the native engine
 (``bitflow._native.bgemm_planes``; weights packed offline, activations given as packed planes,
-as the previous layer's ``threshold_planes`` produces them). The float32 baselines multiply the
-same matrices in the same run with numpy (OpenBLAS sgemm) and ``torch.matmul`` (MKL). The table
+as the previous layer's ``threshold_planes`` produces them). The float32 baselines multiply
+float32 matrices of the same shapes (random normal values, not the encoded levels: a dense GEMM's
+time does not depend on the values) in the same run with numpy (OpenBLAS sgemm) and
+``torch.matmul`` (MKL). The table
 prints the measured ratio ``t_float / t_encoded`` beside the paper's theoretical ``S_MK``
 (Eq. 16, ``gamma = 1.91``, ``beta = gamma / 2``, ``L = 64``, ``N`` = the dot length).
 

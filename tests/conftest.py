@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
+
+def ci() -> bool:
+    """True on a CI runner (``CI=true``, as GitHub Actions, GitLab and most others set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
 
 def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
+    # Locally a missing extension skips the native tests (importorskip); in CI a broken native
+    # build must fail the run, not turn into a page of skips.
+    if ci():
+        try:
+            import bitflow._native  # noqa: F401
+        except ImportError as e:
+            raise pytest.UsageError(f"CI=true but the native extension bitflow._native does not import: {e}") from e
     # The models under test are tiny: one intra-op thread is faster than two, and it keeps
     # results independent of how busy the machine is (two OpenMP teams on two cores thrash).
     try:

@@ -32,9 +32,12 @@ def test_bgemm_ref_equals_pm_matmul(k: int) -> None:
 def test_bgemm_kernel_equals_ref_at_tile_edges(fast_kernels: str, k: int) -> None:
     rng = np.random.default_rng(1000 + k)
     # M, N around the 2x4 / 4x4 tiles and the 32-row column blocks of the driver.
+    top63 = 0
     for m, n in [(1, 1), (3, 5), (4, 4), (5, 9), (8, 33), (13, 7)]:
-        a = rng.integers(0, 2**63, size=(m, -(-k // 64)), dtype=np.uint64)
-        b = rng.integers(0, 2**63, size=(n, -(-k // 64)), dtype=np.uint64)
+        # all 64 bits of every word (high 2**64: bit 63 is set in about half the words)
+        a = rng.integers(0, 2**64, size=(m, -(-k // 64)), dtype=np.uint64)
+        b = rng.integers(0, 2**64, size=(n, -(-k // 64)), dtype=np.uint64)
+        top63 += int(np.count_nonzero(a[:, :-1] >> np.uint64(63))) + int(np.count_nonzero(b[:, :-1] >> np.uint64(63)))
         a[:, -1] = pack_bits(random_pm(rng, (m, k)))[:, -1]  # zero padding bits in the last word
         b[:, -1] = pack_bits(random_pm(rng, (n, k)))[:, -1]
         ref = _native.bgemm(a, b, k, kernels="ref")
@@ -43,6 +46,7 @@ def test_bgemm_kernel_equals_ref_at_tile_edges(fast_kernels: str, k: int) -> Non
             np.testing.assert_array_equal(
                 got, ref, err_msg=f"{fast_kernels} m={m} n={n} t={threads}"
             )
+    assert top63 > 0 or k <= 64  # full words with bit 63 set were exercised
 
 
 def test_bgemm_large_blocks_threads(kernels: str) -> None:
@@ -117,8 +121,9 @@ def test_bgemm_long_rows_and_extreme_popcounts(kernels: str, kw: int) -> None:
     # rows reach the extreme dot -k_bits, identical rows +k_bits.
     k = 64 * kw
     rng = np.random.default_rng(kw)
-    a = rng.integers(0, 2**63, size=(6, kw), dtype=np.uint64)
-    b = rng.integers(0, 2**63, size=(5, kw), dtype=np.uint64)
+    a = rng.integers(0, 2**64, size=(6, kw), dtype=np.uint64)  # all 64 bits, bit 63 included
+    b = rng.integers(0, 2**64, size=(5, kw), dtype=np.uint64)
+    assert (a[2] >> np.uint64(63)).any() and (b[3] >> np.uint64(63)).any()
     a[0] = np.uint64(2**64 - 1)
     b[0] = 0
     b[1] = a[1]

@@ -395,7 +395,7 @@ def _idx(path: Path) -> np.ndarray:
 def test_trained_mbbn_vgg_small_matches_on_the_full_fashion_mnist_test_set(first_layer: str) -> None:
     """1 epoch on 6000 training images (M = K = 2, width 16), then the full test set: zero level
     mismatches at every quantized layer input; with the float first layer only near-threshold
-    float decisions (ARCHITECTURE sec. 3) may differ, with the int8 first layer nothing may."""
+    float decisions (docs/architecture.md §3) may differ, with the int8 first layer nothing may."""
     torch.manual_seed(0)
     xtr = _idx(FASHION / "train-images-idx3-ubyte.gz")[:6000].astype(np.float32)[:, None] / 255
     ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz")[:6000].astype(np.int64)

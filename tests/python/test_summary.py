@@ -37,10 +37,37 @@ def test_xnor_and_bitflow_columns_reproduce_the_paper(alex: dict) -> None:
         for i, (o, p) in enumerate(zip(ours, paper, strict=True)):
             tol = 0.035 if (i == 3 and row["layer"] in ("BinFC6", "BinFC7", "TOTAL")) else 0.0035
             assert o == pytest.approx(p, abs=tol), (row["layer"], i, o, p)
-    # the paper's headline: Mem -80% and all MFLOP removed
+    assert alex["total"]["bitflow"]["mflop"] == 0
+
+
+def test_table3_totals_equal_a_hand_derivation(alex: dict) -> None:
+    """Totals derived by hand from the layer shapes, not from the summary's own formulas.
+
+    Output elements: 27*27*192 = 139,968 (BinConv2), 13*13*384 = 64,896, 13*13*256 = 43,264 (x2),
+    4,096 (x2): 299,584. Weight bits: 96*192*25 = 460,800; 192*384*9 = 663,552; 384*256*9 =
+    884,736; 256*256*9 = 589,824; 9216*4096 = 37,748,736; 4096*4096 = 16,777,216: 57,124,864 bits
+    = 7,140,608 B. Output channels: 192 + 384 + 256 + 256 + 4096 + 4096 = 9,280.
+
+    - XNOR Size: 7,140,608 + 16 B x 9,280 = 7,289,088 B = 6.951416 MiB; Mem: 5 x 4 B x 299,584 =
+      5,991,680 B = 5.99168 MB; MFLOP: 5 x 299,584 = 1.49792.
+    - BitFlow Size: 7,140,608 + 4 B x 9,280 = 7,177,728 B = 6.845215 MiB; Mem: 4 B x 299,584 =
+      1.198336 MB.
+    - Packed (the .bfn): uint64 words per pixel (96 ch -> 2 words, 192 -> 3, 384 -> 6, 256 -> 4;
+      FC6 reads 6*6 pixels x 4 words = 144 words) plus 5 B (int32 threshold + int8 direction)
+      per thresholded output: BinConv2 192*25*2*8 + 192*5 = 77,760; BinConv3 384*9*3*8 + 384*5
+      = 84,864; BinConv4 256*9*6*8 + 256*5 = 111,872; BinConv5 256*9*4*8 + 6*6*256*5 (per
+      feature after the flatten) = 119,808; BinFC6 4096*144*8 + 4096*5 = 4,739,072; BinFC7
+      4096*64*8 (feeds the float classifier: no threshold) = 2,097,152: 7,230,528 B = 6.895569 MiB.
+    """
     t = alex["total"]
-    assert t["bitflow"]["mem_mb"] / t["xnor"]["mem_mb"] == pytest.approx(0.2)
-    assert t["bitflow"]["mflop"] == 0
+    assert t["xnor"]["size_mb"] == 7_289_088 / 2**20
+    assert t["xnor"]["mem_mb"] == pytest.approx(5.99168, rel=1e-12)
+    assert t["xnor"]["mflop"] == pytest.approx(1.49792, rel=1e-12)
+    assert t["bitflow"]["size_mb"] == 7_177_728 / 2**20
+    assert t["bitflow"]["mem_mb"] == pytest.approx(1.198336, rel=1e-12)
+    assert t["bitflow_packed"]["size_mb"] == 7_230_528 / 2**20
+    packed = [77_760, 84_864, 111_872, 119_808, 4_739_072, 2_097_152]
+    assert [r["bitflow_packed"]["size_mb"] * 2**20 for r in alex["layers"]] == packed
 
 
 def test_binary_mops_is_the_mac_count(alex: dict) -> None:

@@ -209,17 +209,63 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
+    """What DDP must do, observed inside ``bitflow.train.train`` on two gloo ranks
+    (``ddp_worker.py`` records each rank's batches, gradients and parameters):
+
+    - the ranks train on disjoint, equal shards whose union is every training sample once;
+    - the gradient the optimizer sees on both ranks is the mean of the two shards' gradients,
+      recomputed here in one process from the recorded initial model and shards. BatchNorm
+      normalizes each rank's shard on its own (no SyncBatchNorm), so this per-shard mean, not the
+      gradient of the union batch, is the single-process oracle. Tolerance 0, derived: the
+      per-shard backward runs the same kernels on the same shapes with one thread here and in
+      the workers (OMP_NUM_THREADS=1), so each shard's gradient is bit-identical; DDP computes
+      ``g0/2 + g1/2`` and the oracle ``(g0 + g1)/2``: halving is exact in float32, so both are
+      the one rounding of the same real sum;
+    - the parameters are then identical on both ranks (buffers are not: each rank's BatchNorm
+      running statistics follow its own shard; rank 0's are the checkpoint's).
+    """
+    import torch.nn.functional as F
+
+    from bitflow.models import create
+
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "bitflow", "train", "--model", "bitflow_lenet",
-           "--epochs", "2", "--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--out", "ddp",
-           "--json", "--device", "cpu", "--model-arg", "width=4", "--model-arg", "fc=8"]
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("ddp_worker.py")),
+                        str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
-    assert res["world_size"] == 2
-    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [x["epoch"] for x in rows] == [0, 1]
-    # DDP keeps replicas identical: both ranks' gradients are averaged, so the checkpoint written
-    # by rank 0 is a consistent model; it must load and evaluate.
-    model, _ = model_from_checkpoint(tmp_path / "ddp" / "last.pt")
+    recs = [torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["world_size"] == 2 and recs[0]["world_size"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in rows] == [0]
+    steps = len(recs[0]["x"])
+    assert steps == len(recs[1]["x"]) == len(recs[0]["steps"]) == 2  # 72 samples, batch 64: 64 + 8
+    seen: list[int] = []
+    for k in range(steps):
+        a, b = (set(rec["indices"][k].tolist()) for rec in recs)  # training batches come first
+        assert not a & b and len(a) == len(b) > 0, (k, a & b)
+        seen += [*a, *b]
+    assert sorted(seen) == list(range(72))  # every training sample once per epoch
+    torch.set_num_threads(1)
+    assert all("initial" in rec for rec in recs), "the trainer did not wrap the model in DistributedDataParallel"
+    model = create("bitflow_lenet", width=4, fc=8)
+    model.load_state_dict(recs[0]["initial"])
+    model.train()
+    grads = []
+    for rec in recs:  # step 0 of each rank, from the same initial model
+        model.zero_grad()
+        F.cross_entropy(model(rec["x"][0]), rec["y"][0]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    names = [n for n, _ in model.named_parameters()]
+    for n in names:
+        want = (grads[0][n] + grads[1][n]) / 2
+        for rec in recs:
+            assert torch.equal(rec["steps"][0]["grads"][n], want), (n, (rec["steps"][0]["grads"][n] - want).abs().max())
+    assert not torch.equal(grads[0][names[0]], grads[1][names[0]])  # the shards do differ
+    for k in range(steps):
+        p0, p1 = recs[0]["steps"][k]["params"], recs[1]["steps"][k]["params"]
+        for n in names:
+            assert torch.equal(p0[n], p1[n]), (k, n)
+    assert not torch.equal(recs[0]["steps"][0]["params"][names[0]], recs[0]["initial"][names[0]])  # a step was taken
+    model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)

@@ -8,7 +8,9 @@
   is reported beside them.
 - Fig. 2 analogue: the per-layer sign changing rate over iterations with and without the
   scaling factor (``weight_quantizer`` ``xnor`` vs ``sign``), PNG.
-- Fig. 3 analogue: BatchNorm output vs BatchShift output (Eq. 16) of one channel, PNG.
+- Fig. 3 analogue: BatchNorm output vs BatchShift output (Eq. 16) of one channel, PNG; the
+  sign agreement is that of PyTorch's BatchNorm with the converted model's integer threshold
+  (the bits the reference executor computes), not with a second derivation.
 - Table 3: :func:`bitflow.analysis.summary.summarize` of ``bitflow_alexnet``.
 
 Runs are cached: a training whose ``result.json`` exists in the output directory with the same
@@ -140,8 +142,26 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
     # relu(alpha x) = alpha relu(x) for alpha > 0, so the ReLU moves to the integer side too
     bs_vals = np.maximum(xi[:, best].flatten().double().numpy(), 0.0) - tau
     plot_batchshift(bn_vals, bs_vals, out_png, title=f"layer {idx} channel {best}: tau = {tau:.3f}")
-    agree = np.sign(bn_vals + (bn_vals == 0)) == np.sign(bs_vals + (bs_vals == 0))
-    return {"layer": idx, "channel": best, "tau": tau, "points": int(bn_vals.size), "sign_agreement": float(agree.mean())}
+    # the agreement is measured on the real converted model: the bits the reference executor
+    # computes with the converter's integer threshold for this BatchNorm, against PyTorch's signs
+    from ..convert import convert
+    from ..ir.bits import unpack_bits
+    from ..ir.reference import run as reference_run
+
+    graph = convert(model, mode="bitflow")
+    bn_name = next(n for n, m in model.named_modules() if m is bn)
+    thr_op = next((op for op in graph.ops if op.type == "threshold_bits" and op.attrs.get("source") == bn_name), None)
+    if thr_op is None:
+        raise ValueError(f"the converted model has no integer threshold for BatchNorm {bn_name!r}")
+    _, env = reference_run(graph, x, return_intermediates=True)  # type: ignore[misc]
+    info = graph.validate()[thr_op.outputs[0]]
+    assert info.channels is not None
+    neg = unpack_bits(env[thr_op.outputs[0]], info.channels, info.groups)[..., best]  # [N, H, W]: bit 1 = -1
+    torch_neg = (bn_out[:, best] < 0).numpy()
+    threshold = int(graph.tensors[thr_op.params["thr"]][best])
+    agree = neg == torch_neg
+    return {"layer": idx, "channel": best, "tau": tau, "threshold": threshold, "points": int(bn_vals.size),
+            "sign_agreement": float(agree.mean()), "sign_mismatches": int((~agree).sum())}
 
 
 def model_from_ckpt(path: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -243,5 +263,6 @@ def format_report(r: dict[str, Any]) -> str:
               f"(fluctuation {100 * f2['with_scale']['std_over_time']:.3f}%)"]
     f3 = r["fig3"]
     lines += ["", f"Fig. 3 analogue: {f3['png']}  (layer {f3['layer']}, channel {f3['channel']}, "
-              f"{f3['points']} outputs, signs agree on {100 * f3['sign_agreement']:.2f}%)"]
+              f"{f3['points']} outputs, converted threshold T = {f3['threshold']}, signs agree on "
+              f"{100 * f3['sign_agreement']:.2f}%)"]
     return "\n".join(lines)

@@ -13,8 +13,13 @@ Two builders walk a :class:`bitflow.ir.Graph` op by op (NHWC engine ops -> NCHW 
   reads ``u1`` weights LSB first (bit 1 = +1), which is how they are packed here; the float
   first layer is a ``Convolution`` and the float last layer a ``MatMul``.
 
-Both are timing baselines with the graph's shapes and random weights; they do not reproduce
-the graph's values.
+Both are timing baselines with the graph's shapes; they do not compute the graph's function.
+The torch twin has random float weights. The OpenVINO network takes the graph's weights and
+thresholds but not its exact decisions: ``FakeQuantize`` gives +1 for ``x > T`` (the engine:
+``x >= T``, or ``x <= T`` for a negative direction), the flatten is NCHW where the graph's binary
+dense weights are in NHWC order, and a fixed-point first layer sees float pixels. The speed
+ratios therefore compare networks of the same shapes and operation counts, not the same
+function.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ model and evaluates every decision *exactly* (rational arithmetic on the float32
 square root handled by comparing squares), so the integer rule it produces is a theorem about the
 real-valued model, not a float approximation of it.
 
-The composite (BitFlow-Net Eq. 12, 16; ARCHITECTURE section 3)
+The composite (BitFlow-Net Eq. 12, 16; docs/architecture.md §3)
 -----------------------------------------------------------------
 A binary layer produces an integer ``x`` per output channel (the xnor-popcount dot product,
 ``x`` in ``[-N, N]`` for fan-in ``N``; for the int8 first layer the int32 accumulator). The

@@ -411,7 +411,7 @@ class _Converter:
         return vw, k, scale, -span, span
 
     def check_accumulator(self, step: Step) -> None:
-        """ARCHITECTURE sec. 2: the int32 accumulator must hold ``fan_in (2^M - 1)(2^K - 1)``
+        """docs/architecture.md §2: the int32 accumulator must hold ``fan_in (2^M - 1)(2^K - 1)``
         (checked before any threshold is computed; the engine ops check it again)."""
         m = step.module
         assert isinstance(m, (MBitConv2d, MBitLinear))

@@ -8,7 +8,7 @@ graph that would not be exact):
 =======================  ===================================================================
 bits value (1 plane)     +-1 per channel (packed bit 1 = -1)
 bits value (M planes)    the MBBN level ``sum_m 2^m c_m`` (odd integers in ``[-L, L]``,
-                         ``L = 2^M - 1``; ARCHITECTURE section 2 / MBBN Eq. 7)
+                         ``L = 2^M - 1``; docs/architecture.md §2 / MBBN Eq. 7)
 bconv2d / bdense         ``Conv`` / ``MatMul`` with +-1 (or level) weights: the exact
                          xnor-popcount dot product ``N - 2 popcount``; zero padding is the
                          ONNX zero padding, one-padding a ``Pad`` with +1 (level ``L``)

@@ -1,4 +1,4 @@
-"""Bit packing in the engine layout (ARCHITECTURE section 2), numpy only.
+"""Bit packing in the engine layout (docs/architecture.md §2), numpy only.
 
 Channel ``c`` of a row sits at bit ``c % 64`` of word ``c // 64`` (LSB first); a packed bit is 1
 iff the value is -1 (value < 0, so 0 and -0.0 pack to 0); padding bits of the last word are 0.

@@ -6,7 +6,7 @@ parameters live in ``Graph.tensors`` (numpy arrays) and ops refer to them by nam
 their semantics mirror the native kernels of ``bitflow._native`` one to one (same names), so an
 engine can run a graph op by op; :mod:`bitflow.ir.reference` defines what every op computes.
 
-Conventions (ARCHITECTURE section 2): activations are NHWC; binary activations are packed along
+Conventions (docs/architecture.md §2): activations are NHWC; binary activations are packed along
 the innermost (channel) axis into uint64 words, LSB first, bit 1 iff the value is -1, padding
 bits 0. A ``"bits"`` value therefore has storage shape ``[..., groups * ceil(channels / 64)]``:
 ``channels`` real bits per group, and ``groups > 1`` only for a flattened ``[H, W, Cw]`` map

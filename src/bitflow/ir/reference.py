@@ -5,7 +5,7 @@ within rounding (float convolutions and dense layers accumulate in float64 and r
 
 - Binary convolution (BitFlow-Net Eq. 4): ``y = sign(x) (*) sign(w)``, computed by unpacking
   the bits to +-1 and summing products (exact: integer sums below 2^24 in float32, else float64).
-  Zero padding (``pad_value=0``) pads the +-1 map with 0, one-padding with +1 (ARCHITECTURE 2).
+  Zero padding (``pad_value=0``) pads the +-1 map with 0, one-padding with +1 (docs/architecture.md §2).
 - Binary dense: ``dot = k_bits - 2 popcount(a XOR b)`` on the packed words (padding bits are 0
   in both operands, so they never count).
 - MBBN plane convolution (``bconv2d_planes``): the integer convolution of the decoded odd

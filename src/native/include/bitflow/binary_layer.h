@@ -9,8 +9,8 @@
 //
 // With a per-channel threshold the pool runs on bits, after the threshold: for direction +1,
 // bit = (acc < T) and max(acc) < T iff every acc < T, an AND of the window's bits; for
-// direction -1, bit = (acc > T) and max(acc) > T iff some acc > T, an OR (ARCHITECTURE
-// section 2, "pooling on bits", per channel). Padded window positions are skipped in both,
+// direction -1, bit = (acc > T) and max(acc) > T iff some acc > T, an OR (docs/architecture.md
+// §2, "pooling on bits", per channel). Padded window positions are skipped in both,
 // as the int32 max-pool skips them, so this equals maxpool_i32 -> threshold_bits exactly.
 #pragma once
 #include <cstdint>

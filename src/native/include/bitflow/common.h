@@ -1,4 +1,4 @@
-// bitflow native core: conventions written down once (ARCHITECTURE section 2).
+// bitflow native core: conventions written down once (docs/architecture.md §2).
 //
 // Bit meaning. A packed bit is 1 iff the value is -1, i.e. iff the value is < 0. sign(0) = +1
 //   (BitFlow-Net Eq. 2), so +0.0 and -0.0 both pack to bit 0. Bits are never derived from the
