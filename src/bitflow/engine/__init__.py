@@ -35,13 +35,22 @@ TableKernel = Callable[[list[np.ndarray]], np.ndarray]
 
 class Step(NamedTuple):
     """One call of a plan: ``env[dst] = fn([env[s] for s in srcs])``, covering graph ops
-    ``ops``; ``free`` lists the values whose last reader this step is (released after it)."""
+    ``ops``; ``free`` lists the values whose last reader this step is (released after it).
+    A step with ``extra`` values produces several: ``fn`` then returns the tuple
+    ``(dst value, *extra values)``; :meth:`outputs` names them either way."""
 
     srcs: tuple[str, ...]
     dst: str
     fn: TableKernel
     ops: tuple[str, ...]
     free: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+
+    def outputs(self, result: Any) -> dict[str, np.ndarray]:
+        """``{value name: array}`` of what ``fn`` returned."""
+        if not self.extra:
+            return {self.dst: result}
+        return dict(zip((self.dst, *self.extra), result, strict=True))
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
@@ -207,7 +216,7 @@ class Engine:
         env = {self.graph.input.name: self._prepare(x)}
         if not keep:
             for step in self._plan:
-                env[step.dst] = step.fn([env[v] for v in step.srcs])
+                env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
                 for v in step.free:
                     del env[v]
             return env
@@ -223,7 +232,7 @@ class Engine:
         live = size[self.graph.input.name]
         peak = live
         for step in self._plan if fused else self._steps:
-            live += size[step.dst]
+            live += size[step.dst] + sum(size[v] for v in step.extra)
             peak = max(peak, live)
             live -= sum(size[v] for v in step.free)
         return int(peak)
