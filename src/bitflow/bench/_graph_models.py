@@ -103,6 +103,11 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
     spec = graph.input
     x = ops.parameter([batch, spec.channels, spec.height, spec.width], np.float32, name="input")
     nodes: dict[str, Any] = {spec.name: x}
+    producer = {op.outputs[0]: op for op in graph.ops}
+    readers: dict[str, list[Any]] = {}
+    for op in graph.ops:
+        for v in op.inputs:
+            readers.setdefault(v, []).append(op)
     vec: dict[str, bool] = {spec.name: False}  # True once activations are [N, K, 1, 1] vectors (after flatten)
 
     def chan_const(v: np.ndarray) -> Any:
@@ -147,11 +152,17 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
             ch = int(np.prod(values[op.inputs[0]].shape)) if is_vec else values[op.inputs[0]].shape[-1]
             thr = p["thr"].astype(np.float32) if "thr" in p else np.zeros(ch, np.float32)
             lo = chan_const(thr)
-            # Levels -1 and +1. (Output levels 0 and 1 are the form its CPU plugin fuses into a
-            # producing BinaryConvolution as a binarization post-op, but with a max-pool
-            # between a binary convolution and its threshold, as here, the plugin then fails
-            # to compile: "unsupported reorder case" from blocked f32 to u1.)
-            low = -1.0
+            # Output levels 0 and 1 make it the CPU plugin's "binarization" (a JIT kernel that
+            # writes u1 bits straight to the next BinaryConvolution; bit 1 = +1, as its
+            # xnor-popcount reads them). That form compiles only where the bits go straight to
+            # binary convolutions and the threshold does not follow a max-pool of a binary
+            # convolution (the AlexNet / VGG chains: "unsupported reorder case" from blocked
+            # f32 to u1); there the levels are -1 and +1: a FakeQuantize to f32 and a reorder.
+            src = producer.get(op.inputs[0])
+            after_pool = src is not None and src.type.startswith("maxpool") and src.inputs[0] in producer \
+                and producer[src.inputs[0]].type in ("bconv2d", "bdense")
+            to_binary = all(r.type in ("bconv2d", "bdense") for r in readers.get(op.outputs[0], []))
+            low = 0.0 if to_binary and not after_pool else -1.0
             node = ops.fake_quantize(node, lo, lo, ops.constant(np.float32(low)), ops.constant(np.float32(1)), 2, name=op.name)
         elif t == "flatten":
             node = ops.reshape(node, ops.constant(np.array([0, -1, 1, 1], np.int64)), special_zero=True)

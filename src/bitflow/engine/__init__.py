@@ -105,10 +105,22 @@ class Engine:
         def private(value: str) -> bool:  # consumed by exactly the next op, not an output
             return uses.get(value, 0) == 1 and value != self.graph.output
 
+        streams, absorbed = self._fuse_streams(ops, uses, private)
         plan: list[Step] = []
         i = 0
         while i < len(ops):
             op = ops[i]
+            if i in streams:
+                plan.append(streams[i])
+                i += 1
+                continue
+            if i in absorbed:
+                i += 1
+                continue
+            if op.type == "maxpool_f32":
+                plan.append(self._steps[i]._replace(fn=self._maxpool_f32_fast(op)))
+                i += 1
+                continue
             fused = self._fuse_binary(ops, i, private)
             if fused is not None:
                 n_ops, fn = fused
@@ -119,6 +131,93 @@ class Engine:
             plan.append(self._steps[i])
             i += 1
         return plan
+
+    def _maxpool_f32_fast(self, op: Any) -> TableKernel:
+        a, th = op.attrs, self.threads
+        k, s, p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
+        return lambda xs: N.maxpool_f32_fast(xs[0], k, s, p, th)
+
+    def _fuse_streams(self, ops: list[Any], uses: dict[str, int],
+                      private: Callable[[str], bool]) -> tuple[dict[int, Step], set[int]]:
+        """Float-stream fusion of residual DAGs (:class:`bitflow._native.FloatStream`): every
+        ``add_f32``, with the private ``scale_bias`` / ``affine_f32`` chains that feed it, and
+        every ``threshold_f32_bits`` (with the add it reads, if any, and the private affine
+        chain before it) become one pass over the rows; where a chain starts at a lone
+        ``bconv2d`` whose int32 output only it reads, the convolution runs with the stream as
+        its epilogue (:meth:`FloatStream.after`), so the int32 map is never stored. A step
+        that keeps the add's output and also thresholds it produces both values (``Step.extra``).
+        Returns {index of the op at whose place the step runs: step} and the absorbed ops.
+        The same float32 operations in the same order as the ops: identical bits and floats."""
+        g, th = self.graph, self.threads
+        producer = {op.outputs[0]: i for i, op in enumerate(ops)}
+        readers: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            for v in op.inputs:
+                readers.setdefault(v, []).append(i)
+        streams: dict[int, Step] = {}
+        absorbed: set[int] = set()
+
+        def chain(v: str) -> tuple[str, bool, list[tuple[np.ndarray, np.ndarray]], list[int]]:
+            stages: list[tuple[np.ndarray, np.ndarray]] = []
+            taken: list[int] = []
+            cur = v
+            while cur in producer and private(cur):
+                j = producer[cur]
+                p = ops[j]
+                if p.type not in ("affine_f32", "scale_bias") or j in absorbed:
+                    break
+                stages.insert(0, (g.tensors[p.params["scale"]], g.tensors[p.params["bias"]]))
+                taken.append(j)
+                cur = p.inputs[0]
+                if p.type == "scale_bias":
+                    break
+            return cur, self.values[cur].dtype == "int32", stages, taken
+
+        for i, op in enumerate(ops):
+            if i in absorbed or op.type not in ("add_f32", "threshold_f32_bits"):
+                continue
+            thr_op = None
+            if op.type == "add_f32":
+                y = op.outputs[0]
+                thr_i = next((r for r in readers.get(y, []) if ops[r].type == "threshold_f32_bits"), None)
+                thr_op = ops[thr_i] if thr_i is not None else None
+                keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
+                inputs = list(op.inputs)
+            else:
+                thr_i, thr_op, keep_y, y = i, op, False, op.outputs[0]
+                inputs = [op.inputs[0]]
+            operands = [chain(v) for v in inputs]
+            o = self.values[y if op.type == "add_f32" else op.inputs[0]].shape[-1]
+            kw: dict[str, Any] = {}
+            if thr_op is not None:
+                kw = {"thr": g.tensors[thr_op.params["thr"]], "direction": g.tensors[thr_op.params["direction"]]}
+            fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y, **kw)
+            # a lone binary convolution at the start of one int32 operand: run it with the stream as epilogue
+            pos = next((k for k, od in enumerate(operands) if od[1] and od[0] in producer
+                        and ops[producer[od[0]]].type == "bconv2d" and private(od[0])
+                        and self.values[ops[producer[od[0]]].inputs[0]].planes == 1
+                        and producer[od[0]] not in absorbed), None)
+            used = [j for od in operands for j in od[3]]
+            if pos is not None:
+                conv = ops[producer[operands[pos][0]]]
+                a = conv.attrs
+                layer = N.BinaryLayer(g.tensors[conv.params["w"]], a["channels"], tuple(a["stride"]), tuple(a["padding"]),
+                                      a["pad_value"], kernels=self.kernels)
+                srcs = (conv.inputs[0], *(od[0] for k, od in enumerate(operands) if k != pos))
+                fn = _after(fs, layer, pos, th)
+                used.append(producer[operands[pos][0]])
+            else:
+                srcs = tuple(od[0] for od in operands)
+                fn = _stream(fs, th)
+            outs = ([y] if keep_y else []) + ([thr_op.outputs[0]] if thr_op is not None else [])
+            names = [ops[j].name for j in sorted(used)]
+            names.append(op.name)
+            if thr_op is not None and thr_op is not op:
+                names.append(thr_op.name)
+                absorbed.add(thr_i)  # type: ignore[arg-type]
+            absorbed.update(used)
+            streams[i] = Step(srcs, outs[0], fn, tuple(names), (), tuple(outs[1:]))
+        return streams, absorbed
 
     def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
         op = ops[i]
@@ -270,6 +369,14 @@ class Engine:
 
 def _one(fn: Kernel) -> TableKernel:
     return lambda xs: fn(xs[0])
+
+
+def _stream(fs: Any, threads: int) -> TableKernel:
+    return lambda xs: fs(list(xs), threads)
+
+
+def _after(fs: Any, layer: Any, pos: int, threads: int) -> TableKernel:
+    return lambda xs: fs.after(layer, xs[0], list(xs[1:]), pos, threads)
 
 
 def _with_frees(steps: list[Step], output: str) -> list[Step]:

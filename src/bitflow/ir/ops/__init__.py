@@ -78,6 +78,8 @@ NATIVE_NON_OPS = frozenset(
         "quantize_u8_nhwc",
         "BinaryLayer",
         "Int8ConvLayer",
+        "FloatStream",  # the engine's fused plan: affine chains -> add_f32 -> threshold_f32_bits
+        "maxpool_f32_fast",  # the engine's fused plan: maxpool_f32 vectorized and threaded
     }
 )
 
