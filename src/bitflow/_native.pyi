@@ -126,6 +126,27 @@ class BinaryLayer:
     ) -> None: ...
     def __call__(self, x: NDArray[np.uint64], threads: int = 1) -> NDArray[Any]: ...
 
+class FloatStream:
+    """The fused float stream of residual networks: operands (int32 or float32), each through its
+    (scale, bias) stages, summed left to right in float32, kept and / or thresholded to bits."""
+
+    def __init__(
+        self,
+        channels: int,
+        i32: list[bool],
+        stages: list[list[tuple[NDArray[np.float32], NDArray[np.float32]]]],
+        thr: NDArray[np.float32] | None = None,
+        direction: NDArray[np.int8] | None = None,
+        keep_y: bool = True,
+    ) -> None: ...
+    def __call__(self, xs: list[NDArray[Any]], threads: int = 1) -> Any: ...
+    def after(self, layer: BinaryLayer, x: NDArray[Any], others: list[NDArray[Any]], pos: int = 0,
+              threads: int = 1) -> Any: ...
+
+def maxpool_f32_fast(
+    x: NDArray[np.float32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0, threads: int = 1
+) -> NDArray[np.float32]: ...
+
 class Int8ConvLayer:
     """A prepared fixed-point first layer: conv2d_u8i8 [-> maxpool] -> threshold_bits in one call."""
 
