@@ -138,13 +138,17 @@ class FloatStream:
         thr: NDArray[np.float32] | None = None,
         direction: NDArray[np.int8] | None = None,
         keep_y: bool = True,
+        kernels: str = "",
     ) -> None: ...
+    @property
+    def wide(self) -> bool: ...
     def __call__(self, xs: list[NDArray[Any]], threads: int = 1) -> Any: ...
     def after(self, layer: BinaryLayer, x: NDArray[Any], others: list[NDArray[Any]], pos: int = 0,
               threads: int = 1) -> Any: ...
 
 def maxpool_f32_fast(
-    x: NDArray[np.float32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0, threads: int = 1
+    x: NDArray[np.float32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0, threads: int = 1,
+    kernels: str = "",
 ) -> NDArray[np.float32]: ...
 
 class Int8ConvLayer:

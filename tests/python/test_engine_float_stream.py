@@ -14,7 +14,8 @@ from bitflow import _native as N
 from bitflow.bench import zoo_model
 from bitflow.engine import Engine, available_kernels
 
-KERNELS = available_kernels()
+KERNELS = available_kernels()  # the engine forces each; "auto" below is the default selection
+STREAM_KERNELS = [*KERNELS, "auto"]
 
 
 @pytest.fixture()
@@ -32,9 +33,10 @@ def _specials(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("o", [1, 3, 64, 70, 130])
+@pytest.mark.parametrize("kernels", STREAM_KERNELS)
+@pytest.mark.parametrize("o", [1, 3, 16, 64, 70, 130])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_float_stream_equals_the_unfused_ops(o: int, threads: int, fine_grain: None) -> None:
+def test_float_stream_equals_the_unfused_ops(kernels: str, o: int, threads: int, fine_grain: None) -> None:
     rng = np.random.default_rng(o)
     shape = (2, 5, 3, o)
     acc = rng.integers(-300, 300, size=shape).astype(np.int32)
@@ -56,16 +58,18 @@ def test_float_stream_equals_the_unfused_ops(o: int, threads: int, fine_grain: N
     arrays = {0: acc, 1: f1, 2: f2}
     for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
         want_y, want_b = unfused(order)
-        fs = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], thr=thr, direction=d)
+        fs = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], thr=thr, direction=d,
+                           kernels=kernels)
+        assert fs.wide == (kernels == "avx512" or (kernels == "auto" and "avx512" in N.kernel_info("auto")["bitpack_f32"]))
         y, b = fs([arrays[k] for k in order], threads)
         assert y.tobytes() == want_y.tobytes()  # bit for bit, NaN payloads included
         assert np.array_equal(b, want_b)
         only_bits = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], thr=thr,
-                                  direction=d, keep_y=False)
+                                  direction=d, keep_y=False, kernels=kernels)
         assert np.array_equal(only_bits([arrays[k] for k in order], threads), want_b)
-        only_y = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order])
+        only_y = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], kernels=kernels)
         assert only_y([arrays[k] for k in order], threads).tobytes() == want_y.tobytes()
-    plain = N.FloatStream(o, [False], [[]], thr=thr, direction=d, keep_y=False)
+    plain = N.FloatStream(o, [False], [[]], thr=thr, direction=d, keep_y=False, kernels=kernels)
     assert np.array_equal(plain([f1], threads), N.threshold_f32_bits(f1, thr, d))
 
 
@@ -86,7 +90,7 @@ def test_float_stream_after_a_binary_convolution(kernels: str, stride: int, pad_
         for pos in (0, 1):
             i32 = [True, False] if pos == 0 else [False, True]
             stages = [[st], []] if pos == 0 else [[], [st]]
-            fs = N.FloatStream(o, i32, stages, thr=thr, direction=d)
+            fs = N.FloatStream(o, i32, stages, thr=thr, direction=d, kernels=kernels)
             vals = [N.scale_bias(acc, *st), other] if pos == 0 else [other, N.scale_bias(acc, *st)]
             want_y = N.add_f32(vals)
             y, b = fs.after(layer, xb, [other], pos, threads)
@@ -94,15 +98,16 @@ def test_float_stream_after_a_binary_convolution(kernels: str, stride: int, pad_
             assert np.array_equal(b, N.threshold_f32_bits(want_y, thr, d))
 
 
+@pytest.mark.parametrize("kernels", STREAM_KERNELS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_fast_float_maxpool_equals_the_definition(threads: int, fine_grain: None) -> None:
+def test_fast_float_maxpool_equals_the_definition(kernels: str, threads: int, fine_grain: None) -> None:
     rng = np.random.default_rng(threads)
     for shape, k, s, p in [((2, 9, 11, 70), (3, 3), (2, 2), (1, 1)), ((1, 8, 8, 5), (2, 2), (2, 2), (0, 0)),
-                           ((1, 7, 7, 64), (3, 2), (1, 2), (1, 1))]:
+                           ((1, 7, 7, 64), (3, 2), (1, 2), (1, 1)), ((2, 12, 12, 16), (3, 3), (2, 2), (1, 1))]:
         x = _specials(rng, shape)
         x[..., : shape[-1] // 2] = np.round(x[..., : shape[-1] // 2])  # ties, +-0.0
         want = N.maxpool_f32(x, k, s, p)
-        assert N.maxpool_f32_fast(x, k, s, p, threads).tobytes() == want.tobytes()
+        assert N.maxpool_f32_fast(x, k, s, p, threads, kernels).tobytes() == want.tobytes()
 
 
 def _random_bn(model: torch.nn.Module) -> torch.nn.Module:

@@ -135,7 +135,8 @@ class Engine:
     def _maxpool_f32_fast(self, op: Any) -> TableKernel:
         a, th = op.attrs, self.threads
         k, s, p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
-        return lambda xs: N.maxpool_f32_fast(xs[0], k, s, p, th)
+        ks = self.kernels
+        return lambda xs: N.maxpool_f32_fast(xs[0], k, s, p, th, ks)
 
     def _fuse_streams(self, ops: list[Any], uses: dict[str, int],
                       private: Callable[[str], bool]) -> tuple[dict[int, Step], set[int]]:
@@ -191,7 +192,8 @@ class Engine:
             kw: dict[str, Any] = {}
             if thr_op is not None:
                 kw = {"thr": g.tensors[thr_op.params["thr"]], "direction": g.tensors[thr_op.params["direction"]]}
-            fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y, **kw)
+            fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y,
+                               kernels=self.kernels, **kw)
             # a lone binary convolution at the start of one int32 operand: run it with the stream as epilogue
             pos = next((k for k, od in enumerate(operands) if od[1] and od[0] in producer
                         and ops[producer[od[0]]].type == "bconv2d" and private(od[0])

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "bitflow/common.h"
+#include "bitflow/cpu.h"
 #include "parallel.h"
 
 #if defined(__SSE2__)
@@ -21,9 +22,17 @@
 
 namespace bitflow::ops {
 
+bool float_stream_wide_available() {
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+  return cpu_features().avx512f;
+#else
+  return false;
+#endif
+}
+
 FloatStream::FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,
-                         const std::int8_t* dir, bool keep_y)
-    : o_(o), operands_(std::move(operands)), keep_y_(keep_y) {
+                         const std::int8_t* dir, bool keep_y, bool wide)
+    : o_(o), operands_(std::move(operands)), keep_y_(keep_y), wide_(wide && float_stream_wide_available()) {
   if (operands_.empty()) throw std::invalid_argument("FloatStream: no operands");
   for (const Operand& op : operands_)
     for (const Stage& s : op.stages)
@@ -100,6 +109,12 @@ void threshold_f32_bits_rows(const float* y, std::int64_t rows, std::int64_t o, 
 
 void FloatStream::rows(const void* const* xs, std::int64_t r0, std::int64_t r1, float* y,
                        std::uint64_t* bits) const {
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+  if (wide_) {
+    avx512::float_stream_rows__avx512(*this, thr_.empty() ? nullptr : thr_.data(), pos_.data(), xs, r0, r1, y, bits);
+    return;
+  }
+#endif
   const std::int64_t o = o_, nw = words_for(o);
   thread_local std::vector<float> acc_buf, tmp_buf;
   if (acc_buf.size() < static_cast<std::size_t>(o)) acc_buf.resize(static_cast<std::size_t>(o));
@@ -133,7 +148,7 @@ double FloatStream::ns_per_row() const {
   double per = 0.0;
   for (const Operand& op : operands_) per += 0.15 + 0.1 * static_cast<double>(op.stages.size());
   if (!thr_.empty()) per += 0.1;
-  return per * static_cast<double>(o_);
+  return per * static_cast<double>(o_) * (wide_ ? 0.3 : 1.0);
 }
 
 void FloatStream::run(int threads, const void* const* xs, std::int64_t rows, float* y,
@@ -193,10 +208,18 @@ void maxpool_f32_rows(const float* x, const PoolGeom& g, float* out, std::int64_
 
 }  // namespace
 
-void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads) {
-  const double ns_per_row = 0.1 * static_cast<double>(g.wo() * g.kh * g.kw * g.c);
-  parallel_rows(g.n * g.ho(), ns_per_row, threads,
-                [&](std::int64_t r0, std::int64_t r1) { maxpool_f32_rows(x, g, out, r0, r1); });
+void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads, bool wide) {
+  wide = wide && float_stream_wide_available();
+  const double ns_per_row = (wide ? 0.03 : 0.1) * static_cast<double>(g.wo() * g.kh * g.kw * g.c);
+  parallel_rows(g.n * g.ho(), ns_per_row, threads, [&](std::int64_t r0, std::int64_t r1) {
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+    if (wide) {
+      avx512::maxpool_f32_rows__avx512(x, g, out, r0, r1);
+      return;
+    }
+#endif
+    maxpool_f32_rows(x, g, out, r0, r1);
+  });
 }
 
 }  // namespace bitflow::ops

@@ -735,9 +735,18 @@ nb::object threshold_bits_range(const AnyArray& acc_, const AnyArray& lo_, const
 // ---- the fused float stream (bitflow/float_stream.h) ------------------------------------
 using bitflow::ops::FloatStream;
 
+/// The AVX-512 float rows go with a kernel set whose float bit packing is AVX-512 (the same
+/// ISA requirement), so BITFLOW_KERNELS=avx2 / scalar / ref also force the portable rows.
+bool wide_for(const KernelSet& ks) {
+  return std::string(ks.bitpack_name).find("avx512") != std::string::npos &&
+         bitflow::ops::float_stream_wide_available();
+}
+
 void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, const nb::list& stages,
-                       std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, bool keep_y) {
+                       std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, bool keep_y,
+                       const std::string& kernels) {
   const char* fn = "FloatStream";
+  const KernelSet& ks = kernels_arg(fn, kernels);
   if (o < 1) fail(fn, "channels must be >= 1");
   if (i32.empty()) fail(fn, "needs at least one operand");
   if (nb::len(stages) != i32.size()) fail(fn, "stages must hold one list of (scale, bias) pairs per operand");
@@ -767,7 +776,7 @@ void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, c
     dir = d->data;
   }
   if (!keep_y && thr == nullptr) fail(fn, "nothing to output: keep_y=False and no threshold");
-  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y);
+  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y, wide_for(ks));
 }
 
 /// Validate operands k >= first against the stream (dtype, shape, channels); returns pointers.
@@ -875,15 +884,17 @@ nb::object float_stream_after(const FloatStream& fs, const BinaryLayer& layer, c
   });
 }
 
-nb::object maxpool_f32_fast(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding, int threads) {
+nb::object maxpool_f32_fast(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding, int threads,
+                            const std::string& kernels) {
   const char* fn = "maxpool_f32_fast";
   check_threads(fn, threads);
+  const bool wide = wide_for(kernels_arg(fn, kernels));
   auto x = arg<float>(x_, fn, "x", 4);
   auto g = pool_geom(fn, x.shape, kernel, stride, padding);
   auto out = make_out<float>({g.n, g.ho(), g.wo(), g.c});
   {
     nb::gil_scoped_release release;
-    bitflow::ops::maxpool_f32_fast(x.data, g, out.ptr, threads);
+    bitflow::ops::maxpool_f32_fast(x.data, g, out.ptr, threads, wide);
   }
   return nb::cast(out.array);
 }
@@ -1233,14 +1244,15 @@ NB_MODULE(_native, m) {
       "each through its (scale, bias) stages as scale_bias / affine_f32) summed left to right in float32 "
       "(add_f32), kept and / or thresholded to bits (threshold_f32_bits). Equal to the unfused ops bit for bit.")
       .def("__init__", &float_stream_init, "channels"_a, "i32"_a, "stages"_a, "thr"_a = nb::none(),
-           "direction"_a = nb::none(), "keep_y"_a = true)
+           "direction"_a = nb::none(), "keep_y"_a = true, "kernels"_a = "")
+      .def_prop_ro("wide", [](const FloatStream& f) { return f.wide(); })
       .def("__call__", &float_stream_call, "xs"_a, "threads"_a = 1,
            "operands [..., O] -> y float32 [..., O], bits uint64 [..., ceil(O/64)] or the tuple (y, bits).")
       .def("after", &float_stream_after, "layer"_a, "x"_a, "others"_a, "pos"_a = 0, "threads"_a = 1,
            "Operand `pos` computed by a prepared BinaryLayer (no threshold, no pool) on x, consumed in its "
            "epilogue block by block; others: the other operands in order. Returns like __call__.");
   m.def("maxpool_f32_fast", &maxpool_f32_fast, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,
-        "threads"_a = 1, "maxpool_f32 with the channel loop vectorized and rows over threads (equal bit for bit).");
+        "threads"_a = 1, "kernels"_a = "", "maxpool_f32 with the channel loop vectorized and rows over threads (equal bit for bit).");
 
   nb::class_<Int8ConvLayer>(m, "Int8ConvLayer",
       "The fixed-point first layer prepared: conv2d_u8i8 [-> maxpool_i32] [-> threshold_bits] in one call, "

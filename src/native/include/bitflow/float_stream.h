@@ -35,9 +35,11 @@ class FloatStream {
   };
 
   /// o channels (the last axis of every operand); thr / dir (o values each) may be null (no
-  /// bits output); keep_y: store the sum y.
+  /// bits output); keep_y: store the sum y. wide: use the AVX-512 rows (the caller checked
+  /// that they are built and that the CPU has AVX-512F; same results, bit for bit).
   FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,
-              const std::int8_t* dir, bool keep_y);
+              const std::int8_t* dir, bool keep_y, bool wide = false);
+  bool wide() const { return wide_; }
 
   std::int64_t channels() const { return o_; }
   std::size_t operand_count() const { return operands_.size(); }
@@ -61,6 +63,7 @@ class FloatStream {
   std::vector<float> thr_;
   std::vector<std::uint32_t> pos_;  // per channel: all ones iff direction +1
   bool keep_y_;
+  bool wide_;
 };
 
 /// threshold_f32_bits of rows [0, rows) with per-channel all-ones masks for direction +1
@@ -71,6 +74,20 @@ void threshold_f32_bits_rows(const float* y, std::int64_t rows, std::int64_t o, 
 /// maxpool_f32 (PyTorch semantics, the definition in pool_ref.cc: the first maximum of the
 /// window in row-major order, padded positions ignored, a NaN once seen stays) with the
 /// channel loop vectorized; equal bit for bit. Output rows ((n, oh) pairs) over threads.
-void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads);
+void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads, bool wide = false);
+
+/// Whether the AVX-512 float rows are built and this CPU runs them.
+bool float_stream_wide_available();
 
 }  // namespace bitflow::ops
+
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+namespace bitflow::avx512 {
+// kernels/x86/avx512/float_stream__avx512.cc (built with -mavx512f)
+void float_stream_rows__avx512(const ops::FloatStream& fs, const float* thr,
+                               const std::uint32_t* pos, const void* const* xs, std::int64_t r0,
+                               std::int64_t r1, float* y, std::uint64_t* bits);
+void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out,
+                              std::int64_t r0, std::int64_t r1);
+}  // namespace bitflow::avx512
+#endif
