@@ -99,6 +99,23 @@ def test_float_stream_after_a_binary_convolution(kernels: str, stride: int, pad_
 
 
 @pytest.mark.parametrize("kernels", STREAM_KERNELS)
+@pytest.mark.parametrize("case", [((1, 11, 11, 3), (64, 7, 7, 3), 2, 3), ((2, 6, 5, 20), (40, 1, 1, 20), 1, 0),
+                                  ((1, 9, 9, 8), (17, 3, 3, 8), 1, 1)])
+def test_float_stream_in_place_after_a_float_convolution(kernels: str, case: tuple, fine_grain: None) -> None:
+    xs, ws, stride, pad = case
+    rng = np.random.default_rng(ws[0])
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    bias = rng.standard_normal(ws[0]).astype(np.float32)
+    st = (rng.standard_normal(ws[0]).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32))
+    for threads in (1, 2, 3):
+        want = N.affine_f32(N.conv2d_f32(x, w, bias, (stride, stride), (pad, pad), kernels=kernels, threads=threads), *st)
+        fs = N.FloatStream(ws[0], [False], [[st]], kernels=kernels)
+        got = fs.after_conv2d(x, w, bias, (stride, stride), (pad, pad), kernels, threads)
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("kernels", STREAM_KERNELS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_fast_float_maxpool_equals_the_definition(kernels: str, threads: int, fine_grain: None) -> None:
     rng = np.random.default_rng(threads)
@@ -125,6 +142,7 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("name,kw", [
     ("bireal_resnet20", {"width": 8}),
     ("bireal_resnet20", {"width": 8, "downsample": "conv"}),
+    ("bireal_resnet20", {"width": 8, "first_layer": "int8"}),
     ("bireal_resnet18", {"width": 8, "image_size": 32, "num_classes": 10, "stem": "imagenet"}),
     ("bitflow_resnet18", {"width": 8, "image_size": 32, "num_classes": 10}),
 ])

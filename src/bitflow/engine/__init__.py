@@ -174,8 +174,15 @@ class Engine:
                     break
             return cur, self.values[cur].dtype == "int32", stages, taken
 
+        chain_ops = ("affine_f32", "scale_bias")
+
+        def chain_end(i: int) -> bool:  # an affine op whose value no later stream op takes over
+            v = ops[i].outputs[0]
+            rs = readers.get(v, [])
+            return not (private(v) and ops[rs[0]].type in (*chain_ops, "add_f32", "threshold_f32_bits"))
+
         for i, op in enumerate(ops):
-            if i in absorbed or op.type not in ("add_f32", "threshold_f32_bits"):
+            if i in absorbed:
                 continue
             thr_op = None
             if op.type == "add_f32":
@@ -183,30 +190,34 @@ class Engine:
                 thr_i = next((r for r in readers.get(y, []) if ops[r].type == "threshold_f32_bits"), None)
                 thr_op = ops[thr_i] if thr_i is not None else None
                 keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
-                inputs = list(op.inputs)
-            else:
+                operands = [chain(v) for v in op.inputs]
+            elif op.type == "threshold_f32_bits":
                 thr_i, thr_op, keep_y, y = i, op, False, op.outputs[0]
-                inputs = [op.inputs[0]]
-            operands = [chain(v) for v in inputs]
-            o = self.values[y if op.type == "add_f32" else op.inputs[0]].shape[-1]
+                operands = [chain(op.inputs[0])]
+            elif op.type in chain_ops and chain_end(i):
+                thr_i, keep_y, y = None, True, op.outputs[0]
+                src, i32, stages, taken = chain(op.inputs[0])
+                operands = [(src, i32, [*stages, (g.tensors[op.params["scale"]], g.tensors[op.params["bias"]])],
+                             [*taken, i])]
+            else:
+                continue
+            o = self.values[y if op.type != "threshold_f32_bits" else op.inputs[0]].shape[-1]
             kw: dict[str, Any] = {}
             if thr_op is not None:
                 kw = {"thr": g.tensors[thr_op.params["thr"]], "direction": g.tensors[thr_op.params["direction"]]}
             fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y,
                                kernels=self.kernels, **kw)
-            # a lone binary convolution at the start of one int32 operand: run it with the stream as epilogue
-            pos = next((k for k, od in enumerate(operands) if od[1] and od[0] in producer
-                        and ops[producer[od[0]]].type == "bconv2d" and private(od[0])
-                        and self.values[ops[producer[od[0]]].inputs[0]].planes == 1
-                        and producer[od[0]] not in absorbed), None)
-            used = [j for od in operands for j in od[3]]
+            used = [j for od in operands for j in od[3] if j != i]
+            # A convolution at the start of one operand, read only by it: run it with the stream
+            # as its epilogue (a lone binary or int8 convolution: int32 operand; a float
+            # convolution: the single float operand, transformed in place).
+            pos = next((k for k, od in enumerate(operands) if od[0] in producer and private(od[0])
+                        and producer[od[0]] not in absorbed and self._epilogue_conv(ops[producer[od[0]]], od[1],
+                                                                                    len(operands), keep_y)), None)
             if pos is not None:
                 conv = ops[producer[operands[pos][0]]]
-                a = conv.attrs
-                layer = N.BinaryLayer(g.tensors[conv.params["w"]], a["channels"], tuple(a["stride"]), tuple(a["padding"]),
-                                      a["pad_value"], kernels=self.kernels)
+                fn = self._conv_with_stream(conv, fs, pos)
                 srcs = (conv.inputs[0], *(od[0] for k, od in enumerate(operands) if k != pos))
-                fn = _after(fs, layer, pos, th)
                 used.append(producer[operands[pos][0]])
             else:
                 srcs = tuple(od[0] for od in operands)
@@ -220,6 +231,26 @@ class Engine:
             absorbed.update(used)
             streams[i] = Step(srcs, outs[0], fn, tuple(names), (), tuple(outs[1:]))
         return streams, absorbed
+
+    def _epilogue_conv(self, conv: Any, i32: bool, n_operands: int, keep_y: bool) -> bool:
+        """Whether ``conv`` can run with a float stream as its epilogue (see _fuse_streams)."""
+        if i32 and conv.type in ("bconv2d", "conv2d_u8i8"):
+            return conv.type == "conv2d_u8i8" or self.values[conv.inputs[0]].planes == 1
+        return not i32 and conv.type == "conv2d_f32" and n_operands == 1 and keep_y
+
+    def _conv_with_stream(self, conv: Any, fs: Any, pos: int) -> TableKernel:
+        g, th, a = self.graph, self.threads, conv.attrs
+        w = g.tensors[conv.params["w"]]
+        if conv.type == "conv2d_f32":
+            bias, st, pad, ks = g.tensors.get(conv.params.get("bias", "")), tuple(a["stride"]), tuple(a["padding"]), self.kernels
+            return lambda xs: fs.after_conv2d(xs[0], w, bias, st, pad, ks, th)
+        layer: Any
+        if conv.type == "conv2d_u8i8":
+            layer = N.Int8ConvLayer(w, tuple(a["stride"]), tuple(a["padding"]), kernels=self.kernels)
+        else:
+            layer = N.BinaryLayer(w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"],
+                                  kernels=self.kernels)
+        return _after(fs, layer, pos, th)
 
     def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
         op = ops[i]

@@ -81,13 +81,13 @@ inline void threshold_row(const float* y, std::int64_t o, const float* thr,
 
 // v = float(x) (int32) or x; then every stage v = (v * s) + b.
 inline void load_operand(const FloatStream::Operand& op, const void* x, std::int64_t r,
-                         std::int64_t o, float* __restrict v) {
+                         std::int64_t o, float* v) {
   if (op.i32) {
     const std::int32_t* __restrict xi = static_cast<const std::int32_t*>(x) + r * o;
     for (std::int64_t c = 0; c < o; ++c) v[c] = static_cast<float>(xi[c]);
   } else {
-    const float* __restrict xf = static_cast<const float*>(x) + r * o;
-    std::memcpy(v, xf, sizeof(float) * static_cast<std::size_t>(o));
+    const float* xf = static_cast<const float*>(x) + r * o;
+    if (xf != v) std::memcpy(v, xf, sizeof(float) * static_cast<std::size_t>(o));  // else in place
   }
   for (const FloatStream::Stage& s : op.stages) {
     const float* __restrict sc = s.scale.data();

@@ -884,6 +884,37 @@ nb::object float_stream_after(const FloatStream& fs, const BinaryLayer& layer, c
   });
 }
 
+nb::object float_stream_after_conv2d(const FloatStream& fs, const AnyArray& x_, const AnyArray& w_,
+                                     std::optional<AnyArray> bias_, nb::handle stride, nb::handle padding,
+                                     const std::string& kernels, int threads) {
+  const char* fn = "FloatStream.after_conv2d";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  if (fs.operand_count() != 1 || fs.operand(0).i32 || !fs.keeps_y())
+    fail(fn, "needs a stream of one float32 operand that keeps y (computed in place)");
+  auto x = arg<float>(x_, fn, "x", 4);
+  auto w = arg<float>(w_, fn, "w", 4);
+  if (w.dim(3) != x.dim(3))
+    fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
+  if (w.dim(0) != fs.channels()) fail(fn, "w must have the stream's " + std::to_string(fs.channels()) + " output channels");
+  const float* bias = nullptr;
+  if (bias_) {
+    auto b = arg<float>(*bias_, fn, "bias", 1);
+    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
+    bias = b.data;
+  }
+  auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  return stream_outputs(fs, {g.n, g.ho(), g.wo(), g.o}, [&](float* y, std::uint64_t* b) {
+    // the convolution writes y; every finished block of rows is transformed in place
+    const bitflow::ops::RowsEpilogue epi = [&](i64 m0, i64 m1) {
+      const void* p[1] = {y};
+      fs.rows(p, m0, m1, y, b);
+    };
+    bitflow::ops::conv2d_f32(ks, threads, x.data, w.data, bias, g, y, &epi);
+  });
+}
+
 nb::object maxpool_f32_fast(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding, int threads,
                             const std::string& kernels) {
   const char* fn = "maxpool_f32_fast";
@@ -1248,6 +1279,14 @@ NB_MODULE(_native, m) {
       .def_prop_ro("wide", [](const FloatStream& f) { return f.wide(); })
       .def("__call__", &float_stream_call, "xs"_a, "threads"_a = 1,
            "operands [..., O] -> y float32 [..., O], bits uint64 [..., ceil(O/64)] or the tuple (y, bits).")
+      .def("after_conv2d", &float_stream_after_conv2d, "x"_a, "w"_a, "bias"_a = nb::none(),
+           "stride"_a = nb::make_tuple(1, 1), "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
+           "conv2d_f32 (same arguments and values) with a one-operand float stream applied in place to every "
+           "finished block of output rows. Returns like __call__.")
+      .def("after", [](const FloatStream& fs, const Int8ConvLayer& layer, const AnyArray& x,
+                       const std::vector<AnyArray>& others, std::size_t pos, int threads) {
+             return float_stream_after(fs, layer, x, others, pos, threads);
+           }, "layer"_a, "x"_a, "others"_a, "pos"_a = 0, "threads"_a = 1)
       .def("after", &float_stream_after, "layer"_a, "x"_a, "others"_a, "pos"_a = 0, "threads"_a = 1,
            "Operand `pos` computed by a prepared BinaryLayer (no threshold, no pool) on x, consumed in its "
            "epilogue block by block; others: the other operands in order. Returns like __call__.");

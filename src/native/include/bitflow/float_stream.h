@@ -12,6 +12,10 @@
 // contraction and without reassociation, so the result equals the unfused ops bit for bit for
 // any thread count (every row is computed by one thread with the same instructions).
 //
+// Operand 0 may be a float32 value read and overwritten in place (y = its own buffer: every
+// element is read before it is written, row by row): the epilogue of a float convolution
+// (conv2d_f32 -> affine_f32) then needs no second map.
+//
 // A FloatStream can also run as the epilogue of a prepared binary convolution
 // (BinaryLayer::run_epilogue): operand 0 is then the convolution's int32 output, consumed
 // block by block while it is still in the cache of the thread that computed it, and never

@@ -151,8 +151,11 @@ void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, in
 void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1);
 
 // ---- first / last layers -----------------------------------------------------------------
+/// epilogue (optional): called on every finished block of output rows [m0, m1) (rows of
+/// [n * Ho * Wo, O]) by the thread that computed it, e.g. an in-place FloatStream.
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
-                const float* bias, const ConvGeom& g, float* out);
+                const float* bias, const ConvGeom& g, float* out,
+                const RowsEpilogue* epilogue = nullptr);
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
