@@ -163,3 +163,22 @@ def test_fused_plan_equals_op_by_op_plan_on_residual_networks(name: str, kw: dic
             assert eng.logits(x).tobytes() == ops_by_op[graph.output].tobytes()
     if name.startswith("bireal"):
         assert any(len(s.extra) == 1 and "bconv2d" in {o.type for o in graph.ops if o.name in s.ops} for s in eng._plan)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_native_float_input_layout_equals_the_reference_preprocessing(threads: int, fine_grain: None) -> None:
+    from bitflow.ir import InputSpec
+    from bitflow.ir.reference import preprocess
+
+    x = np.random.default_rng(0).random((2, 3, 7, 5), dtype=np.float32)
+    x[0, 1, 2, 3] = -0.0
+
+    class _G:  # the reference preprocessing reads only the input spec
+        input = InputSpec(3, 7, 5)
+
+    assert N.nhwc_f32(x, threads).tobytes() == preprocess(_G(), x).tobytes()  # type: ignore[arg-type]
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 2, 6, 4] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            N.nhwc_f32(y, threads)

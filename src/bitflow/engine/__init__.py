@@ -27,7 +27,6 @@ from .. import _native as N
 from ..ir import Graph, load_graph
 from ..ir.graph import ValueInfo
 from ..ir.ops import OPS, EngineContext
-from ..ir.reference import preprocess
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 TableKernel = Callable[[list[np.ndarray]], np.ndarray]
@@ -331,12 +330,13 @@ class Engine:
             return nhwc if spec.preprocess == "uint8" else nhwc.astype(np.float32) / np.float32(255)
         if x.dtype != np.float32:
             raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
-        # the reference executor's preprocessing: NHWC, and for a fixed-point first layer
-        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training
-        if spec.preprocess != "uint8":
-            return preprocess(self.graph, x)
-        # native: the same float32 operations in one threaded pass (ValueError on NaN / inf)
+        # the reference executor's preprocessing (ir.reference.preprocess: NHWC, and for a
+        # fixed-point first layer round(255 x) with round-half-to-even, exactly like Int8Conv2d
+        # in training), native: the same float32 operations in one threaded pass; ValueError
+        # on NaN / inf
         try:
+            if spec.preprocess != "uint8":
+                return N.nhwc_f32(x, self.threads)
             return N.quantize_u8_nhwc(x, self.threads)
         except ValueError:
             raise ValueError("input contains NaN or infinity") from None

@@ -272,6 +272,21 @@ nb::object quantize_u8_nhwc(const AnyArray& x, int threads) {
   return nb::cast(out.array);
 }
 
+nb::object nhwc_f32(const AnyArray& x, int threads) {
+  const char* fn = "nhwc_f32";
+  check_threads(fn, threads);
+  auto in = arg<float>(x, fn, "x", 4);
+  const i64 n = in.dim(0), c = in.dim(1), h = in.dim(2), w = in.dim(3);
+  auto out = make_out<float>({n, h, w, c});
+  bool finite = true;
+  {
+    nb::gil_scoped_release release;
+    finite = bitflow::ops::nhwc_f32(in.data, n, c, h, w, out.ptr, threads);
+  }
+  if (!finite) fail(fn, "input contains NaN or infinity");
+  return nb::cast(out.array);
+}
+
 nb::dict kernel_set_dict(const KernelSet& ks) {
   const auto opt = [](const char* name) { return name != nullptr ? nb::cast(std::string(name)) : nb::none(); };
   nb::dict d;
@@ -1165,6 +1180,10 @@ NB_MODULE(_native, m) {
   m.def("quantize_u8_nhwc", &quantize_u8_nhwc, "x"_a, "threads"_a = 1,
         "float32 [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C] = clip(rint(x * 255), 0, 255) (float32 "
         "multiply, round half to even): a fixed-point first layer's input; ValueError on NaN / inf.");
+
+  m.def("nhwc_f32", &nhwc_f32, "x"_a, "threads"_a = 1,
+        "float32 [N, C, H, W] -> float32 [N, H, W, C] (the same values): a float first layer's input; "
+        "ValueError on NaN / inf.");
 
   m.def("bitpack", &bitpack, "x"_a, "kernels"_a = "", "threads"_a = 1,
         "Pack float32 or int32 [..., C] into uint64 [..., ceil(C/64)]: bit = (x < 0), LSB first, "

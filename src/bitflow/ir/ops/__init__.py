@@ -76,6 +76,7 @@ NATIVE_NON_OPS = frozenset(
         "kernel_info",
         "peak_probe",
         "quantize_u8_nhwc",
+        "nhwc_f32",
         "BinaryLayer",
         "Int8ConvLayer",
         "FloatStream",  # the engine's fused plan: affine chains -> add_f32 -> threshold_f32_bits

@@ -109,6 +109,10 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
 /// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
 bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
                       std::int64_t w, std::uint8_t* out, int threads);
+/// A float first layer's input: x float32 [n, c, h, w] -> out float32 [n, h, w, c], the same
+/// values (a layout copy); rows over threads. Returns false if some x is NaN or infinite.
+bool nhwc_f32(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+              float* out, int threads);
 
 // ---- output transforms (rows = product of leading dims, o = channels) ------------------
 /// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
