@@ -51,9 +51,9 @@ namespace {
 // One row of threshold_f32_bits: bit c = (y < thr) for direction +1, (y > thr) for -1.
 inline void threshold_row(const float* y, std::int64_t o, const float* thr,
                           const std::uint32_t* pos, std::uint64_t* out) {
-  const std::int64_t full = o / kWordBits;
   std::int64_t c0 = 0;
 #if defined(__SSE2__)
+  const std::int64_t full = o / kWordBits;
   for (std::int64_t wd = 0; wd < full; ++wd) {
     std::uint64_t word = 0;
     const std::int64_t base = wd * kWordBits;
