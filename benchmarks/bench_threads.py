@@ -34,7 +34,7 @@ def _steps_once(e: Engine, x: np.ndarray) -> list[float]:
     out = []
     for s in e._plan:  # the engine's own loop (Engine.run), timed per step
         t0 = time.perf_counter()
-        env[s.dst] = s.fn([env[v] for v in s.srcs])
+        env.update(s.outputs(s.fn([env[v] for v in s.srcs])))
         out.append(time.perf_counter() - t0)
         for v in s.free:
             del env[v]

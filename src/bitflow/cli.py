@@ -397,7 +397,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model file not found: {a.model_file}")
     clean_blas_env(["-m", "bitflow", *sys.argv[1:]])
     kw = {"threads": threads, "batches": batches, "repeat": a.repeat, "warmup": a.warmup, "baselines": baselines,
-          "layers": not a.no_layers, "kernels": a.kernels}
+          "layers": not a.no_layers, "kernels": a.kernels, "rounds": a.rounds}
     if a.model is not None:
         result = bench_zoo(a.model, model_kwargs=_parse_kv(a.model_arg), **kw)
     else:
@@ -418,6 +418,9 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
     p.add_argument("--repeat", type=_COUNT, default=30, help="timed runs per measurement (median, min, max)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before each measurement")
+    p.add_argument("--rounds", type=_COUNT, default=5,
+                   help="interleave the runtimes of a setting in this many rounds of repeat/rounds calls "
+                        "(medians over all calls; 1: one block per runtime)")
     p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
     p.add_argument("--baselines", default="torch,ort,openvino", help="comma-separated subset of torch,ort,openvino, or 'none'")
     p.add_argument("--no-layers", action="store_true", help="whole-model numbers only")

@@ -16,6 +16,7 @@ set(BF_NATIVE_SOURCES
   ${BF_NATIVE}/ops/parallel.cc
   ${BF_NATIVE}/ops/binary_layer.cc
   ${BF_NATIVE}/ops/elementwise.cc
+  ${BF_NATIVE}/ops/float_stream.cc
   ${BF_NATIVE}/ops/input_prep.cc)
 set_source_files_properties(${BF_NATIVE}/ops/input_prep.cc PROPERTIES COMPILE_OPTIONS "-fno-trapping-math")
 
@@ -41,6 +42,7 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x4__avx512fma.cc
     ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/threshold_bits__avx512.cc
+    ${BF_NATIVE}/kernels/x86/avx512/float_stream__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
   set(BF_AVX512_VPOPCNT_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc

@@ -40,13 +40,14 @@ from ..engine import Engine
 from ..ir import Graph, load_graph
 from ..ir.graph import ValueInfo
 from ..ir.ops import ops_in_group
-from ._timing import Timing, measure
+from ._timing import Timing, measure, measure_interleaved
 
 BASELINES = ("torch", "ort", "openvino")
 BINARY_OPS = tuple(sorted(ops_in_group("binary")))  # the op table's binary group
 _BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-__all__ = ["BASELINES", "Timing", "bench", "bench_file", "blas_info", "bench_zoo", "clean_blas_env", "format_report", "measure", "parse_int_list", "zoo_model"]
+__all__ = ["BASELINES", "Timing", "bench", "bench_file", "bench_zoo", "blas_info", "clean_blas_env", "format_report",
+           "measure", "measure_interleaved", "parse_int_list", "zoo_model"]
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -98,12 +99,24 @@ def zoo_model(name: str, seed: int = 0, **kwargs: Any) -> tuple[Graph, Any]:
                     m.weight.uniform_(-1.0, 1.0)
                     m.bias.uniform_(-0.5, 0.5)
     graph = convert(model)
-    base = name.split("_", 1)[1] if name.startswith(("bitflow_", "xnor_")) else None
+    base, fixed = _TWINS.get(name, (name.split("_", 1)[1] if name.startswith(("bitflow_", "xnor_")) else None, {}))
     twin = None
     if base is not None and base in list_models():
-        twin_kw = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_channels", "image_size", "width", "fc")}
-        twin = create(base, **twin_kw).eval()
+        twin_kw = {k: v for k, v in kwargs.items() if k in _TWIN_KWARGS}
+        twin = create(base, **fixed, **twin_kw).eval()
     return graph, twin
+
+
+# Full-precision twins whose name or options do not follow from the BNN's name alone:
+# BNN -> (twin, fixed twin options). Other ``bitflow_X`` / ``xnor_X`` models use ``X``.
+_TWINS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bireal_resnet18": ("resnet18", {"block": "bireal"}),
+    "bireal_resnet20": ("resnet20", {"block": "bireal"}),
+    "bitflow_resnet18": ("resnet18", {"block": "bitflow"}),
+    "xnor_resnet18": ("resnet18", {"block": "bitflow"}),
+}
+# BNN options passed on to the twin (shape options only: never residual / quantizers / first_layer).
+_TWIN_KWARGS = ("num_classes", "in_channels", "image_size", "width", "fc", "stem", "downsample", "relu")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -168,6 +181,43 @@ def _memory(graph: Graph, engine: Engine, layers: list[dict[str, Any]]) -> dict[
         "float32_middle_peak_activation_bytes": int(f32_peak),
         "ratio_float32_over_engine": float(f32_peak / eng_peak) if eng_peak else None,
         "engine_int32_scratch_bytes": int(scratch),
+    }
+
+
+def _float32_elems(v: ValueInfo) -> int:
+    """Elements of a value in a float32 model (one float per channel; bit planes are levels of
+    one value)."""
+    if v.dtype == "bits":
+        assert v.channels is not None
+        return int(np.prod(v.shape[:-1], dtype=np.int64)) * v.groups * v.channels
+    return int(np.prod(v.shape, dtype=np.int64))
+
+
+def _activation_memory(engine: Engine) -> dict[str, Any]:
+    """Peak activation bytes per sample of the whole network (the input included; a step's
+    inputs and output alive together, every value released after its last reader):
+
+    - ``engine_peak_bytes_per_sample``: the engine's fused plan (``Engine.info()``'s
+      ``peak_activation_bytes_per_sample``; a fused layer's int32 scratch, reported
+      separately, is not counted) and ``engine_op_by_op_peak_bytes_per_sample``;
+    - ``float32_peak_bytes_per_sample``: the same graph run op by op with every value float32
+      (one float per channel: what a float model of this architecture keeps, e.g. PyTorch's
+      twin without in-place ops), the same liveness rule.
+    """
+    size = {v: 4 * _float32_elems(info) for v, info in engine.values.items()}
+    live = peak = size[engine.graph.input.name]
+    for step in engine._steps:
+        live += size[step.dst]
+        peak = max(peak, live)
+        live -= sum(size[v] for v in step.free)
+    eng = engine.info()["peak_activation_bytes_per_sample"]
+    return {
+        "engine_peak_bytes_per_sample": int(eng),
+        "engine_op_by_op_peak_bytes_per_sample": int(engine.peak_activation_bytes(fused=False)),
+        "float32_peak_bytes_per_sample": int(peak),
+        "ratio_float32_over_engine": float(peak / eng) if eng else None,
+        "rule": "values alive at once per sample (input included; a step's inputs and output together; "
+                "released after the last reader); float32: the same graph with every value float32",
     }
 
 
@@ -242,6 +292,45 @@ class _Baselines:
     def _input(self, batch: int, seed: int = 0) -> np.ndarray:
         spec = self.graph.input
         return np.random.default_rng(seed).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
+
+    def checks(self, engine: Engine, batch: int) -> dict[str, Any]:
+        """Do the baselines compute the right thing? Output shapes of every runtime on one
+        input (engine, twin, ORT fp32 / int8, OpenVINO BNN: ``[batch, classes]``), and ORT
+        fp32 against PyTorch on the same weights (the twin and its ONNX export): max |diff|
+        relative to max |torch logit|, which must stay under 1e-4 (float32 with another
+        summation order). ORT int8 against PyTorch is reported, not judged (quantization
+        error), with the share of equal argmaxes."""
+        x = self._input(batch, seed=3)
+        out: dict[str, Any] = {"batch": batch}
+        shapes = {"engine": list(engine.logits(x).shape)}
+        ref = None
+        if self.twin is not None and self.wanted & {"torch", "ort"}:
+            import torch
+
+            with torch.no_grad():
+                ref = self.twin(torch.from_numpy(x)).numpy()
+            shapes["torch_fp32"] = list(ref.shape)
+        if "ort" in self.wanted:
+            import onnxruntime as ort
+
+            for kind in ("fp32", "int8"):
+                sess = ort.InferenceSession(self._onnx_files()[kind], providers=["CPUExecutionProvider"])
+                y = sess.run(None, {"input": x})[0]
+                shapes[f"ort_{kind}"] = list(y.shape)
+                if ref is not None and y.shape == ref.shape:
+                    scale = float(np.abs(ref).max()) or 1.0
+                    rel = float(np.abs(y - ref).max()) / scale
+                    out[f"ort_{kind}_vs_torch_max_rel_diff"] = rel
+                    out[f"ort_{kind}_vs_torch_argmax_agree"] = float(np.mean(y.argmax(1) == ref.argmax(1)))
+            if "ort_fp32_vs_torch_max_rel_diff" in out:
+                out["ort_fp32_vs_torch_ok"] = bool(out["ort_fp32_vs_torch_max_rel_diff"] < 1e-4)
+        if "openvino" in self.wanted:
+            y = self._ov_compiled(1, batch, False).create_infer_request().infer(x)
+            shapes["openvino_bnn"] = list(next(iter(y.values())).shape)
+        out["output_shapes"] = shapes
+        want = [batch, self.graph.validate()[self.graph.output].shape[-1]]
+        out["output_shapes_ok"] = all(v == want for v in shapes.values())
+        return out
 
     # -- torch
     def torch_fn(self, threads: int, batch: int) -> Any:
@@ -388,15 +477,19 @@ def bench(
     file_bytes: int | None = None,
     model_name: str | None = None,
     probe_seconds: float = 0.2,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Measure ``graph`` on the engine and the requested baselines (see the module docstring)
-    for every (threads, batch) pair; returns a JSON-ready dict."""
+    for every (threads, batch) pair; returns a JSON-ready dict. ``rounds`` > 1 interleaves
+    the runtimes of a setting (:func:`measure_interleaved`: ``rounds`` rounds of
+    ``repeat / rounds`` calls each, medians over all calls)."""
     baselines = list(baselines)
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    if repeat < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"repeat and rounds must be >= 1 and warmup >= 0, got repeat={repeat}, rounds={rounds}, "
+                         f"warmup={warmup}")
     if not threads or not batches or any(int(t) < 1 for t in threads) or any(int(b) < 1 for b in batches):
         raise ValueError("threads and batches must be non-empty lists of positive integers")
     notes: list[str] = []
@@ -427,15 +520,19 @@ def bench(
             "warmup": warmup,
             "versions": {"bitflow_engine": engine1.kernels, **base.versions},
             "blas": blas_info(),
+            "rounds": rounds,
             "memory": _memory(graph, engine1, shape_layers),
+            "activation_memory": _activation_memory(engine1),
             "file": _file_sizes(graph, shape_layers, file_bytes, base.twin),
             "settings": [],
             "notes": notes,
         }
+        result["checks"] = base.checks(engine1, int(batches[0]))
         for t in threads:
             eng = Engine(graph, kernels=kernels, threads=int(t))
             for b in batches:
-                result["settings"].append(_setting(eng, base, shape_layers, int(t), int(b), repeat, warmup, layers))
+                result["settings"].append(_setting(eng, base, shape_layers, int(t), int(b), repeat, warmup, layers,
+                                                   rounds))
         result["blas_after"] = blas_info()
     return result
 
@@ -445,18 +542,24 @@ def _bind(fn: Any, arg: Any) -> Any:
 
 
 def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], t: int, b: int,
-             repeat: int, warmup: int, layers: bool) -> dict[str, Any]:
+             repeat: int, warmup: int, layers: bool, rounds: int = 1) -> dict[str, Any]:
     spec = eng.graph.input
     x = np.random.default_rng(0).random((b, spec.channels, spec.height, spec.width), dtype=np.float32)
     row: dict[str, Any] = {"threads": t, "batch": b}
-    row.update(measure(lambda: eng.logits(x), repeat, warmup).to_json("engine_ms"))
+    fns: dict[str, Any] = {"engine_ms": lambda: eng.logits(x)}
     if "torch" in base.wanted:
-        row.update(measure(base.torch_fn(t, b), repeat, warmup).to_json("torch_fp32_ms"))
+        fns["torch_fp32_ms"] = base.torch_fn(t, b)
     if "ort" in base.wanted:
-        row.update(measure(base.ort_fn("fp32", t, b), repeat, warmup).to_json("ort_fp32_ms"))
-        row.update(measure(base.ort_fn("int8", t, b), repeat, warmup).to_json("ort_int8_ms"))
+        fns["ort_fp32_ms"] = base.ort_fn("fp32", t, b)
+        fns["ort_int8_ms"] = base.ort_fn("int8", t, b)
     if "openvino" in base.wanted:
-        row.update(measure(base.ov_fn(t, b), repeat, warmup).to_json("openvino_bnn_ms"))
+        fns["openvino_bnn_ms"] = base.ov_fn(t, b)
+    if rounds > 1:
+        for key, tm in measure_interleaved(fns, repeat, warmup, rounds).items():
+            row.update(tm.to_json(key))
+    else:
+        for key, fn in fns.items():
+            row.update(measure(fn, repeat, warmup).to_json(key))
     keys = [k for k in ("torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms") if k in row]
     row["speedup"] = {k[:-3]: row[k] / row["engine_ms"] for k in keys}
     # per-call process CPU time: comparable between runtimes only with one thread each
@@ -471,7 +574,7 @@ def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], 
     for step in eng._plan:
         inp = [env[v] for v in step.srcs]
         tm = measure(_bind(step.fn, inp), repeat, warmup)
-        env[step.dst] = step.fn(inp)
+        env.update(step.outputs(step.fn(inp)))
         steps.append({"ops": list(step.ops), **tm.to_json("engine_ms")})
         for name in step.ops:
             step_ms[name] = tm
@@ -541,6 +644,18 @@ def format_report(result: dict[str, Any]) -> str:
             tf = f", torch fp32 {layer['torch_fp32_ms']:.3f} ms" if "torch_fp32_ms" in layer else ""
             lines.append(f"{'':>14}{layer['type']} {layer['name']}: engine {layer['engine_ms']:.3f} ms "
                          f"({layer['binary_macs_per_s']:.3g} binary MACs/s){tf}{ov}")
+    am = result.get("activation_memory")
+    if am:
+        lines.append(f"peak activation memory per sample (whole network): engine {am['engine_peak_bytes_per_sample']} B, "
+                     f"float32 model of the same graph {am['float32_peak_bytes_per_sample']} B "
+                     f"({(am['ratio_float32_over_engine'] or 0):.1f}x less)")
+    ch = result.get("checks")
+    if ch:
+        rel = ch.get("ort_fp32_vs_torch_max_rel_diff")
+        lines.append(f"checks: output shapes {'equal' if ch['output_shapes_ok'] else 'DIFFER'} "
+                     f"({', '.join(f'{k} {v}' for k, v in ch['output_shapes'].items())})"
+                     + (f"; ORT fp32 vs PyTorch max rel diff {rel:.2e} ({'ok' if ch['ort_fp32_vs_torch_ok'] else 'FAILED'})"
+                        if rel is not None else ""))
     mem, f = result["memory"], result["file"]
     lines.append(f"middle-layer activations per sample: engine {mem['engine_middle_peak_activation_bytes']} B, "
                  f"float32 {mem['float32_middle_peak_activation_bytes']} B "

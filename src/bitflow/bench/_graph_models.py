@@ -94,15 +94,26 @@ def _unpack_pm1(words: np.ndarray, channels: int) -> np.ndarray:
 
 def openvino_bnn(graph: Graph, batch: int) -> Any:
     """An ``openvino.Model`` of the graph's architecture with BinaryConvolution layers (NCHW),
-    for a static batch size (the CPU plugin's binary convolution needs static shapes)."""
+    for a static batch size (the CPU plugin's binary convolution needs static shapes).
+
+    The graph may be a DAG (residual networks): every value maps to an OpenVINO node, so a
+    value read by several ops (a residual stream read by the next add and by its threshold)
+    is one node with several consumers. Residual ops: ``add_f32`` -> ``Add`` (left to right),
+    ``avgpool_f32`` -> ``AvgPool`` (zero padding counted), ``global_avgpool_f32`` ->
+    ``ReduceMean`` over H, W; the float 1x1 downsample convolutions are ``Convolution``."""
     import openvino as ov
     import openvino.opset13 as ops
 
     values = graph.validate()
     spec = graph.input
     x = ops.parameter([batch, spec.channels, spec.height, spec.width], np.float32, name="input")
-    node: Any = x
-    vec = False  # True once activations are [N, K, 1, 1] vectors (after flatten)
+    nodes: dict[str, Any] = {spec.name: x}
+    producer = {op.outputs[0]: op for op in graph.ops}
+    readers: dict[str, list[Any]] = {}
+    for op in graph.ops:
+        for v in op.inputs:
+            readers.setdefault(v, []).append(op)
+    vec: dict[str, bool] = {spec.name: False}  # True once activations are [N, K, 1, 1] vectors (after flatten)
 
     def chan_const(v: np.ndarray) -> Any:
         return ops.constant(np.asarray(v, np.float32).reshape(1, -1, 1, 1))
@@ -110,6 +121,8 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
     for op in graph.ops:
         t, a = op.type, op.attrs
         p = {role: graph.tensors[name] for role, name in op.params.items()}
+        node = nodes[op.inputs[0]]
+        is_vec = vec[op.inputs[0]]
         if t in _OV_UNSUPPORTED:
             raise ValueError(f"OpenVINO baseline: multi-bit op {t!r} has no BinaryConvolution equivalent")
         if t in ("conv2d_f32", "conv2d_u8i8"):
@@ -131,19 +144,34 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
         elif t in ("maxpool_f32", "maxpool_i32", "maxpool_bits"):
             pad = list(a["padding"])
             node = ops.max_pool(node, list(a["stride"]), [1, 1], pad, pad, list(a["kernel"]), name=op.name).output(0)
+        elif t == "avgpool_f32":
+            pad = list(a["padding"])
+            node = ops.avg_pool(node, list(a["stride"]), pad, pad, list(a["kernel"]), False, name=op.name)
+        elif t == "global_avgpool_f32":
+            node = ops.reduce_mean(node, ops.constant(np.array([2, 3], np.int64)), True, name=op.name)
+        elif t == "add_f32":
+            for other in op.inputs[1:]:
+                node = ops.add(node, nodes[other])
+            node.set_friendly_name(op.name)
         elif t in ("threshold_bits", "threshold_f32_bits", "bitpack"):
-            ch = int(np.prod(values[op.inputs[0]].shape)) if vec else values[op.inputs[0]].shape[-1]
+            ch = int(np.prod(values[op.inputs[0]].shape)) if is_vec else values[op.inputs[0]].shape[-1]
             thr = p["thr"].astype(np.float32) if "thr" in p else np.zeros(ch, np.float32)
             lo = chan_const(thr)
-            # Levels -1 and +1. (Output levels 0 and 1 are the form its CPU plugin fuses into a
-            # producing BinaryConvolution as a binarization post-op, but with a max-pool
-            # between a binary convolution and its threshold, as here, the plugin then fails
-            # to compile: "unsupported reorder case" from blocked f32 to u1.)
-            low = -1.0
+            # Output levels 0 and 1 make it the CPU plugin's "binarization" (a JIT kernel that
+            # writes u1 bits straight to the next BinaryConvolution; bit 1 = +1, as its
+            # xnor-popcount reads them). That form compiles only where the bits go straight to
+            # binary convolutions and the threshold does not follow a max-pool of a binary
+            # convolution (the AlexNet / VGG chains: "unsupported reorder case" from blocked
+            # f32 to u1); there the levels are -1 and +1: a FakeQuantize to f32 and a reorder.
+            src = producer.get(op.inputs[0])
+            after_pool = src is not None and src.type.startswith("maxpool") and src.inputs[0] in producer \
+                and producer[src.inputs[0]].type in ("bconv2d", "bdense")
+            to_binary = all(r.type in ("bconv2d", "bdense") for r in readers.get(op.outputs[0], []))
+            low = 0.0 if to_binary and not after_pool else -1.0
             node = ops.fake_quantize(node, lo, lo, ops.constant(np.float32(low)), ops.constant(np.float32(1)), 2, name=op.name)
         elif t == "flatten":
             node = ops.reshape(node, ops.constant(np.array([0, -1, 1, 1], np.int64)), special_zero=True)
-            vec = True
+            is_vec = True
         elif t in ("scale_bias", "affine_f32"):
             node = ops.add(ops.multiply(node, chan_const(p["scale"])), chan_const(p["bias"]), name=op.name)
         elif t == "relu_f32":
@@ -155,4 +183,6 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
                 node = ops.add(node, ops.constant(p["bias"].astype(np.float32).reshape(1, -1)))
         else:
             raise ValueError(f"op {op.name!r}: no OpenVINO equivalent for op type {t!r}")
-    return ov.Model([node], [x], "bitflow_bnn")
+        nodes[op.outputs[0]] = node
+        vec[op.outputs[0]] = is_vec
+    return ov.Model([nodes[graph.output]], [x], "bitflow_bnn")

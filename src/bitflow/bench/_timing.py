@@ -49,6 +49,38 @@ def measure(fn: Callable[[], Any], repeat: int, warmup: int) -> Timing:
     return Timing(1e3 * _median(times), 1e3 * times[0], 1e3 * times[-1], len(times), 1e3 * _median(sorted(cpu)))
 
 
+def measure_interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int,
+                        rounds: int = 1) -> dict[str, Timing]:
+    """Like :func:`measure` for several runtimes at once, interleaved: ``rounds`` rounds, each
+    calling every ``fn`` in turn ``ceil(repeat / rounds)`` times (after ``warmup`` untimed calls
+    of each in the first round and one untimed call per later round), so that a slow phase of
+    a shared machine (another process taking the core) hits every runtime alike instead of
+    whichever block ran then. Returns each key's median, min and max over all its timed
+    calls."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if warmup < 0 or rounds < 1:
+        raise ValueError(f"warmup must be >= 0 and rounds >= 1, got warmup={warmup}, rounds={rounds}")
+    per = -(-repeat // rounds)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for key, fn in fns.items():
+            for _ in range(warmup if r == 0 else min(1, warmup)):
+                fn()
+            for _ in range(per):
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
+    out = {}
+    for key in fns:
+        ts = sorted(times[key])
+        out[key] = Timing(1e3 * _median(ts), 1e3 * ts[0], 1e3 * ts[-1], len(ts), 1e3 * _median(sorted(cpu[key])))
+    return out
+
+
 def _median(sorted_values: list[float]) -> float:
     mid = len(sorted_values) // 2
     return sorted_values[mid] if len(sorted_values) % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])

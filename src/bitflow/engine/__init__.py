@@ -26,7 +26,6 @@ from .. import _native as N
 from ..ir import Graph, load_graph
 from ..ir.graph import ValueInfo
 from ..ir.ops import OPS, EngineContext
-from ..ir.reference import preprocess
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 TableKernel = Callable[[list[np.ndarray]], np.ndarray]
@@ -34,13 +33,22 @@ TableKernel = Callable[[list[np.ndarray]], np.ndarray]
 
 class Step(NamedTuple):
     """One call of a plan: ``env[dst] = fn([env[s] for s in srcs])``, covering graph ops
-    ``ops``; ``free`` lists the values whose last reader this step is (released after it)."""
+    ``ops``; ``free`` lists the values whose last reader this step is (released after it).
+    A step with ``extra`` values produces several: ``fn`` then returns the tuple
+    ``(dst value, *extra values)``; :meth:`outputs` names them either way."""
 
     srcs: tuple[str, ...]
     dst: str
     fn: TableKernel
     ops: tuple[str, ...]
     free: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+
+    def outputs(self, result: Any) -> dict[str, np.ndarray]:
+        """``{value name: array}`` of what ``fn`` returned."""
+        if not self.extra:
+            return {self.dst: result}
+        return dict(zip((self.dst, *self.extra), result, strict=True))
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
@@ -94,10 +102,22 @@ class Engine:
         def private(value: str) -> bool:  # consumed by exactly the next op, not an output
             return uses.get(value, 0) == 1 and value != self.graph.output
 
+        streams, absorbed = self._fuse_streams(ops, uses, private)
         plan: list[Step] = []
         i = 0
         while i < len(ops):
             op = ops[i]
+            if i in streams:
+                plan.append(streams[i])
+                i += 1
+                continue
+            if i in absorbed:
+                i += 1
+                continue
+            if op.type == "maxpool_f32":
+                plan.append(self._steps[i]._replace(fn=self._maxpool_f32_fast(op)))
+                i += 1
+                continue
             fused = self._fuse_binary(ops, i, private)
             if fused is not None:
                 n_ops, fn = fused
@@ -108,6 +128,126 @@ class Engine:
             plan.append(self._steps[i])
             i += 1
         return plan
+
+    def _maxpool_f32_fast(self, op: Any) -> TableKernel:
+        a, th = op.attrs, self.threads
+        k, s, p = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
+        ks = self.kernels
+        return lambda xs: N.maxpool_f32_fast(xs[0], k, s, p, th, ks)
+
+    def _fuse_streams(self, ops: list[Any], uses: dict[str, int],
+                      private: Callable[[str], bool]) -> tuple[dict[int, Step], set[int]]:
+        """Float-stream fusion of residual DAGs (:class:`bitflow._native.FloatStream`): every
+        ``add_f32``, with the private ``scale_bias`` / ``affine_f32`` chains that feed it, and
+        every ``threshold_f32_bits`` (with the add it reads, if any, and the private affine
+        chain before it) become one pass over the rows; where a chain starts at a lone
+        ``bconv2d`` whose int32 output only it reads, the convolution runs with the stream as
+        its epilogue (:meth:`FloatStream.after`), so the int32 map is never stored. A step
+        that keeps the add's output and also thresholds it produces both values (``Step.extra``).
+        Returns {index of the op at whose place the step runs: step} and the absorbed ops.
+        The same float32 operations in the same order as the ops: identical bits and floats."""
+        g, th = self.graph, self.threads
+        producer = {op.outputs[0]: i for i, op in enumerate(ops)}
+        readers: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            for v in op.inputs:
+                readers.setdefault(v, []).append(i)
+        streams: dict[int, Step] = {}
+        absorbed: set[int] = set()
+
+        def chain(v: str) -> tuple[str, bool, list[tuple[np.ndarray, np.ndarray]], list[int]]:
+            stages: list[tuple[np.ndarray, np.ndarray]] = []
+            taken: list[int] = []
+            cur = v
+            while cur in producer and private(cur):
+                j = producer[cur]
+                p = ops[j]
+                if p.type not in ("affine_f32", "scale_bias") or j in absorbed:
+                    break
+                stages.insert(0, (g.tensors[p.params["scale"]], g.tensors[p.params["bias"]]))
+                taken.append(j)
+                cur = p.inputs[0]
+                if p.type == "scale_bias":
+                    break
+            return cur, self.values[cur].dtype == "int32", stages, taken
+
+        chain_ops = ("affine_f32", "scale_bias")
+
+        def chain_end(i: int) -> bool:  # an affine op whose value no later stream op takes over
+            v = ops[i].outputs[0]
+            rs = readers.get(v, [])
+            return not (private(v) and ops[rs[0]].type in (*chain_ops, "add_f32", "threshold_f32_bits"))
+
+        for i, op in enumerate(ops):
+            if i in absorbed:
+                continue
+            thr_op = None
+            if op.type == "add_f32":
+                y = op.outputs[0]
+                thr_i = next((r for r in readers.get(y, []) if ops[r].type == "threshold_f32_bits"), None)
+                thr_op = ops[thr_i] if thr_i is not None else None
+                keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
+                operands = [chain(v) for v in op.inputs]
+            elif op.type == "threshold_f32_bits":
+                thr_i, thr_op, keep_y, y = i, op, False, op.outputs[0]
+                operands = [chain(op.inputs[0])]
+            elif op.type in chain_ops and chain_end(i):
+                thr_i, keep_y, y = None, True, op.outputs[0]
+                src, i32, stages, taken = chain(op.inputs[0])
+                operands = [(src, i32, [*stages, (g.tensors[op.params["scale"]], g.tensors[op.params["bias"]])],
+                             [*taken, i])]
+            else:
+                continue
+            o = self.values[y if op.type != "threshold_f32_bits" else op.inputs[0]].shape[-1]
+            kw: dict[str, Any] = {}
+            if thr_op is not None:
+                kw = {"thr": g.tensors[thr_op.params["thr"]], "direction": g.tensors[thr_op.params["direction"]]}
+            fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y,
+                               kernels=self.kernels, **kw)
+            used = [j for od in operands for j in od[3] if j != i]
+            # A convolution at the start of one operand, read only by it: run it with the stream
+            # as its epilogue (a lone binary or int8 convolution: int32 operand; a float
+            # convolution: the single float operand, transformed in place).
+            pos = next((k for k, od in enumerate(operands) if od[0] in producer and private(od[0])
+                        and producer[od[0]] not in absorbed and self._epilogue_conv(ops[producer[od[0]]], od[1],
+                                                                                    len(operands), keep_y)), None)
+            if pos is not None:
+                conv = ops[producer[operands[pos][0]]]
+                fn = self._conv_with_stream(conv, fs, pos)
+                srcs = (conv.inputs[0], *(od[0] for k, od in enumerate(operands) if k != pos))
+                used.append(producer[operands[pos][0]])
+            else:
+                srcs = tuple(od[0] for od in operands)
+                fn = _stream(fs, th)
+            outs = ([y] if keep_y else []) + ([thr_op.outputs[0]] if thr_op is not None else [])
+            names = [ops[j].name for j in sorted(used)]
+            names.append(op.name)
+            if thr_op is not None and thr_op is not op:
+                names.append(thr_op.name)
+                absorbed.add(thr_i)  # type: ignore[arg-type]
+            absorbed.update(used)
+            streams[i] = Step(srcs, outs[0], fn, tuple(names), (), tuple(outs[1:]))
+        return streams, absorbed
+
+    def _epilogue_conv(self, conv: Any, i32: bool, n_operands: int, keep_y: bool) -> bool:
+        """Whether ``conv`` can run with a float stream as its epilogue (see _fuse_streams)."""
+        if i32 and conv.type in ("bconv2d", "conv2d_u8i8"):
+            return conv.type == "conv2d_u8i8" or self.values[conv.inputs[0]].planes == 1
+        return not i32 and conv.type == "conv2d_f32" and n_operands == 1 and keep_y
+
+    def _conv_with_stream(self, conv: Any, fs: Any, pos: int) -> TableKernel:
+        g, th, a = self.graph, self.threads, conv.attrs
+        w = g.tensors[conv.params["w"]]
+        if conv.type == "conv2d_f32":
+            bias, st, pad, ks = g.tensors.get(conv.params.get("bias", "")), tuple(a["stride"]), tuple(a["padding"]), self.kernels
+            return lambda xs: fs.after_conv2d(xs[0], w, bias, st, pad, ks, th)
+        layer: Any
+        if conv.type == "conv2d_u8i8":
+            layer = N.Int8ConvLayer(w, tuple(a["stride"]), tuple(a["padding"]), kernels=self.kernels)
+        else:
+            layer = N.BinaryLayer(w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"],
+                                  kernels=self.kernels)
+        return _after(fs, layer, pos, th)
 
     def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
         op = ops[i]
@@ -188,12 +328,13 @@ class Engine:
             return nhwc if spec.preprocess == "uint8" else nhwc.astype(np.float32) / np.float32(255)
         if x.dtype != np.float32:
             raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
-        # the reference executor's preprocessing: NHWC, and for a fixed-point first layer
-        # round(255 x) with round-half-to-even, exactly like Int8Conv2d in training
-        if spec.preprocess != "uint8":
-            return preprocess(self.graph, x)
-        # native: the same float32 operations in one threaded pass (ValueError on NaN / inf)
+        # the reference executor's preprocessing (ir.reference.preprocess: NHWC, and for a
+        # fixed-point first layer round(255 x) with round-half-to-even, exactly like Int8Conv2d
+        # in training), native: the same float32 operations in one threaded pass; ValueError
+        # on NaN / inf
         try:
+            if spec.preprocess != "uint8":
+                return N.nhwc_f32(x, self.threads)
             return N.quantize_u8_nhwc(x, self.threads)
         except ValueError:
             raise ValueError("input contains NaN or infinity") from None
@@ -205,7 +346,7 @@ class Engine:
         env = {self.graph.input.name: self._prepare(x)}
         if not keep:
             for step in self._plan:
-                env[step.dst] = step.fn([env[v] for v in step.srcs])
+                env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
                 for v in step.free:
                     del env[v]
             return env
@@ -221,7 +362,7 @@ class Engine:
         live = size[self.graph.input.name]
         peak = live
         for step in self._plan if fused else self._steps:
-            live += size[step.dst]
+            live += size[step.dst] + sum(size[v] for v in step.extra)
             peak = max(peak, live)
             live -= sum(size[v] for v in step.free)
         return int(peak)
@@ -259,6 +400,14 @@ class Engine:
 
 def _one(fn: Kernel) -> TableKernel:
     return lambda xs: fn(xs[0])
+
+
+def _stream(fs: Any, threads: int) -> TableKernel:
+    return lambda xs: fs(list(xs), threads)
+
+
+def _after(fs: Any, layer: Any, pos: int, threads: int) -> TableKernel:
+    return lambda xs: fs.after(layer, xs[0], list(xs[1:]), pos, threads)
 
 
 def _with_frees(steps: list[Step], output: str) -> list[Step]:

@@ -143,4 +143,17 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
   });
 }
 
+void BinaryLayer::run_epilogue(int threads, const void* x, std::int64_t n, std::int64_t h,
+                               std::int64_t w, const AccEpilogue& epi) const {
+  const ConvGeom g = geom(n, h, w);
+  thread_local std::vector<std::int32_t> acc_buf;
+  acc_buf.resize(static_cast<std::size_t>(n * g.ho() * g.wo() * g.o));
+  std::int32_t* const acc = acc_buf.data();  // raw pointer: the epilogue may run on helpers
+  const RowsEpilogue epilogue = [&](std::int64_t m0, std::int64_t m1) { epi(acc, m0, m1); };
+  if (int8_)
+    conv2d_u8i8_prepared(*ks_, threads, static_cast<const std::uint8_t*>(x), prep8_, g, acc, &epilogue);
+  else
+    bconv2d_prepared(*ks_, threads, static_cast<const std::uint64_t*>(x), 1, prep_, g, pad_value_, acc, &epilogue);
+}
+
 }  // namespace bitflow::ops

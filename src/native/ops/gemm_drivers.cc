@@ -450,17 +450,14 @@ void sgemm_threaded(const KernelSet& ks, int threads, const float* a, const floa
 }  // namespace
 
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
-                const float* bias, const ConvGeom& g, float* out) {
+                const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   const std::int64_t K = g.kh * g.kw * g.c;
   if (M == 0 || g.o == 0) return;
   if (K == 0) {
     for (std::int64_t m = 0; m < M; ++m)
       for (std::int64_t o = 0; o < g.o; ++o) out[m * g.o + o] = bias != nullptr ? bias[o] : 0.0f;
-    return;
-  }
-  if (is_pointwise(g)) {
-    sgemm_threaded(ks, threads, x, w, bias, M, g.o, K, out);
+    run_epilogue(epilogue, M, threads);
     return;
   }
   threads = threads_for(work_ns(static_cast<double>(M) * g.o * K, kNsPerF32Mac,
@@ -470,13 +467,30 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
     // of kNB = 32, hence of 16). Packing is O(O K), small next to the O(M O K) product.
     static_assert(kNB % kPackedF32NR == 0, "column blocks must start at packed-block boundaries");
     const std::vector<float> bp = pack_sgemm_weights(w, g.o, K);
+    if (is_pointwise(g)) {
+      // a 1x1 convolution reads its NHWC rows in place (no im2col); row blocks over threads,
+      // every output channel per task (the packed kernel's outer-product tiles)
+      const Blocking bl = make_blocking(M, g.o, K * 4, threads);
+      parallel_for(bl.n_mb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = t * bl.mb, mc = std::min(bl.mb, M - m0);
+        ks.sgemm_packed(x + m0 * K, K, bp.data(), mc, g.o, K, bias, out + m0 * g.o, g.o);
+        if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+      });
+      return;
+    }
     conv_driver<float>(
         M, g.o, K, 1, threads,
         [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
         [&](const float* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
           ks.sgemm_packed(a, K, bp.data() + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
                           bias != nullptr ? bias + n0 : nullptr, out + m0 * g.o + n0, g.o);
-        });
+        },
+        epilogue);
+    return;
+  }
+  if (is_pointwise(g)) {
+    sgemm_threaded(ks, threads, x, w, bias, M, g.o, K, out);
+    run_epilogue(epilogue, M, threads);
     return;
   }
   conv_driver<float>(
@@ -485,7 +499,8 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
       [&](const float* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
         ks.sgemm(a, K, w + n0 * K, K, mc, nc, K, bias != nullptr ? bias + n0 : nullptr,
                  out + m0 * g.o + n0, g.o);
-      });
+      },
+      epilogue);
 }
 
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,

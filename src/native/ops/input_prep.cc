@@ -59,4 +59,28 @@ bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64
   return finite.load();
 }
 
+bool nhwc_f32(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+              float* out, int threads) {
+  std::atomic<bool> finite{true};
+  parallel_rows(n * h, 0.2 * static_cast<double>(w * c), threads, [&](std::int64_t r0, std::int64_t r1) {
+    const std::int64_t W = w, C = c, H = h;
+    std::uint32_t bad = 0;
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t b = r / H, i = r % H;
+      float* dst = out + r * W * C;
+      for (std::int64_t ch = 0; ch < C; ++ch) {
+        const float* src = x + ((b * C + ch) * H + i) * W;
+        for (std::int64_t j = 0; j < W; ++j) {
+          std::uint32_t u;
+          std::memcpy(&u, src + j, sizeof u);
+          bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);  // inf or NaN
+          dst[j * C + ch] = src[j];
+        }
+      }
+    }
+    if (bad != 0) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
+
 }  // namespace bitflow::ops

@@ -76,8 +76,11 @@ NATIVE_NON_OPS = frozenset(
         "kernel_info",
         "peak_probe",
         "quantize_u8_nhwc",
+        "nhwc_f32",
         "BinaryLayer",
         "Int8ConvLayer",
+        "FloatStream",  # the engine's fused plan: affine chains -> add_f32 -> threshold_f32_bits
+        "maxpool_f32_fast",  # the engine's fused plan: maxpool_f32 vectorized and threaded
     }
 )
 

@@ -14,6 +14,7 @@
 // as the int32 max-pool skips them, so this equals maxpool_i32 -> threshold_bits exactly.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "bitflow/ops.h"
@@ -58,6 +59,14 @@ class BinaryLayer {
   /// of out_bits / out_acc is used.
   void run(int threads, const void* x, std::int64_t n, std::int64_t h, std::int64_t w,
            std::uint64_t* out_bits, std::int32_t* out_acc) const;
+
+  /// The convolution alone (a layer without pool and threshold) into a per-thread int32
+  /// scratch [n * Ho * Wo, O]: every finished block of rows [m0, m1) is handed to
+  /// epi(acc, m0, m1) (acc: the scratch base) on the thread that computed it, while it is in
+  /// that thread's cache (e.g. a FloatStream, bitflow/float_stream.h). Same int32 values as run.
+  using AccEpilogue = std::function<void(const std::int32_t* acc, std::int64_t m0, std::int64_t m1)>;
+  void run_epilogue(int threads, const void* x, std::int64_t n, std::int64_t h, std::int64_t w,
+                    const AccEpilogue& epi) const;
 
  private:
   const KernelSet* ks_;

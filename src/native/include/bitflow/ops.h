@@ -109,6 +109,10 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
 /// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
 bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
                       std::int64_t w, std::uint8_t* out, int threads);
+/// A float first layer's input: x float32 [n, c, h, w] -> out float32 [n, h, w, c], the same
+/// values (a layout copy); rows over threads. Returns false if some x is NaN or infinite.
+bool nhwc_f32(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+              float* out, int threads);
 
 // ---- output transforms (rows = product of leading dims, o = channels) ------------------
 /// bit 1 (-1) iff acc < thr (dir +1) or acc > thr (dir -1); out [rows, words_for(o)].
@@ -151,8 +155,11 @@ void maxpool_i32(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, in
 void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1);
 
 // ---- first / last layers -----------------------------------------------------------------
+/// epilogue (optional): called on every finished block of output rows [m0, m1) (rows of
+/// [n * Ho * Wo, O]) by the thread that computed it, e.g. an in-place FloatStream.
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
-                const float* bias, const ConvGeom& g, float* out);
+                const float* bias, const ConvGeom& g, float* out,
+                const RowsEpilogue* epilogue = nullptr);
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,

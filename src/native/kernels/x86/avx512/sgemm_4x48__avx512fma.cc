@@ -1,6 +1,7 @@
 // sgemm_4x48__avx512fma: float GEMM against packed weights (SgemmPackedFn, kernels.h). A tile
 // is 4 A rows x 3 weight blocks of 16 output channels: 12 zmm accumulators, one lane per
-// output channel. Each k loads the 3 block vectors Bp[k][16] and, per A row, broadcasts
+// output channel (a column range of 49-64 channels takes one 4 x 64 tile, 16 accumulators, so
+// that a 64-channel layer, e.g. a ResNet stem, needs no latency-bound 4 x 16 tail). Each k loads the 3 block vectors Bp[k][16] and, per A row, broadcasts
 // A[m][k] (vbroadcastss from memory) into one FMA with each: every output is summed in order
 // k = 0..K-1 with one rounding per step, then the bias is added (one rounding). No horizontal
 // reductions. Built with -mavx512f -mfma.
@@ -20,20 +21,20 @@ inline __attribute__((always_inline)) void tile(const float* A, std::int64_t lda
   __m512 acc[MR][NV];
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
   for (std::int64_t k = 0; k < K; ++k) {
     __m512 b[NV];
-#pragma GCC unroll 3
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) b[j] = _mm512_loadu_ps(B + j * block_stride + k * kPackedF32NR);
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const __m512 a = _mm512_set1_ps(A[i * lda + k]);
-#pragma GCC unroll 3
+#pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
     }
   }
-#pragma GCC unroll 3
+#pragma GCC unroll 4
   for (int j = 0; j < NV; ++j) {
     const std::int64_t left = nvalid - 16 * j;
     if (left <= 0) break;
@@ -67,16 +68,24 @@ void sgemm_4x48__avx512fma(const float* A, std::int64_t lda, const float* Bp, st
                            std::int64_t N, std::int64_t K, const float* bias, float* C,
                            std::int64_t ldc) {
   const std::int64_t block_stride = K * kPackedF32NR;  // floats per 16-channel block
-  for (std::int64_t n0 = 0; n0 < N; n0 += 3 * kPackedF32NR) {
+  for (std::int64_t n0 = 0; n0 < N;) {
     const float* B = Bp + (n0 / kPackedF32NR) * block_stride;
     const float* bn = bias != nullptr ? bias + n0 : nullptr;
-    const std::int64_t nvalid = N - n0 < 3 * kPackedF32NR ? N - n0 : 3 * kPackedF32NR;
+    if (N - n0 > 3 * kPackedF32NR) {
+      // 4 blocks (64 channels, 16 accumulators): a 64-channel layer in one pass over A
+      const std::int64_t nvalid = N - n0 < 4 * kPackedF32NR ? N - n0 : 4 * kPackedF32NR;
+      columns<4>(A, lda, B, block_stride, M, K, bn, C + n0, ldc, nvalid);
+      n0 += 4 * kPackedF32NR;
+      continue;
+    }
+    const std::int64_t nvalid = N - n0;
     if (nvalid > 2 * kPackedF32NR)
       columns<3>(A, lda, B, block_stride, M, K, bn, C + n0, ldc, nvalid);
     else if (nvalid > kPackedF32NR)
       columns<2>(A, lda, B, block_stride, M, K, bn, C + n0, ldc, nvalid);
     else
       columns<1>(A, lda, B, block_stride, M, K, bn, C + n0, ldc, nvalid);
+    n0 = N;
   }
 }
 

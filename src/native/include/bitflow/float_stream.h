@@ -1,0 +1,97 @@
+// The fused float stream of residual networks: the engine's one-pass form of
+//
+//   scale_bias / affine_f32 chains -> add_f32 -> threshold_f32_bits
+//
+// (Bi-Real units: y = BN(scale(bconv(bits))) + shortcut(x), then the next unit's sign). Each
+// operand k is an int32 or float32 [rows, o] value taken through its affine stages
+// v = (v * scale[c]) + bias[c] (two float32 roundings per stage, exactly scale_bias /
+// affine_f32; an int32 operand is converted to float32 first, as scale_bias does), the
+// operands are summed left to right in float32 (add_f32: every partial sum rounded), and the
+// sum y is kept and / or thresholded to packed bits (threshold_f32_bits: bit 1 iff y < thr
+// for direction +1, y > thr for -1; NaN gives 0). The library is built without FMA
+// contraction and without reassociation, so the result equals the unfused ops bit for bit for
+// any thread count (every row is computed by one thread with the same instructions).
+//
+// Operand 0 may be a float32 value read and overwritten in place (y = its own buffer: every
+// element is read before it is written, row by row): the epilogue of a float convolution
+// (conv2d_f32 -> affine_f32) then needs no second map.
+//
+// A FloatStream can also run as the epilogue of a prepared binary convolution
+// (BinaryLayer::run_epilogue): operand 0 is then the convolution's int32 output, consumed
+// block by block while it is still in the cache of the thread that computed it, and never
+// written to a full-size buffer.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "bitflow/ops.h"
+
+namespace bitflow::ops {
+
+class FloatStream {
+ public:
+  struct Stage {
+    std::vector<float> scale, bias;
+  };
+  struct Operand {
+    bool i32 = false;  // int32 input (converted to float32 first), else float32
+    std::vector<Stage> stages;
+  };
+
+  /// o channels (the last axis of every operand); thr / dir (o values each) may be null (no
+  /// bits output); keep_y: store the sum y. wide: use the AVX-512 rows (the caller checked
+  /// that they are built and that the CPU has AVX-512F; same results, bit for bit).
+  FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,
+              const std::int8_t* dir, bool keep_y, bool wide = false);
+  bool wide() const { return wide_; }
+
+  std::int64_t channels() const { return o_; }
+  std::size_t operand_count() const { return operands_.size(); }
+  const Operand& operand(std::size_t k) const { return operands_[k]; }
+  bool has_threshold() const { return !thr_.empty(); }
+  bool keeps_y() const { return keep_y_; }
+
+  /// Rows [r0, r1): xs[k] is operand k's [rows, o] base pointer (int32 or float32); y
+  /// [rows, o] (when keeps_y) and bits [rows, words_for(o)] (when has_threshold).
+  void rows(const void* const* xs, std::int64_t r0, std::int64_t r1, float* y,
+            std::uint64_t* bits) const;
+  /// All rows, split over up to `threads` threads by work size.
+  void run(int threads, const void* const* xs, std::int64_t rows, float* y,
+           std::uint64_t* bits) const;
+  /// Estimated nanoseconds of one row (for the thread split).
+  double ns_per_row() const;
+
+ private:
+  std::int64_t o_;
+  std::vector<Operand> operands_;
+  std::vector<float> thr_;
+  std::vector<std::uint32_t> pos_;  // per channel: all ones iff direction +1
+  bool keep_y_;
+  bool wide_;
+};
+
+/// threshold_f32_bits of rows [0, rows) with per-channel all-ones masks for direction +1
+/// (vectorized form of the definition in transforms_ref.cc; equal bit for bit).
+void threshold_f32_bits_rows(const float* y, std::int64_t rows, std::int64_t o, const float* thr,
+                             const std::uint32_t* pos, std::uint64_t* out);
+
+/// maxpool_f32 (PyTorch semantics, the definition in pool_ref.cc: the first maximum of the
+/// window in row-major order, padded positions ignored, a NaN once seen stays) with the
+/// channel loop vectorized; equal bit for bit. Output rows ((n, oh) pairs) over threads.
+void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads, bool wide = false);
+
+/// Whether the AVX-512 float rows are built and this CPU runs them.
+bool float_stream_wide_available();
+
+}  // namespace bitflow::ops
+
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+namespace bitflow::avx512 {
+// kernels/x86/avx512/float_stream__avx512.cc (built with -mavx512f)
+void float_stream_rows__avx512(const ops::FloatStream& fs, const float* thr,
+                               const std::uint32_t* pos, const void* const* xs, std::int64_t r0,
+                               std::int64_t r1, float* y, std::uint64_t* bits);
+void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out,
+                              std::int64_t r0, std::int64_t r1);
+}  // namespace bitflow::avx512
+#endif
