@@ -17,6 +17,7 @@ multiplier of the small models).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -167,27 +168,27 @@ def lenet_plan(width: int = 32, fc: int = 256, image_size: int = 28) -> Plan:
 
 
 @register_model("bitflow_alexnet")
-def bitflow_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: object) -> nn.Module:
+def bitflow_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
     """BitFlow-Net AlexNet (binary middle layers; BatchShift at inference)."""
-    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="bitflow", **kw)  # type: ignore[arg-type]
+    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="bitflow", **kw)
 
 
 @register_model("xnor_alexnet")
-def xnor_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: object) -> nn.Module:
+def xnor_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
     """XNOR-Net AlexNet: the same training graph; float alpha + BatchNorm at inference."""
-    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="xnor", **kw)  # type: ignore[arg-type]
+    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="xnor", **kw)
 
 
 @register_model("alexnet")
-def alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: object) -> nn.Module:
+def alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
     """Full-precision AlexNet with the same widths and block order (baseline)."""
-    return build(alexnet_plan(image_size), binary=False, num_classes=num_classes, in_channels=in_channels, **kw)  # type: ignore[arg-type]
+    return build(alexnet_plan(image_size), binary=False, num_classes=num_classes, in_channels=in_channels, **kw)
 
 
 def _small(plan_fn, binary: bool, inference: str):  # type: ignore[no-untyped-def]
-    def make(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 32, fc: int = 256, **kw: object) -> nn.Module:
+    def make(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 32, fc: int = 256, **kw: Any) -> nn.Module:
         plan = plan_fn(width=width, fc=fc, image_size=image_size)
-        return build(plan, binary=binary, num_classes=num_classes, in_channels=in_channels, inference=inference, **kw)  # type: ignore[arg-type]
+        return build(plan, binary=binary, num_classes=num_classes, in_channels=in_channels, inference=inference, **kw)
 
     return make
 
