@@ -66,6 +66,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         workers=a.workers,
         progress=False if (a.json or a.no_progress) else None,
         model_kwargs={**_bits_kwargs(a), **_parse_kv(a.model_arg)},
+        method=a.method,
+        method_args=_parse_kv(a.method_arg),
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,
@@ -120,6 +122,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-calibrate", action="store_true",
                    help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
                         "to 1,024 training samples, bitflow.nn.mbbn.calibrate_ranges)")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="a BNN method of the survey (bitflow.methods.list_methods(): bnn, xnor, irnet, reactnet, ...)")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. teacher=runs/fp/best.pt (kd), lam=1e-6 (bnnplus), M=3 (abc)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     p.set_defaults(func=_cmd_train)
@@ -186,7 +192,10 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     from .convert import convert
     from .train import model_from_checkpoint
 
+    from .methods import prepare_for_deploy
+
     model, state = model_from_checkpoint(a.checkpoint)
+    model = prepare_for_deploy(model)  # a method's deployable form, or a clear UnsupportedLayerError
     graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
     graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data"),
                              "seed": state.get("seed")})
@@ -222,7 +231,10 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     from .convert import load_graph, verify
     from .train import model_from_checkpoint
 
+    from .methods import prepare_for_deploy
+
     model, state = model_from_checkpoint(a.checkpoint)
+    model = prepare_for_deploy(model)
     graph = load_graph(a.model_file)
     x, y = _model_arrays(a.data, a.limit, graph, seed=int(state.get("seed") or 0))
     report = verify(model, graph, x, y)
