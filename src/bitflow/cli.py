@@ -350,6 +350,15 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
                              epochs=a.epochs, bits=bits, method=a.method)
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
+    if a.paper == "survey":
+        from .analysis.reproduce_survey import reproduce_survey
+
+        seeds = tuple(int(v) for v in a.seeds.split(",")) if a.seeds else None
+        rep = reproduce_survey(a.out or "runs/reproduce-survey", data=a.data, quick=a.quick, seeds=seeds,
+                               methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
+                               backbone=a.backbone, epochs=a.epochs, log=log)
+        print(json.dumps(rep) if a.json else rep["text"])
+        return 0
     from .analysis.reproduce import format_report, reproduce_bitflow_net
 
     out = a.out or "runs/reproduce-bitflow-net"
@@ -364,7 +373,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 def _add_reproduce(sub: Any) -> None:
     p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)")
-    p.add_argument("paper", choices=("bitflow-net", "mbbn"))
+    p.add_argument("paper", choices=("bitflow-net", "mbbn", "survey"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)")
     p.add_argument("--quick", action="store_true", help="short trainings (under 10 minutes here)")
@@ -376,6 +385,10 @@ def _add_reproduce(sub: Any) -> None:
                    help="mbbn: comma-separated M = K values of the table, highest first (default 8,4,3,2,1; --quick 4,3,2,1)")
     p.add_argument("--method", default="quantizer", choices=("quantizer", "encoder"),
                    help="mbbn: Algorithm 2 (learned ranges, default) or Algorithm 1 (MBitEncoder)")
+    p.add_argument("--methods", default=None, help="survey: comma-separated method names (default: all, "
+                   "bitflow.methods.list_methods())")
+    p.add_argument("--seeds", default=None, help="survey: comma-separated seeds (default 0,1,2; --quick 0)")
+    p.add_argument("--backbone", default="bitflow_vgg_small", help="survey: bitflow_vgg_small | bitflow_lenet | bireal_resnet20")
     p.set_defaults(func=_cmd_reproduce)
 
 
