@@ -16,6 +16,8 @@ from torch import nn
 from bitflow import methods
 from bitflow.cli import main
 from bitflow.convert import UnsupportedLayerError, convert, verify
+from bitflow.engine import Engine, available_kernels
+from bitflow.engine.check import compare_with_reference
 from bitflow.models import create
 from bitflow.nn import survey as S
 from bitflow.train import TrainConfig, save_checkpoint, train
@@ -128,6 +130,10 @@ def test_deployable_methods_convert_exactly(name: str, teacher: str) -> None:
     r = verify(model, graph, x)
     assert r["sign_mismatches"] == 0, r
     assert r["prediction_mismatches"] <= r["near_threshold"]["samples"], r
+    # the native engine equals the reference executor on every kernel set built and supported here
+    for k in available_kernels():
+        rep = compare_with_reference(Engine(graph, kernels=k, threads=1), x)["reference"]
+        assert rep["exact_mismatches"] == 0 and rep["prediction_mismatches"] == 0, (k, rep)
 
 
 @pytest.mark.parametrize("name", sorted(NOT_YET))
@@ -222,3 +228,19 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = main(["convert", str(tmp_path / "b" / "best.pt"), "-o", str(tmp_path / "b.bfn")])
     assert rc == 2
     assert "real-valued activations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_survey_tiny(tmp_path: Path) -> None:
+    from bitflow.analysis.reproduce_survey import reproduce_survey
+
+    r = reproduce_survey(tmp_path, quick=True, methods_=["bnn", "bwn", "kd"], epochs=1, limit_train=256, limit_test=64,
+                         width=4, repeat=3, log=lambda m: None)
+    rows = {x["method"]: x for x in r["rows"]}
+    assert set(rows) == {"full precision", "bnn", "bwn", "kd"}
+    assert rows["bnn"]["sign_mismatches"] == 0 and rows["bnn"]["bfn_bytes"] > 0 and rows["bnn"]["engine_ms"] > 0
+    assert rows["bwn"]["deploy"].startswith("not yet") and rows["bwn"]["engine_ms"] is None
+    for f in ("report.md", "report.json", "accuracy_vs_latency.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    with pytest.raises(KeyError, match="valid names"):
+        reproduce_survey(tmp_path / "x", quick=True, methods_=["nope"])
