@@ -190,9 +190,8 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     import os
 
     from .convert import convert
-    from .train import model_from_checkpoint
-
     from .methods import prepare_for_deploy
+    from .train import model_from_checkpoint
 
     model, state = model_from_checkpoint(a.checkpoint)
     model = prepare_for_deploy(model)  # a method's deployable form, or a clear UnsupportedLayerError
@@ -229,9 +228,9 @@ def _add_convert(sub: Any) -> None:
 
 def _cmd_verify(a: argparse.Namespace) -> int:
     from .convert import load_graph, verify
+    from .methods import prepare_for_deploy
     from .train import model_from_checkpoint
 
-    from .methods import prepare_for_deploy
 
     model, state = model_from_checkpoint(a.checkpoint)
     model = prepare_for_deploy(model)

@@ -80,9 +80,13 @@ def list_methods() -> list[str]:
 # ----------------------------------------------------------------------------- transforms
 
 
-def _binary_modules(model: nn.Module, convs_only: bool = False) -> list[tuple[nn.Module, str, nn.Module]]:
-    """``(parent, attribute, layer)`` for every binary conv (and linear) layer."""
-    out = []
+Layer = BinaryConv2d | BinaryLinear
+
+
+def _binary_modules(model: nn.Module, convs_only: bool = False) -> list[tuple[nn.Module, str, Layer]]:
+    """``(parent, attribute, layer)`` for every binary conv (and linear) layer (not the method
+    subclasses a transform already put in)."""
+    out: list[tuple[nn.Module, str, Layer]] = []
     kinds = (BinaryConv2d,) if convs_only else (BinaryConv2d, BinaryLinear)
     for parent in model.modules():
         for attr, child in parent.named_children():
@@ -101,8 +105,8 @@ def _conv_kwargs(m: BinaryConv2d) -> dict[str, Any]:
 
 def _output_sizes(model: nn.Module) -> dict[int, tuple[int, int]]:
     """Output ``(H, W)`` of every binary conv, from one forward pass on a zero image."""
-    size = int(getattr(model, "image_size"))
-    cin = int(getattr(model, "in_channels"))
+    size = int(model.image_size)  # type: ignore[arg-type]
+    cin = int(model.in_channels)  # type: ignore[arg-type]
     sizes: dict[int, tuple[int, int]] = {}
     handles = [m.register_forward_hook(lambda mod, _i, o: sizes.__setitem__(id(mod), tuple(o.shape[-2:])))
                for _p, _a, m in _binary_modules(model, convs_only=True)]
@@ -123,6 +127,7 @@ def _xnorpp(model: nn.Module, args: dict[str, Any]) -> None:
     ``alpha (x) beta (x) gamma``, alpha initialized to ``mean |W_o|``)."""
     sizes = _output_sizes(model)
     for parent, attr, m in _binary_modules(model, convs_only=True):
+        assert isinstance(m, BinaryConv2d)
         new = S.XnorPPConv2d(**_conv_kwargs(m), input_quantizer=m.input_quantizer, weight_quantizer="sign",
                              out_hw=sizes[id(m)])
         with torch.no_grad():
@@ -135,6 +140,7 @@ def _abc(model: nn.Module, args: dict[str, Any]) -> None:
     """Every binary conv becomes an :class:`~bitflow.nn.survey.AbcConv2d` with ``M`` weight and
     ``N`` activation bases (binary dense layers keep the BNN/XNOR quantizers)."""
     for parent, attr, m in _binary_modules(model, convs_only=True):
+        assert isinstance(m, BinaryConv2d)
         new = S.AbcConv2d(**_conv_kwargs(m), bases_w=int(args["M"]), bases_a=int(args["N"]))
         with torch.no_grad():
             new.weight.copy_(m.weight)
@@ -157,13 +163,13 @@ def _reactnet(model: nn.Module, args: dict[str, Any]) -> None:
     from .models.resnet import BinaryBasicBlock, BiRealUnit
 
     for _p, _a, m in _binary_modules(model):
-        m.input_quantizer = S.RSign(m.in_channels if isinstance(m, BinaryConv2d) else m.in_features)
+        m.input_quantizer = S.RSign(int(m.in_channels if isinstance(m, BinaryConv2d) else m.in_features))
     if not args.get("rprelu", True):
         return
     for parent in list(model.modules()):
         if isinstance(parent, nn.Sequential):
             kids = list(parent.named_children())
-            for (_n0, prev), (n1, cur) in zip(kids, kids[1:]):
+            for (_n0, prev), (n1, cur) in zip(kids, kids[1:], strict=False):
                 if type(cur) is nn.ReLU and isinstance(prev, (BinaryConv2d, BinaryLinear)):
                     ch = prev.out_channels if isinstance(prev, BinaryConv2d) else prev.out_features
                     setattr(parent, n1, S.RPReLU(ch))
@@ -317,9 +323,11 @@ class MethodHooks:
             return apprentice_loss(logits, zt, y, float(self.args["beta"]), float(self.args["gamma"]))
         ce = F.cross_entropy(logits, y)
         if self.method == "bnnplus":
-            reg = sum((S.bnnplus_regularizer(m.weight, m.weight_quantizer.alpha, self.args["reg"])
-                       for _p, _a, m in _binary_modules(model) if isinstance(m.weight_quantizer, S.BnnPlusWeight)),
-                      torch.zeros((), device=logits.device))
+            reg = torch.zeros((), device=logits.device)
+            for _p, _a, m in _binary_modules(model):
+                wq = m.weight_quantizer
+                if isinstance(wq, S.BnnPlusWeight):
+                    reg = reg + S.bnnplus_regularizer(m.weight, wq.alpha, self.args["reg"])
             return ce + float(self.args["lam"]) * reg
         return ce
 
@@ -367,6 +375,7 @@ def fold_rsign(model: nn.Module) -> int:
         kids = list(parent.named_children())
         for i, (name, m) in enumerate(kids):
             if isinstance(m, (BinaryConv2d, BinaryLinear)) and isinstance(m.input_quantizer, S.RSign):
+                rsign = m.input_quantizer
                 prev = kids[i - 1][1] if i > 0 and isinstance(parent, nn.Sequential) else None
                 if not isinstance(prev, nn.modules.batchnorm._BatchNorm) or prev.bias is None:
                     raise UnsupportedLayerError(
@@ -374,7 +383,7 @@ def fold_rsign(model: nn.Module) -> int:
                         "before the layer (plain BN -> sign -> BinConv chains such as bitflow_vgg_small); here the "
                         "input is a residual stream, which needs a per-channel float threshold op (not yet)")
                 with torch.no_grad():
-                    prev.bias.sub_(m.input_quantizer.beta.to(prev.bias.dtype))
+                    prev.bias.sub_(rsign.beta.to(prev.bias.dtype))
                 m.input_quantizer = Q.get("approx_sign")
                 n += 1
     return n

@@ -532,25 +532,21 @@ class XnorPPConv2d(BinaryConv2d):
 
     def __init__(self, *args: Any, out_hw: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.bias is not None:
+            raise ValueError("XnorPPConv2d has no bias (pass bias=False; the scale Gamma replaces it, BatchNorm follows)")
+        wq = self.weight_quantizer
+        if not isinstance(wq, Q.WeightQuantizer) or wq.has_scale:
+            raise ValueError("XnorPPConv2d needs an unscaled binary weight quantizer such as 'sign' (Gamma is the scale)")
         h, w = out_hw
         self.scale_c = nn.Parameter(torch.ones(self.out_channels))
         self.scale_h = nn.Parameter(torch.ones(h))
         self.scale_w = nn.Parameter(torch.ones(w))
 
     def forward(self, x: Tensor) -> Tensor:
-        xq = self.input_quantizer(x) if self.input_quantizer is not None else x
-        b, _ = self.quantized_weight()
-        padding = self.padding
-        if self.pad_value != 0 and any(p > 0 for p in self.padding):  # type: ignore[operator]
-            ph, pw = self.padding  # type: ignore[misc]
-            xq = F.pad(xq, (pw, pw, ph, ph), value=self.pad_value)
-            padding = (0, 0)
-        y = F.conv2d(xq, b, None, self.stride, padding, self.dilation, self.groups)
+        # BinaryConv2d.forward: sign(X) (*) sign(W) (unscaled 'sign' weights, no bias), exact in float32
+        y = super().forward(x)
         gamma = self.scale_c.view(1, -1, 1, 1) * self.scale_h.view(1, 1, -1, 1) * self.scale_w.view(1, 1, 1, -1)
-        y = y * gamma
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        return y * gamma
 
 
 def abc_shifts(m: int) -> Tensor:
@@ -592,7 +588,8 @@ class AbcConv2d(BinaryConv2d):
         """``(B, a)``: ``B`` of shape ``[M, *W.shape]`` in {-1, +1} (STE), ``a`` of shape ``[M]``."""
         w = self.weight
         mean, std = w.detach().mean(), w.detach().std().clamp_min(1e-12)
-        bs = torch.stack([identity_ste(w - mean + u * std) for u in self.u])
+        us: Tensor = self.u  # type: ignore[assignment]
+        bs = torch.stack([identity_ste(w - mean + u * std) for u in us])
         with torch.no_grad():
             a = torch.linalg.lstsq(bs.flatten(1).T.double(), w.detach().flatten().double().unsqueeze(1)).solution
         return bs, a.squeeze(1).to(w.dtype)
