@@ -87,7 +87,7 @@ def reproduce_survey(
     """Train every method (``methods_``, default all) on ``backbone`` and the full-precision
     twin, deploy what deploys, and write the comparison table.
 
-    ``quick``: 1 seed, 2 epochs on 5,000 training samples, width 8, 2,000 test samples (all 18
+    ``quick``: 1 seed, 2 epochs on 5,000 training samples, width 8, 2,000 test samples (all 20
     methods and the twin in well under 45 minutes on this shared 2-core machine: a width-16,
     10,000-sample epoch of the twin took 140 s under load, i.e. over 80 minutes in all); full: seeds 0, 1, 2, 15 epochs (the Fashion-MNIST recipe),
     all 60,000 samples and the backbone's default width. The arguments override either."""
