@@ -224,8 +224,9 @@ register(Method("proxquant", "ProxQuant", "Bai et al. 2019 (prox operator Eq. 9)
 register(Method("selfbin", "Self-binarizing networks", "Lahoud et al. 2019 (tanh(v x) -> sign)", (1, 1),
                 "selfbin", "selfbin_w", "pure", "not in Tables 3-4 (named in Sec. 3.2.3, ref. [94])"))
 register(Method("reactnet", "ReActNet (RSign + RPReLU)", "Liu et al. 2020 (post-survey)", (1, 1), "approx_sign", "xnor",
-                "RPReLU sits between the binary conv and the next sign; its inverse is a monotone piecewise-linear "
-                "map (slope > 0) that the converter has no rule for yet (RSign alone folds: method reactnet_rsign)",
+                "RPReLU (a per-channel shifted PReLU) has no engine op: before a sign it could fold into the "
+                "threshold (monotone for slope > 0, a converter rule not written yet), but before the float "
+                "classifier or on a residual stream its real output is needed (RSign alone folds: reactnet_rsign)",
                 "post-survey (2020); not in Tables 3-4", transform=_reactnet,
                 defaults={"rprelu": True}))
 register(Method("reactnet_rsign", "ReActNet RSign only", "Liu et al. 2020, Eq. 1", (1, 1), "approx_sign", "xnor",

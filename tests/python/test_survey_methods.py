@@ -147,6 +147,20 @@ def test_methods_that_need_new_ops_say_why(name: str, teacher: str) -> None:
         convert(_build(name, teacher).eval())
 
 
+@pytest.mark.parametrize("name", ["bireal", "irnet", "selfbin"])
+def test_methods_on_the_bireal_backbone_convert(name: str) -> None:
+    """Bi-Real = ApproxSign + a shortcut around every binary conv: the method on bireal_resnet20."""
+    torch.manual_seed(7)
+    model = methods.build_model("bireal_resnet20", name, width=4)
+    x = np.random.default_rng(8).random((12, 1, 28, 28), dtype=np.float32)
+    calibrate(model, torch.from_numpy(x), seed=9)
+    graph = methods.convert(model)
+    r = verify(model, graph, x)
+    # float residual stream: differences only within the propagated float32 error bound
+    assert r["sign_mismatches"] == 0, r
+    assert r["prediction_mismatches"] <= r["near_threshold"]["samples"], r
+
+
 def test_rsign_on_a_residual_stream_cannot_fold() -> None:
     model = methods.build_model("bireal_resnet20", "reactnet_rsign", width=4)
     with pytest.raises(UnsupportedLayerError, match="residual stream"):
