@@ -220,7 +220,7 @@ register(Method("pact", "PACT W1/A2", "Choi et al. 2018 (PACT Eq. 1-3), DoReFa w
                 _UNSIGNED, "ImageNet 62.9 (Table 4, ResNet-18, 1/2), 67.8 (ResNet-50, 1/2)"))
 register(Method("proxquant", "ProxQuant", "Bai et al. 2019 (prox operator Eq. 9)", (1, 1), "ste_sign", "proxquant",
                 "pure", "CIFAR-10 90.7 (Table 3, ResNet-20, 1/32: weights only; here with BNN sign activations so it deploys)",
-                defaults={"lam_rate": 1e-5}))
+                defaults={"lam_sum": 2.0}))
 register(Method("selfbin", "Self-binarizing networks", "Lahoud et al. 2019 (tanh(v x) -> sign)", (1, 1),
                 "selfbin", "selfbin_w", "pure", "not in Tables 3-4 (named in Sec. 3.2.3, ref. [94])"))
 register(Method("reactnet", "ReActNet (RSign + RPReLU)", "Liu et al. 2020 (post-survey)", (1, 1), "approx_sign", "xnor",
@@ -294,7 +294,7 @@ def build_model(model: str, method: str | None = None, method_args_: dict[str, A
 
 class MethodHooks:
     """What the trainer calls for a method: ``loss(model, x, logits, y)`` (cross-entropy plus the
-    method's term) and ``after_step(model, progress)`` (annealing, proximal steps), ``progress``
+    method's term) and ``after_step(model, progress, total_steps)`` (annealing, proximal steps), ``progress``
     in [0, 1] being the share of all training iterations done."""
 
     def __init__(self, method: str | None, args: dict[str, Any]) -> None:
@@ -333,13 +333,17 @@ class MethodHooks:
         return ce
 
     @torch.no_grad()
-    def after_step(self, model: nn.Module, progress: float) -> None:
+    def after_step(self, model: nn.Module, progress: float, total_steps: int = 1000) -> None:
+        """After every optimizer step. ProxQuant's strength grows linearly (ProxQuant: ``lam_t = lam t``),
+        scaled to the run: ``lam_t = 2 lam_sum progress / total_steps``, so that the prox steps add
+        up to ``sum_t lam_t ~ lam_sum`` = 2 by the end, enough to move any latent weight in [-1, 1]
+        (distance <= 1 to the nearest of +-1) onto +-1 whatever the run length."""
         self.iteration += 1
         for mod in model.modules():
             if isinstance(mod, S._Annealed):
                 mod.set_progress(progress)
         if self.method == "proxquant":
-            lam = float(self.args["lam_rate"]) * self.iteration
+            lam = 2.0 * float(self.args["lam_sum"]) * min(max(progress, 0.0), 1.0) / max(int(total_steps), 1)
             for _p, _a, m in _binary_modules(model):
                 if isinstance(m.weight_quantizer, S.ProxQuantWeight):
                     m.weight.copy_(S.proxquant_prox(m.weight, lam))

@@ -347,7 +347,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             opt.step()
             clip_weights_(model)
             iteration += 1
-            hooks.after_step(model, iteration / total_iters)
+            hooks.after_step(model, iteration / total_iters, total_iters)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
