@@ -208,10 +208,14 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         "input": graph.input.to_json(),
         "classes": len(graph.class_names),
     }
+    if a.explain:
+        from .analysis.explain import explain, format_explain
+
+        info["explain"] = explain(graph)
     if a.json:
         print(json.dumps(info))
     else:
-        print(graph.summary())
+        print(format_explain(info["explain"]) if a.explain else graph.summary())
         print(f"wrote {a.output}: {info['file_bytes']} bytes, {info['ops']} ops, mode {graph.mode}")
     return 0
 
@@ -222,6 +226,8 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="the .bfn file to write (atomically)")
     p.add_argument("--mode", choices=("bitflow", "xnor"), default=None,
                    help="bitflow: integer thresholds (default for bitflow_* models); xnor: float alpha + BatchNorm")
+    p.add_argument("--explain", action="store_true",
+                   help="per engine op: the form it became (binary / threshold / integer / float) and its bytes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_convert)
 

@@ -231,7 +231,11 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
                "--no-progress"])
     assert rc == 0
     ck = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
-    assert main(["convert", ck, "-o", str(tmp_path / "m.bfn"), "--json"]) == 0
+    assert main(["convert", ck, "-o", str(tmp_path / "m.bfn"), "--json", "--explain"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    forms = {r["source"]: r["form"] for r in info["explain"] if r["type"] in ("bconv2d", "bdense")}
+    assert len(forms) == 5 and set(forms.values()) == {"binary"}, info["explain"]  # 4 binary convs + 1 binary FC
+    assert sum(r["param_bytes"] for r in info["explain"]) == info["param_bytes"]
     assert main(["verify", ck, str(tmp_path / "m.bfn"), "--limit", "64", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["sign_mismatches"] == 0 and rep["prediction_mismatches"] == 0
