@@ -255,11 +255,13 @@ def method_args(name: str, given: dict[str, Any] | None = None) -> dict[str, Any
     return {**m.defaults, **given}
 
 
-def build_model(model: str, method: str | None = None, method_args_: dict[str, Any] | None = None,
+def build_model(model: str, method: str | None = None, method_args_: dict[str, Any] | None = None, /,
                 **kwargs: Any) -> nn.Module:
     """``bitflow.models.create(model, **kwargs)`` with ``method``'s quantizers (given ``kwargs``
     win only if they do not contradict the method) and its transform applied. The result's
-    ``bitflow_config`` records the method so that checkpoints rebuild the same model."""
+    ``bitflow_config`` records the method so that checkpoints rebuild the same model. The first
+    three parameters are positional-only: ``kwargs`` may hold a model's own ``method`` option
+    (the MBBN models' ``method="quantizer" | "encoder"``)."""
     if method is None:
         if method_args_:
             raise ValueError("method options given without a method")

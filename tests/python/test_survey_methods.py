@@ -263,3 +263,9 @@ def test_reproduce_survey_tiny(tmp_path: Path) -> None:
         assert (tmp_path / f).stat().st_size > 0
     with pytest.raises(KeyError, match="valid names"):
         reproduce_survey(tmp_path / "x", quick=True, methods_=["nope"])
+
+
+def test_a_models_own_method_option_passes_through() -> None:
+    # MBBN models take method="quantizer" | "encoder" (their own option, not a survey method)
+    m = methods.build_model("mbbn_vgg_small", None, None, method="encoder", bits_a=2, bits_w=2, **TINY)
+    assert m.bitflow_config["kwargs"]["method"] == "encoder" and "method" not in {k for k in m.bitflow_config if k != "kwargs"}
