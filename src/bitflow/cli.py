@@ -66,6 +66,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         workers=a.workers,
         progress=False if (a.json or a.no_progress) else None,
         model_kwargs={**_bits_kwargs(a), **_parse_kv(a.model_arg)},
+        method=a.method,
+        method_args=_parse_kv(a.method_arg),
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,
@@ -120,6 +122,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--no-calibrate", action="store_true",
                    help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
                         "to 1,024 training samples, bitflow.nn.mbbn.calibrate_ranges)")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="a BNN method of the survey (bitflow.methods.list_methods(): bnn, xnor, irnet, reactnet, ...)")
+    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. teacher=runs/fp/best.pt (kd), lam=1e-6 (bnnplus), M=3 (abc)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
     p.set_defaults(func=_cmd_train)
@@ -184,9 +190,11 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     import os
 
     from .convert import convert
+    from .methods import prepare_for_deploy
     from .train import model_from_checkpoint
 
     model, state = model_from_checkpoint(a.checkpoint)
+    model = prepare_for_deploy(model)  # a method's deployable form, or a clear UnsupportedLayerError
     graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
     graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data"),
                              "seed": state.get("seed")})
@@ -200,10 +208,14 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         "input": graph.input.to_json(),
         "classes": len(graph.class_names),
     }
+    if a.explain:
+        from .analysis.explain import explain, format_explain
+
+        info["explain"] = explain(graph)
     if a.json:
         print(json.dumps(info))
     else:
-        print(graph.summary())
+        print(format_explain(info["explain"]) if a.explain else graph.summary())
         print(f"wrote {a.output}: {info['file_bytes']} bytes, {info['ops']} ops, mode {graph.mode}")
     return 0
 
@@ -214,6 +226,8 @@ def _add_convert(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="the .bfn file to write (atomically)")
     p.add_argument("--mode", choices=("bitflow", "xnor"), default=None,
                    help="bitflow: integer thresholds (default for bitflow_* models); xnor: float alpha + BatchNorm")
+    p.add_argument("--explain", action="store_true",
+                   help="per engine op: the form it became (binary / threshold / integer / float) and its bytes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_convert)
 
@@ -221,9 +235,11 @@ def _add_convert(sub: Any) -> None:
 def _cmd_verify(a: argparse.Namespace) -> int:
     from .convert import load_graph, verify
     from .convert.verify import verify_ok
+    from .methods import prepare_for_deploy
     from .train import model_from_checkpoint
 
     model, state = model_from_checkpoint(a.checkpoint)
+    model = prepare_for_deploy(model)
     graph = load_graph(a.model_file)
     x, y = _model_arrays(a.data, a.limit, graph, seed=int(state.get("seed") or 0))
     report = verify(model, graph, x, y)
@@ -344,6 +360,15 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
                              epochs=a.epochs, bits=bits, method=a.method)
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
+    if a.paper == "survey":
+        from .analysis.reproduce_survey import reproduce_survey
+
+        seeds = tuple(int(v) for v in a.seeds.split(",")) if a.seeds else None
+        rep = reproduce_survey(a.out or "runs/reproduce-survey", data=a.data, quick=a.quick, seeds=seeds,
+                               methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
+                               backbone=a.backbone, epochs=a.epochs, log=log)
+        print(json.dumps(rep) if a.json else rep["text"])
+        return 0
     from .analysis.reproduce import format_report, reproduce_bitflow_net
 
     out = a.out or "runs/reproduce-bitflow-net"
@@ -358,7 +383,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 def _add_reproduce(sub: Any) -> None:
     p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)")
-    p.add_argument("paper", choices=("bitflow-net", "mbbn"))
+    p.add_argument("paper", choices=("bitflow-net", "mbbn", "survey"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)")
     p.add_argument("--quick", action="store_true", help="short trainings (under 10 minutes here)")
@@ -370,6 +395,10 @@ def _add_reproduce(sub: Any) -> None:
                    help="mbbn: comma-separated M = K values of the table, highest first (default 8,4,3,2,1; --quick 4,3,2,1)")
     p.add_argument("--method", default="quantizer", choices=("quantizer", "encoder"),
                    help="mbbn: Algorithm 2 (learned ranges, default) or Algorithm 1 (MBitEncoder)")
+    p.add_argument("--methods", default=None, help="survey: comma-separated method names (default: all, "
+                   "bitflow.methods.list_methods())")
+    p.add_argument("--seeds", default=None, help="survey: comma-separated seeds (default 0,1,2; --quick 0)")
+    p.add_argument("--backbone", default="bitflow_vgg_small", help="survey: bitflow_vgg_small | bitflow_lenet | bireal_resnet20")
     p.set_defaults(func=_cmd_reproduce)
 
 

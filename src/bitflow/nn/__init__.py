@@ -29,3 +29,4 @@ __all__ += ["MBitConv2d", "MBitEncoder", "MBitLinear", "MBitWeight", "OddLinearQ
 from .fixedpoint import FixedPointBN, StreamClamp  # noqa: E402
 
 __all__ += ["FixedPointBN", "StreamClamp"]
+from . import survey  # noqa: E402,F401  (registers the survey methods' quantizers, issue 12)

@@ -49,7 +49,12 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
 
     state = load_checkpoint(path)
     cfg = state["model_config"]
-    model = create(cfg["name"], **cfg.get("kwargs", {}))
+    if cfg.get("method"):  # trained with a bitflow.methods method: same quantizers and transform
+        from ..methods import build_model
+
+        model = build_model(cfg["name"], cfg["method"], cfg.get("method_args"), **cfg.get("kwargs", {}))
+    else:
+        model = create(cfg["name"], **cfg.get("kwargs", {}))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_write_bytes
-from ..models import create
+from ..methods import build_model, hooks_for
 from ..nn import clip_weights_
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -65,6 +65,8 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None  # a bitflow.methods name (issue 12): quantizers, transform, loss/step hooks
+    method_args: dict[str, Any] = field(default_factory=dict)
 
 
 class _Dist:
@@ -270,7 +272,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     _seed_all(cfg.seed)
     kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
     kwargs.update(cfg.model_kwargs)
-    model = create(cfg.model, **kwargs)
+    model = build_model(cfg.model, cfg.method, cfg.method_args or None, **kwargs)
     if cfg.init_from is not None and not cfg.resume:
         _init_from(model, cfg.init_from)
         if cfg.calibrate:
@@ -280,6 +282,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
     flips = FlipTracker(model)
+    hooks = hooks_for(model)
     start_epoch, iteration, best_val, best_epoch = 0, 0, -1.0, -1
     history: list[float] = []
     last_flips: dict[str, float] = {}
@@ -301,6 +304,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         best_val, best_epoch = float(st["best_val"]), int(st["best_epoch"])
         history = list(st.get("epoch_seconds", []))
         last_flips = dict(st.get("last_flips", {}))
+        hooks.iteration = iteration
         if dd.main:
             _truncate_jsonl(out / "metrics.jsonl", lambda r: r["epoch"] < start_epoch)
             _truncate_jsonl(out / "flips.jsonl", lambda r: r["iteration"] <= iteration)
@@ -314,6 +318,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     n = len(data.train)
     augment = tuple(a for a in recipe.augment if a) if getattr(data.train, "tensors", None) is not None else ()
+    total_iters = recipe.epochs * math.ceil(n / recipe.batch_size)  # for the methods' annealing schedules
     end_epoch = recipe.epochs if cfg.stop_after is None else min(recipe.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
@@ -336,12 +341,13 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             x = augment_batch(x, augment, aug_gen).to(device)
             y = y.to(device)
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = hooks.loss(model, x, logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             clip_weights_(model)
             iteration += 1
+            hooks.after_step(model, iteration / total_iters, total_iters)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)

@@ -1,0 +1,206 @@
+"""``bitflow reproduce survey``: the survey's methods (Qin et al. 2020, Tables 3-4) trained,
+deployed and compared in one table on Fashion-MNIST (issue 12).
+
+Same backbone (default ``bitflow_vgg_small``, the VGG-small chain) and the same recipe for every
+method; one row per method: W/A bits, test accuracy (mean +- sd over the seeds), the survey's
+reported CIFAR-10 / ImageNet number (table and network named), deploy form, ``.bfn`` bytes,
+engine ms per image (batch 1, 1 thread, median), speed-up over the full-precision twin in
+PyTorch (batch 1, 1 thread) measured in the same run, and the verify result (PyTorch vs the
+integer model: sign and prediction mismatches). Methods that cannot run on the engine yet
+show why (:mod:`bitflow.methods`). Writes ``report.md``, ``report.json`` and
+``accuracy_vs_latency.png`` in ``out``.
+
+Trainings are cached like the other reproductions: a run whose ``result.json`` holds the same
+configuration is reused, so an interrupted reproduction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_bytes
+from .reproduce import _train
+
+#: the full-precision twin of each supported backbone (same widths and block order)
+TWINS = {"bitflow_vgg_small": "vgg_small", "bitflow_lenet": "lenet", "bireal_resnet20": "resnet20"}
+
+
+def _timing_torch(model: Any, x1: np.ndarray, repeat: int) -> float:
+    import torch
+
+    from ..bench._timing import measure
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        xt = torch.from_numpy(x1)
+        model.eval()
+        with torch.no_grad():
+            return measure(lambda: model(xt), repeat=repeat, warmup=5).median_ms
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _deploy(ckpt: str, data: str, limit_test: int | None, out_file: Path, repeat: int) -> dict[str, Any]:
+    """Convert, write the ``.bfn``, verify against PyTorch and time the engine (batch 1, 1 thread)."""
+    from ..bench._timing import measure
+    from ..convert import convert, verify
+    from ..data import eval_arrays
+    from ..engine import Engine
+    from ..methods import prepare_for_deploy
+    from ..train import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(ckpt)
+    model = prepare_for_deploy(model)
+    graph = convert(model)
+    graph.save(str(out_file))
+    x, y = eval_arrays(data, limit_test)
+    v = verify(model, graph, x, y)
+    eng = Engine(graph, threads=1)
+    x1 = x[:1]
+    ms = measure(lambda: eng.logits(x1), repeat=repeat, warmup=5).median_ms
+    return {"bfn_bytes": out_file.stat().st_size, "engine_ms": ms, "sign_mismatches": v["sign_mismatches"],
+            "prediction_mismatches": v["prediction_mismatches"], "near_threshold": v["near_threshold"]["count"],
+            "accuracy_integer": v["accuracy_integer"], "verify_samples": v["samples"]}
+
+
+def reproduce_survey(
+    out: str | Path = "runs/reproduce-survey",
+    *,
+    data: str = "fashion-mnist",
+    quick: bool = False,
+    seeds: tuple[int, ...] | None = None,
+    methods_: list[str] | None = None,
+    backbone: str = "bitflow_vgg_small",
+    epochs: int | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    width: int | None = None,
+    repeat: int = 50,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Train every method (``methods_``, default all) on ``backbone`` and the full-precision
+    twin, deploy what deploys, and write the comparison table.
+
+    ``quick``: 1 seed, 2 epochs on 5,000 training samples, width 8, 2,000 test samples (all 20
+    methods and the twin in well under 45 minutes on this shared 2-core machine: a width-16,
+    10,000-sample epoch of the twin took 140 s under load, i.e. over 80 minutes in all); full: seeds 0, 1, 2, 15 epochs (the Fashion-MNIST recipe),
+    all 60,000 samples and the backbone's default width. The arguments override either."""
+    from .. import methods as M
+    from ..train import model_from_checkpoint
+
+    if not data.startswith("fashion-mnist"):
+        raise ValueError("bitflow reproduce survey runs on Fashion-MNIST (--data fashion-mnist)")
+    if backbone not in TWINS:
+        raise ValueError(f"backbone must be one of {sorted(TWINS)}, got {backbone!r}")
+    names = methods_ or M.list_methods()
+    for n in names:
+        M.get_method(n)  # unknown names fail before any training
+    seeds = seeds or ((0,) if quick else (0, 1, 2))
+    epochs = epochs or (2 if quick else None)
+    limit_train = limit_train or (5000 if quick else None)
+    limit_test = limit_test or (2000 if quick else None)
+    width = width or (8 if quick else None)
+    small: dict[str, Any] = {"width": width} if width else {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = {"data": data, "epochs": epochs, "limit_train": limit_train, "limit_test": limit_test}
+    t_start = time.perf_counter()
+
+    twin = TWINS[backbone]
+    fp_runs = {}
+    for s in seeds:
+        log(f"[survey] full-precision twin {twin}, seed {s}")
+        fp_runs[s] = _train(out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common)
+    fp_model, _ = model_from_checkpoint(fp_runs[seeds[0]]["checkpoint"])
+    from ..data import eval_arrays
+
+    x1, _ = eval_arrays(data, 1)
+    fp_ms = _timing_torch(fp_model, x1, repeat)
+    fp_acc = [fp_runs[s]["test_accuracy"] for s in seeds]
+    rows: list[dict[str, Any]] = [{
+        "method": "full precision", "title": f"{twin} (PyTorch fp32)", "w_bits": 32, "a_bits": 32,
+        "accuracy_mean": float(np.mean(fp_acc)), "accuracy_sd": float(np.std(fp_acc, ddof=1)) if len(fp_acc) > 1 else 0.0,
+        "accuracies": fp_acc, "survey": "CIFAR-10 93.8 (Table 3, VGG-Small 32/32)", "deploy": "PyTorch fp32 baseline",
+        "torch_fp32_ms": fp_ms, "engine_ms": None, "speedup": None, "bfn_bytes": None,
+    }]
+    for name in names:
+        m = M.get_method(name)
+        accs, runs = [], []
+        for s in seeds:
+            margs = {"teacher": fp_runs[s]["checkpoint"]} if name == "kd" else {}
+            log(f"[survey] {name}, seed {s}")
+            r = _train(out / name / f"seed{s}", model=backbone, seed=s, model_kwargs=dict(small), method=name,
+                       method_args=margs, **common)
+            accs.append(r["test_accuracy"])
+            runs.append(r)
+        row: dict[str, Any] = {
+            "method": name, "title": m.title, "w_bits": m.bits[0], "a_bits": m.bits[1],
+            "accuracy_mean": float(np.mean(accs)), "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "accuracies": accs, "survey": m.survey, "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+        }
+        if m.deployable:
+            log(f"[survey] {name}: convert, verify, time the engine")
+            d = _deploy(runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat)
+            row.update(d)
+            row["deploy"] = "pure xnor-popcount + thresholds"
+            row["speedup"] = fp_ms / d["engine_ms"]
+        else:
+            row.update({"deploy": f"not yet: {m.deploy}", "engine_ms": None, "speedup": None, "bfn_bytes": None})
+        rows.append(row)
+    report = {"quick": quick, "backbone": backbone, "twin": twin, "seeds": list(seeds), "epochs": epochs,
+              "limit_train": limit_train, "limit_test": limit_test, "width": width, "rows": rows,
+              "seconds": time.perf_counter() - t_start}
+    text = format_report(report)
+    atomic_write_bytes(out / "report.md", (text + "\n").encode())
+    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    _plot(rows, out / "accuracy_vs_latency.png")
+    report["text"] = text
+    return report
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from .plots import _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ms = r.get("engine_ms") or r.get("torch_fp32_ms")
+        if ms is None:
+            continue
+        ax.scatter(ms, 100 * r["accuracy_mean"], color="tab:red" if r["method"] == "full precision" else "tab:blue")
+        ax.annotate(r["method"], (ms, 100 * r["accuracy_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per image (batch 1, 1 thread): engine, or PyTorch fp32 for the twin")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Survey methods on Fashion-MNIST: accuracy vs latency")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    seeds = len(r["seeds"])
+    head = (f"Survey methods on Fashion-MNIST ({'quick, ' if r['quick'] else ''}backbone {r['backbone']}, width "
+            f"{r['width'] or 'default'}, {r['epochs'] or 'recipe'} epochs, {r['limit_train'] or 'all'} training samples, "
+            f"{seeds} seed{'s' if seeds > 1 else ''})")
+    lines = [head, "",
+             "| method | W/A | test acc. % (mean +- sd) | survey (CIFAR-10 / ImageNet) | deploy | .bfn bytes | engine ms | "
+             "speed-up vs fp32 | verify (sign / pred. mismatches) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        acc = f"{100 * x['accuracy_mean']:.2f} +- {100 * x['accuracy_sd']:.2f}"
+        ms = f"{x['engine_ms']:.3f}" if x.get("engine_ms") else (f"({x['torch_fp32_ms']:.3f} torch)" if x.get("torch_fp32_ms") else "-")
+        sp = f"{x['speedup']:.1f}x" if x.get("speedup") else "-"
+        by = str(x["bfn_bytes"]) if x.get("bfn_bytes") else "-"
+        ver = f"{x['sign_mismatches']} / {x['prediction_mismatches']}" if "sign_mismatches" in x else "-"
+        lines.append(f"| {x['method']} | {x['w_bits']}/{x['a_bits']} | {acc} | {x['survey']} | {x['deploy']} | {by} | {ms} | "
+                     f"{sp} | {ver} |")
+    lines.append("")
+    lines.append(f"total {r['seconds'] / 60:.1f} min")
+    return "\n".join(lines)
