@@ -262,10 +262,15 @@ class MCConv2d(nn.Module):
             y = F.conv2d(x, self.sign_filters(), None, self.stride, self.padding)
             y = y.repeat_interleave(self.planes, dim=1)
             return y * self.plane_scale().view(1, -1, 1, 1)
+        return F.conv2d(x, self.conv_weight(), None, self.stride, self.padding)
+
+    def conv_weight(self) -> Tensor:
+        """The weight of the ordinary convolution this layer computes (general path): ``W``, or
+        for ``replicate_input`` ``W`` summed over the ``K`` replicas of each input channel."""
         wt = self.reconstructed_weight()
         if self.replicate_input:
             wt = wt.view(wt.shape[0], self.in_maps, self.planes, *wt.shape[2:]).sum(2)
-        return F.conv2d(x, wt, None, self.stride, self.padding)
+        return wt
 
     # ---- training helpers
     def filter_loss(self) -> Tensor:
