@@ -37,8 +37,16 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("xnor", [False, True])
 def test_layer_equals_conv2d_with_reconstructed_weight(variant: str, xnor: bool) -> None:
     torch.manual_seed(0)
-    m = MCConv2d(3, 2, 3, stride=2, padding=1, planes=4, variant=variant,
-                 input_quantizer="ste_sign" if xnor else None)
+    m = MCConv2d(
+        3,
+        2,
+        3,
+        stride=2,
+        padding=1,
+        planes=4,
+        variant=variant,
+        input_quantizer="ste_sign" if xnor else None,
+    )
     with torch.no_grad():
         m.m_filter.uniform_(0.2, 2.0)
     x = torch.randn(2, 12, 9, 9)
@@ -70,8 +78,9 @@ def test_first_layer_replicates_the_input_k_times() -> None:
         m.m_filter.uniform_(0.5, 1.5)
     x = torch.randn(2, 2, 7, 7)
     w = _explicit_weight(m.binarized().detach(), m.m_filter.detach())
-    torch.testing.assert_close(m(x).detach(), F.conv2d(x.repeat_interleave(4, 1), w, None, 1, 1),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        m(x).detach(), F.conv2d(x.repeat_interleave(4, 1), w, None, 1, 1), rtol=1e-5, atol=1e-5
+    )
     assert m.in_channels == 2 and m.out_channels == 12
 
 
@@ -86,7 +95,7 @@ def test_mcn1_planes_are_exact_positive_multiples() -> None:
     s = torch.where(m.weight.detach().reshape(3, 8, 3, 3) <= 0, -1.0, 1.0)
     base = F.conv2d(_sign(x), s, None, 1, 1)  # integers, exact in float32
     assert torch.equal(base, base.round())
-    scale = (m.centers[1] * m.m_filter.detach().mean(dim=(1, 2)))  # a * mean(M_k) > 0
+    scale = m.centers[1] * m.m_filter.detach().mean(dim=(1, 2))  # a * mean(M_k) > 0
     assert (scale > 0).all()
     for h, k in itertools.product(range(3), range(4)):
         assert torch.equal(y[:, h * 4 + k], base[:, h] * scale[k])
@@ -97,7 +106,9 @@ def test_projection_follows_eq_3_1() -> None:
     x = torch.tensor([-3.0, -0.25, -0.2499, 1.25, 1.2501, 9.0])
     assert project(x, c).tolist() == [-1.0, -1.0, 0.5, 0.5, 2.0, 2.0]  # ties go to the lower center
     sym = torch.tensor([-0.3, 0.3])
-    assert project(torch.tensor([0.0, -1e-9, 1e-9]), sym).tolist() == pytest.approx([-0.3, -0.3, 0.3])
+    assert project(torch.tensor([0.0, -1e-9, 1e-9]), sym).tolist() == pytest.approx(
+        [-0.3, -0.3, 0.3]
+    )
 
 
 def test_kmeans_finds_separated_clusters_and_symmetric_center() -> None:
@@ -206,7 +217,11 @@ def test_m_stays_nonnegative_and_two_learning_rates() -> None:
             if isinstance(layer, MCConv2d):
                 layer.m_filter.grad += 50.0  # push M below zero
         opt.step()
-        went_negative |= any(bool((layer.m_filter < 0).any()) for layer in model.modules() if isinstance(layer, MCConv2d))
+        went_negative |= any(
+            bool((layer.m_filter < 0).any())
+            for layer in model.modules()
+            if isinstance(layer, MCConv2d)
+        )
         model.after_step(opt)  # type: ignore[operator]
         for layer in model.modules():
             if isinstance(layer, MCConv2d):

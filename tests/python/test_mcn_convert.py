@@ -42,7 +42,9 @@ def test_mcn1_xnor_converts_exactly(name: str, kw: dict[str, object]) -> None:
     torch.manual_seed(0)
     model = _randomize(create(name, **kw), 1)
     lowered = lower_mcn(model)
-    n_mc = sum(1 for m in model.modules() if isinstance(m, MCConv2d) and m.input_quantizer is not None)
+    n_mc = sum(
+        1 for m in model.modules() if isinstance(m, MCConv2d) and m.input_quantizer is not None
+    )
     assert sum(1 for m in lowered.modules() if type(m) is BinaryConv2d) == n_mc
     s = int(kw["image_size"])  # type: ignore[call-overload]
     x = np.random.default_rng(0).random((16, 1, s, s), dtype=np.float32)
@@ -61,11 +63,14 @@ def test_mcn1_xnor_converts_exactly(name: str, kw: dict[str, object]) -> None:
         np.testing.assert_allclose(eng.logits(x), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,why", [
-    ("mcn_xnor_mnist", "full M-Filters"),
-    ("mcn_mnist", "W1/A32"),
-    ("umcn_mnist", "U-MCN"),
-])
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("mcn_xnor_mnist", "full M-Filters"),
+        ("mcn_mnist", "W1/A32"),
+        ("umcn_mnist", "U-MCN"),
+    ],
+)
 def test_undeployable_variants_are_refused_with_the_reason(name: str, why: str) -> None:
     with pytest.raises(UnsupportedLayerError, match=why):
         convert(create(name, in_channels=1, image_size=28).eval())

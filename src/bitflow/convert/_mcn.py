@@ -34,6 +34,7 @@ class FixedScaleSign(Q.WeightQuantizer):
     """``decompose(w) = (sign(w), alpha)`` with a fixed per-channel ``alpha`` (the lowered MCN-1
     modulation ``a * mean(M_k)``); inference only."""
 
+    alpha: Tensor
     name = "mcn_fixed_scale"
     has_scale = True
 
@@ -48,16 +49,31 @@ class FixedScaleSign(Q.WeightQuantizer):
 def _binary_conv(layer: MCConv2d) -> BinaryConv2d:
     """The lowered MCN-1 binary MCconv: a plain :class:`BinaryConv2d` with ``+-1`` weights ``s_h``
     replicated over the ``K`` planes and ``alpha = a * mean(M_k)``."""
-    conv = BinaryConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        bias=False, input_quantizer=copy.deepcopy(layer.input_quantizer),
-                        weight_quantizer=FixedScaleSign(layer.plane_scale()), weight_clip=None)
+    conv = BinaryConv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        bias=False,
+        input_quantizer=copy.deepcopy(layer.input_quantizer),
+        weight_quantizer=FixedScaleSign(layer.plane_scale()),
+        weight_clip=None,
+    )
     with torch.no_grad():
         conv.weight.copy_(layer.sign_filters().detach().repeat_interleave(layer.planes, dim=0))
     return conv
 
 
 def _first_conv(layer: MCConv2d) -> nn.Conv2d:
-    conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=False)
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        layer.stride,
+        layer.padding,
+        bias=False,
+    )
     with torch.no_grad():
         conv.weight.copy_(layer.conv_weight().detach())
     return conv
@@ -72,11 +88,15 @@ def _lower(name: str, layer: MCConv2d) -> nn.Module:
     elif layer.replicate_input and layer.input_quantizer is None:
         return _first_conv(layer)
     elif layer.input_quantizer is None:
-        why = ("real activations after the first layer (MCN as published, W1/A32) need a +-1-weight "
-               "convolution over real inputs, which the engine does not have yet")
+        why = (
+            "real activations after the first layer (MCN as published, W1/A32) need a +-1-weight "
+            "convolution over real inputs, which the engine does not have yet"
+        )
     elif layer.variant != "mcn1":
-        why = ("full M-Filters with binary inputs (MCN-XNOR) weight every tap differently, so the output "
-               "is not a per-channel multiple of a binary convolution; use MCN-1 modulation (mcn1_xnor_*)")
+        why = (
+            "full M-Filters with binary inputs (MCN-XNOR) weight every tap differently, so the output "
+            "is not a per-channel multiple of a binary convolution; use MCN-1 modulation (mcn1_xnor_*)"
+        )
     else:
         return _binary_conv(layer)
     raise unsupported(name, "MCConv2d", why)

@@ -61,17 +61,36 @@ class MCNNet(nn.Module):
     """``features -> head`` with the MCN training hooks; ``features``' output (flattened) is the
     center-loss feature ``f_m`` (Eq. 3.8: the last conv layer's feature map)."""
 
-    def __init__(self, features: nn.Module, head: nn.Sequential, *, num_classes: int, feature_dim: int,
-                 binary: bool, theta: float = 5e-4, lam: float = 1e-3, m_lr_ratio: float = 0.1,
-                 lr_decay_c: float = 1.0, lr_decay_m: float = 1.0, kmeans_every: int = 10) -> None:
+    def __init__(
+        self,
+        features: nn.Module,
+        head: nn.Sequential,
+        *,
+        num_classes: int,
+        feature_dim: int,
+        binary: bool,
+        theta: float = 5e-4,
+        lam: float = 1e-3,
+        m_lr_ratio: float = 0.1,
+        lr_decay_c: float = 1.0,
+        lr_decay_m: float = 1.0,
+        kmeans_every: int = 10,
+    ) -> None:
         super().__init__()
         self.features = features
         self.head = head
         lam = lam if binary else 0.0
         self.center_loss = CenterLoss(num_classes, feature_dim) if lam > 0 else None
-        self._mcn = MCNTraining(self, theta=theta if binary else 0.0, lam=lam, center=self.center_loss,
-                                m_lr_ratio=m_lr_ratio, lr_decay_c=lr_decay_c, lr_decay_m=lr_decay_m,
-                                kmeans_every=kmeans_every)
+        self._mcn = MCNTraining(
+            self,
+            theta=theta if binary else 0.0,
+            lam=lam,
+            center=self.center_loss,
+            m_lr_ratio=m_lr_ratio,
+            lr_decay_c=lr_decay_c,
+            lr_decay_m=lr_decay_m,
+            kmeans_every=kmeans_every,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.features(x)
@@ -97,13 +116,34 @@ class MCNNet(nn.Module):
         return sum(m.binary_parameters() for m in mc_layers(self).values() if m.binary)
 
 
-def _conv(variant: str, cin: int, cout: int, k: int, stride: int, *, planes: int, first: bool,
-          centers: int, symmetric: bool) -> nn.Module:
+def _conv(
+    variant: str,
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int,
+    *,
+    planes: int,
+    first: bool,
+    centers: int,
+    symmetric: bool,
+) -> nn.Module:
     if variant == "float":
         return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
     v, xnor = _VARIANTS[variant]
-    return MCConv2d(cin, cout, k, stride, k // 2, planes=planes, variant=v, centers=centers, symmetric=symmetric,
-                    input_quantizer="ste_sign" if (xnor and not first) else None, replicate_input=first)
+    return MCConv2d(
+        cin,
+        cout,
+        k,
+        stride,
+        k // 2,
+        planes=planes,
+        variant=v,
+        centers=centers,
+        symmetric=symmetric,
+        input_quantizer="ste_sign" if (xnor and not first) else None,
+        replicate_input=first,
+    )
 
 
 class _PreActBlock(nn.Module):
@@ -134,16 +174,28 @@ class _PreActBlock(nn.Module):
 
 def _kw(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split keyword options into layer options and training options."""
-    layer = {k: kw.pop(k) for k in ("centers", "symmetric") if k in kw}
-    train = {k: kw.pop(k) for k in ("theta", "lam", "m_lr_ratio", "lr_decay_c", "lr_decay_m", "kmeans_every") if k in kw}
+    layer: dict[str, Any] = {k: kw.pop(k) for k in ("centers", "symmetric") if k in kw}
+    train: dict[str, Any] = {
+        k: kw.pop(k)
+        for k in ("theta", "lam", "m_lr_ratio", "lr_decay_c", "lr_decay_m", "kmeans_every")
+        if k in kw
+    }
     if kw:
         raise TypeError(f"unexpected options {sorted(kw)}")
     return layer, train
 
 
-def build_wrn(variant: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, depth: int = 20,
-              widths: tuple[int, int, int, int] | list[int] = (16, 16, 32, 64), planes: int = 4,
-              **kw: Any) -> MCNNet:
+def build_wrn(
+    variant: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    depth: int = 20,
+    widths: tuple[int, int, int, int] | list[int] = (16, 16, 32, 64),
+    planes: int = 4,
+    **kw: Any,
+) -> MCNNet:
     """WRN of ``depth = 6n + 2`` with MCconv (``variant`` in mcn, mcn1, umcn, mcn_xnor, mcn1_xnor)
     or ``nn.Conv2d`` (``"float"``, the WRN twin); see the module docstring."""
     if (depth - 2) % 6 != 0 or depth < 8:
@@ -153,31 +205,55 @@ def build_wrn(variant: str, *, num_classes: int = 10, in_channels: int = 3, imag
     n = (depth - 2) // 6
     layer_kw, train_kw = _kw(dict(kw))
     ch = 1 if variant == "float" else planes
-    ckw = {"planes": planes, "centers": layer_kw.get("centers", 2), "symmetric": layer_kw.get("symmetric", True)}
+    ckw = {
+        "planes": planes,
+        "centers": layer_kw.get("centers", 2),
+        "symmetric": layer_kw.get("symmetric", True),
+    }
     s0, *stages = (int(w) for w in widths)
     mods: list[nn.Module] = [_conv(variant, in_channels, s0, 3, 1, first=True, **ckw)]
     cin = s0
     for i, w in enumerate(stages):
         for b in range(n):
-            mods.append(_PreActBlock(variant, cin, w, (1 if i == 0 else 2) if b == 0 else 1, ch, **ckw))
+            mods.append(
+                _PreActBlock(variant, cin, w, (1 if i == 0 else 2) if b == 0 else 1, ch, **ckw)
+            )
             cin = w
     mods += [nn.BatchNorm2d(cin * ch), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     head = nn.Sequential(nn.Linear(cin * ch, num_classes))
-    model = MCNNet(nn.Sequential(*mods), head, num_classes=num_classes, feature_dim=cin * ch,
-                   binary=variant not in ("float", "umcn"), **train_kw)
+    model = MCNNet(
+        nn.Sequential(*mods),
+        head,
+        num_classes=num_classes,
+        feature_dim=cin * ch,
+        binary=variant not in ("float", "umcn"),
+        **train_kw,
+    )
     _attrs(model, variant, in_channels, image_size, num_classes)
     return model
 
 
-def build_mnist(variant: str, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                widths: tuple[int, int, int, int] | list[int] = (8, 16, 32, 64), planes: int = 4,
-                dropout: float = 0.5, **kw: Any) -> MCNNet:
+def build_mnist(
+    variant: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    widths: tuple[int, int, int, int] | list[int] = (8, 16, 32, 64),
+    planes: int = 4,
+    dropout: float = 0.5,
+    **kw: Any,
+) -> MCNNet:
     """Four MCconv layers and one FC (Sec. IV-D1); see the module docstring."""
     if len(widths) != 4:
         raise ValueError(f"widths must be 4 numbers, got {widths}")
     layer_kw, train_kw = _kw(dict(kw))
     ch = 1 if variant == "float" else planes
-    ckw = {"planes": planes, "centers": layer_kw.get("centers", 2), "symmetric": layer_kw.get("symmetric", True)}
+    ckw = {
+        "planes": planes,
+        "centers": layer_kw.get("centers", 2),
+        "symmetric": layer_kw.get("symmetric", True),
+    }
     xnor = variant in ("mcn_xnor", "mcn1_xnor")
     w = [int(v) for v in widths]
     mods: list[nn.Module] = [_conv(variant, in_channels, w[0], 3, 1, first=True, **ckw)]
@@ -187,9 +263,17 @@ def build_mnist(variant: str, *, num_classes: int = 10, in_channels: int = 1, im
     size = image_size
     for i in range(1, 4):
         if xnor:
-            mods += [nn.BatchNorm2d(w[i - 1] * ch), _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw), nn.ReLU()]
+            mods += [
+                nn.BatchNorm2d(w[i - 1] * ch),
+                _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw),
+                nn.ReLU(),
+            ]
         else:
-            mods += [_conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw), nn.BatchNorm2d(w[i] * ch), nn.ReLU()]
+            mods += [
+                _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw),
+                nn.BatchNorm2d(w[i] * ch),
+                nn.ReLU(),
+            ]
         mods.append(nn.MaxPool2d(2, 2))
         size //= 2
     if size < 1:
@@ -198,13 +282,21 @@ def build_mnist(variant: str, *, num_classes: int = 10, in_channels: int = 1, im
     mods.append(nn.Flatten())
     head: list[nn.Module] = [nn.BatchNorm1d(feat)] if xnor else []
     head += [nn.Dropout(dropout), nn.Linear(feat, num_classes)]
-    model = MCNNet(nn.Sequential(*mods), nn.Sequential(*head), num_classes=num_classes, feature_dim=feat,
-                   binary=variant not in ("float", "umcn"), **train_kw)
+    model = MCNNet(
+        nn.Sequential(*mods),
+        nn.Sequential(*head),
+        num_classes=num_classes,
+        feature_dim=feat,
+        binary=variant not in ("float", "umcn"),
+        **train_kw,
+    )
     _attrs(model, variant, in_channels, image_size, num_classes)
     return model
 
 
-def _attrs(model: nn.Module, variant: str, in_channels: int, image_size: int, num_classes: int) -> None:
+def _attrs(
+    model: nn.Module, variant: str, in_channels: int, image_size: int, num_classes: int
+) -> None:
     model.inference = "bitflow" if variant in ("mcn_xnor", "mcn1_xnor") else "float"  # type: ignore[assignment]
     model.mcn_variant = variant  # type: ignore[assignment]
     model.image_size = image_size  # type: ignore[assignment]
@@ -232,6 +324,11 @@ for _v, _d in _DOCS.items():
     _register(f"{_v}_wrn", build_wrn, _v, f"{_d} WRN backbone (Table II).")
     _register(f"{_v}_mnist", build_mnist, _v, f"{_d} Four MCconv + FC (Sec. IV-D1).")
 _register("wrn", build_wrn, "float", "Full-precision WRN twin of mcn_wrn (Table II's WRN column).")
-_register("mcn_mnist_float", build_mnist, "float", "Full-precision twin of mcn_mnist (nn.Conv2d, same widths).")
+_register(
+    "mcn_mnist_float",
+    build_mnist,
+    "float",
+    "Full-precision twin of mcn_mnist (nn.Conv2d, same widths).",
+)
 
 __all__ = ["TABLE2_PARAMS_M", "TABLE2_WIDTHS", "MCNNet", "build_mnist", "build_wrn"]

@@ -145,6 +145,8 @@ class MCConv2d(nn.Module):
     the paper; ``"ste_sign"``: MCN-XNOR, ours). ``centers`` ``U``, ``symmetric`` (``U = 2`` only).
     """
 
+    centers: Tensor
+
     def __init__(
         self,
         in_maps: int,
@@ -288,10 +290,12 @@ class MCConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         iq = getattr(self.input_quantizer, "name", self.input_quantizer)
-        return (f"{self.in_maps}x{self.planes} -> {self.out_maps}x{self.planes}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, variant={self.variant}, "
-                f"centers={self.num_centers}{' symmetric' if self.symmetric else ''}, input_quantizer={iq}"
-                f"{', replicate_input' if self.replicate_input else ''}")
+        return (
+            f"{self.in_maps}x{self.planes} -> {self.out_maps}x{self.planes}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, variant={self.variant}, "
+            f"centers={self.num_centers}{' symmetric' if self.symmetric else ''}, input_quantizer={iq}"
+            f"{', replicate_input' if self.replicate_input else ''}"
+        )
 
 
 # --------------------------------------------------------------------------- losses (Eq. 3.8-3.9)
@@ -317,6 +321,8 @@ class CenterLoss(nn.Module):
     The class centers are buffers updated as in Wen et al.:
     ``c_j <- c_j - alpha * sum_{m: y_m = j} (c_j - f_m) / (1 + n_j)`` (:meth:`update_`), not by
     the optimizer; the loss's gradient reaches the features only."""
+
+    centers: Tensor
 
     def __init__(self, num_classes: int, dim: int, alpha: float = 0.5) -> None:
         super().__init__()
@@ -355,9 +361,18 @@ class MCNTraining:
     - ``M <- |M|`` after each step (Eq. 3.21), centers by k-means every ``kmeans_every`` epochs.
     """
 
-    def __init__(self, model: nn.Module, *, theta: float, lam: float, center: CenterLoss | None,
-                 m_lr_ratio: float = 0.1, lr_decay_c: float = 1.0, lr_decay_m: float = 1.0,
-                 kmeans_every: int = 10) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        theta: float,
+        lam: float,
+        center: CenterLoss | None,
+        m_lr_ratio: float = 0.1,
+        lr_decay_c: float = 1.0,
+        lr_decay_m: float = 1.0,
+        kmeans_every: int = 10,
+    ) -> None:
         if theta < 0 or lam < 0:
             raise ValueError("theta and lambda must be >= 0")
         if lam > 0 and center is None:
@@ -390,7 +405,14 @@ class MCNTraining:
         self._eta1 = lr
         groups = [{"params": rest, "lr": lr, "lr_decay": self.lr_decay_c, "name": "C"}]
         if m_params:
-            groups.append({"params": m_params, "lr": lr * self.m_lr_ratio, "lr_decay": self.lr_decay_m, "name": "M"})
+            groups.append(
+                {
+                    "params": m_params,
+                    "lr": lr * self.m_lr_ratio,
+                    "lr_decay": self.lr_decay_m,
+                    "name": "M",
+                }
+            )
         return groups
 
     def extra_loss(self, logits: Tensor, y: Tensor) -> Tensor:
@@ -404,7 +426,9 @@ class MCNTraining:
                 total = total + self.theta * filter_loss(m.weight, chat, m.m_filter)
                 prev = self._prev.get(name)
                 if prev is not None:
-                    total = total + self.theta * projection_loss(m.weight, prev[0], prev[1], self._eta1)
+                    total = total + self.theta * projection_loss(
+                        m.weight, prev[0], prev[1], self._eta1
+                    )
                     self._resid[name] = (prev[0] - m.weight - self._eta1 * prev[1]).detach()
         if self.lam > 0 and self.center is not None and self.features is not None:
             total = total + self.lam * self.center(self.features, y)

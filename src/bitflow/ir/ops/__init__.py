@@ -129,8 +129,7 @@ def markdown_table() -> str:
 
 
 # the families register their ops on import
-from . import binary, dense_conv, elementwise, thresholds  # noqa: E402,F401
-from . import w1  # noqa: E402,F401  (conv2d_u8b1, MCN)
+from . import binary, dense_conv, elementwise, thresholds, w1  # noqa: E402,F401
 
 __all__ = [
     "GROUPS",

@@ -37,7 +37,9 @@ def _infer(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) 
     wt = need_param(op, tensors, "w", "uint64", ndim=4)
     o, kh, kw, wcw = wt.shape
     if wcw != (c + 63) // 64:
-        raise GraphError(f"op {op.name!r}: weight has {wcw} words per tap, {c} channels need {(c + 63) // 64}")
+        raise GraphError(
+            f"op {op.name!r}: weight has {wcw} words per tap, {c} channels need {(c + 63) // 64}"
+        )
     acc_check(op, 255 * kh * kw * c)
     ho, wo = window_geom(op, h, w, kh, kw)
     return ValueInfo("int32", (ho, wo, o))
