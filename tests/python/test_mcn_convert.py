@@ -80,3 +80,22 @@ def test_non_symmetric_centers_are_refused() -> None:
     m = create("mcn1_xnor_mnist", in_channels=1, image_size=28, symmetric=False)
     with pytest.raises(UnsupportedLayerError, match="symmetric"):
         convert(m.eval())
+
+
+def test_mcn_storage_matches_the_converted_file_and_the_32x_32k_ratios() -> None:
+    from bitflow.analysis.mcn_summary import mcn_storage
+
+    # widths 16 and 20 maps: 64 and 80 input channels (1 and 2 words per tap)
+    model = _randomize(
+        create("mcn1_xnor_mnist", in_channels=1, image_size=28, widths=(4, 16, 20, 6)), 2
+    )
+    s = mcn_storage(model)
+    graph = convert(model)
+    by_source = {op.attrs.get("source"): op for op in graph.ops if "w" in op.params}
+    for r in s["layers"]:
+        op = by_source[r["layer"]]
+        assert r["bfn_weight_bytes"] == graph.tensors[op.params["w"]].nbytes, r["layer"]
+        assert r["float_same_params_bytes"] * 8 == 32 * r["binary_bits"]
+        assert r["float_same_channels_bytes"] * 8 == 32 * 4 * r["binary_bits"]  # 32 K, K = 4
+    umcn = mcn_storage(create("umcn_mnist", in_channels=1, image_size=28))
+    assert all(r["binary_bits"] == 0 and r["bfn_weight_bytes"] is None for r in umcn["layers"])
