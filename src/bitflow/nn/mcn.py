@@ -146,6 +146,9 @@ class MCConv2d(nn.Module):
     """
 
     centers: Tensor
+    proj_chat: Tensor
+    proj_delta: Tensor
+    proj_state: Tensor
 
     def __init__(
         self,
@@ -188,6 +191,11 @@ class MCConv2d(nn.Module):
         nn.init.uniform_(self.weight, -bound * 3**0.5, bound * 3**0.5)
         self.m_filter = nn.Parameter(torch.ones(k, w, w))
         self.register_buffer("centers", torch.zeros(centers))
+        # the projection term's state (Eq. 3.9), checkpointed so that a resumed run continues
+        # exactly: C^[k] and delta^[k] of the last step, proj_state = [valid (0/1), eta_1 used]
+        self.register_buffer("proj_chat", torch.zeros_like(self.weight))
+        self.register_buffer("proj_delta", torch.zeros_like(self.weight))
+        self.register_buffer("proj_state", torch.zeros(2, dtype=torch.float64))
         self.recompute_centers()
 
     # ---- channels
@@ -381,9 +389,7 @@ class MCNTraining:
         self.m_lr_ratio, self.lr_decay_c, self.lr_decay_m = m_lr_ratio, lr_decay_c, lr_decay_m
         self.kmeans_every = kmeans_every
         self.center = center  # a submodule of the model (its class centers are checkpointed)
-        self._eta1 = 0.0
-        # per layer: (C^[k], delta^[k]) of the previous step, and this step's C^[k] - C - eta delta
-        self._prev: dict[str, tuple[Tensor, Tensor]] = {}
+        # per layer: this step's C^[k] - C - eta delta^[k] (consumed by after_step)
         self._resid: dict[str, Tensor] = {}
         self.features: Tensor | None = None
         self._model_ref = [model]  # not a submodule
@@ -402,7 +408,6 @@ class MCNTraining:
         ms = {id(m.m_filter) for m in self.layers().values()}
         m_params = [p for p in self.model.parameters() if id(p) in ms and p.requires_grad]
         rest = [p for p in self.model.parameters() if id(p) not in ms and p.requires_grad]
-        self._eta1 = lr
         groups = [{"params": rest, "lr": lr, "lr_decay": self.lr_decay_c, "name": "C"}]
         if m_params:
             groups.append(
@@ -424,12 +429,12 @@ class MCNTraining:
             for name, m in self.layers().items():
                 chat = m.binarized()
                 total = total + self.theta * filter_loss(m.weight, chat, m.m_filter)
-                prev = self._prev.get(name)
-                if prev is not None:
+                if m.proj_state[0] > 0:
+                    eta = float(m.proj_state[1])
                     total = total + self.theta * projection_loss(
-                        m.weight, prev[0], prev[1], self._eta1
+                        m.weight, m.proj_chat, m.proj_delta, eta
                     )
-                    self._resid[name] = (prev[0] - m.weight - self._eta1 * prev[1]).detach()
+                    self._resid[name] = (m.proj_chat - m.weight - eta * m.proj_delta).detach()
         if self.lam > 0 and self.center is not None and self.features is not None:
             total = total + self.lam * self.center(self.features, y)
             self.center.update_(self.features, y)
@@ -437,8 +442,8 @@ class MCNTraining:
 
     @torch.no_grad()
     def after_step(self, opt: torch.optim.Optimizer | None = None) -> None:
-        if opt is not None and opt.param_groups:
-            self._eta1 = float(opt.param_groups[0]["lr"])
+        """``M <- |M|`` (Eq. 3.21); record ``C^[k]``, ``delta^[k]`` and the ``eta_1`` of this step."""
+        eta = float(opt.param_groups[0]["lr"]) if opt is not None and opt.param_groups else 0.0
         for name, m in self.layers().items():
             m.abs_m_()
             if m.binary and self.theta > 0 and m.weight.grad is not None:
@@ -448,16 +453,19 @@ class MCNTraining:
                 r = self._resid.pop(name, None)
                 if r is not None:
                     g += self.theta * r
-                self._prev[name] = (project(m.weight, m.centers), g)
+                m.proj_chat.copy_(project(m.weight, m.centers))
+                m.proj_delta.copy_(g)
+                m.proj_state.copy_(torch.tensor([1.0, eta], dtype=torch.float64))
         self._resid.clear()
         self.features = None
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int) -> None:
+        """k-means centers every ``kmeans_every`` epochs (the projection restarts with them)."""
         if self.kmeans_every > 0 and epoch % self.kmeans_every == 0:
             for m in self.layers().values():
                 m.recompute_centers()
-            self._prev.clear()
+                m.proj_state.zero_()
 
 
 __all__ = [
