@@ -106,6 +106,15 @@ def conv2d_u8i8(
     kernels: str = "",
     threads: int = 1,
 ) -> NDArray[np.int32]: ...
+def conv2d_u8b1(
+    x: NDArray[np.uint8],
+    w: NDArray[np.uint64],
+    channels: int,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    kernels: str = "",
+    threads: int = 1,
+) -> NDArray[np.int32]: ...
 
 class BinaryLayer:
     """A prepared binary layer: bconv2d / bdense [-> maxpool] [-> flatten] -> threshold_bits in one

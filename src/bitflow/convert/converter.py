@@ -33,6 +33,7 @@ from ..nn.fixedpoint import SHIFT
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
+from ._mcn import lower_mcn
 from ._trace import Step, UnsupportedLayerError, trace_steps, unsupported
 
 CONVERTER_VERSION = "1"
@@ -772,8 +773,9 @@ def convert(model: nn.Module, *, mode: str | None = None, example_input: Any = N
     was_training = model.training
     model.eval()
     try:
-        steps = trace_steps(model)
-        graph = _convert_steps(model, steps, mode, _input_shape(model, example_input), class_names)
+        lowered = lower_mcn(model)  # MCN layers -> equivalent binary / float convs (else the model itself)
+        steps = trace_steps(lowered)
+        graph = _convert_steps(lowered, steps, mode, _input_shape(model, example_input), class_names)
     finally:
         model.train(was_training)
     return graph

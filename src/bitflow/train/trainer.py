@@ -103,8 +103,28 @@ def _lr_lambda(recipe: Recipe):  # type: ignore[no-untyped-def]
     return f
 
 
+def _hook(model: nn.Module, name: str) -> Any:
+    """Optional training hook of a model (``None`` if absent). A model may define
+    ``param_groups(lr) -> [{"params", "lr", "lr_decay"?}, ...]`` (its own learning rates, each
+    group's lr further multiplied by ``lr_decay ** epoch``), ``extra_loss(logits, y) -> Tensor``
+    (added to the cross-entropy), ``after_step(optimizer)`` (after each optimizer step) and
+    ``on_epoch_start(epoch)``; MCN (:class:`bitflow.nn.mcn.MCNTraining`) uses all four."""
+    fn = getattr(model, name, None)
+    return fn if callable(fn) else None
+
+
+def _group_lambdas(opt: torch.optim.Optimizer, recipe: Recipe) -> list[Any]:
+    base = _lr_lambda(recipe)
+
+    def with_decay(decay: float) -> Any:
+        return lambda epoch: base(epoch) * decay**epoch
+
+    return [with_decay(float(g.get("lr_decay", 1.0))) for g in opt.param_groups]
+
+
 def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = _hook(model, "param_groups")
+    params: Any = groups(r.lr) if groups is not None else [p for p in model.parameters() if p.requires_grad]
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
     if r.optimizer == "adamw":
@@ -280,7 +300,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     model = model.to(device)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _group_lambdas(opt, recipe))
+    extra_loss, after_step, on_epoch_start = (_hook(model, n) for n in ("extra_loss", "after_step", "on_epoch_start"))
     flips = FlipTracker(model)
     hooks = hooks_for(model)
     start_epoch, iteration, best_val, best_epoch = 0, 0, -1.0, -1
@@ -323,6 +344,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         torch.manual_seed((cfg.seed * 1_000_003 + epoch) % (2**63))
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         order = torch.randperm(n, generator=_epoch_gen(cfg.seed, epoch))
         batches = _batches(n, recipe.batch_size, order)
         if dd.enabled:
@@ -341,11 +364,15 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             x = augment_batch(x, augment, aug_gen).to(device)
             y = y.to(device)
             logits = net(x)
-            loss = hooks.loss(model, x, logits, y)
+            loss = hooks.loss(model, x, logits, y)  # survey methods (KD, regularizers); else cross entropy
+            if extra_loss is not None:  # the model's own terms (MCN filter / center losses)
+                loss = loss + extra_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             clip_weights_(model)
+            if after_step is not None:
+                after_step(opt)
             iteration += 1
             hooks.after_step(model, iteration / total_iters, total_iters)
             loss_sum += float(loss.detach()) * len(y)

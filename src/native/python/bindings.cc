@@ -585,6 +585,30 @@ nb::object conv2d_u8i8(const AnyArray& x_, const AnyArray& w_, nb::handle stride
   return nb::cast(out.array);
 }
 
+nb::object conv2d_u8b1(const AnyArray& x_, const AnyArray& w_, std::int64_t channels, nb::handle stride,
+                       nb::handle padding, const std::string& kernels, int threads) {
+  const char* fn = "conv2d_u8b1";
+  check_threads(fn, threads);
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  auto x = arg<std::uint8_t>(x_, fn, "x", 4);
+  auto w = arg<std::uint64_t>(w_, fn, "w", 4);
+  if (channels != x.dim(3))
+    fail(fn, "channels = " + std::to_string(channels) + " but x has " + std::to_string(x.dim(3)) + " (NHWC input)");
+  if (w.dim(3) != (channels + 63) / 64)
+    fail(fn, "w must have shape (O, kh, kw, ceil(C/64)) with C = " + std::to_string(channels));
+  auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  // |sum| <= K * 255 must fit in int32 (and the int8 path below needs K * 255 * 128 to).
+  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
+    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+  auto out = make_out<std::int32_t>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::conv2d_u8b1(ks, threads, x.data, w.data, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
 
 // ---- prepared binary layer ---------------------------------------------------------------
 
@@ -1287,6 +1311,10 @@ NB_MODULE(_native, m) {
         "[N, Ho, Wo, O]. Fast kernels match ref within 2 K 2^-24 sum|x w|.");
   m.def("dense_f32", &dense_f32, "x"_a, "w"_a, "bias"_a = nb::none(), "kernels"_a = "", "threads"_a = 1,
         "Float dense: x float32 [N, K], w float32 [O, K] -> float32 [N, O].");
+  m.def("conv2d_u8b1", &conv2d_u8b1, "x"_a, "w"_a, "channels"_a, "stride"_a = nb::make_tuple(1, 1),
+        "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
+        "Exact W1/A8 conv: x uint8 [N, H, W, C], w packed +-1 bits uint64 [O, kh, kw, ceil(C/64)] "
+        "(bit 1 = -1), zero padding -> int32 [N, Ho, Wo, O].");
   m.def("conv2d_u8i8", &conv2d_u8i8, "x"_a, "w"_a, "stride"_a = nb::make_tuple(1, 1),
         "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
         "Exact fixed-point conv: x uint8 [N, H, W, C], w int8 [O, kh, kw, C], zero padding -> int32.");

@@ -164,6 +164,11 @@ void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
                  const ConvGeom& g, std::int32_t* out);
+/// +-1 weights as packed bits [O, kh, kw, ceil(C/64)] (bit 1 = -1) over uint8 activations,
+/// exact int32 (ops/u8b1_conv.cc; MCN W1/A8). unpack_pm1_weights: bits -> +-1 int8 rows [rows, C].
+std::vector<std::int8_t> unpack_pm1_weights(const std::uint64_t* w, std::int64_t rows, std::int64_t c);
+void conv2d_u8b1(const KernelSet& ks, int threads, const std::uint8_t* x, const std::uint64_t* w,
+                 const ConvGeom& g, std::int32_t* out);
 
 /// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
 /// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else kept as rows.

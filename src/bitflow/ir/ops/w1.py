@@ -1,0 +1,75 @@
+"""W1/A8 layers: ``conv2d_u8b1``, +-1 weights over uint8 activations (MCN as deployed, W1/A32 in
+the paper's Table VII with the activations in uint8).
+
+``y[n, p, o] = sum_{taps, c} x[n, p + tap, c] * w[o, tap, c]`` with ``w`` in ``{-1, +1}`` stored
+as packed bits (bit 1 iff -1, ``[O, kh, kw, ceil(C/64)]`` uint64, as ``bconv2d``), zero padding:
+additions and subtractions only, exact in int32 (``|y| <= 255 kh kw C``). The modulation of an
+MCN-1 layer (a positive per-channel scale) follows as the usual ``scale_bias`` or folds into the
+next threshold. The native kernel expands the bits to +-1 int8 once per call and runs the exact
+uint8 x int8 GEMM of ``conv2d_u8i8`` (VNNI / AVX2 kernels), so it is exact on every kernel set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .. import _refkernels as rk
+from ..bits import unpack_bits
+from ..graph import Graph, GraphError, Op, ValueInfo
+from . import EngineContext, Kernel, OpDef, one, register
+from ._common import acc_check, int_attr, need, need_param, spatial, t2, window_geom
+
+
+def pm1_weights(w: np.ndarray, channels: int) -> np.ndarray:
+    """Packed weight bits ``[O, kh, kw, Cw]`` -> ``+-1`` int8 ``[O, kh, kw, C]`` (bit 1 = -1)."""
+    return (1 - 2 * unpack_bits(w, channels).astype(np.int8)).astype(np.int8)
+
+
+def _infer(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
+    x = ins[0]
+    need(op, x, ("uint8",), 3)
+    h, w, c = spatial(op, x)
+    ch = int_attr(op, "channels")
+    if ch != c:
+        raise GraphError(f"op {op.name!r}: attribute channels={ch} but the input has {c}")
+    wt = need_param(op, tensors, "w", "uint64", ndim=4)
+    o, kh, kw, wcw = wt.shape
+    if wcw != (c + 63) // 64:
+        raise GraphError(
+            f"op {op.name!r}: weight has {wcw} words per tap, {c} channels need {(c + 63) // 64}"
+        )
+    acc_check(op, 255 * kh * kw * c)
+    ho, wo = window_geom(op, h, w, kh, kw)
+    return ValueInfo("int32", (ho, wo, o))
+
+
+def _ref(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+    x = xs[0]
+    rk.expect(op, x, np.uint8)
+    w = pm1_weights(g.tensors[op.params["w"]], int(op.attrs["channels"]))
+    y = rk.conv(x, w, t2(op.attrs["stride"]), t2(op.attrs["padding"]), 0, np.int64)
+    return y.astype(np.int32)
+
+
+def _eng(c: EngineContext, op: Op) -> Kernel:
+    p, N, k, th = c.params(op), c.native, c.kernels, c.threads
+    st, pd, ch = t2(op.attrs["stride"]), t2(op.attrs["padding"]), int(op.attrs["channels"])
+    return one(lambda x: N.conv2d_u8b1(x, p["w"], ch, st, pd, k, th))
+
+
+register(
+    OpDef(
+        "conv2d_u8b1",
+        "integer",
+        "u8 [H,W,C] -> i32 [Ho,Wo,O]",
+        "w u64 bits (O,kh,kw,Cw) (bit 1 = -1); channels, stride, padding",
+        frozenset({"w"}),
+        _infer,
+        _ref,
+        _eng,
+        ("conv2d_u8b1",),
+        doc="+-1 weights over uint8 activations, exact in int32 (MCN W1/A8)",
+    )
+)
