@@ -20,11 +20,15 @@ from pathlib import Path
 
 from bitflow.bench import BASELINES, bench_zoo, clean_blas_env, format_report, parse_int_list
 
-DEFAULT_MODELS = "bitflow_alexnet:float,bitflow_alexnet:int8,bitflow_vgg_small:float,bitflow_lenet:float"
+DEFAULT_MODELS = (
+    "bitflow_alexnet:float,bitflow_alexnet:int8,bitflow_vgg_small:float,bitflow_lenet:float"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated NAME[:float|int8]")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batch", default="1,16")
@@ -41,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     for item in a.models.split(","):
         name, _, first = item.partition(":")
         kwargs = {"first_layer": first} if first and first != "float" else {}
-        res = bench_zoo(name, model_kwargs=kwargs, threads=threads, batches=batches, repeat=a.repeat,
-                        warmup=a.warmup, baselines=baselines)
+        res = bench_zoo(
+            name,
+            model_kwargs=kwargs,
+            threads=threads,
+            batches=batches,
+            repeat=a.repeat,
+            warmup=a.warmup,
+            baselines=baselines,
+        )
         results.append(res)
         print(format_report(res), flush=True)
         print(flush=True)

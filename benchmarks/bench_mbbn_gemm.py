@@ -29,7 +29,9 @@ from __future__ import annotations
 import os
 
 # Before anything imports numpy/torch: OpenBLAS reads these once, when the library loads.
-_REMOVED = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+_REMOVED = {
+    k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
+}
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
@@ -89,17 +91,29 @@ def pack_levels(v: np.ndarray, bits: int) -> np.ndarray:
     a = 2**bits - 1
     q = (v + a) // 2
     planes = [np.where((q >> m) & 1, 1, -1).astype(np.int32) for m in range(bits)]
-    return np.ascontiguousarray(np.stack([np.asarray(_native.bitpack(np.ascontiguousarray(p))) for p in planes]))
+    return np.ascontiguousarray(
+        np.stack([np.asarray(_native.bitpack(np.ascontiguousarray(p))) for p in planes])
+    )
 
 
-def check(out: np.ndarray, a: np.ndarray, b: np.ndarray, depth: int, va: np.ndarray, vb: np.ndarray, rows: list[int]) -> None:
+def check(
+    out: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    depth: int,
+    va: np.ndarray,
+    vb: np.ndarray,
+    rows: list[int],
+) -> None:
     ref = plane_gemm(a[:, rows], b, depth)
     exact = va[rows] @ vb.T
     if not (np.array_equal(out[rows], ref) and np.array_equal(ref, exact)):
         raise SystemExit("encoded GEMM disagrees with the numpy reference / integer product")
 
 
-def float_baselines(rows: int, cols: int, depth: int, reps: int, rng: np.random.Generator) -> tuple[float, float]:
+def float_baselines(
+    rows: int, cols: int, depth: int, reps: int, rng: np.random.Generator
+) -> tuple[float, float]:
     x = rng.standard_normal((rows, depth), dtype=np.float32)
     w = rng.standard_normal((depth, cols), dtype=np.float32)
     tx, tw = torch.from_numpy(x), torch.from_numpy(w)
@@ -113,7 +127,9 @@ _OPERANDS: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
 _ENCODE_TIME: dict[tuple[int, int, int], float] = {}
 
 
-def operand(rows: int, depth: int, bits: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def operand(
+    rows: int, depth: int, bits: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``(levels, packed planes)`` of a random ``rows x depth`` operand, cached per shape and bits."""
     key = (rows, depth, bits)
     if key not in _OPERANDS:
@@ -130,13 +146,26 @@ def encode_time(rows: int, depth: int, m_bits: int, reps: int, rng: np.random.Ge
     key = (rows, depth, m_bits)
     if key not in _ENCODE_TIME:
         acc = np.ascontiguousarray(rng.integers(-100, 100, size=(rows, depth), dtype=np.int32))
-        thr = np.ascontiguousarray(np.tile(np.arange(2**m_bits - 1, dtype=np.int32) * 3 - 50, (depth, 1)))
+        thr = np.ascontiguousarray(
+            np.tile(np.arange(2**m_bits - 1, dtype=np.int32) * 3 - 50, (depth, 1))
+        )
         direction = np.ones(depth, dtype=np.int8)
-        _ENCODE_TIME[key] = timeit(lambda: _native.threshold_planes(acc, thr, direction), reps, 0.02)
+        _ENCODE_TIME[key] = timeit(
+            lambda: _native.threshold_planes(acc, thr, direction), reps, 0.02
+        )
     return _ENCODE_TIME[key]
 
 
-def encoded_time(rows: int, cols: int, depth: int, m_bits: int, k_bits: int, reps: int, threads: int, rng: np.random.Generator) -> tuple[float, float]:
+def encoded_time(
+    rows: int,
+    cols: int,
+    depth: int,
+    m_bits: int,
+    k_bits: int,
+    reps: int,
+    threads: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
     """``(seconds of bgemm_planes, seconds of encoding the activation planes)``; checks the result."""
     va, a = operand(rows, depth, m_bits, rng)
     vb, b = operand(cols, depth, k_bits, rng)
@@ -159,7 +188,9 @@ def blas_report() -> list[str]:
                 f"threads(max)={info.get('num_threads')} ({os.path.basename(info.get('filepath', ''))})"
             )
     cap = torch.backends.cpu.get_cpu_capability()
-    lines.append(f"torch: {torch.__version__}, BLAS=MKL available={torch.backends.mkl.is_available()}, CPU capability={cap}")
+    lines.append(
+        f"torch: {torch.__version__}, BLAS=MKL available={torch.backends.mkl.is_available()}, CPU capability={cap}"
+    )
     lines.append(f"bitflow native: {_native.kernel_info()}")
     removed = ", ".join(f"{k}={v}" for k, v in _REMOVED.items()) or "none were set"
     lines.append(f"removed from this process's environment: {removed}")
@@ -169,10 +200,14 @@ def blas_report() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=4096, help="square GEMM size (rows = cols = depth)")
-    p.add_argument("--max-bits", type=int, default=6, help="M, K in 1..max-bits for the square GEMM")
+    p.add_argument(
+        "--max-bits", type=int, default=6, help="M, K in 1..max-bits for the square GEMM"
+    )
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (their median counts)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-layers", action="store_true", help="skip the ResNet-18 / VGG-small layer shapes")
+    p.add_argument(
+        "--no-layers", action="store_true", help="skip the ResNet-18 / VGG-small layer shapes"
+    )
     a = p.parse_args(argv)
     if a.size < 64 or a.max_bits < 1 or a.max_bits > 8 or a.reps < 1 or a.threads < 1:
         p.error("need --size >= 64, 1 <= --max-bits <= 8, --reps >= 1, --threads >= 1")
@@ -181,34 +216,54 @@ def main(argv: list[str] | None = None) -> int:
     with threadpool_limits(limits=a.threads, user_api="blas"):
         for line in blas_report():
             print(line)
-        print(f"threads={a.threads}, median of reps={a.reps}, times exclude packing the weights (offline)")
+        print(
+            f"threads={a.threads}, median of reps={a.reps}, times exclude packing the weights (offline)"
+        )
         n = a.size
         flops = 2.0 * n**3
-        print(f"\nsquare {n}x{n}x{n}; the float32 baselines are re-measured before every M row (drift on a shared machine)")
-        print(f"{'M':>2} {'K':>2} {'encoded ms':>11} {'binMAC/s':>9} {'enc. acts ms':>12} {'vs numpy':>9} {'vs torch':>9} "
-              f"{'vs torch+enc':>12} {f'S_MK(N={n})':>12} {'S_MK(8192)':>10}")
+        print(
+            f"\nsquare {n}x{n}x{n}; the float32 baselines are re-measured before every M row (drift on a shared machine)"
+        )
+        print(
+            f"{'M':>2} {'K':>2} {'encoded ms':>11} {'binMAC/s':>9} {'enc. acts ms':>12} {'vs numpy':>9} {'vs torch':>9} "
+            f"{'vs torch+enc':>12} {f'S_MK(N={n})':>12} {'S_MK(8192)':>10}"
+        )
         for m_bits in range(1, a.max_bits + 1):
             t_np, t_torch = float_baselines(n, n, n, a.reps, rng)
-            print(f"   float32: numpy {t_np * 1e3:.1f} ms ({flops / t_np / 1e9:.1f} GFLOP/s), "
-                  f"torch.matmul {t_torch * 1e3:.1f} ms ({flops / t_torch / 1e9:.1f} GFLOP/s)")
+            print(
+                f"   float32: numpy {t_np * 1e3:.1f} ms ({flops / t_np / 1e9:.1f} GFLOP/s), "
+                f"torch.matmul {t_torch * 1e3:.1f} ms ({flops / t_torch / 1e9:.1f} GFLOP/s)"
+            )
             for k_bits in range(1, a.max_bits + 1):
                 t, t_enc = encoded_time(n, n, n, m_bits, k_bits, a.reps, a.threads, rng)
                 macs = m_bits * k_bits * float(n) ** 3
-                print(f"{m_bits:>2} {k_bits:>2} {t * 1e3:>11.2f} {macs / t:>9.2e} {t_enc * 1e3:>12.2f} {t_np / t:>9.2f} "
-                      f"{t_torch / t:>9.2f} {t_torch / (t + t_enc):>12.2f} {speedup_theory(m_bits, k_bits, n):>12.2f} "
-                      f"{speedup_theory(m_bits, k_bits, 8192):>10.2f}")
+                print(
+                    f"{m_bits:>2} {k_bits:>2} {t * 1e3:>11.2f} {macs / t:>9.2e} {t_enc * 1e3:>12.2f} {t_np / t:>9.2f} "
+                    f"{t_torch / t:>9.2f} {t_torch / (t + t_enc):>12.2f} {speedup_theory(m_bits, k_bits, n):>12.2f} "
+                    f"{speedup_theory(m_bits, k_bits, 8192):>10.2f}"
+                )
                 sys.stdout.flush()
         if not a.no_layers:
-            print("\nlayer GEMMs (im2col shapes, batch 1): rows x cols x depth; ratio = float32 time / encoded time")
-            print(f"{'layer':<36} {'shape':>16} {'np ms':>8} {'torch ms':>8}  " + "  ".join(f"{m}x{k}:np/torch/S" for m, k in LAYER_BITS))
+            print(
+                "\nlayer GEMMs (im2col shapes, batch 1): rows x cols x depth; ratio = float32 time / encoded time"
+            )
+            print(
+                f"{'layer':<36} {'shape':>16} {'np ms':>8} {'torch ms':>8}  "
+                + "  ".join(f"{m}x{k}:np/torch/S" for m, k in LAYER_BITS)
+            )
             for name, rows, cols, depth in RESNET18_224 + VGG_SMALL_28:
                 reps = max(a.reps, 5)
                 f_np, f_torch = float_baselines(rows, cols, depth, reps, rng)
                 cells = []
                 for m_bits, k_bits in LAYER_BITS:
                     t, _ = encoded_time(rows, cols, depth, m_bits, k_bits, reps, a.threads, rng)
-                    cells.append(f"{f_np / t:5.1f}/{f_torch / t:5.1f}/{speedup_theory(m_bits, k_bits, depth):5.1f}")
-                print(f"{name:<36} {f'{rows}x{cols}x{depth}':>16} {f_np * 1e3:>8.3f} {f_torch * 1e3:>8.3f}  " + "  ".join(cells))
+                    cells.append(
+                        f"{f_np / t:5.1f}/{f_torch / t:5.1f}/{speedup_theory(m_bits, k_bits, depth):5.1f}"
+                    )
+                print(
+                    f"{name:<36} {f'{rows}x{cols}x{depth}':>16} {f_np * 1e3:>8.3f} {f_torch * 1e3:>8.3f}  "
+                    + "  ".join(cells)
+                )
                 sys.stdout.flush()
     return 0
 

@@ -31,24 +31,35 @@ from bitflow.bench import BASELINES, bench_zoo, clean_blas_env, format_report, p
 MODEL = "bireal_resnet18"
 VARIANTS: dict[str, dict[str, Any]] = {
     "float": {"residual": "float"},  # float32 residual stream, float stem (Bi-Real as published)
-    "float-int8stem": {"residual": "float", "first_layer": "int8"},  # fixed-point stem conv (uint8 x int8)
+    "float-int8stem": {
+        "residual": "float",
+        "first_layer": "int8",
+    },  # fixed-point stem conv (uint8 x int8)
 }
-BARS = {"openvino_bnn": 1.5, "ort_int8": 3.0, "torch_fp32": 10.0}  # engine speed-up, 1 thread, batch 1
+BARS = {
+    "openvino_bnn": 1.5,
+    "ort_int8": 3.0,
+    "torch_fp32": 10.0,
+}  # engine speed-up, 1 thread, batch 1
 
 
 def bars(results: dict[str, dict[str, Any]]) -> list[str]:
     """The bars at 1 thread, batch 1 for every variant (the faster one first), met or missed;
     speed-ups are ratios of medians measured interleaved in the same setting."""
-    rows = {name: next((r for r in res["settings"] if r["threads"] == 1 and r["batch"] == 1), None)
-            for name, res in results.items()}
+    rows = {
+        name: next((r for r in res["settings"] if r["threads"] == 1 and r["batch"] == 1), None)
+        for name, res in results.items()
+    }
     rows = {k: r for k, r in rows.items() if r is not None}
     if not rows:
         return ["(no 1-thread batch-1 setting measured: bars not judged)"]
     out = []
     for name in sorted(rows, key=lambda k: rows[k]["engine_ms"]):
         row = rows[name]
-        out.append(f"bars, 1 thread, batch 1, variant {name!r} (engine {row['engine_ms']:.3f} ms median, "
-                   f"{row['engine_ms_cpu']:.3f} ms CPU per call):")
+        out.append(
+            f"bars, 1 thread, batch 1, variant {name!r} (engine {row['engine_ms']:.3f} ms median, "
+            f"{row['engine_ms_cpu']:.3f} ms CPU per call):"
+        )
         for key, bar in BARS.items():
             sp = row["speedup"].get(key)
             if sp is None:
@@ -56,20 +67,30 @@ def bars(results: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             spc = row.get("speedup_cpu", {}).get(key)
             cpu = f", in CPU time {spc:.2f}x" if spc is not None else ""
-            out.append(f"  {key}: {sp:.2f}x{cpu} (bar {bar:g}x) {'met' if sp >= bar else f'MISSED by {bar / sp:.2f}x'}")
+            out.append(
+                f"  {key}: {sp:.2f}x{cpu} (bar {bar:g}x) {'met' if sp >= bar else f'MISSED by {bar / sp:.2f}x'}"
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {', '.join(VARIANTS)}",
+    )
     p.add_argument("--threads", default="1,2")
     p.add_argument("--batch", default="1,16")
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baselines", default=",".join(BASELINES))
-    p.add_argument("--layers", action="store_true", help="also time every engine step and binary layer")
+    p.add_argument(
+        "--layers", action="store_true", help="also time every engine step and binary layer"
+    )
     p.add_argument("--output", default="bench_resnet.json")
     a = p.parse_args(argv)
     clean_blas_env([str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)])
@@ -80,8 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.variants.split(","):
         if name not in VARIANTS:
             p.error(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
-        res = bench_zoo(MODEL, model_kwargs=VARIANTS[name], threads=threads, batches=batches, repeat=a.repeat,
-                        warmup=a.warmup, rounds=a.rounds, baselines=baselines, layers=a.layers)
+        res = bench_zoo(
+            MODEL,
+            model_kwargs=VARIANTS[name],
+            threads=threads,
+            batches=batches,
+            repeat=a.repeat,
+            warmup=a.warmup,
+            rounds=a.rounds,
+            baselines=baselines,
+            layers=a.layers,
+        )
         res["variant"] = name
         results[name] = res
         print(f"== variant {name}: {VARIANTS[name]}")

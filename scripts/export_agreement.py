@@ -62,11 +62,23 @@ def _qonnx(proto: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=[], help=".bfn file (repeatable); default: random zoo models")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help=".bfn file (repeatable); default: random zoo models",
+    )
     p.add_argument("--limit", type=int, default=10_000, help="test images (default all 10,000)")
     p.add_argument("--formats", default="onnx,qonnx")
-    p.add_argument("--batch", type=int, default=250, help="images per executor call (qonnx: the exported batch)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=250,
+        help="images per executor call (qonnx: the exported batch)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default="", help="zoo models whose name contains this text")
     a = p.parse_args(argv)
@@ -83,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.model:
         graphs = [(path, load_graph(path)) for path in a.model]
     else:
-        graphs = [(f"{n} {json.dumps(kw)}", _zoo_graph(n, kw, a.seed)) for n, kw in ZOO if a.only in n]
+        graphs = [
+            (f"{n} {json.dumps(kw)}", _zoo_graph(n, kw, a.seed)) for n, kw in ZOO if a.only in n
+        ]
     bad = 0
     for label, g in graphs:
         eng = Engine(g).logits
@@ -96,8 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             n = len(x) - len(x) % a.batch if fmt == "qonnx" else len(x)  # qonnx: a fixed batch
             r = agreement(g, x[:n], run, eng, batch_size=a.batch)
             bad += r.unexplained
-            print(json.dumps({"model": label, "mode": g.mode, "format": fmt, **r.as_dict(),
-                              "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": label,
+                        "mode": g.mode,
+                        "format": fmt,
+                        **r.as_dict(),
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                ),
+                flush=True,
+            )
     return 1 if bad else 0
 
 

@@ -58,7 +58,7 @@ def seed_models() -> list[bytes]:
 
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8: 8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _join(header: dict[str, Any], body: bytes) -> bytes:
@@ -67,9 +67,47 @@ def _join(header: dict[str, Any], body: bytes) -> bytes:
 
 
 _ODD_VALUES: list[Any] = [
-    None, True, False, 0, -1, 1, 2, 3, 63, 64, 65, 2**31 - 1, 2**31, -(2**31), 2**63, 2**64 + 1, 10**40,
-    0.5, -0.0, 1e308, "", "x", "U64", "I32", "F32", "bits", "int32", "float32", "uint8", [], [0], [1, 1],
-    [2**31, 1], [-1], [[1]], {}, {"a": 1}, {"dtype": "U64"}, [None], ["input"], "input",
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2,
+    3,
+    63,
+    64,
+    65,
+    2**31 - 1,
+    2**31,
+    -(2**31),
+    2**63,
+    2**64 + 1,
+    10**40,
+    0.5,
+    -0.0,
+    1e308,
+    "",
+    "x",
+    "U64",
+    "I32",
+    "F32",
+    "bits",
+    "int32",
+    "float32",
+    "uint8",
+    [],
+    [0],
+    [1, 1],
+    [2**31, 1],
+    [-1],
+    [[1]],
+    {},
+    {"a": 1},
+    {"dtype": "U64"},
+    [None],
+    ["input"],
+    "input",
 ]
 
 
@@ -199,8 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=None, help="stop after N mutants")
     ap.add_argument("--seconds", type=float, default=None, help="stop after this much time")
-    ap.add_argument("--model", action="append", default=[], help="seed .bfn file (default: built-in zoo models)")
-    ap.add_argument("--out", default="runs/fuzz-bfn", help="where findings and the current mutant go")
+    ap.add_argument(
+        "--model", action="append", default=[], help="seed .bfn file (default: built-in zoo models)"
+    )
+    ap.add_argument(
+        "--out", default="runs/fuzz-bfn", help="where findings and the current mutant go"
+    )
     a = ap.parse_args(argv)
     if a.iterations is None and a.seconds is None:
         a.iterations = 1000
@@ -213,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     findings = 0
     t0 = time.monotonic()
     i = 0
-    while (a.iterations is None or i < a.iterations) and (a.seconds is None or time.monotonic() - t0 < a.seconds):
+    while (a.iterations is None or i < a.iterations) and (
+        a.seconds is None or time.monotonic() - t0 < a.seconds
+    ):
         data = mutate(rng.choice(corpus), rng)
         (out / "current.bfn").write_bytes(data)  # left behind if the process dies
         try:
@@ -222,13 +266,24 @@ def main(argv: list[str] | None = None) -> int:
             findings += 1
             outcome = "FINDING"
             (out / f"finding-{a.seed}-{i}.bfn").write_bytes(data)
-            print(f"--- finding at iteration {i} (seed {a.seed}), saved as finding-{a.seed}-{i}.bfn", file=sys.stderr)
+            print(
+                f"--- finding at iteration {i} (seed {a.seed}), saved as finding-{a.seed}-{i}.bfn",
+                file=sys.stderr,
+            )
             traceback.print_exc()
         counts[outcome] = counts.get(outcome, 0) + 1
         i += 1
     (out / "current.bfn").unlink(missing_ok=True)
-    print(json.dumps({"iterations": i, "seconds": round(time.monotonic() - t0, 1), "outcomes": counts,
-                      "findings": findings}))
+    print(
+        json.dumps(
+            {
+                "iterations": i,
+                "seconds": round(time.monotonic() - t0, 1),
+                "outcomes": counts,
+                "findings": findings,
+            }
+        )
+    )
     return 1 if findings else 0
 
 

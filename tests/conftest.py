@@ -19,7 +19,9 @@ def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
         try:
             import bitflow._native  # noqa: F401
         except ImportError as e:
-            raise pytest.UsageError(f"CI=true but the native extension bitflow._native does not import: {e}") from e
+            raise pytest.UsageError(
+                f"CI=true but the native extension bitflow._native does not import: {e}"
+            ) from e
     # The models under test are tiny: one intra-op thread is faster than two, and it keeps
     # results independent of how busy the machine is (two OpenMP teams on two cores thrash).
     try:

@@ -13,7 +13,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, make_dirs: bool = True) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str], data: bytes, *, make_dirs: bool = True
+) -> None:
     """Write ``data`` to ``path`` atomically.
 
     The bytes go to a temporary file in the same directory, which is flushed, fsync'ed and then

@@ -153,13 +153,31 @@ class FloatStream:
     @property
     def wide(self) -> bool: ...
     def __call__(self, xs: list[NDArray[Any]], threads: int = 1) -> Any: ...
-    def after(self, layer: BinaryLayer | Int8ConvLayer, x: NDArray[Any], others: list[NDArray[Any]], pos: int = 0,
-              threads: int = 1) -> Any: ...
-    def after_conv2d(self, x: NDArray[np.float32], w: NDArray[np.float32], bias: NDArray[np.float32] | None = None,
-                     stride: Pair = (1, 1), padding: Pair = (0, 0), kernels: str = "", threads: int = 1) -> Any: ...
+    def after(
+        self,
+        layer: BinaryLayer | Int8ConvLayer,
+        x: NDArray[Any],
+        others: list[NDArray[Any]],
+        pos: int = 0,
+        threads: int = 1,
+    ) -> Any: ...
+    def after_conv2d(
+        self,
+        x: NDArray[np.float32],
+        w: NDArray[np.float32],
+        bias: NDArray[np.float32] | None = None,
+        stride: Pair = (1, 1),
+        padding: Pair = (0, 0),
+        kernels: str = "",
+        threads: int = 1,
+    ) -> Any: ...
 
 def maxpool_f32_fast(
-    x: NDArray[np.float32], kernel: Pair, stride: Pair | None = None, padding: Pair = 0, threads: int = 1,
+    x: NDArray[np.float32],
+    kernel: Pair,
+    stride: Pair | None = None,
+    padding: Pair = 0,
+    threads: int = 1,
     kernels: str = "",
 ) -> NDArray[np.float32]: ...
 
@@ -186,11 +204,26 @@ def threshold_bits_range(
 
 # DAG ops (residual adds, average pools, concatenation)
 def add_f32(xs: list[np.ndarray]) -> np.ndarray: ...
-def add_i32(xs: list[np.ndarray], lo: int | None = None, hi: int | None = None, threads: int = 1) -> np.ndarray: ...
-def requant_i32(x: np.ndarray, m: np.ndarray, b: np.ndarray, shift: int, lo: int | None = None, hi: int | None = None, threads: int = 1) -> np.ndarray: ...
+def add_i32(
+    xs: list[np.ndarray], lo: int | None = None, hi: int | None = None, threads: int = 1
+) -> np.ndarray: ...
+def requant_i32(
+    x: np.ndarray,
+    m: np.ndarray,
+    b: np.ndarray,
+    shift: int,
+    lo: int | None = None,
+    hi: int | None = None,
+    threads: int = 1,
+) -> np.ndarray: ...
 def affine_f32(x: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray: ...
 def relu_f32(x: np.ndarray) -> np.ndarray: ...
-def avgpool_f32(x: np.ndarray, kernel: int | tuple[int, int], stride: int | tuple[int, int] | None = None, padding: int | tuple[int, int] = 0) -> np.ndarray: ...
+def avgpool_f32(
+    x: np.ndarray,
+    kernel: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> np.ndarray: ...
 def global_avgpool_f32(x: np.ndarray) -> np.ndarray: ...
 def concat(xs: list[np.ndarray]) -> np.ndarray: ...
 def concat_bits(xs: list[np.ndarray], channels: list[int]) -> np.ndarray: ...

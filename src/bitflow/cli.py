@@ -32,7 +32,9 @@ def _bits_list(text: str | None) -> int | list[int] | None:
     try:
         vals = [int(v) for v in text.split(",")]
     except ValueError:
-        raise SystemExit(f"bitflow: bit widths must be integers or a comma-separated list, got {text!r}") from None
+        raise SystemExit(
+            f"bitflow: bit widths must be integers or a comma-separated list, got {text!r}"
+        ) from None
     return vals[0] if len(vals) == 1 else vals
 
 
@@ -89,45 +91,122 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model (see bitflow.models.list_models())")
-    p.add_argument("--model", required=True, help="model name, e.g. bitflow_vgg_small, bitflow_alexnet")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | fashion-mnist-binary:A,B | folder:PATH | hands11k:PATH")
-    p.add_argument("--recipe", default=None, help="built-in recipe name or a .toml path (default depends on --data)")
+    p.add_argument(
+        "--model", required=True, help="model name, e.g. bitflow_vgg_small, bitflow_alexnet"
+    )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist | fashion-mnist-binary:A,B | folder:PATH | hands11k:PATH",
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="built-in recipe name or a .toml path (default depends on --data)",
+    )
     p.add_argument("--epochs", type=_COUNT, default=None)
     p.add_argument("--batch-size", type=_COUNT, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/train", help="output directory (checkpoints, metrics.jsonl, flips.jsonl)")
+    p.add_argument(
+        "--out",
+        default="runs/train",
+        help="output directory (checkpoints, metrics.jsonl, flips.jsonl)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--limit-train", type=_COUNT, default=None, help="use only the first N training samples")
-    p.add_argument("--limit-test", type=_COUNT, default=None, help="use only the first N test samples")
-    p.add_argument("--image-size", type=_positive("--image-size", 4096), default=None, metavar="N",
-                   help="folder/hands11k: resize images to NxN (default: the images' own size when they all "
-                        "agree, else 224)")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="folder/hands11k: 1 = grey, 3 = RGB (default: 1 when every image is grey)")
-    p.add_argument("--fold", type=int, default=None, help="cross-validation test fold (0-based; hands11k)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from training data")
+    p.add_argument(
+        "--limit-train", type=_COUNT, default=None, help="use only the first N training samples"
+    )
+    p.add_argument(
+        "--limit-test", type=_COUNT, default=None, help="use only the first N test samples"
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive("--image-size", 4096),
+        default=None,
+        metavar="N",
+        help="folder/hands11k: resize images to NxN (default: the images' own size when they all "
+        "agree, else 224)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="folder/hands11k: 1 = grey, 3 = RGB (default: 1 when every image is grey)",
+    )
+    p.add_argument(
+        "--fold", type=int, default=None, help="cross-validation test fold (0-based; hands11k)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share carved from training data"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (image folders)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="model option, e.g. width=64, first_layer=int8, last_layer=binary, weight_quantizer=sign")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this invocation (continue later with --resume)")
-    p.add_argument("--flip-every", type=int, default=None, metavar="N",
-                   help="log the per-layer sign changing rate every N iterations (default: the recipe's)")
-    p.add_argument("--bits-a", default=None, metavar="M[,M...]", help="MBBN activation bits (one value or one per layer)")
-    p.add_argument("--bits-w", default=None, metavar="K[,K...]", help="MBBN weight bits (one value or one per layer)")
-    p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="initialise from a checkpoint (MBBN: progressive init from a higher-bit model, Sec. V.A)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
-                        "to 1,024 training samples, bitflow.nn.mbbn.calibrate_ranges)")
-    p.add_argument("--method", default=None, metavar="NAME",
-                   help="a BNN method of the survey (bitflow.methods.list_methods(): bnn, xnor, irnet, reactnet, ...)")
-    p.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. teacher=runs/fp/best.pt (kd), lam=1e-6 (bnnplus), M=3 (abc)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="data-loader worker processes (image folders)"
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, e.g. width=64, first_layer=int8, last_layer=binary, weight_quantizer=sign",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs of this invocation (continue later with --resume)",
+    )
+    p.add_argument(
+        "--flip-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="log the per-layer sign changing rate every N iterations (default: the recipe's)",
+    )
+    p.add_argument(
+        "--bits-a",
+        default=None,
+        metavar="M[,M...]",
+        help="MBBN activation bits (one value or one per layer)",
+    )
+    p.add_argument(
+        "--bits-w",
+        default=None,
+        metavar="K[,K...]",
+        help="MBBN weight bits (one value or one per layer)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="initialise from a checkpoint (MBBN: progressive init from a higher-bit model, Sec. V.A)",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
+        "to 1,024 training samples, bitflow.nn.mbbn.calibrate_ranges)",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        metavar="NAME",
+        help="a BNN method of the survey (bitflow.methods.list_methods(): bnn, xnor, irnet, reactnet, ...)",
+    )
+    p.add_argument(
+        "--method-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. teacher=runs/fp/best.pt (kd), lam=1e-6 (bnnplus), M=3 (abc)",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results at the end")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object with the results at the end"
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -156,7 +235,9 @@ def _cmd_summary(a: argparse.Namespace) -> int:
 
 
 def _add_summary(sub: Any) -> None:
-    p = sub.add_parser("summary", help="per-layer Size/Mem/MFLOP of the binary layers (the paper's Table 3)")
+    p = sub.add_parser(
+        "summary", help="per-layer Size/Mem/MFLOP of the binary layers (the paper's Table 3)"
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
@@ -170,12 +251,15 @@ def _model_arrays(spec: str, limit: int | None, graph: Any, seed: int = 0) -> tu
 
     inp = graph.input
     if inp.height != inp.width:
-        raise ValueError(f"the model takes non-square {inp.height}x{inp.width} input; data specs give square images")
+        raise ValueError(
+            f"the model takes non-square {inp.height}x{inp.width} input; data specs give square images"
+        )
     return eval_arrays(spec, limit, channels=inp.channels, image_size=inp.height, seed=seed)
 
 
 def _positive(kind: str, upper: int | None = None) -> Callable[[str], int]:
     """argparse type: an integer >= 1 (and <= ``upper``), with a message naming the range."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -185,6 +269,7 @@ def _positive(kind: str, upper: int | None = None) -> Callable[[str], int]:
             rng = f"in [1, {upper}]" if upper is not None else ">= 1"
             raise argparse.ArgumentTypeError(f"{kind} must be {rng}, got {v}")
         return v
+
     return parse
 
 
@@ -200,10 +285,17 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     from .train import model_from_checkpoint
 
     model, state = model_from_checkpoint(a.checkpoint)
-    model = prepare_for_deploy(model)  # a method's deployable form, or a clear UnsupportedLayerError
+    model = prepare_for_deploy(
+        model
+    )  # a method's deployable form, or a clear UnsupportedLayerError
     graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
-    graph.provenance.update({"checkpoint": os.path.basename(a.checkpoint), "data": state.get("data"),
-                             "seed": state.get("seed")})
+    graph.provenance.update(
+        {
+            "checkpoint": os.path.basename(a.checkpoint),
+            "data": state.get("data"),
+            "seed": state.get("seed"),
+        }
+    )
     graph.save(a.output)
     info = {
         "output": a.output,
@@ -227,13 +319,24 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: Any) -> None:
-    p = sub.add_parser("convert", help="BatchShift fusion + bit packing: checkpoint -> .bfn model file")
-    p.add_argument("checkpoint", help="a checkpoint written by bitflow train (e.g. runs/fm/best.pt)")
+    p = sub.add_parser(
+        "convert", help="BatchShift fusion + bit packing: checkpoint -> .bfn model file"
+    )
+    p.add_argument(
+        "checkpoint", help="a checkpoint written by bitflow train (e.g. runs/fm/best.pt)"
+    )
     p.add_argument("-o", "--output", required=True, help="the .bfn file to write (atomically)")
-    p.add_argument("--mode", choices=("bitflow", "xnor"), default=None,
-                   help="bitflow: integer thresholds (default for bitflow_* models); xnor: float alpha + BatchNorm")
-    p.add_argument("--explain", action="store_true",
-                   help="per engine op: the form it became (binary / threshold / integer / float) and its bytes")
+    p.add_argument(
+        "--mode",
+        choices=("bitflow", "xnor"),
+        default=None,
+        help="bitflow: integer thresholds (default for bitflow_* models); xnor: float alpha + BatchNorm",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="per engine op: the form it became (binary / threshold / integer / float) and its bytes",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_convert)
 
@@ -253,12 +356,14 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(report))
     else:
-        print(f"{report['samples']} samples: accuracy torch {report['accuracy_torch']:.4f}, integer model "
-              f"{report['accuracy_integer']:.4f}; prediction mismatches {report['prediction_mismatches']} "
-              f"({report['prediction_mismatches_unexplained']} not explained by near-threshold events), "
-              f"sign mismatches {report['sign_mismatches']} of {report.get('signs_compared', '?')}, "
-              f"ties {report['ties']}, near-threshold {report['near_threshold']['count']}, "
-              f"max |logit diff| {report['max_logit_abs_diff']:.3g}")
+        print(
+            f"{report['samples']} samples: accuracy torch {report['accuracy_torch']:.4f}, integer model "
+            f"{report['accuracy_integer']:.4f}; prediction mismatches {report['prediction_mismatches']} "
+            f"({report['prediction_mismatches_unexplained']} not explained by near-threshold events), "
+            f"sign mismatches {report['sign_mismatches']} of {report.get('signs_compared', '?')}, "
+            f"ties {report['ties']}, near-threshold {report['near_threshold']['count']}, "
+            f"max |logit diff| {report['max_logit_abs_diff']:.3g}"
+        )
     # exit 0 when every difference is legitimate (near-threshold decisions and the predictions
     # they change); 1 for a real sign mismatch or an unexplained prediction (README "Exit codes")
     return 0 if verify_ok(report) else 1
@@ -280,20 +385,28 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     eng = load(a.model_file, kernels=a.kernels, threads=a.threads)
     seed = eng.graph.provenance.get("seed")
-    x, y = _model_arrays(a.data, a.limit, eng.graph, seed=seed if isinstance(seed, int) and seed >= 0 else 0)
-    report = compare_with_reference(eng, x, y, batch_size=a.batch_size, reference=not a.no_reference)
+    x, y = _model_arrays(
+        a.data, a.limit, eng.graph, seed=seed if isinstance(seed, int) and seed >= 0 else 0
+    )
+    report = compare_with_reference(
+        eng, x, y, batch_size=a.batch_size, reference=not a.no_reference
+    )
     report.update({"model_file": a.model_file, "data": a.data})
     if a.json:
         print(json.dumps(report))
     else:
-        line = (f"{report['samples']} samples: accuracy {report['accuracy']:.4f} with kernels {report['kernels']} "
-                f"({report['threads']} threads), {report['ms_per_sample']:.3f} ms/sample")
+        line = (
+            f"{report['samples']} samples: accuracy {report['accuracy']:.4f} with kernels {report['kernels']} "
+            f"({report['threads']} threads), {report['ms_per_sample']:.3f} ms/sample"
+        )
         if "reference" in report:
             r = report["reference"]
-            line += (f"; vs reference executor: prediction mismatches {r['prediction_mismatches']} "
-                     f"({r['prediction_mismatches_unexplained']} not explained by near-threshold bits), "
-                     f"integer/bit mismatches {r['exact_mismatches']}, near-threshold float-layer bits {r['near_threshold']}, "
-                     f"max |float diff| {r['max_float_abs_diff']:.3g}")
+            line += (
+                f"; vs reference executor: prediction mismatches {r['prediction_mismatches']} "
+                f"({r['prediction_mismatches_unexplained']} not explained by near-threshold bits), "
+                f"integer/bit mismatches {r['exact_mismatches']}, near-threshold float-layer bits {r['near_threshold']}, "
+                f"max |float diff| {r['max_float_abs_diff']:.3g}"
+            )
         print(line)
     ref = report.get("reference")
     # exit 0 when every difference is legitimate (near-threshold float first-layer decisions
@@ -302,14 +415,21 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _add_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a .bfn model on the native engine and check it against the reference executor")
+    p = sub.add_parser(
+        "run",
+        help="run a .bfn model on the native engine and check it against the reference executor",
+    )
     p.add_argument("model_file")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=_COUNT, default=None)
     p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
     p.add_argument("--threads", type=_THREADS, default=None)
     p.add_argument("--batch-size", type=_COUNT, default=256)
-    p.add_argument("--no-reference", action="store_true", help="skip the comparison with the reference executor")
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the comparison with the reference executor",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_run)
 
@@ -323,13 +443,23 @@ def _cmd_export(a: argparse.Namespace) -> int:
     graph = load_graph(a.model_file)
     batch = None if a.batch == "N" else int(a.batch) if a.batch is not None else "default"
     proto = export_onnx(graph, a.output, format=a.format, batch=batch)
-    info = {"output": a.output, "format": a.format, "bytes": os.path.getsize(a.output), "nodes": len(proto.graph.node),
-            "ops": len(graph.ops), "input": [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]}
+    info = {
+        "output": a.output,
+        "format": a.format,
+        "bytes": os.path.getsize(a.output),
+        "nodes": len(proto.graph.node),
+        "ops": len(graph.ops),
+        "input": [
+            d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim
+        ],
+    }
     if a.json:
         print(json.dumps(info))
     else:
-        print(f"wrote {a.output}: {a.format}, {info['nodes']} nodes for {info['ops']} engine ops, input {info['input']}, "
-              f"{info['bytes']} bytes (onnx.checker full check passed)")
+        print(
+            f"wrote {a.output}: {a.format}, {info['nodes']} nodes for {info['ops']} engine ops, input {info['input']}, "
+            f"{info['bytes']} bytes (onnx.checker full check passed)"
+        )
     return 0
 
 
@@ -340,13 +470,21 @@ def _batch_arg(text: str) -> str:
 
 
 def _add_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="write a .bfn model as ONNX (onnxruntime, Netron) or QONNX (Brevitas/FINN tools)")
+    p = sub.add_parser(
+        "export",
+        help="write a .bfn model as ONNX (onnxruntime, Netron) or QONNX (Brevitas/FINN tools)",
+    )
     p.add_argument("model_file")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
     p.add_argument("--format", choices=("onnx", "qonnx"), default="onnx")
-    p.add_argument("--batch", type=_batch_arg, default=None, metavar="N|B",
-                   help="batch size in the model's shapes: N = symbolic (default for onnx), or a number "
-                        "(default 1 for qonnx)")
+    p.add_argument(
+        "--batch",
+        type=_batch_arg,
+        default=None,
+        metavar="N|B",
+        help="batch size in the model's shapes: N = symbolic (default for onnx), or a number "
+        "(default 1 for qonnx)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -362,23 +500,40 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
         parsed = _bits_list(a.bits)
         bits = None if parsed is None else tuple(parsed) if isinstance(parsed, list) else (parsed,)
-        rep = reproduce_mbbn(a.out or "runs/reproduce-mbbn", data=a.data, quick=a.quick, seed=a.seed, log=log,
-                             epochs=a.epochs, bits=bits, method=a.method)
+        rep = reproduce_mbbn(
+            a.out or "runs/reproduce-mbbn",
+            data=a.data,
+            quick=a.quick,
+            seed=a.seed,
+            log=log,
+            epochs=a.epochs,
+            bits=bits,
+            method=a.method,
+        )
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
     if a.paper == "survey":
         from .analysis.reproduce_survey import reproduce_survey
 
         seeds = tuple(int(v) for v in a.seeds.split(",")) if a.seeds else None
-        rep = reproduce_survey(a.out or "runs/reproduce-survey", data=a.data, quick=a.quick, seeds=seeds,
-                               methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
-                               backbone=a.backbone, epochs=a.epochs, log=log)
+        rep = reproduce_survey(
+            a.out or "runs/reproduce-survey",
+            data=a.data,
+            quick=a.quick,
+            seeds=seeds,
+            methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
+            backbone=a.backbone,
+            epochs=a.epochs,
+            log=log,
+        )
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
     from .analysis.reproduce import format_report, reproduce_bitflow_net
 
     out = a.out or "runs/reproduce-bitflow-net"
-    report = reproduce_bitflow_net(out, data=a.data, binary_classes=a.binary_classes, quick=a.quick, seed=a.seed, log=log)
+    report = reproduce_bitflow_net(
+        out, data=a.data, binary_classes=a.binary_classes, quick=a.quick, seed=a.seed, log=log
+    )
     if a.json:
         print(json.dumps(report))
     else:
@@ -388,23 +543,45 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def _add_reproduce(sub: Any) -> None:
-    p = sub.add_parser("reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)")
+    p = sub.add_parser(
+        "reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)"
+    )
     p.add_argument("paper", choices=("bitflow-net", "mbbn", "survey"))
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)")
+    p.add_argument(
+        "--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)"
+    )
     p.add_argument("--quick", action="store_true", help="short trainings (under 10 minutes here)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--epochs", type=int, default=None, help="mbbn: epochs per model (default 15; --quick 2)")
-    p.add_argument("--bits", default=None,
-                   help="mbbn: comma-separated M = K values of the table, highest first (default 8,4,3,2,1; --quick 4,3,2,1)")
-    p.add_argument("--method", default="quantizer", choices=("quantizer", "encoder"),
-                   help="mbbn: Algorithm 2 (learned ranges, default) or Algorithm 1 (MBitEncoder)")
-    p.add_argument("--methods", default=None, help="survey: comma-separated method names (default: all, "
-                   "bitflow.methods.list_methods())")
-    p.add_argument("--seeds", default=None, help="survey: comma-separated seeds (default 0,1,2; --quick 0)")
-    p.add_argument("--backbone", default="bitflow_vgg_small", help="survey: bitflow_vgg_small | bitflow_lenet | bireal_resnet20")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="mbbn: epochs per model (default 15; --quick 2)"
+    )
+    p.add_argument(
+        "--bits",
+        default=None,
+        help="mbbn: comma-separated M = K values of the table, highest first (default 8,4,3,2,1; --quick 4,3,2,1)",
+    )
+    p.add_argument(
+        "--method",
+        default="quantizer",
+        choices=("quantizer", "encoder"),
+        help="mbbn: Algorithm 2 (learned ranges, default) or Algorithm 1 (MBitEncoder)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="survey: comma-separated method names (default: all, bitflow.methods.list_methods())",
+    )
+    p.add_argument(
+        "--seeds", default=None, help="survey: comma-separated seeds (default 0,1,2; --quick 0)"
+    )
+    p.add_argument(
+        "--backbone",
+        default="bitflow_vgg_small",
+        help="survey: bitflow_vgg_small | bitflow_lenet | bireal_resnet20",
+    )
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -421,18 +598,34 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     )
 
     if (a.model_file is None) == (a.model is None):
-        raise ValueError("give either a .bfn model file or --model NAME (a zoo model with random weights)")
+        raise ValueError(
+            "give either a .bfn model file or --model NAME (a zoo model with random weights)"
+        )
     threads = parse_int_list(a.threads, "--threads")
     batches = parse_int_list(a.batch, "--batch")
-    baselines = [] if a.baselines in ("", "none") else [b.strip() for b in a.baselines.split(",") if b.strip()]
+    baselines = (
+        []
+        if a.baselines in ("", "none")
+        else [b.strip() for b in a.baselines.split(",") if b.strip()]
+    )
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
-        raise ValueError(f"--baselines: unknown {unknown}; choose from {', '.join(BASELINES)} or 'none'")
+        raise ValueError(
+            f"--baselines: unknown {unknown}; choose from {', '.join(BASELINES)} or 'none'"
+        )
     if a.model_file is not None and not os.path.exists(a.model_file):
         raise FileNotFoundError(f"model file not found: {a.model_file}")
     clean_blas_env(["-m", "bitflow", *sys.argv[1:]])
-    kw = {"threads": threads, "batches": batches, "repeat": a.repeat, "warmup": a.warmup, "baselines": baselines,
-          "layers": not a.no_layers, "kernels": a.kernels, "rounds": a.rounds}
+    kw = {
+        "threads": threads,
+        "batches": batches,
+        "repeat": a.repeat,
+        "warmup": a.warmup,
+        "baselines": baselines,
+        "layers": not a.no_layers,
+        "kernels": a.kernels,
+        "rounds": a.rounds,
+    }
     if a.model is not None:
         result = bench_zoo(a.model, model_kwargs=_parse_kv(a.model_arg), **kw)
     else:
@@ -445,30 +638,66 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: Any) -> None:
-    p = sub.add_parser("bench", help="engine latency vs PyTorch fp32, ONNX Runtime fp32/int8 and OpenVINO's BNN, same run")
+    p = sub.add_parser(
+        "bench",
+        help="engine latency vs PyTorch fp32, ONNX Runtime fp32/int8 and OpenVINO's BNN, same run",
+    )
     p.add_argument("model_file", nargs="?", default=None, help="a .bfn model file (or use --model)")
-    p.add_argument("--model", default=None, help="a zoo model with random weights, converted on the fly (e.g. bitflow_alexnet)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="zoo model option, e.g. first_layer=int8")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a zoo model with random weights, converted on the fly (e.g. bitflow_alexnet)",
+    )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="zoo model option, e.g. first_layer=int8",
+    )
     p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--repeat", type=_COUNT, default=30, help="timed runs per measurement (median, min, max)")
+    p.add_argument(
+        "--repeat", type=_COUNT, default=30, help="timed runs per measurement (median, min, max)"
+    )
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before each measurement")
-    p.add_argument("--rounds", type=_COUNT, default=5,
-                   help="interleave the runtimes of a setting in this many rounds of repeat/rounds calls "
-                        "(medians over all calls; 1: one block per runtime)")
+    p.add_argument(
+        "--rounds",
+        type=_COUNT,
+        default=5,
+        help="interleave the runtimes of a setting in this many rounds of repeat/rounds calls "
+        "(medians over all calls; 1: one block per runtime)",
+    )
     p.add_argument("--kernels", default="auto", choices=("auto", "ref", "scalar", "avx2", "avx512"))
-    p.add_argument("--baselines", default="torch,ort,openvino", help="comma-separated subset of torch,ort,openvino, or 'none'")
+    p.add_argument(
+        "--baselines",
+        default="torch,ort,openvino",
+        help="comma-separated subset of torch,ort,openvino, or 'none'",
+    )
     p.add_argument("--no-layers", action="store_true", help="whole-model numbers only")
-    p.add_argument("--output", default=None, help="also write the JSON result (indented) to this file")
+    p.add_argument(
+        "--output", default=None, help="also write the JSON result (indented) to this file"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
 
-_ADDERS: list[Callable[[Any], None]] = [_add_train, _add_convert, _add_verify, _add_run, _add_export, _add_summary, _add_reproduce, _add_bench]
+_ADDERS: list[Callable[[Any], None]] = [
+    _add_train,
+    _add_convert,
+    _add_verify,
+    _add_run,
+    _add_export,
+    _add_summary,
+    _add_reproduce,
+    _add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitflow", description="Binarized neural networks: train, convert, run.")
+    parser = argparse.ArgumentParser(
+        prog="bitflow", description="Binarized neural networks: train, convert, run."
+    )
     parser.add_argument("--version", action="version", version=f"bitflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _ADDERS:
@@ -481,7 +710,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError, KeyError, TypeError) as e:
+    except (
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"bitflow {args.command}: error: {msg}", file=sys.stderr)
         return 2

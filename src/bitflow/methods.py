@@ -83,7 +83,9 @@ def list_methods() -> list[str]:
 Layer = BinaryConv2d | BinaryLinear
 
 
-def _binary_modules(model: nn.Module, convs_only: bool = False) -> list[tuple[nn.Module, str, Layer]]:
+def _binary_modules(
+    model: nn.Module, convs_only: bool = False
+) -> list[tuple[nn.Module, str, Layer]]:
     """``(parent, attribute, layer)`` for every binary conv (and linear) layer (not the method
     subclasses a transform already put in)."""
     out: list[tuple[nn.Module, str, Layer]] = []
@@ -97,8 +99,13 @@ def _binary_modules(model: nn.Module, convs_only: bool = False) -> list[tuple[nn
 
 def _conv_kwargs(m: BinaryConv2d) -> dict[str, Any]:
     return {
-        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-        "stride": m.stride, "padding": m.padding, "bias": m.bias is not None, "pad_value": m.pad_value,
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": m.kernel_size,
+        "stride": m.stride,
+        "padding": m.padding,
+        "bias": m.bias is not None,
+        "pad_value": m.pad_value,
         "weight_clip": m.weight_clip,
     }
 
@@ -108,8 +115,10 @@ def _output_sizes(model: nn.Module) -> dict[int, tuple[int, int]]:
     size = int(model.image_size)  # type: ignore[arg-type]
     cin = int(model.in_channels)  # type: ignore[arg-type]
     sizes: dict[int, tuple[int, int]] = {}
-    handles = [m.register_forward_hook(lambda mod, _i, o: sizes.__setitem__(id(mod), tuple(o.shape[-2:])))
-               for _p, _a, m in _binary_modules(model, convs_only=True)]
+    handles = [
+        m.register_forward_hook(lambda mod, _i, o: sizes.__setitem__(id(mod), tuple(o.shape[-2:])))
+        for _p, _a, m in _binary_modules(model, convs_only=True)
+    ]
     was = model.training
     model.eval()
     try:
@@ -128,8 +137,12 @@ def _xnorpp(model: nn.Module, args: dict[str, Any]) -> None:
     sizes = _output_sizes(model)
     for parent, attr, m in _binary_modules(model, convs_only=True):
         assert isinstance(m, BinaryConv2d)
-        new = S.XnorPPConv2d(**_conv_kwargs(m), input_quantizer=m.input_quantizer, weight_quantizer="sign",
-                             out_hw=sizes[id(m)])
+        new = S.XnorPPConv2d(
+            **_conv_kwargs(m),
+            input_quantizer=m.input_quantizer,
+            weight_quantizer="sign",
+            out_hw=sizes[id(m)],
+        )
         with torch.no_grad():
             new.weight.copy_(m.weight)
             new.scale_c.copy_(m.weight.abs().flatten(1).mean(1))
@@ -152,7 +165,9 @@ def _bnnplus(model: nn.Module, args: dict[str, Any]) -> None:
     channel, initialized to ``mean |W_o|``) with SignSwish ``beta``; activations use ``signswish``."""
     for _p, _a, m in _binary_modules(model):
         w = m.weight.detach()
-        m.weight_quantizer = S.BnnPlusWeight(w.shape[0], beta=float(args["beta"]), init=w.abs().flatten(1).mean(1))
+        m.weight_quantizer = S.BnnPlusWeight(
+            w.shape[0], beta=float(args["beta"]), init=w.abs().flatten(1).mean(1)
+        )
         m.input_quantizer = S.SignSwish(float(args["beta"]))
 
 
@@ -163,7 +178,9 @@ def _reactnet(model: nn.Module, args: dict[str, Any]) -> None:
     from .models.resnet import BinaryBasicBlock, BiRealUnit
 
     for _p, _a, m in _binary_modules(model):
-        m.input_quantizer = S.RSign(int(m.in_channels if isinstance(m, BinaryConv2d) else m.in_features))
+        m.input_quantizer = S.RSign(
+            int(m.in_channels if isinstance(m, BinaryConv2d) else m.in_features)
+        )
     if not args.get("rprelu", True):
         return
     for parent in list(model.modules()):
@@ -181,64 +198,251 @@ def _reactnet(model: nn.Module, args: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- the catalogue
 
-_REAL_ACT = ("real-valued activations with +-1 weights need a float-input conv with sign weights "
-             "(the MCN +-1-weight real-activation conv op), not in the engine yet")
-_UNSIGNED = ("{0,1} / k-bit unsigned activations need an AND-popcount kernel (or MBBN bit planes with "
-             "the affine correction for a 0/1 code), not in the engine yet")
+_REAL_ACT = (
+    "real-valued activations with +-1 weights need a float-input conv with sign weights "
+    "(the MCN +-1-weight real-activation conv op), not in the engine yet"
+)
+_UNSIGNED = (
+    "{0,1} / k-bit unsigned activations need an AND-popcount kernel (or MBBN bit planes with "
+    "the affine correction for a 0/1 code), not in the engine yet"
+)
 
-register(Method("binaryconnect", "BinaryConnect (deterministic)", "Courbariaux et al. 2015; survey Sec. 3.1",
-                (1, 32), None, "sign", _REAL_ACT,
-                "CIFAR-10 91.7 (Table 3, VGG-Small, 1/32); ImageNet 35.4 (Table 4, AlexNet, 1/32)"))
-register(Method("binaryconnect_stochastic", "BinaryConnect (stochastic)", "survey Eq. 6-7", (1, 32), None,
-                "bc_stochastic", _REAL_ACT, "not a separate row; BinaryConnect: CIFAR-10 91.7 (Table 3, VGG-Small, 1/32)"))
-register(Method("bnn", "BNN (HTanh STE)", "Courbariaux/Hubara et al. 2016; survey Eq. 3, 5", (1, 1),
-                "ste_sign", "sign", "pure", "CIFAR-10 89.9 (Table 3, VGG-Small); ImageNet 27.9 (Table 4, AlexNet)"))
-register(Method("bwn", "BWN", "Rastegari et al. 2016; survey Eq. 8", (1, 32), None, "xnor", _REAL_ACT,
-                "CIFAR-10 90.1 (Table 3, VGG-Small, 1/32); ImageNet 56.8 (Table 4, AlexNet), 60.8 (ResNet-18)"))
-register(Method("xnor", "XNOR-Net", "Rastegari et al. 2016; survey Eq. 8, Fig. 2", (1, 1), "ste_sign", "xnor",
-                "pure", "CIFAR-10 89.8 (Table 3, VGG-Small); ImageNet 44.2 (Table 4, AlexNet)"))
+register(
+    Method(
+        "binaryconnect",
+        "BinaryConnect (deterministic)",
+        "Courbariaux et al. 2015; survey Sec. 3.1",
+        (1, 32),
+        None,
+        "sign",
+        _REAL_ACT,
+        "CIFAR-10 91.7 (Table 3, VGG-Small, 1/32); ImageNet 35.4 (Table 4, AlexNet, 1/32)",
+    )
+)
+register(
+    Method(
+        "binaryconnect_stochastic",
+        "BinaryConnect (stochastic)",
+        "survey Eq. 6-7",
+        (1, 32),
+        None,
+        "bc_stochastic",
+        _REAL_ACT,
+        "not a separate row; BinaryConnect: CIFAR-10 91.7 (Table 3, VGG-Small, 1/32)",
+    )
+)
+register(
+    Method(
+        "bnn",
+        "BNN (HTanh STE)",
+        "Courbariaux/Hubara et al. 2016; survey Eq. 3, 5",
+        (1, 1),
+        "ste_sign",
+        "sign",
+        "pure",
+        "CIFAR-10 89.9 (Table 3, VGG-Small); ImageNet 27.9 (Table 4, AlexNet)",
+    )
+)
+register(
+    Method(
+        "bwn",
+        "BWN",
+        "Rastegari et al. 2016; survey Eq. 8",
+        (1, 32),
+        None,
+        "xnor",
+        _REAL_ACT,
+        "CIFAR-10 90.1 (Table 3, VGG-Small, 1/32); ImageNet 56.8 (Table 4, AlexNet), 60.8 (ResNet-18)",
+    )
+)
+register(
+    Method(
+        "xnor",
+        "XNOR-Net",
+        "Rastegari et al. 2016; survey Eq. 8, Fig. 2",
+        (1, 1),
+        "ste_sign",
+        "xnor",
+        "pure",
+        "CIFAR-10 89.8 (Table 3, VGG-Small); ImageNet 44.2 (Table 4, AlexNet)",
+    )
+)
 for _a in (1, 2, 4):
-    register(Method(f"dorefa_w1a{_a}" if _a > 1 else "dorefa", f"DoReFa-Net W1/A{_a}", "Zhou et al. 2016, Eq. 5, 9, 12",
-                    (1, _a), f"dorefa_a{_a}", "dorefa_w1", _UNSIGNED,
-                    {1: "CIFAR-10 79.3 (Table 3, ResNet-20, 1/1); ImageNet 43.6 (Table 4, AlexNet, 1/1)",
-                     2: "ImageNet 49.8 (Table 4, AlexNet; the row's bit width is printed 1/1, probably 1/2)",
-                     4: "no W1/A4 DoReFa row in Tables 3-4"}[_a]))
-register(Method("xnorpp", "XNOR-Net++", "Bulat & Tzimiropoulos 2019, Eq. 4-6 (case 3)", (1, 1), "ste_sign", "sign",
-                "the factorized scale alpha(x)beta(x)gamma differs per output position, so the BatchShift threshold "
-                "does too: needs a per-(position, channel) threshold table op, not in the engine yet",
-                "ImageNet 57.1 (Table 4, ResNet-18), 46.9 (AlexNet)", transform=_xnorpp))
-register(Method("bireal", "Bi-Real Net ApproxSign", "Liu et al. 2018; survey Eq. 12-13", (1, 1), "approx_sign", "xnor",
-                "pure", "ImageNet 56.4 (Table 4, ResNet-18), 62.2 (ResNet-34); backbone bireal_resnet20 adds its shortcuts"))
-register(Method("bnnplus", "BNN+ (SignSwish + R1 regularizer)", "Darabi et al. 2018", (1, 1), "signswish", "sign",
-                "pure", "not in Tables 3-4 (named in Sec. 3.2.3)",
-                transform=_bnnplus, defaults={"beta": 5.0, "lam": 1e-6, "reg": "l1"}))
-register(Method("dsq", "DSQ (1 bit)", "Gong et al. 2019; survey Eq. 14", (1, 1), "dsq", "dsq_w", "pure",
-                "CIFAR-10 91.7 (Table 3, VGG-Small), 84.1 (ResNet-20); ImageNet 63.7 (Table 4, ResNet-18, 1/32)"))
-register(Method("irnet", "IR-Net (Libra-PB + EDE)", "Qin et al. 2020 (IR-Net Eq. 9-13)", (1, 1), "ede", "irnet",
-                "pure", "CIFAR-10 90.4 (Table 3, VGG-Small), 86.5 (ResNet-20); ImageNet 58.1 (Table 4, ResNet-18)"))
-register(Method("pact", "PACT W1/A2", "Choi et al. 2018 (PACT Eq. 1-3), DoReFa weights", (1, 2), "pact_a2", "dorefa_w1",
-                _UNSIGNED, "ImageNet 62.9 (Table 4, ResNet-18, 1/2), 67.8 (ResNet-50, 1/2)"))
-register(Method("proxquant", "ProxQuant", "Bai et al. 2019 (prox operator Eq. 9)", (1, 1), "ste_sign", "proxquant",
-                "pure", "CIFAR-10 90.7 (Table 3, ResNet-20, 1/32: weights only; here with BNN sign activations so it deploys)",
-                defaults={"lam_sum": 2.0}))
-register(Method("selfbin", "Self-binarizing networks", "Lahoud et al. 2019 (tanh(v x) -> sign)", (1, 1),
-                "selfbin", "selfbin_w", "pure", "not in Tables 3-4 (named in Sec. 3.2.3, ref. [94])"))
-register(Method("reactnet", "ReActNet (RSign + RPReLU)", "Liu et al. 2020 (post-survey)", (1, 1), "approx_sign", "xnor",
-                "RPReLU (a per-channel shifted PReLU) has no engine op: before a sign it could fold into the "
-                "threshold (monotone for slope > 0, a converter rule not written yet), but before the float "
-                "classifier or on a residual stream its real output is needed (RSign alone folds: reactnet_rsign)",
-                "post-survey (2020); not in Tables 3-4", transform=_reactnet,
-                defaults={"rprelu": True}))
-register(Method("reactnet_rsign", "ReActNet RSign only", "Liu et al. 2020, Eq. 1", (1, 1), "approx_sign", "xnor",
-                "pure", "ablation of ReActNet (not in the survey)", transform=_reactnet, defaults={"rprelu": False}))
-register(Method("abc", "ABC-Net (M weight x N activation bases)", "Lin et al. 2017, Eq. 2-9", (1, 1), None, None,
-                "M x N binary convolutions with per-branch float weights summed before one threshold need a weighted "
-                "multi-branch bconv op, not in the engine yet",
-                "ImageNet 42.7 (Table 4, ResNet-18, 1/1), 62.8 (ResNet-18, 1/32)", transform=_abc,
-                defaults={"M": 3, "N": 3}))
-register(Method("kd", "Knowledge distillation (Apprentice)", "Mishra & Marr 2018; survey Eq. 11", (1, 1), "ste_sign",
-                "xnor", "pure", "Apprentice is not in Tables 3-4 (Eq. 11, Sec. 3.2.2)",
-                defaults={"teacher": None, "beta": 1.0, "gamma": 1.0}))
+    register(
+        Method(
+            f"dorefa_w1a{_a}" if _a > 1 else "dorefa",
+            f"DoReFa-Net W1/A{_a}",
+            "Zhou et al. 2016, Eq. 5, 9, 12",
+            (1, _a),
+            f"dorefa_a{_a}",
+            "dorefa_w1",
+            _UNSIGNED,
+            {
+                1: "CIFAR-10 79.3 (Table 3, ResNet-20, 1/1); ImageNet 43.6 (Table 4, AlexNet, 1/1)",
+                2: "ImageNet 49.8 (Table 4, AlexNet; the row's bit width is printed 1/1, probably 1/2)",
+                4: "no W1/A4 DoReFa row in Tables 3-4",
+            }[_a],
+        )
+    )
+register(
+    Method(
+        "xnorpp",
+        "XNOR-Net++",
+        "Bulat & Tzimiropoulos 2019, Eq. 4-6 (case 3)",
+        (1, 1),
+        "ste_sign",
+        "sign",
+        "the factorized scale alpha(x)beta(x)gamma differs per output position, so the BatchShift threshold "
+        "does too: needs a per-(position, channel) threshold table op, not in the engine yet",
+        "ImageNet 57.1 (Table 4, ResNet-18), 46.9 (AlexNet)",
+        transform=_xnorpp,
+    )
+)
+register(
+    Method(
+        "bireal",
+        "Bi-Real Net ApproxSign",
+        "Liu et al. 2018; survey Eq. 12-13",
+        (1, 1),
+        "approx_sign",
+        "xnor",
+        "pure",
+        "ImageNet 56.4 (Table 4, ResNet-18), 62.2 (ResNet-34); backbone bireal_resnet20 adds its shortcuts",
+    )
+)
+register(
+    Method(
+        "bnnplus",
+        "BNN+ (SignSwish + R1 regularizer)",
+        "Darabi et al. 2018",
+        (1, 1),
+        "signswish",
+        "sign",
+        "pure",
+        "not in Tables 3-4 (named in Sec. 3.2.3)",
+        transform=_bnnplus,
+        defaults={"beta": 5.0, "lam": 1e-6, "reg": "l1"},
+    )
+)
+register(
+    Method(
+        "dsq",
+        "DSQ (1 bit)",
+        "Gong et al. 2019; survey Eq. 14",
+        (1, 1),
+        "dsq",
+        "dsq_w",
+        "pure",
+        "CIFAR-10 91.7 (Table 3, VGG-Small), 84.1 (ResNet-20); ImageNet 63.7 (Table 4, ResNet-18, 1/32)",
+    )
+)
+register(
+    Method(
+        "irnet",
+        "IR-Net (Libra-PB + EDE)",
+        "Qin et al. 2020 (IR-Net Eq. 9-13)",
+        (1, 1),
+        "ede",
+        "irnet",
+        "pure",
+        "CIFAR-10 90.4 (Table 3, VGG-Small), 86.5 (ResNet-20); ImageNet 58.1 (Table 4, ResNet-18)",
+    )
+)
+register(
+    Method(
+        "pact",
+        "PACT W1/A2",
+        "Choi et al. 2018 (PACT Eq. 1-3), DoReFa weights",
+        (1, 2),
+        "pact_a2",
+        "dorefa_w1",
+        _UNSIGNED,
+        "ImageNet 62.9 (Table 4, ResNet-18, 1/2), 67.8 (ResNet-50, 1/2)",
+    )
+)
+register(
+    Method(
+        "proxquant",
+        "ProxQuant",
+        "Bai et al. 2019 (prox operator Eq. 9)",
+        (1, 1),
+        "ste_sign",
+        "proxquant",
+        "pure",
+        "CIFAR-10 90.7 (Table 3, ResNet-20, 1/32: weights only; here with BNN sign activations so it deploys)",
+        defaults={"lam_sum": 2.0},
+    )
+)
+register(
+    Method(
+        "selfbin",
+        "Self-binarizing networks",
+        "Lahoud et al. 2019 (tanh(v x) -> sign)",
+        (1, 1),
+        "selfbin",
+        "selfbin_w",
+        "pure",
+        "not in Tables 3-4 (named in Sec. 3.2.3, ref. [94])",
+    )
+)
+register(
+    Method(
+        "reactnet",
+        "ReActNet (RSign + RPReLU)",
+        "Liu et al. 2020 (post-survey)",
+        (1, 1),
+        "approx_sign",
+        "xnor",
+        "RPReLU (a per-channel shifted PReLU) has no engine op: before a sign it could fold into the "
+        "threshold (monotone for slope > 0, a converter rule not written yet), but before the float "
+        "classifier or on a residual stream its real output is needed (RSign alone folds: reactnet_rsign)",
+        "post-survey (2020); not in Tables 3-4",
+        transform=_reactnet,
+        defaults={"rprelu": True},
+    )
+)
+register(
+    Method(
+        "reactnet_rsign",
+        "ReActNet RSign only",
+        "Liu et al. 2020, Eq. 1",
+        (1, 1),
+        "approx_sign",
+        "xnor",
+        "pure",
+        "ablation of ReActNet (not in the survey)",
+        transform=_reactnet,
+        defaults={"rprelu": False},
+    )
+)
+register(
+    Method(
+        "abc",
+        "ABC-Net (M weight x N activation bases)",
+        "Lin et al. 2017, Eq. 2-9",
+        (1, 1),
+        None,
+        None,
+        "M x N binary convolutions with per-branch float weights summed before one threshold need a weighted "
+        "multi-branch bconv op, not in the engine yet",
+        "ImageNet 42.7 (Table 4, ResNet-18, 1/1), 62.8 (ResNet-18, 1/32)",
+        transform=_abc,
+        defaults={"M": 3, "N": 3},
+    )
+)
+register(
+    Method(
+        "kd",
+        "Knowledge distillation (Apprentice)",
+        "Mishra & Marr 2018; survey Eq. 11",
+        (1, 1),
+        "ste_sign",
+        "xnor",
+        "pure",
+        "Apprentice is not in Tables 3-4 (Eq. 11, Sec. 3.2.2)",
+        defaults={"teacher": None, "beta": 1.0, "gamma": 1.0},
+    )
+)
 
 
 # ----------------------------------------------------------------------------- building
@@ -255,8 +459,13 @@ def method_args(name: str, given: dict[str, Any] | None = None) -> dict[str, Any
     return {**m.defaults, **given}
 
 
-def build_model(model: str, method: str | None = None, method_args_: dict[str, Any] | None = None, /,
-                **kwargs: Any) -> nn.Module:
+def build_model(
+    model: str,
+    method: str | None = None,
+    method_args_: dict[str, Any] | None = None,
+    /,
+    **kwargs: Any,
+) -> nn.Module:
     """``bitflow.models.create(model, **kwargs)`` with ``method``'s quantizers (given ``kwargs``
     win only if they do not contradict the method) and its transform applied. The result's
     ``bitflow_config`` records the method so that checkpoints rebuild the same model. The first
@@ -271,17 +480,25 @@ def build_model(model: str, method: str | None = None, method_args_: dict[str, A
     for key in ("input_quantizer", "weight_quantizer"):
         want = getattr(m, key)
         if key in kwargs and kwargs[key] != want and m.transform is None:
-            raise ValueError(f"method {method!r} sets {key}={want!r}; do not also pass {key}={kwargs[key]!r}")
+            raise ValueError(
+                f"method {method!r} sets {key}={want!r}; do not also pass {key}={kwargs[key]!r}"
+            )
         kwargs[key] = want
-    if m.transform is _abc:  # the transform replaces the layers; build them as plain sign layers first
+    if (
+        m.transform is _abc
+    ):  # the transform replaces the layers; build them as plain sign layers first
         kwargs["input_quantizer"], kwargs["weight_quantizer"] = "ste_sign", "sign"
     try:
         net = create(model, **kwargs)
     except TypeError as e:
-        raise ValueError(f"model {model!r} cannot take method {method!r} (it sets input_quantizer/"
-                         f"weight_quantizer): {e}") from None
+        raise ValueError(
+            f"model {model!r} cannot take method {method!r} (it sets input_quantizer/"
+            f"weight_quantizer): {e}"
+        ) from None
     if not any(True for _ in _binary_modules(net)):
-        raise ValueError(f"model {model!r} has no binary layers to apply method {method!r} to; use a binary backbone")
+        raise ValueError(
+            f"model {model!r} has no binary layers to apply method {method!r} to; use a binary backbone"
+        )
     if m.transform is not None:
         m.transform(net, args)
     cfg = dict(net.bitflow_config)  # type: ignore[arg-type]
@@ -311,8 +528,10 @@ class MethodHooks:
 
             path = self.args.get("teacher")
             if not path:
-                raise ValueError("method 'kd' needs a teacher: --method-arg teacher=PATH/best.pt (a trained "
-                                 "full-precision twin of the backbone, e.g. vgg_small for bitflow_vgg_small)")
+                raise ValueError(
+                    "method 'kd' needs a teacher: --method-arg teacher=PATH/best.pt (a trained "
+                    "full-precision twin of the backbone, e.g. vgg_small for bitflow_vgg_small)"
+                )
             t, _ = model_from_checkpoint(path)
             for p in t.parameters():
                 p.requires_grad_(False)
@@ -323,7 +542,9 @@ class MethodHooks:
         if self.method == "kd":
             with torch.no_grad():
                 zt = self.teacher(x.device)(x)
-            return apprentice_loss(logits, zt, y, float(self.args["beta"]), float(self.args["gamma"]))
+            return apprentice_loss(
+                logits, zt, y, float(self.args["beta"]), float(self.args["gamma"])
+            )
         ce = F.cross_entropy(logits, y)
         if self.method == "bnnplus":
             reg = torch.zeros((), device=logits.device)
@@ -345,13 +566,20 @@ class MethodHooks:
             if isinstance(mod, S._Annealed):
                 mod.set_progress(progress)
         if self.method == "proxquant":
-            lam = 2.0 * float(self.args["lam_sum"]) * min(max(progress, 0.0), 1.0) / max(int(total_steps), 1)
+            lam = (
+                2.0
+                * float(self.args["lam_sum"])
+                * min(max(progress, 0.0), 1.0)
+                / max(int(total_steps), 1)
+            )
             for _p, _a, m in _binary_modules(model):
                 if isinstance(m.weight_quantizer, S.ProxQuantWeight):
                     m.weight.copy_(S.proxquant_prox(m.weight, lam))
 
 
-def apprentice_loss(zs: Tensor, zt: Tensor, y: Tensor, beta: float = 1.0, gamma: float = 1.0) -> Tensor:
+def apprentice_loss(
+    zs: Tensor, zt: Tensor, y: Tensor, beta: float = 1.0, gamma: float = 1.0
+) -> Tensor:
     """Survey Eq. 11 with a fixed teacher: ``beta H(y, p^S) + gamma H(p^T, p^S)`` (the term
     ``alpha H(y, p^T)`` is a constant for a fixed teacher and is dropped; ``H(p, q) =
     -sum p log q`` is the cross-entropy, T = 1 as in Apprentice), averaged over the batch."""
@@ -381,14 +609,17 @@ def fold_rsign(model: nn.Module) -> int:
     for parent in model.modules():
         kids = list(parent.named_children())
         for i, (name, m) in enumerate(kids):
-            if isinstance(m, (BinaryConv2d, BinaryLinear)) and isinstance(m.input_quantizer, S.RSign):
+            if isinstance(m, (BinaryConv2d, BinaryLinear)) and isinstance(
+                m.input_quantizer, S.RSign
+            ):
                 rsign = m.input_quantizer
                 prev = kids[i - 1][1] if i > 0 and isinstance(parent, nn.Sequential) else None
                 if not isinstance(prev, nn.modules.batchnorm._BatchNorm) or prev.bias is None:
                     raise UnsupportedLayerError(
                         f"layer {name!r}: its RSign threshold shift can be folded only into a BatchNorm directly "
                         "before the layer (plain BN -> sign -> BinConv chains such as bitflow_vgg_small); here the "
-                        "input is a residual stream, which needs a per-channel float threshold op (not yet)")
+                        "input is a residual stream, which needs a per-channel float threshold op (not yet)"
+                    )
                 with torch.no_grad():
                     prev.bias.sub_(rsign.beta.to(prev.bias.dtype))
                 m.input_quantizer = Q.get("approx_sign")
@@ -406,7 +637,9 @@ def prepare_for_deploy(model: nn.Module) -> nn.Module:
         return model
     m = get_method(name)
     if not m.deployable:
-        raise UnsupportedLayerError(f"method {name!r} ({m.title}) cannot run on the engine yet: {m.deploy}")
+        raise UnsupportedLayerError(
+            f"method {name!r} ({m.title}) cannot run on the engine yet: {m.deploy}"
+        )
     fold_rsign(model)
     return model
 
@@ -420,9 +653,18 @@ def convert(model: nn.Module, **kwargs: Any) -> Any:
 
 def describe() -> list[dict[str, Any]]:
     """One row per method: name, title, W/A bits, deploy form, the survey's numbers."""
-    return [{"method": m.name, "title": m.title, "source": m.source, "w_bits": m.bits[0], "a_bits": m.bits[1],
-             "deploy": "pure xnor-popcount + thresholds" if m.deployable else f"not yet: {m.deploy}",
-             "survey": m.survey} for m in (_METHODS.get(n) for n in _METHODS.names())]
+    return [
+        {
+            "method": m.name,
+            "title": m.title,
+            "source": m.source,
+            "w_bits": m.bits[0],
+            "a_bits": m.bits[1],
+            "deploy": "pure xnor-popcount + thresholds" if m.deployable else f"not yet: {m.deploy}",
+            "survey": m.survey,
+        }
+        for m in (_METHODS.get(n) for n in _METHODS.names())
+    ]
 
 
 __all__ = [
@@ -439,4 +681,3 @@ __all__ = [
     "method_args",
     "prepare_for_deploy",
 ]
-

@@ -37,7 +37,9 @@ def test_bgemm_kernel_equals_ref_at_tile_edges(fast_kernels: str, k: int) -> Non
         # all 64 bits of every word (high 2**64: bit 63 is set in about half the words)
         a = rng.integers(0, 2**64, size=(m, -(-k // 64)), dtype=np.uint64)
         b = rng.integers(0, 2**64, size=(n, -(-k // 64)), dtype=np.uint64)
-        top63 += int(np.count_nonzero(a[:, :-1] >> np.uint64(63))) + int(np.count_nonzero(b[:, :-1] >> np.uint64(63)))
+        top63 += int(np.count_nonzero(a[:, :-1] >> np.uint64(63))) + int(
+            np.count_nonzero(b[:, :-1] >> np.uint64(63))
+        )
         a[:, -1] = pack_bits(random_pm(rng, (m, k)))[:, -1]  # zero padding bits in the last word
         b[:, -1] = pack_bits(random_pm(rng, (n, k)))[:, -1]
         ref = _native.bgemm(a, b, k, kernels="ref")

@@ -18,7 +18,12 @@ out = sys.argv[1]
 rank = int(os.environ["RANK"])
 rec: dict = {"indices": [], "x": [], "y": [], "steps": []}
 
-_loader, _augment, _clip, _ddp = T._loader, T.augment_batch, T.clip_weights_, nn.parallel.DistributedDataParallel
+_loader, _augment, _clip, _ddp = (
+    T._loader,
+    T.augment_batch,
+    T.clip_weights_,
+    nn.parallel.DistributedDataParallel,
+)
 
 
 def loader(ds, batches, workers):  # type: ignore[no-untyped-def]
@@ -37,19 +42,34 @@ def augment(x, ops, gen):  # type: ignore[no-untyped-def]
 def clip(model):  # type: ignore[no-untyped-def]
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     r = _clip(model)
-    rec["steps"].append({"grads": grads, "params": {k: v.clone() for k, v in model.state_dict().items()}})
+    rec["steps"].append(
+        {"grads": grads, "params": {k: v.clone() for k, v in model.state_dict().items()}}
+    )
     return r
 
 
 class DDP(_ddp):  # type: ignore[misc, valid-type]
     def __init__(self, module, *a, **k):  # type: ignore[no-untyped-def]
         super().__init__(module, *a, **k)
-        rec["initial"] = {k: v.clone() for k, v in module.state_dict().items()}  # after DDP's broadcast
+        rec["initial"] = {
+            k: v.clone() for k, v in module.state_dict().items()
+        }  # after DDP's broadcast
 
 
 T._loader, T.augment_batch, T.clip_weights_ = loader, augment, clip
 nn.parallel.DistributedDataParallel = DDP
-T.train(T.TrainConfig(model="bitflow_lenet", out=os.path.join(out, "run"), epochs=1, batch_size=64, limit_train=72,
-                      limit_test=16, device="cpu", progress=False, model_kwargs={"width": 4, "fc": 8}))
+T.train(
+    T.TrainConfig(
+        model="bitflow_lenet",
+        out=os.path.join(out, "run"),
+        epochs=1,
+        batch_size=64,
+        limit_train=72,
+        limit_test=16,
+        device="cpu",
+        progress=False,
+        model_kwargs={"width": 4, "fc": 8},
+    )
+)
 rec["world_size"] = int(os.environ["WORLD_SIZE"])
 torch.save(rec, os.path.join(out, f"rank{rank}.pt"))

@@ -46,8 +46,16 @@ def lanes(draw: st.DrawFn) -> dict:
         var = np.maximum(var, np.float32(1e-6)).astype(np.float32)
     bias = arr(st.one_of(st.just(0.0), f32)) * alpha * np.float32(n) / np.float32(8)
     relu = draw(st.booleans())
-    return dict(n=n, c=c, alpha=alpha, bias=bias.astype(np.float32), relu=relu,
-                bn=bs.BNParams(mean=mean, var=var.astype(np.float32), eps=float(eps), gamma=gamma, beta=beta))
+    return dict(
+        n=n,
+        c=c,
+        alpha=alpha,
+        bias=bias.astype(np.float32),
+        relu=relu,
+        bn=bs.BNParams(
+            mean=mean, var=var.astype(np.float32), eps=float(eps), gamma=gamma, beta=beta
+        ),
+    )
 
 
 def oracle(x: np.ndarray, p: dict) -> np.ndarray:
@@ -64,11 +72,15 @@ def oracle(x: np.ndarray, p: dict) -> np.ndarray:
     unsure = np.abs(v) <= 1e-9 * (np.abs(t) + np.abs(bn.beta.astype(np.float64)) + 1e-300)
     with mpmath.workprec(400):
         for k, j in zip(*np.nonzero(unsure), strict=True):
-            zm = mpmath.mpf(float(x[k, j])) * mpmath.mpf(float(p["alpha"][j])) + mpmath.mpf(float(p["bias"][j]))
+            zm = mpmath.mpf(float(x[k, j])) * mpmath.mpf(float(p["alpha"][j])) + mpmath.mpf(
+                float(p["bias"][j])
+            )
             if p["relu"] and zm < 0:
                 zm = mpmath.mpf(0)
             sm = mpmath.sqrt(mpmath.mpf(float(bn.var[j])) + mpmath.mpf(bn.eps))
-            vm = mpmath.mpf(float(bn.gamma[j])) * (zm - mpmath.mpf(float(bn.mean[j]))) / sm + mpmath.mpf(float(bn.beta[j]))
+            vm = mpmath.mpf(float(bn.gamma[j])) * (
+                zm - mpmath.mpf(float(bn.mean[j]))
+            ) / sm + mpmath.mpf(float(bn.beta[j]))
             out[k, j] = 1 if vm >= 0 else -1
     return out
 
@@ -77,7 +89,9 @@ def oracle(x: np.ndarray, p: dict) -> np.ndarray:
 @given(lanes())
 def test_integer_rule_equals_model_on_every_reachable_x(p: dict) -> None:
     n = p["n"]
-    th = bs.int_thresholds(lo=-n, hi=n, bn=p["bn"], alpha=p["alpha"], bias=p["bias"], relu=p["relu"])
+    th = bs.int_thresholds(
+        lo=-n, hi=n, bn=p["bn"], alpha=p["alpha"], bias=p["bias"], relu=p["relu"]
+    )
     x = np.arange(-n, n + 1, dtype=np.int64)[:, None].repeat(p["c"], 1)
     got = th.apply(x)
     np.testing.assert_array_equal(got, oracle(x.astype(np.float64), p))
@@ -97,12 +111,22 @@ def test_pool_on_bits_equals_float_pooling(p: dict, k: int, s: int, pad: int, se
     pad = min(pad, k // 2)
     rng = np.random.default_rng(seed)
     x = rng.integers(-n, n + 1, size=(2, 5, 6, c))
-    th = bs.int_thresholds(lo=-n, hi=n, bn=p["bn"], alpha=p["alpha"], bias=p["bias"], relu=p["relu"])
+    th = bs.int_thresholds(
+        lo=-n, hi=n, bn=p["bn"], alpha=p["alpha"], bias=p["bias"], relu=p["relu"]
+    )
     # model: pool the float values, then BN + sign (oracle on the pooled x: z is monotone in x)
-    pooled = torch.nn.functional.max_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2).double(), k, s, pad)
+    pooled = torch.nn.functional.max_pool2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2).double(), k, s, pad
+    )
     px = pooled.permute(0, 2, 3, 1).numpy()
     want = oracle(px.reshape(-1, c), p).reshape(px.shape)
-    op = Op("maxpool_i32", "p", ["a"], ["b"], {"kernel": [k, k], "stride": [s, s], "padding": [pad, pad]})
+    op = Op(
+        "maxpool_i32",
+        "p",
+        ["a"],
+        ["b"],
+        {"kernel": [k, k], "stride": [s, s], "padding": [pad, pad]},
+    )
     if th.pool_op is None:  # mixed directions: pool the integers first
         assert np.any(th.kind == bs.GE) and np.any(th.kind == bs.LE)
         got = th.apply(pool(x.astype(np.int32), op, np.iinfo(np.int32).min, np.max))
@@ -122,8 +146,13 @@ def test_paper_eq13_is_wrong_for_large_eps() -> None:
     Eq. 13: tau_p = -sqrt(1e-4 / 1e-4 + 1e-3) = -1.0005 -> +1 iff x >= -1.
     At x = -3, -2 the float BN gives (-0.03 or -0.02) / 0.0332 + 1 > 0: +1, the paper says -1.
     """
-    bn = bs.BNParams(mean=np.zeros(1, np.float32), var=np.full(1, 1e-4, np.float32), eps=1e-3,
-                     gamma=np.ones(1, np.float32), beta=np.ones(1, np.float32))
+    bn = bs.BNParams(
+        mean=np.zeros(1, np.float32),
+        var=np.full(1, 1e-4, np.float32),
+        eps=1e-3,
+        gamma=np.ones(1, np.float32),
+        beta=np.ones(1, np.float32),
+    )
     alpha = np.full(1, 0.01, np.float32)
     exact = bs.int_thresholds(lo=-50, hi=50, bn=bn, alpha=alpha)
     paper = bs.paper_threshold(alpha=alpha, bn=bn, lo=-50, hi=50)
@@ -144,28 +173,49 @@ def test_paper_eq13_is_wrong_for_large_eps() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.floats(2**-10, 4, width=32), st.floats(-3, 3, width=32), st.floats(2**-10, 4, width=32),
-       st.floats(-2, 2, width=32), st.floats(-2, 2, width=32))
-def test_paper_eq13_agrees_when_eps_is_zero(alpha: float, mu: float, var: float, gamma: float, beta: float) -> None:
+@given(
+    st.floats(2**-10, 4, width=32),
+    st.floats(-3, 3, width=32),
+    st.floats(2**-10, 4, width=32),
+    st.floats(-2, 2, width=32),
+    st.floats(-2, 2, width=32),
+)
+def test_paper_eq13_agrees_when_eps_is_zero(
+    alpha: float, mu: float, var: float, gamma: float, beta: float
+) -> None:
     """With eps = 0 Eq. 6 holds, Eq. 13 equals the exact form (away from float64 ties)."""
     if gamma == 0:
         return
-    bn = bs.BNParams(mean=np.array([mu * alpha], np.float32), var=np.array([var], np.float32), eps=0.0,
-                     gamma=np.array([gamma], np.float32), beta=np.array([beta], np.float32))
+    bn = bs.BNParams(
+        mean=np.array([mu * alpha], np.float32),
+        var=np.array([var], np.float32),
+        eps=0.0,
+        gamma=np.array([gamma], np.float32),
+        beta=np.array([beta], np.float32),
+    )
     a = np.array([alpha], np.float32)
     exact = bs.int_thresholds(lo=-100, hi=100, bn=bn, alpha=a)
     paper = bs.paper_threshold(alpha=a, bn=bn, lo=-100, hi=100)
     tau = paper.tau[0]
     if abs(tau - round(tau)) > 1e-6:
-        assert (int(exact.thr[0]), int(exact.direction[0])) == (int(paper.thr[0]), int(paper.direction[0]))
+        assert (int(exact.thr[0]), int(exact.direction[0])) == (
+            int(paper.thr[0]),
+            int(paper.direction[0]),
+        )
 
 
 def test_special_cases() -> None:
     """gamma = 0 -> constant sign(beta) (sign(0) = +1); beta = 0 with mu on an integer -> the
     tie x = mu/alpha is +1 (BN = 0); ReLU with c <= 0 and gamma > 0 -> always +1."""
+
     def bnp(mu: float, var: float, g: float, b: float, eps: float = 1e-5) -> bs.BNParams:
-        return bs.BNParams(mean=np.array([mu], np.float32), var=np.array([var], np.float32), eps=eps,
-                           gamma=np.array([g], np.float32), beta=np.array([b], np.float32))
+        return bs.BNParams(
+            mean=np.array([mu], np.float32),
+            var=np.array([var], np.float32),
+            eps=eps,
+            gamma=np.array([g], np.float32),
+            beta=np.array([b], np.float32),
+        )
 
     for beta, kind in ((0.5, bs.CONST_POS), (0.0, bs.CONST_POS), (-0.5, bs.CONST_NEG)):
         th = bs.int_thresholds(lo=-9, hi=9, bn=bnp(1.0, 1.0, 0.0, beta), alpha=1.0, channels=1)
@@ -174,9 +224,13 @@ def test_special_cases() -> None:
     assert (th.kind[0], th.thr[0]) == (bs.GE, 3)  # x = 3: BN(3) = 0 -> +1
     th = bs.int_thresholds(lo=-9, hi=9, bn=bnp(3.0, 1.0, -2.0, 0.0), alpha=1.0, channels=1)
     assert (th.kind[0], th.thr[0]) == (bs.LE, 3)
-    th = bs.int_thresholds(lo=-9, hi=9, bn=bnp(-1.0, 1.0, 1.0, 0.0), alpha=1.0, relu=True, channels=1)
+    th = bs.int_thresholds(
+        lo=-9, hi=9, bn=bnp(-1.0, 1.0, 1.0, 0.0), alpha=1.0, relu=True, channels=1
+    )
     assert th.kind[0] == bs.CONST_POS  # relu(x) >= 0 > mu
-    th = bs.int_thresholds(lo=-9, hi=9, bn=bnp(-1.0, 1.0, -1.0, 0.0), alpha=1.0, relu=True, channels=1)
+    th = bs.int_thresholds(
+        lo=-9, hi=9, bn=bnp(-1.0, 1.0, -1.0, 0.0), alpha=1.0, relu=True, channels=1
+    )
     assert th.kind[0] == bs.CONST_NEG  # gamma < 0: +1 iff relu(x) <= -1: never
     th = bs.int_thresholds(lo=-9, hi=9, bn=None, alpha=1.0, channels=1)
     assert (th.kind[0], th.thr[0]) == (bs.GE, 0)  # plain sign(x), sign(0) = +1
@@ -204,8 +258,11 @@ def test_float_threshold_equals_model_on_float32_inputs(p: dict, seed: int) -> N
     ys = [rng.normal(0, 4, size=(64, c)).astype(np.float32)]
     finite = np.where(np.isfinite(th.thr), th.thr, np.float32(0))
     for k in range(-3, 4):
-        ys.append(np.array([finite], np.float32) if k == 0 else
-                  np.array([np.nextafter(finite, np.float32(np.inf * k))], np.float32))
+        ys.append(
+            np.array([finite], np.float32)
+            if k == 0
+            else np.array([np.nextafter(finite, np.float32(np.inf * k))], np.float32)
+        )
     y = np.concatenate(ys)
     q = dict(p, alpha=np.ones(c, np.float32), bias=np.zeros(c, np.float32))
     np.testing.assert_array_equal(th.apply(y), oracle(y.astype(np.float64), q))
@@ -225,7 +282,9 @@ def test_torch_float32_ties_are_adjacent_to_the_threshold(p: dict) -> None:
         m.running_var.copy_(torch.from_numpy(bn.var))
         m.weight.copy_(torch.from_numpy(bn.gamma))
         m.bias.copy_(torch.from_numpy(bn.beta))
-        y = torch.from_numpy(x.astype(np.float32)) * torch.from_numpy(p["alpha"]) + torch.from_numpy(p["bias"])
+        y = torch.from_numpy(x.astype(np.float32)) * torch.from_numpy(
+            p["alpha"]
+        ) + torch.from_numpy(p["bias"])
         if p["relu"]:
             y = torch.relu(y)
         t = m(y).numpy()
@@ -241,8 +300,13 @@ def test_torch_float32_ties_are_adjacent_to_the_threshold(p: dict) -> None:
 
 
 def test_bad_parameters_raise() -> None:
-    ok = dict(mean=np.zeros(2, np.float32), var=np.ones(2, np.float32), eps=1e-5,
-              gamma=np.ones(2, np.float32), beta=np.zeros(2, np.float32))
+    ok = dict(
+        mean=np.zeros(2, np.float32),
+        var=np.ones(2, np.float32),
+        eps=1e-5,
+        gamma=np.ones(2, np.float32),
+        beta=np.zeros(2, np.float32),
+    )
     with pytest.raises(ValueError, match="var"):
         bs.BNParams(**{**ok, "var": np.array([1, -1], np.float32)})
     with pytest.raises(ValueError, match="NaN"):
@@ -259,9 +323,15 @@ def test_bad_parameters_raise() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(lo=st.integers(-10_000, 10_000), width=st.integers(0, 20_000), cut=st.integers(-30_000, 30_000),
-       guess=st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf)))
-def test_first_true_near_equals_a_scan_for_any_guess(lo: int, width: int, cut: int, guess: float) -> None:
+@given(
+    lo=st.integers(-10_000, 10_000),
+    width=st.integers(0, 20_000),
+    cut=st.integers(-30_000, 30_000),
+    guess=st.one_of(st.floats(-1e6, 1e6), st.just(math.nan), st.just(math.inf)),
+)
+def test_first_true_near_equals_a_scan_for_any_guess(
+    lo: int, width: int, cut: int, guess: float
+) -> None:
     # oracle: for the non-decreasing predicate x >= cut the smallest true x in [lo, hi] is
     # max(lo, cut) when cut <= hi, else hi + 1 -- whatever the (possibly far or non-finite) guess
     hi = lo + width

@@ -40,8 +40,12 @@ def test_augment_hflip_and_crop_against_a_per_image_oracle() -> None:
         offsets = set()
         for o, xi in zip(out, x, strict=True):
             padded = torch.nn.functional.pad(xi, (p, p, p, p))
-            hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                    if torch.equal(o, padded[:, dy:dy + 5, dx:dx + 7])]
+            hits = [
+                (dy, dx)
+                for dy in range(2 * p + 1)
+                for dx in range(2 * p + 1)
+                if torch.equal(o, padded[:, dy : dy + 5, dx : dx + 7])
+            ]
             assert hits, "not a window of the padded image"
             offsets.add(hits[0])
         assert len(offsets) > 5  # the offsets vary
@@ -57,15 +61,29 @@ def test_augment_hflip_and_crop_against_a_per_image_oracle() -> None:
 
 def test_recipe_toml_files_valid_and_invalid(tmp_path: Path) -> None:
     good = tmp_path / "mine.toml"
-    good.write_text('optimizer = "sgd"\nlr = 0.05\nbatch_size = 32\nepochs = 3\nschedule = "multistep"\n'
-                    'milestones = [1, 2]\naugment = ["hflip"]\nnote = "kept"\n')
+    good.write_text(
+        'optimizer = "sgd"\nlr = 0.05\nbatch_size = 32\nepochs = 3\nschedule = "multistep"\n'
+        'milestones = [1, 2]\naugment = ["hflip"]\nnote = "kept"\n'
+    )
     r = load_recipe(str(good))
     assert (r.name, r.optimizer, r.lr, r.batch_size, r.epochs, r.milestones, r.augment) == (
-        "mine", "sgd", 0.05, 32, 3, (1, 2), ("hflip",))
+        "mine",
+        "sgd",
+        0.05,
+        32,
+        3,
+        (1, 2),
+        ("hflip",),
+    )
     assert r.extra == {"note": "kept"}
-    for text, msg in [('optimizer = "lamb"', "optimizer"), ('schedule = "weird"', "schedule"),
-                      ('augment = ["mixup"]', "augmentations"), ("epochs = 0", "positive"),
-                      ("lr = -1.0", "positive"), ("epochs = ", "not valid TOML")]:
+    for text, msg in [
+        ('optimizer = "lamb"', "optimizer"),
+        ('schedule = "weird"', "schedule"),
+        ('augment = ["mixup"]', "augmentations"),
+        ("epochs = 0", "positive"),
+        ("lr = -1.0", "positive"),
+        ("epochs = ", "not valid TOML"),
+    ]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text + "\n")
         with pytest.raises(ValueError, match=msg):
@@ -77,9 +95,14 @@ def test_recipe_toml_files_valid_and_invalid(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_of_the_wrong_architecture_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = create("bitflow_lenet", width=4, fc=8)
-    state = {"model": model.state_dict(), "model_config": {"name": "bitflow_lenet", "kwargs": {"width": 8, "fc": 8}}}
+    state = {
+        "model": model.state_dict(),
+        "model_config": {"name": "bitflow_lenet", "kwargs": {"width": 8, "fc": 8}},
+    }
     p = tmp_path / "wrong.pt"
     save_checkpoint(p, state)
     with pytest.raises(CheckpointError, match="weights do not match model 'bitflow_lenet'"):
@@ -92,12 +115,21 @@ def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path: Path, capsys:
 # ----------------------------------------------------------------------------- 11K Hands CSVs
 
 
-@pytest.mark.parametrize("edit, msg", [
-    (lambda lines: [], "empty"),
-    (lambda lines: [lines[0], "0000000,20,male"], "row 2 has 3 fields, the header has 9"),
-    (lambda lines: [lines[0], lines[1].replace("0000000,", ",", 1)], "row 2: empty imageName or id"),
-    (lambda lines: [lines[0], lines[1], lines[1]], "row 3: image 'Hand_0000000.jpg' is listed twice"),
-])
+@pytest.mark.parametrize(
+    "edit, msg",
+    [
+        (lambda lines: [], "empty"),
+        (lambda lines: [lines[0], "0000000,20,male"], "row 2 has 3 fields, the header has 9"),
+        (
+            lambda lines: [lines[0], lines[1].replace("0000000,", ",", 1)],
+            "row 2: empty imageName or id",
+        ),
+        (
+            lambda lines: [lines[0], lines[1], lines[1]],
+            "row 3: image 'Hand_0000000.jpg' is listed twice",
+        ),
+    ],
+)
 def test_malformed_hands_csv(tmp_path: Path, edit, msg: str) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "h"
     make_hands(root, n_persons=2, per_person=2)
@@ -114,9 +146,19 @@ def test_training_on_11k_hands_data(tmp_path: Path) -> None:
     from bitflow.convert import convert, verify
 
     make_hands(tmp_path / "h", n_persons=12, per_person=2)  # the recipe's 10 folds need 10+ persons
-    r = train(TrainConfig(model="bitflow_lenet", data=f"hands11k:{tmp_path / 'h'}", out=str(tmp_path / "run"),
-                          epochs=1, batch_size=8, fold=1, image_size=28, progress=False,
-                          model_kwargs={"width": 4, "fc": 8}))
+    r = train(
+        TrainConfig(
+            model="bitflow_lenet",
+            data=f"hands11k:{tmp_path / 'h'}",
+            out=str(tmp_path / "run"),
+            epochs=1,
+            batch_size=8,
+            fold=1,
+            image_size=28,
+            progress=False,
+            model_kwargs={"width": 4, "fc": 8},
+        )
+    )
     assert r["epochs_completed"] == 1 and 0.0 <= r["test_accuracy"] <= 1.0
     model, state = model_from_checkpoint(r["checkpoint"])
     assert state["num_classes"] == 2 and state["class_names"] == ["female", "male"]
@@ -128,7 +170,9 @@ def test_training_on_11k_hands_data(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- best checkpoint
 
 
-def test_best_checkpoint_is_chosen_on_validation_never_on_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_best_checkpoint_is_chosen_on_validation_never_on_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``evaluate`` is observed: the test split (16 samples; validation: 0.5% of the 60,000
     Fashion-MNIST training images = 300) is evaluated exactly once, after the last epoch, and
     best.pt is the epoch of the first maximum of the validation accuracy in metrics.jsonl."""
@@ -143,8 +187,19 @@ def test_best_checkpoint_is_chosen_on_validation_never_on_test(tmp_path: Path, m
 
     monkeypatch.setattr(T, "evaluate", spy)
     out = tmp_path / "run"
-    r = train(TrainConfig(model="bitflow_lenet", out=str(out), epochs=3, batch_size=32, limit_train=200,
-                          limit_test=16, val_fraction=0.005, progress=False, model_kwargs={"width": 4, "fc": 8}))
+    r = train(
+        TrainConfig(
+            model="bitflow_lenet",
+            out=str(out),
+            epochs=3,
+            batch_size=32,
+            limit_train=200,
+            limit_test=16,
+            val_fraction=0.005,
+            progress=False,
+            model_kwargs={"width": 4, "fc": 8},
+        )
+    )
     assert calls == [300, 300, 300, 16]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     vals = [row["val_accuracy"] for row in rows]
@@ -167,7 +222,9 @@ def test_verify_input_checks() -> None:
         verify(model, g, x, np.zeros(3))
     with pytest.raises(ValueError, match="which the model does not have"):
         verify(torch.nn.Sequential(*list(model)[:3]), g, x)
-    other = create("bitflow_vgg_small", width=4, fc=8).eval()  # layer '4' is not a binary layer there
+    other = create(
+        "bitflow_vgg_small", width=4, fc=8
+    ).eval()  # layer '4' is not a binary layer there
     with pytest.raises(ValueError, match="has no input_quantizer to observe"):
         verify(other, g, x)
     op = next(o for o in g.ops if o.type == "bconv2d")

@@ -32,8 +32,12 @@ def test_measure_statistics_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -
     assert t.runs == 4
     assert t.median_ms == pytest.approx(statistics.median([5, 1, 4, 2]))
     assert (t.min_ms, t.max_ms) == (pytest.approx(1.0), pytest.approx(5.0))
-    assert t.to_json("x_ms") == {"x_ms": t.median_ms, "x_ms_min": t.min_ms, "x_ms_max": t.max_ms,
-                                 "x_ms_cpu": t.cpu_median_ms}
+    assert t.to_json("x_ms") == {
+        "x_ms": t.median_ms,
+        "x_ms_min": t.min_ms,
+        "x_ms_max": t.max_ms,
+        "x_ms_cpu": t.cpu_median_ms,
+    }
     assert t.cpu_median_ms >= 0
     with pytest.raises(ValueError, match="repeat"):
         B.measure(fn, repeat=0, warmup=0)
@@ -55,8 +59,16 @@ def tiny() -> tuple:
 
 def test_bench_engine_and_torch_keys_and_layer_accounting(tiny: tuple) -> None:
     graph, twin = tiny
-    res = B.bench(graph, twin=twin, threads=[1, 2], batches=[2], repeat=2, warmup=0,
-                  baselines=["torch"], probe_seconds=0.01)
+    res = B.bench(
+        graph,
+        twin=twin,
+        threads=[1, 2],
+        batches=[2],
+        repeat=2,
+        warmup=0,
+        baselines=["torch"],
+        probe_seconds=0.01,
+    )
     assert [(r["threads"], r["batch"]) for r in res["settings"]] == [(1, 2), (2, 2)]
     # independent count from the twin's float convolutions: 28x28 -> [8, pool] 14 -> [16]
     # -> [16, pool] 7 -> [32, pool] 3, FC 288 -> 16; MACs = Ho Wo O k^2 C (Linear: O K)
@@ -64,23 +76,31 @@ def test_bench_engine_and_torch_keys_and_layer_accounting(tiny: tuple) -> None:
     want = [s * s * o * 9 * c for s, o, c in convs] + [16 * 32 * 3 * 3]
     for row in res["settings"]:
         assert row["engine_ms_min"] <= row["engine_ms"] <= row["engine_ms_max"]
-        assert row["speedup"]["torch_fp32"] == pytest.approx(row["torch_fp32_ms"] / row["engine_ms"])
+        assert row["speedup"]["torch_fp32"] == pytest.approx(
+            row["torch_fp32_ms"] / row["engine_ms"]
+        )
         assert "ort_fp32_ms" not in row and "openvino_bnn_ms" not in row
         layers = row["layers"]
         assert [x["binary_macs"] for x in layers] == [2 * m for m in want]
         for x in layers:
-            assert x["binary_macs_per_s"] == pytest.approx(x["binary_macs"] / (x["engine_ms"] * 1e-3))
+            assert x["binary_macs_per_s"] == pytest.approx(
+                x["binary_macs"] / (x["engine_ms"] * 1e-3)
+            )
             assert x["torch_fp32_ms"] > 0
         # the per-step list covers every op once, in order
         assert [n for s in row["engine_steps"] for n in s["ops"]] == [op.name for op in graph.ops]
     # float32 weights of the binary layers: 4 bytes x (sum of O k^2 C + the FC's 16 x 288)
     f32 = 4 * (sum(o * 9 * c for _, o, c in convs) + 16 * 288)
     assert res["file"]["binary_layers_float32_weight_bytes"] == f32
-    packed = sum(graph.tensors[op.params["w"]].nbytes for op in graph.ops if op.type in ("bconv2d", "bdense"))
+    packed = sum(
+        graph.tensors[op.params["w"]].nbytes for op in graph.ops if op.type in ("bconv2d", "bdense")
+    )
     assert res["file"]["binary_layers_packed_weight_bytes"] == packed
     # float32 middle peak: the largest (input + output) of a binary layer, 4 bytes x
     # (C + O) x size^2 (same-padded 3x3 convs keep the size) = the first one, 28x28, 8 -> 8
-    assert res["memory"]["float32_middle_peak_activation_bytes"] == max(4 * (c + o) * s * s for s, o, c in convs)
+    assert res["memory"]["float32_middle_peak_activation_bytes"] == max(
+        4 * (c + o) * s * s for s, o, c in convs
+    )
     assert res["memory"]["float32_middle_peak_activation_bytes"] == 4 * 16 * 784
     json.dumps(res)  # JSON-ready
     assert "engine_ms" in B.format_report(res)
@@ -96,11 +116,15 @@ def test_bench_rejects_bad_arguments(tiny: tuple) -> None:
         B.zoo_model("no_such_model")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("openvino") is None,
-                    reason="onnxruntime / openvino not installed (optional benchmark dependencies)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("openvino") is None,
+    reason="onnxruntime / openvino not installed (optional benchmark dependencies)",
+)
 def test_bench_all_baselines_run_on_a_tiny_model(tiny: tuple) -> None:
     graph, twin = tiny
-    res = B.bench(graph, twin=twin, threads=[1], batches=[1], repeat=1, warmup=0, probe_seconds=0.01)
+    res = B.bench(
+        graph, twin=twin, threads=[1], batches=[1], repeat=1, warmup=0, probe_seconds=0.01
+    )
     row = res["settings"][0]
     for key in ("engine_ms", "torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms"):
         assert row[key] > 0 and row[f"{key}_min"] <= row[key] <= row[f"{key}_max"]
@@ -127,14 +151,38 @@ def test_torch_twin_from_graph_has_the_graph_shapes(tiny: tuple) -> None:
     built = torch_twin(graph)
     x = torch.rand(2, 1, 28, 28)
     assert built(x).shape == twin(x).shape == (2, 10)
-    convs = [(m.in_channels, m.out_channels) for m in built.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs == [(m.in_channels, m.out_channels) for m in twin.modules() if isinstance(m, torch.nn.Conv2d)]
+    convs = [
+        (m.in_channels, m.out_channels) for m in built.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert convs == [
+        (m.in_channels, m.out_channels) for m in twin.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
 
 
 @pytest.mark.e2e
 def test_cli_bench_zoo_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["bench", "--model", "bitflow_lenet", "--model-arg", "width=8", "--model-arg", "fc=16",
-                     "--threads", "1", "--batch", "1,2", "--repeat", "2", "--warmup", "0", "--baselines", "torch", "--json"])
+    code = cli.main(
+        [
+            "bench",
+            "--model",
+            "bitflow_lenet",
+            "--model-arg",
+            "width=8",
+            "--model-arg",
+            "fc=16",
+            "--threads",
+            "1",
+            "--batch",
+            "1,2",
+            "--repeat",
+            "2",
+            "--warmup",
+            "0",
+            "--baselines",
+            "torch",
+            "--json",
+        ]
+    )
     assert code == 0
     res = json.loads(capsys.readouterr().out)
     assert res["model"] == "bitflow_lenet" and res["first_layer"] == "float"
@@ -143,17 +191,37 @@ def test_cli_bench_zoo_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.e2e
-def test_cli_bench_file_and_errors(tiny: tuple, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bench_file_and_errors(
+    tiny: tuple, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
     graph, _ = tiny
     path = tmp_path / "tiny.bfn"
     graph.save(path)
     out = tmp_path / "r.json"
-    assert cli.main(["bench", str(path), "--repeat", "1", "--warmup", "0", "--baselines", "none",
-                     "--no-layers", "--output", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                str(path),
+                "--repeat",
+                "1",
+                "--warmup",
+                "0",
+                "--baselines",
+                "none",
+                "--no-layers",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "engine_ms" in text
     saved = json.loads(out.read_text())
-    assert saved["file"]["bfn_bytes"] == path.stat().st_size and "layers" not in saved["settings"][0]
+    assert (
+        saved["file"]["bfn_bytes"] == path.stat().st_size and "layers" not in saved["settings"][0]
+    )
     assert saved["notes"] == []  # no baseline asked for, nothing skipped or substituted
     for argv, msg in [
         (["bench"], "either a .bfn model file or --model"),

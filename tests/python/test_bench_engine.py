@@ -35,8 +35,16 @@ def _unpack_bits(words: np.ndarray, c: int) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")[..., :c].astype(bool)
 
 
-def _oracle(x: np.ndarray, w: np.ndarray, stride: int, pad: int, pad_value: int,
-            pool: tuple[int, int] | None, thr: np.ndarray | None, direction: np.ndarray | None) -> np.ndarray:
+def _oracle(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: int,
+    pad: int,
+    pad_value: int,
+    pool: tuple[int, int] | None,
+    thr: np.ndarray | None,
+    direction: np.ndarray | None,
+) -> np.ndarray:
     """F.conv2d on +-1 values (NHWC in, NHWC out), torch max-pool, then the threshold rule
     of common.h: -1 (bit 1) iff acc < thr (direction +1) or acc > thr (direction -1)."""
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
@@ -57,11 +65,11 @@ def _oracle(x: np.ndarray, w: np.ndarray, stride: int, pad: int, pad_value: int,
 
 CASES = [
     # (n, h, c, o, k, stride, pad, pad_value, pool)
-    (1, 9, 96, 40, 5, 1, 2, 0, (3, 2)),   # bit-dense taps (C % 64 != 0), O not a multiple of 32
-    (2, 7, 64, 33, 3, 1, 1, 0, None),     # word-aligned taps, a 1-channel last block
+    (1, 9, 96, 40, 5, 1, 2, 0, (3, 2)),  # bit-dense taps (C % 64 != 0), O not a multiple of 32
+    (2, 7, 64, 33, 3, 1, 1, 0, None),  # word-aligned taps, a 1-channel last block
     (1, 8, 130, 64, 3, 2, 1, 1, (2, 2)),  # stride 2, +1 padding, 3 words per pixel
-    (3, 5, 31, 7, 3, 1, 0, 0, None),      # no padding, tiny O
-    (1, 6, 200, 96, 1, 1, 0, 0, None),    # pointwise
+    (3, 5, 31, 7, 3, 1, 0, 0, None),  # no padding, tiny O
+    (1, 6, 200, 96, 1, 1, 0, 0, None),  # pointwise
 ]
 
 
@@ -70,7 +78,9 @@ CASES = [
 @pytest.mark.parametrize("fused", ["int32", "bits"])
 def test_binary_layer_matches_torch(kernels: str, case: tuple, fused: str) -> None:
     n, h, c, o, k, stride, pad, pad_value, pool = case
-    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))  # replayable: hash(None) is per process
+    rng = np.random.default_rng(
+        zlib.crc32(repr(case).encode())
+    )  # replayable: hash(None) is per process
     x = np.where(rng.random((n, h, h, c)) < 0.5, -1.0, 1.0)
     w = np.where(rng.random((o, k, k, c)) < 0.5, -1.0, 1.0)
     thr = direction = None
@@ -154,16 +164,21 @@ def _random_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("bitflow_vgg_small", {"width": 8, "fc": 32}),
-    ("bitflow_lenet", {"width": 8, "fc": 32, "first_layer": "int8"}),
-    ("bitflow_alexnet", {"image_size": 67, "num_classes": 10, "first_layer": "int8"}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("bitflow_vgg_small", {"width": 8, "fc": 32}),
+        ("bitflow_lenet", {"width": 8, "fc": 32, "first_layer": "int8"}),
+        ("bitflow_alexnet", {"image_size": 67, "num_classes": 10, "first_layer": "int8"}),
+    ],
+)
 def test_fused_engine_equals_reference_executor(name: str, kw: dict) -> None:
     torch.manual_seed(0)
     graph = convert(_random_bn(models.create(name, **kw), 1))
     spec = graph.input
-    x = np.random.default_rng(2).random((3, spec.channels, spec.height, spec.width), dtype=np.float32)
+    x = np.random.default_rng(2).random(
+        (3, spec.channels, spec.height, spec.width), dtype=np.float32
+    )
     ref_logits, env = reference_run(graph, x, return_intermediates=True)  # type: ignore[misc]
     for kernels in KERNELS:
         eng = Engine(graph, kernels=kernels, threads=2)
@@ -172,7 +187,9 @@ def test_fused_engine_equals_reference_executor(name: str, kw: dict) -> None:
         # every fused step reproduces the reference's value at its end, bit for bit
         for step in eng._plan:
             if step.dst in env and env[step.dst].dtype != np.float32:
-                np.testing.assert_array_equal(step.fn([np.ascontiguousarray(env[v]) for v in step.srcs]), env[step.dst])
+                np.testing.assert_array_equal(
+                    step.fn([np.ascontiguousarray(env[v]) for v in step.srcs]), env[step.dst]
+                )
         logits = eng.logits(x)
         np.testing.assert_array_equal(logits, eng.run(x, keep=True)[graph.output])
         if spec.preprocess == "uint8":  # integer-only network: exact up to the float last layers
@@ -191,17 +208,25 @@ def test_binary_layer_flat_threshold(kernels: str) -> None:
     acc = _oracle(x, w, 1, 1, 0, (3, 2), None, None).reshape(n, -1)  # 9 -> 9 -> pool 4: [n, 4*4*24]
     thr = rng.integers(-40, 40, size=acc.shape[1]).astype(np.int32)
     d = np.where(rng.random(acc.shape[1]) < 0.5, 1, -1).astype(np.int8)
-    layer = N.BinaryLayer(_pack(w), c, 1, 1, 0, kernels, thr=thr, direction=d, pool_kernel=3, pool_stride=2)
+    layer = N.BinaryLayer(
+        _pack(w), c, 1, 1, 0, kernels, thr=thr, direction=d, pool_kernel=3, pool_stride=2
+    )
     got = layer(_pack(x), 1)
     assert got.shape == (n, -(-acc.shape[1] // 64))
-    np.testing.assert_array_equal(_unpack_bits(got, acc.shape[1]), np.where(d > 0, acc < thr, acc > thr))
+    np.testing.assert_array_equal(
+        _unpack_bits(got, acc.shape[1]), np.where(d > 0, acc < thr, acc > thr)
+    )
     with pytest.raises(ValueError, match="flattened threshold"):
         layer(_pack(x[:, :7, :7]), 1)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-@pytest.mark.parametrize("o,k,stride,pad,pool", [(96, 11, 4, 2, (3, 2)), (20, 3, 1, 1, None), (33, 5, 2, 0, (2, 2))])
-def test_int8_conv_layer_matches_torch(kernels: str, o: int, k: int, stride: int, pad: int, pool: tuple | None) -> None:
+@pytest.mark.parametrize(
+    "o,k,stride,pad,pool", [(96, 11, 4, 2, (3, 2)), (20, 3, 1, 1, None), (33, 5, 2, 0, (2, 2))]
+)
+def test_int8_conv_layer_matches_torch(
+    kernels: str, o: int, k: int, stride: int, pad: int, pool: tuple | None
+) -> None:
     """uint8 x int8 convolution (exact in float64: |sum| < 2^53), max-pool, threshold."""
     rng = np.random.default_rng(o)
     x = rng.integers(0, 256, size=(2, 27, 27, 3), dtype=np.uint8)
@@ -226,7 +251,9 @@ def test_engine_uint8_preprocessing_equals_reference() -> None:
     graph = convert(models.create("bitflow_lenet", width=4, fc=16, first_layer="int8").eval())
     eng = Engine(graph, threads=1)
     x = np.random.default_rng(6).random((2, 1, 28, 28), dtype=np.float32)
-    x[0, 0, 0, :8] = np.array([0.5, 1.5, 2.5, 253.5, 254.5, -3.0, 300.0, 0.0], np.float32) / np.float32(255)
+    x[0, 0, 0, :8] = np.array(
+        [0.5, 1.5, 2.5, 253.5, 254.5, -3.0, 300.0, 0.0], np.float32
+    ) / np.float32(255)
     np.testing.assert_array_equal(eng._prepare(x), preprocess(graph, x))
     x[1, 0, 3, 3] = np.inf
     with pytest.raises(ValueError, match="NaN or infinity"):

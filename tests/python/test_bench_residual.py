@@ -24,9 +24,12 @@ def test_measure_interleaved_alternates_runtimes(monkeypatch: pytest.MonkeyPatch
         def fn() -> None:
             calls.append(name)
             now[0] += ms / 1e3
+
         return fn
 
-    res = B.measure_interleaved({"a": make("a", 1.0), "b": make("b", 3.0)}, repeat=4, warmup=1, rounds=2)
+    res = B.measure_interleaved(
+        {"a": make("a", 1.0), "b": make("b", 3.0)}, repeat=4, warmup=1, rounds=2
+    )
     # round 1: a warm-up + 2 timed, b warm-up + 2 timed; round 2: one untimed + 2 timed each
     assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
     assert res["a"].runs == res["b"].runs == 4
@@ -45,21 +48,40 @@ def test_zoo_twins_of_residual_models() -> None:
 
 @pytest.mark.parametrize("baselines", [["torch", "ort", "openvino"]])
 def test_bench_on_a_residual_dag(baselines: list[str]) -> None:
-    have = [b for b in baselines if b == "torch"
-            or (b == "ort" and importlib.util.find_spec("onnxruntime") is not None)
-            or (b == "openvino" and importlib.util.find_spec("openvino") is not None)]
+    have = [
+        b
+        for b in baselines
+        if b == "torch"
+        or (b == "ort" and importlib.util.find_spec("onnxruntime") is not None)
+        or (b == "openvino" and importlib.util.find_spec("openvino") is not None)
+    ]
     graph, twin = B.zoo_model("bireal_resnet20", width=8)
-    assert any(op.type == "add_f32" for op in graph.ops) and any(op.type == "avgpool_f32" for op in graph.ops)
-    res = B.bench(graph, twin=twin, threads=[1], batches=[2], repeat=2, warmup=0, rounds=2,
-                  baselines=have, layers=False, probe_seconds=0.01)
+    assert any(op.type == "add_f32" for op in graph.ops) and any(
+        op.type == "avgpool_f32" for op in graph.ops
+    )
+    res = B.bench(
+        graph,
+        twin=twin,
+        threads=[1],
+        batches=[2],
+        repeat=2,
+        warmup=0,
+        rounds=2,
+        baselines=have,
+        layers=False,
+        probe_seconds=0.01,
+    )
     ch = res["checks"]
     assert ch["output_shapes_ok"], ch["output_shapes"]
-    assert set(ch["output_shapes"]) == {"engine", "torch_fp32"} | ({"ort_fp32", "ort_int8"} if "ort" in have else set()) \
-        | ({"openvino_bnn"} if "openvino" in have else set())
+    assert set(ch["output_shapes"]) == {"engine", "torch_fp32"} | (
+        {"ort_fp32", "ort_int8"} if "ort" in have else set()
+    ) | ({"openvino_bnn"} if "openvino" in have else set())
     if "ort" in have:
         assert ch["ort_fp32_vs_torch_ok"], ch
     row = res["settings"][0]
-    for key in ("engine_ms", "torch_fp32_ms") + (("openvino_bnn_ms",) if "openvino" in have else ()):
+    for key in ("engine_ms", "torch_fp32_ms") + (
+        ("openvino_bnn_ms",) if "openvino" in have else ()
+    ):
         assert row[key] > 0 and row[f"{key}_min"] <= row[key] <= row[f"{key}_max"]
     am = res["activation_memory"]
     assert am["engine_peak_bytes_per_sample"] <= am["float32_peak_bytes_per_sample"]

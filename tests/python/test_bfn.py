@@ -25,7 +25,7 @@ def graph() -> Graph:
 
 def _split(data: bytes) -> tuple[dict, bytes]:
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8: 8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _join(header: dict, body: bytes) -> bytes:
@@ -53,7 +53,10 @@ def test_round_trip_is_exact(graph: Graph, tmp_path: Path) -> None:
     os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
     header, body = _split(p.read_bytes())
-    assert header["__metadata__"]["format"] == "bitflow-bfn" and header["__metadata__"]["version"] == "2"
+    assert (
+        header["__metadata__"]["format"] == "bitflow-bfn"
+        and header["__metadata__"]["version"] == "2"
+    )
     assert (8 + int.from_bytes(p.read_bytes()[:8], "little")) % 8 == 0  # header padded to 8 bytes
     dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
     assert dtypes <= {"U64", "I32", "F32", "I8", "U8"} and "U64" in dtypes and "I32" in dtypes
@@ -112,14 +115,29 @@ def _first_tensor(h: dict) -> str:
     [
         (_meta(lambda h: h["__metadata__"].update(version="3")), "unsupported .bfn version '3'"),
         (_meta(lambda h: h["__metadata__"].update(format="other")), "not a bitflow model file"),
-        (_meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "dtype": "F64"}})), "unsupported dtype"),
-        (_meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "shape": [3, 3]}})), "do not match shape"),
+        (
+            _meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "dtype": "F64"}})),
+            "unsupported dtype",
+        ),
+        (
+            _meta(lambda h: h.update({_first_tensor(h): {**h[_first_tensor(h)], "shape": [3, 3]}})),
+            "do not match shape",
+        ),
         (_meta(lambda h: h[_first_tensor(h)].update(data_offsets=[0, 10**9])), "out of range"),
         (_meta(lambda h: h.pop(_first_tensor(h))), "gap|not in the file"),
         (lambda d: _with_graph(d, lambda g: g.update(version=99)), "graph version 99"),
-        (lambda d: _with_graph(d, lambda g: g["ops"][1].update(type="conv3d")), "unknown op type 'conv3d'"),
-        (lambda d: _with_graph(d, lambda g: _op(g, "bconv2d")["params"].update(w="missing")), "'missing'.*not in the file"),
-        (lambda d: _with_graph(d, lambda g: _op(g, "bconv2d")["attrs"].update(channels=99)), "channels"),
+        (
+            lambda d: _with_graph(d, lambda g: g["ops"][1].update(type="conv3d")),
+            "unknown op type 'conv3d'",
+        ),
+        (
+            lambda d: _with_graph(d, lambda g: _op(g, "bconv2d")["params"].update(w="missing")),
+            "'missing'.*not in the file",
+        ),
+        (
+            lambda d: _with_graph(d, lambda g: _op(g, "bconv2d")["attrs"].update(channels=99)),
+            "channels",
+        ),
         (lambda d: _with_graph(d, lambda g: g["input"].update(shape=[1, 2])), "input shape"),
         (lambda d: _with_graph(d, lambda g: g["ops"].reverse()), "no earlier op produces"),
         (lambda d: _with_graph(d, lambda g: g.update(output="nothing")), "output"),
@@ -158,13 +176,37 @@ def test_accumulator_overflow_is_rejected() -> None:
     cw = (c + 63) // 64
     thr = np.sort(np.random.default_rng(0).integers(-9, 9, size=(c, 255)), axis=1).astype(np.int32)
     ops = [
-        Op("conv2d_u8i8", "c1", ["input"], ["c1"], {"stride": [1, 1], "padding": [0, 0]}, {"w": "w1"}),
-        Op("threshold_planes", "t1", ["c1"], ["t1"], {"planes": 8}, {"thr": "thr", "direction": "d"}),
-        Op("bconv2d_planes", "b1", ["t1"], ["b1"], {"channels": c, "stride": [1, 1], "padding": [1, 1],
-                                                   "pad_value": 0}, {"w": "w2"}),
+        Op(
+            "conv2d_u8i8",
+            "c1",
+            ["input"],
+            ["c1"],
+            {"stride": [1, 1], "padding": [0, 0]},
+            {"w": "w1"},
+        ),
+        Op(
+            "threshold_planes",
+            "t1",
+            ["c1"],
+            ["t1"],
+            {"planes": 8},
+            {"thr": "thr", "direction": "d"},
+        ),
+        Op(
+            "bconv2d_planes",
+            "b1",
+            ["t1"],
+            ["b1"],
+            {"channels": c, "stride": [1, 1], "padding": [1, 1], "pad_value": 0},
+            {"w": "w2"},
+        ),
     ]
-    tensors = {"w1": np.ones((c, 1, 1, 1), np.int8), "thr": thr, "d": np.ones(c, np.int8),
-               "w2": np.zeros((8, 2, 3, 3, cw), np.uint64)}
+    tensors = {
+        "w1": np.ones((c, 1, 1, 1), np.int8),
+        "thr": thr,
+        "d": np.ones(c, np.int8),
+        "w2": np.zeros((8, 2, 3, 3, cw), np.uint64),
+    }
     g = Graph(input=InputSpec(1, 4, 4, "uint8"), ops=ops, tensors=tensors, output="b1")
     with pytest.raises(GraphError, match="accumulator bound 2147775750 exceeds int32"):
         g.validate()
@@ -173,7 +215,9 @@ def test_accumulator_overflow_is_rejected() -> None:
         g.validate()
 
 
-def test_atomic_write_leaves_no_partial_file(graph: Graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_leaves_no_partial_file(
+    graph: Graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = tmp_path / "m.bfn"
     save_graph(graph, p)
     before = p.read_bytes()
@@ -238,11 +282,38 @@ def test_multi_plane_graph_round_trip(tmp_path: Path) -> None:
     c1, c2, m = 5, 7, 2
     L = 2**m - 1
     ops = [
-        Op("conv2d_u8i8", "c1", ["input"], ["c1"], {"stride": [1, 1], "padding": [1, 1]}, {"w": "w1"}),
-        Op("threshold_planes", "t1", ["c1"], ["t1"], {"planes": m}, {"thr": "thr1", "direction": "d1"}),
-        Op("bconv2d_planes", "b1", ["t1"], ["b1"], {"channels": c1, "stride": [1, 1], "padding": [1, 1],
-                                                   "pad_value": 0}, {"w": "w2"}),
-        Op("threshold_planes", "t2", ["b1"], ["t2"], {"planes": m}, {"thr": "thr2", "direction": "d2"}),
+        Op(
+            "conv2d_u8i8",
+            "c1",
+            ["input"],
+            ["c1"],
+            {"stride": [1, 1], "padding": [1, 1]},
+            {"w": "w1"},
+        ),
+        Op(
+            "threshold_planes",
+            "t1",
+            ["c1"],
+            ["t1"],
+            {"planes": m},
+            {"thr": "thr1", "direction": "d1"},
+        ),
+        Op(
+            "bconv2d_planes",
+            "b1",
+            ["t1"],
+            ["b1"],
+            {"channels": c1, "stride": [1, 1], "padding": [1, 1], "pad_value": 0},
+            {"w": "w2"},
+        ),
+        Op(
+            "threshold_planes",
+            "t2",
+            ["b1"],
+            ["t2"],
+            {"planes": m},
+            {"thr": "thr2", "direction": "d2"},
+        ),
         Op("flatten", "f", ["t2"], ["f"]),
         Op("bdense_planes", "d", ["f"], ["d"], {"k_bits": 36 * c2}, {"w": "w3"}),
         Op("scale_bias", "out", ["d"], ["out"], {}, {"scale": "so", "bias": "bo"}),
@@ -255,7 +326,8 @@ def test_multi_plane_graph_round_trip(tmp_path: Path) -> None:
         "thr2": np.sort(rng.integers(-60, 60, size=(c2, L)), axis=1).astype(np.int32),
         "d2": np.ones(c2, np.int8),
         "w3": pack_bits(rng.random((m, 3, 36, c2)) < 0.5).reshape(m, 3, -1),
-        "so": np.full(3, 0.25, np.float32), "bo": np.zeros(3, np.float32),
+        "so": np.full(3, 0.25, np.float32),
+        "bo": np.zeros(3, np.float32),
     }
     g = Graph(input=InputSpec(1, 6, 6, "uint8"), ops=ops, tensors=tensors, output="out")
     values = g.validate()

@@ -12,7 +12,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TREES = ("src", "tests", "scripts", "benchmarks")
-SEEDERS = {"default_rng", "manual_seed", "seed", "RandomState", "Random", "Generator", "SeedSequence"}
+SEEDERS = {
+    "default_rng",
+    "manual_seed",
+    "seed",
+    "RandomState",
+    "Random",
+    "Generator",
+    "SeedSequence",
+}
 
 
 def hash_seeds(text: str) -> list[int]:
@@ -26,7 +34,10 @@ def hash_seeds(text: str) -> list[int]:
         if name not in SEEDERS:
             continue
         for arg in [*node.args, *(k.value for k in node.keywords)]:
-            if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "hash" for n in ast.walk(arg)):
+            if any(
+                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "hash"
+                for n in ast.walk(arg)
+            ):
                 bad.append(node.lineno)
     return bad
 

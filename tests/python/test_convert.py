@@ -53,7 +53,11 @@ def float_logit_bound(graph, x: np.ndarray) -> np.ndarray:  # type: ignore[no-un
             d = d * sc[idx] + 6 * U32 * (sc[idx] * xin + bi[idx])
     z = np.abs(env[last.inputs[0]].astype(np.float64)).reshape(n, -1)
     w = np.abs(graph.tensors[last.params["w"]].astype(np.float64))
-    b = np.abs(graph.tensors[last.params["bias"]].astype(np.float64)) if "bias" in last.params else 0.0
+    b = (
+        np.abs(graph.tensors[last.params["bias"]].astype(np.float64))
+        if "bias" in last.params
+        else 0.0
+    )
     k = w.shape[1]
     return np.broadcast_to(d, z.shape) @ w.T + (k + 3) * U32 * (z @ w.T + b)
 
@@ -105,7 +109,13 @@ CASES = [
     dict(first_layer="int8", last_layer="float", pad_value=1, widths=(3, 37, 65)),
     dict(first_layer="int8", last_layer="binary", pad_value=0, widths=(65, 3, 37)),
     dict(first_layer="float", last_layer="binary", pad_value=1, widths=(8, 16, 37)),
-    dict(first_layer="int8", last_layer="float", pad_value=0, widths=(16, 37, 8), weight_quantizer="sign"),
+    dict(
+        first_layer="int8",
+        last_layer="float",
+        pad_value=0,
+        widths=(16, 37, 8),
+        weight_quantizer="sign",
+    ),
     dict(first_layer="float", last_layer="float", pad_value=0, widths=(8, 65, 37), relu=False),
 ]
 
@@ -114,8 +124,13 @@ CASES = [
 def test_random_models_match_pytorch(case: dict) -> None:
     case = dict(case)
     w1, w2, w3 = case.pop("widths")
-    plan = Plan(first=Conv(w1, 3, 1, 1), first_pool=None,
-                convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)), fcs=(FC(17),), image_size=12)
+    plan = Plan(
+        first=Conv(w1, 3, 1, 1),
+        first_pool=None,
+        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
+        fcs=(FC(17),),
+        image_size=12,
+    )
     torch.manual_seed(sum(map(ord, str(case))))
     model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
     x = images(24, 3, 12, seed=1)
@@ -176,9 +191,18 @@ def test_flatten_with_per_pixel_word_padding(bn_before_flatten: bool) -> None:
     calibrate(model, torch.from_numpy(images(32, 2, 6, seed=8)), seed=9)
     g = convert(model, example_input=torch.zeros(1, 2, 6, 6))
     flat = [g.values[op.outputs[0]] for op in g.ops if op.type == "flatten"]
-    assert len(flat) == 1 and flat[0].dtype == "bits" and flat[0].groups == 9 and flat[0].shape == (18,)
+    assert (
+        len(flat) == 1
+        and flat[0].dtype == "bits"
+        and flat[0].groups == 9
+        and flat[0].shape == (18,)
+    )
     r = verify(model, g, images(20, 2, 6, seed=10))
-    assert r["sign_mismatches"] == 0 and r["prediction_mismatches"] == 0 and r["max_logit_abs_diff"] == 0.0
+    assert (
+        r["sign_mismatches"] == 0
+        and r["prediction_mismatches"] == 0
+        and r["max_logit_abs_diff"] == 0.0
+    )
 
 
 class _UserNet(nn.Module):
@@ -244,16 +268,31 @@ class _Branchy(nn.Module):
 
 
 def test_unsupported_layers_raise_clear_errors() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Dropout2d(0.1), nn.BatchNorm2d(4),
-                          BinaryConv2d(4, 4, 3), nn.Flatten(), nn.Linear(4 * 24 * 24, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"layer '2' \(nn.Dropout2d\) is not supported; supported:"):
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Dropout2d(0.1),
+        nn.BatchNorm2d(4),
+        BinaryConv2d(4, 4, 3),
+        nn.Flatten(),
+        nn.Linear(4 * 24 * 24, 2),
+    )
+    with pytest.raises(
+        UnsupportedLayerError, match=r"layer '2' \(nn.Dropout2d\) is not supported; supported:"
+    ):
         convert(model, example_input=torch.zeros(1, 1, 28, 28))
     with pytest.raises(UnsupportedLayerError, match="must end with a classifier"):
-        convert(_Branchy(), example_input=torch.zeros(1, 1, 8, 8))  # a residual DAG, but no classifier
+        convert(
+            _Branchy(), example_input=torch.zeros(1, 1, 8, 8)
+        )  # a residual DAG, but no classifier
     with pytest.raises(UnsupportedLayerError, match="first layer"):
         convert(nn.Sequential(nn.Linear(4, 2)), example_input=torch.zeros(1, 1, 2, 2))
-    avg = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(36, 2))
-    with pytest.raises(UnsupportedLayerError, match=r"layer '1' \(avg-pool\) is not supported: ceil_mode=True"):
+    avg = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(36, 2)
+    )
+    with pytest.raises(
+        UnsupportedLayerError, match=r"layer '1' \(avg-pool\) is not supported: ceil_mode=True"
+    ):
         convert(avg, example_input=torch.zeros(1, 1, 8, 8))
     gap = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2))
     with pytest.raises(UnsupportedLayerError, match=r"only output size 1"):
@@ -299,7 +338,9 @@ def test_verify_separates_near_threshold_from_real_mismatches() -> None:
     m0 = r["near_threshold"]["margins"][0]
     assert m0["margin"] <= m0["bound"] and m0["y"] == float(y0)
     assert r["sign_mismatches"] == 0
-    moved[c] = thr[c] + np.float32(0.5) * ((y[..., c].max() if d[c] > 0 else y[..., c].min()) - thr[c])
+    moved[c] = thr[c] + np.float32(0.5) * (
+        (y[..., c].max() if d[c] > 0 else y[..., c].min()) - thr[c]
+    )
     g.tensors[thr_op.params["thr"]] = moved
     assert verify(model, g, x)["sign_mismatches"] > 0
 
@@ -310,15 +351,22 @@ def test_subclassed_binary_layers_are_refused() -> None:
     class MyConv(BinaryConv2d):
         pass
 
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), MyConv(4, 4, 3), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        MyConv(4, 4, 3),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 2),
+    )
     with pytest.raises(UnsupportedLayerError, match=r"layer '2' \(MyConv\).*subclasses"):
         convert(model, example_input=torch.zeros(1, 1, 8, 8))
 
 
 @pytest.mark.parametrize(("gamma_sign", "pool_op"), [(1, "and"), (-1, "or")])
 @pytest.mark.parametrize("first_layer", ["float", "int8"])
-def test_pools_run_on_bits_when_directions_agree(gamma_sign: int, pool_op: str, first_layer: str) -> None:
+def test_pools_run_on_bits_when_directions_agree(
+    gamma_sign: int, pool_op: str, first_layer: str
+) -> None:
     """LeNet pools after the first layer and after the binary conv: with every gamma of one
     sign the converter thresholds first and pools the bits (AND for gamma > 0, OR for < 0)."""
     torch.manual_seed(31)
@@ -335,8 +383,13 @@ def test_float_logit_bound_is_tight_enough_to_catch_a_small_error() -> None:
     (which the old magic 2e-4 accepted) exceeds it."""
     case = dict(CASES[0])
     w1, w2, w3 = case.pop("widths")
-    plan = Plan(first=Conv(w1, 3, 1, 1), first_pool=None,
-                convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)), fcs=(FC(17),), image_size=12)
+    plan = Plan(
+        first=Conv(w1, 3, 1, 1),
+        first_pool=None,
+        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
+        fcs=(FC(17),),
+        image_size=12,
+    )
     torch.manual_seed(sum(map(ord, str(case))))
     model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
     calibrate(model, torch.from_numpy(images(64, 3, 12, seed=2)), seed=3)

@@ -329,7 +329,9 @@ def test_near_threshold_info_on_the_float_stream_has_the_decision_layout() -> No
     from bitflow.convert.verify import _near_info
     from bitflow.ir.reference import float_error_bounds
 
-    model = _randomize(_Net([8, 8, 16], [1, 2], ["avg", "conv"], [False, False], False, False, True), 5)
+    model = _randomize(
+        _Net([8, 8, 16], [1, 2], ["avg", "conv"], [False, False], False, False, True), 5
+    )
     graph = convert(model)
     x = np.random.default_rng(1).random((6, 1, 12, 12), dtype=np.float32)
     _, env = run(graph, x, return_intermediates=True)  # type: ignore[misc]
@@ -337,7 +339,10 @@ def test_near_threshold_info_on_the_float_stream_has_the_decision_layout() -> No
     producer = {op.outputs[0]: op for op in graph.ops}
     checked = 0
     for op in graph.ops:
-        if op.type not in ("bitpack", "threshold_f32_bits") or producer[op.inputs[0]].type != "add_f32":
+        if (
+            op.type not in ("bitpack", "threshold_f32_bits")
+            or producer[op.inputs[0]].type != "add_f32"
+        ):
             continue
         info = _near_info(graph, env, op.outputs[0], 6, None, first=False, fbounds=eb)
         assert info is not None
@@ -360,7 +365,9 @@ def test_mbbn_resnet18_converts_and_the_engine_matches_the_reference() -> None:
     from bitflow.models import create
 
     torch.manual_seed(0)
-    m = create("mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=4, bits_a=2, bits_w=2)
+    m = create(
+        "mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=4, bits_a=2, bits_w=2
+    )
     m.train()
     with torch.no_grad():
         for _ in range(2):
@@ -370,7 +377,9 @@ def test_mbbn_resnet18_converts_and_the_engine_matches_the_reference() -> None:
     assert any(op.type == "add_f32" for op in g.ops) and g.mode == "mixed"
     x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
     r = verify(m, g, x)
-    assert r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
+    assert (
+        r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
+    )
     for k in available_kernels():
         rep = compare_with_reference(Engine(g, kernels=k, threads=2), x)["reference"]
         assert rep["exact_mismatches"] == 0, (k, rep)

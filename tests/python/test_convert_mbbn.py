@@ -43,8 +43,19 @@ def _dec(x: float | Fraction) -> Decimal:
     return Decimal(float(x))
 
 
-def _oracle_level(x: float | int, *, alpha: float, bias: float, relu: bool, mean: float, var: float, eps: float,
-                  gamma: float, beta: float, boundaries: list[Fraction | None]) -> int:
+def _oracle_level(
+    x: float | int,
+    *,
+    alpha: float,
+    bias: float,
+    relu: bool,
+    mean: float,
+    var: float,
+    eps: float,
+    gamma: float,
+    beta: float,
+    boundaries: list[Fraction | None],
+) -> int:
     """``2 #{l : BN(relu?(alpha x + b)) >= b_l} - L`` in 60-digit decimal arithmetic."""
     z = _dec(alpha) * _dec(x) + _dec(bias)
     if relu and z < 0:
@@ -57,7 +68,10 @@ def _oracle_level(x: float | int, *, alpha: float, bias: float, relu: bool, mean
 def _ladder(m: int, t: float = 1.0, hrelu: bool = False) -> list[Fraction | None]:
     a = (1 << m) - 1
     half = 1 << (m - 1)
-    return [None if hrelu and j <= 0 else Fraction(2 * j) * Fraction(t) / a for j in range(-(half - 1), half)]
+    return [
+        None if hrelu and j <= 0 else Fraction(2 * j) * Fraction(t) / a
+        for j in range(-(half - 1), half)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -66,44 +80,84 @@ def test_level_int_thresholds_equal_exact_levels_on_every_reachable_integer(seed
     o, n = 7, 40
     m = int(rng.integers(2, 5))
     relu = bool(seed % 2)
-    bnp = bs.BNParams(mean=rng.normal(0, 10, o).astype(np.float32), var=rng.uniform(0.5, 400, o).astype(np.float32),
-                      eps=1e-5, gamma=np.array([1.3, -0.7, 0.0, 2.0, -2.5, 0.01, -0.02], np.float32),
-                      beta=rng.normal(0, 1, o).astype(np.float32))
+    bnp = bs.BNParams(
+        mean=rng.normal(0, 10, o).astype(np.float32),
+        var=rng.uniform(0.5, 400, o).astype(np.float32),
+        eps=1e-5,
+        gamma=np.array([1.3, -0.7, 0.0, 2.0, -2.5, 0.01, -0.02], np.float32),
+        beta=rng.normal(0, 1, o).astype(np.float32),
+    )
     alpha = rng.uniform(0.01, 0.5, o).astype(np.float32)
     bias = (rng.normal(0, 0.3, o) * (seed % 3 == 0)).astype(np.float32)
     bounds = _ladder(m, float(np.float32(rng.uniform(0.3, 2.0))), hrelu=seed == 4)
-    th = bs.level_int_thresholds(lo=-n, hi=n, bn=bnp, boundaries=bounds, alpha=alpha, bias=bias, relu=relu)
+    th = bs.level_int_thresholds(
+        lo=-n, hi=n, bn=bnp, boundaries=bounds, alpha=alpha, bias=bias, relu=relu
+    )
     assert th.thr.shape == (o, 2**m - 1) and th.thr.dtype == np.int32
     assert np.all(np.diff(th.thr.astype(np.int64), axis=1) >= 0)  # what threshold_planes requires
     xs = np.arange(-n, n + 1)
     got = th.levels(np.repeat(xs[:, None], o, axis=1))
     for c in range(o):
-        want = [_oracle_level(int(x), alpha=float(alpha[c]), bias=float(bias[c]), relu=relu, mean=float(bnp.mean[c]),
-                              var=float(bnp.var[c]), eps=bnp.eps, gamma=float(bnp.gamma[c]), beta=float(bnp.beta[c]),
-                              boundaries=bounds) for x in xs]
+        want = [
+            _oracle_level(
+                int(x),
+                alpha=float(alpha[c]),
+                bias=float(bias[c]),
+                relu=relu,
+                mean=float(bnp.mean[c]),
+                var=float(bnp.var[c]),
+                eps=bnp.eps,
+                gamma=float(bnp.gamma[c]),
+                beta=float(bnp.beta[c]),
+                boundaries=bounds,
+            )
+            for x in xs
+        ]
         assert got[:, c].tolist() == want, c
 
 
 def test_level_float_thresholds_equal_exact_levels_next_to_every_threshold() -> None:
     rng = np.random.default_rng(7)
     o, m = 5, 3
-    bnp = bs.BNParams(mean=rng.normal(0, 1, o).astype(np.float32), var=rng.uniform(0.1, 3, o).astype(np.float32),
-                      eps=1e-5, gamma=np.array([0.8, -1.1, 0.0, 3.0, -0.2], np.float32),
-                      beta=rng.normal(0, 1, o).astype(np.float32))
+    bnp = bs.BNParams(
+        mean=rng.normal(0, 1, o).astype(np.float32),
+        var=rng.uniform(0.1, 3, o).astype(np.float32),
+        eps=1e-5,
+        gamma=np.array([0.8, -1.1, 0.0, 3.0, -0.2], np.float32),
+        beta=rng.normal(0, 1, o).astype(np.float32),
+    )
     bounds = _ladder(m)
     n_l = len(bounds)
     th = bs.level_float_thresholds(bnp, boundaries=bounds, relu=True)
     assert th.thr.shape == (o * n_l,)
     finite = th.thr[np.isfinite(th.thr)]
     # the float32 neighbours of every threshold plus random values: exactly where rounding bites
-    pts = np.concatenate([finite, np.nextafter(finite, np.float32(np.inf)), np.nextafter(finite, np.float32(-np.inf)),
-                          rng.normal(0, 3, 200).astype(np.float32)]).astype(np.float32)
+    pts = np.concatenate(
+        [
+            finite,
+            np.nextafter(finite, np.float32(np.inf)),
+            np.nextafter(finite, np.float32(-np.inf)),
+            rng.normal(0, 3, 200).astype(np.float32),
+        ]
+    ).astype(np.float32)
     bits = th.apply(np.repeat(pts[:, None].astype(np.float64), o * n_l, axis=1)).astype(np.int64)
     got = bits.reshape(len(pts), o, n_l).sum(-1)
     for c in range(o):
-        want = [_oracle_level(float(y), alpha=1.0, bias=0.0, relu=True, mean=float(bnp.mean[c]), var=float(bnp.var[c]),
-                              eps=bnp.eps, gamma=float(bnp.gamma[c]), beta=float(bnp.beta[c]), boundaries=bounds)
-                for y in pts]
+        want = [
+            _oracle_level(
+                float(y),
+                alpha=1.0,
+                bias=0.0,
+                relu=True,
+                mean=float(bnp.mean[c]),
+                var=float(bnp.var[c]),
+                eps=bnp.eps,
+                gamma=float(bnp.gamma[c]),
+                beta=float(bnp.beta[c]),
+                boundaries=bounds,
+            )
+            for y in pts
+        ]
         assert got[:, c].tolist() == want, c
 
 
@@ -113,29 +167,57 @@ def test_float_plane_thresholds_count_the_exact_level(relu: bool) -> None:
     # random values, against the counting rule threshold_f32_planes applies (reference executor)
     rng = np.random.default_rng(11)
     o, m = 6, 3
-    bnp = bs.BNParams(mean=rng.normal(0, 1, o).astype(np.float32), var=rng.uniform(0.1, 3, o).astype(np.float32),
-                      eps=1e-5, gamma=np.array([0.8, -1.1, 0.0, 3.0, -0.2, 1e-3], np.float32),
-                      beta=rng.normal(0, 1, o).astype(np.float32))
+    bnp = bs.BNParams(
+        mean=rng.normal(0, 1, o).astype(np.float32),
+        var=rng.uniform(0.1, 3, o).astype(np.float32),
+        eps=1e-5,
+        gamma=np.array([0.8, -1.1, 0.0, 3.0, -0.2, 1e-3], np.float32),
+        beta=rng.normal(0, 1, o).astype(np.float32),
+    )
     bounds = _ladder(m)
     lanes = bs.level_float_thresholds(bnp, boundaries=bounds, relu=relu)
     thr, direction = bs.float_plane_thresholds(lanes, o)
     assert thr.shape == (o, 7) and np.all(thr[:, 1:] >= thr[:, :-1])
     assert direction.tolist() == [1, -1, 1, 1, -1, 1]
     finite = thr[np.isfinite(thr)]
-    pts = np.concatenate([finite, np.nextafter(finite, np.float32(np.inf)), np.nextafter(finite, np.float32(-np.inf)),
-                          rng.normal(0, 3, 200).astype(np.float32)]).astype(np.float32)
+    pts = np.concatenate(
+        [
+            finite,
+            np.nextafter(finite, np.float32(np.inf)),
+            np.nextafter(finite, np.float32(-np.inf)),
+            rng.normal(0, 3, 200).astype(np.float32),
+        ]
+    ).astype(np.float32)
     from bitflow.ir import Op, ValueInfo
     from bitflow.ir import reference as R
 
-    op = Op("threshold_f32_planes", "t", ["y"], ["t"], {"planes": m}, {"thr": "thr", "direction": "d"})
+    op = Op(
+        "threshold_f32_planes", "t", ["y"], ["t"], {"planes": m}, {"thr": "thr", "direction": "d"}
+    )
     y = np.ascontiguousarray(np.repeat(pts[:, None], o, axis=1))
-    planes = R.run_op(SimpleNamespace(tensors={"thr": thr, "d": direction}), op, [y],  # type: ignore[arg-type]
-                     [ValueInfo("float32", (o,))])
+    planes = R.run_op(
+        SimpleNamespace(tensors={"thr": thr, "d": direction}),
+        op,
+        [y],  # type: ignore[arg-type]
+        [ValueInfo("float32", (o,))],
+    )
     got = decode(np.stack([1 - 2 * unpack_bits(planes[i], o).astype(np.int64) for i in range(m)]))
     for c in range(o):
-        want = [_oracle_level(float(v), alpha=1.0, bias=0.0, relu=relu, mean=float(bnp.mean[c]), var=float(bnp.var[c]),
-                              eps=bnp.eps, gamma=float(bnp.gamma[c]), beta=float(bnp.beta[c]), boundaries=bounds)
-                for v in pts]
+        want = [
+            _oracle_level(
+                float(v),
+                alpha=1.0,
+                bias=0.0,
+                relu=relu,
+                mean=float(bnp.mean[c]),
+                var=float(bnp.var[c]),
+                eps=bnp.eps,
+                gamma=float(bnp.gamma[c]),
+                beta=float(bnp.beta[c]),
+                boundaries=bounds,
+            )
+            for v in pts
+        ]
         assert got[:, c].tolist() == want, c
 
 
@@ -144,14 +226,26 @@ def test_boundaries_must_be_a_valid_ladder() -> None:
     with pytest.raises(ValueError, match="2\\^M - 1 boundaries"):
         bs.level_int_thresholds(lo=-4, hi=4, bn=bnp, boundaries=[Fraction(0), Fraction(1)])
     with pytest.raises(ValueError, match="ascend"):
-        bs.level_int_thresholds(lo=-4, hi=4, bn=bnp, boundaries=[Fraction(1), Fraction(0), Fraction(2)])
+        bs.level_int_thresholds(
+            lo=-4, hi=4, bn=bnp, boundaries=[Fraction(1), Fraction(0), Fraction(2)]
+        )
     with pytest.raises(ValueError, match="inside int32"):
         bs.level_int_thresholds(lo=-4, hi=2**31 - 1, bn=bnp, boundaries=_ladder(2))
 
 
 @pytest.mark.parametrize("kind", ["encoder", "odd_linear"])
-@pytest.mark.parametrize(("activation", "m"), [("htanh", 1), ("htanh", 2), ("htanh", 3), ("htanh", 4),
-                                               ("hrelu", 2), ("hrelu", 3), ("hrelu", 4)])  # 1-bit HReLU is rejected
+@pytest.mark.parametrize(
+    ("activation", "m"),
+    [
+        ("htanh", 1),
+        ("htanh", 2),
+        ("htanh", 3),
+        ("htanh", 4),
+        ("hrelu", 2),
+        ("hrelu", 3),
+        ("hrelu", 4),
+    ],
+)  # 1-bit HReLU is rejected
 def test_quantizer_boundaries_reproduce_the_quantizer(kind: str, activation: str, m: int) -> None:
     iq = MBitEncoder(m, activation) if kind == "encoder" else OddLinearQuantizer(m, activation)
     if kind == "odd_linear":
@@ -164,7 +258,12 @@ def test_quantizer_boundaries_reproduce_the_quantizer(kind: str, activation: str
     v, _ = iq.decompose(u)
     b = np.array([-np.inf if x is None else float(x) for x in bounds])
     q = (u.double().numpy()[:, None] >= b[None, :]).sum(1)
-    far = np.min(np.abs(u.double().numpy()[:, None] - np.where(np.isfinite(b), b, -1e9)[None, :]), axis=1) > 1e-5
+    far = (
+        np.min(
+            np.abs(u.double().numpy()[:, None] - np.where(np.isfinite(b), b, -1e9)[None, :]), axis=1
+        )
+        > 1e-5
+    )
     assert np.array_equal((2 * q - (2**m - 1))[far], v.detach().numpy().astype(np.int64)[far])
 
 
@@ -204,8 +303,13 @@ def _chain(seed: int) -> tuple[nn.Module, int]:
     c0, c1, c2, f = (int(v) for v in rng.choice([3, 5, 7, 9], 4))
     method = "quantizer" if seed % 2 else "encoder"
     act = "hrelu" if seed % 4 == 3 else "htanh"
-    bits = [(int(rng.integers(2 if act == "hrelu" else 1, 5)), int(rng.integers(1, 5))) for _ in range(3)]
-    mods: list[nn.Module] = [Int8Conv2d(1, c0, 3, padding=1) if first == "int8" else nn.Conv2d(1, c0, 3, padding=1)]
+    bits = [
+        (int(rng.integers(2 if act == "hrelu" else 1, 5)), int(rng.integers(1, 5)))
+        for _ in range(3)
+    ]
+    mods: list[nn.Module] = [
+        Int8Conv2d(1, c0, 3, padding=1) if first == "int8" else nn.Conv2d(1, c0, 3, padding=1)
+    ]
     if rng.random() < 0.5:
         mods.append(nn.ReLU())
     if rng.random() < 0.5:
@@ -214,8 +318,20 @@ def _chain(seed: int) -> tuple[nn.Module, int]:
     cin = c0
     for i, cout in enumerate((c1, c2)):
         pad = int(rng.integers(0, 2))
-        mods += [nn.BatchNorm2d(cin), MBitConv2d(cin, cout, 3, padding=pad, bits_a=bits[i][0], bits_w=bits[i][1],
-                                                  method=method, activation=act, pad_value=int(rng.integers(0, 2)))]
+        mods += [
+            nn.BatchNorm2d(cin),
+            MBitConv2d(
+                cin,
+                cout,
+                3,
+                padding=pad,
+                bits_a=bits[i][0],
+                bits_w=bits[i][1],
+                method=method,
+                activation=act,
+                pad_value=int(rng.integers(0, 2)),
+            ),
+        ]
         size = size + 2 * pad - 2
         if rng.random() < 0.5:
             mods.append(nn.ReLU())
@@ -224,8 +340,17 @@ def _chain(seed: int) -> tuple[nn.Module, int]:
             size //= 2
         cin = cout
     mods.append(nn.Flatten())
-    mods += [nn.BatchNorm1d(cin * size * size),
-             MBitLinear(cin * size * size, f, bits_a=bits[2][0], bits_w=bits[2][1], method=method, activation=act)]
+    mods += [
+        nn.BatchNorm1d(cin * size * size),
+        MBitLinear(
+            cin * size * size,
+            f,
+            bits_a=bits[2][0],
+            bits_w=bits[2][1],
+            method=method,
+            activation=act,
+        ),
+    ]
     if rng.random() < 0.5:
         mods.append(nn.ReLU())
     mods += [nn.BatchNorm1d(f), nn.Linear(f, 4)]
@@ -238,12 +363,15 @@ def _images(n: int, seed: int, size: int = 10) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, size, size), dtype=np.float32)
 
 
-def _levels_and_accumulators(model: nn.Module, x: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _levels_and_accumulators(
+    model: nn.Module, x: np.ndarray
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """PyTorch's integer input levels and integer accumulators (Eq. 8) of every MBBN layer."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     hooks = []
     for name, mod in model.named_modules():
         if isinstance(mod, (MBitConv2d, MBitLinear)):
+
             def pre(m_: nn.Module, inp: tuple[torch.Tensor], key: str = name) -> None:
                 levels, _ = m_.quantized_input(inp[0])  # type: ignore[operator]
                 out[key] = (levels.detach().round().to(torch.int64), m_.integer_output(inp[0]))  # type: ignore[operator]
@@ -291,8 +419,14 @@ def test_random_mbbn_chain_is_bit_exact(seed: int) -> None:
             lt = levels_t.reshape(len(x), c, h, w).permute(0, 2, 3, 1).reshape(len(x), -1).numpy()
         info = values[op.inputs[0]]
         xs = inter[op.inputs[0]] if info.planes > 1 else inter[op.inputs[0]][None]
-        planes = np.stack([1 - 2 * unpack_bits(p_, info.channels, info.groups).reshape(len(x), -1).astype(np.int64)
-                           for p_ in xs])
+        planes = np.stack(
+            [
+                1
+                - 2
+                * unpack_bits(p_, info.channels, info.groups).reshape(len(x), -1).astype(np.int64)
+                for p_ in xs
+            ]
+        )
         lg = decode(planes)
         if near == 0:
             assert np.array_equal(lg, lt), op.name
@@ -300,15 +434,25 @@ def test_random_mbbn_chain_is_bit_exact(seed: int) -> None:
     # 3. the native engine, every kernel set: op by op against the reference (integers and bits
     # identical), end to end the same predictions
     for k in available_kernels():
-        rep = compare_with_reference(Engine(graph, kernels=k, threads=2), x, batch_size=12)["reference"]
+        rep = compare_with_reference(Engine(graph, kernels=k, threads=2), x, batch_size=12)[
+            "reference"
+        ]
         assert rep["exact_mismatches"] == 0, (k, rep)
         assert rep["prediction_mismatches"] <= near, (k, rep)
 
 
-def test_mixed_precision_model_emits_planes_ops_and_survives_a_file_round_trip(tmp_path: Path) -> None:
-    model = models.create("mbbn_vgg_small", width=4, fc=16, bits_a=[2, 3, 1, 4, 2], bits_w=[2, 1, 3, 2, 4])
+def test_mixed_precision_model_emits_planes_ops_and_survives_a_file_round_trip(
+    tmp_path: Path,
+) -> None:
+    model = models.create(
+        "mbbn_vgg_small", width=4, fc=16, bits_a=[2, 3, 1, 4, 2], bits_w=[2, 1, 3, 2, 4]
+    )
     x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
-    _randomize(model, torch.from_numpy(np.random.default_rng(1).random((32, 1, 28, 28), dtype=np.float32)), 0)
+    _randomize(
+        model,
+        torch.from_numpy(np.random.default_rng(1).random((32, 1, 28, 28), dtype=np.float32)),
+        0,
+    )
     graph = convert(model)
     types = [op.type for op in graph.ops]
     # M = 3, 4, 2 integer thresholds produce planes; the 1-bit quantizer the sign bits; the float
@@ -319,21 +463,35 @@ def test_mixed_precision_model_emits_planes_ops_and_survives_a_file_round_trip(t
     assert graph.tensors[first.params["w"]].shape[0] == 4  # the float conv is not repeated
     f32 = next(op for op in graph.ops if op.type == "threshold_f32_planes")
     assert graph.tensors[f32.params["thr"]].shape == (4, 3) and f32.attrs["planes"] == 2
-    thr_planes = [graph.tensors[op.params["thr"]].shape[1] for op in graph.ops if op.type == "threshold_planes"]
+    thr_planes = [
+        graph.tensors[op.params["thr"]].shape[1]
+        for op in graph.ops
+        if op.type == "threshold_planes"
+    ]
     assert thr_planes == [7, 15, 3]
     path = tmp_path / "m.bfn"
     graph.save(str(path))
     g2 = load_graph(path)
     np.testing.assert_array_equal(run(g2, x), run(graph, x))
     r = verify(model, g2, x)
-    assert r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
+    assert (
+        r["sign_mismatches"] == 0 and r["prediction_mismatches"] <= r["near_threshold"]["samples"]
+    )
 
 
 def test_int32_accumulator_bound_is_checked() -> None:
     # fan-in 40000 x (2^8 - 1)^2 = 2.6e9 > 2^31 - 1
-    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), MBitConv2d(4, 3, 1, bits_a=2, bits_w=2), nn.Flatten(),
-                          nn.BatchNorm1d(3), MBitLinear(3, 40000, bits_a=2, bits_w=2), nn.BatchNorm1d(40000),
-                          MBitLinear(40000, 2, bits_a=8, bits_w=8), nn.Linear(2, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 1),
+        nn.BatchNorm2d(4),
+        MBitConv2d(4, 3, 1, bits_a=2, bits_w=2),
+        nn.Flatten(),
+        nn.BatchNorm1d(3),
+        MBitLinear(3, 40000, bits_a=2, bits_w=2),
+        nn.BatchNorm1d(40000),
+        MBitLinear(40000, 2, bits_a=8, bits_w=8),
+        nn.Linear(2, 2),
+    )
     with pytest.raises(ValueError, match=r"40000 x 255 x 255 = 2601000000 does not fit the int32"):
         convert(model, example_input=torch.zeros(1, 1, 1, 1))
 
@@ -357,15 +515,26 @@ def test_mbbn_layers_refuse_xnor_mode_and_unknown_quantizers() -> None:
 def _write_checkpoint(path: Path, model: nn.Module) -> None:
     from bitflow.train.checkpoint import save_checkpoint
 
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dict(model.bitflow_config),  # type: ignore[arg-type]
-                           "class_names": [str(i) for i in range(10)], "data": "fashion-mnist"})
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "model_config": dict(model.bitflow_config),  # type: ignore[arg-type]
+            "class_names": [str(i) for i in range(10)],
+            "data": "fashion-mnist",
+        },
+    )
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
-def test_cli_convert_and_verify_an_mbbn_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
+def test_cli_convert_and_verify_an_mbbn_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bitflow.cli import main
 
     model = models.create("mbbn_vgg_small", width=4, fc=16, bits_a=2, bits_w=[2, 2, 3, 1, 2])
@@ -385,14 +554,18 @@ def _idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
+@pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
 @pytest.mark.parametrize("first_layer", ["float", "int8"])
-def test_trained_mbbn_vgg_small_matches_on_the_full_fashion_mnist_test_set(first_layer: str) -> None:
+def test_trained_mbbn_vgg_small_matches_on_the_full_fashion_mnist_test_set(
+    first_layer: str,
+) -> None:
     """1 epoch on 6000 training images (M = K = 2, width 16), then the full test set: zero level
     mismatches at every quantized layer input; with the float first layer only near-threshold
     float decisions (docs/architecture.md §3) may differ, with the int8 first layer nothing may."""
@@ -406,25 +579,47 @@ def test_trained_mbbn_vgg_small_matches_on_the_full_fashion_mnist_test_set(first
     model.train()
     order = torch.randperm(len(xtr))
     for i in range(0, len(xtr), 64):
-        idx = order[i: i + 64]
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(xtr[idx])), torch.from_numpy(ytr[idx]))
+        idx = order[i : i + 64]
+        loss = nn.functional.cross_entropy(
+            model(torch.from_numpy(xtr[idx])), torch.from_numpy(ytr[idx])
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     graph = convert(model)
     r = verify(model, graph, xte, yte, batch_size=500)
-    print("verify:", {k: r[k] for k in ("accuracy_torch", "accuracy_integer", "prediction_mismatches",
-                                         "sign_mismatches", "signs_compared", "ties", "float_ties")},
-          "near:", {k: r["near_threshold"][k] for k in ("count", "samples", "downstream")})
+    print(
+        "verify:",
+        {
+            k: r[k]
+            for k in (
+                "accuracy_torch",
+                "accuracy_integer",
+                "prediction_mismatches",
+                "sign_mismatches",
+                "signs_compared",
+                "ties",
+                "float_ties",
+            )
+        },
+        "near:",
+        {k: r["near_threshold"][k] for k in ("count", "samples", "downstream")},
+    )
     assert r["accuracy_torch"] > 0.6
     assert r["sign_mismatches"] == 0
     assert r["prediction_mismatches"] <= r["near_threshold"]["samples"]
     if first_layer == "int8":  # integer-only network: exact everywhere
         assert r["near_threshold"]["count"] == 0 and r["prediction_mismatches"] == 0
-    assert math.isclose(r["accuracy_integer"], r["accuracy_torch"], abs_tol=r["near_threshold"]["samples"] / len(xte))
+    assert math.isclose(
+        r["accuracy_integer"],
+        r["accuracy_torch"],
+        abs_tol=r["near_threshold"]["samples"] / len(xte),
+    )
     for k in available_kernels():
-        rep = compare_with_reference(Engine(graph, kernels=k), xte[:2000], yte[:2000], batch_size=500)
+        rep = compare_with_reference(
+            Engine(graph, kernels=k), xte[:2000], yte[:2000], batch_size=500
+        )
         print(k, "engine accuracy (2000)", rep["accuracy"], "ms/sample", rep["ms_per_sample"])
         assert rep["reference"]["exact_mismatches"] == 0
         assert rep["reference"]["prediction_mismatches"] <= r["near_threshold"]["samples"]

@@ -382,7 +382,9 @@ def test_folder_train_val_subfolders(tmp_path: Path) -> None:
     make_folder(root / "train", per_class=4)
     solid_png(root / "val" / "dog" / "v0.png", COLOURS["dog"])
     solid_png(root / "val" / "emu" / "v1.jpeg", COLOURS["emu"])
-    b = bd.get_data(f"folder:{root}", image_size=4, val_fraction=0.25, in_memory=False)  # files, decoded per access
+    b = bd.get_data(
+        f"folder:{root}", image_size=4, val_fraction=0.25, in_memory=False
+    )  # files, decoded per access
     assert b.class_names == ("cat", "dog", "emu")
     assert sorted(y for _, y in b.test.samples) == [1, 2]  # labels follow train/ order
     assert len(b.train) + len(b.val) == 12 and len(b.val) == 3

@@ -23,8 +23,13 @@ KERNELS = E.available_kernels()
 def _model(case: dict, seed: int = 0):  # type: ignore[no-untyped-def]
     case = dict(case)
     w1, w2, w3 = case.pop("widths")
-    plan = Plan(first=Conv(w1, 3, 1, 1), first_pool=None,
-                convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)), fcs=(FC(17),), image_size=12)
+    plan = Plan(
+        first=Conv(w1, 3, 1, 1),
+        first_pool=None,
+        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
+        fcs=(FC(17),),
+        image_size=12,
+    )
     torch.manual_seed(seed + sum(map(ord, str(case))))
     model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
     return calibrate(model, torch.from_numpy(images(64, 3, 12, seed=2)), seed=3)
@@ -52,8 +57,14 @@ def float_op_bounds(g, x: np.ndarray) -> dict[str, float]:  # type: ignore[no-un
     for op in g.ops:
         xin = np.abs(env[op.inputs[0]].astype(np.float64))
         if op.type in ("conv2d_f32", "dense_f32"):
-            w = np.abs(g.tensors[op.params["w"]].astype(np.float64)).reshape(g.tensors[op.params["w"]].shape[0], -1)
-            b = np.abs(g.tensors[op.params["bias"]].astype(np.float64)) if "bias" in op.params else 0.0
+            w = np.abs(g.tensors[op.params["w"]].astype(np.float64)).reshape(
+                g.tensors[op.params["w"]].shape[0], -1
+            )
+            b = (
+                np.abs(g.tensors[op.params["bias"]].astype(np.float64))
+                if "bias" in op.params
+                else 0.0
+            )
             k = w.shape[1]
             gamma = (k + 1) * U32 / (1 - (k + 1) * U32)
             out[op.name] = float(np.max((gamma + 2 * U32) * (w.sum(1) * xin.max() + b)))
@@ -107,10 +118,12 @@ def test_batch_sizes_and_uint8_input(graphs: list) -> None:
     eng = E.Engine(g, threads=1)
     x = images(9, 3, 12, seed=4)
     full = eng.logits(x)
-    parts = np.concatenate([eng.logits(x[i:i + 1]) for i in range(9)])
+    parts = np.concatenate([eng.logits(x[i : i + 1]) for i in range(9)])
     np.testing.assert_array_equal(full, parts)  # batch 1 == batch 9, no state between calls
     pix = np.round(x * 255).astype(np.uint8)
-    np.testing.assert_array_equal(eng.logits(pix), eng.logits(np.ascontiguousarray(pix / np.float32(255), dtype=np.float32)))
+    np.testing.assert_array_equal(
+        eng.logits(pix), eng.logits(np.ascontiguousarray(pix / np.float32(255), dtype=np.float32))
+    )
     np.testing.assert_array_equal(eng.logits(x[0]), full[:1])  # a single CHW image
 
 
@@ -178,7 +191,7 @@ def test_info_reports_kernels_and_memory(graphs: list, tmp_path: Path) -> None:
     g.save(str(p))
     raw = p.read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + hlen])
+    header = json.loads(raw[8 : 8 + hlen])
     spans = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__")
     assert info["param_bytes"] == len(raw) - 8 - hlen == sum(b - a for a, b in spans)
     assert len(info["ops"]) == len(g.ops) and info["peak_activation_bytes_per_sample"] > 0
@@ -212,14 +225,24 @@ def _corrupted(g, how: str):  # type: ignore[no-untyped-def]
     from bitflow.ir.graph import Graph
 
     bad = Graph.from_json(copy.deepcopy(g.to_json()), {k: v.copy() for k, v in g.tensors.items()})
-    conv = next(op for op in bad.ops if op.type == "bconv2d" and op.attrs["padding"] != [0, 0]
-                and op.attrs["pad_value"] == 0)
-    thr = next(op for op in bad.ops if op.type == "threshold_bits" and op.inputs[0] in
-               (conv.outputs[0], *(o.outputs[0] for o in bad.ops if o.inputs[0] == conv.outputs[0])))
+    conv = next(
+        op
+        for op in bad.ops
+        if op.type == "bconv2d" and op.attrs["padding"] != [0, 0] and op.attrs["pad_value"] == 0
+    )
+    thr = next(
+        op
+        for op in bad.ops
+        if op.type == "threshold_bits"
+        and op.inputs[0]
+        in (conv.outputs[0], *(o.outputs[0] for o in bad.ops if o.inputs[0] == conv.outputs[0]))
+    )
     if how == "threshold":
         bad.tensors[thr.params["thr"]] += 2  # every channel's T moves by two integers
     elif how == "weight":
-        bad.tensors[conv.params["w"]].reshape(-1)[0] ^= np.uint64(1)  # filter 0, tap (0, 0), channel 0
+        bad.tensors[conv.params["w"]].reshape(-1)[0] ^= np.uint64(
+            1
+        )  # filter 0, tap (0, 0), channel 0
     else:
         conv.attrs["pad_value"] = 1
     return bad, conv.name
@@ -241,7 +264,9 @@ def test_checker_catches_a_corrupted_fused_layer(graphs: list, how: str) -> None
     bad, conv_name = _corrupted(g, how)
     eng = E.Engine(bad, threads=1)
     fused = [st for st in eng._plan if conv_name in st.ops]
-    assert len(fused) == 1 and len(fused[0].ops) >= 2  # the broken conv runs fused with its threshold
+    assert (
+        len(fused) == 1 and len(fused[0].ops) >= 2
+    )  # the broken conv runs fused with its threshold
     r = compare_with_reference(eng, x, reference_graph=g)["reference"]
     assert r["by_step"]["+".join(fused[0].ops)]["mismatches"] > 0, r["by_step"]
     assert r["exact_mismatches"] > 0 and not reference_ok(r)
@@ -266,7 +291,9 @@ def test_checker_checks_the_fused_plan_not_only_the_unfused_steps(graphs: list) 
     eng._plan[k] = eng._plan[k]._replace(fn=flipped)
     r = compare_with_reference(eng, images(8, 3, 12, seed=12))["reference"]
     assert r["op_by_op_mismatches"] == 0  # the unfused steps are right
-    assert r["by_step"]["+".join(eng._plan[k].ops)]["mismatches"] == 1  # one flipped bit per batch of 8
+    assert (
+        r["by_step"]["+".join(eng._plan[k].ops)]["mismatches"] == 1
+    )  # one flipped bit per batch of 8
     assert not reference_ok(r)
 
 

@@ -29,20 +29,27 @@ def _specials(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     x = rng.standard_normal(shape).astype(np.float32)
     flat = x.reshape(-1)
     idx = rng.choice(flat.size, size=max(1, flat.size // 10), replace=False)
-    flat[idx] = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0], np.float32), size=idx.size)
+    flat[idx] = rng.choice(
+        np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0], np.float32), size=idx.size
+    )
     return x
 
 
 @pytest.mark.parametrize("kernels", STREAM_KERNELS)
 @pytest.mark.parametrize("o", [1, 3, 16, 64, 70, 130])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_float_stream_equals_the_unfused_ops(kernels: str, o: int, threads: int, fine_grain: None) -> None:
+def test_float_stream_equals_the_unfused_ops(
+    kernels: str, o: int, threads: int, fine_grain: None
+) -> None:
     rng = np.random.default_rng(o)
     shape = (2, 5, 3, o)
     acc = rng.integers(-300, 300, size=shape).astype(np.int32)
     f1 = _specials(rng, shape)
     f2 = _specials(rng, shape)
-    st = [(rng.standard_normal(o).astype(np.float32), rng.standard_normal(o).astype(np.float32)) for _ in range(3)]
+    st = [
+        (rng.standard_normal(o).astype(np.float32), rng.standard_normal(o).astype(np.float32))
+        for _ in range(3)
+    ]
     thr = rng.standard_normal(o).astype(np.float32)
     thr[: o // 3] = 0.0  # ties with the -0.0 / 0.0 inputs
     d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
@@ -58,16 +65,34 @@ def test_float_stream_equals_the_unfused_ops(kernels: str, o: int, threads: int,
     arrays = {0: acc, 1: f1, 2: f2}
     for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
         want_y, want_b = unfused(order)
-        fs = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], thr=thr, direction=d,
-                           kernels=kernels)
-        assert fs.wide == (kernels == "avx512" or (kernels == "auto" and "avx512" in N.kernel_info("auto")["bitpack_f32"]))
+        fs = N.FloatStream(
+            o,
+            [spec[k][0] for k in order],
+            [spec[k][1] for k in order],
+            thr=thr,
+            direction=d,
+            kernels=kernels,
+        )
+        assert fs.wide == (
+            kernels == "avx512"
+            or (kernels == "auto" and "avx512" in N.kernel_info("auto")["bitpack_f32"])
+        )
         y, b = fs([arrays[k] for k in order], threads)
         assert y.tobytes() == want_y.tobytes()  # bit for bit, NaN payloads included
         assert np.array_equal(b, want_b)
-        only_bits = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], thr=thr,
-                                  direction=d, keep_y=False, kernels=kernels)
+        only_bits = N.FloatStream(
+            o,
+            [spec[k][0] for k in order],
+            [spec[k][1] for k in order],
+            thr=thr,
+            direction=d,
+            keep_y=False,
+            kernels=kernels,
+        )
         assert np.array_equal(only_bits([arrays[k] for k in order], threads), want_b)
-        only_y = N.FloatStream(o, [spec[k][0] for k in order], [spec[k][1] for k in order], kernels=kernels)
+        only_y = N.FloatStream(
+            o, [spec[k][0] for k in order], [spec[k][1] for k in order], kernels=kernels
+        )
         assert only_y([arrays[k] for k in order], threads).tobytes() == want_y.tobytes()
     plain = N.FloatStream(o, [False], [[]], thr=thr, direction=d, keep_y=False, kernels=kernels)
     assert np.array_equal(plain([f1], threads), N.threshold_f32_bits(f1, thr, d))
@@ -75,7 +100,9 @@ def test_float_stream_equals_the_unfused_ops(kernels: str, o: int, threads: int,
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("stride,pad_value", [(1, 0), (2, 0), (1, 1)])
-def test_float_stream_after_a_binary_convolution(kernels: str, stride: int, pad_value: int, fine_grain: None) -> None:
+def test_float_stream_after_a_binary_convolution(
+    kernels: str, stride: int, pad_value: int, fine_grain: None
+) -> None:
     rng = np.random.default_rng(stride)
     n, h, c, o = 2, 9, 70, 40
     xb = N.bitpack(rng.standard_normal((n, h, h, c)).astype(np.float32))
@@ -99,17 +126,33 @@ def test_float_stream_after_a_binary_convolution(kernels: str, stride: int, pad_
 
 
 @pytest.mark.parametrize("kernels", STREAM_KERNELS)
-@pytest.mark.parametrize("case", [((1, 11, 11, 3), (64, 7, 7, 3), 2, 3), ((2, 6, 5, 20), (40, 1, 1, 20), 1, 0),
-                                  ((1, 9, 9, 8), (17, 3, 3, 8), 1, 1)])
-def test_float_stream_in_place_after_a_float_convolution(kernels: str, case: tuple, fine_grain: None) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((1, 11, 11, 3), (64, 7, 7, 3), 2, 3),
+        ((2, 6, 5, 20), (40, 1, 1, 20), 1, 0),
+        ((1, 9, 9, 8), (17, 3, 3, 8), 1, 1),
+    ],
+)
+def test_float_stream_in_place_after_a_float_convolution(
+    kernels: str, case: tuple, fine_grain: None
+) -> None:
     xs, ws, stride, pad = case
     rng = np.random.default_rng(ws[0])
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     bias = rng.standard_normal(ws[0]).astype(np.float32)
-    st = (rng.standard_normal(ws[0]).astype(np.float32), rng.standard_normal(ws[0]).astype(np.float32))
+    st = (
+        rng.standard_normal(ws[0]).astype(np.float32),
+        rng.standard_normal(ws[0]).astype(np.float32),
+    )
     for threads in (1, 2, 3):
-        want = N.affine_f32(N.conv2d_f32(x, w, bias, (stride, stride), (pad, pad), kernels=kernels, threads=threads), *st)
+        want = N.affine_f32(
+            N.conv2d_f32(
+                x, w, bias, (stride, stride), (pad, pad), kernels=kernels, threads=threads
+            ),
+            *st,
+        )
         fs = N.FloatStream(ws[0], [False], [[st]], kernels=kernels)
         got = fs.after_conv2d(x, w, bias, (stride, stride), (pad, pad), kernels, threads)
         assert got.tobytes() == want.tobytes()
@@ -117,10 +160,16 @@ def test_float_stream_in_place_after_a_float_convolution(kernels: str, case: tup
 
 @pytest.mark.parametrize("kernels", STREAM_KERNELS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_fast_float_maxpool_equals_the_definition(kernels: str, threads: int, fine_grain: None) -> None:
+def test_fast_float_maxpool_equals_the_definition(
+    kernels: str, threads: int, fine_grain: None
+) -> None:
     rng = np.random.default_rng(threads)
-    for shape, k, s, p in [((2, 9, 11, 70), (3, 3), (2, 2), (1, 1)), ((1, 8, 8, 5), (2, 2), (2, 2), (0, 0)),
-                           ((1, 7, 7, 64), (3, 2), (1, 2), (1, 1)), ((2, 12, 12, 16), (3, 3), (2, 2), (1, 1))]:
+    for shape, k, s, p in [
+        ((2, 9, 11, 70), (3, 3), (2, 2), (1, 1)),
+        ((1, 8, 8, 5), (2, 2), (2, 2), (0, 0)),
+        ((1, 7, 7, 64), (3, 2), (1, 2), (1, 1)),
+        ((2, 12, 12, 16), (3, 3), (2, 2), (1, 1)),
+    ]:
         x = _specials(rng, shape)
         x[..., : shape[-1] // 2] = np.round(x[..., : shape[-1] // 2])  # ties, +-0.0
         want = N.maxpool_f32(x, k, s, p)
@@ -139,17 +188,24 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("bireal_resnet20", {"width": 8}),
-    ("bireal_resnet20", {"width": 8, "downsample": "conv"}),
-    ("bireal_resnet20", {"width": 8, "first_layer": "int8"}),
-    ("bireal_resnet18", {"width": 8, "image_size": 32, "num_classes": 10, "stem": "imagenet"}),
-    ("bitflow_resnet18", {"width": 8, "image_size": 32, "num_classes": 10}),
-])
-def test_fused_plan_equals_op_by_op_plan_on_residual_networks(name: str, kw: dict, fine_grain: None) -> None:
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("bireal_resnet20", {"width": 8}),
+        ("bireal_resnet20", {"width": 8, "downsample": "conv"}),
+        ("bireal_resnet20", {"width": 8, "first_layer": "int8"}),
+        ("bireal_resnet18", {"width": 8, "image_size": 32, "num_classes": 10, "stem": "imagenet"}),
+        ("bitflow_resnet18", {"width": 8, "image_size": 32, "num_classes": 10}),
+    ],
+)
+def test_fused_plan_equals_op_by_op_plan_on_residual_networks(
+    name: str, kw: dict, fine_grain: None
+) -> None:
     graph, _ = zoo_model(name, **kw)
     spec = graph.input
-    x = np.random.default_rng(2).random((3, spec.channels, spec.height, spec.width), dtype=np.float32)
+    x = np.random.default_rng(2).random(
+        (3, spec.channels, spec.height, spec.width), dtype=np.float32
+    )
     for kernels in KERNELS:
         for threads in (1, 2, 3):
             eng = Engine(graph, kernels=kernels, threads=threads)
@@ -159,14 +215,22 @@ def test_fused_plan_equals_op_by_op_plan_on_residual_networks(name: str, kw: dic
                 env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
             assert len(env) > 1
             for v, arr in env.items():
-                assert np.ascontiguousarray(arr).tobytes() == np.ascontiguousarray(ops_by_op[v]).tobytes(), (kernels, threads, v)
+                assert (
+                    np.ascontiguousarray(arr).tobytes()
+                    == np.ascontiguousarray(ops_by_op[v]).tobytes()
+                ), (kernels, threads, v)
             assert eng.logits(x).tobytes() == ops_by_op[graph.output].tobytes()
     if name.startswith("bireal"):
-        assert any(len(s.extra) == 1 and "bconv2d" in {o.type for o in graph.ops if o.name in s.ops} for s in eng._plan)
+        assert any(
+            len(s.extra) == 1 and "bconv2d" in {o.type for o in graph.ops if o.name in s.ops}
+            for s in eng._plan
+        )
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_native_float_input_layout_equals_the_reference_preprocessing(threads: int, fine_grain: None) -> None:
+def test_native_float_input_layout_equals_the_reference_preprocessing(
+    threads: int, fine_grain: None
+) -> None:
     from bitflow.ir import InputSpec
     from bitflow.ir.reference import preprocess
 

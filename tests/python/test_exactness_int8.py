@@ -25,8 +25,13 @@ INT8_CASES = [c for c in CASES if c["first_layer"] == "int8"]
 def _case_model(case: dict) -> torch.nn.Module:
     case = dict(case)
     w1, w2, w3 = case.pop("widths")
-    plan = Plan(first=Conv(w1, 3, 1, 1), first_pool=None,
-                convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)), fcs=(FC(17),), image_size=12)
+    plan = Plan(
+        first=Conv(w1, 3, 1, 1),
+        first_pool=None,
+        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
+        fcs=(FC(17),),
+        image_size=12,
+    )
     torch.manual_seed(100 + sum(map(ord, str(case))))
     model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
     return calibrate(model, torch.from_numpy(images(64, 3, 12, seed=31)), seed=32)
@@ -34,10 +39,14 @@ def _case_model(case: dict) -> torch.nn.Module:
 
 def _assert_exact(model: torch.nn.Module, x: np.ndarray, *, binary_last: bool) -> None:
     g = convert(model)
-    assert not {"conv2d_f32", "threshold_f32_bits", "threshold_f32_planes", "bitpack"} & {op.type for op in g.ops}
+    assert not {"conv2d_f32", "threshold_f32_bits", "threshold_f32_planes", "bitpack"} & {
+        op.type for op in g.ops
+    }
     r = verify(model, g, x, batch_size=32)
     assert r["signs_compared"] > 0
-    assert r["near_threshold"]["count"] == 0 and r["near_threshold"]["samples"] == 0, r["near_threshold"]
+    assert r["near_threshold"]["count"] == 0 and r["near_threshold"]["samples"] == 0, r[
+        "near_threshold"
+    ]
     assert r["sign_mismatches"] == 0, r["sign_mismatches_by_layer"]
     assert r["prediction_mismatches"] == 0
     if binary_last:  # integer logits times one float scale: bit-identical
@@ -48,7 +57,9 @@ def _assert_exact(model: torch.nn.Module, x: np.ndarray, *, binary_last: bool) -
     except ImportError:  # the numpy half of the claim still ran
         return
     for kernels in ("auto",):  # every kernel set against the reference: test_engine.py
-        rr = compare_with_reference(E.Engine(g, kernels=kernels, threads=1), x, batch_size=32)["reference"]
+        rr = compare_with_reference(E.Engine(g, kernels=kernels, threads=1), x, batch_size=32)[
+            "reference"
+        ]
         assert rr["exact_mismatches"] == 0 and rr["op_by_op_mismatches"] == 0, (kernels, rr)
         assert rr["near_threshold"] == 0 and rr["prediction_mismatches"] == 0, (kernels, rr)
         assert "first_layer_end_to_end" not in rr  # no float decision anywhere

@@ -33,7 +33,9 @@ from bitflow.nn import BinaryLinear
 from bitflow.train.checkpoint import save_checkpoint
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
+pytestmark = pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
 NAME = "_test_first_sign_decides"
 N = 12  # samples (--limit)
 
@@ -80,13 +82,19 @@ def files(registered: None, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     assert np.all(x[:, 0, 0, 0] == 0)  # the premise of the module docstring
     with torch.no_grad():
         assert np.all(model(torch.from_numpy(x)).argmax(1).numpy() == 0)  # s_0 = +1: class 0
-    save_checkpoint(d / "m.pt", {"model": model.state_dict(), "model_config": model.bitflow_config, "seed": 0})
+    save_checkpoint(
+        d / "m.pt", {"model": model.state_dict(), "model_config": model.bitflow_config, "seed": 0}
+    )
     g = convert(model)
     t = float(g.tensors[next(o for o in g.ops if o.type == "threshold_f32_bits").params["thr"]][0])
     assert t == pytest.approx(0.2)
     up = float(np.nextafter(np.float32(0.3), np.float32(np.inf)))
-    graphs = {"good": g, "near": _with_threshold(g, up), "real": _with_threshold(g, 0.5),
-              "at": _with_threshold(g, float(np.float32(0.3)))}
+    graphs = {
+        "good": g,
+        "near": _with_threshold(g, up),
+        "real": _with_threshold(g, 0.5),
+        "at": _with_threshold(g, float(np.float32(0.3))),
+    }
     for k, gr in graphs.items():
         gr.save(str(d / f"{k}.bfn"))
     return {"dir": d, "graphs": graphs}
@@ -100,20 +108,28 @@ def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
 
 def test_verify_exit_codes(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
     d = files["dir"]
-    code, r = _main(capsys, "verify", str(d / "m.pt"), str(d / "good.bfn"), "--limit", str(N), "--json")
+    code, r = _main(
+        capsys, "verify", str(d / "m.pt"), str(d / "good.bfn"), "--limit", str(N), "--json"
+    )
     assert code == 0 and r["prediction_mismatches"] == 0 and r["near_threshold"]["count"] == 0
     # every prediction differs, each because of a sign 1 ulp from its threshold: exit 0
-    code, r = _main(capsys, "verify", str(d / "m.pt"), str(d / "near.bfn"), "--limit", str(N), "--json")
+    code, r = _main(
+        capsys, "verify", str(d / "m.pt"), str(d / "near.bfn"), "--limit", str(N), "--json"
+    )
     assert r["prediction_mismatches"] == N and r["prediction_mismatches_unexplained"] == 0, r
     assert r["sign_mismatches"] == 0 and r["near_threshold"]["samples"] == N
     assert code == 0
     # 0.2 away from the threshold: real sign mismatches and unexplained predictions: exit 1
-    code, r = _main(capsys, "verify", str(d / "m.pt"), str(d / "real.bfn"), "--limit", str(N), "--json")
+    code, r = _main(
+        capsys, "verify", str(d / "m.pt"), str(d / "real.bfn"), "--limit", str(N), "--json"
+    )
     assert r["sign_mismatches"] > 0 and r["prediction_mismatches_unexplained"] == N and code == 1
 
 
 @pytest.mark.native
-def test_run_exit_codes(files: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_exit_codes(
+    files: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The engine runs ``at.bfn`` (threshold 0.3f: y_0 passes); the reference runs ``near``
     (threshold 1 ulp above: y_0 fails), so the engine's first-layer bits differ from the
     reference's within the error bound and change every prediction: exit 0. An engine file with
@@ -123,7 +139,9 @@ def test_run_exit_codes(files: dict, capsys: pytest.CaptureFixture[str], monkeyp
     d, graphs = files["dir"], files["graphs"]
     orig = check.compare_with_reference
     ref: dict[str, Graph] = {}
-    monkeypatch.setattr(check, "compare_with_reference", lambda *a, **k: orig(*a, reference_graph=ref["g"], **k))
+    monkeypatch.setattr(
+        check, "compare_with_reference", lambda *a, **k: orig(*a, reference_graph=ref["g"], **k)
+    )
     ref["g"] = graphs["good"]
     code, r = _main(capsys, "run", str(d / "good.bfn"), "--limit", str(N), "--json")
     assert code == 0 and r["reference"]["prediction_mismatches"] == 0
@@ -143,7 +161,9 @@ def test_run_exit_codes(files: dict, capsys: pytest.CaptureFixture[str], monkeyp
     assert r["reference"]["exact_mismatches"] > 0 and code == 1
 
 
-def test_usage_and_input_errors_exit_2(files: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_usage_and_input_errors_exit_2(
+    files: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     d = files["dir"]
     missing = str(tmp_path / "missing.bfn")
     assert cli.main(["verify", str(d / "m.pt"), missing, "--limit", "2"]) == 2
@@ -160,5 +180,10 @@ def test_usage_and_input_errors_exit_2(files: dict, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as e:
         cli.main(["run", str(d / "good.bfn"), "--limit", "0"])
     assert e.value.code == 2
-    assert cli.main(["verify", str(d / "m.pt"), str(d / "good.bfn"), "--data", "cifar10", "--limit", "2"]) == 2
+    assert (
+        cli.main(
+            ["verify", str(d / "m.pt"), str(d / "good.bfn"), "--data", "cifar10", "--limit", "2"]
+        )
+        == 2
+    )
     assert "cifar10" in capsys.readouterr().err

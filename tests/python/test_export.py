@@ -31,8 +31,19 @@ CASES = [
     ("bitflow_vgg_small", {"width": 8, "fc": 32}, "bitflow"),
     ("xnor_lenet", {"width": 8, "fc": 32}, "xnor"),
     ("mbbn_vgg_small", {"width": 8, "fc": 32, "bits_a": 2, "bits_w": 2}, "bitflow"),
-    ("mbbn_vgg_small", {"width": 8, "fc": 32, "bits_a": [2, 3, 1, 2, 2], "bits_w": [1, 2, 2, 3, 1],
-                        "first_layer": "int8"}, "bitflow"),
+    (
+        "mbbn_vgg_small",
+        {
+            "width": 8,
+            "fc": 32,
+            "bits_a": [2, 3, 1, 2, 2],
+            "bits_w": [1, 2, 2, 3, 1],
+            "first_layer": "int8",
+        },
+        "bitflow",
+    ),
+    # the fixed-point residual stream: requant_i32 (float64 floor) and saturating add_i32
+    ("bireal_resnet20", {"width": 4, "residual": "int", "residual_bits": 8}, "bitflow"),
 ]
 
 
@@ -73,7 +84,9 @@ def test_onnxruntime_matches_the_engine(name: str, kw: dict, mode: str, images: 
 
 
 @pytest.mark.parametrize(("name", "kw", "mode"), [c for c in CASES if c[2] == "bitflow"])
-def test_qonnx_executor_matches_the_engine(name: str, kw: dict, mode: str, images: np.ndarray) -> None:
+def test_qonnx_executor_matches_the_engine(
+    name: str, kw: dict, mode: str, images: np.ndarray
+) -> None:
     pytest.importorskip("qonnx")
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
@@ -106,9 +119,14 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     save_graph(g, tmp_path / "m.bfn")
     for fmt in ("onnx", "qonnx"):
         out = tmp_path / f"m.{fmt}.onnx"
-        assert cli_main(["export", str(tmp_path / "m.bfn"), "-o", str(out), "--format", fmt, "--json"]) == 0
+        assert (
+            cli_main(["export", str(tmp_path / "m.bfn"), "-o", str(out), "--format", fmt, "--json"])
+            == 0
+        )
         info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert info["format"] == fmt and info["input"] == (["N", 1, 28, 28] if fmt == "onnx" else [1, 1, 28, 28])
+        assert info["format"] == fmt and info["input"] == (
+            ["N", 1, 28, 28] if fmt == "onnx" else [1, 1, 28, 28]
+        )
         onnx.checker.check_model(str(out), full_check=True)
     assert cli_main(["export", str(tmp_path), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "is a directory" in capsys.readouterr().err
@@ -118,8 +136,14 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 RESIDUAL = [
     ("bireal_resnet20", {"width": 8}),  # float stem, float residual stream, avgpool shortcuts
     ("bireal_resnet20", {"width": 8, "first_layer": "int8"}),
-    ("bitflow_resnet18", {"width": 8, "image_size": 28, "in_channels": 1, "num_classes": 10}),  # relu, GAP
-    ("xnor_resnet18", {"width": 8, "image_size": 28, "in_channels": 1, "num_classes": 10}),  # bitpack on float
+    (
+        "bitflow_resnet18",
+        {"width": 8, "image_size": 28, "in_channels": 1, "num_classes": 10},
+    ),  # relu, GAP
+    (
+        "xnor_resnet18",
+        {"width": 8, "image_size": 28, "in_channels": 1, "num_classes": 10},
+    ),  # bitpack on float
 ]
 
 
@@ -141,14 +165,21 @@ def _dag_graph(seed: int = 0) -> Graph:
         return np.asarray(a, np.int32)
 
     t = {
-        "w0": rng.normal(0, 1, (4, 3, 3, 1)).astype(np.float32), "b0": rng.normal(0, 0.3, 4).astype(np.float32),
-        "t0": rng.normal(0, 0.5, 4).astype(np.float32), "d0": np.array([1, -1, 1, 1], np.int8),
-        "w1": bits(6, 4), "w2": bits(6, 4),
-        "t1": i32(rng.integers(-8, 9, 12)), "d1": np.where(rng.random(12) < 0.5, 1, -1).astype(np.int8),
+        "w0": rng.normal(0, 1, (4, 3, 3, 1)).astype(np.float32),
+        "b0": rng.normal(0, 0.3, 4).astype(np.float32),
+        "t0": rng.normal(0, 0.5, 4).astype(np.float32),
+        "d0": np.array([1, -1, 1, 1], np.int8),
+        "w1": bits(6, 4),
+        "w2": bits(6, 4),
+        "t1": i32(rng.integers(-8, 9, 12)),
+        "d1": np.where(rng.random(12) < 0.5, 1, -1).astype(np.int8),
         "w3": bits(5, 16),
-        "s3": rng.uniform(0.1, 1, 5).astype(np.float32), "c3": rng.normal(0, 1, 5).astype(np.float32),
-        "s4": rng.uniform(-1, 1, 9).astype(np.float32), "c4": rng.normal(0, 1, 9).astype(np.float32),
-        "wd": rng.normal(0, 1, (3, 9)).astype(np.float32), "bd": rng.normal(0, 1, 3).astype(np.float32),
+        "s3": rng.uniform(0.1, 1, 5).astype(np.float32),
+        "c3": rng.normal(0, 1, 5).astype(np.float32),
+        "s4": rng.uniform(-1, 1, 9).astype(np.float32),
+        "c4": rng.normal(0, 1, 9).astype(np.float32),
+        "wd": rng.normal(0, 1, (3, 9)).astype(np.float32),
+        "bd": rng.normal(0, 1, 3).astype(np.float32),
     }
     conv = {"stride": [1, 1], "padding": [1, 1]}
     ops = [
@@ -158,13 +189,25 @@ def _dag_graph(seed: int = 0) -> Graph:
         Op("bconv2d", "bc2", ["b"], ["c2"], {**conv, "channels": 4, "pad_value": 1}, {"w": "w2"}),
         Op("add_i32", "s", ["c1", "c2", "c1"], ["s"]),
         Op("concat", "ci", ["s", "c2"], ["si"]),
-        Op("maxpool_i32", "mi", ["si"], ["sm"], {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]}),
+        Op(
+            "maxpool_i32",
+            "mi",
+            ["si"],
+            ["sm"],
+            {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]},
+        ),
         Op("threshold_bits", "th1", ["sm"], ["sb"], {}, {"thr": "t1", "direction": "d1"}),
         Op("concat", "cb", ["sb", "b"], ["cb"]),
         Op("bconv2d", "bc3", ["cb"], ["c3"], {**conv, "channels": 16, "pad_value": 0}, {"w": "w3"}),
         Op("scale_bias", "sc3", ["c3"], ["g"], {}, {"scale": "s3", "bias": "c3"}),
         Op("concat", "cf", ["g", "f"], ["gf"]),
-        Op("avgpool_f32", "ap", ["gf"], ["ap"], {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}),
+        Op(
+            "avgpool_f32",
+            "ap",
+            ["gf"],
+            ["ap"],
+            {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]},
+        ),
         Op("relu_f32", "r", ["ap"], ["r"]),
         Op("affine_f32", "af", ["r"], ["af"], {}, {"scale": "s4", "bias": "c4"}),
         Op("add_f32", "a", ["af", "r", "af"], ["a"]),
@@ -181,13 +224,17 @@ def _check_agreement(g: Graph, x: np.ndarray, other: object) -> None:
     a = agreement(g, x, other, Engine(g, threads=1).logits)  # type: ignore[arg-type]
     print(a.as_dict())
     assert a.unexplained == 0, a
-    assert a.samples - a.near_threshold_samples >= 10, a  # the logit bound is checked on real samples
+    assert a.samples - a.near_threshold_samples >= 10, (
+        a
+    )  # the logit bound is checked on real samples
     assert a.agreement >= 0.98, a
     assert a.max_bound < 1e-2, a  # a derived tolerance that means something
 
 
 @pytest.mark.parametrize(("name", "kw"), RESIDUAL)
-def test_residual_models_export_and_onnxruntime_matches_the_engine(name: str, kw: dict, images: np.ndarray) -> None:
+def test_residual_models_export_and_onnxruntime_matches_the_engine(
+    name: str, kw: dict, images: np.ndarray
+) -> None:
     g = _residual(name, kw)
     proto = to_onnx(g, "onnx")
     onnx.checker.check_model(proto, full_check=True)
@@ -196,7 +243,13 @@ def test_residual_models_export_and_onnxruntime_matches_the_engine(name: str, kw
 
 def test_hand_built_dag_exports_and_onnxruntime_matches_the_engine() -> None:
     g = _dag_graph()
-    assert {op.type for op in g.ops} >= {"add_i32", "add_f32", "concat", "avgpool_f32", "global_avgpool_f32"}
+    assert {op.type for op in g.ops} >= {
+        "add_i32",
+        "add_f32",
+        "concat",
+        "avgpool_f32",
+        "global_avgpool_f32",
+    }
     x = np.random.default_rng(1).random((200, 1, 9, 9), dtype=np.float32)
     proto = to_onnx(g, "onnx")
     onnx.checker.check_model(proto, full_check=True)
@@ -222,8 +275,13 @@ def test_residual_qonnx_executor_matches_the_engine(case: str, images: np.ndarra
     proto = to_onnx(g, "qonnx", batch=len(x))
     onnx.checker.check_model(proto, full_check=True)
     types = {n.op_type for n in proto.graph.node}
-    assert {"MultiThreshold", "BipolarQuant", "Add", "AveragePool", "GlobalAveragePool"} <= types | (
-        {"AveragePool"} if case == "dag" else set())
+    assert {
+        "MultiThreshold",
+        "BipolarQuant",
+        "Add",
+        "AveragePool",
+        "GlobalAveragePool",
+    } <= types | ({"AveragePool"} if case == "dag" else set())
     _check_agreement(g, x, _qonnx_logits(proto))
 
 
@@ -252,7 +310,10 @@ def test_near_threshold_flags_exactly_the_decisions_within_the_bound() -> None:
     f, e = env["f"], eb["f"]
     t = far.copy()
     t[2] = f[5, 4, 4, 2] + np.float32(1.5 * e[5, 4, 4, 2])  # within 2E of sample 5's value only
-    assert 1.5 * e[5, 4, 4, 2] > 0 and not np.isclose(f[:, :, :, 2], t[2], atol=1e-3).reshape(8, -1)[:5].any()
+    assert (
+        1.5 * e[5, 4, 4, 2] > 0
+        and not np.isclose(f[:, :, :, 2], t[2], atol=1e-3).reshape(8, -1)[:5].any()
+    )
     g.tensors["t0"] = t
     assert near_threshold(g, env, eb).tolist() == [i == 5 for i in range(8)]
     t[2] = f[5, 4, 4, 2] + np.float32(2.5 * e[5, 4, 4, 2])  # beyond 2E: not near

@@ -18,7 +18,9 @@ from bitflow.data.images import folder_geometry, probe_image
 from bitflow.train.recipes import default_recipe_for
 
 
-def _write(root: Path, classes: dict[str, list[np.ndarray]], ext: str = ".png") -> dict[Path, np.ndarray]:
+def _write(
+    root: Path, classes: dict[str, list[np.ndarray]], ext: str = ".png"
+) -> dict[Path, np.ndarray]:
     """Write ``root/<class>/<i>.png``; returns path -> the uint8 pixels written."""
     written = {}
     for name, images in classes.items():
@@ -63,7 +65,9 @@ def test_rgb_folder_keeps_three_channels_and_its_size(tmp_path: Path) -> None:
     written = _write(tmp_path, {"cat": _rgb(6, 16, 16, 0), "dog": _rgb(6, 16, 16, 1)})
     b = get_data(f"folder:{tmp_path}", val_fraction=0.0)
     assert (b.in_channels, b.image_size) == (3, 16)
-    assert _all_pixels(b.train) | _all_pixels(b.test) == {bytes(px.reshape(-1)) for px in written.values()}
+    assert _all_pixels(b.train) | _all_pixels(b.test) == {
+        bytes(px.reshape(-1)) for px in written.values()
+    }
 
 
 def test_mixed_sizes_fall_back_to_224_and_overrides_win(tmp_path: Path) -> None:
@@ -111,7 +115,10 @@ def test_a_corrupt_image_is_named(tmp_path: Path) -> None:
 def test_default_recipe_suits_the_folder() -> None:
     assert default_recipe_for("folder:/x", image_side=28, images=4000) == "folder-small"
     assert default_recipe_for("folder:/x", image_side=None, images=4000) == "folder-small"
-    assert default_recipe_for("folder:/x", image_side=224, images=1_200_000) == "bitflow-alexnet-imagenet"
+    assert (
+        default_recipe_for("folder:/x", image_side=224, images=1_200_000)
+        == "bitflow-alexnet-imagenet"
+    )
     assert default_recipe_for("folder:/x") == "bitflow-alexnet-imagenet"
     assert default_recipe_for("hands11k:/x", image_side=28, images=10) == "bitflow-alexnet-11khands"
     assert default_recipe_for("fashion-mnist") == "fashion-mnist"
@@ -125,7 +132,9 @@ def test_fashion_arrays_refuse_a_model_of_another_shape() -> None:
 
 
 @pytest.mark.e2e
-def test_train_convert_verify_run_on_a_small_grey_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_convert_verify_run_on_a_small_grey_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # 28x28 grey images: trains at 28x28x1 (not 224x224 RGB) with the small-folder recipe;
     # verify and run read the input shape from the model (this crashed with "running_mean
     # should contain 100352 elements not 1152" when they used the 224 default)
@@ -135,33 +144,68 @@ def test_train_convert_verify_run_on_a_small_grey_folder(tmp_path: Path, capsys:
         imgs = []
         for _ in range(40):
             px = rng.integers(0, 60, (28, 28), dtype=np.uint8)
-            px[:, c * 9: c * 9 + 9] += 180  # a class-dependent bright band
+            px[:, c * 9 : c * 9 + 9] += 180  # a class-dependent bright band
             imgs.append(px)
         classes[name] = imgs
     data = tmp_path / "digits"
     _write(data, classes)
     out = tmp_path / "run"
-    assert cli_main(["train", "--model", "bitflow_lenet", "--data", f"folder:{data}", "--epochs", "1",
-                     "--out", str(out), "--json", "--model-arg", "width=4", "--model-arg", "fc=16"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--model",
+                "bitflow_lenet",
+                "--data",
+                f"folder:{data}",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--json",
+                "--model-arg",
+                "width=4",
+                "--model-arg",
+                "fc=16",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["recipe"] == "folder-small"
-    assert result["input"]["channels"] == 1 and result["input"]["image_size"] == 28 and result["input"]["in_memory"]
+    assert (
+        result["input"]["channels"] == 1
+        and result["input"]["image_size"] == 28
+        and result["input"]["in_memory"]
+    )
     model_file = tmp_path / "m.bfn"
     assert cli_main(["convert", str(out / "best.pt"), "-o", str(model_file), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["input"]["shape"] == [1, 28, 28]
-    assert cli_main(["verify", str(out / "best.pt"), str(model_file), "--data", f"folder:{data}", "--json"]) == 0
+    assert (
+        cli_main(
+            ["verify", str(out / "best.pt"), str(model_file), "--data", f"folder:{data}", "--json"]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["samples"] == result["test_samples"] and rep["prediction_mismatches"] == 0
-    assert cli_main(["run", str(model_file), "--data", f"folder:{data}", "--json", "--threads", "1"]) == 0
+    assert (
+        cli_main(["run", str(model_file), "--data", f"folder:{data}", "--json", "--threads", "1"])
+        == 0
+    )
     run = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert run["samples"] == result["test_samples"]
     assert abs(run["accuracy"] - result["test_accuracy"]) < 1e-9  # same split, same predictions
 
 
 def test_cli_range_checks_numbers(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["run", "m.bfn", "--threads", str(2**31)], ["run", "m.bfn", "--threads", "0"],
-                 ["run", "m.bfn", "--batch-size", "0"], ["train", "--model", "x", "--image-size", "-3"]):
+    for argv in (
+        ["run", "m.bfn", "--threads", str(2**31)],
+        ["run", "m.bfn", "--threads", "0"],
+        ["run", "m.bfn", "--batch-size", "0"],
+        ["train", "--model", "x", "--image-size", "-3"],
+    ):
         with pytest.raises(SystemExit) as e:
             cli_main(argv)
         assert e.value.code == 2

@@ -40,7 +40,7 @@ def data(graph: Graph) -> bytes:
 
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8: 8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _join(header: dict[str, Any] | str, body: bytes) -> bytes:
@@ -82,7 +82,9 @@ def test_absurd_tensor_shapes_are_model_file_errors(data: bytes, shape: list[Any
 
 def test_an_integer_too_long_for_python_in_the_header_is_a_model_file_error(data: bytes) -> None:
     header, body = _split(data)
-    text = json.dumps(header).replace('"data_offsets": [0,', '"data_offsets": [' + "9" * 5000 + ",", 1)
+    text = json.dumps(header).replace(
+        '"data_offsets": [0,', '"data_offsets": [' + "9" * 5000 + ",", 1
+    )
     assert text != json.dumps(header)
     with pytest.raises(ModelFileError, match="not valid JSON"):
         parse_bfn(_join(text, body))
@@ -105,7 +107,9 @@ def test_unexpected_errors_while_reading_the_graph_become_model_file_errors(
         parse_bfn(data)
 
 
-def test_loading_a_directory_says_it_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_loading_a_directory_says_it_is_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(IsADirectoryError, match="is a directory"):
         load_graph(tmp_path)
     with pytest.raises(IsADirectoryError, match="is a directory"):
@@ -127,7 +131,9 @@ def test_engine_rejects_thread_counts_out_of_range(graph: Graph, threads: Any) -
 
 def test_engine_accepts_the_largest_thread_count(graph: Graph) -> None:
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-    assert np.array_equal(engine.Engine(graph, threads=1024).predict(x), engine.Engine(graph, threads=1).predict(x))
+    assert np.array_equal(
+        engine.Engine(graph, threads=1024).predict(x), engine.Engine(graph, threads=1).predict(x)
+    )
 
 
 def test_engine_load_range_checks_threads(graph: Graph, tmp_path: Path) -> None:
@@ -143,8 +149,16 @@ def test_engine_load_range_checks_threads(graph: Graph, tmp_path: Path) -> None:
 def _dead_reader(g: dict[str, Any]) -> None:
     """An op after the output that reads an intermediate value (a dead branch)."""
     first = g["ops"][0]
-    g["ops"].append({"type": "relu_f32", "name": "dead", "inputs": first["outputs"], "outputs": ["dead"],
-                     "attrs": {}, "params": {}})
+    g["ops"].append(
+        {
+            "type": "relu_f32",
+            "name": "dead",
+            "inputs": first["outputs"],
+            "outputs": ["dead"],
+            "attrs": {},
+            "params": {},
+        }
+    )
     g.setdefault("values", {})["dead"] = g["values"][first["outputs"][0]]
 
 
@@ -180,12 +194,30 @@ def test_a_float_pad_value_is_rejected_on_load() -> None:
 
 
 def test_float32_order_keys_round_trip_vectorized() -> None:
-    f = np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, np.finfo(np.float32).max, -np.finfo(np.float32).max,
-                  np.finfo(np.float32).tiny, 3.5e-42], np.float32)
+    f = np.array(
+        [
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1.0,
+            -1.0,
+            np.finfo(np.float32).max,
+            -np.finfo(np.float32).max,
+            np.finfo(np.float32).tiny,
+            3.5e-42,
+        ],
+        np.float32,
+    )
     keys = bs.f32_keys(f)
-    assert np.array_equal(bs.f32_from_keys(keys).view(np.uint32), np.where(f == 0, 0, f).astype(np.float32).view(np.uint32))
+    assert np.array_equal(
+        bs.f32_from_keys(keys).view(np.uint32),
+        np.where(f == 0, 0, f).astype(np.float32).view(np.uint32),
+    )
     ks = np.array([-bs._F32_MAX_KEY, -5, -1, 0, 1, 5, 2**23, bs._F32_MAX_KEY], np.int64)
-    assert np.array_equal(bs.f32_from_keys(ks), np.array([bs._f32_from_key(int(k)) for k in ks], np.float32))
+    assert np.array_equal(
+        bs.f32_from_keys(ks), np.array([bs._f32_from_key(int(k)) for k in ks], np.float32)
+    )
     assert np.all(np.diff(bs.f32_from_keys(ks).astype(np.float64)) > 0)  # order preserving
 
 
@@ -220,12 +252,27 @@ def test_fuzzing_the_loader_and_the_engine_finds_nothing(tmp_path: Path) -> None
     # a subprocess, so a segfault in the native code is a failure here, not a dead pytest
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "fuzz_bfn.py"), "--seed", "0", "--iterations", "3000",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=110, env=env,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "fuzz_bfn.py"),
+            "--seed",
+            "0",
+            "--iterations",
+            "3000",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
     )
-    assert proc.returncode == 0, f"fuzz findings or a crash (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"fuzz findings or a crash (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["iterations"] == 3000 and summary["findings"] == 0
     outcomes = summary["outcomes"]
-    assert outcomes.get("rejected", 0) > 1000 and outcomes.get("ran", 0) > 50, outcomes  # both paths exercised
+    assert outcomes.get("rejected", 0) > 1000 and outcomes.get("ran", 0) > 50, (
+        outcomes
+    )  # both paths exercised

@@ -24,7 +24,18 @@ import bitflow
 
 ROOT = Path(bitflow.__file__).parent
 SHARED = {"_io", "_registry", "_native"}
-_EVERYTHING = {"nn", "models", "data", "train", "ir", "engine", "convert", "export", "bench", "analysis"} | SHARED
+_EVERYTHING = {
+    "nn",
+    "models",
+    "data",
+    "train",
+    "ir",
+    "engine",
+    "convert",
+    "export",
+    "bench",
+    "analysis",
+} | SHARED
 
 # top-level part of bitflow -> the parts it may import (the root package, for __version__, always)
 ALLOWED: dict[str, set[str]] = {
@@ -79,7 +90,11 @@ def _imports(module: str, path: Path, is_pkg: bool) -> list[Imp]:
         for n in body:
             if isinstance(n, (ast.Import, ast.ImportFrom)):
                 out.extend(Imp(module, t, n.lineno, top) for t in targets(n))
-            elif isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING":
+            elif (
+                isinstance(n, ast.If)
+                and isinstance(n.test, ast.Name)
+                and n.test.id == "TYPE_CHECKING"
+            ):
                 visit(n.body, False)
                 visit(n.orelse, top)
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -106,7 +121,9 @@ def _part(name: str) -> str:
 
 
 def cli_imports(imps: list[Imp]) -> list[Imp]:
-    return [i for i in imps if _part(i.target) == "cli" and _part(i.module) not in ("cli", "__main__")]
+    return [
+        i for i in imps if _part(i.target) == "cli" and _part(i.module) not in ("cli", "__main__")
+    ]
 
 
 def layer_violations(imps: list[Imp], mods: set[str]) -> list[str]:
@@ -118,7 +135,9 @@ def layer_violations(imps: list[Imp], mods: set[str]) -> list[str]:
         if dst not in _EVERYTHING | {"cli", "__main__"} and f"bitflow.{dst}" not in mods:
             continue  # a name of the root package (bitflow.__version__)
         if dst not in ALLOWED.get(src, set()):
-            bad.append(f"{i.module}:{i.line} imports {i.target} ({src} may import only {sorted(ALLOWED.get(src, set()))})")
+            bad.append(
+                f"{i.module}:{i.line} imports {i.target} ({src} may import only {sorted(ALLOWED.get(src, set()))})"
+            )
     return bad
 
 
@@ -142,7 +161,9 @@ def cycles(imps: list[Imp], mods: set[str]) -> list[list[str]]:
         t = i.target
         while t and t not in mods:
             t = t.rpartition(".")[0]
-        if t and t != i.module and not i.module.startswith(t + "."):  # not from its own parent package
+        if (
+            t and t != i.module and not i.module.startswith(t + ".")
+        ):  # not from its own parent package
             edges[i.module].add(t)
     found: list[list[str]] = []
     index: dict[str, int] = {}
@@ -184,13 +205,19 @@ def imps() -> list[Imp]:
 
 def test_the_walker_sees_the_package(imps: list[Imp]) -> None:
     mods = _modules()
-    assert {"bitflow.cli", "bitflow.ir.reference", "bitflow.nn.mbbn", "bitflow.export.onnx"} <= set(mods)
+    assert {"bitflow.cli", "bitflow.ir.reference", "bitflow.nn.mbbn", "bitflow.export.onnx"} <= set(
+        mods
+    )
     # relative, absolute and lazy (in-function) imports are all resolved
     seen = {(i.module, i.target, i.top_level) for i in imps}
     assert ("bitflow.ir.reference", "bitflow.ir.graph.Graph", True) in seen
     assert ("bitflow.__main__", "bitflow.cli.main", True) in seen
-    assert any(m == "bitflow.cli" and t.startswith("bitflow.export") and not top for m, t, top in seen)
-    assert set(ALLOWED) >= {_part(m) for m in mods} - {""}, "a new top-level part needs its row in ALLOWED"
+    assert any(
+        m == "bitflow.cli" and t.startswith("bitflow.export") and not top for m, t, top in seen
+    )
+    assert set(ALLOWED) >= {_part(m) for m in mods} - {""}, (
+        "a new top-level part needs its row in ALLOWED"
+    )
 
 
 def test_library_code_never_imports_the_cli(imps: list[Imp]) -> None:
@@ -230,5 +257,7 @@ def test_the_checks_catch_violations(tmp_path: Path) -> None:
     lv = layer_violations(imps, mods)
     assert any("bitflow.export" in v and "bitflow.engine.f" in v for v in lv)
     assert any("bitflow.engine" in v and "bitflow.cli" in v for v in lv)
-    assert private_imports(imps) == ["bitflow.export:1 imports the private bitflow.ir._hidden.helper"]
+    assert private_imports(imps) == [
+        "bitflow.export:1 imports the private bitflow.ir._hidden.helper"
+    ]
     assert cycles(imps, mods) == [["bitflow.ir.bfn", "bitflow.ir.graph"]]

@@ -45,14 +45,24 @@ def test_requant_i32_native_equals_exact_integers(clamp: tuple[int, int] | None)
     lo, hi = clamp if clamp is not None else (None, None)
     got = N.requant_i32(x, m, b, shift, lo, hi)
     want = np.array(
-        [_floor_exact(int(v), int(m[i % c]), int(b[i % c]), shift) for i, v in enumerate(x.ravel())], dtype=object
+        [
+            _floor_exact(int(v), int(m[i % c]), int(b[i % c]), shift)
+            for i, v in enumerate(x.ravel())
+        ],
+        dtype=object,
     )
     if clamp is not None:
         want = np.clip(want, *clamp)
     assert np.array_equal(got.ravel().astype(np.int64), want.astype(np.int64))
     # the op table's reference (graph op) computes the same
-    op = Op("requant_i32", "r", ["x"], ["y"], {"shift": shift, **({"clamp": list(clamp)} if clamp else {})},
-            {"m": "r.m", "b": "r.b"})
+    op = Op(
+        "requant_i32",
+        "r",
+        ["x"],
+        ["y"],
+        {"shift": shift, **({"clamp": list(clamp)} if clamp else {})},
+        {"m": "r.m", "b": "r.b"},
+    )
 
     class _G:
         tensors = {"r.m": m, "r.b": b}
@@ -122,13 +132,23 @@ def test_fixed_point_bn_eval_is_the_rounded_batchnorm() -> None:
     within ``(|u| + 1) 2^-S`` (plus the float64 sqrt's rounding) of the rounding boundary."""
     c, frac = 6, 8
     bn = _randomized_bn(c, frac, 1)
-    u = torch.arange(-300, 301, dtype=torch.float32).view(1, 1, -1, 1).expand(1, c, -1, 1).contiguous()
+    u = (
+        torch.arange(-300, 301, dtype=torch.float32)
+        .view(1, 1, -1, 1)
+        .expand(1, c, -1, 1)
+        .contiguous()
+    )
     r = (bn(u) * 2.0**frac).round().to(torch.int64)[0, :, :, 0]
     differ = 0
     for ch in range(c):
-        s = Fraction(float(bn.weight.detach()[ch])) / Fraction(math.sqrt(float(bn.running_var[ch]) + bn.eps))
+        s = Fraction(float(bn.weight.detach()[ch])) / Fraction(
+            math.sqrt(float(bn.running_var[ch]) + bn.eps)
+        )
         for i, uv in enumerate(range(-300, 301)):
-            z = (s * (uv - Fraction(float(bn.running_mean[ch]))) + Fraction(float(bn.bias.detach()[ch]))) * 2**frac
+            z = (
+                s * (uv - Fraction(float(bn.running_mean[ch])))
+                + Fraction(float(bn.bias.detach()[ch]))
+            ) * 2**frac
             want = math.floor(z + Fraction(1, 2))
             got = int(r[ch, i])
             if got != want:
@@ -202,7 +222,9 @@ def _assert_integer_exact(model: nn.Module, x: np.ndarray) -> None:
 
 
 def test_int_bireal_resnet20_is_integer_exact() -> None:
-    model = _calibrated(models.create("bireal_resnet20", residual="int", width=8), (32, 1, 28, 28), 0)
+    model = _calibrated(
+        models.create("bireal_resnet20", residual="int", width=8), (32, 1, 28, 28), 0
+    )
     graph = convert(model)
     types = [op.type for op in graph.ops]
     # 18 units + 2 binary downsamples; the stem and every unit output signed once
@@ -216,7 +238,10 @@ def test_int_bireal_resnet20_is_integer_exact() -> None:
 def test_int_bireal_resnet18_224_is_integer_exact() -> None:
     """ImageNet layout: 7x7/2 int8 stem, saturation then 3x3/2 max-pool of the int stream."""
     model = _calibrated(
-        models.create("bireal_resnet18", residual="int", width=8, num_classes=1000), (4, 3, 224, 224), 1, 2
+        models.create("bireal_resnet18", residual="int", width=8, num_classes=1000),
+        (4, 3, 224, 224),
+        1,
+        2,
     )
     x = np.random.default_rng(1).random((4, 3, 224, 224), dtype=np.float32)
     _assert_integer_exact(model, x)
@@ -235,9 +260,19 @@ def test_random_int_stream_networks_are_integer_exact(
     stages: list[int], width: int, size: int, frac: int, bits: int, seed: int
 ) -> None:
     """Odd widths, narrow saturating streams (4 bits: the clamp is hit), coarse and fine grids."""
-    model = build_resnet(block="bireal", stages=stages, binary=True, num_classes=5, in_channels=2,
-                         image_size=size, width=width, stem="cifar", residual="int", residual_frac=frac,
-                         residual_bits=bits)
+    model = build_resnet(
+        block="bireal",
+        stages=stages,
+        binary=True,
+        num_classes=5,
+        in_channels=2,
+        image_size=size,
+        width=width,
+        stem="cifar",
+        residual="int",
+        residual_frac=frac,
+        residual_bits=bits,
+    )
     _calibrated(model, (16, 2, size, size), seed)
     x = np.random.default_rng(seed).random((8, 2, size, size), dtype=np.float32)
     _assert_integer_exact(model, x)
@@ -281,7 +316,9 @@ def test_stream_plus_float_value_is_refused() -> None:
 
 
 def test_bad_clamp_attributes_are_graph_errors() -> None:
-    model = _calibrated(models.create("bireal_resnet20", residual="int", width=2), (4, 1, 28, 28), 0, 1)
+    model = _calibrated(
+        models.create("bireal_resnet20", residual="int", width=2), (4, 1, 28, 28), 0, 1
+    )
     graph = convert(model)
     op = next(o for o in graph.ops if o.type == "add_i32")
     for bad in ([5, 4], [0.0, 1], [-(2**31) - 1, 0], "x"):

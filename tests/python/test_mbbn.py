@@ -37,7 +37,9 @@ def rand_levels(rng: np.random.Generator, bits: int, shape: tuple[int, ...]) -> 
     return 2 * rng.integers(0, a + 1, size=shape, dtype=np.int64) - a
 
 
-def int_conv2d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, pad_value: float = 0.0) -> torch.Tensor:
+def int_conv2d(
+    x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, pad_value: float = 0.0
+) -> torch.Tensor:
     """Cross-correlation of integer-valued tensors in int64 via im2col (no F.conv2d)."""
     xp = F.pad(x.double(), (padding,) * 4, value=pad_value)
     n, _, hp, wp = xp.shape
@@ -67,10 +69,16 @@ def test_encode_decode_round_trip_all_levels(bits: int) -> None:
     tp = M.encode(t, bits)
     assert tp.dtype == torch.float32 and tp.shape == (bits, t.shape[0], 1)
     torch.testing.assert_close(M.decode(tp), t, rtol=0, atol=0)
-    np.testing.assert_array_equal(M.unsigned_to_levels(M.levels_to_unsigned(levels, bits), bits), levels)
+    np.testing.assert_array_equal(
+        M.unsigned_to_levels(M.levels_to_unsigned(levels, bits), bits), levels
+    )
 
 
-@given(bits=BITS, seed=st.integers(0, 2**32 - 1), shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
+@given(
+    bits=BITS,
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+)
 @settings(max_examples=40, deadline=None)
 def test_round_trip_random_arrays(bits: int, seed: int, shape: list[int]) -> None:
     v = rand_levels(np.random.default_rng(seed), bits, tuple(shape))
@@ -108,7 +116,9 @@ def test_pack_bits_matches_bitwise_oracle(n: int, seed: int) -> None:
     assert packed.dtype == np.uint64 and packed.shape == (2, -(-n // 64))
     for r in range(2):
         for w in range(packed.shape[1]):
-            expect = sum(int(bits01[r, i]) << (i - 64 * w) for i in range(64 * w, min(n, 64 * w + 64)))
+            expect = sum(
+                int(bits01[r, i]) << (i - 64 * w) for i in range(64 * w, min(n, 64 * w + 64))
+            )
             assert int(packed[r, w]) == expect
 
 
@@ -144,7 +154,9 @@ def test_eq8_all_m_k_extreme_levels(bits_x: int, bits_w: int) -> None:
 
 @given(bits_x=BITS, bits_w=BITS, n=st.integers(1, 150), seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=80, deadline=None)
-def test_eq17_18_zero_one_encoding_equals_integer_dot(bits_x: int, bits_w: int, n: int, seed: int) -> None:
+def test_eq17_18_zero_one_encoding_equals_integer_dot(
+    bits_x: int, bits_w: int, n: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     qx = rng.integers(0, 2**bits_x, size=n)
     qw = rng.integers(0, 2**bits_w, size=n)
@@ -170,8 +182,6 @@ def test_speedup_theory_eq16() -> None:
 def test_accumulator_bound() -> None:
     assert M.accumulator_bound(576, 2, 2) == 576 * 3 * 3
     assert M.accumulator_bound(4096, 8, 8) == 4096 * 255 * 255
-
-
 
 
 @pytest.mark.native
@@ -219,23 +229,34 @@ def test_threshold_f32_planes_counts_passed_thresholds() -> None:
         ours = M.pack_planes(M.encode(2 * q - levels, bits))
         np.testing.assert_array_equal(out, ours if bits > 1 else ours.reshape(out.shape))
     with pytest.raises(ValueError, match="sorted"):
-        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.array([[1, 0, 2]] * 3, np.float32),
-                                 np.ones(3, np.int8))
+        nat.threshold_f32_planes(
+            np.zeros((2, 3), np.float32), np.array([[1, 0, 2]] * 3, np.float32), np.ones(3, np.int8)
+        )
     with pytest.raises(ValueError, match="NaN"):
-        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.full((3, 3), np.nan, np.float32), np.ones(3, np.int8))
+        nat.threshold_f32_planes(
+            np.zeros((2, 3), np.float32), np.full((3, 3), np.nan, np.float32), np.ones(3, np.int8)
+        )
     with pytest.raises(ValueError, match="2\\^M - 1"):
-        nat.threshold_f32_planes(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), np.ones(3, np.int8))
+        nat.threshold_f32_planes(
+            np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32), np.ones(3, np.int8)
+        )
 
 
 # ============================================================================ Table I, Eq. 10-13
 
 
 def test_htanh_hrelu_values_and_gradients() -> None:
-    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(M.htanh(x), torch.tensor([-1.0, -1, -0.5, 0, 0.5, 1, 1], dtype=torch.float64))
+    x = torch.tensor(
+        [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True
+    )
+    torch.testing.assert_close(
+        M.htanh(x), torch.tensor([-1.0, -1, -0.5, 0, 0.5, 1, 1], dtype=torch.float64)
+    )
     (g,) = torch.autograd.grad(M.htanh(x).sum(), x)
     torch.testing.assert_close(g, ((x >= -1) & (x <= 1)).double())
-    torch.testing.assert_close(M.hrelu(x), torch.tensor([0.0, 0, 0, 0, 0.5, 1, 1], dtype=torch.float64))
+    torch.testing.assert_close(
+        M.hrelu(x), torch.tensor([0.0, 0, 0, 0, 0.5, 1, 1], dtype=torch.float64)
+    )
     (g,) = torch.autograd.grad(M.hrelu(x).sum(), x)
     torch.testing.assert_close(g, ((x >= 0) & (x <= 1)).double())
 
@@ -283,7 +304,14 @@ def test_eq13_gradient_two_bits_closed_form() -> None:
     xd = x.detach()
     # Algorithm 1: plane m receives 2^m g_v; Eq. 13: phi_2^2' = 3/4 pi cos(3/4 pi x),
     # phi_2^1' = -3/2 pi cos(3/2 pi x), zero outside [-1, 1].
-    expect = g_out * inside * (2 * 0.75 * math.pi * torch.cos(0.75 * math.pi * xd) + 1 * (-1.5 * math.pi) * torch.cos(1.5 * math.pi * xd))
+    expect = (
+        g_out
+        * inside
+        * (
+            2 * 0.75 * math.pi * torch.cos(0.75 * math.pi * xd)
+            + 1 * (-1.5 * math.pi) * torch.cos(1.5 * math.pi * xd)
+        )
+    )
     torch.testing.assert_close(g, expect)
 
 
@@ -293,7 +321,10 @@ def test_eq13_gradient_is_derivative_of_the_sines(bits: int) -> None:
     x = torch.linspace(-0.999, 0.999, 101, dtype=torch.float64, requires_grad=True)
     # Oracle: autograd through the smooth sines of Eq. 10 (without the sign).
     smooth = torch.stack(
-        [(1 if m == bits - 1 else -1) * torch.sin(a * math.pi * x / 2 ** (m + 1)) for m in range(bits)]
+        [
+            (1 if m == bits - 1 else -1) * torch.sin(a * math.pi * x / 2 ** (m + 1))
+            for m in range(bits)
+        ]
     )
     gp = torch.randn(bits, 101, dtype=torch.float64, generator=torch.Generator().manual_seed(bits))
     (expect,) = torch.autograd.grad((smooth * gp).sum(), x)
@@ -309,15 +340,21 @@ def test_eq13_gradient_is_derivative_of_the_sines(bits: int) -> None:
     (unfused,) = torch.autograd.grad((M.decode(M.MBitPlanesFn.apply(x4, bits)) * gv).sum(), x4)
     torch.testing.assert_close(fused, unfused)
     # And the forward values agree: decode(planes) = ladder levels.
-    torch.testing.assert_close(M.decode(M.MBitPlanesFn.apply(x.detach(), bits)), M.odd_ladder(a * x.detach(), a))
+    torch.testing.assert_close(
+        M.decode(M.MBitPlanesFn.apply(x.detach(), bits)), M.odd_ladder(a * x.detach(), a)
+    )
 
 
 def test_encoder_ste_gradient_and_activation_gate() -> None:
-    x = torch.tensor([-1.5, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(
+        [-1.5, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], dtype=torch.float64, requires_grad=True
+    )
     enc = M.MBitEncoder(bits=3, gradient="ste")
     v, s = enc.decompose(x)
     (g,) = torch.autograd.grad((v * s).sum(), x)
-    torch.testing.assert_close(g, ((x.detach() >= -1) & (x.detach() <= 1)).double())  # d(v/A)/dx = 1 inside
+    torch.testing.assert_close(
+        g, ((x.detach() >= -1) & (x.detach() <= 1)).double()
+    )  # d(v/A)/dx = 1 inside
     enc = M.MBitEncoder(bits=3, activation="hrelu", gradient="ste")
     x2 = x.detach().clone().requires_grad_(True)
     v, s = enc.decompose(x2)
@@ -343,7 +380,12 @@ def test_quantizer_option_errors() -> None:
 
 def test_quantizers_registered_with_bits() -> None:
     names = Q.list_quantizers()
-    for name, cls in (("mbit_encoder", M.MBitEncoder), ("odd_linear", M.OddLinearQuantizer), ("mbit_weight", M.MBitWeight), ("odd_linear_weight", M.OddLinearWeight)):
+    for name, cls in (
+        ("mbit_encoder", M.MBitEncoder),
+        ("odd_linear", M.OddLinearQuantizer),
+        ("mbit_weight", M.MBitWeight),
+        ("odd_linear_weight", M.OddLinearWeight),
+    ):
         assert name in names
         q = Q.get(name)
         assert isinstance(q, cls) and q.bits >= 1 and q.name == name
@@ -367,7 +409,9 @@ def test_mbit_weight_one_bit_is_eq14() -> None:
 @settings(max_examples=30, deadline=None)
 def test_mbit_weight_k_bits_nearest_odd_level(bits: int, seed: int) -> None:
     b = 2**bits - 1
-    w = torch.from_numpy(np.random.default_rng(seed).uniform(-1.3, 1.3, size=(3, 17))).requires_grad_(True)
+    w = torch.from_numpy(
+        np.random.default_rng(seed).uniform(-1.3, 1.3, size=(3, 17))
+    ).requires_grad_(True)
     v, s = M.MBitWeight(bits).decompose(w)
     y = b * np.clip(w.detach().numpy(), -1, 1)
     lv = np.array(M.odd_levels(bits), dtype=np.float64)
@@ -420,7 +464,9 @@ def test_odd_linear_has_2_pow_k_levels_eq15_has_zero() -> None:
 def test_odd_linear_gradients_closed_form() -> None:
     bits, a = 3, 7
     q = M.OddLinearQuantizer(bits=bits, init_range=0.8).double()
-    x = torch.tensor([-2.0, -0.79, -0.3, 0.05, 0.33, 0.7, 1.5], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(
+        [-2.0, -0.79, -0.3, 0.05, 0.33, 0.7, 1.5], dtype=torch.float64, requires_grad=True
+    )
     v, s = q.decompose(x)
     xq = v * s
     g_out = torch.tensor([0.5, -1.0, 2.0, 1.0, -0.25, 3.0, 1.5], dtype=torch.float64)
@@ -455,9 +501,22 @@ def test_odd_linear_weight_per_channel_range() -> None:
     ("bits_a", "bits_w", "stride", "padding", "pad_value"),
     [(2, 2, 1, 1, 0), (3, 2, 2, 1, 0), (1, 4, 1, 0, 0), (4, 1, 1, 2, 1), (2, 3, 2, 1, 1)],
 )
-def test_conv_exact_transformation_to_branches(method: str, bits_a: int, bits_w: int, stride: int, padding: int, pad_value: int) -> None:
+def test_conv_exact_transformation_to_branches(
+    method: str, bits_a: int, bits_w: int, stride: int, padding: int, pad_value: int
+) -> None:
     torch.manual_seed(bits_a * 10 + bits_w)
-    layer = MBitConv2d(6, 5, 3, stride=stride, padding=padding, bias=False, bits_a=bits_a, bits_w=bits_w, method=method, pad_value=pad_value)
+    layer = MBitConv2d(
+        6,
+        5,
+        3,
+        stride=stride,
+        padding=padding,
+        bias=False,
+        bits_a=bits_a,
+        bits_w=bits_w,
+        method=method,
+        pad_value=pad_value,
+    )
     x = torch.randn(2, 6, 7, 7) * 0.8
     y = layer(x)
     vx, sx = layer.quantized_input(x)
@@ -472,7 +531,9 @@ def test_conv_exact_transformation_to_branches(method: str, bits_a: int, bits_w:
         xq, pad = F.pad(xq, (padding,) * 4, value=float(a * sx.detach())), 0
     else:
         pad = padding
-    torch.testing.assert_close(y.double(), F.conv2d(xq, wq, None, stride, pad), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        y.double(), F.conv2d(xq, wq, None, stride, pad), rtol=1e-6, atol=1e-6
+    )
     # 3. the M x K multi-branch binary network, built here from numpy-encoded planes: every branch
     #    a {-1,+1} convolution, planes padded with 0 (pad_value 0) or +1 (pad_value 1)
     cx = torch.from_numpy(M.encode(vx.detach().numpy(), bits_a)).double()
@@ -497,8 +558,15 @@ def test_linear_exact_transformation(method: str) -> None:
     acc = vx.detach().round().to(torch.int64) @ vw.detach().round().to(torch.int64).T
     torch.testing.assert_close(layer.integer_output(x), acc, rtol=0, atol=0)
     assert torch.equal(layer.forward_branches(x), layer(x).detach())
-    torch.testing.assert_close(layer(x).double(), F.linear((vx * sx).double(), (vw * sw[:, None]).double()), rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(M.encoded_dot(vx.detach().numpy(), vw.detach().numpy(), 3, 2), acc.numpy())
+    torch.testing.assert_close(
+        layer(x).double(),
+        F.linear((vx * sx).double(), (vw * sw[:, None]).double()),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        M.encoded_dot(vx.detach().numpy(), vw.detach().numpy(), 3, 2), acc.numpy()
+    )
 
 
 def test_float64_accumulation_beyond_2_pow_24() -> None:
@@ -538,7 +606,12 @@ def test_layer_gradients_reach_input_weights_and_ranges() -> None:
     layer = MBitConv2d(4, 3, 3, padding=1, bits_a=3, bits_w=3, method="quantizer")
     x = torch.randn(2, 4, 5, 5, requires_grad=True)
     layer(x).square().sum().backward()
-    for g in (x.grad, layer.weight.grad, layer.input_quantizer.t.grad, layer.weight_quantizer.t.grad):
+    for g in (
+        x.grad,
+        layer.weight.grad,
+        layer.input_quantizer.t.grad,
+        layer.weight_quantizer.t.grad,
+    ):
         assert g is not None and bool(torch.isfinite(g).all()) and float(g.abs().sum()) > 0
 
 
@@ -548,7 +621,11 @@ def test_layer_gradients_reach_input_weights_and_ranges() -> None:
 def test_boundaries_give_the_levels(kind: str, activation: str, bits: int) -> None:
     # Converter contract: v = 2 #{l : x >= boundaries[l]} - A, checked in float64 away from the
     # boundaries (within float rounding of a boundary either side is legitimate).
-    q = M.MBitEncoder(bits, activation) if kind == "encoder" else M.OddLinearQuantizer(bits, activation, init_range=1.7)
+    q = (
+        M.MBitEncoder(bits, activation)
+        if kind == "encoder"
+        else M.OddLinearQuantizer(bits, activation, init_range=1.7)
+    )
     q = q.double()
     b = q.boundaries()
     a = 2**bits - 1
@@ -584,6 +661,8 @@ def test_bias_is_added_after_the_scaled_integer_result() -> None:
     x = torch.randn(2, 3, 5, 5)
     s = layer.output_scale()
     assert s is not None
-    expect = layer.integer_output(x).double() * s.double().view(1, -1, 1, 1) + layer.bias.detach().double().view(1, -1, 1, 1)
+    expect = layer.integer_output(x).double() * s.double().view(
+        1, -1, 1, 1
+    ) + layer.bias.detach().double().view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x).double(), expect, rtol=1e-6, atol=1e-6)
     assert torch.equal(layer.forward_branches(x), layer(x).detach())

@@ -37,7 +37,9 @@ def test_vgg_small_structure_matches_the_bitflow_plan() -> None:
     model = create("mbbn_vgg_small", bits_a=2, bits_w=3)
     ref = create("bitflow_vgg_small")
     assert isinstance(model, nn.Sequential)
-    assert isinstance(model[0], nn.Conv2d) and not isinstance(model[0], MBitConv2d)  # float first layer
+    assert isinstance(model[0], nn.Conv2d) and not isinstance(
+        model[0], MBitConv2d
+    )  # float first layer
     assert type(model[-1]) is nn.Linear  # float classifier
     # same module kinds and shapes at every index, binary layers replaced by MBit layers
     assert len(model) == len(ref)
@@ -46,15 +48,24 @@ def test_vgg_small_structure_matches_the_bitflow_plan() -> None:
         if hasattr(b, "weight") and b.weight is not None:
             assert a.weight.shape == b.weight.shape
     assert _bits(model) == [(2, 3)] * 5
-    assert model.mbbn == {"bits_a": [2] * 5, "bits_w": [3] * 5, "method": "encoder", "activation": "htanh"}
+    assert model.mbbn == {
+        "bits_a": [2] * 5,
+        "bits_w": [3] * 5,
+        "method": "encoder",
+        "activation": "htanh",
+    }
     assert model.bitflow_config == {"name": "mbbn_vgg_small", "kwargs": {"bits_a": 2, "bits_w": 3}}
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
 
 
 def test_mixed_precision_lists() -> None:
-    model = create("mbbn_vgg_small", bits_a=[1, 2, 3, 4, 5], bits_w=[2, 2, 3, 3, 4], method="quantizer", **TINY)
+    model = create(
+        "mbbn_vgg_small", bits_a=[1, 2, 3, 4, 5], bits_w=[2, 2, 3, 3, 4], method="quantizer", **TINY
+    )
     assert _bits(model) == [(1, 2), (2, 2), (3, 3), (4, 3), (5, 4)]
-    assert all(isinstance(m.input_quantizer, OddLinearQuantizer) for m in mbit_layers(model).values())
+    assert all(
+        isinstance(m.input_quantizer, OddLinearQuantizer) for m in mbit_layers(model).values()
+    )
     with pytest.raises(ValueError, match="5 binary layers"):
         create("mbbn_vgg_small", bits_a=[2, 2], **TINY)
     with pytest.raises(ValueError, match="1..8"):
@@ -62,10 +73,26 @@ def test_mixed_precision_lists() -> None:
     with pytest.raises(TypeError, match="int"):
         create("mbbn_vgg_small", bits_a="2", **TINY)
     # ResNet-18: 16 binary convs; 4 values = one per stage (Table IV), or 16 values
-    r = create("mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=4, bits_a=4, bits_w=[5, 3, 2, 2])
+    r = create(
+        "mbbn_resnet18",
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        width=4,
+        bits_a=4,
+        bits_w=[5, 3, 2, 2],
+    )
     assert _bits(r) == [(4, 5)] * 4 + [(4, 3)] * 4 + [(4, 2)] * 8
     per_conv = list(range(1, 9)) * 2
-    r = create("mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=4, bits_a=per_conv, bits_w=1)
+    r = create(
+        "mbbn_resnet18",
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        width=4,
+        bits_a=per_conv,
+        bits_w=1,
+    )
     assert [m for m, _ in _bits(r)] == per_conv
     with pytest.raises(ValueError, match="16 or 4"):
         create("mbbn_resnet18", image_size=28, width=4, bits_a=[2, 2, 2])
@@ -88,7 +115,9 @@ def test_option_errors_are_clear() -> None:
 
 
 def test_resnet18_shapes_and_full_precision_shortcuts() -> None:
-    r = create("mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=8, bits_a=2, bits_w=2)
+    r = create(
+        "mbbn_resnet18", num_classes=10, in_channels=1, image_size=28, width=8, bits_a=2, bits_w=2
+    )
     assert r(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     convs = [m for m in r.modules() if isinstance(m, nn.Conv2d)]
     mbit = [m for m in convs if isinstance(m, MBitConv2d)]
@@ -100,7 +129,9 @@ def test_resnet18_shapes_and_full_precision_shortcuts() -> None:
     assert big.stem[0].kernel_size == (7, 7) and big(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
-def _loss_drops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> tuple[float, float]:
+def _loss_drops(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> tuple[float, float]:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     with torch.no_grad():
@@ -120,9 +151,15 @@ def _loss_drops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, 
     ("name", "kw"),
     [
         ("mbbn_vgg_small", {"method": "encoder", "bits_a": 2, "bits_w": 2}),
-        ("mbbn_vgg_small", {"method": "quantizer", "bits_a": 3, "bits_w": 2, "activation": "hrelu"}),
+        (
+            "mbbn_vgg_small",
+            {"method": "quantizer", "bits_a": 3, "bits_w": 2, "activation": "hrelu"},
+        ),
         ("mbbn_vgg_small", {"method": "encoder", "bits_a": 1, "bits_w": 1}),
-        ("mbbn_resnet18", {"method": "encoder", "bits_a": 2, "bits_w": 2, "width": 4, "gradient": "ste"}),
+        (
+            "mbbn_resnet18",
+            {"method": "encoder", "bits_a": 2, "bits_w": 2, "width": 4, "gradient": "ste"},
+        ),
         ("mbbn_resnet18", {"method": "quantizer", "bits_a": [4, 3, 2, 2], "bits_w": 2, "width": 4}),
     ],
 )
@@ -190,7 +227,10 @@ def test_init_from_higher_rejects_other_architectures() -> None:
 def test_encoder_method_uses_algorithm_1_quantizers() -> None:
     model = create("mbbn_vgg_small", bits_a=3, bits_w=2, gradient="ste", **TINY)
     for layer in mbit_layers(model).values():
-        assert isinstance(layer.input_quantizer, MBitEncoder) and layer.input_quantizer.gradient == "ste"
+        assert (
+            isinstance(layer.input_quantizer, MBitEncoder)
+            and layer.input_quantizer.gradient == "ste"
+        )
     assert isinstance(list(mbit_layers(model).values())[-1], MBitLinear)
 
 
@@ -199,8 +239,15 @@ def test_trains_with_the_existing_trainer(tmp_path: Path) -> None:
     from bitflow.train.checkpoint import model_from_checkpoint
 
     cfg = TrainConfig(
-        model="mbbn_vgg_small", data="fashion-mnist", out=str(tmp_path), epochs=1, batch_size=64,
-        limit_train=256, limit_test=128, seed=0, progress=False,
+        model="mbbn_vgg_small",
+        data="fashion-mnist",
+        out=str(tmp_path),
+        epochs=1,
+        batch_size=64,
+        limit_train=256,
+        limit_test=128,
+        seed=0,
+        progress=False,
         model_kwargs={"bits_a": 2, "bits_w": 2, **TINY},
     )
     result = train(cfg)
@@ -256,8 +303,10 @@ def test_calibrate_ranges_fits_mse_without_labels() -> None:
     chosen = calibrate_ranges(low, x)
     assert low.training  # mode restored
     low.eval()
-    hooks = [m.register_forward_pre_hook(lambda _m, inp, n=n: seen.__setitem__(n, inp[0].detach()))
-             for n, m in mbit_layers(low).items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, inp, n=n: seen.__setitem__(n, inp[0].detach()))
+        for n, m in mbit_layers(low).items()
+    ]
     with torch.no_grad():
         low(x)
     for h in hooks:
@@ -314,8 +363,14 @@ def test_trainer_calibrates_after_init_from(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     src = tmp_path / "fp"
-    common = {"data": "fashion-mnist", "epochs": 1, "batch_size": 64, "limit_train": 128, "limit_test": 64,
-              "progress": False}
+    common = {
+        "data": "fashion-mnist",
+        "epochs": 1,
+        "batch_size": 64,
+        "limit_train": 128,
+        "limit_test": 64,
+        "progress": False,
+    }
     train(TrainConfig(model="vgg_small", out=str(src), model_kwargs=dict(TINY), **common))  # type: ignore[arg-type]
     kw = {"bits_a": 3, "bits_w": 3, "method": "quantizer", **TINY}
     ranges = {}
@@ -323,14 +378,26 @@ def test_trainer_calibrates_after_init_from(tmp_path: Path) -> None:
         out = tmp_path / f"low{cal}"
         # lr 1e-12 (must be > 0): two Adam steps move each parameter by ~2e-12, so the ranges stay
         # where initialisation put them (to pytest.approx's 1e-6 relative tolerance)
-        train(TrainConfig(model="mbbn_vgg_small", out=str(out), init_from=str(src / "last.pt"), calibrate=cal,
-                          lr=1e-12, model_kwargs=kw, **common))  # type: ignore[arg-type]
+        train(
+            TrainConfig(
+                model="mbbn_vgg_small",
+                out=str(out),
+                init_from=str(src / "last.pt"),
+                calibrate=cal,
+                lr=1e-12,
+                model_kwargs=kw,
+                **common,
+            )
+        )  # type: ignore[arg-type]
         st = load_checkpoint(out / "last.pt")["model"]
         ranges[cal] = {k: float(v.mean()) for k, v in st.items() if k.endswith("quantizer.t")}
     fresh = create("mbbn_vgg_small", **kw)  # type: ignore[arg-type]
     init_from_higher(fresh, load_checkpoint(src / "last.pt")["model"])
-    expect_uncal = {f"{n}.{q}.t": float(getattr(m, q).t.detach().mean()) for n, m in mbit_layers(fresh).items()
-                    for q in ("input_quantizer", "weight_quantizer")}
+    expect_uncal = {
+        f"{n}.{q}.t": float(getattr(m, q).t.detach().mean())
+        for n, m in mbit_layers(fresh).items()
+        for q in ("input_quantizer", "weight_quantizer")
+    }
     assert ranges[False] == pytest.approx(expect_uncal)  # copied / max|w| / 1.0
     assert all(v == 1.0 for k, v in ranges[False].items() if k.endswith("input_quantizer.t"))
     assert ranges[True] != pytest.approx(ranges[False])

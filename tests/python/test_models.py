@@ -329,6 +329,11 @@ def test_register_model_rejects_duplicates() -> None:
 
 
 def test_full_precision_twin_rejects_binary_options() -> None:
-    for kw in ({"relu": False}, {"weight_quantizer": "sign"}, {"pad_value": 1}, {"input_quantizer": "approx_sign"}):
+    for kw in (
+        {"relu": False},
+        {"weight_quantizer": "sign"},
+        {"pad_value": 1},
+        {"input_quantizer": "approx_sign"},
+    ):
         with pytest.raises(ValueError, match="binary models only"):
             models.create("vgg_small", **kw)

@@ -11,7 +11,9 @@ from bitflow.analysis.reproduce import reproduce_bitflow_net
 
 @pytest.mark.e2e
 def test_reproduce_bitflow_net_tiny(tmp_path: Path) -> None:
-    r = reproduce_bitflow_net(tmp_path, epochs=1, limit_train=256, limit_test=200, width=4, log=lambda m: None)
+    r = reproduce_bitflow_net(
+        tmp_path, epochs=1, limit_train=256, limit_test=200, width=4, log=lambda m: None
+    )
     for task in ("fashion-mnist-10", "fashion-mnist-binary"):
         t = r["tasks"][task]
         # XNOR-Net and BitFlow-Net are one network executed two ways: identical predictions
@@ -26,19 +28,31 @@ def test_reproduce_bitflow_net_tiny(tmp_path: Path) -> None:
     assert r["table3"]["total"]["xnor"]["size_mb"] == 7_289_088 / 2**20
     assert r["table3"]["total"]["bitflow_packed"]["size_mb"] == 7_230_528 / 2**20
     # cached: a second call reuses every finished training
-    r2 = reproduce_bitflow_net(tmp_path, epochs=1, limit_train=256, limit_test=200, width=4, log=lambda m: None)
+    r2 = reproduce_bitflow_net(
+        tmp_path, epochs=1, limit_train=256, limit_test=200, width=4, log=lambda m: None
+    )
+
     def untimed(t: dict) -> dict:
         return {k: v for k, v in t.items() if k not in ("seconds", "seconds_per_epoch")}
 
-    assert {k: untimed(v) for k, v in r2["tasks"].items()} == {k: untimed(v) for k, v in r["tasks"].items()}
-    assert r2["tasks"]["fashion-mnist-10"]["seconds_per_epoch"] == r["tasks"]["fashion-mnist-10"]["seconds_per_epoch"]
+    assert {k: untimed(v) for k, v in r2["tasks"].items()} == {
+        k: untimed(v) for k, v in r["tasks"].items()
+    }
+    assert (
+        r2["tasks"]["fashion-mnist-10"]["seconds_per_epoch"]
+        == r["tasks"]["fashion-mnist-10"]["seconds_per_epoch"]
+    )
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed")
-def test_fig3_agreement_is_measured_on_the_converted_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
+def test_fig3_agreement_is_measured_on_the_converted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fig. 3's sign agreement compares PyTorch's BatchNorm with the converter's threshold (the
     reference executor's bits): 1.0 for a correct conversion, and below 1.0 when the converted
     threshold is off by one, which a second derivation of tau could not notice."""
@@ -58,13 +72,18 @@ def test_fig3_agreement_is_measured_on_the_converted_model(tmp_path: Path, monke
     save_checkpoint(ckpt, {"model": model.state_dict(), "model_config": model.bitflow_config})
     f3 = _fig3(str(ckpt), "fashion-mnist", tmp_path / "f3.png", limit=64)
     assert f3["sign_agreement"] == 1.0 and f3["sign_mismatches"] == 0 and f3["points"] > 0
-    assert f3["threshold"] == int(np.ceil(f3["tau"]))  # gamma > 0: T = ceil(tau) (tau not an integer here)
+    assert f3["threshold"] == int(
+        np.ceil(f3["tau"])
+    )  # gamma > 0: T = ceil(tau) (tau not an integer here)
     orig = bs.int_thresholds
 
     def off_by_one(*a, **k):  # type: ignore[no-untyped-def]
         th = orig(*a, **k)
-        return th._replace(thr=th.thr + 1) if hasattr(th, "_replace") else type(th)(
-            thr=th.thr + 1, direction=th.direction, kind=th.kind, tau=th.tau)
+        return (
+            th._replace(thr=th.thr + 1)
+            if hasattr(th, "_replace")
+            else type(th)(thr=th.thr + 1, direction=th.direction, kind=th.kind, tau=th.tau)
+        )
 
     monkeypatch.setattr(bs, "int_thresholds", off_by_one)
     bad = _fig3(str(ckpt), "fashion-mnist", tmp_path / "f3b.png", limit=64)

@@ -12,8 +12,16 @@ from bitflow.nn.mbbn import speedup_theory
 
 @pytest.mark.e2e
 def test_reproduce_mbbn_tiny(tmp_path: Path) -> None:
-    r = reproduce_mbbn(tmp_path, bits=(2, 1), epochs=1, limit_train=256, limit_test=100, width=4, gemm_size=128,
-                       log=lambda m: None)
+    r = reproduce_mbbn(
+        tmp_path,
+        bits=(2, 1),
+        epochs=1,
+        limit_train=256,
+        limit_test=100,
+        width=4,
+        gemm_size=128,
+        log=lambda m: None,
+    )
     rows = r["table"]
     assert [row["bits"] for row in rows][:3] == ["32/32", "2/2", "1/1"]
     for row in rows[1:]:
@@ -23,7 +31,9 @@ def test_reproduce_mbbn_tiny(tmp_path: Path) -> None:
     # compression_weights is 32/K by definition; test_weight_compression_is_what_the_file_stores
     # checks that definition against the bytes of a converted file
     for row in rows[1:3]:
-        assert row["compression_file"] == pytest.approx(row["float32_param_bytes"] / row["file_bytes"])
+        assert row["compression_file"] == pytest.approx(
+            row["float32_param_bytes"] / row["file_bytes"]
+        )
         assert row["file_bytes"] > 0
     assert (tmp_path / "fig7_speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert "Fig. 7" in (tmp_path / "report.txt").read_text()
@@ -42,14 +52,22 @@ def test_cli_reproduce_mbbn_is_wired() -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--data", "cifar10"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--data", "cifar10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     # the mbbn branch runs (and refuses a data set it does not reproduce on) instead of doing nothing
     assert r.returncode == 2 and "reproduce mbbn runs on Fashion-MNIST" in r.stderr
 
 
-@pytest.mark.parametrize("kw, msg", [({"epochs": 0}, "epochs"), ({"bits": (9,)}, "1..8"), ({"bits": ()}, "1..8")])
-def test_reproduce_mbbn_rejects_bad_settings(tmp_path: Path, kw: dict[str, object], msg: str) -> None:
+@pytest.mark.parametrize(
+    "kw, msg", [({"epochs": 0}, "epochs"), ({"bits": (9,)}, "1..8"), ({"bits": ()}, "1..8")]
+)
+def test_reproduce_mbbn_rejects_bad_settings(
+    tmp_path: Path, kw: dict[str, object], msg: str
+) -> None:
     with pytest.raises(ValueError, match=msg):
         reproduce_mbbn(tmp_path, log=lambda m: None, **kw)  # type: ignore[arg-type]
 
@@ -59,11 +77,19 @@ def test_cli_reproduce_mbbn_passes_epochs_bits_method() -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--bits", "3,9", "--epochs", "1"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--bits", "3,9", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "bits must be M = K values in 1..8, got (3, 9)" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--method", "nope"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bitflow", "reproduce", "mbbn", "--method", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
@@ -82,7 +108,9 @@ def test_weight_compression_is_what_the_file_stores(k: int) -> None:
 
     model = create("mbbn_vgg_small", width=64, fc=128, bits_a=k, bits_w=k).eval()
     g = convert(model)
-    binary = [op for op in g.ops if op.type in ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")]
+    binary = [
+        op for op in g.ops if op.type in ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")
+    ]
     assert len(binary) == 5
     packed = sum(g.tensors[op.params["w"]].nbytes for op in binary)
     layers = [m for m in model.modules() if type(m).__name__ in ("MBitConv2d", "MBitLinear")]

@@ -200,7 +200,10 @@ def test_odd_map_with_avgpool_downsample_is_a_clear_error() -> None:
     [
         ({"residual": "int", "first_layer": "float"}, r"residual='int' needs first_layer='int8'"),
         ({"residual": "int", "downsample": "avgpool"}, r"residual='int' needs downsample='binary'"),
-        ({"residual": "int", "weight_quantizer": "xnor"}, r"residual='int' needs weight_quantizer='sign'"),
+        (
+            {"residual": "int", "weight_quantizer": "xnor"},
+            r"residual='int' needs weight_quantizer='sign'",
+        ),
         ({"residual": "fixed"}, "residual must be one of"),
         ({"stem": "big"}, "stem must be one of"),
         ({"first_layer": "int4"}, "first_layer must be"),

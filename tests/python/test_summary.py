@@ -20,7 +20,14 @@ def alex() -> dict:
 def test_alexnet_layer_shapes_match_table3(alex: dict) -> None:
     rows = {r["layer"]: r for r in alex["layers"]}
     assert list(rows) == ["BinConv2", "BinConv3", "BinConv4", "BinConv5", "BinFC6", "BinFC7"]
-    assert [rows[k]["fmap"] for k in rows] == ["96->192", "192->384", "384->256", "256->256", "9216->4096", "4096->4096"]
+    assert [rows[k]["fmap"] for k in rows] == [
+        "96->192",
+        "192->384",
+        "384->256",
+        "256->256",
+        "9216->4096",
+        "4096->4096",
+    ]
     assert [rows[k]["ksize"] for k in rows] == [5, 3, 3, 3, None, None]
     assert [rows[k]["fmap_size"] for k in rows][:4] == ["27x27", "13x13", "13x13", "13x13"]
 
@@ -32,8 +39,10 @@ def test_xnor_and_bitflow_columns_reproduce_the_paper(alex: dict) -> None:
     # (FC6: 4.5 MiB of weights + 4096 x 4 B = 4.516 vs the paper's 4.502).
     for row in [*alex["layers"], alex["total"]]:
         paper = PAPER_TABLE3[row["layer"]]
-        ours = (*[row["xnor"][k] for k in ("size_mb", "mem_mb", "mflop")],
-                *[row["bitflow"][k] for k in ("size_mb", "mem_mb", "mflop")])
+        ours = (
+            *[row["xnor"][k] for k in ("size_mb", "mem_mb", "mflop")],
+            *[row["bitflow"][k] for k in ("size_mb", "mem_mb", "mflop")],
+        )
         for i, (o, p) in enumerate(zip(ours, paper, strict=True)):
             tol = 0.035 if (i == 3 and row["layer"] in ("BinFC6", "BinFC7", "TOTAL")) else 0.0035
             assert o == pytest.approx(p, abs=tol), (row["layer"], i, o, p)
@@ -89,8 +98,12 @@ def test_small_model_has_no_paper_column() -> None:
 
 @pytest.mark.e2e
 def test_cli_summary_json() -> None:
-    r = subprocess.run([sys.executable, "-m", "bitflow", "summary", "--model", "bitflow_alexnet", "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bitflow", "summary", "--model", "bitflow_alexnet", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     for col in ("xnor", "bitflow", "bitflow_packed"):
@@ -110,8 +123,12 @@ def test_packed_column_matches_the_real_file(tmp_path) -> None:
     convert(model).save(str(path))
     raw = path.read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
-    header = _json.loads(raw[8:8 + hlen])
-    tensor_bytes = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    header = _json.loads(raw[8 : 8 + hlen])
+    tensor_bytes = sum(
+        v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    )
     assert s["total"]["file_tensor_bytes"] == tensor_bytes == len(raw) - 8 - hlen
     # conv2 (32 -> 32, 3x3): 32 x 9 x 1 word x 8 B of weights + 32 x (4 + 1) B of thresholds
     assert s["layers"][0]["bitflow_packed"]["size_mb"] * 2**20 == 32 * 9 * 8 + 32 * 5

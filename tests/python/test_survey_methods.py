@@ -24,7 +24,18 @@ from bitflow.train import TrainConfig, save_checkpoint, train
 from bitflow.train.checkpoint import model_from_checkpoint
 
 TINY = {"width": 4, "fc": 16}
-DEPLOYABLE = ["bnn", "xnor", "bireal", "bnnplus", "dsq", "irnet", "proxquant", "selfbin", "reactnet_rsign", "kd"]
+DEPLOYABLE = [
+    "bnn",
+    "xnor",
+    "bireal",
+    "bnnplus",
+    "dsq",
+    "irnet",
+    "proxquant",
+    "selfbin",
+    "reactnet_rsign",
+    "kd",
+]
 NOT_YET = {
     "binaryconnect": "real-valued activations",
     "binaryconnect_stochastic": "real-valued activations",
@@ -181,7 +192,9 @@ def test_method_errors_are_clear(teacher: str) -> None:
         methods.build_model("vgg_small", "bnn", **TINY)
     m = methods.build_model("bitflow_vgg_small", "kd", **TINY)
     with pytest.raises(ValueError, match="needs a teacher"):
-        methods.hooks_for(m).loss(m, torch.rand(2, 1, 28, 28), torch.zeros(2, 10), torch.zeros(2, dtype=torch.long))
+        methods.hooks_for(m).loss(
+            m, torch.rand(2, 1, 28, 28), torch.zeros(2, 10), torch.zeros(2, dtype=torch.long)
+        )
 
 
 def test_apprentice_loss_is_survey_eq_11() -> None:
@@ -190,7 +203,9 @@ def test_apprentice_loss_is_survey_eq_11() -> None:
     ps, pt = F.softmax(zs, 1), F.softmax(zt, 1)
     hard = -torch.log(ps[torch.arange(5), y]).mean()
     soft = -(pt * torch.log(ps)).sum(1).mean()
-    assert methods.apprentice_loss(zs, zt, y, 0.3, 0.7).item() == pytest.approx(float(0.3 * hard + 0.7 * soft), rel=1e-5)
+    assert methods.apprentice_loss(zs, zt, y, 0.3, 0.7).item() == pytest.approx(
+        float(0.3 * hard + 0.7 * soft), rel=1e-5
+    )
 
 
 def test_bnnplus_loss_adds_the_regularizer(teacher: str) -> None:
@@ -198,8 +213,11 @@ def test_bnnplus_loss_adds_the_regularizer(teacher: str) -> None:
     hooks = methods.hooks_for(model)
     x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
     logits = model(x)
-    reg = sum(S.bnnplus_regularizer(m.weight, m.weight_quantizer.alpha) for m in model.modules()
-              if isinstance(getattr(m, "weight_quantizer", None), S.BnnPlusWeight))
+    reg = sum(
+        S.bnnplus_regularizer(m.weight, m.weight_quantizer.alpha)
+        for m in model.modules()
+        if isinstance(getattr(m, "weight_quantizer", None), S.BnnPlusWeight)
+    )
     want = F.cross_entropy(logits, y) + 1e-6 * reg
     assert hooks.loss(model, x, logits, y).item() == pytest.approx(float(want), rel=1e-6)
 
@@ -207,9 +225,15 @@ def test_bnnplus_loss_adds_the_regularizer(teacher: str) -> None:
 def test_proxquant_hook_pulls_weights_to_pm1(teacher: str) -> None:
     model = _build("proxquant", teacher)
     hooks = methods.hooks_for(model)
-    conv = next(m for m in model.modules() if isinstance(getattr(m, "weight_quantizer", None), S.ProxQuantWeight))
+    conv = next(
+        m
+        for m in model.modules()
+        if isinstance(getattr(m, "weight_quantizer", None), S.ProxQuantWeight)
+    )
     w0 = conv.weight.detach().clone()
-    hooks.after_step(model, 0.5, 20)  # lam = 2 * lam_sum * progress / total = 2 * 2.0 * 0.5 / 20 = 0.1
+    hooks.after_step(
+        model, 0.5, 20
+    )  # lam = 2 * lam_sum * progress / total = 2 * 2.0 * 0.5 / 20 = 0.1
     w1 = conv.weight.detach()
     # every weight moves 0.1 toward its nearest of +-1 (all start within |w| < 0.9, far from +-1)
     assert w0.abs().max() < 0.9
@@ -217,32 +241,83 @@ def test_proxquant_hook_pulls_weights_to_pm1(teacher: str) -> None:
 
 
 def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = TrainConfig(model="bitflow_vgg_small", data="fashion-mnist", out=str(tmp_path / "r"), epochs=1, batch_size=64,
-                      limit_train=256, limit_test=64, seed=0, progress=False, model_kwargs=dict(TINY),
-                      method="reactnet_rsign")
+    cfg = TrainConfig(
+        model="bitflow_vgg_small",
+        data="fashion-mnist",
+        out=str(tmp_path / "r"),
+        epochs=1,
+        batch_size=64,
+        limit_train=256,
+        limit_test=64,
+        seed=0,
+        progress=False,
+        model_kwargs=dict(TINY),
+        method="reactnet_rsign",
+    )
     res = train(cfg)
     model, state = model_from_checkpoint(res["checkpoint"])
     assert state["model_config"]["method"] == "reactnet_rsign"
     assert any(isinstance(m, S.RSign) for m in model.modules())
     # the CLI spelling: train with a method, convert (folds RSign), verify
     out = tmp_path / "cli"
-    rc = main(["train", "--model", "bitflow_vgg_small", "--method", "irnet", "--epochs", "1", "--limit-train", "256",
-               "--limit-test", "64", "--model-arg", "width=4", "--model-arg", "fc=16", "--out", str(out), "--json",
-               "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "bitflow_vgg_small",
+            "--method",
+            "irnet",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "256",
+            "--limit-test",
+            "64",
+            "--model-arg",
+            "width=4",
+            "--model-arg",
+            "fc=16",
+            "--out",
+            str(out),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     ck = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
     assert main(["convert", ck, "-o", str(tmp_path / "m.bfn"), "--json", "--explain"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     forms = {r["source"]: r["form"] for r in info["explain"] if r["type"] in ("bconv2d", "bdense")}
-    assert len(forms) == 5 and set(forms.values()) == {"binary"}, info["explain"]  # 4 binary convs + 1 binary FC
+    assert len(forms) == 5 and set(forms.values()) == {"binary"}, info[
+        "explain"
+    ]  # 4 binary convs + 1 binary FC
     assert sum(r["param_bytes"] for r in info["explain"]) == info["param_bytes"]
     assert main(["verify", ck, str(tmp_path / "m.bfn"), "--limit", "64", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["sign_mismatches"] == 0 and rep["prediction_mismatches"] == 0
     # a method that cannot deploy: a clear error, exit code 2
-    rc = main(["train", "--model", "bitflow_vgg_small", "--method", "bwn", "--epochs", "1", "--limit-train", "128",
-               "--limit-test", "32", "--model-arg", "width=4", "--model-arg", "fc=16", "--out", str(tmp_path / "b"),
-               "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "bitflow_vgg_small",
+            "--method",
+            "bwn",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "128",
+            "--limit-test",
+            "32",
+            "--model-arg",
+            "width=4",
+            "--model-arg",
+            "fc=16",
+            "--out",
+            str(tmp_path / "b"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rc = main(["convert", str(tmp_path / "b" / "best.pt"), "-o", str(tmp_path / "b.bfn")])
     assert rc == 2
@@ -253,11 +328,24 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_reproduce_survey_tiny(tmp_path: Path) -> None:
     from bitflow.analysis.reproduce_survey import reproduce_survey
 
-    r = reproduce_survey(tmp_path, quick=True, methods_=["bnn", "bwn", "kd"], epochs=1, limit_train=256, limit_test=64,
-                         width=4, repeat=3, log=lambda m: None)
+    r = reproduce_survey(
+        tmp_path,
+        quick=True,
+        methods_=["bnn", "bwn", "kd"],
+        epochs=1,
+        limit_train=256,
+        limit_test=64,
+        width=4,
+        repeat=3,
+        log=lambda m: None,
+    )
     rows = {x["method"]: x for x in r["rows"]}
     assert set(rows) == {"full precision", "bnn", "bwn", "kd"}
-    assert rows["bnn"]["sign_mismatches"] == 0 and rows["bnn"]["bfn_bytes"] > 0 and rows["bnn"]["engine_ms"] > 0
+    assert (
+        rows["bnn"]["sign_mismatches"] == 0
+        and rows["bnn"]["bfn_bytes"] > 0
+        and rows["bnn"]["engine_ms"] > 0
+    )
     assert rows["bwn"]["deploy"].startswith("not yet") and rows["bwn"]["engine_ms"] is None
     for f in ("report.md", "report.json", "accuracy_vs_latency.png"):
         assert (tmp_path / f).stat().st_size > 0
@@ -267,5 +355,9 @@ def test_reproduce_survey_tiny(tmp_path: Path) -> None:
 
 def test_a_models_own_method_option_passes_through() -> None:
     # MBBN models take method="quantizer" | "encoder" (their own option, not a survey method)
-    m = methods.build_model("mbbn_vgg_small", None, None, method="encoder", bits_a=2, bits_w=2, **TINY)
-    assert m.bitflow_config["kwargs"]["method"] == "encoder" and "method" not in {k for k in m.bitflow_config if k != "kwargs"}
+    m = methods.build_model(
+        "mbbn_vgg_small", None, None, method="encoder", bits_a=2, bits_w=2, **TINY
+    )
+    assert m.bitflow_config["kwargs"]["method"] == "encoder" and "method" not in {
+        k for k in m.bitflow_config if k != "kwargs"
+    }

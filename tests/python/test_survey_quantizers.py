@@ -19,7 +19,9 @@ from bitflow.nn import quantizers as Q
 from bitflow.nn import survey as S
 
 # a grid through every kink of the methods (0, +-1, PACT's alpha = 1.5) and around them
-GRID = torch.tensor(sorted({*np.round(np.linspace(-3, 3, 121), 6).tolist(), -1e-7, 1e-7, 1.5}), dtype=torch.float32)
+GRID = torch.tensor(
+    sorted({*np.round(np.linspace(-3, 3, 121), 6).tolist(), -1e-7, 1e-7, 1.5}), dtype=torch.float32
+)
 
 
 def _grad(f, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,9 @@ def test_signswish_forward_sign_backward_derivative_of_ss(beta: float) -> None:
     assert torch.equal(q(GRID), _sign(GRID))
     assert q(torch.zeros(1)).item() == 1.0  # sign(0) = +1
 
-    def ss(x: torch.Tensor) -> torch.Tensor:  # BNN+: SS_b(x) = 2 sigma(b x)[1 + b x (1 - sigma(b x))] - 1
+    def ss(
+        x: torch.Tensor,
+    ) -> torch.Tensor:  # BNN+: SS_b(x) = 2 sigma(b x)[1 + b x (1 - sigma(b x))] - 1
         s = torch.sigmoid(beta * x)
         return 2 * s * (1 + beta * x * (1 - s)) - 1
 
@@ -180,7 +184,9 @@ def test_dsq(alpha: float) -> None:
     assert torch.equal(q(GRID).detach(), _sign(GRID))
     a = torch.tensor(alpha, dtype=torch.float64)
     phi = S.dsq_phi(torch.tensor([-1.0, 1.0], dtype=torch.float64), a)
-    torch.testing.assert_close(phi, torch.tensor([-1.0, 1.0], dtype=torch.float64))  # phi(+-1) = +-1
+    torch.testing.assert_close(
+        phi, torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    )  # phi(+-1) = +-1
     k = math.log(2 / alpha - 1) / 2
     s = 1 / (1 - alpha)  # = 1 / tanh(k), DSQ's alpha = 1 - tanh(k Delta / 2)
     inside = GRID.abs() <= 1
@@ -197,7 +203,11 @@ def test_dsq(alpha: float) -> None:
 
 
 def test_self_binarizing() -> None:
-    assert S.selfbin_v(0) == 1.0 and S.selfbin_v(1) == pytest.approx(1000.0) and S.selfbin_v(0.5) == pytest.approx(1000**0.5)
+    assert (
+        S.selfbin_v(0) == 1.0
+        and S.selfbin_v(1) == pytest.approx(1000.0)
+        and S.selfbin_v(0.5) == pytest.approx(1000**0.5)
+    )
     q = Q.get("selfbin")
     q.set_progress(0.5)
     v = S.selfbin_v(0.5)
@@ -220,7 +230,9 @@ def test_proxquant_prox_is_the_minimizer(lam: float) -> None:
     # prox_lam(w) = argmin_v 0.5 (v - w)^2 + lam min(|v - 1|, |v + 1|), by brute force on a fine grid
     v = torch.linspace(-4, 4, 80001, dtype=torch.float64)  # step 1e-4
     r = torch.minimum((v - 1).abs(), (v + 1).abs())
-    w = torch.tensor([-3.0, -1.2, -1.0, -0.7, -0.2, 0.0, 0.05, 0.5, 0.99, 1.0, 1.3, 2.5], dtype=torch.float64)
+    w = torch.tensor(
+        [-3.0, -1.2, -1.0, -0.7, -0.2, 0.0, 0.05, 0.5, 0.99, 1.0, 1.3, 2.5], dtype=torch.float64
+    )
     brute = v[torch.argmin(0.5 * (v[None] - w[:, None]) ** 2 + lam * r[None], dim=1)]
     got = S.proxquant_prox(w, lam)
     # the objective is flat in one case (w = 0 exactly between the two wells: either side is optimal)
@@ -250,12 +262,19 @@ def test_bnnplus_weight_and_regularizer() -> None:
     b, alpha = q.decompose(w)
     assert torch.equal(b, _sign(w)) and alpha is q.alpha
     s = torch.sigmoid(5 * w.double())
-    want = _grad(lambda x: 2 * torch.sigmoid(5 * x) * (1 + 5 * x * (1 - torch.sigmoid(5 * x))) - 1, w.double()).float()
+    want = _grad(
+        lambda x: 2 * torch.sigmoid(5 * x) * (1 + 5 * x * (1 - torch.sigmoid(5 * x))) - 1,
+        w.double(),
+    ).float()
     torch.testing.assert_close(_grad(lambda x: q.decompose(x)[0], w), want, rtol=1e-5, atol=1e-6)
     del s
     a = q.alpha.detach()
-    assert S.bnnplus_regularizer(w, a, "l1").item() == pytest.approx(float((a[:, None] - w.abs()).abs().sum()), rel=1e-6)
-    assert S.bnnplus_regularizer(w, a, "l2").item() == pytest.approx(float(((a[:, None] - w.abs()) ** 2).sum()), rel=1e-6)
+    assert S.bnnplus_regularizer(w, a, "l1").item() == pytest.approx(
+        float((a[:, None] - w.abs()).abs().sum()), rel=1e-6
+    )
+    assert S.bnnplus_regularizer(w, a, "l2").item() == pytest.approx(
+        float(((a[:, None] - w.abs()) ** 2).sum()), rel=1e-6
+    )
     with pytest.raises(ValueError, match="l1"):
         S.bnnplus_regularizer(w, a, "l3")
 
@@ -293,14 +312,25 @@ def test_rsign_and_rprelu() -> None:
 
 def test_xnorpp_factorized_scale() -> None:
     torch.manual_seed(3)
-    m = S.XnorPPConv2d(3, 4, 3, padding=1, bias=False, input_quantizer="ste_sign", weight_quantizer="sign", out_hw=(5, 5))
+    m = S.XnorPPConv2d(
+        3,
+        4,
+        3,
+        padding=1,
+        bias=False,
+        input_quantizer="ste_sign",
+        weight_quantizer="sign",
+        out_hw=(5, 5),
+    )
     with torch.no_grad():
         m.scale_c.copy_(torch.rand(4) + 0.5)
         m.scale_h.copy_(torch.rand(5) + 0.5)
         m.scale_w.copy_(torch.rand(5) + 0.5)
     x = torch.randn(2, 3, 5, 5)
     want = F.conv2d(_sign(x), _sign(m.weight.detach()), padding=1)
-    want = want * m.scale_c.view(1, 4, 1, 1) * m.scale_h.view(1, 1, 5, 1) * m.scale_w.view(1, 1, 1, 5)
+    want = (
+        want * m.scale_c.view(1, 4, 1, 1) * m.scale_h.view(1, 1, 5, 1) * m.scale_w.view(1, 1, 1, 5)
+    )
     torch.testing.assert_close(m(x), want)
     m(x).sum().backward()
     # d/d beta_h of sum_{o,h,w} c_o b_h g_w y_ohw = sum_{o,w} c_o g_w y_ohw
@@ -340,14 +370,35 @@ def test_abc_net_bases() -> None:
     # the layer output is the bilinear sum over M x N branch convolutions
     xx = torch.randn(2, 3, 6, 6)
     hb = m.act_bases(xx).detach()
-    want = sum(a[i] * m.scale_a[j].detach() * F.conv2d(hb[j], bs[i].detach(), padding=1) for i in range(3) for j in range(2))
+    want = sum(
+        a[i] * m.scale_a[j].detach() * F.conv2d(hb[j], bs[i].detach(), padding=1)
+        for i in range(3)
+        for j in range(2)
+    )
     torch.testing.assert_close(m(xx).detach(), want, rtol=1e-4, atol=1e-4)
 
 
 def test_registry_lists_the_survey_quantizers() -> None:
     names = set(Q.list_quantizers())
-    assert {"signswish", "ede", "irnet", "dsq", "dsq_w", "selfbin", "selfbin_w", "proxquant", "bc_stochastic",
-            "dorefa_a1", "dorefa_a2", "dorefa_a4", "dorefa_w1", "dorefa_w2", "dorefa_w4", "pact_a2", "pact_a4"} <= names
+    assert {
+        "signswish",
+        "ede",
+        "irnet",
+        "dsq",
+        "dsq_w",
+        "selfbin",
+        "selfbin_w",
+        "proxquant",
+        "bc_stochastic",
+        "dorefa_a1",
+        "dorefa_a2",
+        "dorefa_a4",
+        "dorefa_w1",
+        "dorefa_w2",
+        "dorefa_w4",
+        "pact_a2",
+        "pact_a4",
+    } <= names
     # the ones with non-sign arithmetic must not pass the converter's "1-bit sign quantizer" check
     for n in ("dorefa_a1", "dorefa_a2", "dorefa_a4", "pact_a2", "pact_a4"):
         assert not isinstance(Q.get(n), Q.InputQuantizer), n

@@ -34,7 +34,9 @@ class TieNet(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(1, C1, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(C1)
-        self.b1 = BinaryConv2d(C1, C2, 3, padding=1, bias=False, weight_quantizer="sign")  # BN input: x * 1
+        self.b1 = BinaryConv2d(
+            C1, C2, 3, padding=1, bias=False, weight_quantizer="sign"
+        )  # BN input: x * 1
         self.bn2 = nn.BatchNorm2d(C2)
         self.fc = BinaryLinear(C2 * 36, 3)
 
@@ -42,7 +44,9 @@ class TieNet(nn.Module):
         return self.fc(torch.flatten(self.bn2(self.b1(self.bn1(self.conv(x)))), 1))
 
 
-def _exact_nonneg(gamma: float, beta: float, mu: float, var: float, eps: float, x: Fraction) -> bool:
+def _exact_nonneg(
+    gamma: float, beta: float, mu: float, var: float, eps: float, x: Fraction
+) -> bool:
     """``gamma (x - mu) + beta sqrt(var + eps) >= 0`` exactly (all float32 inputs are rationals;
     eps is the module's Python float, converted exactly as PyTorch uses it in float32)."""
     a = Fraction(gamma) * (x - Fraction(mu))
@@ -59,13 +63,20 @@ def _exact_nonneg(gamma: float, beta: float, mu: float, var: float, eps: float, 
 
 
 def _bn_f32(bn: nn.BatchNorm2d) -> tuple[np.ndarray, ...]:
-    return tuple(t.detach().numpy().astype(np.float32) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+    return tuple(
+        t.detach().numpy().astype(np.float32)
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    )
 
 
 def _torch_nonneg(bn: nn.BatchNorm2d, xs: np.ndarray) -> np.ndarray:
     """PyTorch's decisions ``BN(x) >= 0`` for ``xs [P, C]`` (point p of channel c), evaluated on
     the model's own layout ``[P, C, 6, 6]`` (every pixel of a channel holds the same value)."""
-    t = torch.from_numpy(np.ascontiguousarray(xs, np.float32))[:, :, None, None].expand(-1, -1, 6, 6).contiguous()
+    t = (
+        torch.from_numpy(np.ascontiguousarray(xs, np.float32))[:, :, None, None]
+        .expand(-1, -1, 6, 6)
+        .contiguous()
+    )
     with torch.no_grad():
         y = bn.eval()(t)
     assert bool((y == y[:, :, :1, :1]).all())  # one value per (point, channel)
@@ -100,8 +111,19 @@ def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
     total = 0
     for c in range(C2):
         # the exact rule is monotone in x: find where it changes, compare everywhere
-        exact = np.array([_exact_nonneg(float(gamma[c]), float(beta[c]), float(mu[c]), float(var[c]), bn.eps,
-                                        Fraction(int(x))) for x in xs])
+        exact = np.array(
+            [
+                _exact_nonneg(
+                    float(gamma[c]),
+                    float(beta[c]),
+                    float(mu[c]),
+                    float(var[c]),
+                    bn.eps,
+                    Fraction(int(x)),
+                )
+                for x in xs
+            ]
+        )
         total += int((exact != got[:, c]).sum())
     return total
 
@@ -109,7 +131,9 @@ def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
 def _float_ties_oracle(bn: nn.BatchNorm2d, window: int = 128) -> int:
     gamma, beta, mu, var = _bn_f32(bn)
     s = np.sqrt(var.astype(np.float64) + bn.eps)
-    tau = (mu.astype(np.float64) - beta.astype(np.float64) * s / gamma.astype(np.float64)).astype(np.float32)
+    tau = (mu.astype(np.float64) - beta.astype(np.float64) * s / gamma.astype(np.float64)).astype(
+        np.float32
+    )
     # column c: the 2 * window + 1 consecutive float32 values centred on float32(tau_c)
     ys = np.empty((2 * window + 1, C1), np.float32)
     ys[window] = tau
@@ -119,8 +143,19 @@ def _float_ties_oracle(bn: nn.BatchNorm2d, window: int = 128) -> int:
     got = _torch_nonneg(bn, ys)
     total = 0
     for c in range(C1):
-        exact = np.array([_exact_nonneg(float(gamma[c]), float(beta[c]), float(mu[c]), float(var[c]), bn.eps,
-                                        Fraction(float(y))) for y in ys[:, c]])
+        exact = np.array(
+            [
+                _exact_nonneg(
+                    float(gamma[c]),
+                    float(beta[c]),
+                    float(mu[c]),
+                    float(var[c]),
+                    bn.eps,
+                    Fraction(float(y)),
+                )
+                for y in ys[:, c]
+            ]
+        )
         bad = exact != got[:, c]
         assert not bad[0] and not bad[-1], "the window must contain every disagreement"
         total += int(bad.sum())

@@ -55,7 +55,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # metrics.jsonl has one row per epoch, no duplicates after the resume
     rows = [json.loads(r) for r in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    full_rows = [json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    full_rows = [
+        json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
 
 
@@ -79,7 +81,10 @@ def test_result_json_contract(tmp_path: Path) -> None:
     res = train(_cfg(tmp_path / "r", epochs=1))
     for key in ("test_accuracy", "epochs", "seconds_per_epoch", "checkpoint", "flip_ratio"):
         assert key in res
-    assert json.loads((tmp_path / "r" / "result.json").read_text())["test_accuracy"] == res["test_accuracy"]
+    assert (
+        json.loads((tmp_path / "r" / "result.json").read_text())["test_accuracy"]
+        == res["test_accuracy"]
+    )
     assert 0.0 <= res["test_accuracy"] <= 1.0
     model, st = model_from_checkpoint(res["checkpoint"])
     assert st["model_config"]["name"] == "bitflow_vgg_small"
@@ -132,7 +137,9 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_atomic_checkpoint_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_checkpoint_write_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = tmp_path / "c.pt"
     save_checkpoint(p, {"model": {"a": torch.ones(2)}, "model_config": {"name": "x"}})
     before = p.read_bytes()
@@ -160,7 +167,13 @@ def test_recipes_load() -> None:
     assert {"fashion-mnist", "bitflow-alexnet-imagenet", "bitflow-alexnet-11khands"} <= set(names)
     r = load_recipe("bitflow-alexnet-11khands")
     # BitFlow-Net Sec. IV.C: 100 epochs, batch 128, lr 1e-4 decayed x0.1 at 5, 15, 35, 75
-    assert (r.epochs, r.batch_size, r.lr, r.milestones, r.gamma) == (100, 128, 1e-4, (5, 15, 35, 75), 0.1)
+    assert (r.epochs, r.batch_size, r.lr, r.milestones, r.gamma) == (
+        100,
+        128,
+        1e-4,
+        (5, 15, 35, 75),
+        0.1,
+    )
     r = load_recipe("bitflow-alexnet-imagenet")
     assert (r.optimizer, r.lr, r.batch_size, r.epochs) == ("adam", 1e-4, 128, 50)
     with pytest.raises(KeyError, match="fashion-mnist"):
@@ -177,17 +190,44 @@ def test_multistep_schedule_matches_paper(tmp_path: Path) -> None:
     )
 
 
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bitflow", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+def _cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bitflow", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.e2e
 def test_cli_version_and_json(tmp_path: Path) -> None:
     r = _cli("--version", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("bitflow ")
-    r = _cli("train", "--model", "bitflow_lenet", "--data", "fashion-mnist-binary:0,6", "--epochs", "1",
-             "--limit-train", "256", "--limit-test", "64", "--out", "run", "--json",
-             "--model-arg", "width=4", "--model-arg", "fc=8", cwd=tmp_path)
+    r = _cli(
+        "train",
+        "--model",
+        "bitflow_lenet",
+        "--data",
+        "fashion-mnist-binary:0,6",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "64",
+        "--out",
+        "run",
+        "--json",
+        "--model-arg",
+        "width=4",
+        "--model-arg",
+        "fc=8",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["test_samples"] == 64 and Path(tmp_path / res["checkpoint"]).exists()
@@ -198,8 +238,19 @@ def test_cli_version_and_json(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     r = _cli("train", "--model", "nope", "--epochs", "1", "--out", "x", cwd=tmp_path)
-    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr and "bitflow_vgg_small" in r.stderr
-    r = _cli("train", "--model", "bitflow_lenet", "--data", "folder:/does/not/exist", "--out", "x", cwd=tmp_path)
+    assert (
+        r.returncode == 2 and "unknown model 'nope'" in r.stderr and "bitflow_vgg_small" in r.stderr
+    )
+    r = _cli(
+        "train",
+        "--model",
+        "bitflow_lenet",
+        "--data",
+        "folder:/does/not/exist",
+        "--out",
+        "x",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "/does/not/exist" in r.stderr
     env = dict(os.environ, BITFLOW_FASHION_MNIST=str(tmp_path / "empty"))
     r = _cli("train", "--model", "bitflow_lenet", "--out", "x", cwd=tmp_path, env=env)
@@ -207,7 +258,10 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun missing")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun missing",
+)
 def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     """What DDP must do, observed inside ``bitflow.train.train`` on two gloo ranks
     (``ddp_worker.py`` records each rank's batches, gradients and parameters):
@@ -230,8 +284,20 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
 
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(Path(__file__).with_name("ddp_worker.py")),
-                        str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            str(Path(__file__).with_name("ddp_worker.py")),
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
     res = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -247,7 +313,9 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
         seen += [*a, *b]
     assert sorted(seen) == list(range(72))  # every training sample once per epoch
     torch.set_num_threads(1)
-    assert all("initial" in rec for rec in recs), "the trainer did not wrap the model in DistributedDataParallel"
+    assert all("initial" in rec for rec in recs), (
+        "the trainer did not wrap the model in DistributedDataParallel"
+    )
     model = create("bitflow_lenet", width=4, fc=8)
     model.load_state_dict(recs[0]["initial"])
     model.train()
@@ -260,12 +328,17 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     for n in names:
         want = (grads[0][n] + grads[1][n]) / 2
         for rec in recs:
-            assert torch.equal(rec["steps"][0]["grads"][n], want), (n, (rec["steps"][0]["grads"][n] - want).abs().max())
+            assert torch.equal(rec["steps"][0]["grads"][n], want), (
+                n,
+                (rec["steps"][0]["grads"][n] - want).abs().max(),
+            )
     assert not torch.equal(grads[0][names[0]], grads[1][names[0]])  # the shards do differ
     for k in range(steps):
         p0, p1 = recs[0]["steps"][k]["params"], recs[1]["steps"][k]["params"]
         for n in names:
             assert torch.equal(p0[n], p1[n]), (k, n)
-    assert not torch.equal(recs[0]["steps"][0]["params"][names[0]], recs[0]["initial"][names[0]])  # a step was taken
+    assert not torch.equal(
+        recs[0]["steps"][0]["params"][names[0]], recs[0]["initial"][names[0]]
+    )  # a step was taken
     model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)

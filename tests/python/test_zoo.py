@@ -67,7 +67,9 @@ def test_every_registered_model_builds_runs_converts_and_matches(name: str) -> N
     assert m.bitflow_config == {"name": name, "kwargs": kw}
     assert m.num_classes == 3 and m.in_channels >= 1 and m.image_size >= 1
     assert m.inference in ("bitflow", "xnor", "mbbn", "float")
-    x = torch.rand(6, m.in_channels, m.image_size, m.image_size, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(
+        6, m.in_channels, m.image_size, m.image_size, generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         y = m(x)
     assert y.shape == (6, 3) and torch.isfinite(y).all()

@@ -16,7 +16,13 @@ from typing import Any
 
 from ..ir import Graph
 
-_THRESHOLD = {"threshold_bits", "threshold_f32_bits", "threshold_planes", "threshold_f32_planes", "bitpack"}
+_THRESHOLD = {
+    "threshold_bits",
+    "threshold_f32_bits",
+    "threshold_planes",
+    "threshold_f32_planes",
+    "bitpack",
+}
 _INTEGER = {"conv2d_u8i8", "maxpool_i32", "add_i32", "requant_i32"}
 _LAYOUT = {"flatten", "concat", "maxpool_bits"}
 
@@ -41,15 +47,24 @@ def explain(graph: Graph) -> list[dict[str, Any]]:
     rows = []
     for op in graph.ops:
         nbytes = int(sum(graph.tensors[t].nbytes for t in op.params.values()))
-        rows.append({"op": op.name, "type": op.type, "form": op_form(op.type), "source": op.attrs.get("source", ""),
-                     "param_bytes": nbytes})
+        rows.append(
+            {
+                "op": op.name,
+                "type": op.type,
+                "form": op_form(op.type),
+                "source": op.attrs.get("source", ""),
+                "param_bytes": nbytes,
+            }
+        )
     return rows
 
 
 def format_explain(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'op':<28} {'type':<22} {'form':<10} {'from layer':<24} {'bytes':>10}"]
     for r in rows:
-        lines.append(f"{r['op']:<28} {r['type']:<22} {r['form']:<10} {str(r['source']):<24} {r['param_bytes']:>10}")
+        lines.append(
+            f"{r['op']:<28} {r['type']:<22} {r['form']:<10} {str(r['source']):<24} {r['param_bytes']:>10}"
+        )
     by: dict[str, int] = {}
     for r in rows:
         by[r["form"]] = by.get(r["form"], 0) + r["param_bytes"]

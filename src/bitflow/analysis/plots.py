@@ -42,7 +42,9 @@ def plot_flip_rates(runs: Sequence[tuple[str, str | Path]], out: str | Path) -> 
     """BitFlow-Net Fig. 2 analogue: per-layer sign changing rate (%) over iterations, one panel
     per run (e.g. without and with the scaling factor), same y axis."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False
+    )
     for ax, (title, path) in zip(axes[0], runs, strict=True):
         its, layers = read_flips(path)
         for i, (name, vals) in enumerate(layers.items()):
@@ -56,7 +58,9 @@ def plot_flip_rates(runs: Sequence[tuple[str, str | Path]], out: str | Path) -> 
     plt.close(fig)
 
 
-def plot_batchshift(bn_out: np.ndarray, bs_out: np.ndarray, out: str | Path, title: str = "") -> None:
+def plot_batchshift(
+    bn_out: np.ndarray, bs_out: np.ndarray, out: str | Path, title: str = ""
+) -> None:
     """BitFlow-Net Fig. 3 analogue: BatchNorm output vs BatchShift output (Eq. 16) for one
     channel over samples, sorted by the BatchNorm value: different magnitudes, same signs."""
     plt = _plt()

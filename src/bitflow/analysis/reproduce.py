@@ -52,7 +52,11 @@ def _train(out: Path, **kw: Any) -> dict[str, Any]:
         from ..train import load_checkpoint
 
         st = load_checkpoint(out / "last.pt")
-        resume = st.get("data") == cfg.data and st.get("seed") == cfg.seed and st["model_config"]["name"] == cfg.model
+        resume = (
+            st.get("data") == cfg.data
+            and st.get("seed") == cfg.seed
+            and st["model_config"]["name"] == cfg.model
+        )
     cfg.resume = resume
     try:
         return train(cfg)
@@ -104,11 +108,17 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
 
     model, _ = model_from_ckpt(ckpt)
     if not isinstance(model, nn.Sequential):
-        raise ValueError(f"figure 3 needs a sequential zoo model (a BitFlow-Net), got {type(model).__name__}")
+        raise ValueError(
+            f"figure 3 needs a sequential zoo model (a BitFlow-Net), got {type(model).__name__}"
+        )
     mods = list(model)
     idx = None
     for i, m in enumerate(mods[:-2]):
-        if isinstance(m, BinaryConv2d) and isinstance(mods[i + 1], nn.ReLU) and isinstance(mods[i + 2], nn.BatchNorm2d):
+        if (
+            isinstance(m, BinaryConv2d)
+            and isinstance(mods[i + 1], nn.ReLU)
+            and isinstance(mods[i + 2], nn.BatchNorm2d)
+        ):
             idx = i
             break
     if idx is None:
@@ -122,11 +132,15 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
         model(torch.from_numpy(x))
         h.remove()
         b, alpha = conv.quantized_weight()
-        xi = torch.nn.functional.conv2d(sign(captured["in"]), sign(b), None, conv.stride, conv.padding)  # integer x
+        xi = torch.nn.functional.conv2d(
+            sign(captured["in"]), sign(b), None, conv.stride, conv.padding
+        )  # integer x
         z = xi * alpha.view(1, -1, 1, 1) if alpha is not None else xi
         bn_out = bn(torch.relu(z))
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("Fig. 3 needs a BatchNorm2d with running statistics (track_running_stats=True)")
+        raise ValueError(
+            "Fig. 3 needs a BatchNorm2d with running statistics (track_running_stats=True)"
+        )
     gamma, beta = bn.weight.detach().double(), bn.bias.detach().double()
     mu, s = bn.running_mean.double(), torch.sqrt(bn.running_var.double() + bn.eps)
     a = alpha.double() if alpha is not None else torch.ones_like(gamma)
@@ -134,10 +148,18 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
     # a channel with gamma > 0 whose threshold lies above 0 (so the ReLU does not decide it)
     # and with both signs present in the data
     cand = [int(ch) for ch in torch.nonzero((gamma > 0) & (c > 0)).flatten()]
-    best = max(cand, key=lambda ch: float(torch.minimum((bn_out[:, ch] > 0).float().mean(), (bn_out[:, ch] < 0).float().mean())), default=None)
+    best = max(
+        cand,
+        key=lambda ch: float(
+            torch.minimum((bn_out[:, ch] > 0).float().mean(), (bn_out[:, ch] < 0).float().mean())
+        ),
+        default=None,
+    )
     if best is None:
         raise ValueError("no channel with gamma > 0 and a positive threshold for Fig. 3")
-    tau = float(c[best] / a[best])  # Eq. 16: BS(x) = (x - tau) sign(gamma), tau = E[alpha x]/alpha - f beta
+    tau = float(
+        c[best] / a[best]
+    )  # Eq. 16: BS(x) = (x - tau) sign(gamma), tau = E[alpha x]/alpha - f beta
     bn_vals = bn_out[:, best].flatten().double().numpy()
     # relu(alpha x) = alpha relu(x) for alpha > 0, so the ReLU moves to the integer side too
     bs_vals = np.maximum(xi[:, best].flatten().double().numpy(), 0.0) - tau
@@ -150,18 +172,34 @@ def _fig3(ckpt: str, data: str, out_png: Path, limit: int = 200) -> dict[str, An
 
     graph = convert(model, mode="bitflow")
     bn_name = next(n for n, m in model.named_modules() if m is bn)
-    thr_op = next((op for op in graph.ops if op.type == "threshold_bits" and op.attrs.get("source") == bn_name), None)
+    thr_op = next(
+        (
+            op
+            for op in graph.ops
+            if op.type == "threshold_bits" and op.attrs.get("source") == bn_name
+        ),
+        None,
+    )
     if thr_op is None:
         raise ValueError(f"the converted model has no integer threshold for BatchNorm {bn_name!r}")
     _, env = reference_run(graph, x, return_intermediates=True)  # type: ignore[misc]
     info = graph.validate()[thr_op.outputs[0]]
     assert info.channels is not None
-    neg = unpack_bits(env[thr_op.outputs[0]], info.channels, info.groups)[..., best]  # [N, H, W]: bit 1 = -1
+    neg = unpack_bits(env[thr_op.outputs[0]], info.channels, info.groups)[
+        ..., best
+    ]  # [N, H, W]: bit 1 = -1
     torch_neg = (bn_out[:, best] < 0).numpy()
     threshold = int(graph.tensors[thr_op.params["thr"]][best])
     agree = neg == torch_neg
-    return {"layer": idx, "channel": best, "tau": tau, "threshold": threshold, "points": int(bn_vals.size),
-            "sign_agreement": float(agree.mean()), "sign_mismatches": int((~agree).sum())}
+    return {
+        "layer": idx,
+        "channel": best,
+        "tau": tau,
+        "threshold": threshold,
+        "points": int(bn_vals.size),
+        "sign_agreement": float(agree.mean()),
+        "sign_mismatches": int((~agree).sum()),
+    }
 
 
 def model_from_ckpt(path: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -192,7 +230,9 @@ def reproduce_bitflow_net(
     from .summary import format_table, summarize
 
     if data != "fashion-mnist":
-        raise ValueError("bitflow reproduce bitflow-net runs on Fashion-MNIST (--data fashion-mnist)")
+        raise ValueError(
+            "bitflow reproduce bitflow-net runs on Fashion-MNIST (--data fashion-mnist)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = epochs or (3 if quick else 15)
@@ -203,35 +243,84 @@ def reproduce_bitflow_net(
     # about 40 sign-changing-rate checks per run (Fig. 2): iterations = samples / 128 x epochs
     iters = -(-(limit_train or 54000) // 128) * epochs
     flip_every = max(1, iters // 40)
-    tasks = {"fashion-mnist-10": "fashion-mnist", "fashion-mnist-binary": f"fashion-mnist-binary:{binary_classes}"}
+    tasks = {
+        "fashion-mnist-10": "fashion-mnist",
+        "fashion-mnist-binary": f"fashion-mnist-binary:{binary_classes}",
+    }
     report: dict[str, Any] = {"quick": quick, "epochs": epochs, "tasks": {}}
     t_start = time.perf_counter()
     for task, spec in tasks.items():
         log(f"[table 2] {task}: full-precision twin")
-        fp = _train(out / task / "fp", model="vgg_small", data=spec, limit_train=limit_train, model_kwargs=dict(small), **common)
+        fp = _train(
+            out / task / "fp",
+            model="vgg_small",
+            data=spec,
+            limit_train=limit_train,
+            model_kwargs=dict(small),
+            **common,
+        )
         log(f"[table 2] {task}: BitFlow-Net / XNOR-Net (one trained network)")
-        bf = _train(out / task / "bitflow", model="bitflow_vgg_small", data=spec, limit_train=limit_train,
-                    model_kwargs=dict(small), flip_every=flip_every, **common)
+        bf = _train(
+            out / task / "bitflow",
+            model="bitflow_vgg_small",
+            data=spec,
+            limit_train=limit_train,
+            model_kwargs=dict(small),
+            flip_every=flip_every,
+            **common,
+        )
         acc = _accuracies(bf["checkpoint"], spec, limit_test)
-        report["tasks"][task] = {"data": spec, "full_precision": fp["test_accuracy"], **acc,
-                                 "seconds_per_epoch": {"fp": fp["seconds_per_epoch"], "bitflow": bf["seconds_per_epoch"]}}
+        report["tasks"][task] = {
+            "data": spec,
+            "full_precision": fp["test_accuracy"],
+            **acc,
+            "seconds_per_epoch": {
+                "fp": fp["seconds_per_epoch"],
+                "bitflow": bf["seconds_per_epoch"],
+            },
+        }
     log("[fig 2] sign changing rate without the scaling factor")
     ten = tasks["fashion-mnist-10"]
-    ns = _train(out / "fig2-no-scale", model="bitflow_vgg_small", data=ten, limit_train=limit_train,
-                model_kwargs={**small, "weight_quantizer": "sign"}, flip_every=flip_every, **common)
-    plot_flip_rates([("without scaling factor", out / "fig2-no-scale" / "flips.jsonl"),
-                     ("with scaling factor", out / "fashion-mnist-10" / "bitflow" / "flips.jsonl")], out / "fig2_sign_changing_rate.png")
+    ns = _train(
+        out / "fig2-no-scale",
+        model="bitflow_vgg_small",
+        data=ten,
+        limit_train=limit_train,
+        model_kwargs={**small, "weight_quantizer": "sign"},
+        flip_every=flip_every,
+        **common,
+    )
+    plot_flip_rates(
+        [
+            ("without scaling factor", out / "fig2-no-scale" / "flips.jsonl"),
+            ("with scaling factor", out / "fashion-mnist-10" / "bitflow" / "flips.jsonl"),
+        ],
+        out / "fig2_sign_changing_rate.png",
+    )
     flips = {}
-    for name, path in (("without_scale", out / "fig2-no-scale" / "flips.jsonl"), ("with_scale", out / "fashion-mnist-10" / "bitflow" / "flips.jsonl")):
+    for name, path in (
+        ("without_scale", out / "fig2-no-scale" / "flips.jsonl"),
+        ("with_scale", out / "fashion-mnist-10" / "bitflow" / "flips.jsonl"),
+    ):
         rows = [json.loads(r) for r in path.read_text().splitlines() if r.strip()]
         vals = np.array([list(r["flip_ratio"].values()) for r in rows])
-        flips[name] = {"checks": len(rows), "mean": float(vals.mean()), "std_over_time": float(vals.std(0).mean()),
-                       "test_accuracy": ns["test_accuracy"] if name == "without_scale" else None}
+        flips[name] = {
+            "checks": len(rows),
+            "mean": float(vals.mean()),
+            "std_over_time": float(vals.std(0).mean()),
+            "test_accuracy": ns["test_accuracy"] if name == "without_scale" else None,
+        }
     report["fig2"] = {"png": str(out / "fig2_sign_changing_rate.png"), **flips}
     log("[fig 3] BatchNorm vs BatchShift output")
-    report["fig3"] = {"png": str(out / "fig3_batchshift.png"),
-                      **_fig3(str(out / "fashion-mnist-10" / "bitflow" / "best.pt"), ten, out / "fig3_batchshift.png",
-                            limit=min(200, limit_test or 200))}
+    report["fig3"] = {
+        "png": str(out / "fig3_batchshift.png"),
+        **_fig3(
+            str(out / "fashion-mnist-10" / "bitflow" / "best.pt"),
+            ten,
+            out / "fig3_batchshift.png",
+            limit=min(200, limit_test or 200),
+        ),
+    }
     log("[table 3] bitflow_alexnet accounting")
     from ..models import create
 
@@ -245,24 +334,41 @@ def reproduce_bitflow_net(
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"BitFlow-Net reproduction on Fashion-MNIST ({'quick, ' if r['quick'] else ''}{r['epochs']} epochs)", "",
-             "Table 2 analogue (test accuracy; the paper's AlexNet ImageNet (top-1, top-5) | 11K Hands in the last column)",
-             f"{'model':<22} {'FM 10-class':>12} {'FM binary':>10}   paper"]
+    lines = [
+        f"BitFlow-Net reproduction on Fashion-MNIST ({'quick, ' if r['quick'] else ''}{r['epochs']} epochs)",
+        "",
+        "Table 2 analogue (test accuracy; the paper's AlexNet ImageNet (top-1, top-5) | 11K Hands in the last column)",
+        f"{'model':<22} {'FM 10-class':>12} {'FM binary':>10}   paper",
+    ]
     t10, tb = r["tasks"]["fashion-mnist-10"], r["tasks"]["fashion-mnist-binary"]
-    rows = [("full precision (twin)", "full_precision", "alexnet"), ("XNOR-Net", "xnor", "xnor"),
-            ("BitFlow-Net", "bitflow", "bitflow"), ("BitFlow-Net (engine)", "engine", None)]
+    rows = [
+        ("full precision (twin)", "full_precision", "alexnet"),
+        ("XNOR-Net", "xnor", "xnor"),
+        ("BitFlow-Net", "bitflow", "bitflow"),
+        ("BitFlow-Net (engine)", "engine", None),
+    ]
     for label, key, paper in rows:
-        lines.append(f"{label:<22} {100 * t10[key]:>11.2f}% {100 * tb[key]:>9.2f}%   {PAPER_TABLE2.get(paper or '', '')}")
-    lines.append(f"XNOR vs BitFlow prediction mismatches: {t10['xnor_vs_bitflow_prediction_mismatches']} / "
-                 f"{tb['xnor_vs_bitflow_prediction_mismatches']}; PyTorch vs integer: {t10['torch_vs_bitflow_prediction_mismatches']} / "
-                 f"{tb['torch_vs_bitflow_prediction_mismatches']} predictions, {t10['sign_mismatches']} / {tb['sign_mismatches']} signs")
+        lines.append(
+            f"{label:<22} {100 * t10[key]:>11.2f}% {100 * tb[key]:>9.2f}%   {PAPER_TABLE2.get(paper or '', '')}"
+        )
+    lines.append(
+        f"XNOR vs BitFlow prediction mismatches: {t10['xnor_vs_bitflow_prediction_mismatches']} / "
+        f"{tb['xnor_vs_bitflow_prediction_mismatches']}; PyTorch vs integer: {t10['torch_vs_bitflow_prediction_mismatches']} / "
+        f"{tb['torch_vs_bitflow_prediction_mismatches']} predictions, {t10['sign_mismatches']} / {tb['sign_mismatches']} signs"
+    )
     f2 = r["fig2"]
-    lines += ["", f"Fig. 2 analogue: {f2['png']}",
-              f"  mean sign changing rate: without scaling factor {100 * f2['without_scale']['mean']:.3f}% "
-              f"(fluctuation {100 * f2['without_scale']['std_over_time']:.3f}%), with {100 * f2['with_scale']['mean']:.3f}% "
-              f"(fluctuation {100 * f2['with_scale']['std_over_time']:.3f}%)"]
+    lines += [
+        "",
+        f"Fig. 2 analogue: {f2['png']}",
+        f"  mean sign changing rate: without scaling factor {100 * f2['without_scale']['mean']:.3f}% "
+        f"(fluctuation {100 * f2['without_scale']['std_over_time']:.3f}%), with {100 * f2['with_scale']['mean']:.3f}% "
+        f"(fluctuation {100 * f2['with_scale']['std_over_time']:.3f}%)",
+    ]
     f3 = r["fig3"]
-    lines += ["", f"Fig. 3 analogue: {f3['png']}  (layer {f3['layer']}, channel {f3['channel']}, "
-              f"{f3['points']} outputs, converted threshold T = {f3['threshold']}, signs agree on "
-              f"{100 * f3['sign_agreement']:.2f}%)"]
+    lines += [
+        "",
+        f"Fig. 3 analogue: {f3['png']}  (layer {f3['layer']}, channel {f3['channel']}, "
+        f"{f3['points']} outputs, converted threshold T = {f3['threshold']}, signs agree on "
+        f"{100 * f3['sign_agreement']:.2f}%)",
+    ]
     return "\n".join(lines)

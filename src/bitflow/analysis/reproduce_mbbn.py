@@ -36,7 +36,9 @@ def _median_seconds(fn: Any, reps: int) -> float:
     return float(np.median(ts))
 
 
-def speedup_curve(n: int, max_bits: int = 6, reps: int = 3, threads: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+def speedup_curve(
+    n: int, max_bits: int = 6, reps: int = 3, threads: int = 1, seed: int = 0
+) -> list[dict[str, Any]]:
     """Encoded GEMM ``[n, n] x [n, n]`` with M = K bit planes vs float32 ``numpy.matmul``.
 
     Both sides compute the same integer product of odd levels (checked on a few entries); the
@@ -68,8 +70,15 @@ def speedup_curve(n: int, max_bits: int = 6, reps: int = 3, threads: int = 1, se
             if int(out[i, i]) != int(va[i].astype(np.int64) @ vb[i].astype(np.int64)):
                 raise AssertionError("encoded GEMM disagrees with the integer product")
         t_enc = _median_seconds(lambda pa=pa, pb=pb: N.bgemm_planes(pa, pb, n, "", threads), reps)
-        rows.append({"bits": bits, "float32_s": t_float, "encoded_s": t_enc, "measured_speedup": t_float / t_enc,
-                     "theory_speedup": speedup_theory(bits, bits, n)})
+        rows.append(
+            {
+                "bits": bits,
+                "float32_s": t_float,
+                "encoded_s": t_enc,
+                "measured_speedup": t_float / t_enc,
+                "theory_speedup": speedup_theory(bits, bits, n),
+            }
+        )
     return rows
 
 
@@ -80,7 +89,12 @@ def _plot_speedup(rows: list[dict[str, Any]], n: int, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     bits = [r["bits"] for r in rows]
     ax.semilogy(bits, [r["theory_speedup"] for r in rows], "o--", label="theory S_MK (Eq. 16)")
-    ax.semilogy(bits, [r["measured_speedup"] for r in rows], "s-", label="measured vs float32 BLAS (1 thread)")
+    ax.semilogy(
+        bits,
+        [r["measured_speedup"] for r in rows],
+        "s-",
+        label="measured vs float32 BLAS (1 thread)",
+    )
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xlabel("M = K (bits)")
     ax.set_ylabel("speed-up over float32 GEMM")
@@ -108,9 +122,14 @@ def _evaluate(ckpt: str, limit_test: int | None) -> dict[str, Any]:
         graph.save(path)
         file_bytes = os.path.getsize(path)
     fp_bytes = 4 * sum(p.numel() for p in model.parameters())
-    return {"accuracy_torch": v["accuracy_torch"], "accuracy_integer": v["accuracy_integer"],
-            "prediction_mismatches": v["prediction_mismatches"], "sign_mismatches": v["sign_mismatches"],
-            "file_bytes": file_bytes, "float32_param_bytes": fp_bytes}
+    return {
+        "accuracy_torch": v["accuracy_torch"],
+        "accuracy_integer": v["accuracy_integer"],
+        "prediction_mismatches": v["prediction_mismatches"],
+        "sign_mismatches": v["sign_mismatches"],
+        "file_bytes": file_bytes,
+        "float32_param_bytes": fp_bytes,
+    }
 
 
 def reproduce_mbbn(
@@ -151,35 +170,78 @@ def reproduce_mbbn(
     width = width or (16 if quick else 32)
     bits = bits or ((4, 3, 2, 1) if quick else (8, 4, 3, 2, 1))
     gemm_size = gemm_size or (1024 if quick else 2048)
-    common: dict[str, Any] = {"seed": seed, "epochs": epochs, "limit_train": limit_train, "limit_test": limit_test,
-                              "data": "fashion-mnist"}
+    common: dict[str, Any] = {
+        "seed": seed,
+        "epochs": epochs,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+        "data": "fashion-mnist",
+    }
     t0 = time.perf_counter()
     log("[table III] full-precision twin")
     fp = _train(out / "fp", model="vgg_small", model_kwargs={"width": width}, **common)
-    rows: list[dict[str, Any]] = [{"bits": "32/32", "test_accuracy": fp["test_accuracy"], "compression_weights": 1.0}]
+    rows: list[dict[str, Any]] = [
+        {"bits": "32/32", "test_accuracy": fp["test_accuracy"], "compression_weights": 1.0}
+    ]
     prev = fp["checkpoint"]
     for b in bits:
         log(f"[table III] M = K = {b} (initialised from {Path(prev).parent.name})")
-        r = _train(out / f"m{b}k{b}", model="mbbn_vgg_small", model_kwargs={"width": width, "bits_a": b, "bits_w": b, "method": method},
-                   init_from=prev, **common)
+        r = _train(
+            out / f"m{b}k{b}",
+            model="mbbn_vgg_small",
+            model_kwargs={"width": width, "bits_a": b, "bits_w": b, "method": method},
+            init_from=prev,
+            **common,
+        )
         ev = _evaluate(r["checkpoint"], limit_test)
-        rows.append({"bits": f"{b}/{b}", "test_accuracy": r["test_accuracy"], "compression_weights": 32 / b,
-                     "compression_file": ev["float32_param_bytes"] / ev["file_bytes"], **ev})
+        rows.append(
+            {
+                "bits": f"{b}/{b}",
+                "test_accuracy": r["test_accuracy"],
+                "compression_weights": 32 / b,
+                "compression_file": ev["float32_param_bytes"] / ev["file_bytes"],
+                **ev,
+            }
+        )
         prev = r["checkpoint"]
     log("[table IV] mixed precision")
     mixed = {"bits_a": [4, 2, 2, 2, 4], "bits_w": [2, 1, 1, 1, 2]}
-    src = out / "m4k4" / "best.pt" if (out / "m4k4" / "best.pt").exists() else Path(fp["checkpoint"])
-    r = _train(out / "mixed", model="mbbn_vgg_small", model_kwargs={"width": width, "method": method, **mixed}, init_from=str(src), **common)
+    src = (
+        out / "m4k4" / "best.pt" if (out / "m4k4" / "best.pt").exists() else Path(fp["checkpoint"])
+    )
+    r = _train(
+        out / "mixed",
+        model="mbbn_vgg_small",
+        model_kwargs={"width": width, "method": method, **mixed},
+        init_from=str(src),
+        **common,
+    )
     ev = _evaluate(r["checkpoint"], limit_test)
-    rows.append({"bits": "A 4,2,2,2,4 / W 2,1,1,1,2", "test_accuracy": r["test_accuracy"], **ev,
-                 "compression_file": ev["float32_param_bytes"] / ev["file_bytes"]})
+    rows.append(
+        {
+            "bits": "A 4,2,2,2,4 / W 2,1,1,1,2",
+            "test_accuracy": r["test_accuracy"],
+            **ev,
+            "compression_file": ev["float32_param_bytes"] / ev["file_bytes"],
+        }
+    )
     log(f"[fig 7] encoded GEMM speed-up, {gemm_size}^3")
     curve = speedup_curve(gemm_size, reps=3)
     _plot_speedup(curve, gemm_size, out / "fig7_speedup.png")
     from ..bench import blas_info
 
-    report: dict[str, Any] = {"quick": quick, "epochs": epochs, "width": width, "method": method, "table": rows, "speedup": curve, "blas": blas_info(),
-              "gemm_size": gemm_size, "png": str(out / "fig7_speedup.png"), "seconds": time.perf_counter() - t0}
+    report: dict[str, Any] = {
+        "quick": quick,
+        "epochs": epochs,
+        "width": width,
+        "method": method,
+        "table": rows,
+        "speedup": curve,
+        "blas": blas_info(),
+        "gemm_size": gemm_size,
+        "png": str(out / "fig7_speedup.png"),
+        "seconds": time.perf_counter() - t0,
+    }
     report["text"] = format_report(report)
     atomic_write_bytes(out / "report.txt", (report["text"] + "\n").encode())
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -187,20 +249,37 @@ def reproduce_mbbn(
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"MBBN reproduction on Fashion-MNIST (mbbn_vgg_small width {r['width']}, {r['epochs']} epochs per model, "
-             f"method {r.get('method', 'encoder')}, progressive initialisation)", "",
-             f"{'bits A/W':<28} {'torch acc':>9} {'integer':>8} {'mism.':>6} {'32/K':>6} {'file ratio':>10}"]
+    lines = [
+        f"MBBN reproduction on Fashion-MNIST (mbbn_vgg_small width {r['width']}, {r['epochs']} epochs per model, "
+        f"method {r.get('method', 'encoder')}, progressive initialisation)",
+        "",
+        f"{'bits A/W':<28} {'torch acc':>9} {'integer':>8} {'mism.':>6} {'32/K':>6} {'file ratio':>10}",
+    ]
     for row in r["table"]:
         integer = f"{100 * row['accuracy_integer']:.2f}%" if "accuracy_integer" in row else "-"
-        mism = str(row["prediction_mismatches"] + row["sign_mismatches"]) if "prediction_mismatches" in row else "-"
+        mism = (
+            str(row["prediction_mismatches"] + row["sign_mismatches"])
+            if "prediction_mismatches" in row
+            else "-"
+        )
         cw = f"{row['compression_weights']:.1f}x" if "compression_weights" in row else "-"
         cf = f"{row['compression_file']:.1f}x" if "compression_file" in row else "-"
-        lines.append(f"{row['bits']:<28} {100 * row['test_accuracy']:>8.2f}% {integer:>8} {mism:>6} {cw:>6} {cf:>10}")
-    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')} ({b.get('num_threads')} threads)"
-                     for b in r.get("blas", []) if b.get("user_api") == "blas")
-    lines += ["", f"Fig. 7 analogue ({r['png']}): encoded GEMM {r['gemm_size']}^3 vs float32 BLAS, 1 thread (BLAS: {blas or 'unknown'})",
-              f"{'M=K':>4} {'float32 ms':>10} {'encoded ms':>10} {'measured':>9} {'S_MK theory':>11}"]
+        lines.append(
+            f"{row['bits']:<28} {100 * row['test_accuracy']:>8.2f}% {integer:>8} {mism:>6} {cw:>6} {cf:>10}"
+        )
+    blas = ", ".join(
+        f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')} ({b.get('num_threads')} threads)"
+        for b in r.get("blas", [])
+        if b.get("user_api") == "blas"
+    )
+    lines += [
+        "",
+        f"Fig. 7 analogue ({r['png']}): encoded GEMM {r['gemm_size']}^3 vs float32 BLAS, 1 thread (BLAS: {blas or 'unknown'})",
+        f"{'M=K':>4} {'float32 ms':>10} {'encoded ms':>10} {'measured':>9} {'S_MK theory':>11}",
+    ]
     for c in r["speedup"]:
-        lines.append(f"{c['bits']:>4} {1000 * c['float32_s']:>10.1f} {1000 * c['encoded_s']:>10.1f} "
-                     f"{c['measured_speedup']:>8.2f}x {c['theory_speedup']:>10.2f}x")
+        lines.append(
+            f"{c['bits']:>4} {1000 * c['float32_s']:>10.1f} {1000 * c['encoded_s']:>10.1f} "
+            f"{c['measured_speedup']:>8.2f}x {c['theory_speedup']:>10.2f}x"
+        )
     return "\n".join(lines)

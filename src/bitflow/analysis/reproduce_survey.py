@@ -46,7 +46,9 @@ def _timing_torch(model: Any, x1: np.ndarray, repeat: int) -> float:
         torch.set_num_threads(prev)
 
 
-def _deploy(ckpt: str, data: str, limit_test: int | None, out_file: Path, repeat: int) -> dict[str, Any]:
+def _deploy(
+    ckpt: str, data: str, limit_test: int | None, out_file: Path, repeat: int
+) -> dict[str, Any]:
     """Convert, write the ``.bfn``, verify against PyTorch and time the engine (batch 1, 1 thread)."""
     from ..bench._timing import measure
     from ..convert import convert, verify
@@ -64,9 +66,15 @@ def _deploy(ckpt: str, data: str, limit_test: int | None, out_file: Path, repeat
     eng = Engine(graph, threads=1)
     x1 = x[:1]
     ms = measure(lambda: eng.logits(x1), repeat=repeat, warmup=5).median_ms
-    return {"bfn_bytes": out_file.stat().st_size, "engine_ms": ms, "sign_mismatches": v["sign_mismatches"],
-            "prediction_mismatches": v["prediction_mismatches"], "near_threshold": v["near_threshold"]["count"],
-            "accuracy_integer": v["accuracy_integer"], "verify_samples": v["samples"]}
+    return {
+        "bfn_bytes": out_file.stat().st_size,
+        "engine_ms": ms,
+        "sign_mismatches": v["sign_mismatches"],
+        "prediction_mismatches": v["prediction_mismatches"],
+        "near_threshold": v["near_threshold"]["count"],
+        "accuracy_integer": v["accuracy_integer"],
+        "verify_samples": v["samples"],
+    }
 
 
 def reproduce_survey(
@@ -109,40 +117,71 @@ def reproduce_survey(
     small: dict[str, Any] = {"width": width} if width else {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    common: dict[str, Any] = {"data": data, "epochs": epochs, "limit_train": limit_train, "limit_test": limit_test}
+    common: dict[str, Any] = {
+        "data": data,
+        "epochs": epochs,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+    }
     t_start = time.perf_counter()
 
     twin = TWINS[backbone]
     fp_runs = {}
     for s in seeds:
         log(f"[survey] full-precision twin {twin}, seed {s}")
-        fp_runs[s] = _train(out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common)
+        fp_runs[s] = _train(
+            out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common
+        )
     fp_model, _ = model_from_checkpoint(fp_runs[seeds[0]]["checkpoint"])
     from ..data import eval_arrays
 
     x1, _ = eval_arrays(data, 1)
     fp_ms = _timing_torch(fp_model, x1, repeat)
     fp_acc = [fp_runs[s]["test_accuracy"] for s in seeds]
-    rows: list[dict[str, Any]] = [{
-        "method": "full precision", "title": f"{twin} (PyTorch fp32)", "w_bits": 32, "a_bits": 32,
-        "accuracy_mean": float(np.mean(fp_acc)), "accuracy_sd": float(np.std(fp_acc, ddof=1)) if len(fp_acc) > 1 else 0.0,
-        "accuracies": fp_acc, "survey": "CIFAR-10 93.8 (Table 3, VGG-Small 32/32)", "deploy": "PyTorch fp32 baseline",
-        "torch_fp32_ms": fp_ms, "engine_ms": None, "speedup": None, "bfn_bytes": None,
-    }]
+    rows: list[dict[str, Any]] = [
+        {
+            "method": "full precision",
+            "title": f"{twin} (PyTorch fp32)",
+            "w_bits": 32,
+            "a_bits": 32,
+            "accuracy_mean": float(np.mean(fp_acc)),
+            "accuracy_sd": float(np.std(fp_acc, ddof=1)) if len(fp_acc) > 1 else 0.0,
+            "accuracies": fp_acc,
+            "survey": "CIFAR-10 93.8 (Table 3, VGG-Small 32/32)",
+            "deploy": "PyTorch fp32 baseline",
+            "torch_fp32_ms": fp_ms,
+            "engine_ms": None,
+            "speedup": None,
+            "bfn_bytes": None,
+        }
+    ]
     for name in names:
         m = M.get_method(name)
         accs, runs = [], []
         for s in seeds:
             margs = {"teacher": fp_runs[s]["checkpoint"]} if name == "kd" else {}
             log(f"[survey] {name}, seed {s}")
-            r = _train(out / name / f"seed{s}", model=backbone, seed=s, model_kwargs=dict(small), method=name,
-                       method_args=margs, **common)
+            r = _train(
+                out / name / f"seed{s}",
+                model=backbone,
+                seed=s,
+                model_kwargs=dict(small),
+                method=name,
+                method_args=margs,
+                **common,
+            )
             accs.append(r["test_accuracy"])
             runs.append(r)
         row: dict[str, Any] = {
-            "method": name, "title": m.title, "w_bits": m.bits[0], "a_bits": m.bits[1],
-            "accuracy_mean": float(np.mean(accs)), "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-            "accuracies": accs, "survey": m.survey, "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+            "method": name,
+            "title": m.title,
+            "w_bits": m.bits[0],
+            "a_bits": m.bits[1],
+            "accuracy_mean": float(np.mean(accs)),
+            "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "accuracies": accs,
+            "survey": m.survey,
+            "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
         }
         if m.deployable:
             log(f"[survey] {name}: convert, verify, time the engine")
@@ -151,11 +190,27 @@ def reproduce_survey(
             row["deploy"] = "pure xnor-popcount + thresholds"
             row["speedup"] = fp_ms / d["engine_ms"]
         else:
-            row.update({"deploy": f"not yet: {m.deploy}", "engine_ms": None, "speedup": None, "bfn_bytes": None})
+            row.update(
+                {
+                    "deploy": f"not yet: {m.deploy}",
+                    "engine_ms": None,
+                    "speedup": None,
+                    "bfn_bytes": None,
+                }
+            )
         rows.append(row)
-    report = {"quick": quick, "backbone": backbone, "twin": twin, "seeds": list(seeds), "epochs": epochs,
-              "limit_train": limit_train, "limit_test": limit_test, "width": width, "rows": rows,
-              "seconds": time.perf_counter() - t_start}
+    report = {
+        "quick": quick,
+        "backbone": backbone,
+        "twin": twin,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+        "width": width,
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+    }
     text = format_report(report)
     atomic_write_bytes(out / "report.md", (text + "\n").encode())
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -173,8 +228,18 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ms = r.get("engine_ms") or r.get("torch_fp32_ms")
         if ms is None:
             continue
-        ax.scatter(ms, 100 * r["accuracy_mean"], color="tab:red" if r["method"] == "full precision" else "tab:blue")
-        ax.annotate(r["method"], (ms, 100 * r["accuracy_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter(
+            ms,
+            100 * r["accuracy_mean"],
+            color="tab:red" if r["method"] == "full precision" else "tab:blue",
+        )
+        ax.annotate(
+            r["method"],
+            (ms, 100 * r["accuracy_mean"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("ms per image (batch 1, 1 thread): engine, or PyTorch fp32 for the twin")
     ax.set_ylabel("test accuracy (%)")
@@ -186,21 +251,36 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def format_report(r: dict[str, Any]) -> str:
     seeds = len(r["seeds"])
-    head = (f"Survey methods on Fashion-MNIST ({'quick, ' if r['quick'] else ''}backbone {r['backbone']}, width "
-            f"{r['width'] or 'default'}, {r['epochs'] or 'recipe'} epochs, {r['limit_train'] or 'all'} training samples, "
-            f"{seeds} seed{'s' if seeds > 1 else ''})")
-    lines = [head, "",
-             "| method | W/A | test acc. % (mean +- sd) | survey (CIFAR-10 / ImageNet) | deploy | .bfn bytes | engine ms | "
-             "speed-up vs fp32 | verify (sign / pred. mismatches) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    head = (
+        f"Survey methods on Fashion-MNIST ({'quick, ' if r['quick'] else ''}backbone {r['backbone']}, width "
+        f"{r['width'] or 'default'}, {r['epochs'] or 'recipe'} epochs, {r['limit_train'] or 'all'} training samples, "
+        f"{seeds} seed{'s' if seeds > 1 else ''})"
+    )
+    lines = [
+        head,
+        "",
+        "| method | W/A | test acc. % (mean +- sd) | survey (CIFAR-10 / ImageNet) | deploy | .bfn bytes | engine ms | "
+        "speed-up vs fp32 | verify (sign / pred. mismatches) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in r["rows"]:
         acc = f"{100 * x['accuracy_mean']:.2f} +- {100 * x['accuracy_sd']:.2f}"
-        ms = f"{x['engine_ms']:.3f}" if x.get("engine_ms") else (f"({x['torch_fp32_ms']:.3f} torch)" if x.get("torch_fp32_ms") else "-")
+        ms = (
+            f"{x['engine_ms']:.3f}"
+            if x.get("engine_ms")
+            else (f"({x['torch_fp32_ms']:.3f} torch)" if x.get("torch_fp32_ms") else "-")
+        )
         sp = f"{x['speedup']:.1f}x" if x.get("speedup") else "-"
         by = str(x["bfn_bytes"]) if x.get("bfn_bytes") else "-"
-        ver = f"{x['sign_mismatches']} / {x['prediction_mismatches']}" if "sign_mismatches" in x else "-"
-        lines.append(f"| {x['method']} | {x['w_bits']}/{x['a_bits']} | {acc} | {x['survey']} | {x['deploy']} | {by} | {ms} | "
-                     f"{sp} | {ver} |")
+        ver = (
+            f"{x['sign_mismatches']} / {x['prediction_mismatches']}"
+            if "sign_mismatches" in x
+            else "-"
+        )
+        lines.append(
+            f"| {x['method']} | {x['w_bits']}/{x['a_bits']} | {acc} | {x['survey']} | {x['deploy']} | {by} | {ms} | "
+            f"{sp} | {ver} |"
+        )
     lines.append("")
     lines.append(f"total {r['seconds'] / 60:.1f} min")
     return "\n".join(lines)

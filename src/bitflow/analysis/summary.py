@@ -71,7 +71,11 @@ def _trace_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_
     hooks = []
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
     for n, m in mods:
-        hooks.append(m.register_forward_hook(lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(out.shape))))
+        hooks.append(
+            m.register_forward_hook(
+                lambda mod, inp, out, n=n: shapes.__setitem__(n, tuple(out.shape))
+            )
+        )
     was = model.training
     model.eval()
     try:
@@ -86,7 +90,11 @@ def _trace_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_
         s = shapes[n]
         if isinstance(m, BinaryConv2d):
             kh, kw = m.kernel_size  # type: ignore[misc]
-            layers.append(_Layer(n, m, m.in_channels, m.out_channels, kh, (s[2], s[3]), m.in_channels * kh * kw))
+            layers.append(
+                _Layer(
+                    n, m, m.in_channels, m.out_channels, kh, (s[2], s[3]), m.in_channels * kh * kw
+                )
+            )
         else:
             layers.append(_Layer(n, m, m.in_features, m.out_features, None, None, m.in_features))
     return layers
@@ -110,7 +118,9 @@ def _graph_bytes(model: nn.Module) -> tuple[list[dict[str, int]], int] | None:
     out: list[dict[str, int]] = []
     for op in graph.ops:
         if op.type in ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes"):
-            out.append({"bytes": int(sum(graph.tensors[t].nbytes for t in op.params.values())), "mem": 0})
+            out.append(
+                {"bytes": int(sum(graph.tensors[t].nbytes for t in op.params.values())), "mem": 0}
+            )
         elif op.type in ("threshold_bits", "threshold_planes") and out:
             out[-1]["bytes"] += int(sum(graph.tensors[t].nbytes for t in op.params.values()))
             v = values[op.outputs[0]]
@@ -118,7 +128,9 @@ def _graph_bytes(model: nn.Module) -> tuple[list[dict[str, int]], int] | None:
     return out, int(sum(t.nbytes for t in graph.tensors.values()))
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None, include_last: bool = False) -> dict[str, Any]:
+def summarize(
+    model: nn.Module, input_shape: tuple[int, int, int] | None = None, include_last: bool = False
+) -> dict[str, Any]:
     """Per-layer and total Size/Mem/MFLOP of the binary middle layers of ``model``.
 
     ``input_shape`` defaults to ``(model.in_channels, model.image_size, model.image_size)``.
@@ -147,7 +159,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
         elems = lay.cout * hw[0] * hw[1]
         weight_bits = lay.cout * lay.fan_in
         k2 = (lay.k or 1) ** 2
-        packed_weight_bytes = lay.cout * k2 * _words(lay.cin) * 8 if lay.k is not None else lay.cout * _words(lay.fan_in) * 8
+        packed_weight_bytes = (
+            lay.cout * k2 * _words(lay.cin) * 8
+            if lay.k is not None
+            else lay.cout * _words(lay.fan_in) * 8
+        )
         cols = {
             "xnor": {
                 "size_mb": (weight_bits / 8 + 4 * 4 * lay.cout) / MIB,
@@ -186,23 +202,37 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int] | None = None,
         }
         if label in PAPER_TABLE3 and len(layers) == 6:
             p = PAPER_TABLE3[label]
-            row["paper"] = {"xnor": dict(zip(("size_mb", "mem_mb", "mflop"), p[:3], strict=True)),
-                            "bitflow": dict(zip(("size_mb", "mem_mb", "mflop"), p[3:], strict=True))}
+            row["paper"] = {
+                "xnor": dict(zip(("size_mb", "mem_mb", "mflop"), p[:3], strict=True)),
+                "bitflow": dict(zip(("size_mb", "mem_mb", "mflop"), p[3:], strict=True)),
+            }
         rows.append(row)
     total: dict[str, Any] = {"layer": "TOTAL", "binary_mops": tot_mops, **tot}
     if gb is not None:
         total["file_tensor_bytes"] = gb[1]
     if len(layers) == 6:
         p = PAPER_TABLE3["TOTAL"]
-        total["paper"] = {"xnor": dict(zip(("size_mb", "mem_mb", "mflop"), p[:3], strict=True)),
-                          "bitflow": dict(zip(("size_mb", "mem_mb", "mflop"), p[3:], strict=True))}
-    return {"layers": rows, "total": total, "conventions": dict(CONVENTIONS), "input_shape": list(input_shape)}
+        total["paper"] = {
+            "xnor": dict(zip(("size_mb", "mem_mb", "mflop"), p[:3], strict=True)),
+            "bitflow": dict(zip(("size_mb", "mem_mb", "mflop"), p[3:], strict=True)),
+        }
+    return {
+        "layers": rows,
+        "total": total,
+        "conventions": dict(CONVENTIONS),
+        "input_shape": list(input_shape),
+    }
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """A text table: ours (xnor | bitflow | bitflow_packed) with the paper's values in brackets."""
     head = f"{'Layer':<9} {'FMap':<11} {'K':>2} {'FMapSize':>8} | " + " | ".join(
-        f"{c:^32}" for c in ("XNOR-Net Size Mem MFLOP", "BitFlow-Net Size Mem MFLOP", "bitflow packed Size Mem MFLOP")
+        f"{c:^32}"
+        for c in (
+            "XNOR-Net Size Mem MFLOP",
+            "BitFlow-Net Size Mem MFLOP",
+            "bitflow packed Size Mem MFLOP",
+        )
     )
     lines = [head, "-" * len(head)]
 

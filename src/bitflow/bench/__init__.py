@@ -46,8 +46,20 @@ BASELINES = ("torch", "ort", "openvino")
 BINARY_OPS = tuple(sorted(ops_in_group("binary")))  # the op table's binary group
 _BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-__all__ = ["BASELINES", "Timing", "bench", "bench_file", "bench_zoo", "blas_info", "clean_blas_env", "format_report",
-           "measure", "measure_interleaved", "parse_int_list", "zoo_model"]
+__all__ = [
+    "BASELINES",
+    "Timing",
+    "bench",
+    "bench_file",
+    "bench_zoo",
+    "blas_info",
+    "clean_blas_env",
+    "format_report",
+    "measure",
+    "measure_interleaved",
+    "parse_int_list",
+    "zoo_model",
+]
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
@@ -55,9 +67,13 @@ def parse_int_list(text: str, what: str) -> list[int]:
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be a comma-separated list of positive integers, got {text!r}") from None
+        raise ValueError(
+            f"{what} must be a comma-separated list of positive integers, got {text!r}"
+        ) from None
     if not vals or any(v < 1 for v in vals):
-        raise ValueError(f"{what} must be a comma-separated list of positive integers, got {text!r}")
+        raise ValueError(
+            f"{what} must be a comma-separated list of positive integers, got {text!r}"
+        )
     return vals
 
 
@@ -99,7 +115,9 @@ def zoo_model(name: str, seed: int = 0, **kwargs: Any) -> tuple[Graph, Any]:
                     m.weight.uniform_(-1.0, 1.0)
                     m.bias.uniform_(-0.5, 0.5)
     graph = convert(model)
-    base, fixed = _TWINS.get(name, (name.split("_", 1)[1] if name.startswith(("bitflow_", "xnor_")) else None, {}))
+    base, fixed = _TWINS.get(
+        name, (name.split("_", 1)[1] if name.startswith(("bitflow_", "xnor_")) else None, {})
+    )
     twin = None
     if base is not None and base in list_models():
         twin_kw = {k: v for k, v in kwargs.items() if k in _TWIN_KWARGS}
@@ -116,7 +134,16 @@ _TWINS: dict[str, tuple[str, dict[str, Any]]] = {
     "xnor_resnet18": ("resnet18", {"block": "bitflow"}),
 }
 # BNN options passed on to the twin (shape options only: never residual / quantizers / first_layer).
-_TWIN_KWARGS = ("num_classes", "in_channels", "image_size", "width", "fc", "stem", "downsample", "relu")
+_TWIN_KWARGS = (
+    "num_classes",
+    "in_channels",
+    "image_size",
+    "width",
+    "fc",
+    "stem",
+    "downsample",
+    "relu",
+)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -152,12 +179,19 @@ def _binary_layers(graph: Graph) -> list[dict[str, Any]]:
             o, c = w.shape[-2], a["k_bits"]
             macs, fan = o * c, c
             in_shape, out_shape = (c,), (o,)
-        out.append({
-            "name": op.name, "type": op.type, "in_shape": in_shape, "out_shape": out_shape,
-            "stride": tuple(a.get("stride", (1, 1))), "padding": tuple(a.get("padding", (0, 0))),
-            "binary_macs": int(macs) * pa * pw, "float32_weight_bytes": 4 * o * fan,
-            "packed_weight_bytes": int(w.nbytes),
-        })
+        out.append(
+            {
+                "name": op.name,
+                "type": op.type,
+                "in_shape": in_shape,
+                "out_shape": out_shape,
+                "stride": tuple(a.get("stride", (1, 1))),
+                "padding": tuple(a.get("padding", (0, 0))),
+                "binary_macs": int(macs) * pa * pw,
+                "float32_weight_bytes": 4 * o * fan,
+                "packed_weight_bytes": int(w.nbytes),
+            }
+        )
     return out
 
 
@@ -175,7 +209,10 @@ def _memory(graph: Graph, engine: Engine, layers: list[dict[str, Any]]) -> dict[
         eng_peak = max(eng_peak, srcs + _value_bytes(values[step.dst]))
         first = next(op for op in graph.ops if op.name == step.ops[0])
         scratch = max(scratch, _value_bytes(values[first.outputs[0]]))
-    f32_peak = max((4 * (int(np.prod(x["in_shape"])) + int(np.prod(x["out_shape"]))) for x in layers), default=0)
+    f32_peak = max(
+        (4 * (int(np.prod(x["in_shape"])) + int(np.prod(x["out_shape"]))) for x in layers),
+        default=0,
+    )
     return {
         "engine_middle_peak_activation_bytes": int(eng_peak),
         "float32_middle_peak_activation_bytes": int(f32_peak),
@@ -217,28 +254,40 @@ def _activation_memory(engine: Engine) -> dict[str, Any]:
         "float32_peak_bytes_per_sample": int(peak),
         "ratio_float32_over_engine": float(peak / eng) if eng else None,
         "rule": "values alive at once per sample (input included; a step's inputs and output together; "
-                "released after the last reader); float32: the same graph with every value float32",
+        "released after the last reader); float32: the same graph with every value float32",
     }
 
 
-def _file_sizes(graph: Graph, layers: list[dict[str, Any]], file_bytes: int, twin: Any) -> dict[str, Any]:
+def _file_sizes(
+    graph: Graph, layers: list[dict[str, Any]], file_bytes: int, twin: Any
+) -> dict[str, Any]:
     packed = sum(x["packed_weight_bytes"] for x in layers)
     f32 = sum(x["float32_weight_bytes"] for x in layers)
     thr = 0
     for op in graph.ops:
-        if op.type.startswith("threshold") and op.type not in ("threshold_f32_bits", "threshold_f32_planes"):
-            thr += int(graph.tensors[op.params["thr"]].nbytes + graph.tensors[op.params["direction"]].nbytes)
+        if op.type.startswith("threshold") and op.type not in (
+            "threshold_f32_bits",
+            "threshold_f32_planes",
+        ):
+            thr += int(
+                graph.tensors[op.params["thr"]].nbytes
+                + graph.tensors[op.params["direction"]].nbytes
+            )
     res: dict[str, Any] = {
         "bfn_bytes": int(file_bytes),
         "binary_layers_packed_weight_bytes": int(packed),
         "binary_layers_threshold_bytes": int(thr),
         "binary_layers_float32_weight_bytes": int(f32),
         "ratio_float32_over_packed": float(f32 / packed) if packed else None,
-        "ratio_float32_over_packed_with_thresholds": float(f32 / (packed + thr)) if packed + thr else None,
+        "ratio_float32_over_packed_with_thresholds": float(f32 / (packed + thr))
+        if packed + thr
+        else None,
     }
     if twin is not None:
         res["float32_twin_param_bytes"] = int(sum(4 * p.numel() for p in twin.parameters()))
-        res["ratio_float32_twin_over_bfn"] = res["float32_twin_param_bytes"] / file_bytes if file_bytes else None
+        res["ratio_float32_twin_over_bfn"] = (
+            res["float32_twin_param_bytes"] / file_bytes if file_bytes else None
+        )
     return res
 
 
@@ -247,7 +296,15 @@ def blas_info() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info
     except ImportError:
         return [{"note": "threadpoolctl not installed"}]
-    keep = ("user_api", "internal_api", "num_threads", "version", "architecture", "threading_layer", "prefix")
+    keep = (
+        "user_api",
+        "internal_api",
+        "num_threads",
+        "version",
+        "architecture",
+        "threading_layer",
+        "prefix",
+    )
     return [{k: d.get(k) for k in keep} for d in threadpool_info()]
 
 
@@ -255,7 +312,9 @@ def blas_info() -> list[dict[str, Any]]:
 class _Baselines:
     """Lazily built baseline runners; each missing optional package becomes a note."""
 
-    def __init__(self, graph: Graph, twin: Any, wanted: Iterable[str], workdir: Path, notes: list[str]) -> None:
+    def __init__(
+        self, graph: Graph, twin: Any, wanted: Iterable[str], workdir: Path, notes: list[str]
+    ) -> None:
         self.graph, self.twin, self.workdir, self.notes = graph, twin, workdir, notes
         self.wanted = set(wanted)
         self._onnx: dict[str, str] = {}
@@ -269,7 +328,9 @@ class _Baselines:
                 from ._graph_models import torch_twin
 
                 self.twin = torch_twin(graph)
-                notes.append("float32 twin built from the graph's layer shapes (no zoo twin for this model)")
+                notes.append(
+                    "float32 twin built from the graph's layer shapes (no zoo twin for this model)"
+                )
         if "ort" in self.wanted:
             try:
                 import onnx  # noqa: F401
@@ -277,8 +338,10 @@ class _Baselines:
 
                 self.versions["onnxruntime"] = ort.__version__
             except ImportError:
-                notes.append("onnx / onnxruntime not installed: ort_fp32_ms and ort_int8_ms skipped "
-                             "(pip install 'bitflow[bench]')")
+                notes.append(
+                    "onnx / onnxruntime not installed: ort_fp32_ms and ort_int8_ms skipped "
+                    "(pip install 'bitflow[bench]')"
+                )
                 self.wanted.discard("ort")
         if "openvino" in self.wanted:
             try:
@@ -286,12 +349,16 @@ class _Baselines:
 
                 self.versions["openvino"] = ov.__version__
             except ImportError:
-                notes.append("openvino not installed: openvino_bnn_ms skipped (pip install openvino)")
+                notes.append(
+                    "openvino not installed: openvino_bnn_ms skipped (pip install openvino)"
+                )
                 self.wanted.discard("openvino")
 
     def _input(self, batch: int, seed: int = 0) -> np.ndarray:
         spec = self.graph.input
-        return np.random.default_rng(seed).random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
+        return np.random.default_rng(seed).random(
+            (batch, spec.channels, spec.height, spec.width), dtype=np.float32
+        )
 
     def checks(self, engine: Engine, batch: int) -> dict[str, Any]:
         """Do the baselines compute the right thing? Output shapes of every runtime on one
@@ -314,14 +381,18 @@ class _Baselines:
             import onnxruntime as ort
 
             for kind in ("fp32", "int8"):
-                sess = ort.InferenceSession(self._onnx_files()[kind], providers=["CPUExecutionProvider"])
+                sess = ort.InferenceSession(
+                    self._onnx_files()[kind], providers=["CPUExecutionProvider"]
+                )
                 y = sess.run(None, {"input": x})[0]
                 shapes[f"ort_{kind}"] = list(y.shape)
                 if ref is not None and y.shape == ref.shape:
                     scale = float(np.abs(ref).max()) or 1.0
                     rel = float(np.abs(y - ref).max()) / scale
                     out[f"ort_{kind}_vs_torch_max_rel_diff"] = rel
-                    out[f"ort_{kind}_vs_torch_argmax_agree"] = float(np.mean(y.argmax(1) == ref.argmax(1)))
+                    out[f"ort_{kind}_vs_torch_argmax_agree"] = float(
+                        np.mean(y.argmax(1) == ref.argmax(1))
+                    )
             if "ort_fp32_vs_torch_max_rel_diff" in out:
                 out["ort_fp32_vs_torch_ok"] = bool(out["ort_fp32_vs_torch_max_rel_diff"] < 1e-4)
         if "openvino" in self.wanted:
@@ -363,8 +434,16 @@ class _Baselines:
         x = torch.from_numpy(self._input(1))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose
-            torch.onnx.export(self.twin, (x,), fp32, opset_version=17, dynamo=False, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+            torch.onnx.export(
+                self.twin,
+                (x,),
+                fp32,
+                opset_version=17,
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+            )
         shape = (1, spec.channels, spec.height, spec.width)
 
         class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -372,7 +451,9 @@ class _Baselines:
 
             def __init__(self) -> None:
                 rng = np.random.default_rng(1)
-                self.items = iter([{"input": rng.random(shape, dtype=np.float32)} for _ in range(8)])
+                self.items = iter(
+                    [{"input": rng.random(shape, dtype=np.float32)} for _ in range(8)]
+                )
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self.items, None)
@@ -382,8 +463,15 @@ class _Baselines:
         level = root.level
         root.setLevel(logging.ERROR)  # its pre-processing advice, printed on every call
         try:
-            quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=True)
+            quantize_static(
+                fp32,
+                int8,
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
         finally:
             root.setLevel(level)
         self._onnx = {"fp32": fp32, "int8": int8}
@@ -410,8 +498,12 @@ class _Baselines:
 
         if batch not in self._ov_models:
             self._ov_models[batch] = openvino_bnn(self.graph, batch)
-        cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                               "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        cfg: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if perf:
             cfg["PERF_COUNT"] = True
         return ov.Core().compile_model(self._ov_models[batch], "CPU", cfg)
@@ -421,7 +513,9 @@ class _Baselines:
         x = self._input(batch)
         return lambda: req.infer(x)
 
-    def ov_layer_ms(self, threads: int, batch: int, repeat: int, warmup: int) -> dict[str, dict[str, Any]]:
+    def ov_layer_ms(
+        self, threads: int, batch: int, repeat: int, warmup: int
+    ) -> dict[str, dict[str, Any]]:
         """Per node median / min / max ms from OpenVINO's own profiling counters."""
         req = self._ov_compiled(threads, batch, True).create_infer_request()
         x = self._input(batch)
@@ -436,7 +530,11 @@ class _Baselines:
         for name, ts in per.items():
             ts.sort()
             m = len(ts) // 2
-            out[name] = {"median": ts[m] if len(ts) % 2 else 0.5 * (ts[m - 1] + ts[m]), "min": ts[0], "max": ts[-1]}
+            out[name] = {
+                "median": ts[m] if len(ts) % 2 else 0.5 * (ts[m - 1] + ts[m]),
+                "min": ts[0],
+                "max": ts[-1],
+            }
         return out
 
 
@@ -447,8 +545,14 @@ def _torch_layer_fn(layer: dict[str, Any], threads: int, batch: int) -> Any:
     if layer["type"].startswith("bconv2d"):
         c, h, w = layer["in_shape"]
         o = layer["out_shape"][0]
-        mod: torch.nn.Module = torch.nn.Conv2d(c, o, kernel_size=layer["kernel"], stride=layer["stride"],
-                                               padding=layer["padding"], bias=False)
+        mod: torch.nn.Module = torch.nn.Conv2d(
+            c,
+            o,
+            kernel_size=layer["kernel"],
+            stride=layer["stride"],
+            padding=layer["padding"],
+            bias=False,
+        )
         x = torch.rand(batch, c, h, w)
     else:
         mod = torch.nn.Linear(layer["in_shape"][0], layer["out_shape"][0], bias=False)
@@ -488,9 +592,16 @@ def bench(
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
     if repeat < 1 or warmup < 0 or rounds < 1:
-        raise ValueError(f"repeat and rounds must be >= 1 and warmup >= 0, got repeat={repeat}, rounds={rounds}, "
-                         f"warmup={warmup}")
-    if not threads or not batches or any(int(t) < 1 for t in threads) or any(int(b) < 1 for b in batches):
+        raise ValueError(
+            f"repeat and rounds must be >= 1 and warmup >= 0, got repeat={repeat}, rounds={rounds}, "
+            f"warmup={warmup}"
+        )
+    if (
+        not threads
+        or not batches
+        or any(int(t) < 1 for t in threads)
+        or any(int(b) < 1 for b in batches)
+    ):
         raise ValueError("threads and batches must be non-empty lists of positive integers")
     notes: list[str] = []
     shape_layers = _binary_layers(graph)
@@ -515,7 +626,9 @@ def bench(
             "kernels": engine1.kernels,
             "kernel_info": dict(N.kernel_info(engine1.kernels)),
             "cpu_features": {k: bool(v) for k, v in N.cpu_features().items()},
-            "peak_binary_macs_per_s": float(N.peak_probe(engine1.kernels, probe_seconds)) if probe_seconds > 0 else None,
+            "peak_binary_macs_per_s": float(N.peak_probe(engine1.kernels, probe_seconds))
+            if probe_seconds > 0
+            else None,
             "repeat": repeat,
             "warmup": warmup,
             "versions": {"bitflow_engine": engine1.kernels, **base.versions},
@@ -531,8 +644,11 @@ def bench(
         for t in threads:
             eng = Engine(graph, kernels=kernels, threads=int(t))
             for b in batches:
-                result["settings"].append(_setting(eng, base, shape_layers, int(t), int(b), repeat, warmup, layers,
-                                                   rounds))
+                result["settings"].append(
+                    _setting(
+                        eng, base, shape_layers, int(t), int(b), repeat, warmup, layers, rounds
+                    )
+                )
         result["blas_after"] = blas_info()
     return result
 
@@ -541,10 +657,21 @@ def _bind(fn: Any, arg: Any) -> Any:
     return lambda: fn(arg)
 
 
-def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], t: int, b: int,
-             repeat: int, warmup: int, layers: bool, rounds: int = 1) -> dict[str, Any]:
+def _setting(
+    eng: Engine,
+    base: _Baselines,
+    shape_layers: list[dict[str, Any]],
+    t: int,
+    b: int,
+    repeat: int,
+    warmup: int,
+    layers: bool,
+    rounds: int = 1,
+) -> dict[str, Any]:
     spec = eng.graph.input
-    x = np.random.default_rng(0).random((b, spec.channels, spec.height, spec.width), dtype=np.float32)
+    x = np.random.default_rng(0).random(
+        (b, spec.channels, spec.height, spec.width), dtype=np.float32
+    )
     row: dict[str, Any] = {"threads": t, "batch": b}
     fns: dict[str, Any] = {"engine_ms": lambda: eng.logits(x)}
     if "torch" in base.wanted:
@@ -560,11 +687,15 @@ def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], 
     else:
         for key, fn in fns.items():
             row.update(measure(fn, repeat, warmup).to_json(key))
-    keys = [k for k in ("torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms") if k in row]
+    keys = [
+        k for k in ("torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms") if k in row
+    ]
     row["speedup"] = {k[:-3]: row[k] / row["engine_ms"] for k in keys}
     # per-call process CPU time: comparable between runtimes only with one thread each
     if t == 1:
-        row["speedup_cpu"] = {k[:-3]: row[f"{k}_cpu"] / row["engine_ms_cpu"] for k in keys if row["engine_ms_cpu"] > 0}
+        row["speedup_cpu"] = {
+            k[:-3]: row[f"{k}_cpu"] / row["engine_ms_cpu"] for k in keys if row["engine_ms_cpu"] > 0
+        }
     if not layers:
         return row
     # every step of the engine's fused plan, timed on its own input
@@ -583,24 +714,38 @@ def _setting(eng: Engine, base: _Baselines, shape_layers: list[dict[str, Any]], 
     out_layers = []
     for layer in shape_layers:
         tm = step_ms[layer["name"]]
-        ent: dict[str, Any] = {k: layer[k] for k in ("name", "type", "in_shape", "out_shape", "binary_macs")}
+        ent: dict[str, Any] = {
+            k: layer[k] for k in ("name", "type", "in_shape", "out_shape", "binary_macs")
+        }
         ent["binary_macs"] = layer["binary_macs"] * b
         ent["engine_step_ops"] = next(s["ops"] for s in steps if layer["name"] in s["ops"])
         ent.update(tm.to_json("engine_ms"))
         ent["binary_macs_per_s"] = ent["binary_macs"] / (tm.median_ms * 1e-3)
         ent["binary_macs_per_s_best"] = ent["binary_macs"] / (tm.min_ms * 1e-3)
         if "torch" in base.wanted:
-            ent.update(measure(_torch_layer_fn(layer, t, b), repeat, warmup).to_json("torch_fp32_ms"))
+            ent.update(
+                measure(_torch_layer_fn(layer, t, b), repeat, warmup).to_json("torch_fp32_ms")
+            )
         if layer["name"] in ov_nodes:
             o = ov_nodes[layer["name"]]
-            ent.update({"openvino_bnn_ms": o["median"], "openvino_bnn_ms_min": o["min"], "openvino_bnn_ms_max": o["max"]})
-            ent["openvino_binary_macs_per_s"] = ent["binary_macs"] / (o["median"] * 1e-3) if o["median"] > 0 else None
+            ent.update(
+                {
+                    "openvino_bnn_ms": o["median"],
+                    "openvino_bnn_ms_min": o["min"],
+                    "openvino_bnn_ms_max": o["max"],
+                }
+            )
+            ent["openvino_binary_macs_per_s"] = (
+                ent["binary_macs"] / (o["median"] * 1e-3) if o["median"] > 0 else None
+            )
         out_layers.append(ent)
     row["layers"] = out_layers
     return row
 
 
-def bench_zoo(name: str, *, seed: int = 0, model_kwargs: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+def bench_zoo(
+    name: str, *, seed: int = 0, model_kwargs: dict[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
     """:func:`bench` on a zoo model with random weights (see :func:`zoo_model`)."""
     graph, twin = zoo_model(name, seed=seed, **(model_kwargs or {}))
     res = bench(graph, twin=twin, model_name=name, **kw)
@@ -621,7 +766,6 @@ def _fmt_ms(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.3f}" if key in row else "-"
 
 
-
 def format_report(result: dict[str, Any]) -> str:
     """A plain-text summary of a :func:`bench` result (the JSON holds everything)."""
     lines = [
@@ -629,10 +773,19 @@ def format_report(result: dict[str, Any]) -> str:
         f"kernels {result['kernels']}, peak probe {result['peak_binary_macs_per_s'] or 0:.3g} binary MACs/s",
     ]
     cols = ("engine_ms", "torch_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "openvino_bnn_ms")
-    lines.append(f"{'threads':>7} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + "  (median ms)")
+    lines.append(
+        f"{'threads':>7} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + "  (median ms)"
+    )
     for row in result["settings"]:
-        lines.append(f"{row['threads']:>7} {row['batch']:>5} " + " ".join(f"{_fmt_ms(row, c):>16}" for c in cols))
-        lines.append(f"{'':>14}" + " ".join(f"{_fmt_ms(row, c + '_cpu'):>16}" for c in cols) + "  (CPU ms per call)")
+        lines.append(
+            f"{row['threads']:>7} {row['batch']:>5} "
+            + " ".join(f"{_fmt_ms(row, c):>16}" for c in cols)
+        )
+        lines.append(
+            f"{'':>14}"
+            + " ".join(f"{_fmt_ms(row, c + '_cpu'):>16}" for c in cols)
+            + "  (CPU ms per call)"
+        )
         sp = ", ".join(f"{k} {v:.2f}x" for k, v in row["speedup"].items())
         if sp:
             lines.append(f"{'':>14}engine speed-up: {sp}")
@@ -640,29 +793,46 @@ def format_report(result: dict[str, Any]) -> str:
         if sp:
             lines.append(f"{'':>14}engine speed-up in CPU time: {sp}")
         for layer in row.get("layers", []):
-            ov = f", openvino {layer['openvino_bnn_ms']:.3f} ms" if "openvino_bnn_ms" in layer else ""
+            ov = (
+                f", openvino {layer['openvino_bnn_ms']:.3f} ms"
+                if "openvino_bnn_ms" in layer
+                else ""
+            )
             tf = f", torch fp32 {layer['torch_fp32_ms']:.3f} ms" if "torch_fp32_ms" in layer else ""
-            lines.append(f"{'':>14}{layer['type']} {layer['name']}: engine {layer['engine_ms']:.3f} ms "
-                         f"({layer['binary_macs_per_s']:.3g} binary MACs/s){tf}{ov}")
+            lines.append(
+                f"{'':>14}{layer['type']} {layer['name']}: engine {layer['engine_ms']:.3f} ms "
+                f"({layer['binary_macs_per_s']:.3g} binary MACs/s){tf}{ov}"
+            )
     am = result.get("activation_memory")
     if am:
-        lines.append(f"peak activation memory per sample (whole network): engine {am['engine_peak_bytes_per_sample']} B, "
-                     f"float32 model of the same graph {am['float32_peak_bytes_per_sample']} B "
-                     f"({(am['ratio_float32_over_engine'] or 0):.1f}x less)")
+        lines.append(
+            f"peak activation memory per sample (whole network): engine {am['engine_peak_bytes_per_sample']} B, "
+            f"float32 model of the same graph {am['float32_peak_bytes_per_sample']} B "
+            f"({(am['ratio_float32_over_engine'] or 0):.1f}x less)"
+        )
     ch = result.get("checks")
     if ch:
         rel = ch.get("ort_fp32_vs_torch_max_rel_diff")
-        lines.append(f"checks: output shapes {'equal' if ch['output_shapes_ok'] else 'DIFFER'} "
-                     f"({', '.join(f'{k} {v}' for k, v in ch['output_shapes'].items())})"
-                     + (f"; ORT fp32 vs PyTorch max rel diff {rel:.2e} ({'ok' if ch['ort_fp32_vs_torch_ok'] else 'FAILED'})"
-                        if rel is not None else ""))
+        lines.append(
+            f"checks: output shapes {'equal' if ch['output_shapes_ok'] else 'DIFFER'} "
+            f"({', '.join(f'{k} {v}' for k, v in ch['output_shapes'].items())})"
+            + (
+                f"; ORT fp32 vs PyTorch max rel diff {rel:.2e} ({'ok' if ch['ort_fp32_vs_torch_ok'] else 'FAILED'})"
+                if rel is not None
+                else ""
+            )
+        )
     mem, f = result["memory"], result["file"]
-    lines.append(f"middle-layer activations per sample: engine {mem['engine_middle_peak_activation_bytes']} B, "
-                 f"float32 {mem['float32_middle_peak_activation_bytes']} B "
-                 f"({(mem['ratio_float32_over_engine'] or 0):.1f}x); int32 scratch {mem['engine_int32_scratch_bytes']} B")
-    lines.append(f"binary-layer weights: packed {f['binary_layers_packed_weight_bytes']} B vs float32 "
-                 f"{f['binary_layers_float32_weight_bytes']} B ({(f['ratio_float32_over_packed'] or 0):.1f}x); "
-                 f"file {f['bfn_bytes']} B")
+    lines.append(
+        f"middle-layer activations per sample: engine {mem['engine_middle_peak_activation_bytes']} B, "
+        f"float32 {mem['float32_middle_peak_activation_bytes']} B "
+        f"({(mem['ratio_float32_over_engine'] or 0):.1f}x); int32 scratch {mem['engine_int32_scratch_bytes']} B"
+    )
+    lines.append(
+        f"binary-layer weights: packed {f['binary_layers_packed_weight_bytes']} B vs float32 "
+        f"{f['binary_layers_float32_weight_bytes']} B ({(f['ratio_float32_over_packed'] or 0):.1f}x); "
+        f"file {f['bfn_bytes']} B"
+    )
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -47,11 +47,17 @@ def torch_twin(graph: Graph) -> Any:
         if t in ("conv2d_f32", "conv2d_u8i8", "bconv2d"):
             o, kh, kw = p["w"].shape[:3]
             c = a["channels"] if t == "bconv2d" else p["w"].shape[3]
-            mods.append(nn.Conv2d(c, o, (kh, kw), tuple(a["stride"]), tuple(a["padding"]), bias=t == "conv2d_f32"))
+            mods.append(
+                nn.Conv2d(
+                    c, o, (kh, kw), tuple(a["stride"]), tuple(a["padding"]), bias=t == "conv2d_f32"
+                )
+            )
         elif t in ("maxpool_f32", "maxpool_i32", "maxpool_bits"):
             mods.append(nn.MaxPool2d(tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])))
         elif t in ("threshold_bits", "threshold_f32_bits", "bitpack"):
-            ch = int(np.prod(values[op.inputs[0]].shape)) if flat else values[op.inputs[0]].shape[-1]
+            ch = (
+                int(np.prod(values[op.inputs[0]].shape)) if flat else values[op.inputs[0]].shape[-1]
+            )
             mods.append(nn.BatchNorm1d(ch) if flat else nn.BatchNorm2d(ch))
         elif t == "flatten":
             mods.append(nn.Flatten())
@@ -59,7 +65,9 @@ def torch_twin(graph: Graph) -> Any:
         elif t == "bdense":
             mods.append(nn.Linear(a["k_bits"], p["w"].shape[0], bias=False))
         elif t in ("scale_bias", "affine_f32"):
-            mods.append(nn.BatchNorm1d(p["scale"].shape[0]) if flat else nn.BatchNorm2d(p["scale"].shape[0]))
+            mods.append(
+                nn.BatchNorm1d(p["scale"].shape[0]) if flat else nn.BatchNorm2d(p["scale"].shape[0])
+            )
         elif t == "relu_f32":
             mods.append(nn.ReLU())
         elif t == "dense_f32":
@@ -82,13 +90,17 @@ def _pack_u1(pm1: np.ndarray) -> Any:
 
     tensor = ov.Tensor(ov.Type.u1, list(pm1.shape))
     bits = (pm1.reshape(-1) > 0).astype(np.uint8)
-    tensor.data[:] = np.packbits(bits, bitorder="little")[: tensor.data.size].reshape(tensor.data.shape)
+    tensor.data[:] = np.packbits(bits, bitorder="little")[: tensor.data.size].reshape(
+        tensor.data.shape
+    )
     return ov.op.Constant(tensor)
 
 
 def _unpack_pm1(words: np.ndarray, channels: int) -> np.ndarray:
     """Engine bits [..., Cw] (bit 1 = -1) -> +-1 float32 [..., channels]."""
-    bits = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1, bitorder="little")[..., :channels]
+    bits = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1, bitorder="little")[
+        ..., :channels
+    ]
     return np.where(bits == 1, -1.0, 1.0).astype(np.float32)
 
 
@@ -113,7 +125,9 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
     for op in graph.ops:
         for v in op.inputs:
             readers.setdefault(v, []).append(op)
-    vec: dict[str, bool] = {spec.name: False}  # True once activations are [N, K, 1, 1] vectors (after flatten)
+    vec: dict[str, bool] = {
+        spec.name: False
+    }  # True once activations are [N, K, 1, 1] vectors (after flatten)
 
     def chan_const(v: np.ndarray) -> Any:
         return ops.constant(np.asarray(v, np.float32).reshape(1, -1, 1, 1))
@@ -124,37 +138,69 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
         node = nodes[op.inputs[0]]
         is_vec = vec[op.inputs[0]]
         if t in _OV_UNSUPPORTED:
-            raise ValueError(f"OpenVINO baseline: multi-bit op {t!r} has no BinaryConvolution equivalent")
+            raise ValueError(
+                f"OpenVINO baseline: multi-bit op {t!r} has no BinaryConvolution equivalent"
+            )
         if t in ("conv2d_f32", "conv2d_u8i8"):
             w = np.ascontiguousarray(p["w"].astype(np.float32).transpose(0, 3, 1, 2))
             pad = list(a["padding"])
-            node = ops.convolution(node, ops.constant(w), list(a["stride"]), pad, pad, [1, 1], name=op.name)
+            node = ops.convolution(
+                node, ops.constant(w), list(a["stride"]), pad, pad, [1, 1], name=op.name
+            )
             if "bias" in p:
                 node = ops.add(node, chan_const(p["bias"]))
         elif t == "bconv2d":
             w = _unpack_pm1(p["w"], a["channels"]).transpose(0, 3, 1, 2)
             pad = list(a["padding"])
-            node = ops.binary_convolution(node, _pack_u1(np.ascontiguousarray(w)), list(a["stride"]), pad, pad, [1, 1],
-                                          "xnor-popcount", float(a["pad_value"]), name=op.name)
+            node = ops.binary_convolution(
+                node,
+                _pack_u1(np.ascontiguousarray(w)),
+                list(a["stride"]),
+                pad,
+                pad,
+                [1, 1],
+                "xnor-popcount",
+                float(a["pad_value"]),
+                name=op.name,
+            )
         elif t == "bdense":
             k = a["k_bits"]
             w = _unpack_pm1(p["w"], p["w"].shape[1] * 64)[:, :k].reshape(-1, k, 1, 1)
-            node = ops.binary_convolution(node, _pack_u1(np.ascontiguousarray(w)), [1, 1], [0, 0], [0, 0], [1, 1],
-                                          "xnor-popcount", 1.0, name=op.name)
+            node = ops.binary_convolution(
+                node,
+                _pack_u1(np.ascontiguousarray(w)),
+                [1, 1],
+                [0, 0],
+                [0, 0],
+                [1, 1],
+                "xnor-popcount",
+                1.0,
+                name=op.name,
+            )
         elif t in ("maxpool_f32", "maxpool_i32", "maxpool_bits"):
             pad = list(a["padding"])
-            node = ops.max_pool(node, list(a["stride"]), [1, 1], pad, pad, list(a["kernel"]), name=op.name).output(0)
+            node = ops.max_pool(
+                node, list(a["stride"]), [1, 1], pad, pad, list(a["kernel"]), name=op.name
+            ).output(0)
         elif t == "avgpool_f32":
             pad = list(a["padding"])
-            node = ops.avg_pool(node, list(a["stride"]), pad, pad, list(a["kernel"]), False, name=op.name)
+            node = ops.avg_pool(
+                node, list(a["stride"]), pad, pad, list(a["kernel"]), False, name=op.name
+            )
         elif t == "global_avgpool_f32":
-            node = ops.reduce_mean(node, ops.constant(np.array([2, 3], np.int64)), True, name=op.name)
+            node = ops.reduce_mean(
+                node, ops.constant(np.array([2, 3], np.int64)), True, name=op.name
+            )
         elif t == "add_f32":
             for other in op.inputs[1:]:
                 node = ops.add(node, nodes[other])
             node.set_friendly_name(op.name)
         elif t in ("threshold_bits", "threshold_f32_bits", "bitpack"):
-            ch = int(np.prod(values[op.inputs[0]].shape)) if is_vec else values[op.inputs[0]].shape[-1]
+            ch = (
+                int(np.prod(values[op.inputs[0]].shape))
+                if is_vec
+                else values[op.inputs[0]].shape[-1]
+            )
             thr = p["thr"].astype(np.float32) if "thr" in p else np.zeros(ch, np.float32)
             lo = chan_const(thr)
             # Output levels 0 and 1 make it the CPU plugin's "binarization" (a JIT kernel that
@@ -164,21 +210,43 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
             # convolution (the AlexNet / VGG chains: "unsupported reorder case" from blocked
             # f32 to u1); there the levels are -1 and +1: a FakeQuantize to f32 and a reorder.
             src = producer.get(op.inputs[0])
-            after_pool = src is not None and src.type.startswith("maxpool") and src.inputs[0] in producer \
+            after_pool = (
+                src is not None
+                and src.type.startswith("maxpool")
+                and src.inputs[0] in producer
                 and producer[src.inputs[0]].type in ("bconv2d", "bdense")
+            )
             to_binary = all(r.type in ("bconv2d", "bdense") for r in readers.get(op.outputs[0], []))
             low = 0.0 if to_binary and not after_pool else -1.0
-            node = ops.fake_quantize(node, lo, lo, ops.constant(np.float32(low)), ops.constant(np.float32(1)), 2, name=op.name)
+            node = ops.fake_quantize(
+                node,
+                lo,
+                lo,
+                ops.constant(np.float32(low)),
+                ops.constant(np.float32(1)),
+                2,
+                name=op.name,
+            )
         elif t == "flatten":
-            node = ops.reshape(node, ops.constant(np.array([0, -1, 1, 1], np.int64)), special_zero=True)
+            node = ops.reshape(
+                node, ops.constant(np.array([0, -1, 1, 1], np.int64)), special_zero=True
+            )
             is_vec = True
         elif t in ("scale_bias", "affine_f32"):
-            node = ops.add(ops.multiply(node, chan_const(p["scale"])), chan_const(p["bias"]), name=op.name)
+            node = ops.add(
+                ops.multiply(node, chan_const(p["scale"])), chan_const(p["bias"]), name=op.name
+            )
         elif t == "relu_f32":
             node = ops.relu(node)
         elif t == "dense_f32":
             node = ops.reshape(node, ops.constant(np.array([0, -1], np.int64)), special_zero=True)
-            node = ops.matmul(node, ops.constant(np.ascontiguousarray(p["w"].astype(np.float32))), False, True, name=op.name)
+            node = ops.matmul(
+                node,
+                ops.constant(np.ascontiguousarray(p["w"].astype(np.float32))),
+                False,
+                True,
+                name=op.name,
+            )
             if "bias" in p:
                 node = ops.add(node, ops.constant(p["bias"].astype(np.float32).reshape(1, -1)))
         else:

@@ -24,8 +24,12 @@ class Timing:
     def to_json(self, key: str) -> dict[str, Any]:
         """``{key: median, key_min: min, key_max: max, key_cpu: CPU median}`` (``key`` ends in
         ``_ms``)."""
-        return {key: self.median_ms, f"{key}_min": self.min_ms, f"{key}_max": self.max_ms,
-                f"{key}_cpu": self.cpu_median_ms}
+        return {
+            key: self.median_ms,
+            f"{key}_min": self.min_ms,
+            f"{key}_max": self.max_ms,
+            f"{key}_cpu": self.cpu_median_ms,
+        }
 
 
 def measure(fn: Callable[[], Any], repeat: int, warmup: int) -> Timing:
@@ -46,11 +50,18 @@ def measure(fn: Callable[[], Any], repeat: int, warmup: int) -> Timing:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     times.sort()
-    return Timing(1e3 * _median(times), 1e3 * times[0], 1e3 * times[-1], len(times), 1e3 * _median(sorted(cpu)))
+    return Timing(
+        1e3 * _median(times),
+        1e3 * times[0],
+        1e3 * times[-1],
+        len(times),
+        1e3 * _median(sorted(cpu)),
+    )
 
 
-def measure_interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int,
-                        rounds: int = 1) -> dict[str, Timing]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], repeat: int, warmup: int, rounds: int = 1
+) -> dict[str, Timing]:
     """Like :func:`measure` for several runtimes at once, interleaved: ``rounds`` rounds, each
     calling every ``fn`` in turn ``ceil(repeat / rounds)`` times (after ``warmup`` untimed calls
     of each in the first round and one untimed call per later round), so that a slow phase of
@@ -60,7 +71,9 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: 
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     if warmup < 0 or rounds < 1:
-        raise ValueError(f"warmup must be >= 0 and rounds >= 1, got warmup={warmup}, rounds={rounds}")
+        raise ValueError(
+            f"warmup must be >= 0 and rounds >= 1, got warmup={warmup}, rounds={rounds}"
+        )
     per = -(-repeat // rounds)
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
@@ -77,10 +90,16 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: 
     out = {}
     for key in fns:
         ts = sorted(times[key])
-        out[key] = Timing(1e3 * _median(ts), 1e3 * ts[0], 1e3 * ts[-1], len(ts), 1e3 * _median(sorted(cpu[key])))
+        out[key] = Timing(
+            1e3 * _median(ts), 1e3 * ts[0], 1e3 * ts[-1], len(ts), 1e3 * _median(sorted(cpu[key]))
+        )
     return out
 
 
 def _median(sorted_values: list[float]) -> float:
     mid = len(sorted_values) // 2
-    return sorted_values[mid] if len(sorted_values) % 2 else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
+    return (
+        sorted_values[mid]
+        if len(sorted_values) % 2
+        else 0.5 * (sorted_values[mid - 1] + sorted_values[mid])
+    )

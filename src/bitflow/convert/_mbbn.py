@@ -51,7 +51,9 @@ def quantizer_boundaries(where: str, layer: nn.Module) -> tuple[int, list[Fracti
         with torch.no_grad():
             t32 = float(iq.clip_range().detach().to(torch.float32))
         if not (math.isfinite(t32) and t32 > 0):
-            raise ValueError(f"layer {where!r}: quantizer range t must be finite and > 0, got {t32}")
+            raise ValueError(
+                f"layer {where!r}: quantizer range t must be finite and > 0, got {t32}"
+            )
         t = Fraction(t32)
         half = 1 << (m - 1)
         out: list[Fraction | None] = []
@@ -66,11 +68,19 @@ def quantizer_boundaries(where: str, layer: nn.Module) -> tuple[int, list[Fracti
             )
         return m, out
     if isinstance(iq, MultiBitInputQuantizer):
-        raise unsupported(where, what, f"input quantizer {type(iq).__name__} (only mbit_encoder and odd_linear convert)")
+        raise unsupported(
+            where,
+            what,
+            f"input quantizer {type(iq).__name__} (only mbit_encoder and odd_linear convert)",
+        )
     if isinstance(iq, Q.InputQuantizer) and int(getattr(iq, "bits", 1)) == 1:
         return 1, [Fraction(0)]
-    raise unsupported(where, what, f"its input_quantizer must be an M-bit MBBN quantizer or a 1-bit sign quantizer "
-                      f"(got {type(iq).__name__})")
+    raise unsupported(
+        where,
+        what,
+        f"its input_quantizer must be an M-bit MBBN quantizer or a 1-bit sign quantizer "
+        f"(got {type(iq).__name__})",
+    )
 
 
 def torch_levels(layer: nn.Module, u: torch.Tensor) -> torch.Tensor:
@@ -99,13 +109,21 @@ def weight_levels(where: str, layer: nn.Module) -> tuple[np.ndarray, int, np.nda
         raise ValueError(f"layer {where!r}: quantized weight levels are not integers")
     vi = v.astype(np.int64)
     if np.any(vi % 2 != 1) or np.any(np.abs(vi) > b):
-        raise ValueError(f"layer {where!r}: weight levels must be odd integers in [-{b}, {b}] for {k}-bit weights")
+        raise ValueError(
+            f"layer {where!r}: weight levels must be odd integers in [-{b}, {b}] for {k}-bit weights"
+        )
     o = vi.shape[0]
-    scale = np.ones(o, np.float32) if s is None else s.detach().to(torch.float32).numpy().astype(np.float32).reshape(-1)
+    scale = (
+        np.ones(o, np.float32)
+        if s is None
+        else s.detach().to(torch.float32).numpy().astype(np.float32).reshape(-1)
+    )
     if scale.shape != (o,):
         raise ValueError(f"layer {where!r}: output scale has shape {scale.shape}, expected ({o},)")
     if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        raise ValueError(f"layer {where!r}: the output scale scale_x * scale_w must be finite and > 0")
+        raise ValueError(
+            f"layer {where!r}: the output scale scale_x * scale_w must be finite and > 0"
+        )
     return vi, k, scale
 
 

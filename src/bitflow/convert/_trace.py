@@ -57,13 +57,23 @@ class Step:
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, FixedPointBN, StreamClamp)):
+        if isinstance(
+            m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, FixedPointBN, StreamClamp)
+        ):
             return True
         return super().is_leaf_module(m, qualname)
 
 
-def _pool_attrs(where: str, kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
-                return_indices: bool = False, what: str = "max-pool") -> dict[str, Any]:
+def _pool_attrs(
+    where: str,
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    ceil_mode: bool,
+    return_indices: bool = False,
+    what: str = "max-pool",
+) -> dict[str, Any]:
     def pair(v: Any) -> tuple[int, int]:
         if isinstance(v, int):
             return (v, v)
@@ -88,7 +98,11 @@ _FLATTEN_FUNCS = {torch.flatten}
 
 def _flatten_dims(where: str, start: int, end: int) -> None:
     if start != 1 or end not in (-1, 3):
-        raise unsupported(where, "flatten", f"only flatten(start_dim=1, end_dim=-1) is supported, got ({start}, {end})")
+        raise unsupported(
+            where,
+            "flatten",
+            f"only flatten(start_dim=1, end_dim=-1) is supported, got ({start}, {end})",
+        )
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -118,7 +132,11 @@ def trace_steps(model: nn.Module) -> list[Step]:
 
     def src(node: fx.Node, arg: Any) -> str:
         if not isinstance(arg, fx.Node) or arg not in alias:
-            raise unsupported(node.name, f"operation {node.target}", "its input is not a tensor the converter tracks")
+            raise unsupported(
+                node.name,
+                f"operation {node.target}",
+                "its input is not a tensor the converter tracks",
+            )
         return alias[arg]
 
     def emit(node: fx.Node, st: list[Step], inputs: list[str]) -> None:
@@ -166,20 +184,47 @@ def trace_steps(model: nn.Module) -> list[Step]:
             elif fn is F.max_pool2d or fname in ("max_pool2d", "_max_pool2d", "boolean_dispatch"):
                 a = list(node.args[1:]) + [None] * 6
                 kw = node.kwargs
-                emit(node, [Step("maxpool", node.name, attrs=_pool_attrs(
-                    node.name, kw.get("kernel_size", a[0]), kw.get("stride", a[1]),
-                    kw.get("padding", a[2] if a[2] is not None else 0),
-                    kw.get("dilation", a[3] if a[3] is not None else 1),
-                    bool(kw.get("ceil_mode", a[4] or False)), bool(kw.get("return_indices", a[5] or False)),
-                ))], [src(node, node.args[0])])
+                emit(
+                    node,
+                    [
+                        Step(
+                            "maxpool",
+                            node.name,
+                            attrs=_pool_attrs(
+                                node.name,
+                                kw.get("kernel_size", a[0]),
+                                kw.get("stride", a[1]),
+                                kw.get("padding", a[2] if a[2] is not None else 0),
+                                kw.get("dilation", a[3] if a[3] is not None else 1),
+                                bool(kw.get("ceil_mode", a[4] or False)),
+                                bool(kw.get("return_indices", a[5] or False)),
+                            ),
+                        )
+                    ],
+                    [src(node, node.args[0])],
+                )
             elif fn is F.avg_pool2d:
                 a = list(node.args[1:]) + [None] * 6
                 kw = node.kwargs
-                emit(node, [Step("avgpool", node.name, attrs=_avgpool_attrs(
-                    node.name, kw.get("kernel_size", a[0]), kw.get("stride", a[1]),
-                    kw.get("padding", a[2] if a[2] is not None else 0), bool(kw.get("ceil_mode", a[3] or False)),
-                    bool(kw.get("count_include_pad", True if a[4] is None else a[4])), kw.get("divisor_override", a[5]),
-                ))], [src(node, node.args[0])])
+                emit(
+                    node,
+                    [
+                        Step(
+                            "avgpool",
+                            node.name,
+                            attrs=_avgpool_attrs(
+                                node.name,
+                                kw.get("kernel_size", a[0]),
+                                kw.get("stride", a[1]),
+                                kw.get("padding", a[2] if a[2] is not None else 0),
+                                bool(kw.get("ceil_mode", a[3] or False)),
+                                bool(kw.get("count_include_pad", True if a[4] is None else a[4])),
+                                kw.get("divisor_override", a[5]),
+                            ),
+                        )
+                    ],
+                    [src(node, node.args[0])],
+                )
             elif fn is F.adaptive_avg_pool2d:
                 size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
                 _gap_check(node.name, size)
@@ -188,13 +233,19 @@ def trace_steps(model: nn.Module) -> list[Step]:
                 if node.kwargs.get("alpha", 1) != 1 or len(node.args) != 2:
                     raise unsupported(node.name, "add", "only a + b (alpha = 1) is supported")
                 if not all(isinstance(a, fx.Node) for a in node.args):
-                    raise unsupported(node.name, "add", "adding a constant is not supported; add two tensors")
+                    raise unsupported(
+                        node.name, "add", "adding a constant is not supported; add two tensors"
+                    )
                 emit(node, [Step("add", node.name)], [src(node, a) for a in node.args])
             elif fn is torch.cat:
                 tensors = node.args[0] if node.args else node.kwargs.get("tensors")
                 dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
                 if dim not in (1, -3) or not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
-                    raise unsupported(node.name, "torch.cat", "only concatenating 2+ feature maps along dim=1 is supported")
+                    raise unsupported(
+                        node.name,
+                        "torch.cat",
+                        "only concatenating 2+ feature maps along dim=1 is supported",
+                    )
                 emit(node, [Step("concat", node.name)], [src(node, a) for a in tensors])
             elif fn is operator.getitem:
                 raise unsupported(node.name, "indexing")
@@ -212,8 +263,16 @@ def trace_steps(model: nn.Module) -> list[Step]:
                 emit(node, [], [src(node, node.args[0])])
             elif m in ("add", "add_"):
                 if len(node.args) != 2 or node.kwargs or not isinstance(node.args[1], fx.Node):
-                    raise unsupported(node.name, f"x.{m}()", "only x.add(y) / x.add_(y) with a tensor y is supported")
-                emit(node, [Step("add", node.name)], [src(node, node.args[0]), src(node, node.args[1])])
+                    raise unsupported(
+                        node.name,
+                        f"x.{m}()",
+                        "only x.add(y) / x.add_(y) with a tensor y is supported",
+                    )
+                emit(
+                    node,
+                    [Step("add", node.name)],
+                    [src(node, node.args[0]), src(node, node.args[1])],
+                )
             elif m == "flatten":
                 start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
                 end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
@@ -225,13 +284,19 @@ def trace_steps(model: nn.Module) -> list[Step]:
                     shape = list(shape[0])
                 x = node.args[0]
                 ok = (
-                    len(shape) == 2 and shape[1] == -1 and isinstance(shape[0], fx.Node)
-                    and shape[0] in sizes and isinstance(x, fx.Node) and isinstance(shape[0].args[0], fx.Node)
+                    len(shape) == 2
+                    and shape[1] == -1
+                    and isinstance(shape[0], fx.Node)
+                    and shape[0] in sizes
+                    and isinstance(x, fx.Node)
+                    and isinstance(shape[0].args[0], fx.Node)
                     and alias.get(shape[0].args[0]) == alias.get(x)
                     and tuple(shape[0].args[1:]) == (0,)
                 )
                 if not ok:
-                    raise unsupported(node.name, f"x.{m}{tuple(shape)}", "only x.view(x.size(0), -1) is supported")
+                    raise unsupported(
+                        node.name, f"x.{m}{tuple(shape)}", "only x.view(x.size(0), -1) is supported"
+                    )
                 emit(node, [Step("flatten", node.name)], [src(node, x)])
             else:
                 raise unsupported(node.name, f"method .{m}()")
@@ -240,8 +305,15 @@ def trace_steps(model: nn.Module) -> list[Step]:
     return steps
 
 
-def _avgpool_attrs(where: str, kernel: Any, stride: Any, padding: Any, ceil_mode: bool, count_include_pad: bool,
-                   divisor_override: Any) -> dict[str, Any]:
+def _avgpool_attrs(
+    where: str,
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: Any,
+) -> dict[str, Any]:
     a = _pool_attrs(where, kernel, stride, padding, 1, ceil_mode, what="avg-pool")
     if divisor_override is not None:
         raise unsupported(where, "avg-pool", "divisor_override")
@@ -252,7 +324,9 @@ def _avgpool_attrs(where: str, kernel: Any, stride: Any, padding: Any, ceil_mode
 
 def _gap_check(where: str, size: Any) -> None:
     if size not in (1, (1, 1), [1, 1]):
-        raise unsupported(where, "adaptive avg-pool", f"only output size 1 (global average pooling), got {size!r}")
+        raise unsupported(
+            where, "adaptive avg-pool", f"only output size 1 (global average pooling), got {size!r}"
+        )
 
 
 def _module_step(name: str, m: nn.Module) -> list[Step]:
@@ -274,8 +348,12 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
     if type(m) is StreamClamp:
         return [Step("sclamp", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
-        raise unsupported(name, type(m).__name__, "subclasses of the bitflow layers have their own arithmetic; "
-                          "only the bitflow layers themselves (and MBitConv2d / MBitLinear) convert")
+        raise unsupported(
+            name,
+            type(m).__name__,
+            "subclasses of the bitflow layers have their own arithmetic; "
+            "only the bitflow layers themselves (and MBitConv2d / MBitLinear) convert",
+        )
     if type(m) is nn.Conv2d:
         return [Step("conv_first", name, m)]
     if type(m) is nn.Linear:
@@ -285,11 +363,39 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
     if isinstance(m, nn.ReLU):
         return [Step("relu", name, m)]
     if isinstance(m, nn.MaxPool2d):
-        return [Step("maxpool", name, m, _pool_attrs(name, m.kernel_size, m.stride, m.padding, m.dilation,
-                                                        m.ceil_mode, m.return_indices))]
+        return [
+            Step(
+                "maxpool",
+                name,
+                m,
+                _pool_attrs(
+                    name,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.ceil_mode,
+                    m.return_indices,
+                ),
+            )
+        ]
     if isinstance(m, nn.AvgPool2d):
-        return [Step("avgpool", name, m, _avgpool_attrs(name, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                                          m.count_include_pad, m.divisor_override))]
+        return [
+            Step(
+                "avgpool",
+                name,
+                m,
+                _avgpool_attrs(
+                    name,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.ceil_mode,
+                    m.count_include_pad,
+                    m.divisor_override,
+                ),
+            )
+        ]
     if isinstance(m, nn.AdaptiveAvgPool2d):
         _gap_check(name, m.output_size)
         return [Step("gap", name, m)]
@@ -300,7 +406,10 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return []
     if isinstance(m, nn.Sequential) and len(m) == 0:
         return []
-    raise unsupported(name, f"nn.{type(m).__name__}" if type(m).__module__.startswith("torch.nn") else type(m).__name__)
+    raise unsupported(
+        name,
+        f"nn.{type(m).__name__}" if type(m).__module__.startswith("torch.nn") else type(m).__name__,
+    )
 
 
 __all__ = ["SUPPORTED", "Step", "UnsupportedLayerError", "trace_steps", "unsupported"]

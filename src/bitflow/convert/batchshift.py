@@ -219,8 +219,16 @@ class _Lane:
     """Exact decision ``sign(BN(relu?(alpha * x + b))) == +1`` for one channel."""
 
     def __init__(
-        self, alpha: float, bias: float, relu: bool, mean: float, var: float, eps: float,
-        gamma: float, beta: float, boundary: Fraction = Fraction(0),
+        self,
+        alpha: float,
+        bias: float,
+        relu: bool,
+        mean: float,
+        var: float,
+        eps: float,
+        gamma: float,
+        beta: float,
+        boundary: Fraction = Fraction(0),
     ) -> None:
         self.alpha = Fraction(alpha)
         self.bias = Fraction(bias)
@@ -341,7 +349,11 @@ def _broadcast(name: str, a: np.ndarray | float | int, n: int, dtype: type) -> n
 
 
 def _lanes(
-    alpha: np.ndarray | float, bias: np.ndarray | float, bn: BNParams | None, relu: bool, n: int,
+    alpha: np.ndarray | float,
+    bias: np.ndarray | float,
+    bn: BNParams | None,
+    relu: bool,
+    n: int,
     boundary: Fraction = Fraction(0),
 ) -> list[_Lane]:
     bn = bn if bn is not None else BNParams.identity(n)
@@ -354,8 +366,17 @@ def _lanes(
     if not np.all(np.isfinite(bi)):
         raise ValueError("the layer bias contains NaN or infinity")
     return [
-        _Lane(float(al[i]), float(bi[i]), relu, float(bn.mean[i]), float(bn.var[i]),
-              float(bn.eps), float(bn.gamma[i]), float(bn.beta[i]), boundary)
+        _Lane(
+            float(al[i]),
+            float(bi[i]),
+            relu,
+            float(bn.mean[i]),
+            float(bn.var[i]),
+            float(bn.eps),
+            float(bn.gamma[i]),
+            float(bn.beta[i]),
+            boundary,
+        )
         for i in range(n)
     ]
 
@@ -460,8 +481,13 @@ def f32_keys(x: np.ndarray) -> np.ndarray:
     return np.where(k < 0, -(k & 0x7FFFFFFF), k)
 
 
-def float_thresholds(bn: BNParams | None, *, relu: bool = False, channels: int | None = None,
-                     boundary: Fraction = Fraction(0)) -> Thresholds:
+def float_thresholds(
+    bn: BNParams | None,
+    *,
+    relu: bool = False,
+    channels: int | None = None,
+    boundary: Fraction = Fraction(0),
+) -> Thresholds:
     """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
 
     For ``gamma > 0`` ``thr`` is the smallest finite float32 ``f`` for which the exact predicate
@@ -542,7 +568,7 @@ def _check_boundaries(boundaries: Sequence[Fraction | None]) -> list[Fraction | 
     if n < 1 or (n + 1) & n:
         raise ValueError(f"a multi-bit quantizer needs 2^M - 1 boundaries, got {n}")
     finite = [b for b in bs_ if b is not None]
-    if any(b is None for b in bs_[len(bs_) - len(finite):]) or any(
+    if any(b is None for b in bs_[len(bs_) - len(finite) :]) or any(
         b1 >= b2 for b1, b2 in zip(finite, finite[1:], strict=False)
     ):
         raise ValueError("boundaries must ascend strictly (None = -inf, only at the start)")
@@ -573,7 +599,9 @@ def level_int_thresholds(
     his = _broadcast("hi", hi, channels, np.int64)
     los = _broadcast("lo", lo, channels, np.int64)
     if np.any(his >= INT32_MAX) or np.any(los <= INT32_MIN):
-        raise ValueError("reachable range must lie strictly inside int32 (the thresholds need hi + 1, lo - 1)")
+        raise ValueError(
+            "reachable range must lie strictly inside int32 (the thresholds need hi + 1, lo - 1)"
+        )
     gam = (bn.gamma if bn is not None else np.ones(channels, np.float32)).astype(np.float64)
     direction = np.where(gam < 0, -1, 1).astype(np.int8)
     n_l = len(bl)
@@ -583,21 +611,42 @@ def level_int_thresholds(
         if b is None:
             kind[:, l_] = CONST_POS
         else:
-            th = int_thresholds(lo=los, hi=his, bn=bn, alpha=alpha, bias=bias, relu=relu, channels=channels,
-                                boundary=b)
+            th = int_thresholds(
+                lo=los,
+                hi=his,
+                bn=bn,
+                alpha=alpha,
+                bias=bias,
+                relu=relu,
+                channels=channels,
+                boundary=b,
+            )
             kind[:, l_] = th.kind
             thr[:, l_] = th.thr
         k = kind[:, l_]
         up = direction > 0
-        thr[:, l_] = np.where(k == CONST_POS, np.where(up, INT32_MIN, INT32_MAX),
-                              np.where(k == CONST_NEG, np.where(up, his + 1, los - 1), thr[:, l_]))
-    if np.any((kind == GE) & (direction[:, None] < 0)) or np.any((kind == LE) & (direction[:, None] > 0)):
-        raise AssertionError("internal error: threshold kind disagrees with the sign of gamma")  # pragma: no cover
-    return LevelThresholds(thr=np.sort(thr, axis=1).astype(np.int32), direction=direction, kind=kind)
+        thr[:, l_] = np.where(
+            k == CONST_POS,
+            np.where(up, INT32_MIN, INT32_MAX),
+            np.where(k == CONST_NEG, np.where(up, his + 1, los - 1), thr[:, l_]),
+        )
+    if np.any((kind == GE) & (direction[:, None] < 0)) or np.any(
+        (kind == LE) & (direction[:, None] > 0)
+    ):
+        raise AssertionError(
+            "internal error: threshold kind disagrees with the sign of gamma"
+        )  # pragma: no cover
+    return LevelThresholds(
+        thr=np.sort(thr, axis=1).astype(np.int32), direction=direction, kind=kind
+    )
 
 
 def level_float_thresholds(
-    bn: BNParams | None, *, boundaries: Sequence[Fraction | None], relu: bool = False, channels: int | None = None,
+    bn: BNParams | None,
+    *,
+    boundaries: Sequence[Fraction | None],
+    relu: bool = False,
+    channels: int | None = None,
 ) -> Thresholds:
     """Float32 "thermometer" thresholds of ``Q_M(BN(pool(relu?(y))))`` on a float32 ``y``.
 
@@ -615,22 +664,33 @@ def level_float_thresholds(
     parts: list[Thresholds] = []
     for b in bl:
         if b is None:
-            parts.append(Thresholds(thr=np.full(channels, -np.inf, np.float32), direction=np.ones(channels, np.int8),
-                                    kind=np.full(channels, CONST_POS, np.int8), tau=np.full(channels, np.nan)))
+            parts.append(
+                Thresholds(
+                    thr=np.full(channels, -np.inf, np.float32),
+                    direction=np.ones(channels, np.int8),
+                    kind=np.full(channels, CONST_POS, np.int8),
+                    tau=np.full(channels, np.nan),
+                )
+            )
         else:
             parts.append(float_thresholds(bn, relu=relu, channels=channels, boundary=b))
 
     def inter(name: str) -> np.ndarray:
         return np.stack([getattr(t, name) for t in parts], axis=1).reshape(channels * n_l)
 
-    return Thresholds(thr=inter("thr"), direction=inter("direction"), kind=inter("kind"), tau=inter("tau"))
+    return Thresholds(
+        thr=inter("thr"), direction=inter("direction"), kind=inter("kind"), tau=inter("tau")
+    )
 
 
 # --------------------------------------------------------------------------- reference forms
 
 
 def paper_threshold(
-    *, alpha: np.ndarray | float, bn: BNParams, lo: np.ndarray | int | None = None,
+    *,
+    alpha: np.ndarray | float,
+    bn: BNParams,
+    lo: np.ndarray | int | None = None,
     hi: np.ndarray | int | None = None,
 ) -> Thresholds:
     """BitFlow-Net Eq. 13-17 *as printed* (no ReLU, no bias): kept to demonstrate their error.
@@ -718,5 +778,7 @@ def float_plane_thresholds(lanes: Thresholds, channels: int) -> tuple[np.ndarray
     inf = np.float32(np.inf)
     always = np.where(up, -inf, inf)[:, None]
     never = np.where(up, inf, -inf)[:, None]
-    out = np.where(kind == CONST_POS, always, np.where(kind == CONST_NEG, never, thr)).astype(np.float32)
+    out = np.where(kind == CONST_POS, always, np.where(kind == CONST_NEG, never, thr)).astype(
+        np.float32
+    )
     return np.sort(out, axis=1), np.where(up, 1, -1).astype(np.int8)

@@ -90,8 +90,15 @@ class _Builder:
         self._names[base] = k + 1
         return base if k == 0 else f"{base}_{k}"
 
-    def add(self, type_: str, x: str, *, name: str, attrs: dict[str, Any] | None = None,
-            params: dict[str, np.ndarray] | None = None) -> str:
+    def add(
+        self,
+        type_: str,
+        x: str,
+        *,
+        name: str,
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, np.ndarray] | None = None,
+    ) -> str:
         opname = self._unique(name)
         pnames: dict[str, str] = {}
         for role, arr in (params or {}).items():
@@ -108,12 +115,22 @@ class _Builder:
 def _bn_params(name: str, m: nn.Module) -> bs.BNParams:
     assert isinstance(m, nn.modules.batchnorm._BatchNorm)
     if m.running_mean is None or m.running_var is None:
-        raise unsupported(name, type(m).__name__, "BatchNorm without running statistics (track_running_stats=False)")
+        raise unsupported(
+            name,
+            type(m).__name__,
+            "BatchNorm without running statistics (track_running_stats=False)",
+        )
     n = m.num_features
     gamma = _f32(m.weight) if m.weight is not None else np.ones(n, np.float32)
     beta = _f32(m.bias) if m.bias is not None else np.zeros(n, np.float32)
     try:
-        return bs.BNParams(mean=_f32(m.running_mean), var=_f32(m.running_var), eps=float(m.eps), gamma=gamma, beta=beta)
+        return bs.BNParams(
+            mean=_f32(m.running_mean),
+            var=_f32(m.running_var),
+            eps=float(m.eps),
+            gamma=gamma,
+            beta=beta,
+        )
     except ValueError as e:
         raise ValueError(f"BatchNorm {name!r}: {e}") from None
 
@@ -140,16 +157,24 @@ class _Converter:
         self._check_conv(step.name, m)
         c_in = self.b.values[x].shape[2]
         if m.in_channels != c_in:
-            raise ValueError(f"layer {step.name!r} expects {m.in_channels} input channels, the input has {c_in}")
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_channels} input channels, the input has {c_in}"
+            )
         attrs = {"stride": list(m.stride), "padding": list(m.padding), "source": step.name}
         if step.kind == "int8_first":
             with torch.no_grad():
                 q, s = m.quantized_weight()  # type: ignore[operator]
                 # integer_output: the model itself returns the integer accumulator (FixedPointBN next)
-                alpha = np.ones(m.out_channels, np.float32) if getattr(m, "integer_output", False) else _f32(s / 255.0)
+                alpha = (
+                    np.ones(m.out_channels, np.float32)
+                    if getattr(m, "integer_output", False)
+                    else _f32(s / 255.0)
+                )
             qn = q.detach().numpy()
             if not np.array_equal(qn, np.round(qn)) or np.abs(qn).max(initial=0) > 127:
-                raise ValueError(f"layer {step.name!r}: quantized weights are not integers in [-127, 127]")
+                raise ValueError(
+                    f"layer {step.name!r}: quantized weights are not integers in [-127, 127]"
+                )
             w = np.ascontiguousarray(qn.transpose(0, 2, 3, 1)).astype(np.int8)
             out = self.b.add("conv2d_u8i8", x, name=step.name, attrs=attrs, params={"w": w})
             q64 = qn.reshape(qn.shape[0], -1).astype(np.int64)
@@ -157,8 +182,17 @@ class _Converter:
             hi = 255 * np.maximum(q64, 0).sum(1)
             bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
             v = self.b.values[out]
-            return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
-                           alpha=alpha, bias=bias, lo=lo, hi=hi)
+            return Pending(
+                out,
+                step.name,
+                True,
+                m.out_channels,
+                (m.out_channels, v.shape[0], v.shape[1]),
+                alpha=alpha,
+                bias=bias,
+                lo=lo,
+                hi=hi,
+            )
         w32 = _f32(m.weight)
         params = {"w": np.ascontiguousarray(w32.transpose(0, 2, 3, 1))}
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
@@ -168,9 +202,19 @@ class _Converter:
         v = self.b.values[out]
         fan = w32[0].size
         # standard float32 summation bound: |err| <= fan_in * u * (sum |w| * max|x| + |b|), x in [0,1]
-        err = fan * float(np.finfo(np.float32).eps) * (np.abs(w32).reshape(w32.shape[0], -1).sum(1) + np.abs(bias))
-        return Pending(out, step.name, False, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
-                       err_bound=err.astype(np.float64))
+        err = (
+            fan
+            * float(np.finfo(np.float32).eps)
+            * (np.abs(w32).reshape(w32.shape[0], -1).sum(1) + np.abs(bias))
+        )
+        return Pending(
+            out,
+            step.name,
+            False,
+            m.out_channels,
+            (m.out_channels, v.shape[0], v.shape[1]),
+            err_bound=err.astype(np.float64),
+        )
 
     def _check_conv(self, name: str, m: nn.Conv2d) -> None:
         if isinstance(m.padding, str):
@@ -183,12 +227,19 @@ class _Converter:
     def _binary_weights(self, name: str, m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         iq = getattr(m, "input_quantizer", None)
         if not isinstance(iq, Q.InputQuantizer) or iq.bits != 1:
-            raise unsupported(name, type(m).__name__, "its input_quantizer must be a 1-bit sign quantizer "
-                              f"(got {type(iq).__name__})")
+            raise unsupported(
+                name,
+                type(m).__name__,
+                f"its input_quantizer must be a 1-bit sign quantizer (got {type(iq).__name__})",
+            )
         wq = getattr(m, "weight_quantizer", None)
         if not isinstance(wq, Q.WeightQuantizer) or wq.bits != 1:
-            raise unsupported(name, type(m).__name__, "its weight_quantizer must be a 1-bit weight quantizer "
-                              f"('sign' or 'xnor'; got {type(wq).__name__})")
+            raise unsupported(
+                name,
+                type(m).__name__,
+                "its weight_quantizer must be a 1-bit weight quantizer "
+                f"('sign' or 'xnor'; got {type(wq).__name__})",
+            )
         with torch.no_grad():
             b, alpha = m.quantized_weight()  # type: ignore[operator]
         bn_ = b.detach().numpy()
@@ -197,7 +248,9 @@ class _Converter:
         o = bn_.shape[0]
         a = _f32(alpha) if alpha is not None else np.ones(o, np.float32)
         if not np.all(np.isfinite(a)) or np.any(a <= 0):
-            raise ValueError(f"layer {name!r}: scaling factor alpha must be > 0 (a channel has all-zero weights?)")
+            raise ValueError(
+                f"layer {name!r}: scaling factor alpha must be > 0 (a channel has all-zero weights?)"
+            )
         return bn_, a
 
     def binary_conv(self, step: Step, bits: str) -> Pending:
@@ -207,16 +260,32 @@ class _Converter:
         b, alpha = self._binary_weights(step.name, m)
         vin = self.b.values[bits]
         if m.in_channels != vin.channels:
-            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}")
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}"
+            )
         w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
-        attrs = {"channels": m.in_channels, "stride": list(m.stride), "padding": list(m.padding),
-                 "pad_value": int(getattr(m, "pad_value", 0)), "source": step.name}
+        attrs = {
+            "channels": m.in_channels,
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "pad_value": int(getattr(m, "pad_value", 0)),
+            "source": step.name,
+        }
         out = self.b.add("bconv2d", bits, name=step.name, attrs=attrs, params={"w": w})
         v = self.b.values[out]
         n = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-        return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
-                       alpha=alpha, bias=bias, lo=np.full(m.out_channels, -n), hi=np.full(m.out_channels, n))
+        return Pending(
+            out,
+            step.name,
+            True,
+            m.out_channels,
+            (m.out_channels, v.shape[0], v.shape[1]),
+            alpha=alpha,
+            bias=bias,
+            lo=np.full(m.out_channels, -n),
+            hi=np.full(m.out_channels, n),
+        )
 
     def binary_linear(self, step: Step, bits: str, chw: tuple[int, int, int] | None) -> Pending:
         m = step.module
@@ -224,7 +293,9 @@ class _Converter:
         b, alpha = self._binary_weights(step.name, m)
         vin = self.b.values[bits]
         if m.in_features != vin.real_bits:
-            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}")
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}"
+            )
         if chw is not None:  # columns from PyTorch's NCHW flatten order to the engine's NHWC order
             c, h, w_ = chw
             b4 = b.reshape(b.shape[0], c, h, w_).transpose(0, 2, 3, 1)  # [O, H, W, C]
@@ -240,8 +311,17 @@ class _Converter:
         out = self.b.add("bdense", bits, name=step.name, attrs=attrs, params={"w": packed})
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
         n = m.in_features
-        return Pending(out, step.name, True, m.out_features, None, alpha=alpha, bias=bias,
-                       lo=np.full(m.out_features, -n), hi=np.full(m.out_features, n))
+        return Pending(
+            out,
+            step.name,
+            True,
+            m.out_features,
+            None,
+            alpha=alpha,
+            bias=bias,
+            lo=np.full(m.out_features, -n),
+            hi=np.full(m.out_features, n),
+        )
 
     # ----------------------------------------------------------------- consumers
     def _per_feature(self, p: Pending) -> bool:
@@ -277,7 +357,9 @@ class _Converter:
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         if p.is_int:
-            th = bs.int_thresholds(lo=lo, hi=hi, bn=bnp, alpha=alpha, bias=bias, relu=p.relu, channels=lanes)
+            th = bs.int_thresholds(
+                lo=lo, hi=hi, bn=bnp, alpha=alpha, bias=bias, relu=p.relu, channels=lanes
+            )
         else:
             th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes)
         ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature)
@@ -299,12 +381,26 @@ class _Converter:
         tname = f"{p.bn_name or p.producer}.threshold"
         # integer thresholds: reachable integers where PyTorch disagrees ("ties"); float ones:
         # float32 inputs next to the threshold where PyTorch's float32 BN rounds the other way
-        attrs: dict[str, Any] = {"ties" if p.is_int else "float_ties": ties, "source": p.bn_name or p.producer}
+        attrs: dict[str, Any] = {
+            "ties" if p.is_int else "float_ties": ties,
+            "source": p.bn_name or p.producer,
+        }
         if p.is_int:
-            x = self.b.add("threshold_bits", x, name=tname, attrs=attrs, params={"thr": thr, "direction": direction})
+            x = self.b.add(
+                "threshold_bits",
+                x,
+                name=tname,
+                attrs=attrs,
+                params={"thr": thr, "direction": direction},
+            )
         else:
-            x = self.b.add("threshold_f32_bits", x, name=tname, attrs=attrs,
-                           params={"thr": thr.astype(np.float32), "direction": direction})
+            x = self.b.add(
+                "threshold_f32_bits",
+                x,
+                name=tname,
+                attrs=attrs,
+                params={"thr": thr.astype(np.float32), "direction": direction},
+            )
         if p.is_int:
             self.ties[tname] = ties
         else:
@@ -318,7 +414,9 @@ class _Converter:
         return x, chw
 
     # ----------------------------------------------------------------- MBBN (multi-bit) layers
-    def to_levels(self, p: Pending, step: Step) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
+    def to_levels(
+        self, p: Pending, step: Step
+    ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
         """Materialize ``p`` as the ``M``-bit input of the MBBN layer ``step``.
 
         Returns ``(value, chw of a flatten, encoding)``; ``encoding`` (stored on the binary op)
@@ -343,8 +441,16 @@ class _Converter:
             return self._float_planes(p, step, bits_a, boundaries)
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
-        th = bs.level_int_thresholds(lo=lo, hi=hi, bn=bnp, boundaries=boundaries, alpha=alpha, bias=bias,
-                                     relu=p.relu, channels=lanes)
+        th = bs.level_int_thresholds(
+            lo=lo,
+            hi=hi,
+            bn=bnp,
+            boundaries=boundaries,
+            alpha=alpha,
+            bias=bias,
+            relu=p.relu,
+            channels=lanes,
+        )
         ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
         thr, direction = th.thr, th.direction
         x = p.value
@@ -359,17 +465,22 @@ class _Converter:
             x = self.b.add("flatten", x, name=p.flatten_name)
             chw = pooled
         tname = f"{p.bn_name or p.producer}.threshold"
-        x = self.b.add("threshold_planes", x, name=tname,
-                       attrs={"planes": bits_a, "ties": ties, "source": p.bn_name or p.producer},
-                       params={"thr": np.ascontiguousarray(thr), "direction": direction})
+        x = self.b.add(
+            "threshold_planes",
+            x,
+            name=tname,
+            attrs={"planes": bits_a, "ties": ties, "source": p.bn_name or p.producer},
+            params={"thr": np.ascontiguousarray(thr), "direction": direction},
+        )
         self.ties[tname] = ties
         if p.flatten is not None and not per_feature:
             x = self.b.add("flatten", x, name=p.flatten_name)
             chw = self._pooled_chw(p)
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
-    def _float_planes(self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
-                      ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
+    def _float_planes(
+        self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
+    ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
         """Float first layer -> the ``M`` bit planes of its levels (``threshold_f32_planes``).
 
         Per channel the ``L = 2^M - 1`` exact float32 thresholds of
@@ -379,8 +490,11 @@ class _Converter:
         BatchNorm; the max of two levels is not a bitwise function of their planes).
         """
         if self._per_feature(p):
-            raise unsupported(step.name, type(step.module).__name__,
-                              "a multi-bit quantizer on per-feature BatchNorm1d right after the float first layer")
+            raise unsupported(
+                step.name,
+                type(step.module).__name__,
+                "a multi-bit quantizer on per-feature BatchNorm1d right after the float first layer",
+            )
         n_l = len(boundaries)
         bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
         th = bs.level_float_thresholds(bnp, boundaries=boundaries, relu=p.relu, channels=p.channels)
@@ -391,9 +505,13 @@ class _Converter:
         for name, a in p.pools:
             x = self.b.add("maxpool_f32", x, name=name, attrs=a)
         tname = f"{p.bn_name or p.producer}.threshold"
-        x = self.b.add("threshold_f32_planes", x, name=tname,
-                       attrs={"planes": bits_a, "float_ties": ties, "source": p.bn_name or p.producer},
-                       params={"thr": np.ascontiguousarray(thr), "direction": direction})
+        x = self.b.add(
+            "threshold_f32_planes",
+            x,
+            name=tname,
+            attrs={"planes": bits_a, "float_ties": ties, "source": p.bn_name or p.producer},
+            params={"thr": np.ascontiguousarray(thr), "direction": direction},
+        )
         self.float_ties[tname] = ties
         chw = None
         if p.flatten is not None:
@@ -401,8 +519,9 @@ class _Converter:
             chw = self._pooled_chw(p)
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
-    def _mbit_common(self, step: Step, value: str, enc: dict[str, Any]) -> tuple[np.ndarray, int, np.ndarray,
-                                                                                     np.ndarray, np.ndarray]:
+    def _mbit_common(
+        self, step: Step, value: str, enc: dict[str, Any]
+    ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
         """Weight levels, K, output scale, reachable accumulator range ``[lo, hi]`` per channel."""
         m = step.module
         assert m is not None
@@ -427,8 +546,12 @@ class _Converter:
     def _mbit_attrs(self, step: Step, enc: dict[str, Any]) -> dict[str, Any]:
         m = step.module
         assert isinstance(m, (MBitConv2d, MBitLinear))
-        return {"source": step.name, "input_encoding": enc["encoding"], "input_bits": int(enc["bits"]),
-                "weight_bits": int(m.bits_w)}
+        return {
+            "source": step.name,
+            "input_encoding": enc["encoding"],
+            "input_bits": int(enc["bits"]),
+            "weight_bits": int(m.bits_w),
+        }
 
     def mbit_conv(self, step: Step, value: str, enc: dict[str, Any]) -> Pending:
         """``MBitConv2d`` -> ``bconv2d_planes`` (``K`` packed weight planes ``[K, O, kh, kw, Cw]``;
@@ -444,35 +567,60 @@ class _Converter:
         vin = self.b.values[value]
         assert vin.channels is not None
         if m.in_channels != vin.channels:
-            raise ValueError(f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}")
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}"
+            )
         planes = weight_planes(vw, k).transpose(0, 1, 3, 4, 2)  # [K, O, kh, kw, C]
         packed = pack_bits(planes < 0)
-        attrs = {"channels": vin.channels, "stride": list(m.stride), "padding": list(m.padding), "pad_value": pad,
-                 **self._mbit_attrs(step, enc)}
+        attrs = {
+            "channels": vin.channels,
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "pad_value": pad,
+            **self._mbit_attrs(step, enc),
+        }
         if k == 1 and vin.planes == 1:
             out = self.b.add("bconv2d", value, name=step.name, attrs=attrs, params={"w": packed[0]})
         else:
-            out = self.b.add("bconv2d_planes", value, name=step.name, attrs=attrs, params={"w": packed})
+            out = self.b.add(
+                "bconv2d_planes", value, name=step.name, attrs=attrs, params={"w": packed}
+            )
         v = self.b.values[out]
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-        return Pending(out, step.name, True, m.out_channels, (m.out_channels, v.shape[0], v.shape[1]),
-                       alpha=scale, bias=bias, lo=lo, hi=hi)
+        return Pending(
+            out,
+            step.name,
+            True,
+            m.out_channels,
+            (m.out_channels, v.shape[0], v.shape[1]),
+            alpha=scale,
+            bias=bias,
+            lo=lo,
+            hi=hi,
+        )
 
-    def mbit_linear(self, step: Step, value: str, chw: tuple[int, int, int] | None, enc: dict[str, Any]) -> Pending:
+    def mbit_linear(
+        self, step: Step, value: str, chw: tuple[int, int, int] | None, enc: dict[str, Any]
+    ) -> Pending:
         """``MBitLinear`` -> ``bdense_planes`` (weights ``[K, O, Kw]``) or ``bdense`` (one plane each)."""
         m = step.module
         assert isinstance(m, nn.Linear)
         vw, k, scale, lo, hi = self._mbit_common(step, value, enc)
         vin = self.b.values[value]
         if m.in_features != vin.real_bits:
-            raise ValueError(f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}")
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_features} features, gets {vin.real_bits}"
+            )
         planes = weight_planes(vw, k)  # [K, O, F]
         o = vw.shape[0]
         if chw is not None:  # NCHW flatten order -> NHWC, each pixel keeps its word padding
             c, h, w_ = chw
             p5 = planes.reshape(k, o, c, h, w_).transpose(0, 1, 3, 4, 2)  # [K, O, H, W, C]
-            packed = (pack_bits(p5 < 0).reshape(k, o, -1) if vin.groups > 1
-                      else pack_bits(p5.reshape(k, o, -1) < 0))
+            packed = (
+                pack_bits(p5 < 0).reshape(k, o, -1)
+                if vin.groups > 1
+                else pack_bits(p5.reshape(k, o, -1) < 0)
+            )
         else:
             packed = pack_bits(planes < 0)
         attrs: dict[str, Any] = {"k_bits": vin.real_bits, **self._mbit_attrs(step, enc)}
@@ -481,9 +629,13 @@ class _Converter:
         if k == 1 and vin.planes == 1:
             out = self.b.add("bdense", value, name=step.name, attrs=attrs, params={"w": packed[0]})
         else:
-            out = self.b.add("bdense_planes", value, name=step.name, attrs=attrs, params={"w": packed})
+            out = self.b.add(
+                "bdense_planes", value, name=step.name, attrs=attrs, params={"w": packed}
+            )
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
-        return Pending(out, step.name, True, m.out_features, None, alpha=scale, bias=bias, lo=lo, hi=hi)
+        return Pending(
+            out, step.name, True, m.out_features, None, alpha=scale, bias=bias, lo=lo, hi=hi
+        )
 
     def _pooled_chw(self, p: Pending) -> tuple[int, int, int] | None:
         if p.chw is None:
@@ -504,7 +656,12 @@ class _Converter:
         x = p.value
         if p.is_int:
             assert p.alpha is not None and p.bias is not None
-            x = self.b.add("scale_bias", x, name=f"{p.producer}.scale", params={"scale": p.alpha, "bias": p.bias})
+            x = self.b.add(
+                "scale_bias",
+                x,
+                name=f"{p.producer}.scale",
+                params={"scale": p.alpha, "bias": p.bias},
+            )
         if p.relu:
             x = self.b.add("relu_f32", x, name=f"{p.producer}.relu")
         for name, a in p.pools:
@@ -516,16 +673,27 @@ class _Converter:
             bnp = _bn_params(p.bn_name or "", p.bn)
             s64 = bnp.gamma.astype(np.float64) / np.sqrt(bnp.var.astype(np.float64) + bnp.eps)
             scale = s64.astype(np.float32)
-            shift = (bnp.beta.astype(np.float64) - bnp.mean.astype(np.float64) * s64).astype(np.float32)
+            shift = (bnp.beta.astype(np.float64) - bnp.mean.astype(np.float64) * s64).astype(
+                np.float32
+            )
             if p.flatten == "before_bn" and chw is not None:
                 perm = _nchw_to_nhwc_perm(*chw)
                 scale, shift = scale[perm], shift[perm]
             # |beta| + |mean * s|: PyTorch's BN rounds (x - mean) s + beta, whose terms can be far
             # larger than the folded bias; the float error bound of verify needs their size
-            terms = float(np.max(np.abs(bnp.beta.astype(np.float64)) + np.abs(bnp.mean.astype(np.float64) * s64),
-                                 initial=0.0))
-            x = self.b.add("affine_f32", x, name=f"{p.bn_name}", params={"scale": scale, "bias": shift},
-                           attrs={"source": p.bn_name, "bn_terms_abs": terms})
+            terms = float(
+                np.max(
+                    np.abs(bnp.beta.astype(np.float64)) + np.abs(bnp.mean.astype(np.float64) * s64),
+                    initial=0.0,
+                )
+            )
+            x = self.b.add(
+                "affine_f32",
+                x,
+                name=f"{p.bn_name}",
+                params={"scale": scale, "bias": shift},
+                attrs={"source": p.bn_name, "bn_terms_abs": terms},
+            )
         if p.flatten == "after_bn":
             x = self.b.add("flatten", x, name=p.flatten_name)
         return x, (chw if p.flatten is not None else None)
@@ -541,29 +709,50 @@ class _Converter:
         x, chw = self._float_chain(p)
         w = _f32(m.weight)
         if w.shape[1] != self.b.values[x].shape[0]:
-            raise ValueError(f"layer {step.name!r} expects {w.shape[1]} features, gets {self.b.values[x].shape[0]}")
+            raise ValueError(
+                f"layer {step.name!r} expects {w.shape[1]} features, gets {self.b.values[x].shape[0]}"
+            )
         if chw is not None:
             c, h, w_ = chw
             w = w.reshape(w.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
         params = {"w": np.ascontiguousarray(w)}
         if m.bias is not None:
             params["bias"] = _f32(m.bias)
-        return self.b.add("dense_f32", x, name=step.name, params=params, attrs={"source": step.name})
+        return self.b.add(
+            "dense_f32", x, name=step.name, params=params, attrs={"source": step.name}
+        )
 
     def scale_output(self, p: Pending, scale: float | None, name: str) -> str:
         """Binary last layer: logits = (x * alpha + b) * s, exactly as PyTorch rounds it."""
         assert p.alpha is not None and p.bias is not None
-        x = self.b.add("scale_bias", p.value, name=f"{p.producer}.scale", params={"scale": p.alpha, "bias": p.bias})
+        x = self.b.add(
+            "scale_bias",
+            p.value,
+            name=f"{p.producer}.scale",
+            params={"scale": p.alpha, "bias": p.bias},
+        )
         if scale is not None:
             n = p.channels
-            x = self.b.add("affine_f32", x, name=name, params={"scale": np.full(n, scale, np.float32),
-                                                                "bias": np.zeros(n, np.float32)},
-                           attrs={"source": name})
+            x = self.b.add(
+                "affine_f32",
+                x,
+                name=name,
+                params={"scale": np.full(n, scale, np.float32), "bias": np.zeros(n, np.float32)},
+                attrs={"source": name},
+            )
         return x
 
 
-def _count_ties(p: Pending, th: bs.Thresholds, alpha: Any, bias: Any, lo: Any, hi: Any, lanes: int,
-                per_feature: bool) -> int:
+def _count_ties(
+    p: Pending,
+    th: bs.Thresholds,
+    alpha: Any,
+    bias: Any,
+    lo: Any,
+    hi: Any,
+    lanes: int,
+    per_feature: bool,
+) -> int:
     """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule.
 
     Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
@@ -591,7 +780,9 @@ def _count_ties(p: Pending, th: bs.Thresholds, alpha: Any, bias: Any, lo: Any, h
     width = _NEAR_WINDOW
     while True:
         ks = np.arange(-width, width + 1, dtype=np.int64)
-        pts = np.concatenate([center[None, :] + ks[:, None], np.where(const, hi_, center)[None, :] + ks[:, None]])
+        pts = np.concatenate(
+            [center[None, :] + ks[:, None], np.where(const, hi_, center)[None, :] + ks[:, None]]
+        )
         pts = np.clip(pts, lo_, hi_)
         if p.is_int:
             xs = pts.astype(np.float32)
@@ -644,8 +835,9 @@ def _distinct_bad(pts: np.ndarray, bad: np.ndarray) -> int:
     return int((b & first).sum())
 
 
-def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: Any, torch_fn: Any,
-                 to_x: Any) -> int:
+def _window_ties(
+    centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: Any, torch_fn: Any, to_x: Any
+) -> int:
     """Distinct points ``k`` (integers, or float32 order keys) in windows around ``centers
     [lanes, J]`` where ``exact(k)`` and ``torch_fn(to_x(k))`` (both ``[rows, lanes]`` levels)
     disagree; the windows widen (x8, up to ``_MAX_WINDOW``) while a window edge disagrees.
@@ -656,9 +848,15 @@ def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: A
         ks = np.arange(-width, width + 1, dtype=np.int64)
         pts = (centers.T[:, None, :] + ks[None, :, None]).reshape(n_j * ks.size, -1)
         pts = np.clip(pts, lo_, hi_)
-        step = max(1, (1 << 22) // max(1, pts.shape[1] * n_j))  # bound the [rows, lanes, L] temporaries
-        bad = np.concatenate([exact(pts[i: i + step]) != torch_fn(to_x(pts[i: i + step]))
-                              for i in range(0, pts.shape[0], step)])
+        step = max(
+            1, (1 << 22) // max(1, pts.shape[1] * n_j)
+        )  # bound the [rows, lanes, L] temporaries
+        bad = np.concatenate(
+            [
+                exact(pts[i : i + step]) != torch_fn(to_x(pts[i : i + step]))
+                for i in range(0, pts.shape[0], step)
+            ]
+        )
         total = _distinct_bad(pts, bad)
         edges = np.concatenate([np.arange(n_j) * ks.size, np.arange(n_j) * ks.size + ks.size - 1])
         edge_bad = bad[edges] & (pts[edges] > lo_) & (pts[edges] < hi_)
@@ -667,8 +865,16 @@ def _window_ties(centers: np.ndarray, lo_: np.ndarray, hi_: np.ndarray, exact: A
         width *= 8
 
 
-def _count_level_ties_int(p: Pending, th: bs.LevelThresholds, alpha: Any, bias: Any, lo: Any, hi: Any,
-                          lanes: int, layer: nn.Module) -> int:
+def _count_level_ties_int(
+    p: Pending,
+    th: bs.LevelThresholds,
+    alpha: Any,
+    bias: Any,
+    lo: Any,
+    hi: Any,
+    lanes: int,
+    layer: nn.Module,
+) -> int:
     """Reachable integers where PyTorch's float32 levels differ from the exact rule (like
     :func:`_count_ties`, around every one of the ``2^M - 1`` thresholds)."""
     lo_ = np.asarray(lo, np.int64)
@@ -692,7 +898,7 @@ def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.M
         return bs.f32_from_keys(k)
 
     thr = th.thr.astype(np.float64).reshape(c, n_l)
-    up = (th.direction.reshape(c, n_l) > 0)
+    up = th.direction.reshape(c, n_l) > 0
 
     def exact(k: np.ndarray) -> np.ndarray:
         y = to_x(k).astype(np.float64)[:, :, None]
@@ -703,8 +909,9 @@ def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.M
     return _window_ties(np.clip(keys, lo_[:, None], hi_[:, None]), lo_, hi_, exact, fn, to_x)
 
 
-def _torch_decisions(p: Pending, xs: np.ndarray, alpha: Any, bias: Any, bn: nn.Module | None,
-                     per_feature: bool) -> np.ndarray:
+def _torch_decisions(
+    p: Pending, xs: np.ndarray, alpha: Any, bias: Any, bn: nn.Module | None, per_feature: bool
+) -> np.ndarray:
     """PyTorch's float32 ``sign(BN(relu(x*alpha + b))) >= 0`` on ``xs [K, lanes]`` (BN module order)."""
     with torch.no_grad():
         y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
@@ -743,19 +950,28 @@ def _input_shape(model: nn.Module, example_input: Any) -> tuple[int, int, int]:
         if len(shape) == 4:
             shape = shape[1:]
         if len(shape) != 3:
-            raise ValueError(f"example_input must have shape [N, C, H, W] or [C, H, W], got {list(example_input.shape)}")
+            raise ValueError(
+                f"example_input must have shape [N, C, H, W] or [C, H, W], got {list(example_input.shape)}"
+            )
         return int(shape[0]), int(shape[1]), int(shape[2])
     c = getattr(model, "in_channels", None)
     s = getattr(model, "image_size", None)
     if c is None or s is None:
-        raise ValueError("cannot tell the input shape: pass example_input=[N, C, H, W] (the model has no "
-                         "in_channels / image_size attributes)")
+        raise ValueError(
+            "cannot tell the input shape: pass example_input=[N, C, H, W] (the model has no "
+            "in_channels / image_size attributes)"
+        )
     h, w = (s, s) if isinstance(s, int) else tuple(s)
     return int(c), int(h), int(w)
 
 
-def convert(model: nn.Module, *, mode: str | None = None, example_input: Any = None,
-            class_names: list[str] | None = None) -> Graph:
+def convert(
+    model: nn.Module,
+    *,
+    mode: str | None = None,
+    example_input: Any = None,
+    class_names: list[str] | None = None,
+) -> Graph:
     """Convert a trained BNN into an engine graph.
 
     ``mode``: ``"bitflow"`` (integer-only middle layers, BatchShift) or ``"xnor"`` (float alpha
@@ -773,15 +989,21 @@ def convert(model: nn.Module, *, mode: str | None = None, example_input: Any = N
     was_training = model.training
     model.eval()
     try:
-        lowered = lower_mcn(model)  # MCN layers -> equivalent binary / float convs (else the model itself)
+        lowered = lower_mcn(
+            model
+        )  # MCN layers -> equivalent binary / float convs (else the model itself)
         steps = trace_steps(lowered)
-        graph = _convert_steps(lowered, steps, mode, _input_shape(model, example_input), class_names)
+        graph = _convert_steps(
+            lowered, steps, mode, _input_shape(model, example_input), class_names
+        )
     finally:
         model.train(was_training)
     return graph
 
 
-def _float_pending(cv: _Converter, value: str, producer: str, chw: tuple[int, int, int] | None) -> Pending:
+def _float_pending(
+    cv: _Converter, value: str, producer: str, chw: tuple[int, int, int] | None
+) -> Pending:
     v = cv.b.values[value]
     return Pending(value, producer, False, v.shape[-1], chw)
 
@@ -791,24 +1013,43 @@ def _materialize(cv: _Converter, p: Pending, where: str) -> Pending:
     affine): the residual stream as published, for adds, average pools, concatenations and
     values with several consumers."""
     if p.flatten is not None:
-        raise unsupported(where, "flattened value", "a flattened value can only feed one linear layer")
+        raise unsupported(
+            where, "flattened value", "a flattened value can only feed one linear layer"
+        )
     x, _ = cv._float_chain(p)
     return _float_pending(cv, x, p.producer, cv._pooled_chw(p))
 
 
-def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[int, int, int],
-                   class_names: list[str] | None) -> Graph:
-    if not steps or steps[0].kind not in ("conv_first", "int8_first") or steps[0].inputs != ["input"]:
+def _convert_steps(
+    model: nn.Module,
+    steps: list[Step],
+    mode: str,
+    shape: tuple[int, int, int],
+    class_names: list[str] | None,
+) -> Graph:
+    if (
+        not steps
+        or steps[0].kind not in ("conv_first", "int8_first")
+        or steps[0].inputs != ["input"]
+    ):
         first = steps[0] if steps else None
         where = first.name if first else type(model).__name__
-        what = type(first.module).__name__ if first and first.module is not None else (first.kind if first else "empty")
-        raise unsupported(where, what, "the first layer must be nn.Conv2d (float) or bitflow.nn.Int8Conv2d")
+        what = (
+            type(first.module).__name__
+            if first and first.module is not None
+            else (first.kind if first else "empty")
+        )
+        raise unsupported(
+            where, what, "the first layer must be nn.Conv2d (float) or bitflow.nn.Int8Conv2d"
+        )
     uses: dict[str, int] = {}
     for st in steps:
         for v in st.inputs:
             uses[v] = uses.get(v, 0) + 1
     if uses.get("input", 0) != 1:
-        raise unsupported(steps[0].name, "input", "the network input must feed only the first layer")
+        raise unsupported(
+            steps[0].name, "input", "the network input must feed only the first layer"
+        )
     c, h, w = shape
     spec = InputSpec(c, h, w, "uint8" if steps[0].kind == "int8_first" else "unit")
     cv = _Converter(model, mode, shape)
@@ -822,7 +1063,11 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         """The value of ``node`` for one consumer: itself (to extend lazily) when it has one
         consumer, else a fresh float Pending over its materialized float32 value."""
         if node not in state:
-            raise unsupported(where, "operation", f"reads {node!r}, which is not a feature map the converter tracks")
+            raise unsupported(
+                where,
+                "operation",
+                f"reads {node!r}, which is not a feature map the converter tracks",
+            )
         if uses.get(node, 0) <= 1:
             return state[node]
         if state[node].stream is not None:  # an int32 stream value: every reader reads it as it is
@@ -842,21 +1087,33 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             break
         if out is not None and st.kind != "output":
             raise unsupported(st.name, what, "nothing may follow the last layer")
-        if st.kind == "add" and any(state.get(v) is not None and state[v].stream is not None for v in st.inputs):
+        if st.kind == "add" and any(
+            state.get(v) is not None and state[v].stream is not None for v in st.inputs
+        ):
             state[st.node] = _stream_add(cv, [take(v, st.name) for v in st.inputs], st.name)
             continue
         if st.kind in ("add", "concat"):
-            ins = [_materialize(cv, take(v, st.name), st.name) if uses.get(v, 0) <= 1 else take(v, st.name)
-                   for v in st.inputs]
+            ins = [
+                _materialize(cv, take(v, st.name), st.name)
+                if uses.get(v, 0) <= 1
+                else take(v, st.name)
+                for v in st.inputs
+            ]
             chws = {q.chw for q in ins}
             if st.kind == "add":
                 if len(chws) != 1:
-                    raise ValueError(f"add {st.name!r}: its inputs have different shapes {sorted(chws, key=str)}")
+                    raise ValueError(
+                        f"add {st.name!r}: its inputs have different shapes {sorted(chws, key=str)}"
+                    )
                 x = _add_op(cv, "add_f32", [q.value for q in ins], st.name)
                 state[st.node] = _float_pending(cv, x, st.name, ins[0].chw)
             else:
                 if any(q.chw is None for q in ins) or len({q.chw[1:] for q in ins if q.chw}) != 1:
-                    raise unsupported(st.name, "torch.cat", "only feature maps of one spatial size can be concatenated")
+                    raise unsupported(
+                        st.name,
+                        "torch.cat",
+                        "only feature maps of one spatial size can be concatenated",
+                    )
                 x = _add_op(cv, "concat", [q.value for q in ins], st.name)
                 ch = sum(q.channels for q in ins)
                 first_chw = ins[0].chw
@@ -867,9 +1124,15 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         if st.kind in ("avgpool", "gap"):
             if p.chw is None or p.flatten is not None:
                 raise unsupported(st.name, what, "average pooling needs a spatial (conv) input")
-            q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+            q = (
+                _materialize(cv, p, st.name)
+                if (p.is_int or p.relu or p.pools or p.bn is not None)
+                else p
+            )
             if st.kind == "avgpool":
-                x = cv.b.add("avgpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name})
+                x = cv.b.add(
+                    "avgpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name}
+                )
             else:
                 x = cv.b.add("global_avgpool_f32", q.value, name=st.name, attrs={"source": st.name})
             vi = cv.b.values[x]
@@ -882,7 +1145,9 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         elif st.kind == "maxpool" and p.stream is not None:
             if p.chw is None:
                 raise unsupported(st.name, what, "max-pooling needs a spatial input")
-            x = cv.b.add("maxpool_i32", p.value, name=st.name, attrs={**st.attrs, "source": st.name})
+            x = cv.b.add(
+                "maxpool_i32", p.value, name=st.name, attrs={**st.attrs, "source": st.name}
+            )
             vi = cv.b.values[x]
             p = replace(p, value=x, chw=(vi.shape[2], vi.shape[0], vi.shape[1]))
         elif st.kind == "relu":
@@ -893,22 +1158,34 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             else:
                 p.relu = True
         elif st.kind == "maxpool" and p.bn is not None and p.flatten is None and p.chw is not None:
-            q = _materialize(cv, p, st.name)  # BN -> max-pool (e.g. a ResNet stem): pool the float values
-            x = cv.b.add("maxpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name})
+            q = _materialize(
+                cv, p, st.name
+            )  # BN -> max-pool (e.g. a ResNet stem): pool the float values
+            x = cv.b.add(
+                "maxpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name}
+            )
             vi = cv.b.values[x]
             p = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
         elif st.kind == "maxpool":
             if p.bn is not None or p.flatten is not None or p.chw is None:
-                raise unsupported(st.name, "max-pool", "max-pooling must come before BatchNorm/flatten on a conv output")
+                raise unsupported(
+                    st.name,
+                    "max-pool",
+                    "max-pooling must come before BatchNorm/flatten on a conv output",
+                )
             p.pools.append((st.name, st.attrs))
         elif st.kind == "flatten":
             if p.chw is None or p.flatten is not None:
-                raise unsupported(st.name, "flatten", "flatten must follow a convolution output once")
+                raise unsupported(
+                    st.name, "flatten", "flatten must follow a convolution output once"
+                )
             p.flatten = "after_bn" if p.bn is not None else "before_bn"
             p.flatten_name = st.name
         elif st.kind == "bn":
             if p.bn is not None:
-                p = _materialize(cv, p, st.name)  # BN -> BN (e.g. a shortcut's BN feeding a block's BN)
+                p = _materialize(
+                    cv, p, st.name
+                )  # BN -> BN (e.g. a shortcut's BN feeding a block's BN)
             assert st.module is not None
             nf = st.module.num_features  # type: ignore[union-attr]
             if isinstance(st.module, nn.BatchNorm2d):
@@ -917,7 +1194,9 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
                 want = p.channels
             elif p.chw is not None:
                 if p.flatten is None:
-                    raise unsupported(st.name, what, "BatchNorm1d on a conv output needs a flatten first")
+                    raise unsupported(
+                        st.name, what, "BatchNorm1d on a conv output needs a flatten first"
+                    )
                 ch, hh, ww = p.chw[0], *cv._spatial_after_pools(p)
                 want = ch * hh * ww
             else:
@@ -941,25 +1220,36 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             cv.check_accumulator(st)
             if st.kind == "mbconv":
                 if p.flatten is not None or p.chw is None:
-                    raise unsupported(st.name, what, "a multi-bit convolution needs a spatial input")
+                    raise unsupported(
+                        st.name, what, "a multi-bit convolution needs a spatial input"
+                    )
                 val, _, enc = cv.to_levels(p, st)
                 p = cv.mbit_conv(st, val, enc)
             else:
                 if p.chw is not None and p.flatten is None:
-                    raise unsupported(st.name, what, "flatten the conv output before a linear layer")
+                    raise unsupported(
+                        st.name, what, "flatten the conv output before a linear layer"
+                    )
                 val, chw, enc = cv.to_levels(p, st)
                 p = cv.mbit_linear(st, val, chw, enc)
         elif st.kind == "linear":
             if p.chw is not None and p.flatten is None:
                 if p.chw[1:] != (1, 1):
-                    raise unsupported(st.name, what, "flatten the conv output before a linear layer")
-                p.flatten, p.flatten_name = ("after_bn" if p.bn is not None else "before_bn"), f"{st.name}.flatten"
+                    raise unsupported(
+                        st.name, what, "flatten the conv output before a linear layer"
+                    )
+                p.flatten, p.flatten_name = (
+                    ("after_bn" if p.bn is not None else "before_bn"),
+                    f"{st.name}.flatten",
+                )
             out = cv.float_linear(p, st)
             out_node = st.node
             continue
         elif st.kind == "scale":
             if not (p.is_int and p.chw is None and not p.relu and p.bn is None and not p.pools):
-                raise unsupported(st.name, "Scale", "Scale must directly follow the binary last layer")
+                raise unsupported(
+                    st.name, "Scale", "Scale must directly follow the binary last layer"
+                )
             assert st.module is not None
             out = cv.scale_output(p, float(_f32(st.module.scale)), st.name)  # type: ignore[arg-type]
             out_node = st.node
@@ -968,15 +1258,27 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
             assert isinstance(st.module, nn.Conv2d)
             if p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, what, "a float convolution needs a spatial input")
-            q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+            q = (
+                _materialize(cv, p, st.name)
+                if (p.is_int or p.relu or p.pools or p.bn is not None)
+                else p
+            )
             p = cv.first_layer(st, q.value)
         elif st.kind == "int8_first":
-            raise unsupported(st.name, what, "a fixed-point (Int8Conv2d) convolution is only supported as the first layer")
+            raise unsupported(
+                st.name,
+                what,
+                "a fixed-point (Int8Conv2d) convolution is only supported as the first layer",
+            )
         else:
             raise unsupported(st.name, what)
         state[st.node] = p
         # a binary last layer with nothing after it (BinaryLinear as classifier)
-        if st.kind in ("blinear", "mblinear") and uses.get(st.node, 0) == 1 and _reads_output(steps, st.node):
+        if (
+            st.kind in ("blinear", "mblinear")
+            and uses.get(st.node, 0) == 1
+            and _reads_output(steps, st.node)
+        ):
             out = cv.scale_output(p, None, f"{p.producer}.out")
             out_node = st.node
     if out is None:
@@ -985,7 +1287,9 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         )
     n_out = cv.b.values[out].shape[0]
     if class_names is None:
-        class_names = [str(x) for x in getattr(model, "class_names", [])] or [str(i) for i in range(n_out)]
+        class_names = [str(x) for x in getattr(model, "class_names", [])] or [
+            str(i) for i in range(n_out)
+        ]
     if mode == "bitflow" and _float_between_binary(cv):
         mode = "mixed"  # a float32 residual stream runs between binary layers (as published)
     cfg = getattr(model, "bitflow_config", None) or {}
@@ -998,8 +1302,15 @@ def _convert_steps(model: nn.Module, steps: list[Step], mode: str, shape: tuple[
         "ties": int(sum(cv.ties.values())),
         "float_ties": int(sum(cv.float_ties.values())),
     }
-    g = Graph(input=spec, ops=cv.b.ops, tensors=cv.b.tensors, output=out, mode=mode,
-              class_names=list(class_names), provenance=prov)
+    g = Graph(
+        input=spec,
+        ops=cv.b.ops,
+        tensors=cv.b.tensors,
+        output=out,
+        mode=mode,
+        class_names=list(class_names),
+        provenance=prov,
+    )
     g.validate()
     return g
 
@@ -1009,28 +1320,61 @@ def _fixed_point_bn(cv: _Converter, p: Pending, st: Step) -> Pending:
     the module's own ``fixed_point()`` integers): the int32 stream value ``r``."""
     m = st.module
     assert isinstance(m, FixedPointBN)
-    if not p.is_int or p.chw is None or p.flatten is not None or p.relu or p.pools or p.bn is not None \
-            or p.stream is not None:
-        raise unsupported(st.name, "FixedPointBN", "it must directly follow a convolution's integer accumulator")
+    if (
+        not p.is_int
+        or p.chw is None
+        or p.flatten is not None
+        or p.relu
+        or p.pools
+        or p.bn is not None
+        or p.stream is not None
+    ):
+        raise unsupported(
+            st.name, "FixedPointBN", "it must directly follow a convolution's integer accumulator"
+        )
     if p.alpha is None or p.bias is None or np.any(p.alpha != 1) or np.any(p.bias != 0):
-        raise unsupported(st.name, "FixedPointBN", "its input must be an unscaled integer accumulator: "
-                          "BinaryConv2d with weight_quantizer='sign' and no bias, or Int8Conv2d(integer_output=True)")
+        raise unsupported(
+            st.name,
+            "FixedPointBN",
+            "its input must be an unscaled integer accumulator: "
+            "BinaryConv2d with weight_quantizer='sign' and no bias, or Int8Conv2d(integer_output=True)",
+        )
     if m.num_features != p.channels:
-        raise ValueError(f"FixedPointBN {st.name!r} has {m.num_features} features, its input has {p.channels}")
+        raise ValueError(
+            f"FixedPointBN {st.name!r} has {m.num_features} features, its input has {p.channels}"
+        )
     mt, bt = m.fixed_point()
     mi, bi = mt.numpy().astype(np.int64), bt.numpy().astype(np.int64)
     assert p.lo is not None and p.hi is not None
     lo, hi = [int(v) for v in p.lo], [int(v) for v in p.hi]
     umax = max(max(abs(v) for v in lo), max(abs(v) for v in hi))
     if umax * int(np.abs(mi).max(initial=0)) + int(np.abs(bi).max(initial=0)) >= 2**62:
-        raise ValueError(f"FixedPointBN {st.name!r}: accumulators up to {umax} overflow the int64 requantization")
-    ends = [((lo[c] * int(mi[c]) + int(bi[c])) >> SHIFT, (hi[c] * int(mi[c]) + int(bi[c])) >> SHIFT)
-            for c in range(p.channels)]
-    x = cv.b.add("requant_i32", p.value, name=st.name, attrs={"shift": SHIFT, "source": st.name},
-                 params={"m": mi, "b": bi})
-    return Pending(x, st.name, True, p.channels, p.chw, alpha=np.full(p.channels, 2.0**-m.frac, np.float32),
-                   bias=np.zeros(p.channels, np.float32), lo=np.array([min(e) for e in ends], np.int64),
-                   hi=np.array([max(e) for e in ends], np.int64), stream=m.frac)
+        raise ValueError(
+            f"FixedPointBN {st.name!r}: accumulators up to {umax} overflow the int64 requantization"
+        )
+    ends = [
+        ((lo[c] * int(mi[c]) + int(bi[c])) >> SHIFT, (hi[c] * int(mi[c]) + int(bi[c])) >> SHIFT)
+        for c in range(p.channels)
+    ]
+    x = cv.b.add(
+        "requant_i32",
+        p.value,
+        name=st.name,
+        attrs={"shift": SHIFT, "source": st.name},
+        params={"m": mi, "b": bi},
+    )
+    return Pending(
+        x,
+        st.name,
+        True,
+        p.channels,
+        p.chw,
+        alpha=np.full(p.channels, 2.0**-m.frac, np.float32),
+        bias=np.zeros(p.channels, np.float32),
+        lo=np.array([min(e) for e in ends], np.int64),
+        hi=np.array([max(e) for e in ends], np.int64),
+        stream=m.frac,
+    )
 
 
 def _stream_clamp(cv: _Converter, p: Pending, st: Step, uses: dict[str, int]) -> Pending:
@@ -1039,19 +1383,33 @@ def _stream_clamp(cv: _Converter, p: Pending, st: Step, uses: dict[str, int]) ->
     m = st.module
     assert isinstance(m, StreamClamp)
     if p.stream is None:
-        raise unsupported(st.name, "StreamClamp", "it must follow a FixedPointBN or an add of fixed-point values")
+        raise unsupported(
+            st.name, "StreamClamp", "it must follow a FixedPointBN or an add of fixed-point values"
+        )
     if p.stream != m.frac:
-        raise ValueError(f"StreamClamp {st.name!r}: frac={m.frac}, but its input is on the 2^-{p.stream} grid")
+        raise ValueError(
+            f"StreamClamp {st.name!r}: frac={m.frac}, but its input is on the 2^-{p.stream} grid"
+        )
     prod = next(op for op in reversed(cv.b.ops) if op.outputs[0] == p.value) if cv.b.ops else None
     rng = [m.lo, m.hi]
-    if prod is not None and prod.type in ("requant_i32", "add_i32") and "clamp" not in prod.attrs \
-            and uses.get(st.inputs[0], 0) == 1 and not any(p.value in op.inputs for op in cv.b.ops):
+    if (
+        prod is not None
+        and prod.type in ("requant_i32", "add_i32")
+        and "clamp" not in prod.attrs
+        and uses.get(st.inputs[0], 0) == 1
+        and not any(p.value in op.inputs for op in cv.b.ops)
+    ):
         prod.attrs["clamp"] = rng
         x = p.value
     else:
         c = p.channels
-        x = cv.b.add("requant_i32", p.value, name=st.name, attrs={"shift": 0, "clamp": rng, "source": st.name},
-                     params={"m": np.ones(c, np.int64), "b": np.zeros(c, np.int64)})
+        x = cv.b.add(
+            "requant_i32",
+            p.value,
+            name=st.name,
+            attrs={"shift": 0, "clamp": rng, "source": st.name},
+            params={"m": np.ones(c, np.int64), "b": np.zeros(c, np.int64)},
+        )
     assert p.lo is not None and p.hi is not None
     return replace(p, value=x, lo=np.clip(p.lo, m.lo, m.hi), hi=np.clip(p.hi, m.lo, m.hi))
 
@@ -1060,10 +1418,16 @@ def _stream_add(cv: _Converter, ins: list[Pending], name: str) -> Pending:
     """A residual add on the fixed-point stream: an exact ``add_i32`` of values on one grid."""
     fr = {q.stream for q in ins}
     if None in fr or len(fr) != 1:
-        raise unsupported(name, "add", "a fixed-point stream value can only be added to values on the same grid "
-                          "(the outputs of FixedPointBN / StreamClamp with one frac)")
+        raise unsupported(
+            name,
+            "add",
+            "a fixed-point stream value can only be added to values on the same grid "
+            "(the outputs of FixedPointBN / StreamClamp with one frac)",
+        )
     if len({q.chw for q in ins}) != 1:
-        raise ValueError(f"add {name!r}: its inputs have different shapes {sorted({q.chw for q in ins}, key=str)}")
+        raise ValueError(
+            f"add {name!r}: its inputs have different shapes {sorted({q.chw for q in ins}, key=str)}"
+        )
     x = _add_op(cv, "add_i32", [q.value for q in ins], name)
     assert all(q.lo is not None and q.hi is not None for q in ins)
     lo = np.sum([np.asarray(q.lo) for q in ins], axis=0)
@@ -1088,7 +1452,9 @@ def _float_between_binary(cv: _Converter) -> bool:
     from ..ir.graph import BINARY_OPS
 
     idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS]
-    return bool(idx) and any(cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0]: idx[-1] + 1])
+    return bool(idx) and any(
+        cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0] : idx[-1] + 1]
+    )
 
 
 __all__ = ["CONVERTER_VERSION", "UnsupportedLayerError", "convert"]

@@ -70,7 +70,12 @@ def _conv_err_bound(graph: Graph) -> np.ndarray | None:
 
 
 def _near_info(
-    graph: Graph, inter: dict[str, np.ndarray], key: str, nb: int, err_bound: np.ndarray | None, first: bool,
+    graph: Graph,
+    inter: dict[str, np.ndarray],
+    key: str,
+    nb: int,
+    err_bound: np.ndarray | None,
+    first: bool,
     fbounds: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """``(y, threshold, bound)`` per decision ``[nb, F]`` behind the bits ``key``, or None
@@ -91,7 +96,11 @@ def _near_info(
     for pop in chain:
         if pop.type == "maxpool_bits":
             yv = _pool(yv, pop, -np.inf, np.max)
-            eb = None if eb is None else _pool(np.broadcast_to(eb, inter[dec.inputs[0]].shape), pop, 0.0, np.max)
+            eb = (
+                None
+                if eb is None
+                else _pool(np.broadcast_to(eb, inter[dec.inputs[0]].shape), pop, 0.0, np.max)
+            )
     if eb is not None:  # the bound of each (pooled) element, in the same [nb, F] layout as yv
         eb = np.broadcast_to(eb, yv.shape).reshape(nb, -1)
     yv = yv.reshape(nb, -1).astype(np.float64)
@@ -115,13 +124,21 @@ def _near_info(
         conv_scale = np.abs(sc[idx])
     if first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
-    if eb is not None:  # a float stream (residual adds, shortcuts): its propagated bound, both sides
+    if (
+        eb is not None
+    ):  # a float stream (residual adds, shortcuts): its propagated bound, both sides
         bound = np.maximum(bound, 2 * eb)
     return yv, thr, bound
 
 
-def _split_near(res: dict[str, Any], near_info: tuple[np.ndarray, np.ndarray, np.ndarray], bad: np.ndarray,
-                near_samples: np.ndarray, start: int, layer: str) -> np.ndarray:
+def _split_near(
+    res: dict[str, Any],
+    near_info: tuple[np.ndarray, np.ndarray, np.ndarray],
+    bad: np.ndarray,
+    near_samples: np.ndarray,
+    start: int,
+    layer: str,
+) -> np.ndarray:
     """Count the mismatches ``bad [nb, F]`` whose float value lies within its bound of the
     (nearest) threshold as near-threshold (recording up to 50 margins), mark their samples in
     ``near_samples`` (in place) and return the remaining mismatches."""
@@ -141,16 +158,28 @@ def _split_near(res: dict[str, Any], near_info: tuple[np.ndarray, np.ndarray, np
     for i in np.nonzero(is_near)[0]:
         if len(res["near_threshold"]["margins"]) >= _MAX_REPORTED:
             break
-        res["near_threshold"]["margins"].append({
-            "sample": int(start + rows[i]), "layer": layer, "index": int(cols[i]), "y": float(y_bad[i]),
-            "threshold": float(nearest[i]), "margin": float(margin[i]), "bound": float(bound[rows[i], cols[i]]),
-        })
+        res["near_threshold"]["margins"].append(
+            {
+                "sample": int(start + rows[i]),
+                "layer": layer,
+                "index": int(cols[i]),
+                "y": float(y_bad[i]),
+                "threshold": float(nearest[i]),
+                "margin": float(margin[i]),
+                "bound": float(bound[rows[i], cols[i]]),
+            }
+        )
     near_samples |= near.any(1)
     return bad & ~near
 
 
 def verify(
-    model: nn.Module, graph: Graph, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 64,
+    model: nn.Module,
+    graph: Graph,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
     """Compare ``model`` (eval mode, float32) with ``graph`` run by the reference executor.
 
@@ -175,11 +204,15 @@ def verify(
     modules = dict(model.named_modules())
     for op in bin_ops:
         if op.attrs.get("input_encoding") == "thermometer":
-            raise ValueError(f"graph op {op.name!r} reads a thermometer encoding (a file converted by an earlier "
-                             "bitflow); convert the checkpoint again")
+            raise ValueError(
+                f"graph op {op.name!r} reads a thermometer encoding (a file converted by an earlier "
+                "bitflow); convert the checkpoint again"
+            )
         src = op.attrs.get("source")
         if src not in modules:
-            raise ValueError(f"graph op {op.name!r} refers to layer {src!r}, which the model does not have")
+            raise ValueError(
+                f"graph op {op.name!r} refers to layer {src!r}, which the model does not have"
+            )
     err_bound = _conv_err_bound(graph)
     captured: dict[str, torch.Tensor] = {}
     hooks = []
@@ -192,7 +225,9 @@ def verify(
         if "input_encoding" in op.attrs:
             # MBBN layers call their quantizer's decompose(), not its forward: observe the layer's
             # input and compute the quantizer's integer levels from it (what the layer uses)
-            def pre_hook(_m: nn.Module, inp: Any, key: str = op.name, layer: nn.Module = mod) -> None:
+            def pre_hook(
+                _m: nn.Module, inp: Any, key: str = op.name, layer: nn.Module = mod
+            ) -> None:
                 captured[key] = torch_levels(layer, inp[0].detach())
 
             hooks.append(mod.register_forward_pre_hook(pre_hook))
@@ -206,9 +241,14 @@ def verify(
     model.eval()
     n = xa.shape[0]
     res: dict[str, Any] = {
-        "samples": n, "accuracy_torch": None, "accuracy_integer": None, "prediction_mismatches": 0,
+        "samples": n,
+        "accuracy_torch": None,
+        "accuracy_integer": None,
+        "prediction_mismatches": 0,
         "prediction_mismatches_unexplained": 0,
-        "sign_mismatches": 0, "signs_compared": 0, "sign_mismatches_by_layer": {op.attrs["source"]: 0 for op in bin_ops},
+        "sign_mismatches": 0,
+        "signs_compared": 0,
+        "sign_mismatches_by_layer": {op.attrs["source"]: 0 for op in bin_ops},
         "ties": int(sum(int(op.attrs.get("ties", 0)) for op in graph.ops)),
         "float_ties": int(sum(int(op.attrs.get("float_ties", 0)) for op in graph.ops)),
         "near_threshold": {"count": 0, "samples": 0, "downstream": 0, "margins": []},
@@ -217,7 +257,7 @@ def verify(
     correct_t = correct_i = 0
     try:
         for start in range(0, n, batch_size):
-            xb = xa[start: start + batch_size]
+            xb = xa[start : start + batch_size]
             nb = xb.shape[0]
             captured.clear()
             with torch.no_grad():
@@ -226,7 +266,9 @@ def verify(
             fb = float_error_bounds(graph, inter) if graph.mode == "mixed" else None
             if lt.shape != li.shape:
                 raise ValueError(f"model output shape {lt.shape} != graph output shape {li.shape}")
-            res["max_logit_abs_diff"] = max(res["max_logit_abs_diff"], float(np.max(np.abs(lt - li), initial=0.0)))
+            res["max_logit_abs_diff"] = max(
+                res["max_logit_abs_diff"], float(np.max(np.abs(lt - li), initial=0.0))
+            )
             pt, pi = lt.argmax(1), li.argmax(1)
             near_samples = np.zeros(nb, bool)
             for op in bin_ops:
@@ -246,10 +288,17 @@ def verify(
                     # integer thresholds are exact: a difference here is a real mismatch unless
                     # the sample already took a near-threshold float decision upstream, or the
                     # levels come from a float first layer whose value lies near a threshold
-                    near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
-                                 if bad.any() else None)
+                    near_info = (
+                        _near_info(
+                            graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb
+                        )
+                        if bad.any()
+                        else None
+                    )
                     if near_info is not None:
-                        bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
+                        bad = _split_near(
+                            res, near_info, bad, near_samples, start, op.attrs["source"]
+                        )
                     res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
                     real = int((bad & ~near_samples[:, None]).sum())
                     res["sign_mismatches"] += real
@@ -259,8 +308,11 @@ def verify(
                 neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec
                 res["signs_compared"] += bad.size
-                near_info = (_near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
-                             if bad.any() else None)
+                near_info = (
+                    _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
+                    if bad.any()
+                    else None
+                )
                 if near_info is not None:
                     bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
                 down = bad & near_samples[:, None]
@@ -272,7 +324,7 @@ def verify(
             res["prediction_mismatches"] += int((pt != pi).sum())
             res["prediction_mismatches_unexplained"] += int(((pt != pi) & ~near_samples).sum())
             if y is not None:
-                yb = np.asarray(y)[start: start + nb]
+                yb = np.asarray(y)[start : start + nb]
                 correct_t += int((pt == yb).sum())
                 correct_i += int((pi == yb).sum())
     finally:

@@ -53,7 +53,9 @@ def _head(idx: np.ndarray, limit: int | None) -> np.ndarray:
     return idx if limit is None else idx[:limit]
 
 
-def _files(index: ImageIndex, idx: np.ndarray, size: int, augment: bool, channels: int) -> ImageFileDataset:
+def _files(
+    index: ImageIndex, idx: np.ndarray, size: int, augment: bool, channels: int
+) -> ImageFileDataset:
     return ImageFileDataset(index.subset(idx), size, augment=augment, channels=channels)
 
 
@@ -135,7 +137,9 @@ def get_data(
                 f"None or {_FASHION_SIZE}, got {image_size}"
             )
         if channels not in (None, 1):
-            raise ValueError(f"Fashion-MNIST images are grey (1 channel); channels must be None or 1, got {channels}")
+            raise ValueError(
+                f"Fashion-MNIST images are grey (1 channel); channels must be None or 1, got {channels}"
+            )
         x_tr, y_tr, names = fashion_arrays(parsed, "train")
         x_te, y_te, _ = fashion_arrays(parsed, "test")
         keep, held = stratified_holdout(y_tr, val_fraction, seed)

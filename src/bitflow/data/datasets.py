@@ -96,7 +96,9 @@ class ImageFileDataset(Dataset[tuple[torch.Tensor, int]]):
     worker seeding make it reproducible -> float32 ``[channels, H, W]`` = pixel / 255.
     """
 
-    def __init__(self, index: ImageIndex, image_size: int = 224, *, augment: bool = False, channels: int = 3) -> None:
+    def __init__(
+        self, index: ImageIndex, image_size: int = 224, *, augment: bool = False, channels: int = 3
+    ) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         if channels not in (1, 3):

@@ -13,10 +13,20 @@ import numpy as np
 
 from ._errors import DatasetError, DatasetNotFoundError
 
-__all__ = ["load_image", "probe_image", "image_geometry", "ImageGeometry", "GREY_MODES", "DEFAULT_IMAGE_SIZE", "folder_geometry"]
+__all__ = [
+    "load_image",
+    "probe_image",
+    "image_geometry",
+    "ImageGeometry",
+    "GREY_MODES",
+    "DEFAULT_IMAGE_SIZE",
+    "folder_geometry",
+]
 
 #: Pillow modes that hold one grey channel (bit-level, 8-bit, 16/32-bit integer, float; with alpha).
-GREY_MODES: frozenset[str] = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+GREY_MODES: frozenset[str] = frozenset(
+    {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+)
 
 
 def _pil() -> tuple[Any, type[Exception]]:
@@ -58,7 +68,9 @@ def probe_image(path: str | os.PathLike[str]) -> tuple[int, int, int]:
     return h, w, 1 if grey else 3
 
 
-def load_image(path: str | os.PathLike[str], size: int | tuple[int, int], channels: int = 3) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike[str], size: int | tuple[int, int], channels: int = 3
+) -> np.ndarray:
     """Read ``path``, convert to RGB (``channels=3``) or grey (``channels=1``, Pillow's ITU-R
     601-2 luma for colour files) and resize to ``size`` (int = square, or ``(H, W)``).
 
@@ -130,7 +142,9 @@ class ImageGeometry:
 
     def describe(self) -> str:
         top = sorted(self.sizes.items(), key=lambda kv: -kv[1])[:3]
-        shown = ", ".join(f"{h}x{w} ({n})" for (h, w), n in top) + (", ..." if len(self.sizes) > 3 else "")
+        shown = ", ".join(f"{h}x{w} ({n})" for (h, w), n in top) + (
+            ", ..." if len(self.sizes) > 3 else ""
+        )
         kind = "grey" if self.channels == 1 else "colour"
         return f"{self.count} images ({self.probed} probed), {kind}, sizes {shown}"
 
@@ -146,7 +160,9 @@ def image_geometry(paths: Sequence[str | os.PathLike[str]], seed: int = 0) -> Im
         raise DatasetError("no images to infer the image size from")
     pick: Sequence[int] = range(len(paths))
     if len(paths) > PROBE_LIMIT:
-        pick = sorted(np.random.default_rng(seed).choice(len(paths), PROBE_LIMIT, replace=False).tolist())
+        pick = sorted(
+            np.random.default_rng(seed).choice(len(paths), PROBE_LIMIT, replace=False).tolist()
+        )
     sizes: dict[tuple[int, int], int] = {}
     grey = True
     bad: list[str] = []
@@ -160,8 +176,12 @@ def image_geometry(paths: Sequence[str | os.PathLike[str]], seed: int = 0) -> Im
         grey = grey and c == 1
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-        raise DatasetError(f"{len(bad)} image file(s) cannot be read: " + "; ".join(bad[:5]) + more
-                           + "; remove or replace them")
+        raise DatasetError(
+            f"{len(bad)} image file(s) cannot be read: "
+            + "; ".join(bad[:5])
+            + more
+            + "; remove or replace them"
+        )
     return ImageGeometry(count=len(paths), probed=len(pick), sizes=sizes, channels=1 if grey else 3)
 
 

@@ -187,13 +187,25 @@ def eval_arrays(
     from .bundle import get_data  # torch
 
     _check_limit(limit, "limit")
-    bundle = get_data(spec, limit_test=limit, limit_train=limit, augment=False, image_size=image_size,
-                      channels=channels, seed=seed, val_fraction=0.0 if split == "train" else 0.1)
+    bundle = get_data(
+        spec,
+        limit_test=limit,
+        limit_train=limit,
+        augment=False,
+        image_size=image_size,
+        channels=channels,
+        seed=seed,
+        val_fraction=0.0 if split == "train" else 0.1,
+    )
     ds: Any = bundle.test if split == "test" else bundle.train
     c, s = bundle.in_channels, bundle.image_size
     tensors = getattr(ds, "tensors", None)
     if tensors is not None:
         return tensors[0].numpy(), tensors[1].numpy().astype(np.int64)
     items = [ds[i] for i in range(len(ds))]
-    x = np.stack([np.asarray(a, np.float32) for a, _ in items]) if items else np.zeros((0, c, s, s), np.float32)
+    x = (
+        np.stack([np.asarray(a, np.float32) for a, _ in items])
+        if items
+        else np.zeros((0, c, s, s), np.float32)
+    )
     return x, np.asarray([b for _, b in items], np.int64)

@@ -50,6 +50,7 @@ class Step(NamedTuple):
             return {self.dst: result}
         return dict(zip((self.dst, *self.extra), result, strict=True))
 
+
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
 
@@ -71,15 +72,27 @@ class Engine:
                 f"{', '.join(N.available_kernels())})"
             )
         if threads is None:
-            threads = min(MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            threads = min(
+                MAX_THREADS,
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1),
+            )
+        if (
+            isinstance(threads, bool)
+            or not isinstance(threads, int)
+            or not 1 <= threads <= MAX_THREADS
+        ):
             raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
         self.graph = graph
         self.values = graph.validate()
         self.kernels = N.default_kernels() if kernels == "auto" else kernels
         self.threads = threads
         ctx = EngineContext(N, self.kernels, self.threads, graph, self.values)
-        steps = [Step(tuple(op.inputs), op.outputs[0], OPS[op.type].engine(ctx, op), (op.name,)) for op in graph.ops]
+        steps = [
+            Step(tuple(op.inputs), op.outputs[0], OPS[op.type].engine(ctx, op), (op.name,))
+            for op in graph.ops
+        ]
         self._steps = _with_frees(steps, graph.output)
         self._plan = _with_frees(self._fuse(), graph.output)
 
@@ -121,8 +134,14 @@ class Engine:
             fused = self._fuse_binary(ops, i, private)
             if fused is not None:
                 n_ops, fn = fused
-                plan.append(Step((op.inputs[0],), ops[i + n_ops - 1].outputs[0], _one(fn),
-                                 tuple(o.name for o in ops[i: i + n_ops])))
+                plan.append(
+                    Step(
+                        (op.inputs[0],),
+                        ops[i + n_ops - 1].outputs[0],
+                        _one(fn),
+                        tuple(o.name for o in ops[i : i + n_ops]),
+                    )
+                )
                 i += n_ops
                 continue
             plan.append(self._steps[i])
@@ -135,8 +154,9 @@ class Engine:
         ks = self.kernels
         return lambda xs: N.maxpool_f32_fast(xs[0], k, s, p, th, ks)
 
-    def _fuse_streams(self, ops: list[Any], uses: dict[str, int],
-                      private: Callable[[str], bool]) -> tuple[dict[int, Step], set[int]]:
+    def _fuse_streams(
+        self, ops: list[Any], uses: dict[str, int], private: Callable[[str], bool]
+    ) -> tuple[dict[int, Step], set[int]]:
         """Float-stream fusion of residual DAGs (:class:`bitflow._native.FloatStream`): every
         ``add_f32``, with the private ``scale_bias`` / ``affine_f32`` chains that feed it, and
         every ``threshold_f32_bits`` (with the add it reads, if any, and the private affine
@@ -176,7 +196,9 @@ class Engine:
         def chain_end(i: int) -> bool:  # an affine op whose value no later stream op takes over
             v = ops[i].outputs[0]
             rs = readers.get(v, [])
-            return not (private(v) and ops[rs[0]].type in (*chain_ops, "add_f32", "threshold_f32_bits"))
+            return not (
+                private(v) and ops[rs[0]].type in (*chain_ops, "add_f32", "threshold_f32_bits")
+            )
 
         for i, op in enumerate(ops):
             if i in absorbed:
@@ -184,7 +206,9 @@ class Engine:
             thr_op = None
             if op.type == "add_f32":
                 y = op.outputs[0]
-                thr_i = next((r for r in readers.get(y, []) if ops[r].type == "threshold_f32_bits"), None)
+                thr_i = next(
+                    (r for r in readers.get(y, []) if ops[r].type == "threshold_f32_bits"), None
+                )
                 thr_op = ops[thr_i] if thr_i is not None else None
                 keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
                 operands = [chain(v) for v in op.inputs]
@@ -194,23 +218,46 @@ class Engine:
             elif op.type in chain_ops and chain_end(i):
                 thr_i, keep_y, y = None, True, op.outputs[0]
                 src, i32, stages, taken = chain(op.inputs[0])
-                operands = [(src, i32, [*stages, (g.tensors[op.params["scale"]], g.tensors[op.params["bias"]])],
-                             [*taken, i])]
+                operands = [
+                    (
+                        src,
+                        i32,
+                        [*stages, (g.tensors[op.params["scale"]], g.tensors[op.params["bias"]])],
+                        [*taken, i],
+                    )
+                ]
             else:
                 continue
             o = self.values[y if op.type != "threshold_f32_bits" else op.inputs[0]].shape[-1]
             kw: dict[str, Any] = {}
             if thr_op is not None:
-                kw = {"thr": g.tensors[thr_op.params["thr"]], "direction": g.tensors[thr_op.params["direction"]]}
-            fs = N.FloatStream(o, [od[1] for od in operands], [list(od[2]) for od in operands], keep_y=keep_y,
-                               kernels=self.kernels, **kw)
+                kw = {
+                    "thr": g.tensors[thr_op.params["thr"]],
+                    "direction": g.tensors[thr_op.params["direction"]],
+                }
+            fs = N.FloatStream(
+                o,
+                [od[1] for od in operands],
+                [list(od[2]) for od in operands],
+                keep_y=keep_y,
+                kernels=self.kernels,
+                **kw,
+            )
             used = [j for od in operands for j in od[3] if j != i]
             # A convolution at the start of one operand, read only by it: run it with the stream
             # as its epilogue (a lone binary or int8 convolution: int32 operand; a float
             # convolution: the single float operand, transformed in place).
-            pos = next((k for k, od in enumerate(operands) if od[0] in producer and private(od[0])
-                        and producer[od[0]] not in absorbed and self._epilogue_conv(ops[producer[od[0]]], od[1],
-                                                                                    len(operands), keep_y)), None)
+            pos = next(
+                (
+                    k
+                    for k, od in enumerate(operands)
+                    if od[0] in producer
+                    and private(od[0])
+                    and producer[od[0]] not in absorbed
+                    and self._epilogue_conv(ops[producer[od[0]]], od[1], len(operands), keep_y)
+                ),
+                None,
+            )
             if pos is not None:
                 conv = ops[producer[operands[pos][0]]]
                 fn = self._conv_with_stream(conv, fs, pos)
@@ -239,17 +286,32 @@ class Engine:
         g, th, a = self.graph, self.threads, conv.attrs
         w = g.tensors[conv.params["w"]]
         if conv.type == "conv2d_f32":
-            bias, st, pad, ks = g.tensors.get(conv.params.get("bias", "")), tuple(a["stride"]), tuple(a["padding"]), self.kernels
+            bias, st, pad, ks = (
+                g.tensors.get(conv.params.get("bias", "")),
+                tuple(a["stride"]),
+                tuple(a["padding"]),
+                self.kernels,
+            )
             return lambda xs: fs.after_conv2d(xs[0], w, bias, st, pad, ks, th)
         layer: Any
         if conv.type == "conv2d_u8i8":
-            layer = N.Int8ConvLayer(w, tuple(a["stride"]), tuple(a["padding"]), kernels=self.kernels)
+            layer = N.Int8ConvLayer(
+                w, tuple(a["stride"]), tuple(a["padding"]), kernels=self.kernels
+            )
         else:
-            layer = N.BinaryLayer(w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"],
-                                  kernels=self.kernels)
+            layer = N.BinaryLayer(
+                w,
+                a["channels"],
+                tuple(a["stride"]),
+                tuple(a["padding"]),
+                a["pad_value"],
+                kernels=self.kernels,
+            )
         return _after(fs, layer, pos, th)
 
-    def _fuse_binary(self, ops: list[Any], i: int, private: Callable[[str], bool]) -> tuple[int, Kernel] | None:
+    def _fuse_binary(
+        self, ops: list[Any], i: int, private: Callable[[str], bool]
+    ) -> tuple[int, Kernel] | None:
         op = ops[i]
         if op.type not in ("bconv2d", "bdense", "conv2d_u8i8"):
             return None
@@ -259,20 +321,35 @@ class Engine:
         chain = [op]
         pool = None
         j = i + 1
-        if op.type in ("bconv2d", "conv2d_u8i8") and j < len(ops) and ops[j].type == "maxpool_i32" and private(chain[-1].outputs[0]) \
-                and ops[j].inputs[0] == chain[-1].outputs[0]:
+        if (
+            op.type in ("bconv2d", "conv2d_u8i8")
+            and j < len(ops)
+            and ops[j].type == "maxpool_i32"
+            and private(chain[-1].outputs[0])
+            and ops[j].inputs[0] == chain[-1].outputs[0]
+        ):
             pool = ops[j]
             chain.append(pool)
             j += 1
         flat = None
-        if op.type in ("bconv2d", "conv2d_u8i8") and j < len(ops) and ops[j].type == "flatten" and private(chain[-1].outputs[0]) \
-                and ops[j].inputs[0] == chain[-1].outputs[0] and self.values[ops[j].outputs[0]].dtype == "int32":
+        if (
+            op.type in ("bconv2d", "conv2d_u8i8")
+            and j < len(ops)
+            and ops[j].type == "flatten"
+            and private(chain[-1].outputs[0])
+            and ops[j].inputs[0] == chain[-1].outputs[0]
+            and self.values[ops[j].outputs[0]].dtype == "int32"
+        ):
             flat = ops[j]  # int32 [Ho, Wo, O] -> [Ho * Wo * O]: the same memory
             chain.append(flat)
             j += 1
         thr = None
-        if j < len(ops) and ops[j].type == "threshold_bits" and private(chain[-1].outputs[0]) \
-                and ops[j].inputs[0] == chain[-1].outputs[0]:
+        if (
+            j < len(ops)
+            and ops[j].type == "threshold_bits"
+            and private(chain[-1].outputs[0])
+            and ops[j].inputs[0] == chain[-1].outputs[0]
+        ):
             thr = ops[j]
             chain.append(thr)
         if thr is None:  # fuse pool / flatten only together with the threshold
@@ -287,7 +364,11 @@ class Engine:
             kw["direction"] = g.tensors[thr.params["direction"]]
         if pool is not None:
             pa = pool.attrs
-            kw.update(pool_kernel=tuple(pa["kernel"]), pool_stride=tuple(pa["stride"]), pool_padding=tuple(pa["padding"]))
+            kw.update(
+                pool_kernel=tuple(pa["kernel"]),
+                pool_stride=tuple(pa["stride"]),
+                pool_padding=tuple(pa["padding"]),
+            )
         if op.type == "conv2d_u8i8":
             if thr is None:
                 return None
@@ -298,7 +379,9 @@ class Engine:
             return len(chain), lambda x: layer8(x, th)
         if op.type == "bconv2d":
             a = op.attrs
-            layer = N.BinaryLayer(w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], **kw)
+            layer = N.BinaryLayer(
+                w, a["channels"], tuple(a["stride"]), tuple(a["padding"]), a["pad_value"], **kw
+            )
             if flat is not None:
                 # bits [N, words] (a 1x1 pooled output comes back as [N, 1, 1, words]: same memory)
                 return len(chain), lambda x: layer(x, th).reshape(x.shape[0], -1)
@@ -306,8 +389,12 @@ class Engine:
         k_bits = op.attrs["k_bits"]
         if w.ndim != 2 or -(-k_bits // 64) != w.shape[1]:
             return None
-        layer = N.BinaryLayer(np.ascontiguousarray(w.reshape(w.shape[0], 1, 1, w.shape[1])), k_bits, **kw)
-        return len(chain), lambda x: layer(x.reshape(x.shape[0], 1, 1, x.shape[-1]), th).reshape(x.shape[0], -1)
+        layer = N.BinaryLayer(
+            np.ascontiguousarray(w.reshape(w.shape[0], 1, 1, w.shape[1])), k_bits, **kw
+        )
+        return len(chain), lambda x: layer(x.reshape(x.shape[0], 1, 1, x.shape[-1]), th).reshape(
+            x.shape[0], -1
+        )
 
     # ------------------------------------------------------------------ running
     def _prepare(self, x: np.ndarray) -> np.ndarray:
@@ -318,7 +405,9 @@ class Engine:
             x = x[None]
         want = (spec.channels, spec.height, spec.width)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}] (NCHW), got {list(x.shape)}")
+            raise ValueError(
+                f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}] (NCHW), got {list(x.shape)}"
+            )
         if x.shape[0] == 0:
             raise ValueError("input batch is empty")
         if not x.flags.c_contiguous:
@@ -327,7 +416,9 @@ class Engine:
             nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
             return nhwc if spec.preprocess == "uint8" else nhwc.astype(np.float32) / np.float32(255)
         if x.dtype != np.float32:
-            raise TypeError(f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}")
+            raise TypeError(
+                f"input dtype must be float32 (values in [0, 1]) or uint8 (pixels), got {x.dtype}"
+            )
         # the reference executor's preprocessing (ir.reference.preprocess: NHWC, and for a
         # fixed-point first layer round(255 x) with round-half-to-even, exactly like Int8Conv2d
         # in training), native: the same float32 operations in one threaded pass; ValueError
@@ -380,9 +471,18 @@ class Engine:
         ops = []
         for op in self.graph.ops:
             v = self.values[op.outputs[0]]
-            ops.append({"type": op.type, "name": op.name, "inputs": list(op.inputs), "output": v.to_json(),
-                        "output_bytes_per_sample": _value_bytes(v),
-                        "param_bytes": int(sum(self.graph.tensors[t].nbytes for t in op.params.values()))})
+            ops.append(
+                {
+                    "type": op.type,
+                    "name": op.name,
+                    "inputs": list(op.inputs),
+                    "output": v.to_json(),
+                    "output_bytes_per_sample": _value_bytes(v),
+                    "param_bytes": int(
+                        sum(self.graph.tensors[t].nbytes for t in op.params.values())
+                    ),
+                }
+            )
         peak = self.peak_activation_bytes()
         return {
             "kernels": self.kernels,

@@ -44,7 +44,13 @@ FLOAT_DECISIONS = ("threshold_f32_bits", "threshold_f32_planes")
 
 
 def float_decision_diff(
-    op_type: str, out: np.ndarray, want: np.ndarray, y: np.ndarray, thr: np.ndarray, bound: np.ndarray, channels: int,
+    op_type: str,
+    out: np.ndarray,
+    want: np.ndarray,
+    y: np.ndarray,
+    thr: np.ndarray,
+    bound: np.ndarray,
+    channels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(diff, near)`` over ``[..., channels]`` for a float threshold op's two outputs.
 
@@ -70,7 +76,12 @@ def _run_plan_keeping(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def compare_with_reference(
-    engine: Engine, x: np.ndarray, y: np.ndarray | None = None, *, batch_size: int = 256, reference: bool = True,
+    engine: Engine,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    reference: bool = True,
     reference_graph: Graph | None = None,
 ) -> dict[str, Any]:
     """Accuracy and speed of ``engine`` on ``x`` and, with ``reference``, its agreement with the
@@ -97,13 +108,28 @@ def compare_with_reference(
     preds = np.empty(n, np.int64)
     t_engine = 0.0
     ref_report: dict[str, Any] = {
-        "prediction_mismatches": 0, "prediction_mismatches_unexplained": 0, "exact_mismatches": 0,
-        "exact_values_compared": 0, "op_by_op_mismatches": 0, "max_float_abs_diff": 0.0, "near_threshold": 0, "by_op": {}, "by_step": {},
+        "prediction_mismatches": 0,
+        "prediction_mismatches_unexplained": 0,
+        "exact_mismatches": 0,
+        "exact_values_compared": 0,
+        "op_by_op_mismatches": 0,
+        "max_float_abs_diff": 0.0,
+        "near_threshold": 0,
+        "by_op": {},
+        "by_step": {},
     }
     bounds = _float_conv_bounds(rg)
 
-    def check_step(stats: dict[str, Any], typ: str, src: str, dst: str, thr_name: str | None,
-                   out: np.ndarray, env: dict[str, np.ndarray], total: str) -> None:
+    def check_step(
+        stats: dict[str, Any],
+        typ: str,
+        src: str,
+        dst: str,
+        thr_name: str | None,
+        out: np.ndarray,
+        env: dict[str, np.ndarray],
+        total: str,
+    ) -> None:
         want = env[dst]
         v = engine.values[dst]
         if v.dtype == "float32":
@@ -112,10 +138,14 @@ def compare_with_reference(
             ref_report["max_float_abs_diff"] = max(ref_report["max_float_abs_diff"], d)
             return
         if out.shape != want.shape:
-            raise AssertionError(f"step {dst!r}: engine shape {out.shape} != reference {want.shape}")
+            raise AssertionError(
+                f"step {dst!r}: engine shape {out.shape} != reference {want.shape}"
+            )
         if typ in FLOAT_DECISIONS and src in bounds:
             assert v.channels is not None and thr_name is not None
-            diff, near = float_decision_diff(typ, out, want, env[src], rg.tensors[thr_name], bounds[src], v.channels)
+            diff, near = float_decision_diff(
+                typ, out, want, env[src], rg.tensors[thr_name], bounds[src], v.channels
+            )
             stats["near_threshold"] = stats.get("near_threshold", 0) + int((diff & near).sum())
             if total == "exact_mismatches":
                 ref_report["near_threshold"] += int((diff & near).sum())
@@ -130,19 +160,20 @@ def compare_with_reference(
 
     rops = {op.name: op for op in rg.ops}
     for i in range(0, n, batch_size):
-        xb = np.ascontiguousarray(x[i: i + batch_size], dtype=np.float32)
+        xb = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
         nb = len(xb)
         t0 = time.perf_counter()
         logits = engine.logits(xb)
         t_engine += time.perf_counter() - t0
-        preds[i: i + nb] = logits.argmax(1)
+        preds[i : i + nb] = logits.argmax(1)
         if not reference:
             continue
         ref_logits, env = reference_run(rg, xb, return_intermediates=True)  # type: ignore[misc]
-        mism_pred = ref_logits.argmax(1) != preds[i: i + nb]
+        mism_pred = ref_logits.argmax(1) != preds[i : i + nb]
         ref_report["prediction_mismatches"] += int(mism_pred.sum())
         ref_report["max_logit_abs_diff_end_to_end"] = max(
-            ref_report.get("max_logit_abs_diff_end_to_end", 0.0), float(np.max(np.abs(logits - ref_logits)))
+            ref_report.get("max_logit_abs_diff_end_to_end", 0.0),
+            float(np.max(np.abs(logits - ref_logits))),
         )
         # End to end, only a float first layer's threshold can start a divergence: count its
         # bits that differ from the reference (in the plan that runs) and check each lies within
@@ -153,9 +184,19 @@ def compare_with_reference(
             if op.type in FLOAT_DECISIONS and op.inputs[0] in bounds and op.outputs[0] in own:
                 ch = engine.values[op.outputs[0]].channels
                 assert ch is not None
-                diff, near = float_decision_diff(op.type, own[op.outputs[0]], env[op.outputs[0]], env[op.inputs[0]],
-                                                 rg.tensors[op.params["thr"]], bounds[op.inputs[0]], ch)
-                e2e = ref_report.setdefault("first_layer_end_to_end", {"near_threshold": 0, "real": 0, "samples_affected": 0})
+                diff, near = float_decision_diff(
+                    op.type,
+                    own[op.outputs[0]],
+                    env[op.outputs[0]],
+                    env[op.inputs[0]],
+                    rg.tensors[op.params["thr"]],
+                    bounds[op.inputs[0]],
+                    ch,
+                )
+                e2e = ref_report.setdefault(
+                    "first_layer_end_to_end",
+                    {"near_threshold": 0, "real": 0, "samples_affected": 0},
+                )
                 e2e["near_threshold"] += int((diff & near).sum())
                 e2e["real"] += int((diff & ~near).sum())
                 ref_report["exact_mismatches"] += int((diff & ~near).sum())
@@ -167,15 +208,35 @@ def compare_with_reference(
             last = rops[step.ops[-1]]
             out = step.fn([np.ascontiguousarray(env[v]) for v in step.srcs])
             key = "+".join(step.ops)
-            stats = ref_report["by_step"].setdefault(key, {"type": last.type, "mismatches": 0, "compared": 0,
-                                                            "max_abs_diff": 0.0})
-            check_step(stats, last.type, step.srcs[0], step.dst, last.params.get("thr"), out, env, "exact_mismatches")
+            stats = ref_report["by_step"].setdefault(
+                key, {"type": last.type, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0}
+            )
+            check_step(
+                stats,
+                last.type,
+                step.srcs[0],
+                step.dst,
+                last.params.get("thr"),
+                out,
+                env,
+                "exact_mismatches",
+            )
         # and every op on its own (localizes a fused step's mismatch)
         for step, op in zip(engine._steps, rg.ops, strict=True):
             out = step.fn([np.ascontiguousarray(env[v]) for v in step.srcs])
-            stats = ref_report["by_op"].setdefault(op.name, {"type": op.type, "mismatches": 0, "compared": 0,
-                                                             "max_abs_diff": 0.0})
-            check_step(stats, op.type, op.inputs[0], step.dst, op.params.get("thr"), out, env, "op_by_op_mismatches")
+            stats = ref_report["by_op"].setdefault(
+                op.name, {"type": op.type, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0}
+            )
+            check_step(
+                stats,
+                op.type,
+                op.inputs[0],
+                step.dst,
+                op.params.get("thr"),
+                out,
+                env,
+                "op_by_op_mismatches",
+            )
     report: dict[str, Any] = {
         "samples": n,
         "kernels": engine.kernels,
@@ -194,5 +255,8 @@ def reference_ok(ref: dict[str, Any]) -> bool:
     """True when every difference from the reference is a legitimate one: no integer / bit
     mismatch, and every prediction difference lies in a sample that took a float first-layer
     decision within the float32 error bound of its threshold differently (``bitflow run`` exit 0)."""
-    return (ref["exact_mismatches"] == 0 and ref["op_by_op_mismatches"] == 0
-            and ref["prediction_mismatches_unexplained"] == 0)
+    return (
+        ref["exact_mismatches"] == 0
+        and ref["op_by_op_mismatches"] == 0
+        and ref["prediction_mismatches_unexplained"] == 0
+    )

@@ -50,7 +50,9 @@ class Agreement:
         return {**asdict(self), "agreement": self.agreement}
 
 
-def near_threshold(graph: Graph, env: dict[str, np.ndarray], bounds: dict[str, np.ndarray]) -> np.ndarray:
+def near_threshold(
+    graph: Graph, env: dict[str, np.ndarray], bounds: dict[str, np.ndarray]
+) -> np.ndarray:
     """Per sample: whether some sign decided on a float value lies within ``2 E`` of its
     threshold (two correct float32 executors may take different signs there)."""
     n = env[graph.input.name].shape[0]
@@ -60,23 +62,31 @@ def near_threshold(graph: Graph, env: dict[str, np.ndarray], bounds: dict[str, n
         if op.type not in _FLOAT_DECISIONS or y.dtype != np.float32:
             continue
         c = y.shape[-1]
-        thr = (graph.tensors[op.params["thr"]].astype(np.float64).reshape(c, -1) if "thr" in op.params
-               else np.zeros((c, 1)))
+        thr = (
+            graph.tensors[op.params["thr"]].astype(np.float64).reshape(c, -1)
+            if "thr" in op.params
+            else np.zeros((c, 1))
+        )
         e = np.broadcast_to(bounds.get(op.inputs[0], 0.0), y.shape)
         close = np.abs(y.astype(np.float64)[..., None] - thr) <= 2 * e[..., None]
         near |= close.reshape(n, -1).any(1)
     return near
 
 
-def agreement(graph: Graph, x: np.ndarray, other: Callable[[np.ndarray], np.ndarray],
-              engine: Callable[[np.ndarray], np.ndarray], batch_size: int = 256) -> Agreement:
+def agreement(
+    graph: Graph,
+    x: np.ndarray,
+    other: Callable[[np.ndarray], np.ndarray],
+    engine: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 256,
+) -> Agreement:
     """Run ``other`` and ``engine`` (images ``[B, C, H, W]`` -> logits ``[B, classes]``) on ``x``
     in batches and classify every difference (module docstring)."""
     n = len(x)
     same = near_n = unexplained = 0
     max_diff = max_bound = 0.0
     for i in range(0, n, batch_size):
-        xb = x[i: i + batch_size]
+        xb = x[i : i + batch_size]
         got = np.asarray(other(xb), np.float64)
         want = np.asarray(engine(xb), np.float64)
         _, env = run(graph, xb, return_intermediates=True)  # type: ignore[misc]

@@ -71,7 +71,9 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("exporting to ONNX needs the onnx package: pip install 'bitflow[onnx]'") from e
+        raise ImportError(
+            "exporting to ONNX needs the onnx package: pip install 'bitflow[onnx]'"
+        ) from e
     return onnx
 
 
@@ -115,7 +117,9 @@ class _Builder:
     def scalar(self, hint: str, v: float) -> str:
         return self.const(hint, np.array(v, np.float32))
 
-    def node(self, op: str, inputs: Sequence[str], hint: str, domain: str | None = None, **attrs: Any) -> str:
+    def node(
+        self, op: str, inputs: Sequence[str], hint: str, domain: str | None = None, **attrs: Any
+    ) -> str:
         out = self.fresh(hint)
         kw = {"domain": domain} if domain else {}
         self.nodes.append(self.h.make_node(op, list(inputs), [out], name=out, **kw, **attrs))
@@ -133,14 +137,18 @@ class _Builder:
         """Record the bound on ``|x|`` of ``op``'s integer output; refuse one float32 would not
         hold exactly."""
         if bound >= _EXACT:
-            raise ExportError(f"op {op.name!r} ({op.type}): integer bound {bound} exceeds 2^24, so float32 would "
-                              "not hold the integers exactly")
+            raise ExportError(
+                f"op {op.name!r} ({op.type}): integer bound {bound} exceeds 2^24, so float32 would "
+                "not hold the integers exactly"
+            )
         self.bounds[op.outputs[0]] = bound
 
     def bound(self, op: Op, value: str) -> int:
         if value not in self.bounds:
-            raise ExportError(f"op {op.name!r} ({op.type}): no integer range is known for its input {value!r}, "
-                              "so the exporter cannot prove float32 holds it exactly")
+            raise ExportError(
+                f"op {op.name!r} ({op.type}): no integer range is known for its input {value!r}, "
+                "so the exporter cannot prove float32 holds it exactly"
+            )
         return self.bounds[value]
 
     # ------------------------------------------------------------------ graph
@@ -164,23 +172,41 @@ class _Builder:
             vins = [self.values[v] for v in op.inputs]
             self.names[op.outputs[0]] = rule(self, op, xs, vins, self.values[op.outputs[0]])
         vout = self.values[g.output]
-        self.nodes.append(h.make_node("Identity", [self.names[g.output]], ["logits"], name="logits"))
+        self.nodes.append(
+            h.make_node("Identity", [self.names[g.output]], ["logits"], name="logits")
+        )
         batch = self.batch
-        inputs = [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [batch, spec.channels, spec.height, spec.width])]
-        outputs = [h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [batch, *_logical(vout)])]
-        value_info = [
-            h.make_tensor_value_info(self.names[name], onnx.TensorProto.FLOAT, [batch, *_logical(v)])
-            for name, v in self.values.items()
-            if name in self.names and self.names[name] not in ("input", "logits") and name != g.output
+        inputs = [
+            h.make_tensor_value_info(
+                "input", onnx.TensorProto.FLOAT, [batch, spec.channels, spec.height, spec.width]
+            )
         ]
-        graph = h.make_graph(self.nodes, "bitflow", inputs, outputs, self.inits, value_info=value_info)
+        outputs = [
+            h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [batch, *_logical(vout)])
+        ]
+        value_info = [
+            h.make_tensor_value_info(
+                self.names[name], onnx.TensorProto.FLOAT, [batch, *_logical(v)]
+            )
+            for name, v in self.values.items()
+            if name in self.names
+            and self.names[name] not in ("input", "logits")
+            and name != g.output
+        ]
+        graph = h.make_graph(
+            self.nodes, "bitflow", inputs, outputs, self.inits, value_info=value_info
+        )
         graph.doc_string = f"bitflow engine graph exported as {self.fmt}; mode {g.mode}"
         opsets = [h.make_opsetid("", OPSET)]
         if self.fmt == "qonnx":
             opsets.append(h.make_opsetid(QONNX_DOMAIN, 1))
         model = h.make_model(graph, opset_imports=opsets, producer_name="bitflow")
         model.ir_version = 8  # what onnxruntime >= 1.14 reads (opset 17)
-        meta = {"bitflow.classes": ",".join(g.class_names), "bitflow.mode": g.mode, "bitflow.format": self.fmt}
+        meta = {
+            "bitflow.classes": ",".join(g.class_names),
+            "bitflow.mode": g.mode,
+            "bitflow.format": self.fmt,
+        }
         for k, v in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = k, v
@@ -190,31 +216,53 @@ class _Builder:
     def weights(self, w: np.ndarray, binary: bool) -> str:
         name = self.const("w", w.astype(np.float32))
         if binary and self.fmt == "qonnx":
-            name = self.node("BipolarQuant", [name, self.scalar("wscale", 1.0)], "wq", domain=QONNX_DOMAIN)
+            name = self.node(
+                "BipolarQuant", [name, self.scalar("wscale", 1.0)], "wq", domain=QONNX_DOMAIN
+            )
         return name
 
-    def conv(self, op: Op, x: str, w: np.ndarray, bias: np.ndarray | None, pad_level: float, binary: bool) -> str:
+    def conv(
+        self, op: Op, x: str, w: np.ndarray, bias: np.ndarray | None, pad_level: float, binary: bool
+    ) -> str:
         ph, pw = op.attrs["padding"]
         sh, sw = op.attrs["stride"]
         if pad_level != 0 and (ph or pw):
             pads = np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64)
-            x = self.node("Pad", [x, self.const("pads", pads), self.scalar("padv", pad_level)], "padded")
+            x = self.node(
+                "Pad", [x, self.const("pads", pads), self.scalar("padv", pad_level)], "padded"
+            )
             ph = pw = 0
         ins = [x, self.weights(w.transpose(0, 3, 1, 2), binary)]
         if bias is not None:
             ins.append(self.const("b", bias.astype(np.float32)))
         kh, kw = w.shape[1], w.shape[2]
-        return self.node("Conv", ins, op.name or "conv", kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw])
+        return self.node(
+            "Conv",
+            ins,
+            op.name or "conv",
+            kernel_shape=[kh, kw],
+            strides=[sh, sw],
+            pads=[ph, pw, ph, pw],
+        )
 
     def dense(self, op: Op, x: str, wl: np.ndarray, binary: bool) -> str:
-        return self.node("MatMul", [x, self.weights(np.ascontiguousarray(wl.T), binary)], op.name or "dense")
+        return self.node(
+            "MatMul", [x, self.weights(np.ascontiguousarray(wl.T), binary)], op.name or "dense"
+        )
 
     def window(self, op: Op, onnx_op: str, x: str, **extra: Any) -> str:
         kh, kw = op.attrs["kernel"]
         sh, sw = op.attrs["stride"]
         ph, pw = op.attrs["padding"]
-        return self.node(onnx_op, [x], op.name or "pool", kernel_shape=[kh, kw], strides=[sh, sw],
-                         pads=[ph, pw, ph, pw], **extra)
+        return self.node(
+            onnx_op,
+            [x],
+            op.name or "pool",
+            kernel_shape=[kh, kw],
+            strides=[sh, sw],
+            pads=[ph, pw, ph, pw],
+            **extra,
+        )
 
     def threshold(self, op: Op, x: str, vin: ValueInfo, planes: int) -> str:
         thr = self.g.tensors[op.params["thr"]]
@@ -228,20 +276,47 @@ class _Builder:
         flip = d < 0
         td = np.where(flip[:, None], -t, t)  # x <= T  <=>  -x >= -T: one direction for all
         if flip.any():
-            x = self.node("Mul", [x, self.const("dir", self.per_channel(vin, d.astype(np.float32)))], "directed")
+            x = self.node(
+                "Mul",
+                [x, self.const("dir", self.per_channel(vin, d.astype(np.float32)))],
+                "directed",
+            )
         if self.fmt == "qonnx":
             layout = "NCHW" if len(_logical(vin)) == 3 else "NC"
             dtype = "BIPOLAR" if levels == 1 else f"INT{planes + 1}"
-            return self.node("MultiThreshold", [x, self.const("thr", np.sort(td, axis=1).astype(np.float32))],
-                             op.name or "threshold", domain=QONNX_DOMAIN, out_scale=2.0, out_bias=float(-levels),
-                             out_dtype=dtype, data_layout=layout)
+            return self.node(
+                "MultiThreshold",
+                [x, self.const("thr", np.sort(td, axis=1).astype(np.float32))],
+                op.name or "threshold",
+                domain=QONNX_DOMAIN,
+                out_scale=2.0,
+                out_bias=float(-levels),
+                out_dtype=dtype,
+                data_layout=layout,
+            )
         if levels == 1:
-            below = self.node("Less", [x, self.const("thr", self.per_channel(vin, td[:, 0].astype(np.float32)))], "below")
-            return self.node("Where", [below, self.scalar("m1", -1), self.scalar("p1", 1)], op.name or "threshold")
+            below = self.node(
+                "Less",
+                [x, self.const("thr", self.per_channel(vin, td[:, 0].astype(np.float32)))],
+                "below",
+            )
+            return self.node(
+                "Where",
+                [below, self.scalar("m1", -1), self.scalar("p1", 1)],
+                op.name or "threshold",
+            )
         xe = self.node("Unsqueeze", [x, self.const("axis", np.array([-1], np.int64))], "xl")
-        below = self.node("Less", [xe, self.const("thr", self.per_channel(vin, td.astype(np.float32), extra=1))], "below")
-        passed = self.node("Cast", [self.node("Not", [below], "passed")], "passedf", to=self.onnx.TensorProto.FLOAT)
-        q = self.node("ReduceSum", [passed, self.const("axis", np.array([-1], np.int64))], "q", keepdims=0)
+        below = self.node(
+            "Less",
+            [xe, self.const("thr", self.per_channel(vin, td.astype(np.float32), extra=1))],
+            "below",
+        )
+        passed = self.node(
+            "Cast", [self.node("Not", [below], "passed")], "passedf", to=self.onnx.TensorProto.FLOAT
+        )
+        q = self.node(
+            "ReduceSum", [passed, self.const("axis", np.array([-1], np.int64))], "q", keepdims=0
+        )
         two_q = self.node("Mul", [q, self.scalar("two", 2)], "twoq")
         return self.node("Sub", [two_q, self.scalar("L", levels)], op.name or "levels")
 
@@ -271,14 +346,34 @@ def rule(*types: str) -> Callable[[Rule], Rule]:
 @rule("conv2d_f32")
 def _conv2d_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     p = b.g.tensors
-    return b.conv(op, xs[0], p[op.params["w"]], p[op.params["bias"]] if "bias" in op.params else None, 0, False)
+    return b.conv(
+        op,
+        xs[0],
+        p[op.params["w"]],
+        p[op.params["bias"]] if "bias" in op.params else None,
+        0,
+        False,
+    )
 
 
 @rule("conv2d_u8i8")
 def _conv2d_u8i8(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     w = b.g.tensors[op.params["w"]]
-    b.set_bound(op, b.bound(op, op.inputs[0]) * int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0)))
+    b.set_bound(
+        op,
+        b.bound(op, op.inputs[0])
+        * int(np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1).max(initial=0)),
+    )
     return b.conv(op, xs[0], w, None, 0, False)
+
+
+@rule("conv2d_u8b1")
+def _conv2d_u8b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # +-1 weights over uint8 activations (MCN W1/A8), zero padding: |y| <= bound(x) * taps
+    w = b.g.tensors[op.params["w"]]
+    wl = 1 - 2 * unpack_bits(w, int(op.attrs["channels"])).astype(np.int64)  # [O, kh, kw, C] +-1
+    b.set_bound(op, b.bound(op, op.inputs[0]) * wl[0].size)
+    return b.conv(op, xs[0], wl, None, 0, False)
 
 
 @rule("bconv2d")
@@ -290,7 +385,9 @@ def _bconv2d(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: Va
 
 
 @rule("bconv2d_planes")
-def _bconv2d_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+def _bconv2d_planes(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
     w = b.g.tensors[op.params["w"]]
     wl = plane_levels(w, int(op.attrs["channels"]))  # [O, kh, kw, C] odd levels
     lx = (1 << vins[0].planes) - 1
@@ -309,7 +406,9 @@ def _bdense(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: Val
 
 
 @rule("bdense_planes")
-def _bdense_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+def _bdense_planes(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
     w, vin = b.g.tensors[op.params["w"]], vins[0]
     assert vin.channels is not None
     wl = plane_levels(w, vin.channels, vin.groups)
@@ -322,12 +421,18 @@ def _dense_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: 
     p = b.g.tensors
     y = b.dense(op, xs[0], p[op.params["w"]], False)
     if "bias" in op.params:
-        y = b.node("Add", [y, b.const("b", p[op.params["bias"]].astype(np.float32))], (op.name or "dense") + "_bias")
+        y = b.node(
+            "Add",
+            [y, b.const("b", p[op.params["bias"]].astype(np.float32))],
+            (op.name or "dense") + "_bias",
+        )
     return y
 
 
 @rule("maxpool_bits")
-def _maxpool_bits(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+def _maxpool_bits(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
     if op.attrs["op"] == "and":  # AND of bits (1 = -1) = max of +-1
         return b.window(op, "MaxPool", xs[0])
     neg = b.node("Neg", [xs[0]], "neg")  # OR = min of +-1
@@ -348,17 +453,25 @@ def _avgpool_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout
 
 
 @rule("global_avgpool_f32")
-def _global_avgpool_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
-    return b.node("GlobalAveragePool", [xs[0]], op.name or "gap")  # [N, C, 1, 1]: the engine's [1, 1, C]
+def _global_avgpool_f32(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    return b.node(
+        "GlobalAveragePool", [xs[0]], op.name or "gap"
+    )  # [N, C, 1, 1]: the engine's [1, 1, C]
 
 
 @rule("threshold_bits", "threshold_f32_bits")
-def _threshold_bits(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+def _threshold_bits(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
     return b.threshold(op, xs[0], vins[0], 1)
 
 
 @rule("threshold_planes", "threshold_f32_planes")
-def _threshold_planes(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+def _threshold_planes(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
     return b.threshold(op, xs[0], vins[0], int(op.attrs["planes"]))
 
 
@@ -367,7 +480,9 @@ def _affine(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: Val
     # x * scale, rounded, then + bias, rounded: the engine's order (no FMA)
     p, v = b.g.tensors, vins[0]
     y = b.node("Mul", [xs[0], b.const("scale", b.per_channel(v, p[op.params["scale"]]))], "scaled")
-    return b.node("Add", [y, b.const("bias", b.per_channel(v, p[op.params["bias"]]))], op.name or "affine")
+    return b.node(
+        "Add", [y, b.const("bias", b.per_channel(v, p[op.params["bias"]]))], op.name or "affine"
+    )
 
 
 @rule("relu_f32")
@@ -379,12 +494,64 @@ def _relu_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: V
 def _add(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     # a chain of binary Adds, left to right: the engine's float32 rounding of every partial sum
     # (ONNX Sum leaves the order open); on int32 every partial sum is an exact float32 integer
+    rng = op.attrs.get("clamp") if op.type == "add_i32" else None
     if op.type == "add_i32":
-        b.set_bound(op, sum(b.bound(op, v) for v in op.inputs))
+        total = sum(b.bound(op, v) for v in op.inputs)
+        b.set_bound(op, total)  # every partial sum must be an exact float32 integer
+        if rng is not None:
+            b.set_bound(op, min(total, max(abs(int(rng[0])), abs(int(rng[1])))))
     y = xs[0]
     for i, x in enumerate(xs[1:], 1):
-        y = b.node("Add", [y, x], op.name or "add" if i == len(xs) - 1 else "partial")
+        last = i == len(xs) - 1 and rng is None
+        y = b.node("Add", [y, x], op.name or "add" if last else "partial")
+    if (
+        rng is not None
+    ):  # the saturating add of the fixed-point stream (partial sums exact below 2^24)
+        y = b.node(
+            "Clip",
+            [y, b.scalar("lo", float(rng[0])), b.scalar("hi", float(rng[1]))],
+            op.name or "add",
+        )
     return y
+
+
+@rule("requant_i32")
+def _requant_i32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # floor((x m + b) / 2^shift) in float64, exact while |x m| + |b| < 2^53 (checked): the
+    # products and sums are integers below 2^53, the scaling by 2^-shift is exact and Floor
+    # rounds as the engine's arithmetic shift does; then the clamp, and back to float32
+    m = b.g.tensors[op.params["m"]].astype(np.int64)
+    bb = b.g.tensors[op.params["b"]].astype(np.int64)
+    sh = int(op.attrs["shift"])
+    xmax = b.bound(op, op.inputs[0])
+    if xmax * int(np.abs(m).max(initial=0)) + int(np.abs(bb).max(initial=0)) >= 2**53:
+        raise ExportError(
+            f"op {op.name!r} (requant_i32): |x m + b| may reach 2^53, beyond exact float64"
+        )
+    ends = [
+        (v * int(mc) + int(bc)) >> sh for mc, bc in zip(m, bb, strict=True) for v in (-xmax, xmax)
+    ]
+    lo, hi = min(ends, default=0), max(ends, default=0)
+    rng = op.attrs.get("clamp")
+    if rng is not None:
+        lo, hi = max(lo, int(rng[0])), min(hi, int(rng[1]))
+    b.set_bound(op, max(abs(lo), abs(hi)))
+    vin = vins[0]
+    x = b.node("Cast", [xs[0]], "x64", to=b.onnx.TensorProto.DOUBLE)
+    lay = (-1, 1, 1) if len(_logical(vin)) == 3 else (-1,)  # channels on ONNX axis 1
+    mc = b.const("m", m.astype(np.float64).reshape(lay))  # |m| < 2^53 here: exact in float64
+    bc = b.const("b", bb.astype(np.float64).reshape(lay))
+    y = b.node("Add", [b.node("Mul", [x, mc], "xm"), bc], "xmb")
+    y = b.node(
+        "Floor", [b.node("Mul", [y, b.const("scale", np.array(2.0**-sh))], "scaled")], "floor"
+    )
+    if rng is not None:
+        y = b.node(
+            "Clip",
+            [y, b.const("lo", np.array(float(rng[0]))), b.const("hi", np.array(float(rng[1])))],
+            "clip",
+        )
+    return b.node("Cast", [y], op.name or "requant", to=b.onnx.TensorProto.FLOAT)
 
 
 @rule("concat")
@@ -398,7 +565,9 @@ def _concat(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: Val
 @rule("bitpack")
 def _bitpack(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     if b.fmt == "qonnx":
-        return b.node("BipolarQuant", [xs[0], b.scalar("scale", 1.0)], op.name or "sign", domain=QONNX_DOMAIN)
+        return b.node(
+            "BipolarQuant", [xs[0], b.scalar("scale", 1.0)], op.name or "sign", domain=QONNX_DOMAIN
+        )
     below = b.node("Less", [xs[0], b.scalar("zero", 0)], "negative")
     return b.node("Where", [below, b.scalar("m1", -1), b.scalar("p1", 1)], op.name or "sign")
 
@@ -434,8 +603,12 @@ def to_onnx(graph: Graph, format: str = "onnx", batch: int | None | str = "defau
     return _Builder(graph, format, _default_batch(format, batch)).run()
 
 
-def export_onnx(model: Graph | str | os.PathLike[str], path: str | os.PathLike[str], format: str = "onnx",
-                batch: int | None | str = "default") -> Any:
+def export_onnx(
+    model: Graph | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    batch: int | None | str = "default",
+) -> Any:
     """Write ``model`` (a :class:`~bitflow.ir.Graph` or a ``.bfn`` path) to ``path`` atomically;
     returns the ``onnx.ModelProto``. The model passes ``onnx.checker.check_model(full_check=True)``
     before it is written."""

@@ -42,7 +42,8 @@ def plane_levels(planes: np.ndarray, channels: int, groups: int = 1) -> np.ndarr
     """Packed bit planes ``[M, ..., words]`` -> the odd levels ``sum_m 2^m c_m`` (MBBN Eq. 7,
     ``c_m = -1`` where bit ``m`` is set) as int64 ``[..., groups * C]``."""
     return sum(  # type: ignore[return-value]
-        (1 << m) * (1 - 2 * unpack_bits(planes[m], channels, groups).astype(np.int64)) for m in range(planes.shape[0])
+        (1 << m) * (1 - 2 * unpack_bits(planes[m], channels, groups).astype(np.int64))
+        for m in range(planes.shape[0])
     )
 
 

@@ -94,7 +94,9 @@ class ValueInfo:
                     f"ceil({self.channels}/64)"
                 )
         elif self.channels is not None or self.groups != 1 or self.planes != 1:
-            raise GraphError(f"channels/groups/planes apply to bits values only (dtype {self.dtype})")
+            raise GraphError(
+                f"channels/groups/planes apply to bits values only (dtype {self.dtype})"
+            )
 
     @property
     def real_bits(self) -> int:
@@ -123,9 +125,11 @@ class ValueInfo:
             raise GraphError("a value description must be a JSON object")
         try:
             return ValueInfo(
-                dtype=str(d["dtype"]), shape=tuple(_int_list(d["shape"], "shape")),
+                dtype=str(d["dtype"]),
+                shape=tuple(_int_list(d["shape"], "shape")),
                 channels=None if d.get("channels") is None else _int(d["channels"], "channels"),
-                groups=_int(d.get("groups", 1), "groups"), planes=_int(d.get("planes", 1), "planes"),
+                groups=_int(d.get("groups", 1), "groups"),
+                planes=_int(d.get("planes", 1), "planes"),
             )
         except KeyError as e:
             raise GraphError(f"value description lacks {e}") from None
@@ -160,8 +164,12 @@ class Op:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "type": self.type, "name": self.name, "inputs": list(self.inputs),
-            "outputs": list(self.outputs), "attrs": dict(self.attrs), "params": dict(self.params),
+            "type": self.type,
+            "name": self.name,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "attrs": dict(self.attrs),
+            "params": dict(self.params),
         }
 
     @staticmethod
@@ -175,13 +183,28 @@ class Op:
         attrs, params = d.get("attrs", {}), d.get("params", {})
         if not (isinstance(t, str) and isinstance(name, str)):
             raise GraphError("op type and name must be strings")
-        if not (isinstance(ins, list) and isinstance(outs, list) and all(isinstance(v, str) for v in ins + outs)):
-            raise GraphError(f"op {name!r}: inputs/outputs must be lists of value names")
-        if not isinstance(attrs, dict) or not isinstance(params, dict) or not all(
-            isinstance(v, str) for v in params.values()
+        if not (
+            isinstance(ins, list)
+            and isinstance(outs, list)
+            and all(isinstance(v, str) for v in ins + outs)
         ):
-            raise GraphError(f"op {name!r}: attrs must be an object and params map roles to tensor names")
-        return Op(type=t, name=name, inputs=list(ins), outputs=list(outs), attrs=dict(attrs), params=dict(params))
+            raise GraphError(f"op {name!r}: inputs/outputs must be lists of value names")
+        if (
+            not isinstance(attrs, dict)
+            or not isinstance(params, dict)
+            or not all(isinstance(v, str) for v in params.values())
+        ):
+            raise GraphError(
+                f"op {name!r}: attrs must be an object and params map roles to tensor names"
+            )
+        return Op(
+            type=t,
+            name=name,
+            inputs=list(ins),
+            outputs=list(outs),
+            attrs=dict(attrs),
+            params=dict(params),
+        )
 
 
 @dataclass(frozen=True)
@@ -210,7 +233,11 @@ class InputSpec:
         return ValueInfo(dt, (self.height, self.width, self.channels))
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": [self.channels, self.height, self.width], "preprocess": self.preprocess}
+        return {
+            "name": self.name,
+            "shape": [self.channels, self.height, self.width],
+            "preprocess": self.preprocess,
+        }
 
     @staticmethod
     def from_json(d: Any) -> InputSpec:
@@ -233,12 +260,16 @@ def infer(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -
 
     d = OPS.get(op.type)
     if d is None:
-        raise GraphError(f"unknown op type {op.type!r} (op {op.name!r}); known: {', '.join(sorted(OPS))}")
+        raise GraphError(
+            f"unknown op type {op.type!r} (op {op.name!r}); known: {', '.join(sorted(OPS))}"
+        )
     lo, hi = d.inputs
     if len(ins) < lo or (hi is not None and len(ins) > hi) or len(op.outputs) != 1:
         n_in = str(lo) if hi == lo else f"{lo} or more" if hi is None else f"{lo}..{hi}"
-        raise GraphError(f"op {op.name!r} ({op.type}) takes {n_in} input(s) and exactly one output, "
-                         f"got {len(ins)} and {len(op.outputs)}")
+        raise GraphError(
+            f"op {op.name!r} ({op.type}) takes {n_in} input(s) and exactly one output, "
+            f"got {len(ins)} and {len(op.outputs)}"
+        )
     extra = set(op.params) - d.roles
     if extra:
         raise GraphError(f"op {op.name!r} ({op.type}) has unexpected parameters {sorted(extra)}")
@@ -288,7 +319,9 @@ class Graph:
         ones. Raises GraphError.
         """
         if self.version not in SUPPORTED_GRAPH_VERSIONS:
-            raise GraphError(f"graph version {self.version} is not supported (supported: {SUPPORTED_GRAPH_VERSIONS})")
+            raise GraphError(
+                f"graph version {self.version} is not supported (supported: {SUPPORTED_GRAPH_VERSIONS})"
+            )
         if self.mode not in MODES:
             raise GraphError(f"graph mode must be one of {MODES}, got {self.mode!r}")
         known: dict[str, ValueInfo] = {self.input.name: self.input.value}
@@ -300,7 +333,9 @@ class Graph:
             names.add(op.name)
             for v in op.inputs:
                 if v not in known:
-                    raise GraphError(f"op {op.name!r} reads value {v!r}, which no earlier op produces")
+                    raise GraphError(
+                        f"op {op.name!r} reads value {v!r}, which no earlier op produces"
+                    )
             out = infer(op, [known[v] for v in op.inputs], self.tensors)
             for v in op.outputs:
                 if v in known:
@@ -329,7 +364,9 @@ class Graph:
                 )
         o = known[self.output]
         if o.dtype != "float32" or len(o.shape) != 1:
-            raise GraphError(f"output {self.output!r} must be float32 [classes], got {o.dtype} {o.shape}")
+            raise GraphError(
+                f"output {self.output!r} must be float32 [classes], got {o.dtype} {o.shape}"
+            )
         if self.class_names and len(self.class_names) != o.shape[0]:
             raise GraphError(f"{len(self.class_names)} class names for {o.shape[0]} outputs")
         if self.mode == "bitflow":
@@ -338,7 +375,7 @@ class Graph:
             binary = ops_in_group("binary")
             idx = [i for i, op in enumerate(self.ops) if op.type in binary]
             if idx:
-                for op in self.ops[idx[0]: idx[-1] + 1]:
+                for op in self.ops[idx[0] : idx[-1] + 1]:
                     if known[op.outputs[0]].dtype == "float32":
                         raise GraphError(
                             f"bitflow graph: float op {op.name!r} ({op.type}) between binary layers; "
@@ -384,7 +421,9 @@ class Graph:
         try:
             version = _int(d["version"], "graph version")
             if version not in SUPPORTED_GRAPH_VERSIONS:
-                raise GraphError(f"graph version {version} is not supported (supported: {SUPPORTED_GRAPH_VERSIONS})")
+                raise GraphError(
+                    f"graph version {version} is not supported (supported: {SUPPORTED_GRAPH_VERSIONS})"
+                )
             ops = d["ops"]
             if not isinstance(ops, list):
                 raise GraphError("graph ops must be a list")
@@ -422,11 +461,15 @@ class Graph:
     def summary(self) -> str:
         """One line per op: type, name, output shape, parameter bytes."""
         known = self.validate()
-        lines = [f"input {self.input.name}: {self.input.value.dtype} {list(self.input.value.shape)}"]
+        lines = [
+            f"input {self.input.name}: {self.input.value.dtype} {list(self.input.value.shape)}"
+        ]
         for op in self.ops:
             v = known[op.outputs[0]]
             nbytes = sum(self.tensors[t].nbytes for t in op.params.values())
-            lines.append(f"{op.type:<20s} {op.name:<28s} -> {v.dtype:<7s} {list(v.shape)}  {nbytes} B")
+            lines.append(
+                f"{op.type:<20s} {op.name:<28s} -> {v.dtype:<7s} {list(v.shape)}  {nbytes} B"
+            )
         return "\n".join(lines)
 
 

@@ -46,7 +46,11 @@ def conv_f32_error_bound(graph: Graph, op: Op) -> np.ndarray:
     w = graph.tensors[op.params["w"]].astype(np.float64)
     b = graph.tensors[op.params["bias"]].astype(np.float64) if "bias" in op.params else 0.0
     fan = w[0].size
-    return fan * float(np.finfo(np.float32).eps) * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b))
+    return (
+        fan
+        * float(np.finfo(np.float32).eps)
+        * (np.abs(w).reshape(w.shape[0], -1).sum(1) + np.abs(b))
+    )
 
 
 def preprocess(g: Graph, x: np.ndarray) -> np.ndarray:
@@ -55,7 +59,9 @@ def preprocess(g: Graph, x: np.ndarray) -> np.ndarray:
     spec = g.input
     want = (spec.channels, spec.height, spec.width)
     if arr.ndim != 4 or tuple(arr.shape[1:]) != want:
-        raise ValueError(f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}] (NCHW), got {list(arr.shape)}")
+        raise ValueError(
+            f"input must have shape [N, {want[0]}, {want[1]}, {want[2]}] (NCHW), got {list(arr.shape)}"
+        )
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"input must be a float array with values in [0, 1], got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
@@ -68,7 +74,11 @@ def preprocess(g: Graph, x: np.ndarray) -> np.ndarray:
 
 
 def run(
-    graph: Graph, x: np.ndarray, *, return_intermediates: bool = False, batch_size: int = 32,
+    graph: Graph,
+    x: np.ndarray,
+    *,
+    return_intermediates: bool = False,
+    batch_size: int = 32,
 ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run ``graph`` on float32 NCHW images ``x`` (``[N, C, H, W]``, values in [0, 1]).
 
@@ -87,8 +97,13 @@ def run(
     n = arr.shape[0] if arr.ndim >= 1 else 0
     if arr.ndim != 4 or n == 0:
         preprocess(graph, arr)  # raises the descriptive error
-    outs = [_run_all(graph, values, arr[i: i + batch_size])[graph.output] for i in range(0, n, batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0, values[graph.output].shape[0]), np.float32)
+    outs = [
+        _run_all(graph, values, arr[i : i + batch_size])[graph.output]
+        for i in range(0, n, batch_size)
+    ]
+    return (
+        np.concatenate(outs) if outs else np.zeros((0, values[graph.output].shape[0]), np.float32)
+    )
 
 
 def _run_all(graph: Graph, values: dict[str, ValueInfo], x: np.ndarray) -> dict[str, np.ndarray]:
@@ -104,15 +119,14 @@ def _run_all(graph: Graph, values: dict[str, ValueInfo], x: np.ndarray) -> dict[
     return env
 
 
-
-
 def run_op(graph: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     """Run one op on its inputs with its op-table reference (no shape check)."""
     return OPS[op.type].reference(graph, op, xs, vins)
 
 
-
-def pool_windows(x: np.ndarray, op: Op, fill: float, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+def pool_windows(
+    x: np.ndarray, op: Op, fill: float, reduce: Callable[..., np.ndarray]
+) -> np.ndarray:
     """``reduce`` (``np.max``, ``np.sum``, ...) over every pooling window of ``op`` (its
     ``kernel``, ``stride``, ``padding``) of an NHWC array ``x``; padded positions hold ``fill``.
     For reports that pool a float value the way the graph pools the bits decided on it."""
@@ -168,12 +182,16 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
             prev = e[op.inputs[0]] if op.inputs[0] in e else np.zeros(x.shape)
             e[out] = aw.shape[1] * _EPS32 * (np.abs(x) @ aw.T + b) + prev @ aw.T
         elif t == "scale_bias":
-            e[out] = 4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
+            e[out] = (
+                4 * _EPS32 * (np.abs(ins[0].astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
+            )
         elif t == "affine_f32":
             x = ins[0].astype(np.float64)
             terms = float(op.attrs.get("bn_terms_abs", 0.0))
             prev = e.get(op.inputs[0], np.zeros(()))
-            e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms)
+            e[out] = np.abs(p["scale"]) * prev + 4 * _EPS32 * (
+                np.abs(x * p["scale"]) + np.abs(p["bias"]) + terms
+            )
         elif t == "add_f32":
             mags = np.sum([np.abs(x.astype(np.float64)) for x in ins], axis=0)
             prevs = np.sum([np.broadcast_to(e.get(v, 0.0), y.shape) for v in op.inputs], axis=0)
@@ -185,15 +203,31 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
         elif t == "avgpool_f32":
             kh, kw = (int(v) for v in op.attrs["kernel"])
             prev = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape)))
-            e[out] = pool(prev, op, 0.0, np.max) + kh * kw * _EPS32 * pool(np.abs(ins[0]).astype(np.float64), op, 0.0, np.max)
+            e[out] = pool(prev, op, 0.0, np.max) + kh * kw * _EPS32 * pool(
+                np.abs(ins[0]).astype(np.float64), op, 0.0, np.max
+            )
         elif t == "global_avgpool_f32":
             prev = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape)))
             hw = ins[0].shape[1] * ins[0].shape[2]
-            e[out] = (prev.max(axis=(1, 2), keepdims=True)
-                      + hw * _EPS32 * np.abs(ins[0]).astype(np.float64).max(axis=(1, 2), keepdims=True))
+            e[out] = prev.max(axis=(1, 2), keepdims=True) + hw * _EPS32 * np.abs(ins[0]).astype(
+                np.float64
+            ).max(axis=(1, 2), keepdims=True)
         elif t == "concat":
-            e[out] = np.concatenate([np.broadcast_to(e.get(v, 0.0), x.shape) for v, x in zip(op.inputs, ins, strict=True)], -1)
+            e[out] = np.concatenate(
+                [
+                    np.broadcast_to(e.get(v, 0.0), x.shape)
+                    for v, x in zip(op.inputs, ins, strict=True)
+                ],
+                -1,
+            )
     return e
 
 
-__all__ = ["conv_f32_error_bound", "float_error_bounds", "pool_windows", "preprocess", "run", "run_op"]
+__all__ = [
+    "conv_f32_error_bound",
+    "float_error_bounds",
+    "pool_windows",
+    "preprocess",
+    "run",
+    "run_op",
+]

@@ -30,8 +30,15 @@ def binary_conv_block(
     mods: list[nn.Module] = [
         nn.BatchNorm2d(cin),
         BinaryConv2d(
-            cin, cout, k, stride=stride, padding=padding, bias=False,
-            input_quantizer=input_quantizer, weight_quantizer=weight_quantizer, pad_value=pad_value,
+            cin,
+            cout,
+            k,
+            stride=stride,
+            padding=padding,
+            bias=False,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
+            pad_value=pad_value,
         ),
     ]
     if relu:
@@ -52,7 +59,13 @@ def binary_fc_block(
     """``BN1d(fin) -> sign -> BinaryLinear(fin, fout) -> ReLU?``."""
     mods: list[nn.Module] = [
         nn.BatchNorm1d(fin),
-        BinaryLinear(fin, fout, bias=False, input_quantizer=input_quantizer, weight_quantizer=weight_quantizer),
+        BinaryLinear(
+            fin,
+            fout,
+            bias=False,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
+        ),
     ]
     if relu:
         mods.append(nn.ReLU(inplace=False))
@@ -87,10 +100,12 @@ def classifier(
         return [
             nn.BatchNorm1d(fin),
             BinaryLinear(
-                fin, num_classes, bias=False,
-                input_quantizer=input_quantizer, weight_quantizer=weight_quantizer,
+                fin,
+                num_classes,
+                bias=False,
+                input_quantizer=input_quantizer,
+                weight_quantizer=weight_quantizer,
             ),
             Scale(1.0),
         ]
     raise ValueError(f"last_layer must be 'float' or 'binary', got {last_layer!r}")
-

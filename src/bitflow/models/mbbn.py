@@ -37,7 +37,9 @@ from .blocks import classifier, first_conv
 from .zoo import Plan, _spatial, vgg_small_plan
 
 
-def per_layer_bits(value: int | Sequence[int], n: int, name: str, groups: Sequence[int] | None = None) -> list[int]:
+def per_layer_bits(
+    value: int | Sequence[int], n: int, name: str, groups: Sequence[int] | None = None
+) -> list[int]:
     """Expand ``value`` to ``n`` per-layer bit widths.
 
     An int applies to every layer; a list of length ``n`` is taken as is; with ``groups`` (layer
@@ -57,7 +59,9 @@ def per_layer_bits(value: int | Sequence[int], n: int, name: str, groups: Sequen
             out = [v for v, g in zip(vals, groups, strict=True) for _ in range(g)]
         else:
             allowed = f"{n}" + (f" or {len(groups)} (one per stage)" if groups is not None else "")
-            raise ValueError(f"{name} has {len(vals)} entries; this model has {n} binary layers, so give 1 int or a list of {allowed}")
+            raise ValueError(
+                f"{name} has {len(vals)} entries; this model has {n} binary layers, so give 1 int or a list of {allowed}"
+            )
     else:
         raise TypeError(f"{name} must be an int or a list of ints, got {type(value).__name__}")
     for v in out:
@@ -68,12 +72,23 @@ def per_layer_bits(value: int | Sequence[int], n: int, name: str, groups: Sequen
 
 def _check_common(method: str, activation: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"method must be 'encoder' (Algorithm 1) or 'quantizer' (Algorithm 2), got {method!r}")
+        raise ValueError(
+            f"method must be 'encoder' (Algorithm 1) or 'quantizer' (Algorithm 2), got {method!r}"
+        )
     if activation not in ("htanh", "hrelu"):
         raise ValueError(f"activation must be 'htanh' or 'hrelu', got {activation!r}")
 
 
-def _tag(model: nn.Module, bits_a: list[int], bits_w: list[int], method: str, activation: str, image_size: int, in_channels: int, num_classes: int) -> None:
+def _tag(
+    model: nn.Module,
+    bits_a: list[int],
+    bits_w: list[int],
+    method: str,
+    activation: str,
+    image_size: int,
+    in_channels: int,
+    num_classes: int,
+) -> None:
     model.inference = "mbbn"  # type: ignore[assignment]
     model.image_size = image_size  # type: ignore[assignment]
     model.in_channels = in_channels  # type: ignore[assignment]
@@ -103,10 +118,17 @@ def build_mbbn(
     n_bin = len(plan.convs) + len(plan.fcs)
     ba = per_layer_bits(bits_a, n_bin, "bits_a")
     bw = per_layer_bits(bits_w, n_bin, "bits_w")
-    qkw: dict[str, Any] = {"method": method, "activation": activation, "gradient": gradient, "per_channel": per_channel}
+    qkw: dict[str, Any] = {
+        "method": method,
+        "activation": activation,
+        "gradient": gradient,
+        "per_channel": per_channel,
+    }
     f = plan.first
     mods: list[nn.Module] = [
-        first_conv(in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer),
+        first_conv(
+            in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer
+        ),
         nn.ReLU(),
     ]
     size = (plan.image_size + 2 * f.padding - f.k) // f.stride + 1
@@ -117,7 +139,18 @@ def build_mbbn(
     for c in plan.convs:
         mods += [
             nn.BatchNorm2d(cin),
-            MBitConv2d(cin, c.cout, c.k, stride=c.stride, padding=c.padding, bias=False, bits_a=ba[i], bits_w=bw[i], pad_value=pad_value, **qkw),
+            MBitConv2d(
+                cin,
+                c.cout,
+                c.k,
+                stride=c.stride,
+                padding=c.padding,
+                bias=False,
+                bits_a=ba[i],
+                bits_w=bw[i],
+                pad_value=pad_value,
+                **qkw,
+            ),
         ]
         if relu:
             mods.append(nn.ReLU())
@@ -129,7 +162,10 @@ def build_mbbn(
     mods.append(nn.Flatten())
     fin = cin * size * size
     for fc in plan.fcs:
-        mods += [nn.BatchNorm1d(fin), MBitLinear(fin, fc.fout, bias=False, bits_a=ba[i], bits_w=bw[i], **qkw)]
+        mods += [
+            nn.BatchNorm1d(fin),
+            MBitLinear(fin, fc.fout, bias=False, bits_a=ba[i], bits_w=bw[i], **qkw),
+        ]
         if relu:
             mods.append(nn.ReLU())
         fin, i = fc.fout, i + 1
@@ -141,11 +177,21 @@ def build_mbbn(
 
 @register_model("mbbn_vgg_small")
 def mbbn_vgg_small(
-    num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 32, fc: int = 256, **kw: Any
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    width: int = 32,
+    fc: int = 256,
+    **kw: Any,
 ) -> nn.Module:
     """MBBN VGG-small (plan of ``bitflow_vgg_small``): 5 binary layers with M-bit activations and
     K-bit weights; full-precision first and last layers."""
-    return build_mbbn(vgg_small_plan(width=width, fc=fc, image_size=image_size), num_classes=num_classes, in_channels=in_channels, **kw)
+    return build_mbbn(
+        vgg_small_plan(width=width, fc=fc, image_size=image_size),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        **kw,
+    )
 
 
 class MBitBasicBlock(nn.Module):
@@ -158,16 +204,31 @@ class MBitBasicBlock(nn.Module):
     or the width changes.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, bits: Sequence[tuple[int, int]], qkw: dict[str, Any], relu: bool, pad_value: float) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        bits: Sequence[tuple[int, int]],
+        qkw: dict[str, Any],
+        relu: bool,
+        pad_value: float,
+    ) -> None:
         super().__init__()
         (m1, k1), (m2, k2) = bits
         self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = MBitConv2d(cin, cout, 3, stride=stride, padding=1, bits_a=m1, bits_w=k1, pad_value=pad_value, **qkw)
+        self.conv1 = MBitConv2d(
+            cin, cout, 3, stride=stride, padding=1, bits_a=m1, bits_w=k1, pad_value=pad_value, **qkw
+        )
         self.act = nn.ReLU() if relu else nn.Identity()
         self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = MBitConv2d(cout, cout, 3, stride=1, padding=1, bits_a=m2, bits_w=k2, pad_value=pad_value, **qkw)
+        self.conv2 = MBitConv2d(
+            cout, cout, 3, stride=1, padding=1, bits_a=m2, bits_w=k2, pad_value=pad_value, **qkw
+        )
         if stride != 1 or cin != cout:
-            self.shortcut: nn.Module = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
         else:
             self.shortcut = nn.Identity()
 
@@ -198,10 +259,15 @@ class MBitResNet(nn.Module):
         super().__init__()
         if stem == "imagenet":
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+                nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1),
             )
         elif stem == "cifar":
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            )
         else:
             raise ValueError(f"stem must be 'auto', 'imagenet' or 'cifar', got {stem!r}")
         layers: list[nn.Module] = []
@@ -214,7 +280,13 @@ class MBitResNet(nn.Module):
                 layers.append(MBitBasicBlock(cin, cout, stride, bits, qkw, relu, pad_value))
                 cin, i = cout, i + 2
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(cin, num_classes),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.layers(self.stem(x)))
@@ -247,20 +319,44 @@ def mbbn_resnet18(
         stem = "imagenet" if image_size >= 112 else "cifar"
     min_size = 32 if stem == "imagenet" else 8
     if image_size < min_size:
-        raise ValueError(f"image_size {image_size} is too small for the {stem!r} stem (need >= {min_size})")
+        raise ValueError(
+            f"image_size {image_size} is too small for the {stem!r} stem (need >= {min_size})"
+        )
     groups = (4, 4, 4, 4)
     ba = per_layer_bits(bits_a, 16, "bits_a", groups)
     bw = per_layer_bits(bits_w, 16, "bits_w", groups)
     # Validate the quantizer options once (e.g. hrelu with 1 bit) with a clear message.
     for m, k in set(zip(ba, bw, strict=True)):
-        make_quantizers(m, k, method=method, activation=activation, gradient=gradient, per_channel=per_channel)
-    qkw: dict[str, Any] = {"method": method, "activation": activation, "gradient": gradient, "per_channel": per_channel}
+        make_quantizers(
+            m, k, method=method, activation=activation, gradient=gradient, per_channel=per_channel
+        )
+    qkw: dict[str, Any] = {
+        "method": method,
+        "activation": activation,
+        "gradient": gradient,
+        "per_channel": per_channel,
+    }
     model = MBitResNet(
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width, bits_a=ba, bits_w=bw,
-        qkw=qkw, stem=stem, relu=relu, pad_value=pad_value,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        width=width,
+        bits_a=ba,
+        bits_w=bw,
+        qkw=qkw,
+        stem=stem,
+        relu=relu,
+        pad_value=pad_value,
     )
     _tag(model, ba, bw, method, activation, image_size, in_channels, num_classes)
     return model
 
 
-__all__ = ["MBitBasicBlock", "MBitResNet", "build_mbbn", "mbbn_resnet18", "mbbn_vgg_small", "per_layer_bits"]
+__all__ = [
+    "MBitBasicBlock",
+    "MBitResNet",
+    "build_mbbn",
+    "mbbn_resnet18",
+    "mbbn_vgg_small",
+    "per_layer_bits",
+]

@@ -169,7 +169,9 @@ class BiRealUnit(nn.Module):
         self.act: nn.Module | None = None if binary else _activation(activation)
         self.conv = _conv3x3(cin, cout, stride, binary, bkw)
         self.bn = _stream_bn(cout, residual, frac)
-        self.shortcut = shortcut(cin, cout, stride, downsample, bkw=bkw, residual=residual, frac=frac)
+        self.shortcut = shortcut(
+            cin, cout, stride, downsample, bkw=bkw, residual=residual, frac=frac
+        )
         self.requant = residual_requant(residual, frac, bits)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -242,7 +244,9 @@ def _stem(
     k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
     conv: nn.Module
     if residual == "int":
-        conv = Int8Conv2d(in_channels, width, k, stride=s, padding=p, bias=False, integer_output=True)
+        conv = Int8Conv2d(
+            in_channels, width, k, stride=s, padding=p, bias=False, integer_output=True
+        )
     else:
         conv = first_conv(in_channels, width, k, stride=s, padding=p, first_layer=first_layer)
     mods: list[nn.Module] = [conv, _stream_bn(width, residual, frac)]
@@ -316,12 +320,19 @@ def build_resnet(
     int_stream = residual == "int"
     if int_stream:
         if block != "bireal" or not binary:
-            raise ValueError("residual='int' needs the binary Bi-Real layout (block='bireal', binary=True): every "
-                             "branch that feeds the stream must end in a BatchNorm on an integer accumulator")
-        for opt, val, want in (("first_layer", first_layer, "int8"), ("downsample", downsample, "binary"),
-                               ("weight_quantizer", weight_quantizer, "sign")):
+            raise ValueError(
+                "residual='int' needs the binary Bi-Real layout (block='bireal', binary=True): every "
+                "branch that feeds the stream must end in a BatchNorm on an integer accumulator"
+            )
+        for opt, val, want in (
+            ("first_layer", first_layer, "int8"),
+            ("downsample", downsample, "binary"),
+            ("weight_quantizer", weight_quantizer, "sign"),
+        ):
             if val not in (None, "auto", want):
-                raise ValueError(f"residual='int' needs {opt}={want!r} (every value an integer), got {val!r}")
+                raise ValueError(
+                    f"residual='int' needs {opt}={want!r} (every value an integer), got {val!r}"
+                )
         first_layer, downsample, weight_quantizer = "int8", "binary", "sign"
     first_layer = first_layer or "float"
     weight_quantizer = weight_quantizer or "xnor"
@@ -401,8 +412,16 @@ def build_resnet(
     head: list[nn.Module] = [] if bireal else [nn.BatchNorm2d(cin), nn.ReLU()]
     head += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     model = ResNet(
-        _stem(in_channels, width, stem, first_layer, relu=not bireal, residual=residual, frac=residual_frac,
-              bits=residual_bits),
+        _stem(
+            in_channels,
+            width,
+            stem,
+            first_layer,
+            relu=not bireal,
+            residual=residual,
+            frac=residual_frac,
+            bits=residual_bits,
+        ),
         units,
         nn.Sequential(*head),
     )

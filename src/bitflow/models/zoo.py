@@ -74,16 +74,30 @@ def build(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not binary:
         given = {
-            k: v for k, v in (("weight_quantizer", weight_quantizer),
-                              ("input_quantizer", input_quantizer), ("relu", relu), ("pad_value", pad_value))
-            if v != {"weight_quantizer": "xnor", "input_quantizer": "ste_sign",
-                     "relu": True, "pad_value": 0}[k]
+            k: v
+            for k, v in (
+                ("weight_quantizer", weight_quantizer),
+                ("input_quantizer", input_quantizer),
+                ("relu", relu),
+                ("pad_value", pad_value),
+            )
+            if v
+            != {
+                "weight_quantizer": "xnor",
+                "input_quantizer": "ste_sign",
+                "relu": True,
+                "pad_value": 0,
+            }[k]
         }
         if given:
-            raise ValueError(f"options {sorted(given)} apply to binary models only, not to a full-precision twin")
+            raise ValueError(
+                f"options {sorted(given)} apply to binary models only, not to a full-precision twin"
+            )
     f = plan.first
     mods: list[nn.Module] = [
-        first_conv(in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer),
+        first_conv(
+            in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer
+        ),
         nn.ReLU(),
     ]
     size = (plan.image_size + 2 * f.padding - f.k) // f.stride + 1
@@ -94,11 +108,23 @@ def build(
     for c in plan.convs:
         if binary:
             mods += binary_conv_block(
-                cin, c.cout, c.k, stride=c.stride, padding=c.padding, pool=c.pool, relu=relu,
-                weight_quantizer=weight_quantizer, input_quantizer=input_quantizer, pad_value=pad_value,
+                cin,
+                c.cout,
+                c.k,
+                stride=c.stride,
+                padding=c.padding,
+                pool=c.pool,
+                relu=relu,
+                weight_quantizer=weight_quantizer,
+                input_quantizer=input_quantizer,
+                pad_value=pad_value,
             )
         else:
-            mods += [nn.BatchNorm2d(cin), nn.Conv2d(cin, c.cout, c.k, c.stride, c.padding, bias=False), nn.ReLU()]
+            mods += [
+                nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, c.cout, c.k, c.stride, c.padding, bias=False),
+                nn.ReLU(),
+            ]
             if c.pool is not None:
                 mods.append(nn.MaxPool2d(*c.pool))
         size = _spatial(size, c)
@@ -109,14 +135,23 @@ def build(
     fin = cin * size * size
     for fc in plan.fcs:
         if binary:
-            mods += binary_fc_block(fin, fc.fout, relu=relu, weight_quantizer=weight_quantizer, input_quantizer=input_quantizer)
+            mods += binary_fc_block(
+                fin,
+                fc.fout,
+                relu=relu,
+                weight_quantizer=weight_quantizer,
+                input_quantizer=input_quantizer,
+            )
         else:
             mods += [nn.BatchNorm1d(fin), nn.Linear(fin, fc.fout, bias=False), nn.ReLU()]
         fin = fc.fout
     if binary:
         mods += classifier(
-            fin, num_classes, last_layer=last_layer,
-            weight_quantizer=weight_quantizer, input_quantizer=input_quantizer,
+            fin,
+            num_classes,
+            last_layer=last_layer,
+            weight_quantizer=weight_quantizer,
+            input_quantizer=input_quantizer,
         )
     else:
         if last_layer != "float":
@@ -137,7 +172,12 @@ def alexnet_plan(image_size: int = 224) -> Plan:
     return Plan(
         first=Conv(96, 11, 4, 2),
         first_pool=(3, 2),
-        convs=(Conv(192, 5, 1, 2, (3, 2)), Conv(384, 3, 1, 1), Conv(256, 3, 1, 1), Conv(256, 3, 1, 1, (3, 2))),
+        convs=(
+            Conv(192, 5, 1, 2, (3, 2)),
+            Conv(384, 3, 1, 1),
+            Conv(256, 3, 1, 1),
+            Conv(256, 3, 1, 1, (3, 2)),
+        ),
         fcs=(FC(4096), FC(4096)),
         image_size=image_size,
     )
@@ -150,7 +190,12 @@ def vgg_small_plan(width: int = 32, fc: int = 256, image_size: int = 28) -> Plan
     return Plan(
         first=Conv(w, 3, 1, 1),
         first_pool=None,
-        convs=(Conv(w, 3, 1, 1, (2, 2)), Conv(2 * w, 3, 1, 1), Conv(2 * w, 3, 1, 1, (2, 2)), Conv(4 * w, 3, 1, 1, (2, 2))),
+        convs=(
+            Conv(w, 3, 1, 1, (2, 2)),
+            Conv(2 * w, 3, 1, 1),
+            Conv(2 * w, 3, 1, 1, (2, 2)),
+            Conv(4 * w, 3, 1, 1, (2, 2)),
+        ),
         fcs=(FC(fc),),
         image_size=image_size,
     )
@@ -168,34 +213,78 @@ def lenet_plan(width: int = 32, fc: int = 256, image_size: int = 28) -> Plan:
 
 
 @register_model("bitflow_alexnet")
-def bitflow_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
+def bitflow_alexnet(
+    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
+) -> nn.Module:
     """BitFlow-Net AlexNet (binary middle layers; BatchShift at inference)."""
-    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="bitflow", **kw)
+    return build(
+        alexnet_plan(image_size),
+        binary=True,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        inference="bitflow",
+        **kw,
+    )
 
 
 @register_model("xnor_alexnet")
-def xnor_alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
+def xnor_alexnet(
+    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
+) -> nn.Module:
     """XNOR-Net AlexNet: the same training graph; float alpha + BatchNorm at inference."""
-    return build(alexnet_plan(image_size), binary=True, num_classes=num_classes, in_channels=in_channels, inference="xnor", **kw)
+    return build(
+        alexnet_plan(image_size),
+        binary=True,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        inference="xnor",
+        **kw,
+    )
 
 
 @register_model("alexnet")
-def alexnet(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any) -> nn.Module:
+def alexnet(
+    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
+) -> nn.Module:
     """Full-precision AlexNet with the same widths and block order (baseline)."""
-    return build(alexnet_plan(image_size), binary=False, num_classes=num_classes, in_channels=in_channels, **kw)
+    return build(
+        alexnet_plan(image_size),
+        binary=False,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        **kw,
+    )
 
 
 def _small(plan_fn, binary: bool, inference: str):  # type: ignore[no-untyped-def]
-    def make(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 32, fc: int = 256, **kw: Any) -> nn.Module:
+    def make(
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        width: int = 32,
+        fc: int = 256,
+        **kw: Any,
+    ) -> nn.Module:
         plan = plan_fn(width=width, fc=fc, image_size=image_size)
-        return build(plan, binary=binary, num_classes=num_classes, in_channels=in_channels, inference=inference, **kw)
+        return build(
+            plan,
+            binary=binary,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            inference=inference,
+            **kw,
+        )
 
     return make
 
 
 for _name, _plan in (("vgg_small", vgg_small_plan), ("lenet", lenet_plan)):
     _doc = (_plan.__doc__ or "").strip()
-    for _prefix, _binary, _inf in (("bitflow_", True, "bitflow"), ("xnor_", True, "xnor"), ("", False, "float")):
+    for _prefix, _binary, _inf in (
+        ("bitflow_", True, "bitflow"),
+        ("xnor_", True, "xnor"),
+        ("", False, "float"),
+    ):
         _fn = _small(_plan, _binary, _inf)
         _fn.__name__ = _prefix + _name
         _fn.__doc__ = ("Full-precision twin. " if not _binary else f"{_inf} inference. ") + _doc

@@ -24,7 +24,15 @@ from .mbbn import (  # noqa: E402
     OddLinearWeight,
 )
 
-__all__ += ["MBitConv2d", "MBitEncoder", "MBitLinear", "MBitWeight", "OddLinearQuantizer", "OddLinearWeight", "mbbn"]
+__all__ += [
+    "MBitConv2d",
+    "MBitEncoder",
+    "MBitLinear",
+    "MBitWeight",
+    "OddLinearQuantizer",
+    "OddLinearWeight",
+    "mbbn",
+]
 
 from .fixedpoint import FixedPointBN, StreamClamp  # noqa: E402
 

@@ -92,7 +92,9 @@ class FixedPointBN(nn.BatchNorm2d):
         var = self.running_var.detach().to(f64)
         mean = self.running_mean.detach().to(f64)
         n = self.num_features
-        gamma = self.weight.detach().to(f64) if self.weight is not None else torch.ones(n, dtype=f64)
+        gamma = (
+            self.weight.detach().to(f64) if self.weight is not None else torch.ones(n, dtype=f64)
+        )
         beta = self.bias.detach().to(f64) if self.bias is not None else torch.zeros(n, dtype=f64)
         s = gamma / torch.sqrt(var + float(self.eps))
         a = s * 2.0**self.frac
@@ -102,7 +104,9 @@ class FixedPointBN(nn.BatchNorm2d):
         m = torch.round(a * 2.0**SHIFT)
         b = torch.round((bb + 0.5) * 2.0**SHIFT)
         if m.abs().max() >= 2.0**52 or b.abs().max() >= 2.0**61:
-            raise ValueError("FixedPointBN: BatchNorm scale or shift too large for the int64 fixed point")
+            raise ValueError(
+                "FixedPointBN: BatchNorm scale or shift too large for the int64 fixed point"
+            )
         return m.to(torch.int64), b.to(torch.int64)
 
     def requantize(self, u: Tensor) -> Tensor:

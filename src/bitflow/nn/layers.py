@@ -39,7 +39,10 @@ class _BinaryMixin:
     weight_clip: float | None
 
     def _init_quantizers(
-        self, input_quantizer: QuantizerSpec, weight_quantizer: QuantizerSpec, weight_clip: float | None
+        self,
+        input_quantizer: QuantizerSpec,
+        weight_quantizer: QuantizerSpec,
+        weight_clip: float | None,
     ) -> None:
         iq = Q.get(input_quantizer)
         if isinstance(iq, Q.WeightQuantizer):
@@ -99,8 +102,17 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         if isinstance(padding, str):
             raise ValueError("BinaryConv2d needs explicit integer padding, not a string")
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            "zeros", device, dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            "zeros",
+            device,
+            dtype,
         )
         self.pad_value = _check_pad_value(pad_value)
         self._init_quantizers(input_quantizer, weight_quantizer, weight_clip)

@@ -123,7 +123,9 @@ def get(x: None | str | type[nn.Module] | nn.Module) -> nn.Module | None:
         return _REGISTRY.get(x)()
     if isinstance(x, type) and issubclass(x, nn.Module):
         return x()
-    raise TypeError(f"a quantizer must be None, a name, a class or an nn.Module, not {type(x).__name__}")
+    raise TypeError(
+        f"a quantizer must be None, a name, a class or an nn.Module, not {type(x).__name__}"
+    )
 
 
 def list_quantizers() -> list[str]:

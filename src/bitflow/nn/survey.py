@@ -313,9 +313,13 @@ class _PactAct(nn.Module):
 
 
 for _k in (1, 2, 4):
-    Q.register(f"dorefa_a{_k}")(type(f"DoReFaAct{_k}", (_DoReFaAct,), {"k": _k, "__doc__": _DoReFaAct.__doc__}))
+    Q.register(f"dorefa_a{_k}")(
+        type(f"DoReFaAct{_k}", (_DoReFaAct,), {"k": _k, "__doc__": _DoReFaAct.__doc__})
+    )
 for _k in (2, 4):
-    Q.register(f"pact_a{_k}")(type(f"PactAct{_k}", (_PactAct,), {"k": _k, "__doc__": _PactAct.__doc__}))
+    Q.register(f"pact_a{_k}")(
+        type(f"PactAct{_k}", (_PactAct,), {"k": _k, "__doc__": _PactAct.__doc__})
+    )
 
 
 # ----------------------------------------------------------------------------- weight quantizers
@@ -360,7 +364,9 @@ class _DoReFaWeight(Q.WeightQuantizer):
 
 
 for _k in (1, 2, 4):
-    Q.register(f"dorefa_w{_k}")(type(f"DoReFaWeight{_k}", (_DoReFaWeight,), {"k": _k, "__doc__": _DoReFaWeight.__doc__}))
+    Q.register(f"dorefa_w{_k}")(
+        type(f"DoReFaWeight{_k}", (_DoReFaWeight,), {"k": _k, "__doc__": _DoReFaWeight.__doc__})
+    )
 
 
 @Q.register("irnet")
@@ -458,7 +464,11 @@ class BnnPlusWeight(Q.WeightQuantizer):
     def __init__(self, out_channels: int, beta: float = 5.0, init: Tensor | None = None) -> None:
         super().__init__()
         self.beta = float(beta)
-        a = torch.full((out_channels,), 0.5) if init is None else init.detach().clone().reshape(out_channels)
+        a = (
+            torch.full((out_channels,), 0.5)
+            if init is None
+            else init.detach().clone().reshape(out_channels)
+        )
         self.alpha = nn.Parameter(a)
 
     def decompose(self, w: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -533,10 +543,14 @@ class XnorPPConv2d(BinaryConv2d):
     def __init__(self, *args: Any, out_hw: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.bias is not None:
-            raise ValueError("XnorPPConv2d has no bias (pass bias=False; the scale Gamma replaces it, BatchNorm follows)")
+            raise ValueError(
+                "XnorPPConv2d has no bias (pass bias=False; the scale Gamma replaces it, BatchNorm follows)"
+            )
         wq = self.weight_quantizer
         if not isinstance(wq, Q.WeightQuantizer) or wq.has_scale:
-            raise ValueError("XnorPPConv2d needs an unscaled binary weight quantizer such as 'sign' (Gamma is the scale)")
+            raise ValueError(
+                "XnorPPConv2d needs an unscaled binary weight quantizer such as 'sign' (Gamma is the scale)"
+            )
         h, w = out_hw
         self.scale_c = nn.Parameter(torch.ones(self.out_channels))
         self.scale_h = nn.Parameter(torch.ones(h))
@@ -545,7 +559,11 @@ class XnorPPConv2d(BinaryConv2d):
     def forward(self, x: Tensor) -> Tensor:
         # BinaryConv2d.forward: sign(X) (*) sign(W) (unscaled 'sign' weights, no bias), exact in float32
         y = super().forward(x)
-        gamma = self.scale_c.view(1, -1, 1, 1) * self.scale_h.view(1, 1, -1, 1) * self.scale_w.view(1, 1, 1, -1)
+        gamma = (
+            self.scale_c.view(1, -1, 1, 1)
+            * self.scale_h.view(1, 1, -1, 1)
+            * self.scale_w.view(1, 1, 1, -1)
+        )
         return y * gamma
 
 
@@ -591,7 +609,9 @@ class AbcConv2d(BinaryConv2d):
         us: Tensor = self.u  # type: ignore[assignment]
         bs = torch.stack([identity_ste(w - mean + u * std) for u in us])
         with torch.no_grad():
-            a = torch.linalg.lstsq(bs.flatten(1).T.double(), w.detach().flatten().double().unsqueeze(1)).solution
+            a = torch.linalg.lstsq(
+                bs.flatten(1).T.double(), w.detach().flatten().double().unsqueeze(1)
+            ).solution
         return bs, a.squeeze(1).to(w.dtype)
 
     def act_bases(self, x: Tensor) -> Tensor:

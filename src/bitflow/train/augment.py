@@ -24,9 +24,13 @@ def augment_batch(x: Tensor, ops: tuple[str, ...], gen: torch.Generator) -> Tens
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h))  # [n, h]
-            cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w))  # [n, w]
+            rows = dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h)  # [n, h]
+            cols = dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w)  # [n, w]
             b = torch.arange(n, device=x.device).view(n, 1, 1)
             # gather [n, C, h, w]: index padded[b, :, rows[b, i], cols[b, j]]
-            x = padded.permute(0, 2, 3, 1)[b, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2).contiguous()
+            x = (
+                padded.permute(0, 2, 3, 1)[b, rows.view(n, h, 1), cols.view(n, 1, w)]
+                .permute(0, 3, 1, 2)
+                .contiguous()
+            )
     return x

@@ -37,9 +37,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt zip / unpickling errors
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {e}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {e}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise CheckpointError(f"{path}: not a bitflow checkpoint (needs 'model' and 'model_config')")
+        raise CheckpointError(
+            f"{path}: not a bitflow checkpoint (needs 'model' and 'model_config')"
+        )
     return state
 
 
@@ -52,7 +56,9 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
     if cfg.get("method"):  # trained with a bitflow.methods method: same quantizers and transform
         from ..methods import build_model
 
-        model = build_model(cfg["name"], cfg["method"], cfg.get("method_args"), **cfg.get("kwargs", {}))
+        model = build_model(
+            cfg["name"], cfg["method"], cfg.get("method_args"), **cfg.get("kwargs", {})
+        )
     else:
         model = create(cfg["name"], **cfg.get("kwargs", {}))
     try:

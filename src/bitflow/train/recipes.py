@@ -36,21 +36,30 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"recipe {self.name!r}: optimizer must be one of {sorted(_OPTIMIZERS)}")
+            raise ValueError(
+                f"recipe {self.name!r}: optimizer must be one of {sorted(_OPTIMIZERS)}"
+            )
         if self.schedule not in _SCHEDULES:
             raise ValueError(f"recipe {self.name!r}: schedule must be one of {sorted(_SCHEDULES)}")
         bad = set(self.augment) - _AUGMENTS
         if bad:
-            raise ValueError(f"recipe {self.name!r}: unknown augmentations {sorted(bad)}; valid: {sorted(_AUGMENTS)}")
+            raise ValueError(
+                f"recipe {self.name!r}: unknown augmentations {sorted(bad)}; valid: {sorted(_AUGMENTS)}"
+            )
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.flip_log_every < 1:
-            raise ValueError(f"recipe {self.name!r}: lr, batch_size, epochs and flip_log_every must be positive")
+            raise ValueError(
+                f"recipe {self.name!r}: lr, batch_size, epochs and flip_log_every must be positive"
+            )
 
     def override(self, **kw: Any) -> Recipe:
         """A copy with the non-None keyword values replaced."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+        }
 
 
 def list_recipes() -> list[str]:
@@ -67,7 +76,9 @@ def load_recipe(name_or_path: str) -> Recipe:
     else:
         res = resources.files("bitflow.train") / "recipes" / f"{name_or_path}.toml"
         if not res.is_file():
-            raise KeyError(f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())} (or a path to a .toml file)")
+            raise KeyError(
+                f"unknown recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())} (or a path to a .toml file)"
+            )
         text, name = res.read_text(), name_or_path
     try:
         data = tomllib.loads(text)
@@ -75,7 +86,9 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise ValueError(f"recipe {name_or_path!r} is not valid TOML: {e}") from None
     known = {f.name for f in fields(Recipe)} - {"name", "extra"}
     extra = {k: v for k, v in data.items() if k not in known}
-    kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    kw: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known
+    }
     return Recipe(name=name, extra=extra, **kw)
 
 
@@ -85,7 +98,9 @@ SMALL_IMAGE_SIDE = 64
 SMALL_FOLDER_IMAGES = 20_000
 
 
-def default_recipe_for(data_spec: str, image_side: int | None = None, images: int | None = None) -> str:
+def default_recipe_for(
+    data_spec: str, image_side: int | None = None, images: int | None = None
+) -> str:
     """The recipe a data set uses when ``--recipe`` is not given.
 
     For ``folder:`` specs it depends on the data: ``folder-small`` when the images are small
@@ -96,6 +111,7 @@ def default_recipe_for(data_spec: str, image_side: int | None = None, images: in
         return "bitflow-alexnet-11khands"
     if data_spec.startswith("folder:"):
         small = (image_side is not None and image_side <= SMALL_IMAGE_SIDE) or (
-            images is not None and images <= SMALL_FOLDER_IMAGES)
+            images is not None and images <= SMALL_FOLDER_IMAGES
+        )
         return "folder-small" if small else "bitflow-alexnet-imagenet"
     return "fashion-mnist"

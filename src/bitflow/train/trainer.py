@@ -65,7 +65,9 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    method: str | None = None  # a bitflow.methods name (issue 12): quantizers, transform, loss/step hooks
+    method: str | None = (
+        None  # a bitflow.methods name (issue 12): quantizers, transform, loss/step hooks
+    )
     method_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,7 +126,9 @@ def _group_lambdas(opt: torch.optim.Optimizer, recipe: Recipe) -> list[Any]:
 
 def _optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     groups = _hook(model, "param_groups")
-    params: Any = groups(r.lr) if groups is not None else [p for p in model.parameters() if p.requires_grad]
+    params: Any = (
+        groups(r.lr) if groups is not None else [p for p in model.parameters() if p.requires_grad]
+    )
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
     if r.optimizer == "adamw":
@@ -152,7 +156,9 @@ def _fetch(ds: Any, idx: Tensor, workers: int) -> tuple[Tensor, Tensor]:
         x, y = tensors
         return x[idx], y[idx]
     items = [ds[int(i)] for i in idx]
-    return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
+    return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor(
+        [int(b) for _, b in items]
+    )
 
 
 def _loader(ds: Any, batches: list[Tensor], workers: int):  # type: ignore[no-untyped-def]
@@ -161,12 +167,16 @@ def _loader(ds: Any, batches: list[Tensor], workers: int):  # type: ignore[no-un
         for idx in batches:
             yield _fetch(ds, idx, workers)
         return
-    dl = torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=workers)
+    dl = torch.utils.data.DataLoader(
+        ds, batch_sampler=[b.tolist() for b in batches], num_workers=workers
+    )
     yield from dl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Any, device: torch.device, batch_size: int = 500) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, ds: Any, device: torch.device, batch_size: int = 500
+) -> tuple[float, float]:
     """``(loss, accuracy)`` of ``model`` on ``ds`` in eval mode."""
     n = len(ds)
     if n == 0:
@@ -255,7 +265,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> dict[str, Any]:
     geometry = None
     recipe_name = cfg.recipe
-    if cfg.data.startswith("folder:") and (recipe_name is None or cfg.image_size is None or cfg.channels is None):
+    if cfg.data.startswith("folder:") and (
+        recipe_name is None or cfg.image_size is None or cfg.channels is None
+    ):
         # probe the image headers once: the default recipe and the input size depend on them
         from ..data import parse_spec
         from ..data.images import folder_geometry
@@ -264,8 +276,12 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         assert spec_path is not None
         geometry = folder_geometry(spec_path, cfg.seed)
     if recipe_name is None:
-        side = cfg.image_size or (geometry.image_size() if geometry is not None and geometry.uniform else None)
-        recipe_name = default_recipe_for(cfg.data, image_side=side, images=geometry.count if geometry else None)
+        side = cfg.image_size or (
+            geometry.image_size() if geometry is not None and geometry.uniform else None
+        )
+        recipe_name = default_recipe_for(
+            cfg.data, image_side=side, images=geometry.count if geometry else None
+        )
     recipe = load_recipe(recipe_name).override(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, flip_log_every=cfg.flip_every
     )
@@ -282,7 +298,9 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         seed=cfg.seed,
         limit_train=cfg.limit_train,
         limit_test=cfg.limit_test,
-        image_size=cfg.image_size if cfg.data.startswith(("folder:", "fashion-mnist")) else (cfg.image_size or recipe.image_size),
+        image_size=cfg.image_size
+        if cfg.data.startswith(("folder:", "fashion-mnist"))
+        else (cfg.image_size or recipe.image_size),
         channels=cfg.channels,
         default_image_size=recipe.image_size,
         geometry=geometry,
@@ -290,7 +308,11 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     if len(data.train) == 0:
         raise ValueError(f"data {cfg.data!r}: the training split is empty")
     _seed_all(cfg.seed)
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    kwargs = {
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+    }
     kwargs.update(cfg.model_kwargs)
     model = build_model(cfg.model, cfg.method, cfg.method_args or None, **kwargs)
     if cfg.init_from is not None and not cfg.resume:
@@ -301,7 +323,9 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _group_lambdas(opt, recipe))
-    extra_loss, after_step, on_epoch_start = (_hook(model, n) for n in ("extra_loss", "after_step", "on_epoch_start"))
+    extra_loss, after_step, on_epoch_start = (
+        _hook(model, n) for n in ("extra_loss", "after_step", "on_epoch_start")
+    )
     flips = FlipTracker(model)
     hooks = hooks_for(model)
     start_epoch, iteration, best_val, best_epoch = 0, 0, -1.0, -1
@@ -334,13 +358,25 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             (out / name).write_text("")
     net: nn.Module = model
     if dd.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     n = len(data.train)
-    augment = tuple(a for a in recipe.augment if a) if getattr(data.train, "tensors", None) is not None else ()
-    total_iters = recipe.epochs * math.ceil(n / recipe.batch_size)  # for the methods' annealing schedules
-    end_epoch = recipe.epochs if cfg.stop_after is None else min(recipe.epochs, start_epoch + cfg.stop_after)
+    augment = (
+        tuple(a for a in recipe.augment if a)
+        if getattr(data.train, "tensors", None) is not None
+        else ()
+    )
+    total_iters = recipe.epochs * math.ceil(
+        n / recipe.batch_size
+    )  # for the methods' annealing schedules
+    end_epoch = (
+        recipe.epochs
+        if cfg.stop_after is None
+        else min(recipe.epochs, start_epoch + cfg.stop_after)
+    )
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         torch.manual_seed((cfg.seed * 1_000_003 + epoch) % (2**63))
@@ -359,12 +395,20 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         if progress and dd.main:
             from tqdm import tqdm
 
-            it = tqdm(it, total=len(batches), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False, file=sys.stderr)
+            it = tqdm(
+                it,
+                total=len(batches),
+                desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                leave=False,
+                file=sys.stderr,
+            )
         for x, y in it:
             x = augment_batch(x, augment, aug_gen).to(device)
             y = y.to(device)
             logits = net(x)
-            loss = hooks.loss(model, x, logits, y)  # survey methods (KD, regularizers); else cross entropy
+            loss = hooks.loss(
+                model, x, logits, y
+            )  # survey methods (KD, regularizers); else cross entropy
             if extra_loss is not None:  # the model's own terms (MCN filter / center losses)
                 loss = loss + extra_loss(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -453,8 +497,12 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "test_accuracy": test_acc,
             "test_loss": test_loss,
             "test_samples": len(data.test),
-            "input": {"channels": data.in_channels, "image_size": data.image_size, "in_memory": data.in_memory,
-                      "images": None if data.geometry is None else data.geometry.describe()},
+            "input": {
+                "channels": data.in_channels,
+                "image_size": data.image_size,
+                "in_memory": data.in_memory,
+                "images": None if data.geometry is None else data.geometry.describe(),
+            },
             "seconds_per_epoch": float(np.mean(history)) if history else 0.0,
             "checkpoint": str(best_path),
             "flip_ratio": last_flips,

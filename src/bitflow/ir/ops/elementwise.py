@@ -85,9 +85,15 @@ def _clamp_range(op: Op) -> tuple[int, int] | None:
     c = op.attrs.get("clamp")
     if c is None:
         return None
-    if (not isinstance(c, (list, tuple)) or len(c) != 2 or any(type(v) is not int for v in c)
-            or not _I32[0] <= c[0] <= c[1] <= _I32[1]):
-        raise GraphError(f"op {op.name!r} ({op.type}): clamp must be [lo, hi], ints within int32, lo <= hi; got {c!r}")
+    if (
+        not isinstance(c, (list, tuple))
+        or len(c) != 2
+        or any(type(v) is not int for v in c)
+        or not _I32[0] <= c[0] <= c[1] <= _I32[1]
+    ):
+        raise GraphError(
+            f"op {op.name!r} ({op.type}): clamp must be [lo, hi], ints within int32, lo <= hi; got {c!r}"
+        )
     return int(c[0]), int(c[1])
 
 
@@ -102,7 +108,9 @@ def _saturate(op: Op, s: np.ndarray, what: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- requant
-def _infer_requant(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
+def _infer_requant(
+    op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]
+) -> ValueInfo:
     x = ins[0]
     need(op, x, ("int32",))
     c = x.shape[-1]
@@ -110,7 +118,9 @@ def _infer_requant(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.nd
     need_param(op, tensors, "b", "int64", shape=(c,))
     sh = op.attrs.get("shift")
     if type(sh) is not int or not 0 <= sh <= 62:
-        raise GraphError(f"op {op.name!r} (requant_i32): shift must be an int in [0, 62], got {sh!r}")
+        raise GraphError(
+            f"op {op.name!r} (requant_i32): shift must be an int in [0, 62], got {sh!r}"
+        )
     _clamp_range(op)
     return x
 

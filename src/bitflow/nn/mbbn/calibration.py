@@ -34,7 +34,9 @@ def init_from_higher(model_low: nn.Module, state_dict_high: Mapping[str, Tensor]
     if not isinstance(model_low, nn.Module):
         raise TypeError(f"model_low must be an nn.Module, got {type(model_low).__name__}")
     if not isinstance(state_dict_high, Mapping):
-        raise TypeError(f"state_dict_high must be a mapping of tensors, got {type(state_dict_high).__name__}")
+        raise TypeError(
+            f"state_dict_high must be a mapping of tensors, got {type(state_dict_high).__name__}"
+        )
     low = model_low.state_dict()
 
     def is_quantizer_key(k: str) -> bool:
@@ -55,7 +57,9 @@ def init_from_higher(model_low: nn.Module, state_dict_high: Mapping[str, Tensor]
     if shapes:
         problems.append(f"shape mismatch (high vs low): {_few(shapes)}")
     if problems:
-        raise ValueError("init_from_higher: the models differ in architecture; " + "; ".join(problems))
+        raise ValueError(
+            "init_from_higher: the models differ in architecture; " + "; ".join(problems)
+        )
     copied = sorted(k for k in low if k in state_dict_high)
     merged = dict(low)
     for k in copied:
@@ -123,7 +127,9 @@ def calibrate_ranges(model: nn.Module, x: Tensor, y: Tensor | None = None) -> di
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
         raise ValueError("calibrate_ranges: x must be a non-empty batch tensor [N, ...]")
     if y is not None and (not isinstance(y, Tensor) or y.shape[:1] != x.shape[:1]):
-        raise ValueError(f"calibrate_ranges: y must be a label tensor [{x.shape[0]}], got {getattr(y, 'shape', type(y))}")
+        raise ValueError(
+            f"calibrate_ranges: y must be a label tensor [{x.shape[0]}], got {getattr(y, 'shape', type(y))}"
+        )
     was_training = model.training
     model.eval()
 
@@ -160,7 +166,10 @@ def calibrate_ranges(model: nn.Module, x: Tensor, y: Tensor | None = None) -> di
                 if y is None:
                     iq.t.copy_(t_mse.to(iq.t.dtype))
                 else:
-                    pick(iq.t.data, [iq.t.detach().clone().double()] + [t_mse * f for f in _CAL_FACTORS])
+                    pick(
+                        iq.t.data,
+                        [iq.t.detach().clone().double()] + [t_mse * f for f in _CAL_FACTORS],
+                    )
                 chosen[prefix + "input_quantizer.t"] = float(iq.t)
     finally:
         model.train(was_training)
@@ -176,7 +185,9 @@ def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
     finally:
         hook.remove()
     if not seen:
-        raise ValueError(f"calibrate_ranges: layer {type(layer).__name__} is not called by the model's forward")
+        raise ValueError(
+            f"calibrate_ranges: layer {type(layer).__name__} is not called by the model's forward"
+        )
     return seen[0]
 
 

@@ -40,8 +40,12 @@ def _int_values(v: Any, what: str) -> NDArray[np.int64]:
     if isinstance(v, Tensor):
         v = v.detach().cpu().numpy()
     arr = np.asarray(v)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{what} must hold integers (integer or float dtype), got dtype {arr.dtype}")
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(
+            f"{what} must hold integers (integer or float dtype), got dtype {arr.dtype}"
+        )
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{what} contains NaN or infinity")
@@ -68,10 +72,14 @@ def encode(v: Tensor | np.ndarray, bits: int) -> Tensor | np.ndarray:
     odd = (vi % 2) == 1  # numpy % follows the divisor's sign, so -3 % 2 == 1
     if not np.all(odd):
         bad = tuple(int(i) for i in np.argwhere(~odd)[0])
-        raise ValueError(f"encode: level {int(vi[bad])} at index {bad} is even; {m_bits}-bit levels are odd")
+        raise ValueError(
+            f"encode: level {int(vi[bad])} at index {bad} is even; {m_bits}-bit levels are odd"
+        )
     if vi.size and np.abs(vi).max() > a:
         bad = tuple(int(i) for i in np.argwhere(np.abs(vi) > a)[0])
-        raise ValueError(f"encode: level {int(vi[bad])} at index {bad} is outside [-{a}, {a}] for bits={m_bits}")
+        raise ValueError(
+            f"encode: level {int(vi[bad])} at index {bad} is outside [-{a}, {a}] for bits={m_bits}"
+        )
     q = (vi + a) // 2
     planes = np.stack([((q >> m) & 1) * 2 - 1 for m in range(m_bits)]).astype(np.int8)
     if isinstance(v, Tensor):
@@ -95,7 +103,11 @@ def decode(planes: Tensor | np.ndarray) -> Tensor | np.ndarray:
         _check_bits(planes.shape[0], "decode: number of planes")
         if not bool(((vals == 1) | (vals == -1)).all()):
             raise ValueError("decode: planes must hold only -1 and +1")
-        weights = torch.tensor([float(1 << m) for m in range(planes.shape[0])], dtype=planes.dtype, device=planes.device)
+        weights = torch.tensor(
+            [float(1 << m) for m in range(planes.shape[0])],
+            dtype=planes.dtype,
+            device=planes.device,
+        )
         return torch.tensordot(weights, planes, dims=([0], [0]))
     arr = _int_values(planes, "decode: planes")
     if arr.ndim < 1:

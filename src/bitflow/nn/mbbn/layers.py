@@ -135,10 +135,32 @@ class MBitConv2d(_MBitMixin, BinaryConv2d):  # type: ignore[misc]
         pad_value: float = 0,
         weight_clip: float | None = 1.0,
     ) -> None:
-        iq, wq = _resolve_quantizers(bits_a, bits_w, method, activation, gradient, per_channel, input_quantizer, weight_quantizer)
+        iq, wq = _resolve_quantizers(
+            bits_a,
+            bits_w,
+            method,
+            activation,
+            gradient,
+            per_channel,
+            input_quantizer,
+            weight_quantizer,
+        )
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-            device, dtype, input_quantizer=iq, weight_quantizer=wq, pad_value=pad_value, weight_clip=weight_clip,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+            input_quantizer=iq,
+            weight_quantizer=wq,
+            pad_value=pad_value,
+            weight_clip=weight_clip,
         )
         self._setup()
 
@@ -152,7 +174,9 @@ class MBitConv2d(_MBitMixin, BinaryConv2d):  # type: ignore[misc]
         dt = self.accumulate_dtype
         xq, padding = self._pad(xq)
         if xq.dtype != dt:
-            return F.conv2d(xq.to(dt), b.to(dt), None, self.stride, padding, self.dilation, self.groups).to(xq.dtype)
+            return F.conv2d(
+                xq.to(dt), b.to(dt), None, self.stride, padding, self.dilation, self.groups
+            ).to(xq.dtype)
         return F.conv2d(xq, b.to(dt), None, self.stride, padding, self.dilation, self.groups)
 
     def _finish(self, y: Tensor, s: Tensor | None) -> Tensor:
@@ -223,8 +247,26 @@ class MBitLinear(_MBitMixin, BinaryLinear):  # type: ignore[misc]
         weight_quantizer: QuantizerSpec = None,
         weight_clip: float | None = 1.0,
     ) -> None:
-        iq, wq = _resolve_quantizers(bits_a, bits_w, method, activation, gradient, per_channel, input_quantizer, weight_quantizer)
-        super().__init__(in_features, out_features, bias, device, dtype, input_quantizer=iq, weight_quantizer=wq, weight_clip=weight_clip)
+        iq, wq = _resolve_quantizers(
+            bits_a,
+            bits_w,
+            method,
+            activation,
+            gradient,
+            per_channel,
+            input_quantizer,
+            weight_quantizer,
+        )
+        super().__init__(
+            in_features,
+            out_features,
+            bias,
+            device,
+            dtype,
+            input_quantizer=iq,
+            weight_quantizer=wq,
+            weight_clip=weight_clip,
+        )
         self._setup()
 
     def _linear(self, xq: Tensor, b: Tensor) -> Tensor:
@@ -270,10 +312,23 @@ class MBitLinear(_MBitMixin, BinaryLinear):  # type: ignore[misc]
 
 
 def _resolve_quantizers(
-    bits_a: int, bits_w: int, method: str, activation: str, gradient: str, per_channel: bool,
-    input_quantizer: QuantizerSpec, weight_quantizer: QuantizerSpec,
+    bits_a: int,
+    bits_w: int,
+    method: str,
+    activation: str,
+    gradient: str,
+    per_channel: bool,
+    input_quantizer: QuantizerSpec,
+    weight_quantizer: QuantizerSpec,
 ) -> tuple[nn.Module | None, nn.Module | None]:
-    iq_d, wq_d = make_quantizers(bits_a, bits_w, method=method, activation=activation, gradient=gradient, per_channel=per_channel)
+    iq_d, wq_d = make_quantizers(
+        bits_a,
+        bits_w,
+        method=method,
+        activation=activation,
+        gradient=gradient,
+        per_channel=per_channel,
+    )
     iq = Q.get(input_quantizer) if input_quantizer is not None else iq_d
     wq = Q.get(weight_quantizer) if weight_quantizer is not None else wq_d
     return iq, wq

@@ -80,7 +80,9 @@ def plane_gemm(a: NDArray[np.uint64], b: NDArray[np.uint64], n: int) -> NDArray[
     """
     a, b = _check_packed(a, "a"), _check_packed(b, "b")
     if a.ndim != 3 or b.ndim != 3:
-        raise ValueError(f"plane_gemm needs a [Pa, R, Kw] and b [Pw, C, Kw], got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"plane_gemm needs a [Pa, R, Kw] and b [Pw, C, Kw], got {a.shape} and {b.shape}"
+        )
     out = np.zeros((a.shape[1], b.shape[1]), dtype=np.int64)
     for i in range(a.shape[0]):
         for j in range(b.shape[0]):
@@ -123,7 +125,13 @@ def unsigned_plane_dot(qx: Any, qw: Any, bits_x: int, bits_w: int) -> int:
         raise ValueError(f"codes must lie in 0..{(1 << m_bits) - 1} and 0..{(1 << k_bits) - 1}")
     cx = [pack_bits((x >> m) & 1) for m in range(m_bits)]
     dw = [pack_bits((w >> k) & 1) for k in range(k_bits)]
-    return int(sum((1 << (m + k)) * int(popcount(cx[m] & dw[k]).sum()) for m in range(m_bits) for k in range(k_bits)))
+    return int(
+        sum(
+            (1 << (m + k)) * int(popcount(cx[m] & dw[k]).sum())
+            for m in range(m_bits)
+            for k in range(k_bits)
+        )
+    )
 
 
 def zero_one_dot(qx: Any, qw: Any, bits_x: int, bits_w: int) -> int:
@@ -141,10 +149,22 @@ def zero_one_dot(qx: Any, qw: Any, bits_x: int, bits_w: int) -> int:
     a, b = max_level(bits_x), max_level(bits_w)
     x, w = _int_values(qx, "qx").ravel(), _int_values(qw, "qw").ravel()
     n = x.size
-    return 4 * unsigned_plane_dot(x, w, bits_x, bits_w) - 2 * b * int(x.sum()) - 2 * a * int(w.sum()) + n * a * b
+    return (
+        4 * unsigned_plane_dot(x, w, bits_x, bits_w)
+        - 2 * b * int(x.sum())
+        - 2 * a * int(w.sum())
+        + n * a * b
+    )
 
 
-def speedup_theory(m_bits: int, k_bits: int, n: int, gamma: float = 1.91, beta: float | None = None, register_bits: int = 64) -> float:
+def speedup_theory(
+    m_bits: int,
+    k_bits: int,
+    n: int,
+    gamma: float = 1.91,
+    beta: float | None = None,
+    register_bits: int = 64,
+) -> float:
     """The MBBN paper's theoretical speed-up ``S_MK`` over a float MAC dot product (Eq. 16)::
 
         S_MK = N gamma / (M K (gamma + 2 ceil(N / L)) + (M K - 1) beta)

@@ -404,7 +404,9 @@ class OddLinearWeight(Q.WeightQuantizer):
     def decompose(self, w: Tensor) -> tuple[Tensor, Tensor]:
         t = self.t.clamp_min(1e-6).to(w.dtype)
         if t.numel() not in (1, w.shape[0]):
-            raise ValueError(f"odd_linear_weight has {t.numel()} ranges for a weight with {w.shape[0]} output channels")
+            raise ValueError(
+                f"odd_linear_weight has {t.numel()} ranges for a weight with {w.shape[0]} output channels"
+            )
         tv = t.view((-1,) + (1,) * (w.dim() - 1))
         v = odd_linear_levels(w, tv, self.bits)
         return v, (t / self.max_level).expand(w.shape[0])
@@ -422,7 +424,12 @@ METHODS = ("encoder", "quantizer")
 
 
 def make_quantizers(
-    bits_a: int, bits_w: int, *, method: str = "encoder", activation: str = "htanh", gradient: str = "sine",
+    bits_a: int,
+    bits_w: int,
+    *,
+    method: str = "encoder",
+    activation: str = "htanh",
+    gradient: str = "sine",
     per_channel: bool = False,
 ) -> tuple[MultiBitInputQuantizer, Q.WeightQuantizer]:
     """``(input quantizer, weight quantizer)`` of one layer.
@@ -434,4 +441,6 @@ def make_quantizers(
         return MBitEncoder(bits_a, activation, gradient), MBitWeight(bits_w)
     if method == "quantizer":
         return OddLinearQuantizer(bits_a, activation), OddLinearWeight(bits_w, per_channel)
-    raise ValueError(f"method must be 'encoder' (Algorithm 1) or 'quantizer' (Algorithm 2), got {method!r}")
+    raise ValueError(
+        f"method must be 'encoder' (Algorithm 1) or 'quantizer' (Algorithm 2), got {method!r}"
+    )
