@@ -83,10 +83,13 @@ class _Net(nn.Module):
         )
         self.stem = nn.Sequential(first, nn.BatchNorm2d(c0), *([nn.ReLU()] if relu_stem else []))
         units = []
-        cin = c0
+        cin, size = c0, 12
         for w, s, k, e in zip(widths[1:], strides, kinds, extras, strict=True):
-            units.append(_Unit(cin, w, s, k, e))
-            cin = w
+            # AvgPool2d(2) of an odd map is one smaller than the stride-2 conv's output: that
+            # model cannot run in PyTorch either, so an odd map takes the strided-conv shortcut
+            kind = "conv" if (k == "avg" and s == 2 and size % 2) else k
+            units.append(_Unit(cin, w, s, kind, e))
+            cin, size = w, (size + 1) // 2 if s == 2 else size
         self.units = nn.Sequential(*units)
         self.concat = concat
         self.side = nn.Sequential(_bconv(cin, 3), nn.BatchNorm2d(3)) if concat else None
