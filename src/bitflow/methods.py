@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import Registry
-from .convert._trace import UnsupportedLayerError
+from .convert import UnsupportedLayerError
 from .models import create
 from .nn import BinaryConv2d, BinaryLinear
 from .nn import quantizers as Q

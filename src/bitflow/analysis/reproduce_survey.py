@@ -33,7 +33,7 @@ TWINS = {"bitflow_vgg_small": "vgg_small", "bitflow_lenet": "lenet", "bireal_res
 def _timing_torch(model: Any, x1: np.ndarray, repeat: int) -> float:
     import torch
 
-    from ..bench._timing import measure
+    from ..bench import measure
 
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -50,7 +50,7 @@ def _deploy(
     ckpt: str, data: str, limit_test: int | None, out_file: Path, repeat: int
 ) -> dict[str, Any]:
     """Convert, write the ``.bfn``, verify against PyTorch and time the engine (batch 1, 1 thread)."""
-    from ..bench._timing import measure
+    from ..bench import measure
     from ..convert import convert, verify
     from ..data import eval_arrays
     from ..engine import Engine

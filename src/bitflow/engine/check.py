@@ -71,7 +71,7 @@ def _run_plan_keeping(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:
     """The fused plan :meth:`Engine.run` executes, with every step's output kept (no frees)."""
     env = {engine.graph.input.name: engine._prepare(x)}
     for step in engine._plan:
-        env[step.dst] = step.fn([env[v] for v in step.srcs])
+        env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
     return env
 
 
@@ -204,23 +204,26 @@ def compare_with_reference(
                 explained |= (diff & near).reshape(nb, -1).any(1)
         ref_report["prediction_mismatches_unexplained"] += int((mism_pred & ~explained).sum())
         # the fused plan, step by step, each from the reference's input ("teacher forcing")
+        producer = {o.outputs[0]: o for o in rg.ops}
         for step in engine._plan:
-            last = rops[step.ops[-1]]
-            out = step.fn([np.ascontiguousarray(env[v]) for v in step.srcs])
+            outs = step.outputs(step.fn([np.ascontiguousarray(env[v]) for v in step.srcs]))
             key = "+".join(step.ops)
-            stats = ref_report["by_step"].setdefault(
-                key, {"type": last.type, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0}
-            )
-            check_step(
-                stats,
-                last.type,
-                step.srcs[0],
-                step.dst,
-                last.params.get("thr"),
-                out,
-                env,
-                "exact_mismatches",
-            )
+            for name, out in outs.items():  # a step may produce several values (fused streams)
+                last = producer[name]
+                stats = ref_report["by_step"].setdefault(
+                    key if name == step.dst else f"{key}:{name}",
+                    {"type": last.type, "mismatches": 0, "compared": 0, "max_abs_diff": 0.0},
+                )
+                check_step(
+                    stats,
+                    last.type,
+                    last.inputs[0],  # the decision's own input (the reference has every value)
+                    name,
+                    last.params.get("thr"),
+                    out,
+                    env,
+                    "exact_mismatches",
+                )
         # and every op on its own (localizes a fused step's mismatch)
         for step, op in zip(engine._steps, rg.ops, strict=True):
             out = step.fn([np.ascontiguousarray(env[v]) for v in step.srcs])

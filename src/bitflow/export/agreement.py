@@ -5,7 +5,7 @@ Integer and bit ops are exact in every exported model, so two executors can diff
 float32 rounding: a float first layer, a float residual stream (``mixed`` graphs) or XNOR-Net's
 float BatchNorm, and the float head. :func:`bitflow.ir.reference.float_error_bounds` gives, for
 every float value ``v`` of a run, a bound ``E[v]`` on ``|computed - exact|`` that holds for any
-correct float32 implementation, so two of them differ by at most ``2 E[v]`` (ARCHITECTURE 3):
+correct float32 implementation, so two of them differ by at most ``2 E[v]`` (docs/architecture.md, section 3):
 
 - a sign decided on a float value ``y`` against threshold ``T`` (``threshold_f32_*``, ``bitpack``
   on float) may differ between them only if ``|y - T| <= 2 E[y]``: such a sample is
