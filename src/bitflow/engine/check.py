@@ -158,7 +158,6 @@ def compare_with_reference(
         if total == "exact_mismatches":
             ref_report["exact_values_compared"] += int(want.size)
 
-    rops = {op.name: op for op in rg.ops}
     for i in range(0, n, batch_size):
         xb = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
         nb = len(xb)
