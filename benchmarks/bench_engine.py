@@ -1,6 +1,7 @@
 """Whole-model and per-layer latency of the native engine against PyTorch float32, ONNX
-Runtime float32 / int8 (static QDQ) and OpenVINO's binary network, measured in one run
-(the native engine issue's benchmark; see bitflow.bench for what each number is).
+Runtime float32 / int8 (integer binary layers) and OpenVINO's binary network, each computing
+the model's own function, measured in one run (the native engine issue's benchmark; see
+bitflow.bench for what each number is and how every run checks the baselines).
 
     nice .venv/bin/python benchmarks/bench_engine.py                      # everything below
     nice .venv/bin/python benchmarks/bench_engine.py --models bitflow_alexnet:int8 --threads 1 --batch 1

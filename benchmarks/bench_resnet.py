@@ -1,7 +1,11 @@
 """Bi-Real ResNet-18 (224x224, 1000 classes, random weights, randomized BatchNorm statistics) on
-the native engine against PyTorch fp32 (its full-precision twin ``resnet18``), ONNX Runtime fp32
-and int8 static QDQ, and OpenVINO's binary network of the same architecture (BinaryConvolution
-nodes, float stem / downsample convolutions / adds / pools), all in one run (issue 10 section 5).
+the native engine against baselines that compute the same function from the same graph
+(:mod:`bitflow.bench`): PyTorch fp32 (float32 convolutions of +-1 values), ONNX Runtime fp32 (the
+graph's ONNX export) and int8 (its binary layers as ConvInteger / MatMulInteger), and OpenVINO's
+binary network (BinaryConvolution nodes, FakeQuantize binarization, float stem / downsample
+convolutions / adds / pools), all in one run (issue 10 section 5). Every run checks each baseline
+against the engine (``checks.same_function`` in the JSON); OpenVINO is skipped with a note for the
+integer residual stream (no exact int64 requantization in its CPU plugin).
 
     nice .venv/bin/python benchmarks/bench_resnet.py                       # every variant, 1-2 threads, batch 1 and 16
     nice .venv/bin/python benchmarks/bench_resnet.py --variants float --threads 1 --batch 1 --repeat 20
