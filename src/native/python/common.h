@@ -243,6 +243,21 @@ inline bitflow::ops::ConvGeom conv_geom(const char* fn, i64 n, i64 h, i64 w, i64
   return g;
 }
 
+/// The optional float32 bias [o] of a float conv / dense layer (nullptr when absent).
+inline const float* optional_bias(const char* fn, const std::optional<AnyArray>& bias, i64 o) {
+  if (!bias) return nullptr;
+  auto b = arg<float>(*bias, fn, "bias", 1);
+  if (b.dim(0) != o) fail(fn, "bias must have shape (" + std::to_string(o) + ",)");
+  return b.data;
+}
+
+/// A uint8-input conv's exact int32 sum: |sum| <= kh kw C 255 128 (int8 weights; +-1 weights
+/// take the same path) must fit in int32.
+inline void check_u8_fan_in(const char* fn, const bitflow::ops::ConvGeom& g) {
+  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
+    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+}
+
 inline bitflow::ops::PoolGeom pool_geom(const char* fn, const std::vector<i64>& s, nb::handle kernel,
                                  nb::handle stride, nb::handle padding) {
   const auto k = pair_arg(fn, "kernel", kernel);

@@ -168,12 +168,7 @@ nb::object float_stream_after_conv2d(const FloatStream& fs, const AnyArray& x_, 
   if (w.dim(3) != x.dim(3))
     fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
   if (w.dim(0) != fs.channels()) fail(fn, "w must have the stream's " + std::to_string(fs.channels()) + " output channels");
-  const float* bias = nullptr;
-  if (bias_) {
-    auto b = arg<float>(*bias_, fn, "bias", 1);
-    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
-    bias = b.data;
-  }
+  const float* bias = optional_bias(fn, bias_, w.dim(0));
   auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
   return stream_outputs(fs, {g.n, g.ho(), g.wo(), g.o}, [&](float* y, std::uint64_t* b) {

@@ -76,8 +76,7 @@ void int8_layer_init(Int8ConvLayer* self, const AnyArray& w_, nb::handle stride,
   if (w.dim(0) < 1 || w.dim(3) < 1) fail(fn, "w must have shape (O, kh, kw, C) with O, C >= 1");
   auto g = conv_geom(fn, 1, w.dim(1), w.dim(2), w.dim(3), w.dim(0), w.dim(1), w.dim(2),
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
-  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
-    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+  check_u8_fan_in(fn, g);
   const LayerPost post = layer_post(fn, g.o, thr_, dir_, pool_kernel, pool_stride, pool_padding);
   bitflow::ops::ConvGeom filt = g;
   filt.n = 0; filt.h = 0; filt.w = 0;

@@ -59,12 +59,7 @@ nb::object conv2d_f32(const AnyArray& x_, const AnyArray& w_, std::optional<AnyA
   auto w = arg<float>(w_, fn, "w", 4);
   if (w.dim(3) != x.dim(3))
     fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
-  const float* bias = nullptr;
-  if (bias_) {
-    auto b = arg<float>(*bias_, fn, "bias", 1);
-    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
-    bias = b.data;
-  }
+  const float* bias = optional_bias(fn, bias_, w.dim(0));
   auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
   auto out = make_out<float>({g.n, g.ho(), g.wo(), g.o});
@@ -84,12 +79,7 @@ nb::object dense_f32(const AnyArray& x_, const AnyArray& w_, std::optional<AnyAr
   auto w = arg<float>(w_, fn, "w", 2);
   if (w.dim(1) != x.dim(1))
     fail(fn, "w must have shape (O, K) with K = " + std::to_string(x.dim(1)) + ", got K = " + std::to_string(w.dim(1)));
-  const float* bias = nullptr;
-  if (bias_) {
-    auto b = arg<float>(*bias_, fn, "bias", 1);
-    if (b.dim(0) != w.dim(0)) fail(fn, "bias must have shape (" + std::to_string(w.dim(0)) + ",)");
-    bias = b.data;
-  }
+  const float* bias = optional_bias(fn, bias_, w.dim(0));
   auto out = make_out<float>({x.dim(0), w.dim(0)});
   {
     nb::gil_scoped_release release;
@@ -109,9 +99,7 @@ nb::object conv2d_u8i8(const AnyArray& x_, const AnyArray& w_, nb::handle stride
     fail(fn, "w must have shape (O, kh, kw, C) with C = " + std::to_string(x.dim(3)) + " (NHWC input)");
   auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
-  // |sum| <= K * 255 * 128 must fit in int32.
-  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
-    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+  check_u8_fan_in(fn, g);
   auto out = make_out<std::int32_t>({g.n, g.ho(), g.wo(), g.o});
   {
     nb::gil_scoped_release release;
@@ -133,9 +121,7 @@ nb::object conv2d_u8b1(const AnyArray& x_, const AnyArray& w_, std::int64_t chan
     fail(fn, "w must have shape (O, kh, kw, ceil(C/64)) with C = " + std::to_string(channels));
   auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
-  // |sum| <= K * 255 must fit in int32 (and the int8 path below needs K * 255 * 128 to).
-  if (g.kh * g.kw * g.c * 255 * 128 > INT32_MAX)
-    fail(fn, "kh * kw * C = " + std::to_string(g.kh * g.kw * g.c) + " is too large for an exact int32 sum (max 65793)");
+  check_u8_fan_in(fn, g);
   auto out = make_out<std::int32_t>({g.n, g.ho(), g.wo(), g.o});
   {
     nb::gil_scoped_release release;
