@@ -151,7 +151,10 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
     + |mean s|`` (attribute ``bn_terms_abs``: PyTorch rounds ``(x - mean) s + beta``); ``add_f32``
     of ``n`` terms: ``sum E + (n - 1) eps sum|x_i|``; average pools: the window's max ``E`` plus
     ``k eps max|x|``; a float dense layer of fan-in ``K``: ``K eps (|x| |W|^T + |b|) + E[x] |W|^T``;
-    ReLU, max-pool, flatten and concat carry ``E`` along.
+    ReLU, max-pool, flatten and concat carry ``E`` along; ``rprelu_f32`` (Lipschitz constant
+    ``k = max(1, |slope|)``, three roundings): ``k E[x] + 4 eps (k (|x| + |gamma|) + |zeta|)``;
+    ``conv2d_f32b1`` / ``dense_f32b1`` (+-1 weights, fan-in ``K``): ``K eps sum_win |x| +
+    sum_win E[x]``.
     """
     from ._refkernels import pool
 
@@ -198,6 +201,13 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
             e[out] = prevs + (len(ins) - 1) * _EPS32 * mags
         elif t in ("relu_f32", "flatten"):
             e[out] = np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape))).reshape(y.shape)
+        elif t == "rprelu_f32":
+            x = np.abs(ins[0].astype(np.float64))
+            k = np.maximum(1.0, np.abs(p["slope"]))  # the Lipschitz constant of the PReLU
+            prev = np.broadcast_to(e.get(op.inputs[0], 0.0), y.shape)
+            e[out] = k * prev + 4 * _EPS32 * (k * (x + np.abs(p["gamma"])) + np.abs(p["zeta"]))
+        elif t in ("conv2d_f32b1", "dense_f32b1"):
+            e[out] = _f32b1_bound(op, ins[0], e.get(op.inputs[0]), y.shape, p["w"].shape)
         elif t == "maxpool_f32":
             e[out] = pool(np.asarray(e.get(op.inputs[0], np.zeros(ins[0].shape))), op, 0.0, np.max)
         elif t == "avgpool_f32":
@@ -221,6 +231,34 @@ def float_error_bounds(graph: Graph, env: dict[str, np.ndarray]) -> dict[str, np
                 -1,
             )
     return e
+
+
+def _f32b1_bound(
+    op: Op,
+    x: np.ndarray,
+    prev: np.ndarray | None,
+    shape: tuple[int, ...],
+    wshape: tuple[int, ...],
+) -> np.ndarray:
+    """``conv2d_f32b1`` / ``dense_f32b1``: every weight is +-1, so an output's rounding error is
+    at most ``K eps sum_window |x|`` (``K`` = fan-in) plus the window's sum of the inputs' own
+    bounds ``E[x]``."""
+    from ._refkernels import conv
+
+    ax = np.abs(x.astype(np.float64))
+    ex = np.zeros(x.shape) if prev is None else np.broadcast_to(prev, x.shape).astype(np.float64)
+    if op.type == "dense_f32b1":
+        fan = x.shape[-1]
+        s_abs, s_e = ax.sum(-1, keepdims=True), ex.sum(-1, keepdims=True)
+    else:
+        kh, kw = int(wshape[1]), int(wshape[2])
+        st = (int(op.attrs["stride"][0]), int(op.attrs["stride"][1]))
+        pd = (int(op.attrs["padding"][0]), int(op.attrs["padding"][1]))
+        ones = np.ones((1, kh, kw, x.shape[-1]))
+        fan = kh * kw * x.shape[-1]
+        s_abs = conv(ax, ones, st, pd, 0.0, np.float64)
+        s_e = conv(ex, ones, st, pd, 0.0, np.float64)
+    return np.broadcast_to(fan * _EPS32 * s_abs + s_e, shape).astype(np.float64)
 
 
 __all__ = [

@@ -25,6 +25,7 @@
 #include "bitflow/float_stream.h"
 #include "bitflow/kernels.h"
 #include "bitflow/ops.h"
+#include "bitflow/survey.h"
 #include "../ops/parallel.h"
 
 namespace nb = nanobind;
@@ -609,6 +610,77 @@ nb::object conv2d_u8b1(const AnyArray& x_, const AnyArray& w_, std::int64_t chan
   return nb::cast(out.array);
 }
 
+
+// ---- survey methods (bitflow/survey.h; issue 12) ------------------------------------------
+
+nb::object conv2d_f32b1(const AnyArray& x_, const AnyArray& w_, std::int64_t channels, nb::handle stride,
+                        nb::handle padding, int threads) {
+  const char* fn = "conv2d_f32b1";
+  check_threads(fn, threads);
+  auto x = arg<float>(x_, fn, "x", 4);
+  auto w = arg<std::uint64_t>(w_, fn, "w", 4);
+  if (channels != x.dim(3))
+    fail(fn, "channels = " + std::to_string(channels) + " but x has " + std::to_string(x.dim(3)) + " (NHWC input)");
+  if (w.dim(3) != (channels + 63) / 64)
+    fail(fn, "w must have shape (O, kh, kw, ceil(C/64)) with C = " + std::to_string(channels));
+  auto g = conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), x.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  auto out = make_out<float>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::conv2d_f32b1(x.data, w.data, g, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object rprelu_f32(const AnyArray& x_, const AnyArray& gamma_, const AnyArray& slope_, const AnyArray& zeta_,
+                      int threads) {
+  const char* fn = "rprelu_f32";
+  check_threads(fn, threads);
+  auto x = arg<float>(x_, fn, "x", -1);
+  auto gamma = arg<float>(gamma_, fn, "gamma", 1);
+  auto slope = arg<float>(slope_, fn, "slope", 1);
+  auto zeta = arg<float>(zeta_, fn, "zeta", 1);
+  const i64 c = x.dim(-1);
+  if (gamma.dim(0) != c || slope.dim(0) != c || zeta.dim(0) != c)
+    fail(fn, "gamma, slope and zeta must have shape (" + std::to_string(c) + ",) to match the last axis of x");
+  auto out = make_out<float>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::rprelu_f32(x.data, rows_of(x.shape), c, gamma.data, slope.data, zeta.data, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
+/// threshold_u8 (T = int32) / threshold_f32_u8 (T = float): x [..., O], thr [O, L] (1 <= L <= 255),
+/// direction [O] -> uint8 [..., O] levels (count of thresholds passed).
+template <class T, class Kernel>
+nb::object levels_op(const char* fn, const AnyArray& x_, const AnyArray& thr_, const AnyArray& dir_, int threads,
+                     Kernel kernel) {
+  check_threads(fn, threads);
+  auto x = arg<T>(x_, fn, "x", -1);
+  auto thr = arg<T>(thr_, fn, "thr", 2);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
+  const i64 o = x.dim(-1);
+  if (thr.dim(0) != o) fail(fn, "thr must have shape (O, L) with O = " + std::to_string(o));
+  const i64 L = thr.dim(1);
+  if (L < 1 || L > 255) fail(fn, "thr must have 1 <= L <= 255 thresholds per channel, got " + std::to_string(L));
+  check_direction(fn, dir, o);
+  auto out = make_out<std::uint8_t>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    kernel(x.data, rows_of(x.shape), o, thr.data, L, dir.data, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object threshold_u8(const AnyArray& x_, const AnyArray& thr_, const AnyArray& dir_, int threads) {
+  return levels_op<std::int32_t>("threshold_u8", x_, thr_, dir_, threads, bitflow::ops::threshold_u8);
+}
+
+nb::object threshold_f32_u8(const AnyArray& x_, const AnyArray& thr_, const AnyArray& dir_, int threads) {
+  return levels_op<float>("threshold_f32_u8", x_, thr_, dir_, threads, bitflow::ops::threshold_f32_u8);
+}
 
 // ---- prepared binary layer ---------------------------------------------------------------
 
@@ -1323,6 +1395,18 @@ NB_MODULE(_native, m) {
         "int32 [..., O] -> uint64 [..., ceil(O/64)]: bit 1 (-1) iff acc < lo or acc > hi (per channel); "
         "the kernel set's fused threshold (direction +1: [T, INT32_MAX], -1: [INT32_MIN, T]).");
 
+
+  // survey methods (bitflow/survey.h)
+  m.def("conv2d_f32b1", &conv2d_f32b1, "x"_a, "w"_a, "channels"_a, "stride"_a = nb::make_tuple(1, 1),
+        "padding"_a = nb::make_tuple(0, 0), "threads"_a = 1,
+        "W1/A32 conv: x float32 [N, H, W, C], w packed +-1 bits uint64 [O, kh, kw, ceil(C/64)] (bit 1 = -1), "
+        "zero padding -> float32 [N, Ho, Wo, O]; each output summed in float32 in the order (ky, kx, c).");
+  m.def("rprelu_f32", &rprelu_f32, "x"_a, "gamma"_a, "slope"_a, "zeta"_a, "threads"_a = 1,
+        "float32 [..., C] -> ReActNet RPReLU: t = x - gamma; (t > 0 ? t : slope * t) + zeta (float32 steps).");
+  m.def("threshold_u8", &threshold_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
+        "int32 [..., O] -> uint8 levels: #{l : x >= thr[c, l]} (direction +1) or #{l : x <= thr[c, l]} (-1).");
+  m.def("threshold_f32_u8", &threshold_f32_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
+        "float32 [..., O] -> uint8 levels, as threshold_u8 (a NaN passes every threshold).");
 
   // DAG ops (bitflow/elementwise.h)
   m.def("add_f32", &add_f32, "xs"_a, "Elementwise sum of >= 2 float32 arrays of one shape, left to right in float32.");

@@ -132,7 +132,7 @@ def markdown_table() -> str:
 
 
 # the families register their ops on import
-from . import binary, dense_conv, elementwise, thresholds, w1  # noqa: E402,F401
+from . import binary, dense_conv, elementwise, survey, thresholds, w1  # noqa: E402,F401
 
 __all__ = [
     "GROUPS",
