@@ -126,6 +126,9 @@ def conv2d_f32b1(
 def rprelu_f32(
     x: np.ndarray, gamma: np.ndarray, slope: np.ndarray, zeta: np.ndarray, threads: int = 1
 ) -> np.ndarray: ...
+def threshold_bits_hw(
+    x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
+) -> NDArray[np.uint64]: ...
 def threshold_u8(
     x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
 ) -> NDArray[np.uint8]: ...

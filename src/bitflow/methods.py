@@ -45,7 +45,8 @@ class Method:
     ``deploy`` is a key of :data:`DEPLOY_FORMS` (``"pure"``: xnor-popcount + thresholds;
     ``"w1a32"``: +-1-weight convs over float32 activations; ``"float_stream"``: binary layers
     plus float ops on the residual stream; ``"u8"``: k-bit unsigned levels into exact +-1-weight
-    uint8 convs) or the exact reason it cannot run yet; ``survey``
+    uint8 convs; ``"table"``: per-(position, channel) thresholds, XNOR-Net++) or the exact reason
+    it cannot run yet; ``survey``
     the survey's reported results (table, network)."""
 
     name: str
@@ -68,6 +69,7 @@ DEPLOY_FORMS = {
     "pure": "pure xnor-popcount + thresholds",
     "w1a32": "+-1-weight conv over float32 activations (conv2d_f32b1 / dense_f32b1)",
     "float_stream": "xnor-popcount + thresholds, float ops (rprelu_f32) on the float stream",
+    "table": "xnor-popcount + one exact threshold per (position, channel) (threshold_bits_hw)",
     "u8": "k-bit unsigned levels (threshold_u8) -> +-1-weight uint8 conv (conv2d_u8b1), exact integers",
 }
 """How a deployable method runs on the engine (``Method.deploy``)."""
@@ -297,8 +299,7 @@ register(
         (1, 1),
         "ste_sign",
         "sign",
-        "the factorized scale alpha(x)beta(x)gamma differs per output position, so the BatchShift threshold "
-        "does too: needs a per-(position, channel) threshold table op, not in the engine yet",
+        "table",
         "ImageNet 57.1 (Table 4, ResNet-18), 46.9 (AlexNet)",
         transform=_xnorpp,
     )

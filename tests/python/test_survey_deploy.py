@@ -438,3 +438,78 @@ def test_strict_refuses_float_arithmetic_in_binarized_layers(tmp_path: object) -
     assert main(["convert", str(ck), "-o", str(d / "a.bfn")]) == 0
     assert main(["convert", str(ck), "-o", str(d / "b.bfn"), "--strict"]) == 2
     assert not (d / "b.bfn").exists()
+
+
+# ----------------------------------------------------------------------------- XNOR-Net++
+def test_threshold_bits_hw_is_one_threshold_per_position() -> None:
+    rng = np.random.default_rng(20)
+    h, w, o = 3, 4, 70
+    thr = rng.integers(-10, 10, (h, w, o)).astype(np.int32)
+    d = np.where(rng.random((h, w, o)) < 0.5, -1, 1).astype(np.int8)
+    x = rng.integers(-12, 12, (2, h, w, o)).astype(np.int32)
+    x[0] = thr  # on the threshold: +1 (bit 0) in both directions
+    tensors = {"thr": thr, "direction": d}
+    op = Op("threshold_bits_hw", "t", ["x"], ["y"], {}, {"thr": "thr", "direction": "direction"})
+    vin = ValueInfo("int32", (h, w, o))
+    vout = infer(op, [vin], tensors)
+    assert vout.dtype == "bits" and vout.shape == (h, w, 2) and vout.channels == o
+    want_neg = np.where(d > 0, x < thr, x > thr)  # broadcast over the batch: the definition
+    want = pack_bits(want_neg)
+    ref = R.run_op(Graph(InputSpec(1, 1, 1), [], tensors, "x"), op, [x], [vin])
+    np.testing.assert_array_equal(ref, want)
+    for k, out in _engine_outputs(op, x, vin, tensors).items():
+        np.testing.assert_array_equal(out, want, err_msg=k)
+    assert not np.any(ref[0])  # x == thr everywhere: every bit +1
+    with pytest.raises(GraphError, match="direction"):
+        infer(op, [vin], {**tensors, "direction": np.zeros((h, w, o), np.int8)})
+
+
+def _xnorpp_model(seed: int, negative: bool) -> nn.Module:
+    model = _calibrated(methods.build_model("bitflow_vgg_small", "xnorpp", width=4, fc=16), seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.abs_()  # one BN direction: the pools commute with the decisions
+            if isinstance(m, S.XnorPPConv2d):
+                for t in (m.scale_c, m.scale_h, m.scale_w):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.25)
+                if negative:  # Gamma < 0 and = 0 somewhere: flipped directions and constants
+                    m.scale_c[0] = -m.scale_c[0]
+                    m.scale_h[1] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_xnorpp_deploys_exactly(negative: bool) -> None:
+    model = _xnorpp_model(21, negative)
+    x = np.random.default_rng(22).random((24, 1, 28, 28), dtype=np.float32)
+    graph = methods.convert(model)
+    types = [op.type for op in graph.ops]
+    assert types.count("threshold_bits_hw") == 4 and graph.mode == "bitflow"
+    r = verify(model, graph, x)
+    assert r["sign_mismatches"] == 0 and r["signs_compared"] > 0, r
+    assert r["prediction_mismatches_unexplained"] == 0 and verify_ok(r), r
+    _check_engine(graph, x)
+    if negative:
+        d = [
+            graph.tensors[op.params["direction"]]
+            for op in graph.ops
+            if op.type == "threshold_bits_hw"
+        ]
+        assert any(np.any(t < 0) for t in d)
+
+
+def test_xnorpp_errors_are_clear() -> None:
+    model = _xnorpp_model(23, False)
+    # the BN after the first (pooled) XNOR-Net++ conv decreases in one channel: the pool of its
+    # decisions would be an AND in some channels and an OR in others
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][1]
+    with torch.no_grad():
+        bn.weight[0] = -bn.weight[0].abs()
+    with pytest.raises(UnsupportedLayerError, match="one direction"):
+        methods.convert(model)
+    # on the Bi-Real backbone the scaled value feeds a float residual add
+    bireal = methods.build_model("bireal_resnet20", "xnorpp", width=4)
+    with pytest.raises(UnsupportedLayerError, match="per-position float scale"):
+        methods.convert(bireal.eval())

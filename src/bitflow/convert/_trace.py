@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, Int8Conv2d, Scale, StreamClamp
 from ..nn.mbbn import MBitConv2d, MBitLinear
-from ..nn.survey import RPReLU
+from ..nn.survey import RPReLU, XnorPPConv2d
 
 SUPPORTED = (
     "nn.Conv2d / bitflow.nn.Int8Conv2d (first layer), bitflow.nn.BinaryConv2d, bitflow.nn.BinaryLinear, "
@@ -351,6 +351,8 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return [Step("sclamp", name, m)]
     if type(m) is RPReLU:
         return [Step("rprelu", name, m)]
+    if type(m) is XnorPPConv2d:
+        return [Step("xnorpp", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
         raise unsupported(
             name,

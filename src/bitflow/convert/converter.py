@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
@@ -31,7 +32,7 @@ from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, StreamClamp
 from ..nn import quantizers as Q
 from ..nn.fixedpoint import SHIFT
 from ..nn.mbbn import MBitConv2d, MBitLinear
-from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign
+from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
 from ._mcn import lower_mcn
@@ -75,6 +76,9 @@ class Pending:
     # fixed-point residual stream (FixedPointBN / StreamClamp): the grid exponent f of the int32
     # value r (the model's value is r 2^-f: alpha = 2^-f, bias 0); None for any other value
     stream: int | None = None
+    # XNOR-Net++: the float32 scale Gamma [Ho, Wo, O] of every output (position, channel),
+    # applied instead of alpha (the BatchShift threshold then differs per position)
+    pos_scale: np.ndarray | None = None
 
 
 class _Builder:
@@ -292,6 +296,134 @@ class _Converter:
             lo=np.full(m.out_channels, -n),
             hi=np.full(m.out_channels, n),
         )
+
+    def _to_bits_table(
+        self, p: Pending, shift: np.ndarray | None, consumer: str
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """XNOR-Net++ (``z = Gamma[y, x, o] d`` on the int32 ``d``): one exact threshold per
+        (position, channel), ``threshold_bits_hw``, then bit pools and a flatten.
+
+        Every lane is BatchShift's rule with ``alpha = |Gamma|`` (a negative ``Gamma`` runs the
+        rule on ``-d`` and flips the direction; ``Gamma = 0`` is a constant). Max-pools commute
+        with the decisions as long as the BatchNorm is monotone the same way in every channel
+        (``max_p sign(BN(z_p)) = sign(BN(max_p z_p))`` for an increasing BN: an AND of the bits,
+        OR for a decreasing one), whatever the sign of ``Gamma_p``: the pool acts on ``z``. A
+        BatchNorm1d after the pool and flatten (per pooled feature) needs non-overlapping
+        pooling windows, so that each position belongs to one feature."""
+        assert p.pos_scale is not None and p.chw is not None and p.alpha is not None
+        g = p.pos_scale.astype(np.float32)
+        h, w, o = g.shape
+        where = consumer or p.producer
+        if shift is not None:
+            raise unsupported(where, "RSign", "an RSign after an XNOR-Net++ layer (not yet)")
+        if p.flatten == "before_bn" and p.bn is not None:
+            if len(p.pools) > 1:
+                raise unsupported(where, "XnorPPConv2d", "several pools before a BatchNorm1d")
+            hh, ww, sy, sx = h, w, 1, 1
+            for _name, a in p.pools:
+                (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+                if (kh, kw) != (sh, sw) or (ph, pw) != (0, 0):
+                    raise unsupported(
+                        where,
+                        "XnorPPConv2d",
+                        "a BatchNorm1d after an overlapping or padded pool (each position must "
+                        "belong to one pooled feature)",
+                    )
+                hh, ww, sy, sx = (h - kh) // sh + 1, (w - kw) // sw + 1, sh, sw
+            ys = np.minimum(np.arange(h) // sy, hh - 1)
+            xs = np.minimum(np.arange(w) // sx, ww - 1)
+            feat = (
+                np.arange(o)[None, None, :] * (hh * ww) + ys[:, None, None] * ww + xs[None, :, None]
+            ).reshape(-1)  # lane (y, x, o) -> NCHW pooled feature (positions cut by the pool: any)
+        elif p.flatten is None or p.flatten == "after_bn" or p.bn is None:
+            feat = np.tile(np.arange(o), h * w)
+        else:  # pragma: no cover - the flatten modes are exhaustive
+            raise AssertionError(p.flatten)
+        bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else bs.BNParams.identity(o)
+        lane_bn = bs.BNParams(
+            mean=bnp.mean[feat],
+            var=bnp.var[feat],
+            eps=bnp.eps,
+            gamma=bnp.gamma[feat],
+            beta=bnp.beta[feat],
+        )
+        gl = g.reshape(-1).astype(np.float64)
+        ch = np.tile(np.arange(o), h * w)
+        assert p.lo is not None and p.hi is not None
+        lo, hi = np.asarray(p.lo, np.int64)[ch], np.asarray(p.hi, np.int64)[ch]
+        bias = np.asarray(p.bias if p.bias is not None else np.zeros(o), np.float32)[ch]
+        neg, zero = gl < 0, gl == 0
+        th = bs.int_thresholds(
+            lo=np.where(zero, 0, np.where(neg, -hi, lo)),
+            hi=np.where(zero, 0, np.where(neg, -lo, hi)),
+            bn=lane_bn,
+            alpha=np.where(zero, 1.0, np.abs(gl)).astype(np.float32),
+            bias=bias,
+            relu=p.relu,
+            channels=gl.size,
+        )
+        kind = th.kind.copy()
+        thr = th.thr.astype(np.int64)
+        flip = neg & np.isin(kind, (bs.GE, bs.LE))
+        thr = np.where(flip, -thr, thr)
+        kind = np.where(flip, -kind, kind)  # GE (+1) <-> LE (-1); constants stay
+        direction = np.where(kind == bs.LE, -1, np.where(kind == bs.CONST_NEG, -1, 1))
+        final = bs.Thresholds(
+            thr=thr.astype(np.int32), direction=direction.astype(np.int8), kind=kind, tau=th.tau
+        )
+        gam = lane_bn.gamma
+        pool_op = "and" if np.all(gam >= 0) else ("or" if np.all(gam <= 0) else None)
+        if p.pools and pool_op is None:
+            raise unsupported(
+                where,
+                "XnorPPConv2d",
+                "max-pooling after per-position scales needs a BatchNorm of one direction "
+                "(all gamma >= 0 or all <= 0)",
+            )
+
+        def decide(d: np.ndarray) -> np.ndarray:  # PyTorch's float32 pipeline, per lane
+            with torch.no_grad():
+                y = torch.from_numpy(np.ascontiguousarray(d, np.float32)) * torch.from_numpy(
+                    gl.astype(np.float32)
+                )
+                if np.any(bias != 0):
+                    y = y + torch.from_numpy(bias)
+                if p.relu:
+                    y = torch.relu(y)
+                if p.bn is not None:
+                    y = F.batch_norm(
+                        y,
+                        torch.from_numpy(lane_bn.mean),
+                        torch.from_numpy(lane_bn.var),
+                        torch.from_numpy(lane_bn.gamma),
+                        torch.from_numpy(lane_bn.beta),
+                        False,
+                        0.0,
+                        float(lane_bn.eps),
+                    )
+                return (y >= 0).numpy()
+
+        ties = _count_ties(p, final, None, None, lo, hi, gl.size, False, None, decide)
+        tname = f"{p.bn_name or p.producer}.threshold"
+        x = self.b.add(
+            "threshold_bits_hw",
+            p.value,
+            name=tname,
+            attrs={"ties": ties, "source": p.bn_name or p.producer},
+            params={
+                "thr": final.thr.reshape(h, w, o),
+                "direction": final.direction.reshape(h, w, o),
+            },
+        )
+        self.ties[tname] = ties
+        for name, a in p.pools:
+            assert pool_op is not None
+            x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": pool_op})
+        chw = None
+        if p.flatten is not None:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw
 
     # ----------------------------------------------------------------- k-bit unsigned (DoReFa, PACT)
     def to_u8_levels(
@@ -610,6 +742,8 @@ class _Converter:
     def _to_bits_int(
         self, p: Pending, shift: np.ndarray | None = None, consumer: str = ""
     ) -> tuple[str, tuple[int, int, int] | None]:
+        if p.pos_scale is not None:
+            return self._to_bits_table(p, shift, consumer)
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         bound = self._boundaries(p, shift, lanes, consumer or p.producer)
@@ -917,6 +1051,14 @@ class _Converter:
 
     def _float_chain(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
         """XNOR-Net style float chain: alpha*x + b, ReLU, pools, [flatten], BN affine, [flatten]."""
+        if p.pos_scale is not None:
+            raise unsupported(
+                p.producer,
+                "XnorPPConv2d",
+                "its per-position scale before a float value (a residual add, a float layer, "
+                "mode='xnor') needs a per-position float scale op (not yet); only BatchNorm -> "
+                "sign after it converts",
+            )
         x = p.value
         if p.is_int:
             assert p.alpha is not None and p.bias is not None
@@ -1038,8 +1180,10 @@ def _count_ties(
     lanes: int,
     per_feature: bool,
     shift: np.ndarray | None = None,
+    decide: Any = None,
 ) -> int:
-    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule.
+    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule
+    (``decide``: PyTorch's decisions on ``xs [K, lanes]`` when not the usual BN chain).
 
     Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
     monotone step functions of ``x``, so their disagreements form an interval next to ``T``: we
@@ -1075,7 +1219,11 @@ def _count_ties(
         else:
             xs = bs.f32_from_keys(pts)
         exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
-        got = _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
+        got = (
+            decide(xs)
+            if decide is not None
+            else _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
+        )
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
         total = _distinct_bad(pts, bad)
@@ -1540,7 +1688,7 @@ def _convert_steps(
             if nf != want:
                 raise ValueError(f"BatchNorm {st.name!r} has {nf} features, its input has {want}")
             p.bn, p.bn_name = st.module, st.name
-        elif st.kind == "bconv":
+        elif st.kind in ("bconv", "xnorpp"):
             if p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, what, "a binary convolution needs a spatial input")
             act = _unsigned_act(st.module)
@@ -1552,6 +1700,8 @@ def _convert_steps(
             else:
                 bits, _ = cv.to_bits(p, st.name, _rsign_shift(st.module))
                 p = cv.binary_conv(st, bits)
+            if st.kind == "xnorpp":
+                p.pos_scale = _xnorpp_scale(st.module)
         elif st.kind == "blinear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
@@ -1793,6 +1943,17 @@ def _add_op(cv: _Converter, type_: str, inputs: list[str], name: str) -> str:
     cv.b.values[opname] = infer(op, [cv.b.values[v] for v in inputs], cv.b.tensors)
     cv.b.ops.append(op)
     return opname
+
+
+def _xnorpp_scale(m: nn.Module | None) -> np.ndarray:
+    """XNOR-Net++'s ``Gamma = alpha (x) beta (x) gamma`` as PyTorch's forward rounds it, [Ho, Wo, O]."""
+    assert isinstance(m, XnorPPConv2d)
+    with torch.no_grad():
+        g = m.scale_c.view(1, -1, 1, 1) * m.scale_h.view(1, 1, -1, 1) * m.scale_w.view(1, 1, 1, -1)
+    out = g[0].permute(1, 2, 0).to(torch.float32).numpy().copy()
+    if not np.all(np.isfinite(out)):
+        raise ValueError("XNOR-Net++ scale contains NaN or infinity")
+    return out
 
 
 def _unsigned_act(m: nn.Module | None) -> tuple[int, Fraction] | None:

@@ -406,6 +406,19 @@ def _threshold_u8(
     return b.node("Mul", [s, b.scalar("half", 0.5)], op.name or "q")
 
 
+@rule("threshold_bits_hw")
+def _threshold_bits_hw(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # one threshold per (position, channel): x <= T  <=>  -x >= -T, so compare d x < d T
+    t = np.clip(b.g.tensors[op.params["thr"]].astype(np.float64), -_EXACT, _EXACT)
+    d = b.g.tensors[op.params["direction"]].astype(np.float64)
+    x = b.node("Mul", [xs[0], b.const("dir", d.transpose(2, 0, 1).astype(np.float32))], "directed")
+    td = (d * t).transpose(2, 0, 1).astype(np.float32)  # (O, H, W): the ONNX layout
+    below = b.node("Less", [x, b.const("thr", td)], "below")
+    return b.node("Where", [below, b.scalar("m1", -1), b.scalar("p1", 1)], op.name or "threshold")
+
+
 @rule("dense_u8b1")
 def _dense_u8b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     w = b.g.tensors[op.params["w"]]

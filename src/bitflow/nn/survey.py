@@ -541,8 +541,8 @@ class XnorPPConv2d(BinaryConv2d):
     gamma = 1). Binary weights without their own scale.
 
     Deployment: ``Gamma`` differs per output *position*, so the BatchShift threshold after it
-    differs per position too: that needs a per-(position, channel) threshold table in the engine,
-    which does not exist yet (see :mod:`bitflow.methods`)."""
+    differs per position too: one exact integer threshold per (position, channel)
+    (``threshold_bits_hw``; the converter's ``_to_bits_table``)."""
 
     def __init__(self, *args: Any, out_hw: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

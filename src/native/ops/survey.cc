@@ -67,6 +67,25 @@ void threshold_f32_u8(const float* x, std::int64_t rows, std::int64_t o, const f
   threshold_levels(x, rows, o, thr, levels, dir, out, threads);
 }
 
+void threshold_bits_hw(const std::int32_t* x, std::int64_t n, std::int64_t hw, std::int64_t o,
+                       const std::int32_t* thr, const std::int8_t* dir, std::uint64_t* out, int threads) {
+  const std::int64_t words = (o + 63) / 64;
+  parallel_rows(n * hw, 0.5 * static_cast<double>(o), threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t p = r % hw;
+      const std::int32_t* xr = x + r * o;
+      const std::int32_t* tr = thr + p * o;
+      const std::int8_t* dr = dir + p * o;
+      std::uint64_t* orow = out + r * words;
+      for (std::int64_t w = 0; w < words; ++w) orow[w] = 0;
+      for (std::int64_t c = 0; c < o; ++c) {
+        const bool neg = dr[c] > 0 ? xr[c] < tr[c] : xr[c] > tr[c];
+        orow[c >> 6] |= static_cast<std::uint64_t>(neg) << (c & 63);
+      }
+    }
+  });
+}
+
 void rprelu_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* gamma, const float* slope,
                 const float* zeta, float* out, int threads) {
   parallel_rows(rows, 1.0 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {

@@ -682,6 +682,26 @@ nb::object threshold_f32_u8(const AnyArray& x_, const AnyArray& thr_, const AnyA
   return levels_op<float>("threshold_f32_u8", x_, thr_, dir_, threads, bitflow::ops::threshold_f32_u8);
 }
 
+nb::object threshold_bits_hw(const AnyArray& x_, const AnyArray& thr_, const AnyArray& dir_, int threads) {
+  const char* fn = "threshold_bits_hw";
+  check_threads(fn, threads);
+  auto x = arg<std::int32_t>(x_, fn, "x", 4);
+  auto thr = arg<std::int32_t>(thr_, fn, "thr", 3);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 3);
+  const i64 h = x.dim(1), w = x.dim(2), o = x.dim(3);
+  if (thr.dim(0) != h || thr.dim(1) != w || thr.dim(2) != o || dir.dim(0) != h || dir.dim(1) != w || dir.dim(2) != o)
+    fail(fn, "thr and direction must have shape (H, W, O) = (" + std::to_string(h) + ", " + std::to_string(w) + ", " +
+                 std::to_string(o) + ") to match x [N, H, W, O]");
+  for (i64 i = 0; i < h * w * o; ++i)
+    if (dir.data[i] != 1 && dir.data[i] != -1) fail(fn, "direction entries must be +1 or -1");
+  auto out = make_out<std::uint64_t>({x.dim(0), h, w, words_for(o)});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::threshold_bits_hw(x.data, x.dim(0), h * w, o, thr.data, dir.data, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
 // ---- prepared binary layer ---------------------------------------------------------------
 
 using bitflow::ops::BinaryLayer;
@@ -1403,6 +1423,9 @@ NB_MODULE(_native, m) {
         "zero padding -> float32 [N, Ho, Wo, O]; each output summed in float32 in the order (ky, kx, c).");
   m.def("rprelu_f32", &rprelu_f32, "x"_a, "gamma"_a, "slope"_a, "zeta"_a, "threads"_a = 1,
         "float32 [..., C] -> ReActNet RPReLU: t = x - gamma; (t > 0 ? t : slope * t) + zeta (float32 steps).");
+  m.def("threshold_bits_hw", &threshold_bits_hw, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
+        "int32 [N, H, W, O] -> bits [N, H, W, ceil(O/64)]: one threshold per (position, channel), bit 1 iff "
+        "x < thr (direction +1) or x > thr (-1).");
   m.def("threshold_u8", &threshold_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
         "int32 [..., O] -> uint8 levels: #{l : x >= thr[c, l]} (direction +1) or #{l : x <= thr[c, l]} (-1).");
   m.def("threshold_f32_u8", &threshold_f32_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,

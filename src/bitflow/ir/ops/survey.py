@@ -22,6 +22,11 @@
   PyTorch's order (``conv(x, sign W) * alpha``). Against PyTorch (another summation order) the
   outputs differ within the float32 summation bound ``K eps sum |x|`` (Higham Eq. 3.5), which
   ``float_error_bounds`` propagates to every later float decision.
+- ``threshold_u8`` / ``threshold_f32_u8``: k-bit unsigned levels ``q = #{l : x >= thr[c, l]}``
+  (DoReFa, PACT) as uint8, the input of ``conv2d_u8b1`` / ``dense_u8b1`` (exact int32).
+- ``threshold_bits_hw``: ``threshold_bits`` with one threshold per (position, channel)
+  (XNOR-Net++'s factorized scale ``Gamma[o, y, x]`` makes BatchShift's threshold differ per
+  output position).
 """
 
 from __future__ import annotations
@@ -309,5 +314,43 @@ register(
         _eng_dense_u8b1,
         ("conv2d_u8b1",),
         doc="+-1-weight dense layer over uint8 levels (DoReFa / PACT), exact in int32",
+    )
+)
+
+
+# ----------------------------------------------------------------------------- XNOR-Net++ tables
+def _infer_thr_hw(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
+    x = ins[0]
+    need(op, x, ("int32",), 3)
+    h, w, o = spatial(op, x)
+    need_param(op, tensors, "thr", "int32", shape=(h, w, o))
+    d = need_param(op, tensors, "direction", "int8", shape=(h, w, o))
+    if not np.all(np.isin(d, (-1, 1))):
+        raise GraphError(f"op {op.name!r}: direction entries must be +1 or -1")
+    return ValueInfo("bits", (h, w, (o + 63) // 64), o)
+
+
+def _ref_thr_hw(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+    rk.expect(op, xs[0], np.int32)
+    return rk.threshold(xs[0], g.tensors[op.params["thr"]], g.tensors[op.params["direction"]])
+
+
+def _eng_thr_hw(c: EngineContext, op: Op) -> Kernel:
+    p, N, th = c.params(op), c.native, c.threads
+    return one(lambda x: N.threshold_bits_hw(x, p["thr"], p["direction"], th))
+
+
+register(
+    OpDef(
+        "threshold_bits_hw",
+        "integer",
+        "i32 [H,W,O] -> bits [H,W,Ow]",
+        "thr i32 (H,W,O), direction i8 (H,W,O): one threshold per (position, channel)",
+        frozenset({"thr", "direction"}),
+        _infer_thr_hw,
+        _ref_thr_hw,
+        _eng_thr_hw,
+        ("threshold_bits_hw",),
+        doc="XNOR-Net++: the scale alpha(x)beta(x)gamma differs per position, so does BatchShift",
     )
 )

@@ -10,6 +10,9 @@
 //   threshold_u8 / threshold_f32_u8: x [rows, o] -> uint8 levels q = #{l : x >= thr[c, l]}
 //               (direction +1) or #{l : x <= thr[c, l]} (-1), thr [o, L] (L <= 255); written as
 //               !(x < thr) / !(x > thr), so a NaN passes every threshold (as threshold_planes).
+//   threshold_bits_hw: x int32 [n, hw, o] -> packed bits [n, hw, ceil(o/64)], bit 1 (= -1) iff
+//               x < thr[p, c] (direction[p, c] = +1) or x > thr[p, c] (-1): one threshold per
+//               (position, channel) (XNOR-Net++'s per-position scale); padding bits 0.
 #pragma once
 #include <cstdint>
 
@@ -24,6 +27,9 @@ void threshold_u8(const std::int32_t* x, std::int64_t rows, std::int64_t o, cons
                   std::int64_t levels, const std::int8_t* dir, std::uint8_t* out, int threads = 1);
 void threshold_f32_u8(const float* x, std::int64_t rows, std::int64_t o, const float* thr, std::int64_t levels,
                       const std::int8_t* dir, std::uint8_t* out, int threads = 1);
+
+void threshold_bits_hw(const std::int32_t* x, std::int64_t n, std::int64_t hw, std::int64_t o,
+                       const std::int32_t* thr, const std::int8_t* dir, std::uint64_t* out, int threads = 1);
 
 void conv2d_f32b1(const float* x, const std::uint64_t* w, const ConvGeom& g, float* out, int threads = 1);
 
