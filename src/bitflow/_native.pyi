@@ -1,4 +1,4 @@
-"""Type stub of ``bitflow._native`` (hand-written from python/bindings.cc).
+"""Type stub of ``bitflow._native`` (hand-written from src/native/python/*.cc).
 
 Belongs next to the installed module (``src/bitflow/_native.pyi``); kept here by the native
 layer's owner so the lead can move it. Every array argument must be a C-contiguous numpy

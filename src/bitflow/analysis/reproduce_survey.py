@@ -119,6 +119,7 @@ def reproduce_survey(
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "data": data,
+        "real_epochs": 0,  # the same recipe for every row: no real-valued warm-up (bireal backbone)
         "epochs": epochs,
         "limit_train": limit_train,
         "limit_test": limit_test,

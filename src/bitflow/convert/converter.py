@@ -1742,9 +1742,12 @@ def _convert_steps(
                     ("after_bn" if p.bn is not None else "before_bn"),
                     f"{st.name}.flatten",
                 )
-            out = cv.float_linear(p, st)
-            out_node = st.node
-            continue
+            x = cv.float_linear(p, st)
+            if _reads_output(steps, st.node):  # the classifier
+                out, out_node = x, st.node
+                continue
+            # a hidden float layer (a full-precision twin's FC): its float32 output feeds on
+            p = _float_pending(cv, x, st.name, None)
         elif st.kind == "scale":
             direct = p.is_int or p.value in cv.real_outputs
             if not (direct and p.chw is None and not p.relu and p.bn is None and not p.pools):
