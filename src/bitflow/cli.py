@@ -298,7 +298,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     model = prepare_for_deploy(
         model
     )  # a method's deployable form, or a clear UnsupportedLayerError
-    graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
+    graph = convert(model, mode=a.mode, class_names=state.get("class_names"), strict=a.strict)
     graph.provenance.update(
         {
             "checkpoint": os.path.basename(a.checkpoint),
@@ -346,6 +346,12 @@ def _add_convert(sub: Any) -> None:
         "--explain",
         action="store_true",
         help="per engine op: the form it became (binary / threshold / integer / float) and its bytes",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2) if a binarized layer would compute in float32 (e.g. BinaryConnect / BWN's "
+        "+-1-weight float convolutions) instead of an xnor-popcount or integer op",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_convert)

@@ -188,7 +188,7 @@ def reproduce_survey(
             log(f"[survey] {name}: convert, verify, time the engine")
             d = _deploy(runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat)
             row.update(d)
-            row["deploy"] = "pure xnor-popcount + thresholds"
+            row["deploy"] = M.DEPLOY_FORMS[m.deploy]
             row["speedup"] = fp_ms / d["engine_ms"]
         else:
             row.update(

@@ -171,7 +171,11 @@ def float_error_bounds(
     - average pools of ``k`` positions (zero padding counts): ``rho = gamma_{k+1}`` times the
       window's mean of ``X``, carried: the window's mean of ``E``;
     - ReLU, max-pool, flatten and concat: ``rho = 0``, carried ``E`` (max-pool: the window's
-      max ``E``).
+      max ``E``);
+    - ``rprelu_f32`` (three roundings, Lipschitz constant ``k = max(1, |slope|)``):
+      ``rho = 8 u (k (X + |gamma|) + |zeta|)``, carried ``k E[x]``;
+    - ``conv2d_f32b1`` / ``dense_f32b1`` (+-1 weights, fan-in ``K``): as a float conv / dense
+      layer with ``|W| = 1``: ``rho = gamma_{K+1} sum_window X``, carried ``sum_window E[x]``.
 
     **The graph's output, by the adjoint.** Carrying ``|W| E`` layer after layer is the worst
     case for every sign of the errors, which grows like the product of the layers' ``|W|`` row
@@ -239,6 +243,12 @@ def float_error_bounds(
             carried = np.sum([err(v, x) for v, x in pairs], axis=0)
         elif t in ("relu_f32", "flatten"):
             carried = np.asarray(err(v0, x0)).reshape(y.shape)
+        elif t == "rprelu_f32":
+            lip = np.maximum(1.0, np.abs(p["slope"]))  # the Lipschitz constant of the PReLU
+            rho[out] = 8 * _U32 * (lip * (mag(v0, x0) + np.abs(p["gamma"])) + np.abs(p["zeta"]))
+            carried = lip * err(v0, x0)
+        elif t in ("conv2d_f32b1", "dense_f32b1"):
+            rho[out], carried = _f32b1_bound(op, mag(v0, x0), err(v0, x0), p["w"].shape)
         elif t == "maxpool_f32":
             carried = pool(np.asarray(err(v0, x0)), op, 0.0, np.max)
         elif t == "avgpool_f32":
@@ -263,6 +273,30 @@ def float_error_bounds(
     return e
 
 
+def _f32b1_bound(
+    op: Op, xmag: np.ndarray, xerr: np.ndarray, wshape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rho, carried)`` of ``conv2d_f32b1`` / ``dense_f32b1``: every weight is +-1, so the
+    float conv rule with ``|W| = 1``: ``gamma_{K+1}`` times the window's sum of ``X``, and the
+    window's sum of the inputs' bounds."""
+    from ._refkernels import conv
+
+    xm = np.asarray(xmag, np.float64)
+    xe = np.asarray(xerr, np.float64)
+    if op.type == "dense_f32b1":
+        k = xm.shape[-1]
+        return gamma32(k + 1) * xm.sum(-1, keepdims=True), xe.sum(-1, keepdims=True)
+    kh, kw = int(wshape[1]), int(wshape[2])
+    st = (int(op.attrs["stride"][0]), int(op.attrs["stride"][1]))
+    pd = (int(op.attrs["padding"][0]), int(op.attrs["padding"][1]))
+    ones = np.ones((1, kh, kw, xm.shape[-1]))
+    k = kh * kw * xm.shape[-1]
+    return (
+        gamma32(k + 1) * conv(xm, ones, st, pd, 0.0, np.float64),
+        conv(np.ascontiguousarray(xe), ones, st, pd, 0.0, np.float64),
+    )
+
+
 def _adjoint_output_bound(
     graph: Graph, env: dict[str, np.ndarray], e: dict[str, np.ndarray], rho: dict[str, np.ndarray]
 ) -> np.ndarray:
@@ -281,6 +315,13 @@ def _adjoint_output_bound(
             amb = np.abs(x0) <= 2 * ex
             if amb.any():
                 src[v] = np.where(amb, ex, 0.0)
+        elif op.type == "rprelu_f32":  # a unit within its bound of the kink: a source of its own
+            gam = graph.tensors[op.params["gamma"]].astype(np.float64)
+            amb = np.abs(x0.astype(np.float64) - gam) <= 2 * ex
+            if amb.any():
+                own = np.where(amb, np.broadcast_to(e[v], x0.shape), 0.0)
+                src[v] = src[v] + own if v in src else own
+                src[v + "#kink"] = amb.astype(np.float64)
         elif op.type == "maxpool_f32":
             kh, kw, sh, sw, ph, pw = _pool_geom(op)
             win = windows(pad(x0.astype(np.float64), ph, pw, -np.inf), kh, kw, sh, sw)
@@ -334,6 +375,17 @@ def _float_input_grads(
         return [(op.inputs[0], gy * p["scale"])]
     if t == "dense_f32":
         return [(op.inputs[0], gy @ p["w"])]
+    if t == "dense_f32b1":
+        w = _pm1(graph, op)  # [O, K]
+        return [(op.inputs[0], gy @ w)]
+    if t == "rprelu_f32":
+        # slope 1 above gamma, slope below; a unit within its bound of the kink passes nothing
+        # (its deviation, at most its E, is a source of its own, like an ambiguous ReLU; marked
+        # by _adjoint_output_bound as src[v + "#kink"])
+        tt = x0.astype(np.float64) - p["gamma"]
+        d = np.where(tt > 0, 1.0, p["slope"])
+        kink = src.get(v + "#kink")
+        return [(op.inputs[0], gy * d if kink is None else gy * d * (kink == 0))]
     if t == "flatten":
         return [(op.inputs[0], gy.reshape(x0.shape))]
     if t == "relu_f32":
@@ -347,10 +399,10 @@ def _float_input_grads(
     if t == "global_avgpool_f32":
         hw = x0.shape[1] * x0.shape[2]
         return [(op.inputs[0], np.broadcast_to(gy / hw, x0.shape).copy())]
-    if t in ("conv2d_f32", "maxpool_f32", "avgpool_f32"):
+    if t in ("conv2d_f32", "conv2d_f32b1", "maxpool_f32", "avgpool_f32"):
         n, h, w_, c = x0.shape
-        if t == "conv2d_f32":
-            w = p["w"]  # [O, kh, kw, C]
+        if t in ("conv2d_f32", "conv2d_f32b1"):
+            w = p["w"] if t == "conv2d_f32" else _pm1(graph, op)  # [O, kh, kw, C]
             kh, kw = w.shape[1], w.shape[2]
             sh, sw = (int(a) for a in op.attrs["stride"])
             ph, pw = (int(a) for a in op.attrs["padding"])
@@ -370,7 +422,7 @@ def _float_input_grads(
                     slice(i, i + (ho - 1) * sh + 1, sh),
                     slice(j, j + (wo - 1) * sw + 1, sw),
                 )
-                if t == "conv2d_f32":
+                if t in ("conv2d_f32", "conv2d_f32b1"):
                     gx[sl] += gy @ w[:, i, j, :]
                 elif t == "avgpool_f32":
                     gx[sl] += gy / (kh * kw)
@@ -380,6 +432,14 @@ def _float_input_grads(
                     gx[sl] += np.where(hit, g, 0.0)
         return [(op.inputs[0], gx[:, ph : ph + h, pw : pw + w_, :])]
     raise GraphError(f"float_error_bounds: no adjoint for the float32 op {t!r} ({op.name!r})")
+
+
+def _pm1(graph: Graph, op: Op) -> np.ndarray:
+    """The +-1 weights (float64) of a ``conv2d_f32b1`` / ``dense_f32b1`` op."""
+    from .bits import unpack_bits
+
+    w = graph.tensors[op.params["w"]]
+    return 1.0 - 2.0 * unpack_bits(w, int(op.attrs["channels"])).astype(np.float64)
 
 
 _U32 = 2.0**-24  # the unit roundoff of float32

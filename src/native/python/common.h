@@ -289,5 +289,6 @@ void bind_real(nb::module_& m);
 void bind_dag(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_float_stream(nb::module_& m);
+void bind_survey(nb::module_& m);
 
 }  // namespace bitflow::pyb

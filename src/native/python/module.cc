@@ -18,4 +18,5 @@ NB_MODULE(_native, m) {
   bind_dag(m);
   bind_layers(m);
   bind_float_stream(m);
+  bind_survey(m);
 }
