@@ -353,16 +353,28 @@ class _Converter:
             return self.stream_bits[p.value], None
         return self._to_bits_int(p)
 
-    def _to_bits_int(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
+    def _to_bits_int(
+        self, p: Pending, boundary: bs.Boundary | None = None, layer: nn.Module | None = None
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """Sign bits ``BN(...) >= 0``, or with ``boundary`` (a 1-bit MBBN quantizer of ``layer``)
+        the quantizer's own step ``BN(...) >= b`` / ``> b``."""
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        bd = bs.Boundary(Fraction(0)) if boundary is None else boundary
         if p.is_int:
             th = bs.int_thresholds(
-                lo=lo, hi=hi, bn=bnp, alpha=alpha, bias=bias, relu=p.relu, channels=lanes
+                lo=lo,
+                hi=hi,
+                bn=bnp,
+                alpha=alpha,
+                bias=bias,
+                relu=p.relu,
+                channels=lanes,
+                boundary=bd,
             )
         else:
-            th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes)
-        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature)
+            th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes, boundary=bd)
+        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature, layer)
         thr, direction = th.thr, th.direction
         if per_feature:
             pooled = self._pooled_chw(p)
@@ -433,9 +445,12 @@ class _Converter:
         assert m is not None
         bits_a, boundaries = quantizer_boundaries(step.name, m)
         if bits_a == 1:
-            if boundaries != [Fraction(0)]:  # pragma: no cover - quantizer_boundaries guarantees it
-                raise AssertionError("1-bit quantizer with a boundary other than 0")
-            x, chw = self.to_bits(p, step.name)
+            (b0,) = boundaries
+            assert b0 is not None  # a 1-bit HReLU is rejected by the quantizer
+            if b0 == bs.Boundary(Fraction(0)):  # a sign quantizer: the plain binary path
+                x, chw = self.to_bits(p, step.name)
+            else:  # an M = 1 MBBN quantizer: its own float32 step (quantizer_boundaries)
+                x, chw = self._to_bits_int(p, boundary=b0, layer=m)
             return x, chw, {"encoding": "planes", "bits": 1}
         if not p.is_int:
             return self._float_planes(p, step, bits_a, boundaries)
@@ -479,7 +494,7 @@ class _Converter:
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
     def _float_planes(
-        self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
+        self, p: Pending, step: Step, bits_a: int, boundaries: list[bs.Boundary | None]
     ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
         """Float first layer -> the ``M`` bit planes of its levels (``threshold_f32_planes``).
 
@@ -752,8 +767,10 @@ def _count_ties(
     hi: Any,
     lanes: int,
     per_feature: bool,
+    layer: nn.Module | None = None,
 ) -> int:
-    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule.
+    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule
+    (``layer``: the decision is its input quantizer's level > 0, else ``BN(...) >= 0``).
 
     Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
     monotone step functions of ``x``, so their disagreements form an interval next to ``T``: we
@@ -789,7 +806,10 @@ def _count_ties(
         else:
             xs = bs.f32_from_keys(pts)
         exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
-        got = _torch_decisions(p, xs, alpha, bias, bn, per_feature)
+        if layer is None:
+            got = _torch_decisions(p, xs, alpha, bias, bn, per_feature)
+        else:
+            got = _torch_level_fn(p, alpha if p.is_int else None, bias, layer)(xs) > 0
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
         total = _distinct_bad(pts, bad)
