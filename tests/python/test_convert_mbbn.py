@@ -388,6 +388,54 @@ def test_seed_4_chain_channel_levels_equal_pytorch_on_every_integer_near_its_thr
     ]
 
 
+@pytest.mark.parametrize(
+    ("activation", "m"), [("htanh", 2), ("htanh", 4), ("htanh", 5), ("hrelu", 3)]
+)
+def test_a_bn_output_exactly_on_a_rounding_midpoint_follows_ties_to_even(
+    activation: str, m: int
+) -> None:
+    """Each step's real-line form is the midpoint ``(pred(b') + b') / 2`` of the float32 step ``b'``,
+    inclusive or strict by the parity of ``b'`` (ties to even). Built so the exact value lands ON
+    the midpoint: identity BatchNorm (eps 0, var 1), ``alpha = half an ulp of b'`` (a power of
+    two), ``bias = pred(b')``, so ``z(0) = pred(b')``, ``z(1)`` = the midpoint, ``z(2) = b'``.
+    Oracle: the float32 that ``z(x)`` rounds to (numpy's float64 -> float32 conversion, ties to
+    even; ``z`` is exact in float64 here) fed to PyTorch's quantizer."""
+    iq = MBitEncoder(m, activation)
+    _, bounds = quantizer_boundaries("q", MBitLinear(2, 1, input_quantizer=iq, bits_w=1))
+    strict_seen = set()
+    for step in bounds:
+        if step is None:
+            continue
+        mid = step.at
+        below = np.float32(float(mid))  # the midpoint is not a float32: nearest is pred or b'
+        pred = below if Fraction(float(below)) < mid else np.nextafter(below, np.float32(-np.inf))
+        half_ulp = mid - Fraction(float(pred))
+        if half_ulp.numerator != 1 or half_ulp.denominator & (half_ulp.denominator - 1):
+            continue  # below the smallest normal spacing: not a power of two
+        alpha = np.float32(float(half_ulp))
+        if Fraction(float(alpha)) != half_ulp:
+            continue  # the step at 0: half an ulp of 0 is 2^-150, below every float32
+        strict_seen.add(step.strict)
+        th = bs.level_int_thresholds(
+            lo=-1,
+            hi=3,
+            bn=bs.BNParams.identity(1),
+            boundaries=bounds,
+            alpha=alpha,
+            bias=np.float32(pred),
+        )
+        xs = np.arange(-1, 4)
+        z = [Fraction(float(pred)) + Fraction(float(alpha)) * int(x) for x in xs]
+        assert z[2] == mid  # x = 1 lands exactly on the midpoint
+        u = np.array([np.float32(float(v)) for v in z], np.float32)  # z is exact in float64
+        with torch.no_grad():
+            want = iq.decompose(torch.from_numpy(u))[0].numpy().astype(np.int64)
+        got = th.levels(xs[:, None])[:, 0]
+        assert got.tolist() == want.tolist(), (float(mid), step.strict, got, want)
+    # M = 5 has steps b' of both parities (inclusive and strict midpoints); M = 2, 3, 4 only odd
+    assert strict_seen == ({False, True} if m == 5 else {True})
+
+
 # ----------------------------------------------------------------------------- model chains
 
 
