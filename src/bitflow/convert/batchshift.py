@@ -387,9 +387,21 @@ def _lanes(
     bn: BNParams | None,
     relu: bool,
     n: int,
-    boundary: Fraction | Boundary = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> list[_Lane]:
+    """One exact lane per channel; ``boundary`` is one boundary for all channels or one per
+    channel (ReActNet's RSign shift ``beta_c``: the decision ``BN(z) >= beta_c``). Every entry
+    is normalised to a :class:`Boundary`; a plain ``Fraction`` ``b`` is ``Boundary(b)``
+    (``BN(z) >= b``), a strict one decides ``BN(z) > b``."""
     bn = bn if bn is not None else BNParams.identity(n)
+    bounds = [
+        _as_boundary(b)
+        for b in (
+            [boundary] * n if isinstance(boundary, (Fraction, Boundary, int)) else list(boundary)
+        )
+    ]
+    if len(bounds) != n:
+        raise ValueError(f"boundary has {len(bounds)} entries, the layer has {n} channels")
     if bn.channels != n:
         raise ValueError(f"BatchNorm has {bn.channels} channels, the layer has {n}")
     al = _broadcast("alpha", alpha, n, np.float32)
@@ -408,7 +420,7 @@ def _lanes(
             float(bn.eps),
             float(bn.gamma[i]),
             float(bn.beta[i]),
-            boundary,
+            bounds[i],
         )
         for i in range(n)
     ]
@@ -423,13 +435,15 @@ def int_thresholds(
     bias: np.ndarray | float = 0.0,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction | Boundary = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> Thresholds:
     """Exact integer thresholds for ``sign(BN(pool(relu?(alpha * x + bias))))`` per channel.
 
-    With ``boundary = b`` (an exact rational) the rule decides ``BN(...) >= b`` instead of
-    ``BN(...) >= 0`` (one step of a multi-bit quantizer, :func:`level_int_thresholds`); a strict
-    :class:`Boundary` decides ``BN(...) > b``.
+    With ``boundary = b`` (an exact rational or :class:`Boundary`, or one per channel) the rule
+    decides ``BN(...) >= b`` instead of ``BN(...) >= 0`` (one step of a multi-bit quantizer,
+    :func:`level_int_thresholds`; ReActNet's RSign ``sign(u - beta_c)`` with ``b = beta_c``); a
+    strict :class:`Boundary` decides ``BN(...) > b``. A plain ``Fraction`` ``b`` is
+    ``Boundary(b)`` (not strict).
 
     ``x`` ranges over the reachable integers ``[lo, hi]`` (``[-N, N]`` for a binary layer with
     fan-in ``N``; the int32 accumulator range for the int8 first layer). ``bn=None`` means no
@@ -520,7 +534,7 @@ def float_thresholds(
     *,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction | Boundary = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> Thresholds:
     """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
 
@@ -528,6 +542,8 @@ def float_thresholds(
     holds (then ``y >= f`` equals the exact decision for every float32 ``y``); for ``gamma < 0``
     the largest such ``f`` with direction -1. Constants: ``thr = -inf`` with direction +1 (always
     +1) or -1 (always -1 for finite ``y``). Searched by bisection over the ordered float32 values.
+    ``boundary`` (one for all channels or one per channel) moves the decision to ``BN(...) >= b``
+    (``> b`` for a strict :class:`Boundary`), as in :func:`int_thresholds`.
     """
     if channels is None:
         if bn is None:

@@ -1,6 +1,6 @@
 // The ops of the bit engine: ISA-independent drivers (blocking, threading, im2col, padding
 // corrections) around the inner kernels of a KernelSet, plus the output transforms and
-// pools. Shapes are validated by the caller (python/bindings.cc); these functions assume
+// pools. Shapes are validated by the caller (python/*.cc); these functions assume
 // consistent sizes and C-contiguous buffers.
 //
 // Threads: work is split over blocks of output rows and columns (fork-join on a persistent
