@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, getcontext
 from fractions import Fraction
 from pathlib import Path
@@ -267,6 +269,173 @@ def test_quantizer_boundaries_reproduce_the_quantizer(kind: str, activation: str
     assert np.array_equal((2 * q - (2**m - 1))[far], v.detach().numpy().astype(np.int64)[far])
 
 
+def _f32_neighbours(b: float, n: int) -> np.ndarray:
+    """The ``2n + 1`` consecutive float32 values centred on the float32 nearest ``b``."""
+    c = np.float32(b)
+    lo = c
+    hi = c
+    for _ in range(n):
+        lo = np.nextafter(lo, np.float32(-np.inf))
+        hi = np.nextafter(hi, np.float32(np.inf))
+    out = [lo]
+    while out[-1] < hi:
+        out.append(np.nextafter(out[-1], np.float32(np.inf)))
+    return np.array(out, np.float32)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "odd_linear"])
+@pytest.mark.parametrize(
+    ("activation", "m", "t"),
+    [
+        ("htanh", 1, 1.0),
+        ("htanh", 2, 1.0),
+        ("htanh", 3, 1.0),
+        ("htanh", 4, 1.0),
+        ("htanh", 4, 1.7),
+        ("htanh", 5, 0.3),
+        ("hrelu", 2, 1.0),
+        ("hrelu", 4, 1.3),
+    ],
+)
+def test_level_rule_equals_the_quantizer_on_float32_inputs_next_to_every_boundary(
+    kind: str, activation: str, m: int, t: float
+) -> None:
+    """The converter's level rule (``level_float_thresholds`` with an identity BatchNorm, so the
+    rule sees the float32 input ``u`` itself) against PyTorch's quantizer on the 33 float32 values
+    around every boundary ``2jt/A``: exactly where float32 rounding bites.
+
+    Regression: the rule used the real boundaries ``2jt/A``, but PyTorch computes ``y = fl(A u)``
+    (encoder) or ``fl(fl(A h) / t)`` (odd linear) in float32. For ``M = 4``, ``t = 1``:
+    ``fl32(-0.4) = -0.4000000059604645 < -6/15``, yet ``fl(15 * fl32(-0.4)) = -6.0`` (the exact
+    product -6.0000000894 is within half an ulp, 2.4e-7, of -6), so PyTorch gives level -5 where
+    the real boundary says -7."""
+    iq = MBitEncoder(m, activation) if kind == "encoder" else OddLinearQuantizer(m, activation)
+    if kind == "odd_linear":
+        with torch.no_grad():
+            iq.t.fill_(t)
+    elif t != 1.0:
+        pytest.skip("the encoder's range is 1")
+    layer = MBitLinear(4, 3, input_quantizer=iq, bits_w=2)
+    _, bounds = quantizer_boundaries("q", layer)
+    n_l = len(bounds)
+    lanes = bs.level_float_thresholds(bs.BNParams.identity(1), boundaries=bounds, relu=False)
+    thr, direction = bs.float_plane_thresholds(lanes, 1)
+    a = (1 << m) - 1
+    half = 1 << (m - 1)
+    tt = float(iq.clip_range().detach())
+    pts = np.unique(
+        np.concatenate(
+            [_f32_neighbours(2 * j * tt / a, 16) for j in range(-(half - 1), half)]
+            + [np.linspace(-2, 2, 401, dtype=np.float32)]
+        )
+    )
+    assert direction.tolist() == [1]
+    got = 2 * (pts[:, None] >= thr[0][None, :]).sum(1) - n_l  # threshold_f32_planes, Eq. 7
+    with torch.no_grad():
+        want = iq.decompose(torch.from_numpy(pts))[0].numpy().astype(np.int64)
+    bad = np.nonzero(got != want)[0]
+    assert bad.size == 0, [(float(pts[i]), int(got[i]), float(want[i])) for i in bad[:5]]
+
+
+def test_seed_4_chain_channel_levels_equal_pytorch_on_every_integer_near_its_thresholds() -> None:
+    """The case that made ``test_random_mbbn_chain_is_bit_exact[4]`` fail (when another test file
+    moved the global RNG first): channel 5 of BatchNorm ``4`` after the 4-bit x 4-bit MBitConv2d
+    ``3``, feeding a 4-bit encoder (``A = 15``). Its float32 parameters, copied bit for bit:
+    at the accumulator ``x = -111`` the exact BN output is ``-0.400000020766`` (60 digits below),
+    2.1e-8 under the boundary ``-6/15``; PyTorch's float32 BN rounds it correctly to
+    ``fl32(-0.4) = -0.4000000059604645`` and its quantizer gives ``fl(15 u) = -6.0``: level -5.
+    The real-boundary rule said -7 (5 real sign mismatches there, 4 more downstream)."""
+    s = float.fromhex("0x1.23456ap-8")  # scale_x * scale_w = fl32(1/15) * fl32(1/15)
+    b = float.fromhex("-0x1.b9e3f2p-6")  # conv bias
+    mean, var = float.fromhex("-0x1.1cb49ap-1"), float.fromhex("0x1.67e79ep+2")
+    gamma, beta = float.fromhex("0x1.80e11p-1"), float.fromhex("-0x1.a53548p-2")
+    bn = nn.BatchNorm1d(1).eval()
+    with torch.no_grad():
+        bn.running_mean.fill_(mean)
+        bn.running_var.fill_(var)
+        bn.weight.fill_(gamma)
+        bn.bias.fill_(beta)
+    layer = MBitLinear(4, 1, bits_a=4, bits_w=4)
+    _, bounds = quantizer_boundaries("q", layer)
+    bnp = bs.BNParams(
+        mean=np.array([mean], np.float32),
+        var=np.array([var], np.float32),
+        eps=bn.eps,
+        gamma=np.array([gamma], np.float32),
+        beta=np.array([beta], np.float32),
+    )
+    xs = np.arange(-300, 301)
+    th = bs.level_int_thresholds(
+        lo=-300, hi=300, bn=bnp, boundaries=bounds, alpha=np.float32(s), bias=np.float32(b)
+    )
+    got = th.levels(xs[:, None])[:, 0]
+    with torch.no_grad():
+        u = bn(torch.from_numpy(xs.astype(np.float32))[:, None] * np.float32(s) + np.float32(b))
+        want = layer.input_quantizer.decompose(u)[0][:, 0].numpy().astype(np.int64)
+    # the failing point: exact BN value just below -6/15, PyTorch's float32 BN correctly rounded
+    u_exact = _dec(gamma) * (_dec(s) * -111 + _dec(b) - _dec(mean)) / (
+        _dec(var) + _dec(bn.eps)
+    ).sqrt() + _dec(beta)
+    assert Decimal(-6) / 15 - Decimal("3e-8") < u_exact < Decimal(-6) / 15
+    assert float(u[xs == -111]) == float(np.float32(-0.4))
+    assert (
+        abs(_dec(float(np.float32(-0.4))) - u_exact)
+        < Decimal(float(np.spacing(np.float32(0.4)))) / 2
+    )
+    assert want[xs == -111].tolist() == [-5]
+    assert np.array_equal(got, want), [
+        (int(x), int(g), int(w)) for x, g, w in zip(xs, got, want, strict=True) if g != w
+    ]
+
+
+@pytest.mark.parametrize(
+    ("activation", "m"), [("htanh", 2), ("htanh", 4), ("htanh", 5), ("hrelu", 3)]
+)
+def test_a_bn_output_exactly_on_a_rounding_midpoint_follows_ties_to_even(
+    activation: str, m: int
+) -> None:
+    """Each step's real-line form is the midpoint ``(pred(b') + b') / 2`` of the float32 step ``b'``,
+    inclusive or strict by the parity of ``b'`` (ties to even). Built so the exact value lands ON
+    the midpoint: identity BatchNorm (eps 0, var 1), ``alpha = half an ulp of b'`` (a power of
+    two), ``bias = pred(b')``, so ``z(0) = pred(b')``, ``z(1)`` = the midpoint, ``z(2) = b'``.
+    Oracle: the float32 that ``z(x)`` rounds to (numpy's float64 -> float32 conversion, ties to
+    even; ``z`` is exact in float64 here) fed to PyTorch's quantizer."""
+    iq = MBitEncoder(m, activation)
+    _, bounds = quantizer_boundaries("q", MBitLinear(2, 1, input_quantizer=iq, bits_w=1))
+    strict_seen = set()
+    for step in bounds:
+        if step is None:
+            continue
+        mid = step.at
+        below = np.float32(float(mid))  # the midpoint is not a float32: nearest is pred or b'
+        pred = below if Fraction(float(below)) < mid else np.nextafter(below, np.float32(-np.inf))
+        half_ulp = mid - Fraction(float(pred))
+        if half_ulp.numerator != 1 or half_ulp.denominator & (half_ulp.denominator - 1):
+            continue  # below the smallest normal spacing: not a power of two
+        alpha = np.float32(float(half_ulp))
+        if Fraction(float(alpha)) != half_ulp:
+            continue  # the step at 0: half an ulp of 0 is 2^-150, below every float32
+        strict_seen.add(step.strict)
+        th = bs.level_int_thresholds(
+            lo=-1,
+            hi=3,
+            bn=bs.BNParams.identity(1),
+            boundaries=bounds,
+            alpha=alpha,
+            bias=np.float32(pred),
+        )
+        xs = np.arange(-1, 4)
+        z = [Fraction(float(pred)) + Fraction(float(alpha)) * int(x) for x in xs]
+        assert z[2] == mid  # x = 1 lands exactly on the midpoint
+        u = np.array([np.float32(float(v)) for v in z], np.float32)  # z is exact in float64
+        with torch.no_grad():
+            want = iq.decompose(torch.from_numpy(u))[0].numpy().astype(np.int64)
+        got = th.levels(xs[:, None])[:, 0]
+        assert got.tolist() == want.tolist(), (float(mid), step.strict, got, want)
+    # M = 5 has steps b' of both parities (inclusive and strict midpoints); M = 2, 3, 4 only odd
+    assert strict_seen == ({False, True} if m == 5 else {True})
+
+
 # ----------------------------------------------------------------------------- model chains
 
 
@@ -293,10 +462,26 @@ def _randomize(model: nn.Module, x: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
+@contextmanager
+def _torch_seed(seed: int) -> Iterator[None]:
+    """Module initialisation (which draws from torch's global generator) seeded by ``seed``, with
+    the global RNG state restored afterwards: a test's model does not depend on which tests ran
+    before it, and it does not change what later tests draw."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _chain(seed: int) -> tuple[nn.Module, int]:
     """A random small MBBN chain: float or int8 first conv, two MBitConv2d, one MBitLinear, float
     classifier; per layer M, K in 1..4, odd channel counts, ReLU / pools / padding / pad_value
-    and quantizer method / activation drawn at random."""
+    and quantizer method / activation drawn at random; the weights from torch seeded by
+    ``seed`` (independent of the global RNG state)."""
+    with _torch_seed(seed):
+        return _chain_unseeded(seed)
+
+
+def _chain_unseeded(seed: int) -> tuple[nn.Module, int]:
     rng = np.random.default_rng(seed)
     size = 10
     first = "int8" if seed % 3 == 2 else "float"
@@ -444,9 +629,10 @@ def test_random_mbbn_chain_is_bit_exact(seed: int) -> None:
 def test_mixed_precision_model_emits_planes_ops_and_survives_a_file_round_trip(
     tmp_path: Path,
 ) -> None:
-    model = models.create(
-        "mbbn_vgg_small", width=4, fc=16, bits_a=[2, 3, 1, 4, 2], bits_w=[2, 1, 3, 2, 4]
-    )
+    with _torch_seed(0):
+        model = models.create(
+            "mbbn_vgg_small", width=4, fc=16, bits_a=[2, 3, 1, 4, 2], bits_w=[2, 1, 3, 2, 4]
+        )
     x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
     _randomize(
         model,
@@ -537,8 +723,10 @@ def test_cli_convert_and_verify_an_mbbn_checkpoint(
 ) -> None:
     from bitflow.cli import main
 
-    model = models.create("mbbn_vgg_small", width=4, fc=16, bits_a=2, bits_w=[2, 2, 3, 1, 2])
-    _randomize(model, torch.rand(32, 1, 28, 28), 3)
+    with _torch_seed(3):
+        model = models.create("mbbn_vgg_small", width=4, fc=16, bits_a=2, bits_w=[2, 2, 3, 1, 2])
+        x = torch.rand(32, 1, 28, 28)
+    _randomize(model, x, 3)
     ckpt, out = tmp_path / "m.pt", tmp_path / "m.bfn"
     _write_checkpoint(ckpt, model)
     assert main(["convert", str(ckpt), "-o", str(out), "--json"]) == 0

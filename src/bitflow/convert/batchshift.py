@@ -215,8 +215,37 @@ def sign_a_plus_b_sqrt(a: Fraction, b: Fraction, v: Fraction) -> int:
     return sa if d > 0 else sb
 
 
+@dataclass(frozen=True, order=True)
+class Boundary:
+    """One step of a quantizer in exact form: ``u`` passes iff ``u >= at`` (``strict``: ``u > at``).
+
+    The converter's boundaries are the points where PyTorch's float32 quantizer changes level,
+    moved to the real line: an M-bit quantizer applied to float32 values has a float32 step
+    ``b'`` (the smallest float32 it puts in the upper level), and a real value ``u`` rounded to
+    the nearest float32 (ties to even) lands at or above ``b'`` iff ``u >= (pred(b') + b') / 2``
+    when ``b'`` has an even significand (the midpoint rounds to ``b'``), else iff ``u >`` that
+    midpoint (see :func:`bitflow.convert._mbbn.quantizer_boundaries`). A plain ``Fraction`` ``b``
+    stands for ``Boundary(b)`` (``u >= b``).
+    """
+
+    at: Fraction
+    strict: bool = False
+
+    def __float__(self) -> float:
+        return float(self.at)
+
+    def passes(self, u: Fraction) -> bool:
+        """``u > at`` if strict, else ``u >= at`` (exact)."""
+        return u > self.at if self.strict else u >= self.at
+
+
+def _as_boundary(b: Fraction | Boundary) -> Boundary:
+    return b if isinstance(b, Boundary) else Boundary(Fraction(b))
+
+
 class _Lane:
-    """Exact decision ``sign(BN(relu?(alpha * x + b))) == +1`` for one channel."""
+    """Exact decision ``sign(BN(relu?(alpha * x + b))) == +1`` for one channel (with a boundary
+    ``b``: ``BN(...) >= b``, or ``BN(...) > b`` for a strict one)."""
 
     def __init__(
         self,
@@ -228,8 +257,10 @@ class _Lane:
         eps: float,
         gamma: float,
         beta: float,
-        boundary: Fraction = Fraction(0),
+        boundary: Fraction | Boundary = Fraction(0),
     ) -> None:
+        bd = _as_boundary(boundary)
+        self.strict = bd.strict
         self.alpha = Fraction(alpha)
         self.bias = Fraction(bias)
         self.relu = relu
@@ -237,7 +268,7 @@ class _Lane:
         self.v = Fraction(var) + Fraction(eps)
         self.gamma = Fraction(gamma)
         # BN(z) >= b  <=>  gamma (z - mu) + (beta - b) s >= 0: a boundary b shifts beta
-        self.beta = Fraction(beta) - boundary
+        self.beta = Fraction(beta) - bd.at
 
     def z(self, x: Fraction) -> Fraction:
         z = self.alpha * x + self.bias
@@ -247,9 +278,11 @@ class _Lane:
 
     def positive(self, x: int | Fraction) -> bool:
         """``gamma * (z - mu) + beta * sqrt(var + eps) >= 0`` (Eq. (*) in the module doc; with a
-        boundary ``b``, ``beta`` stands for ``beta - b``: the predicate ``BN(z) >= b``)."""
+        boundary ``b``, ``beta`` stands for ``beta - b``: the predicate ``BN(z) >= b``; for a
+        strict boundary ``BN(z) > b``, i.e. the expression ``> 0``)."""
         z = self.z(Fraction(x))
-        return sign_a_plus_b_sqrt(self.gamma * (z - self.mean), self.beta, self.v) >= 0
+        sg = sign_a_plus_b_sqrt(self.gamma * (z - self.mean), self.beta, self.v)
+        return sg > 0 if self.strict else sg >= 0
 
     def negative(self, x: int | Fraction) -> bool:
         """``not positive(x)``."""
@@ -354,12 +387,19 @@ def _lanes(
     bn: BNParams | None,
     relu: bool,
     n: int,
-    boundary: Fraction | Sequence[Fraction] = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> list[_Lane]:
-    """One exact lane per channel; ``boundary`` is one rational for all channels or one per
-    channel (ReActNet's RSign shift ``beta_c``: the decision ``BN(z) >= beta_c``)."""
+    """One exact lane per channel; ``boundary`` is one boundary for all channels or one per
+    channel (ReActNet's RSign shift ``beta_c``: the decision ``BN(z) >= beta_c``). Every entry
+    is normalised to a :class:`Boundary`; a plain ``Fraction`` ``b`` is ``Boundary(b)``
+    (``BN(z) >= b``), a strict one decides ``BN(z) > b``."""
     bn = bn if bn is not None else BNParams.identity(n)
-    bounds = [boundary] * n if isinstance(boundary, Fraction) else list(boundary)
+    bounds = [
+        _as_boundary(b)
+        for b in (
+            [boundary] * n if isinstance(boundary, (Fraction, Boundary, int)) else list(boundary)
+        )
+    ]
     if len(bounds) != n:
         raise ValueError(f"boundary has {len(bounds)} entries, the layer has {n} channels")
     if bn.channels != n:
@@ -395,13 +435,15 @@ def int_thresholds(
     bias: np.ndarray | float = 0.0,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction | Sequence[Fraction] = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> Thresholds:
     """Exact integer thresholds for ``sign(BN(pool(relu?(alpha * x + bias))))`` per channel.
 
-    With ``boundary = b`` (an exact rational, or one per channel) the rule decides
-    ``BN(...) >= b`` instead of ``BN(...) >= 0`` (one step of a multi-bit quantizer,
-    :func:`level_int_thresholds`; ReActNet's RSign ``sign(u - beta_c)`` with ``b = beta_c``).
+    With ``boundary = b`` (an exact rational or :class:`Boundary`, or one per channel) the rule
+    decides ``BN(...) >= b`` instead of ``BN(...) >= 0`` (one step of a multi-bit quantizer,
+    :func:`level_int_thresholds`; ReActNet's RSign ``sign(u - beta_c)`` with ``b = beta_c``); a
+    strict :class:`Boundary` decides ``BN(...) > b``. A plain ``Fraction`` ``b`` is
+    ``Boundary(b)`` (not strict).
 
     ``x`` ranges over the reachable integers ``[lo, hi]`` (``[-N, N]`` for a binary layer with
     fan-in ``N``; the int32 accumulator range for the int8 first layer). ``bn=None`` means no
@@ -492,7 +534,7 @@ def float_thresholds(
     *,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction | Sequence[Fraction] = Fraction(0),
+    boundary: Fraction | Boundary | Sequence[Fraction | Boundary] = Fraction(0),
 ) -> Thresholds:
     """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
 
@@ -500,6 +542,8 @@ def float_thresholds(
     holds (then ``y >= f`` equals the exact decision for every float32 ``y``); for ``gamma < 0``
     the largest such ``f`` with direction -1. Constants: ``thr = -inf`` with direction +1 (always
     +1) or -1 (always -1 for finite ``y``). Searched by bisection over the ordered float32 values.
+    ``boundary`` (one for all channels or one per channel) moves the decision to ``BN(...) >= b``
+    (``> b`` for a strict :class:`Boundary`), as in :func:`int_thresholds`.
     """
     if channels is None:
         if bn is None:
@@ -568,8 +612,10 @@ class LevelThresholds:
         return 2 * self.counts(x) - self.levels_count
 
 
-def _check_boundaries(boundaries: Sequence[Fraction | None]) -> list[Fraction | None]:
-    bs_ = list(boundaries)
+def _check_boundaries(
+    boundaries: Sequence[Fraction | Boundary | None],
+) -> list[Boundary | None]:
+    bs_ = [None if b is None else _as_boundary(b) for b in boundaries]
     n = len(bs_)
     if n < 1 or (n + 1) & n:
         raise ValueError(f"a multi-bit quantizer needs 2^M - 1 boundaries, got {n}")
@@ -586,7 +632,7 @@ def level_int_thresholds(
     lo: np.ndarray | int,
     hi: np.ndarray | int,
     bn: BNParams | None,
-    boundaries: Sequence[Fraction | None],
+    boundaries: Sequence[Fraction | Boundary | None],
     alpha: np.ndarray | float = 1.0,
     bias: np.ndarray | float = 0.0,
     relu: bool = False,
@@ -595,7 +641,7 @@ def level_int_thresholds(
     """Exact integer thresholds of ``v = Q_M(BN(pool(relu?(alpha x + bias))))`` per channel.
 
     ``Q_M`` is an ``M``-bit odd-level quantizer given by its ``2^M - 1`` ascending
-    ``boundaries`` (exact rationals; ``None`` = ``-inf``, always passed), see "Multi-bit
+    ``boundaries`` (exact rationals or :class:`Boundary`; ``None`` = ``-inf``, always passed), see "Multi-bit
     activations" in the module docstring: ``(**)`` per boundary, searched over the reachable
     integers ``[lo, hi]``. Returns the ``threshold_planes`` form (:class:`LevelThresholds`).
     """
@@ -650,7 +696,7 @@ def level_int_thresholds(
 def level_float_thresholds(
     bn: BNParams | None,
     *,
-    boundaries: Sequence[Fraction | None],
+    boundaries: Sequence[Fraction | Boundary | None],
     relu: bool = False,
     channels: int | None = None,
 ) -> Thresholds:
@@ -745,6 +791,7 @@ def paper_threshold(
 
 __all__ = [
     "BNParams",
+    "Boundary",
     "CONST_NEG",
     "CONST_POS",
     "GE",

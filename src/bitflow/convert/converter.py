@@ -740,13 +740,31 @@ class _Converter:
         return [Fraction(float(b)) for b in shift]
 
     def _to_bits_int(
-        self, p: Pending, shift: np.ndarray | None = None, consumer: str = ""
+        self,
+        p: Pending,
+        shift: np.ndarray | None = None,
+        consumer: str = "",
+        *,
+        boundary: bs.Boundary | None = None,
+        layer: nn.Module | None = None,
     ) -> tuple[str, tuple[int, int, int] | None]:
+        """Sign bits ``BN(...) >= 0``; with ``shift`` (the consumer's RSign ``beta``, see
+        :meth:`to_bits`) ``BN(...) >= beta`` per lane; with ``boundary`` (a 1-bit MBBN quantizer
+        of ``layer``, the consumer) the quantizer's own step ``BN(...) >= b`` / ``> b``."""
+        where = consumer or p.producer
+        if boundary is not None and shift is not None:  # pragma: no cover - no caller does both
+            raise AssertionError("an RSign shift and an MBBN quantizer step on the same bits")
         if p.pos_scale is not None:
+            if boundary is not None:
+                raise unsupported(
+                    where, "XnorPPConv2d", "an MBBN quantizer after an XNOR-Net++ layer (not yet)"
+                )
             return self._to_bits_table(p, shift, consumer)
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
-        bound = self._boundaries(p, shift, lanes, consumer or p.producer)
+        bound: Fraction | bs.Boundary | list[Fraction] = (
+            boundary if boundary is not None else self._boundaries(p, shift, lanes, where)
+        )
         if p.is_int:
             th = bs.int_thresholds(
                 lo=lo,
@@ -760,7 +778,7 @@ class _Converter:
             )
         else:
             th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes, boundary=bound)
-        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature, shift)
+        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature, shift, layer=layer)
         thr, direction = th.thr, th.direction
         if per_feature:
             pooled = self._pooled_chw(p)
@@ -831,10 +849,17 @@ class _Converter:
         assert m is not None
         bits_a, boundaries = quantizer_boundaries(step.name, m)
         if bits_a == 1:
-            if boundaries != [Fraction(0)]:  # pragma: no cover - quantizer_boundaries guarantees it
-                raise AssertionError("1-bit quantizer with a boundary other than 0")
-            x, chw = self.to_bits(p, step.name)
+            (b0,) = boundaries
+            assert b0 is not None  # a 1-bit HReLU is rejected by the quantizer
+            if b0 == bs.Boundary(Fraction(0)):  # a sign quantizer: the plain binary path
+                x, chw = self.to_bits(p, step.name)
+            else:  # an M = 1 MBBN quantizer: its own float32 step (quantizer_boundaries)
+                x, chw = self._to_bits_int(p, consumer=step.name, boundary=b0, layer=m)
             return x, chw, {"encoding": "planes", "bits": 1}
+        if p.pos_scale is not None:
+            raise unsupported(
+                step.name, "XnorPPConv2d", "an MBBN quantizer after an XNOR-Net++ layer (not yet)"
+            )
         if not p.is_int:
             return self._float_planes(p, step, bits_a, boundaries)
         per_feature = self._per_feature(p)
@@ -877,7 +902,7 @@ class _Converter:
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
     def _float_planes(
-        self, p: Pending, step: Step, bits_a: int, boundaries: list[Fraction | None]
+        self, p: Pending, step: Step, bits_a: int, boundaries: list[bs.Boundary | None]
     ) -> tuple[str, tuple[int, int, int] | None, dict[str, Any]]:
         """Float first layer -> the ``M`` bit planes of its levels (``threshold_f32_planes``).
 
@@ -1181,9 +1206,12 @@ def _count_ties(
     per_feature: bool,
     shift: np.ndarray | None = None,
     decide: Any = None,
+    layer: nn.Module | None = None,
 ) -> int:
     """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule
-    (``decide``: PyTorch's decisions on ``xs [K, lanes]`` when not the usual BN chain).
+    (``decide``: PyTorch's decisions on ``xs [K, lanes]`` when not the usual BN chain;
+    ``layer``: the decision is its input quantizer's level > 0; ``shift``: the usual chain
+    followed by RSign's ``sign(u - beta)``; else ``BN(...) >= 0``).
 
     Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
     monotone step functions of ``x``, so their disagreements form an interval next to ``T``: we
@@ -1219,11 +1247,12 @@ def _count_ties(
         else:
             xs = bs.f32_from_keys(pts)
         exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
-        got = (
-            decide(xs)
-            if decide is not None
-            else _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
-        )
+        if decide is not None:
+            got = decide(xs)
+        elif layer is not None:
+            got = _torch_level_fn(p, alpha if p.is_int else None, bias, layer)(xs) > 0
+        else:
+            got = _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
         total = _distinct_bad(pts, bad)
