@@ -115,6 +115,12 @@ def conv2d_u8b1(
     kernels: str = "",
     threads: int = 1,
 ) -> NDArray[np.int32]: ...
+def threshold_u8(
+    acc: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8]
+) -> NDArray[np.uint8]: ...
+def threshold_f32_u8(
+    y: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8]
+) -> NDArray[np.uint8]: ...
 
 class BinaryLayer:
     """A prepared binary layer: bconv2d / bdense [-> maxpool] [-> flatten] -> threshold_bits in one

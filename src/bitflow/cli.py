@@ -220,14 +220,16 @@ def _cmd_summary(a: argparse.Namespace) -> int:
     model = create(a.model, **kwargs)
     summary = summarize(model)
     summary["model"] = a.model
+    from .analysis.mcn_summary import format_mcn_storage, mcn_storage
+
+    mcn = mcn_storage(model)
+    if mcn["layers"]:
+        summary["mcn_storage"] = mcn
     if a.json:
         print(json.dumps(summary))
     else:
         print(f"{a.model}: binarized middle layers (BitFlow-Net Table 3; ours, paper in brackets)")
         print(format_table(summary))
-    from .analysis.mcn_summary import format_mcn_storage, mcn_storage
-
-    mcn = mcn_storage(model)
     if mcn["layers"] and not a.json:
         print(f"\n{a.model}: MCconv storage (MCN Sec. IV-B2; bytes)")
         print(format_mcn_storage(mcn))

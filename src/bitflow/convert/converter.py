@@ -33,7 +33,7 @@ from ..nn.fixedpoint import SHIFT
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
-from ._mcn import lower_mcn
+from ._mcn import lower_mcn, mcn_conv
 from ._trace import Step, UnsupportedLayerError, trace_steps, unsupported
 
 CONVERTER_VERSION = "1"
@@ -1209,6 +1209,8 @@ def _convert_steps(
                 raise unsupported(st.name, what, "a binary convolution needs a spatial input")
             bits, _ = cv.to_bits(p, st.name)
             p = cv.binary_conv(st, bits)
+        elif st.kind == "mcnconv":  # an MCConv2d lower_mcn kept (W1/A8, full M): convert._mcn
+            p = mcn_conv(cv, p, st)
         elif st.kind == "blinear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
@@ -1451,7 +1453,9 @@ def _reads_output(steps: list[Step], node: str) -> bool:
 def _float_between_binary(cv: _Converter) -> bool:
     from ..ir.graph import BINARY_OPS
 
-    idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS]
+    # conv2d_u8b1 (MCN W1/A8) counts as a binary layer: float values between such layers
+    # (full-M tap sums, float residual streams) make the graph "mixed"
+    idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS or op.type == "conv2d_u8b1"]
     return bool(idx) and any(
         cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0] : idx[-1] + 1]
     )

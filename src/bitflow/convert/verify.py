@@ -52,7 +52,7 @@ def _float_source(graph: Graph, bits_value: str) -> tuple[Op, list[Op]] | None:
     v = bits_value
     while v in producer:
         op = producer[v]
-        if op.type in ("threshold_f32_bits", "threshold_f32_planes", "bitpack"):
+        if op.type in ("threshold_f32_bits", "threshold_f32_planes", "threshold_f32_u8", "bitpack"):
             return op, chain[::-1]
         if op.type not in ("maxpool_bits", "flatten"):
             return None
@@ -105,7 +105,7 @@ def _near_info(
         eb = np.broadcast_to(eb, yv.shape).reshape(nb, -1)
     yv = yv.reshape(nb, -1).astype(np.float64)
     f = yv.shape[1]
-    if dec.type in ("threshold_f32_bits", "threshold_f32_planes"):
+    if dec.type in ("threshold_f32_bits", "threshold_f32_planes", "threshold_f32_u8"):
         t = graph.tensors[dec.params["thr"]].astype(np.float64)
         thr = t[np.arange(f) % t.shape[0]]
     else:
@@ -122,7 +122,10 @@ def _near_info(
         idx = np.arange(f) % sc.shape[0]
         bound = bound + 4 * _U32 * (np.abs(z * sc[idx]) + np.abs(bi[idx]))
         conv_scale = np.abs(sc[idx])
-    if first and err_bound is not None:
+    if "err_bound" in dec.attrs:  # the converter's own bound on the value (MCN uint8 codes)
+        eba = np.asarray(dec.attrs["err_bound"], np.float64)
+        bound = bound + 2 * eba[np.arange(f) % len(eba)][None, :]
+    elif first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
     if (
         eb is not None
@@ -200,7 +203,8 @@ def verify(
         if ya.shape != (xa.shape[0],):
             raise ValueError(f"y must have shape [{xa.shape[0]}], got {list(ya.shape)}")
     values = graph.validate()
-    bin_ops = [op for op in graph.ops if op.type in BINARY_OPS]
+    # conv2d_u8b1 (MCN W1/A8) reads uint8 codes: compared as the levels 2q - 255
+    bin_ops = [op for op in graph.ops if op.type in BINARY_OPS or op.type == "conv2d_u8b1"]
     modules = dict(model.named_modules())
     for op in bin_ops:
         if op.attrs.get("input_encoding") == "thermometer":
@@ -274,15 +278,19 @@ def verify(
             for op in bin_ops:
                 key = op.inputs[0]
                 info = values[key]
-                assert info.channels is not None
                 st = captured[op.name]
                 if st.dim() == 4:
                     st = st.permute(0, 2, 3, 1)
                 elif "input_chw" in op.attrs:
                     c, h, w = op.attrs["input_chw"]
                     st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
-                if info.planes > 1:  # M-bit levels: decode the planes (Eq. 7) and compare levels
-                    lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
+                if info.dtype == "uint8" or info.planes > 1:
+                    # M-bit levels: decode the planes (Eq. 7), or uint8 codes q -> 2q - 255
+                    if info.dtype == "uint8":
+                        lv = 2 * inter[key].astype(np.int64).reshape(nb, -1) - 255
+                    else:
+                        assert info.channels is not None
+                        lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
                     bad = lv != st.reshape(nb, -1).numpy()
                     res["signs_compared"] += bad.size
                     # integer thresholds are exact: a difference here is a real mismatch unless
@@ -304,6 +312,7 @@ def verify(
                     res["sign_mismatches"] += real
                     res["sign_mismatches_by_layer"][op.attrs["source"]] += real
                     continue
+                assert info.channels is not None
                 neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
                 neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec

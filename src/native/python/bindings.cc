@@ -610,6 +610,48 @@ nb::object conv2d_u8b1(const AnyArray& x_, const AnyArray& w_, std::int64_t chan
 }
 
 
+// ---- MCN W1/A8 activation codes (threshold_u8, threshold_f32_u8; bitflow.ir.ops.w1) -------------
+/// x [..., O] (int32 or float32), thr [O, L] (same type, 1 <= L <= 255, ascending, no NaN),
+/// direction [O] -> uint8 [..., O], the number of passed thresholds.
+template <class T, class Kernel>
+nb::object u8_codes_op(const char* fn, const AnyArray& x_, const AnyArray& thr_, const AnyArray& dir_,
+                       Kernel kernel) {
+  auto x = arg<T>(x_, fn, "x", -1);
+  auto thr = arg<T>(thr_, fn, "thr", 2);
+  auto dir = arg<std::int8_t>(dir_, fn, "direction", 1);
+  const i64 o = x.dim(-1);
+  if (o < 1) fail(fn, "the last axis (channels) of x must not be empty");
+  if (thr.dim(0) != o) fail(fn, "thr must have shape (O, L) with O = " + std::to_string(o));
+  const i64 L = thr.dim(1);
+  if (L < 1 || L > 255) fail(fn, "thr must have 1 <= L <= 255 thresholds per channel, got L = " + std::to_string(L));
+  check_direction(fn, dir, o);
+  for (i64 c = 0; c < o; ++c)
+    for (i64 l = 0; l < L; ++l) {
+      const T t = thr.data[c * L + l];
+      if constexpr (std::is_floating_point_v<T>) {
+        if (std::isnan(t)) fail(fn, "thresholds must not be NaN");
+      }
+      if (l > 0 && t < thr.data[c * L + l - 1])
+        fail(fn, "thresholds must be sorted ascending per channel; channel " + std::to_string(c) + " is not");
+    }
+  const i64 rows = rows_of(x.shape);
+  auto out = make_out<std::uint8_t>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    kernel(x.data, rows, o, thr.data, L, dir.data, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object threshold_u8(const AnyArray& acc_, const AnyArray& thr_, const AnyArray& dir_) {
+  return u8_codes_op<std::int32_t>("threshold_u8", acc_, thr_, dir_, bitflow::ops::threshold_u8);
+}
+
+nb::object threshold_f32_u8(const AnyArray& y_, const AnyArray& thr_, const AnyArray& dir_) {
+  return u8_codes_op<float>("threshold_f32_u8", y_, thr_, dir_, bitflow::ops::threshold_f32_u8);
+}
+// ---- end MCN W1/A8 activation codes
+
 // ---- prepared binary layer ---------------------------------------------------------------
 
 using bitflow::ops::BinaryLayer;
@@ -1315,6 +1357,11 @@ NB_MODULE(_native, m) {
         "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
         "Exact W1/A8 conv: x uint8 [N, H, W, C], w packed +-1 bits uint64 [O, kh, kw, ceil(C/64)] "
         "(bit 1 = -1), zero padding -> int32 [N, Ho, Wo, O].");
+  m.def("threshold_u8", &threshold_u8, "acc"_a, "thr"_a, "direction"_a,
+        "int32 [..., O] -> uint8 [..., O]: the number of passed thresholds (acc >= thr[o, l] for "
+        "direction +1, acc <= thr[o, l] for -1) among L <= 255 ascending ones per channel.");
+  m.def("threshold_f32_u8", &threshold_f32_u8, "y"_a, "thr"_a, "direction"_a,
+        "float32 form of threshold_u8 (a NaN passes every threshold).");
   m.def("conv2d_u8i8", &conv2d_u8i8, "x"_a, "w"_a, "stride"_a = nb::make_tuple(1, 1),
         "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
         "Exact fixed-point conv: x uint8 [N, H, W, C], w int8 [O, kh, kw, C], zero padding -> int32.");
