@@ -31,7 +31,10 @@ Training extras (:class:`~bitflow.nn.mcn.MCNTraining`) are exposed as methods th
 (``param_groups``, ``extra_loss``, ``after_step``, ``on_epoch_start``); options ``theta``
 (filter and projection loss), ``lam`` (center loss), ``m_lr_ratio`` (``eta_2 / eta_1``),
 ``lr_decay_c`` / ``lr_decay_m`` (lambda_1, lambda_2 per epoch), ``kmeans_every`` (``N``),
-``centers`` (``U``), ``symmetric``.
+``centers`` (``U``), ``symmetric``, ``act`` (``"float"``: real activations as in the paper;
+``"u8"``: W1/A8, every MCconv after the first reads uint8 codes of
+:class:`~bitflow.nn.mcn.UInt8Act` on the grid ``2^-act_frac``; then no ReLU precedes an MCconv,
+the quantizer clamps at 0, and ``mcn_mnist`` pools before its BatchNorms; see docs/mcn.md).
 """
 
 from __future__ import annotations
