@@ -298,3 +298,22 @@ def test_mcn_storage_matches_the_converted_u8_file(name: str) -> None:
             if op.attrs.get("source") == r["layer"] and "w" in op.params
         )
         assert got == r["bfn_weight_bytes"], r
+
+
+# ----------------------------------------------------------------------------- export
+@pytest.mark.parametrize("name", ["mcn1_mnist", "mcn_mnist"])
+def test_u8_models_export_and_onnxruntime_matches_the_engine(name: str) -> None:
+    """threshold_u8 / threshold_f32_u8 export as the counting threshold, q = (level + L) / 2."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bitflow.export import to_onnx
+    from bitflow.export.agreement import agreement, onnxruntime_logits
+
+    torch.manual_seed(0)
+    g = convert(_randomize(create(name, **MNIST), 5))
+    proto = to_onnx(g, "onnx")
+    onnx.checker.check_model(proto, full_check=True)
+    x = np.random.default_rng(3).random((64, 1, 28, 28), dtype=np.float32)
+    a = agreement(g, x, onnxruntime_logits(proto), Engine(g, threads=1).logits)
+    assert a.unexplained == 0, a
+    assert a.agreement >= 0.98, a

@@ -475,6 +475,18 @@ def _threshold_planes(
     return b.threshold(op, xs[0], vins[0], int(op.attrs["planes"]))
 
 
+@rule("threshold_u8", "threshold_f32_u8")
+def _threshold_u8(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # MCN W1/A8 codes: the counting threshold gives the level 2q - L; q = (level + L) / 2 (exact)
+    n_l = int(b.g.tensors[op.params["thr"]].shape[1])
+    lv = b.threshold(op, xs[0], vins[0], max(1, int(n_l).bit_length()))
+    y = b.node("Add", [lv, b.scalar("L", n_l)], "shifted")
+    b.set_bound(op, n_l)
+    return b.node("Mul", [y, b.scalar("half", 0.5)], op.name or "codes")
+
+
 @rule("scale_bias", "affine_f32")
 def _affine(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     # x * scale, rounded, then + bias, rounded: the engine's order (no FMA)
