@@ -52,9 +52,21 @@ TABLE2_MODELS = (("wrn", "wrn"), ("umcn", "umcn_wrn"), ("mcn", "mcn_wrn"), ("mcn
 
 
 def _counts(model: Any) -> dict[str, int]:
-    """All parameters and the binarized ones (elements of every ``C^``; 0 for float models)."""
+    """All parameters and the binarized ones: elements of every ``C^`` (MCN), the weights of
+    the 1-bit-weight layers (``BinaryConv2d`` / ``BinaryLinear``: BinaryConnect, BNN, XNOR), 0
+    for float models."""
+    from ..nn import BinaryConv2d, BinaryLinear
+
     total = sum(int(p.numel()) for p in model.parameters())
-    binary = int(model.binary_parameters()) if hasattr(model, "binary_parameters") else 0
+    if hasattr(model, "binary_parameters"):
+        binary = int(model.binary_parameters())
+    else:
+        binary = sum(
+            int(m.weight.numel())
+            for m in model.modules()
+            if isinstance(m, (BinaryConv2d, BinaryLinear))
+            and int(getattr(m.weight_quantizer, "bits", 32)) == 1
+        )
     return {"params": total, "binary_params": binary}
 
 
