@@ -1,4 +1,4 @@
-"""Type stub of ``bitflow._native`` (hand-written from python/bindings.cc).
+"""Type stub of ``bitflow._native`` (hand-written from src/native/python/*.cc).
 
 Belongs next to the installed module (``src/bitflow/_native.pyi``); kept here by the native
 layer's owner so the lead can move it. Every array argument must be a C-contiguous numpy
@@ -115,11 +115,25 @@ def conv2d_u8b1(
     kernels: str = "",
     threads: int = 1,
 ) -> NDArray[np.int32]: ...
+def conv2d_f32b1(
+    x: NDArray[np.float32],
+    w: NDArray[np.uint64],
+    channels: int,
+    stride: Pair = (1, 1),
+    padding: Pair = (0, 0),
+    threads: int = 1,
+) -> NDArray[np.float32]: ...
+def rprelu_f32(
+    x: np.ndarray, gamma: np.ndarray, slope: np.ndarray, zeta: np.ndarray, threads: int = 1
+) -> np.ndarray: ...
+def threshold_bits_hw(
+    x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
+) -> NDArray[np.uint64]: ...
 def threshold_u8(
-    acc: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8]
+    x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
 ) -> NDArray[np.uint8]: ...
 def threshold_f32_u8(
-    y: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8]
+    x: NDArray[np.float32], thr: NDArray[np.float32], direction: NDArray[np.int8], threads: int = 1
 ) -> NDArray[np.uint8]: ...
 
 class BinaryLayer:

@@ -73,6 +73,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,
+        real_epochs=a.real_epochs,
         calibrate=not a.no_calibrate,
         image_size=a.image_size,
         channels=a.channels,
@@ -185,6 +186,15 @@ def _add_train(sub: Any) -> None:
         help="initialise from a checkpoint (MBBN: progressive init from a higher-bit model, Sec. V.A)",
     )
     p.add_argument(
+        "--real-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="real-valued warm-up: train the binary layers as their real twin (clip(x,-1,1), latent "
+        "weights; Bi-Real Sec. 3.3) for the first N epochs, then binarized (default: the recipe's; "
+        "bireal_resnet20 on fashion-mnist: 4 of 15)",
+    )
+    p.add_argument(
         "--no-calibrate",
         action="store_true",
         help="with --init-from: keep the copied quantizer ranges (default: fit Algorithm 2's ranges t "
@@ -290,7 +300,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     model = prepare_for_deploy(
         model
     )  # a method's deployable form, or a clear UnsupportedLayerError
-    graph = convert(model, mode=a.mode, class_names=state.get("class_names"))
+    graph = convert(model, mode=a.mode, class_names=state.get("class_names"), strict=a.strict)
     graph.provenance.update(
         {
             "checkpoint": os.path.basename(a.checkpoint),
@@ -338,6 +348,12 @@ def _add_convert(sub: Any) -> None:
         "--explain",
         action="store_true",
         help="per engine op: the form it became (binary / threshold / integer / float) and its bytes",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2) if a binarized layer would compute in float32 (e.g. BinaryConnect / BWN's "
+        "+-1-weight float convolutions) instead of an xnor-popcount or integer op",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_convert)

@@ -13,7 +13,7 @@ parameters (ReActNet's RSign/RPReLU, BNN+'s learned scales, XNOR-Net++, ABC-Net)
 
 Command line: ``bitflow train --model bitflow_vgg_small --method irnet`` (``--method-arg
 teacher=runs/fp/best.pt`` for ``kd``); ``bitflow convert`` / ``verify`` apply
-:func:`prepare_for_deploy` to checkpoints trained with a method. ``list_methods()`` gives the
+:func:`prepare_for_deploy` (a check) to checkpoints trained with a method. ``list_methods()`` gives the
 names; ``describe()`` the table of methods, bits, deploy form and the survey's numbers.
 
 The checkpoint records ``model_config = {"name", "kwargs", "method", "method_args"}``;
@@ -34,7 +34,6 @@ from ._registry import Registry
 from .convert import UnsupportedLayerError
 from .models import create
 from .nn import BinaryConv2d, BinaryLinear
-from .nn import quantizers as Q
 from .nn import survey as S
 
 Transform = Callable[[nn.Module, dict[str, Any]], None]
@@ -43,8 +42,12 @@ Transform = Callable[[nn.Module, dict[str, Any]], None]
 @dataclass(frozen=True)
 class Method:
     """One BNN method. ``bits = (W, A)`` as the survey writes them (32 = full precision);
-    ``deploy`` is ``"pure"`` (xnor-popcount + thresholds on the existing engine) or the exact
-    reason it cannot run yet; ``survey`` the survey's reported results (table, network)."""
+    ``deploy`` is a key of :data:`DEPLOY_FORMS` (``"pure"``: xnor-popcount + thresholds;
+    ``"w1a32"``: +-1-weight convs over float32 activations; ``"float_stream"``: binary layers
+    plus float ops on the residual stream; ``"u8"``: k-bit unsigned levels into exact +-1-weight
+    uint8 convs; ``"table"``: per-(position, channel) thresholds, XNOR-Net++) or the exact reason
+    it cannot run yet; ``survey``
+    the survey's reported results (table, network)."""
 
     name: str
     title: str
@@ -59,7 +62,17 @@ class Method:
 
     @property
     def deployable(self) -> bool:
-        return self.deploy == "pure"
+        return self.deploy in DEPLOY_FORMS
+
+
+DEPLOY_FORMS = {
+    "pure": "pure xnor-popcount + thresholds",
+    "w1a32": "+-1-weight conv over float32 activations (conv2d_f32b1 / dense_f32b1)",
+    "float_stream": "xnor-popcount + thresholds, float ops (rprelu_f32) on the float stream",
+    "table": "xnor-popcount + one exact threshold per (position, channel) (threshold_bits_hw)",
+    "u8": "k-bit unsigned levels (threshold_u8) -> +-1-weight uint8 conv (conv2d_u8b1), exact integers",
+}
+"""How a deployable method runs on the engine (``Method.deploy``)."""
 
 
 _METHODS: Registry[Method] = Registry("method")
@@ -198,14 +211,8 @@ def _reactnet(model: nn.Module, args: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- the catalogue
 
-_REAL_ACT = (
-    "real-valued activations with +-1 weights need a float-input conv with sign weights "
-    "(the MCN +-1-weight real-activation conv op), not in the engine yet"
-)
-_UNSIGNED = (
-    "{0,1} / k-bit unsigned activations need an AND-popcount kernel (or MBBN bit planes with "
-    "the affine correction for a 0/1 code), not in the engine yet"
-)
+_REAL_ACT = "w1a32"
+_UNSIGNED = "u8"
 
 register(
     Method(
@@ -292,8 +299,7 @@ register(
         (1, 1),
         "ste_sign",
         "sign",
-        "the factorized scale alpha(x)beta(x)gamma differs per output position, so the BatchShift threshold "
-        "does too: needs a per-(position, channel) threshold table op, not in the engine yet",
+        "table",
         "ImageNet 57.1 (Table 4, ResNet-18), 46.9 (AlexNet)",
         transform=_xnorpp,
     )
@@ -393,9 +399,7 @@ register(
         (1, 1),
         "approx_sign",
         "xnor",
-        "RPReLU (a per-channel shifted PReLU) has no engine op: before a sign it could fold into the "
-        "threshold (monotone for slope > 0, a converter rule not written yet), but before the float "
-        "classifier or on a residual stream its real output is needed (RSign alone folds: reactnet_rsign)",
+        "float_stream",
         "post-survey (2020); not in Tables 3-4",
         transform=_reactnet,
         defaults={"rprelu": True},
@@ -598,39 +602,12 @@ def hooks_for(model: nn.Module) -> MethodHooks:
 # ----------------------------------------------------------------------------- deployment
 
 
-def fold_rsign(model: nn.Module) -> int:
-    """Fold every :class:`~bitflow.nn.survey.RSign` into the BatchNorm right before its layer:
-    ``sign(BN(x) - b) = sign(BN'(x))`` with ``BN'.bias = BN.bias - b`` (exact in real arithmetic;
-    in float32 the two may differ only where ``BN(x) - b`` rounds to within an ulp of 0). The RSign
-    becomes Bi-Real's plain ``approx_sign``. Returns the number folded; raises
-    :class:`UnsupportedLayerError` when the layer's input does not come straight from a BatchNorm
-    (a residual stream: that needs a per-channel float threshold op)."""
-    n = 0
-    for parent in model.modules():
-        kids = list(parent.named_children())
-        for i, (name, m) in enumerate(kids):
-            if isinstance(m, (BinaryConv2d, BinaryLinear)) and isinstance(
-                m.input_quantizer, S.RSign
-            ):
-                rsign = m.input_quantizer
-                prev = kids[i - 1][1] if i > 0 and isinstance(parent, nn.Sequential) else None
-                if not isinstance(prev, nn.modules.batchnorm._BatchNorm) or prev.bias is None:
-                    raise UnsupportedLayerError(
-                        f"layer {name!r}: its RSign threshold shift can be folded only into a BatchNorm directly "
-                        "before the layer (plain BN -> sign -> BinConv chains such as bitflow_vgg_small); here the "
-                        "input is a residual stream, which needs a per-channel float threshold op (not yet)"
-                    )
-                with torch.no_grad():
-                    prev.bias.sub_(rsign.beta.to(prev.bias.dtype))
-                m.input_quantizer = Q.get("approx_sign")
-                n += 1
-    return n
-
-
 def prepare_for_deploy(model: nn.Module) -> nn.Module:
-    """Turn a model trained with a method into the form the converter reads, or raise
-    :class:`UnsupportedLayerError` saying exactly which engine op the method would need. Models
-    without a method are returned unchanged."""
+    """Check that a model trained with a method can deploy, or raise
+    :class:`UnsupportedLayerError` saying exactly which engine op the method would need. The
+    converter reads every deployable method's modules as they are (ReActNet's RSign becomes a
+    per-channel threshold shift, RPReLU ``rprelu_f32``, a binary layer without an input
+    quantizer ``conv2d_f32b1``); the model is not changed."""
     cfg = getattr(model, "bitflow_config", {}) or {}
     name = cfg.get("method")
     if name is None:
@@ -640,7 +617,6 @@ def prepare_for_deploy(model: nn.Module) -> nn.Module:
         raise UnsupportedLayerError(
             f"method {name!r} ({m.title}) cannot run on the engine yet: {m.deploy}"
         )
-    fold_rsign(model)
     return model
 
 
@@ -660,7 +636,7 @@ def describe() -> list[dict[str, Any]]:
             "source": m.source,
             "w_bits": m.bits[0],
             "a_bits": m.bits[1],
-            "deploy": "pure xnor-popcount + thresholds" if m.deployable else f"not yet: {m.deploy}",
+            "deploy": DEPLOY_FORMS[m.deploy] if m.deployable else f"not yet: {m.deploy}",
             "survey": m.survey,
         }
         for m in (_METHODS.get(n) for n in _METHODS.names())
@@ -668,13 +644,13 @@ def describe() -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "DEPLOY_FORMS",
     "Method",
     "MethodHooks",
     "apprentice_loss",
     "build_model",
     "convert",
     "describe",
-    "fold_rsign",
     "get_method",
     "hooks_for",
     "list_methods",

@@ -18,7 +18,8 @@ set(BF_NATIVE_SOURCES
   ${BF_NATIVE}/ops/elementwise.cc
   ${BF_NATIVE}/ops/float_stream.cc
   ${BF_NATIVE}/ops/input_prep.cc
-  ${BF_NATIVE}/ops/u8b1_conv.cc)
+  ${BF_NATIVE}/ops/u8b1_conv.cc
+  ${BF_NATIVE}/ops/survey.cc)
 set_source_files_properties(${BF_NATIVE}/ops/input_prep.cc PROPERTIES COMPILE_OPTIONS "-fno-trapping-math")
 
 set(BF_X86 OFF)

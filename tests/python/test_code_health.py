@@ -58,3 +58,52 @@ def test_the_seed_check_finds_hash_seeds() -> None:
         "c = hash(case)\n"
     )
     assert hash_seeds(src) == [2, 4]
+
+
+PACKERS = {"packbits", "unpackbits", "bitwise_left_shift", "left_shift"}
+
+
+def bit_packers(text: str) -> list[int]:
+    """Lines that pack or unpack bits by hand: ``np.packbits`` / ``np.unpackbits``, or a shift by
+    ``np.arange(64)`` (summing shifted words)."""
+    bad = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in PACKERS:
+                bad.append(node.lineno)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.LShift):
+            for side in (node.left, node.right):
+                if any(
+                    isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute)
+                    and n.func.attr == "arange"
+                    and n.args
+                    and isinstance(n.args[0], ast.Constant)
+                    and n.args[0].value == 64
+                    for n in ast.walk(side)
+                ):
+                    bad.append(node.lineno)
+    return bad
+
+
+def test_one_bit_packing_implementation_in_python() -> None:
+    """Issue 14 section 4: the engine-layout packing lives in ``bitflow._bits`` alone (``ir.bits``,
+    ``nn.mbbn``, the checker and the bench baselines use it); a second implementation elsewhere
+    in the package fails here."""
+    pkg = REPO / "src" / "bitflow"
+    where = {
+        f"{f.relative_to(pkg)}:{line}"
+        for f in sorted(pkg.rglob("*.py"))
+        for line in bit_packers(f.read_text())
+    }
+    assert where and all(w.startswith("_bits.py:") for w in where), sorted(where)
+
+
+def test_the_packing_check_finds_hand_packing() -> None:
+    src = (
+        "import numpy as np\n"
+        "a = np.packbits(x, bitorder='little')\n"
+        "b = (p << np.arange(64, dtype=np.uint64)).sum(-1)\n"
+        "c = x << 3\n"
+    )
+    assert bit_packers(src) == [2, 3]

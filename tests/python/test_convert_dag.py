@@ -236,6 +236,10 @@ def test_float_error_bounds_cover_pytorch_on_the_residual_stream() -> None:
     from bitflow.convert import verify
     from bitflow.ir.reference import float_error_bounds
 
+    # a fixed instance, whatever ran before: the comparison below is valid only while PyTorch and
+    # the reference take the same signs inside the network, which holds for this draw (checked
+    # by the sign_mismatches == 0 assertion at the end) but not for every draw
+    torch.manual_seed(11)
     model = _randomize(
         _Net(
             [8, 8, 16, 16],

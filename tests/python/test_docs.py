@@ -37,3 +37,48 @@ def test_no_citation_of_a_document_outside_the_repo() -> None:
 def test_readme_links_resolve() -> None:
     for link in re.findall(r"\]\(((?:docs/)[^)#]+)\)", (ROOT / "README.md").read_text()):
         assert (ROOT / link).is_file(), link
+
+
+def _layout_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Layout\n+```\n(.*?)```", text, re.M | re.S)
+    assert m, "README.md has a '## Layout' section with a code block"
+    return m.group(1)
+
+
+def test_readme_layout_names_every_part_of_the_tree() -> None:
+    """Every sub-package and public module of ``bitflow``, every folder of ``src/native`` and
+    every script is named in the README's layout section (a new part must be placed there)."""
+    block = _layout_block()
+    words = set(re.findall(r"[\w.]+/?", block))
+    pkg = ROOT / "src" / "bitflow"
+    parts = [p.name + "/" for p in pkg.iterdir() if (p / "__init__.py").is_file()]
+    parts += [
+        p.name for p in pkg.glob("*.py") if not p.name.startswith("_") and p.name != "__init__.py"
+    ]
+    parts += [p.name + "/" for p in (ROOT / "src" / "native").iterdir() if p.is_dir()]
+    parts += [p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".sh", ".py")]
+    missing = sorted(x for x in parts if x not in words)
+    assert not missing, f"README.md's layout section does not name {missing}"
+
+
+def test_readme_layout_names_only_what_exists() -> None:
+    """Every folder and file the layout section names exists (somewhere below its top-level
+    folder): the section cannot describe a tree that is gone."""
+    block = _layout_block()
+    top = None
+    for line in block.splitlines():
+        head = re.match(r"^(\S+/)", line)
+        if head:
+            top = ROOT / head.group(1)
+            assert top.is_dir(), head.group(1)
+        assert top is not None
+        body = line[len(head.group(1)) :] if head else line
+        for tok in re.findall(r"(?<![\w.+])([a-z_][\w/]*(?:/|\.py|\.sh|\.cc|\.h))(?![\w])", body):
+            first, _, rest = tok.rstrip("/").partition("/")
+            if (ROOT / tok).exists():
+                continue
+            hits = [h for h in top.rglob(first) if not rest or (h / rest).exists()]
+            assert hits, (
+                f"README.md's layout names {tok} under {top.relative_to(ROOT)}, which has none"
+            )

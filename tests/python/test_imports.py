@@ -6,7 +6,7 @@ functions, is a dependency.
 - Layers follow the data flow: ``nn -> models -> train``; ``nn -> convert -> ir -> engine``;
   ``export`` on ``ir``; ``bench``, ``analysis`` and ``cli`` on top (:data:`ALLOWED`).
 - No private name (``_x``) of another sub-package is imported; the shared private modules at the
-  root (``bitflow._io``, ``_registry``, ``_native``) exist to be shared.
+  root (``bitflow._io``, ``_registry``, ``_native``, ``_bits``) exist to be shared.
 - No import cycle at module level (a sub-module reading names of its own parent package, the
   op-table registration idiom, is not a cycle of separate modules).
 """
@@ -23,7 +23,7 @@ import pytest
 import bitflow
 
 ROOT = Path(bitflow.__file__).parent
-SHARED = {"_io", "_registry", "_native"}
+SHARED = {"_io", "_registry", "_native", "_bits"}
 _EVERYTHING = {
     "nn",
     "models",
@@ -42,14 +42,15 @@ _EVERYTHING = {
 ALLOWED: dict[str, set[str]] = {
     "_io": set(),
     "_registry": set(),
-    "nn": {"_registry"},
+    "_bits": set(),
+    "nn": {"_registry", "_bits"},
     "models": {"nn", "_registry"},
     "data": {"_io"},
     # the survey methods: a registry of model builders, training hooks and deploy rewrites over
     # nn / models; it reaches convert and train only lazily (train imports it at the top)
     "methods": {"nn", "models", "convert", "train", "_io", "_registry"},
     "train": {"nn", "models", "data", "methods", "_io", "_registry"},
-    "ir": {"_io"},
+    "ir": {"_io", "_bits"},
     "engine": {"ir", "_native", "_io"},
     "convert": {"nn", "ir", "_io"},
     "export": {"ir", "_io"},

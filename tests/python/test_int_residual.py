@@ -235,6 +235,15 @@ def test_int_bireal_resnet20_is_integer_exact() -> None:
     _assert_integer_exact(model, x)
 
 
+def test_int_bireal_resnet20_with_stride2_stem_is_integer_exact() -> None:
+    """Stride-2 int8 stem (28 -> 14) and binary downsample of the odd 7x7 map (-> 4x4)."""
+    model = _calibrated(
+        models.create("bireal_resnet20", residual="int", width=8, stem="s2"), (32, 1, 28, 28), 0
+    )
+    x = np.random.default_rng(1).random((16, 1, 28, 28), dtype=np.float32)
+    _assert_integer_exact(model, x)
+
+
 def test_int_bireal_resnet18_224_is_integer_exact() -> None:
     """ImageNet layout: 7x7/2 int8 stem, saturation then 3x3/2 max-pool of the int stream."""
     model = _calibrated(

@@ -115,6 +115,8 @@ def test_metadata_like_the_zoo(name: str) -> None:
     [
         ("bireal_resnet20", {}, [28, 14, 7]),
         ("bireal_resnet20", {"width": 4, "image_size": 32, "in_channels": 3}, [32, 16, 8]),
+        # stride-2 stem: (28 + 2 - 3) // 2 + 1 = 14, then 14 -> 7 -> ceil(7/2) = 4
+        ("bireal_resnet20", {"width": 4, "stem": "s2", "downsample": "conv"}, [14, 7, 4]),
         # ImageNet stem on a small input: 64 -> conv/2 32 -> maxpool/2 16 -> 16, 8, 4, 2
         (
             "bireal_resnet18",
@@ -526,6 +528,7 @@ def test_one_training_step(name: str) -> None:
     [
         ("bireal_resnet20", {"width": 4}),
         ("bireal_resnet20", {"width": 4, "first_layer": "int8", "downsample": "conv"}),
+        ("bireal_resnet20", {"width": 4, "stem": "s2", "downsample": "conv"}),
         ("bireal_resnet18", {"width": 4, "image_size": 64, "stem": "imagenet", "in_channels": 3}),
         ("bitflow_resnet18", SMALL["bitflow_resnet18"]),
         ("xnor_resnet18", SMALL["xnor_resnet18"]),

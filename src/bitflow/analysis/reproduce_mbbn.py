@@ -27,13 +27,10 @@ from .reproduce import _train
 
 
 def _median_seconds(fn: Any, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    """Median wall-clock seconds of ``reps`` calls after one untimed call (:func:`bitflow.bench.measure`)."""
+    from ..bench import measure
+
+    return measure(fn, reps, warmup=1).median_ms / 1e3
 
 
 def speedup_curve(

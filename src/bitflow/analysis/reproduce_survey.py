@@ -119,6 +119,7 @@ def reproduce_survey(
     out.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "data": data,
+        "real_epochs": 0,  # the same recipe for every row: no real-valued warm-up (bireal backbone)
         "epochs": epochs,
         "limit_train": limit_train,
         "limit_test": limit_test,
@@ -187,7 +188,7 @@ def reproduce_survey(
             log(f"[survey] {name}: convert, verify, time the engine")
             d = _deploy(runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat)
             row.update(d)
-            row["deploy"] = "pure xnor-popcount + thresholds"
+            row["deploy"] = M.DEPLOY_FORMS[m.deploy]
             row["speedup"] = fp_ms / d["engine_ms"]
         else:
             row.update(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import Graph
+from ..ir.bits import pack_bits, unpack_bits
 
 _OV_UNSUPPORTED = ("bconv2d_planes", "bdense_planes", "threshold_planes")
 
@@ -89,19 +90,14 @@ def _pack_u1(pm1: np.ndarray) -> Any:
     import openvino as ov
 
     tensor = ov.Tensor(ov.Type.u1, list(pm1.shape))
-    bits = (pm1.reshape(-1) > 0).astype(np.uint8)
-    tensor.data[:] = np.packbits(bits, bitorder="little")[: tensor.data.size].reshape(
-        tensor.data.shape
-    )
+    by = pack_bits(pm1.reshape(-1) > 0).view(np.uint8)  # little-endian words: LSB-first bytes
+    tensor.data[:] = by[: tensor.data.size].reshape(tensor.data.shape)
     return ov.op.Constant(tensor)
 
 
 def _unpack_pm1(words: np.ndarray, channels: int) -> np.ndarray:
     """Engine bits [..., Cw] (bit 1 = -1) -> +-1 float32 [..., channels]."""
-    bits = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1, bitorder="little")[
-        ..., :channels
-    ]
-    return np.where(bits == 1, -1.0, 1.0).astype(np.float32)
+    return np.where(unpack_bits(words, channels), -1.0, 1.0).astype(np.float32)
 
 
 def openvino_bnn(graph: Graph, batch: int) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,32 +31,28 @@ class Timing:
             f"{key}_cpu": self.cpu_median_ms,
         }
 
+    @classmethod
+    def from_seconds(cls, wall: Sequence[float], cpu: Sequence[float] | None = None) -> Timing:
+        """The timing of calls that took ``wall`` seconds each (and ``cpu`` seconds of process
+        CPU time, if known): median (the mean of the two middle values for an even count),
+        min and max in milliseconds."""
+        if not wall:
+            raise ValueError("no timed calls")
+        ts = sorted(wall)
+        return cls(
+            1e3 * _median(ts),
+            1e3 * ts[0],
+            1e3 * ts[-1],
+            len(ts),
+            1e3 * _median(sorted(cpu)) if cpu else float("nan"),
+        )
+
 
 def measure(fn: Callable[[], Any], repeat: int, warmup: int) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``repeat`` times, each timed with
     ``time.perf_counter`` (and ``time.process_time``); returns the median (the mean of the two
     middle values for an even count), min and max in milliseconds."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    times, cpu = [], []
-    for _ in range(repeat):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    times.sort()
-    return Timing(
-        1e3 * _median(times),
-        1e3 * times[0],
-        1e3 * times[-1],
-        len(times),
-        1e3 * _median(sorted(cpu)),
-    )
+    return measure_interleaved({"fn": fn}, repeat, warmup)["fn"]
 
 
 def measure_interleaved(
@@ -87,13 +83,7 @@ def measure_interleaved(
                 fn()
                 times[key].append(time.perf_counter() - t0)
                 cpu[key].append(time.process_time() - c0)
-    out = {}
-    for key in fns:
-        ts = sorted(times[key])
-        out[key] = Timing(
-            1e3 * _median(ts), 1e3 * ts[0], 1e3 * ts[-1], len(ts), 1e3 * _median(sorted(cpu[key]))
-        )
-    return out
+    return {key: Timing.from_seconds(times[key], cpu[key]) for key in fns}
 
 
 def _median(sorted_values: list[float]) -> float:

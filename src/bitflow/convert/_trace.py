@@ -19,6 +19,7 @@ from torch import fx, nn
 from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, Int8Conv2d, Scale, StreamClamp
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from ..nn.mcn import MCConv2d
+from ..nn.survey import RPReLU, XnorPPConv2d
 
 SUPPORTED = (
     "nn.Conv2d / bitflow.nn.Int8Conv2d (first layer), bitflow.nn.BinaryConv2d, bitflow.nn.BinaryLinear, "
@@ -26,7 +27,8 @@ SUPPORTED = (
     "nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear (last layer), "
     "bitflow.nn.Scale, nn.Dropout, nn.Identity, F.relu, torch.flatten, x.view(x.size(0), -1), "
     "nn.Conv2d (float shortcuts), nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), residual adds (a + b), torch.cat(dim=1), "
-    "bitflow.nn.FixedPointBN and bitflow.nn.StreamClamp (fixed-point residual stream)"
+    "bitflow.nn.FixedPointBN and bitflow.nn.StreamClamp (fixed-point residual stream), "
+    "bitflow.nn.survey.RPReLU (float values)"
 )
 
 
@@ -45,7 +47,7 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 class Step:
     """One inference step: ``kind`` in conv_first (any float nn.Conv2d), int8_first, relu,
     maxpool, avgpool, gap (global average pool), add, concat, bn, bconv, blinear, mbconv,
-    mblinear (MBBN), mcnconv (an MCConv2d, bitflow.convert._mcn), flatten, linear, scale, fxbn / sclamp (fixed-point stream), output; ``name`` the module name (or the fx node
+    mblinear (MBBN), mcnconv (an MCConv2d, bitflow.convert._mcn), flatten, linear, scale, fxbn / sclamp (fixed-point stream), rprelu, output; ``name`` the module name (or the fx node
     name)."""
 
     kind: str
@@ -59,7 +61,17 @@ class Step:
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(
-            m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, FixedPointBN, StreamClamp, MCConv2d)
+            m,
+            (
+                BinaryConv2d,
+                BinaryLinear,
+                Int8Conv2d,
+                Scale,
+                FixedPointBN,
+                StreamClamp,
+                MCConv2d,
+                RPReLU,
+            ),
         ):
             return True
         return super().is_leaf_module(m, qualname)
@@ -350,6 +362,10 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return [Step("sclamp", name, m)]
     if type(m) is MCConv2d:  # kept by convert._mcn.lower_mcn (W1/A8, full M): mcn_conv
         return [Step("mcnconv", name, m)]
+    if type(m) is RPReLU:
+        return [Step("rprelu", name, m)]
+    if type(m) is XnorPPConv2d:
+        return [Step("xnorpp", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
         raise unsupported(
             name,

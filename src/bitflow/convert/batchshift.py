@@ -354,9 +354,14 @@ def _lanes(
     bn: BNParams | None,
     relu: bool,
     n: int,
-    boundary: Fraction = Fraction(0),
+    boundary: Fraction | Sequence[Fraction] = Fraction(0),
 ) -> list[_Lane]:
+    """One exact lane per channel; ``boundary`` is one rational for all channels or one per
+    channel (ReActNet's RSign shift ``beta_c``: the decision ``BN(z) >= beta_c``)."""
     bn = bn if bn is not None else BNParams.identity(n)
+    bounds = [boundary] * n if isinstance(boundary, Fraction) else list(boundary)
+    if len(bounds) != n:
+        raise ValueError(f"boundary has {len(bounds)} entries, the layer has {n} channels")
     if bn.channels != n:
         raise ValueError(f"BatchNorm has {bn.channels} channels, the layer has {n}")
     al = _broadcast("alpha", alpha, n, np.float32)
@@ -375,7 +380,7 @@ def _lanes(
             float(bn.eps),
             float(bn.gamma[i]),
             float(bn.beta[i]),
-            boundary,
+            bounds[i],
         )
         for i in range(n)
     ]
@@ -390,12 +395,13 @@ def int_thresholds(
     bias: np.ndarray | float = 0.0,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction = Fraction(0),
+    boundary: Fraction | Sequence[Fraction] = Fraction(0),
 ) -> Thresholds:
     """Exact integer thresholds for ``sign(BN(pool(relu?(alpha * x + bias))))`` per channel.
 
-    With ``boundary = b`` (an exact rational) the rule decides ``BN(...) >= b`` instead of
-    ``BN(...) >= 0`` (one step of a multi-bit quantizer, :func:`level_int_thresholds`).
+    With ``boundary = b`` (an exact rational, or one per channel) the rule decides
+    ``BN(...) >= b`` instead of ``BN(...) >= 0`` (one step of a multi-bit quantizer,
+    :func:`level_int_thresholds`; ReActNet's RSign ``sign(u - beta_c)`` with ``b = beta_c``).
 
     ``x`` ranges over the reachable integers ``[lo, hi]`` (``[-N, N]`` for a binary layer with
     fan-in ``N``; the int32 accumulator range for the int8 first layer). ``bn=None`` means no
@@ -486,7 +492,7 @@ def float_thresholds(
     *,
     relu: bool = False,
     channels: int | None = None,
-    boundary: Fraction = Fraction(0),
+    boundary: Fraction | Sequence[Fraction] = Fraction(0),
 ) -> Thresholds:
     """Float32 thresholds for ``sign(BN(pool(relu?(y))))`` on a float32 first-layer output ``y``.
 

@@ -22,15 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
 from ..ir.bits import pack_bits
 from ..ir.graph import Graph, InputSpec, Op, ValueInfo, infer
-from ..nn import FixedPointBN, StreamClamp
+from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, StreamClamp
 from ..nn import quantizers as Q
 from ..nn.fixedpoint import SHIFT
 from ..nn.mbbn import MBitConv2d, MBitLinear
+from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
 from ._mcn import lower_mcn, mcn_conv
@@ -74,6 +76,9 @@ class Pending:
     # fixed-point residual stream (FixedPointBN / StreamClamp): the grid exponent f of the int32
     # value r (the model's value is r 2^-f: alpha = 2^-f, bias 0); None for any other value
     stream: int | None = None
+    # XNOR-Net++: the float32 scale Gamma [Ho, Wo, O] of every output (position, channel),
+    # applied instead of alpha (the BatchShift threshold then differs per position)
+    pos_scale: np.ndarray | None = None
 
 
 class _Builder:
@@ -149,6 +154,7 @@ class _Converter:
         self.ties: dict[str, int] = {}
         self.float_ties: dict[str, int] = {}
         self.stream_bits: dict[str, str] = {}  # int32 stream value -> its sign bits (one per value)
+        self.real_outputs: set[str] = set()  # float outputs of real-input binary linear layers
 
     # ----------------------------------------------------------------- producers
     def first_layer(self, step: Step, x: str) -> Pending:
@@ -226,7 +232,11 @@ class _Converter:
 
     def _binary_weights(self, name: str, m: nn.Module) -> tuple[np.ndarray, np.ndarray]:
         iq = getattr(m, "input_quantizer", None)
-        if not isinstance(iq, Q.InputQuantizer) or iq.bits != 1:
+        if (
+            iq is not None
+            and not isinstance(iq, (RSign, DoReFaAct, PactAct))
+            and (not isinstance(iq, Q.InputQuantizer) or iq.bits != 1)
+        ):
             raise unsupported(
                 name,
                 type(m).__name__,
@@ -287,6 +297,353 @@ class _Converter:
             hi=np.full(m.out_channels, n),
         )
 
+    def _to_bits_table(
+        self, p: Pending, shift: np.ndarray | None, consumer: str
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """XNOR-Net++ (``z = Gamma[y, x, o] d`` on the int32 ``d``): one exact threshold per
+        (position, channel), ``threshold_bits_hw``, then bit pools and a flatten.
+
+        Every lane is BatchShift's rule with ``alpha = |Gamma|`` (a negative ``Gamma`` runs the
+        rule on ``-d`` and flips the direction; ``Gamma = 0`` is a constant). Max-pools commute
+        with the decisions as long as the BatchNorm is monotone the same way in every channel
+        (``max_p sign(BN(z_p)) = sign(BN(max_p z_p))`` for an increasing BN: an AND of the bits,
+        OR for a decreasing one), whatever the sign of ``Gamma_p``: the pool acts on ``z``. A
+        BatchNorm1d after the pool and flatten (per pooled feature) needs non-overlapping
+        pooling windows, so that each position belongs to one feature."""
+        assert p.pos_scale is not None and p.chw is not None and p.alpha is not None
+        g = p.pos_scale.astype(np.float32)
+        h, w, o = g.shape
+        where = consumer or p.producer
+        if shift is not None:
+            raise unsupported(where, "RSign", "an RSign after an XNOR-Net++ layer (not yet)")
+        if p.flatten == "before_bn" and p.bn is not None:
+            if len(p.pools) > 1:
+                raise unsupported(where, "XnorPPConv2d", "several pools before a BatchNorm1d")
+            hh, ww, sy, sx = h, w, 1, 1
+            for _name, a in p.pools:
+                (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+                if (kh, kw) != (sh, sw) or (ph, pw) != (0, 0):
+                    raise unsupported(
+                        where,
+                        "XnorPPConv2d",
+                        "a BatchNorm1d after an overlapping or padded pool (each position must "
+                        "belong to one pooled feature)",
+                    )
+                hh, ww, sy, sx = (h - kh) // sh + 1, (w - kw) // sw + 1, sh, sw
+            ys = np.minimum(np.arange(h) // sy, hh - 1)
+            xs = np.minimum(np.arange(w) // sx, ww - 1)
+            feat = (
+                np.arange(o)[None, None, :] * (hh * ww) + ys[:, None, None] * ww + xs[None, :, None]
+            ).reshape(-1)  # lane (y, x, o) -> NCHW pooled feature (positions cut by the pool: any)
+        elif p.flatten is None or p.flatten == "after_bn" or p.bn is None:
+            feat = np.tile(np.arange(o), h * w)
+        else:  # pragma: no cover - the flatten modes are exhaustive
+            raise AssertionError(p.flatten)
+        bnp = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else bs.BNParams.identity(o)
+        lane_bn = bs.BNParams(
+            mean=bnp.mean[feat],
+            var=bnp.var[feat],
+            eps=bnp.eps,
+            gamma=bnp.gamma[feat],
+            beta=bnp.beta[feat],
+        )
+        gl = g.reshape(-1).astype(np.float64)
+        ch = np.tile(np.arange(o), h * w)
+        assert p.lo is not None and p.hi is not None
+        lo, hi = np.asarray(p.lo, np.int64)[ch], np.asarray(p.hi, np.int64)[ch]
+        bias = np.asarray(p.bias if p.bias is not None else np.zeros(o), np.float32)[ch]
+        neg, zero = gl < 0, gl == 0
+        th = bs.int_thresholds(
+            lo=np.where(zero, 0, np.where(neg, -hi, lo)),
+            hi=np.where(zero, 0, np.where(neg, -lo, hi)),
+            bn=lane_bn,
+            alpha=np.where(zero, 1.0, np.abs(gl)).astype(np.float32),
+            bias=bias,
+            relu=p.relu,
+            channels=gl.size,
+        )
+        kind = th.kind.copy()
+        thr = th.thr.astype(np.int64)
+        flip = neg & np.isin(kind, (bs.GE, bs.LE))
+        thr = np.where(flip, -thr, thr)
+        kind = np.where(flip, -kind, kind)  # GE (+1) <-> LE (-1); constants stay
+        direction = np.where(kind == bs.LE, -1, np.where(kind == bs.CONST_NEG, -1, 1))
+        final = bs.Thresholds(
+            thr=thr.astype(np.int32), direction=direction.astype(np.int8), kind=kind, tau=th.tau
+        )
+        gam = lane_bn.gamma
+        pool_op = "and" if np.all(gam >= 0) else ("or" if np.all(gam <= 0) else None)
+        if p.pools and pool_op is None:
+            raise unsupported(
+                where,
+                "XnorPPConv2d",
+                "max-pooling after per-position scales needs a BatchNorm of one direction "
+                "(all gamma >= 0 or all <= 0)",
+            )
+
+        def decide(d: np.ndarray) -> np.ndarray:  # PyTorch's float32 pipeline, per lane
+            with torch.no_grad():
+                y = torch.from_numpy(np.ascontiguousarray(d, np.float32)) * torch.from_numpy(
+                    gl.astype(np.float32)
+                )
+                if np.any(bias != 0):
+                    y = y + torch.from_numpy(bias)
+                if p.relu:
+                    y = torch.relu(y)
+                if p.bn is not None:
+                    y = F.batch_norm(
+                        y,
+                        torch.from_numpy(lane_bn.mean),
+                        torch.from_numpy(lane_bn.var),
+                        torch.from_numpy(lane_bn.gamma),
+                        torch.from_numpy(lane_bn.beta),
+                        False,
+                        0.0,
+                        float(lane_bn.eps),
+                    )
+                return (y >= 0).numpy()
+
+        ties = _count_ties(p, final, None, None, lo, hi, gl.size, False, None, decide)
+        tname = f"{p.bn_name or p.producer}.threshold"
+        x = self.b.add(
+            "threshold_bits_hw",
+            p.value,
+            name=tname,
+            attrs={"ties": ties, "source": p.bn_name or p.producer},
+            params={
+                "thr": final.thr.reshape(h, w, o),
+                "direction": final.direction.reshape(h, w, o),
+            },
+        )
+        self.ties[tname] = ties
+        for name, a in p.pools:
+            assert pool_op is not None
+            x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": pool_op})
+        chw = None
+        if p.flatten is not None:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw
+
+    # ----------------------------------------------------------------- k-bit unsigned (DoReFa, PACT)
+    def to_u8_levels(
+        self, p: Pending, step: Step, act: tuple[int, Fraction]
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """Materialize ``p`` as the uint8 levels ``q`` of a DoReFa / PACT activation.
+
+        The quantizer is ``q = round(clip(u, 0, c) L / c)`` with ``L = 2^k - 1`` (DoReFa Eq. 5,
+        12: ``c = 1``; PACT Eq. 1-3: ``c = alpha``), so ``q = #{l : u >= b_l}`` with
+        ``b_l = (2l + 1) c / (2L)`` (exact rationals; PyTorch's round-half-even can differ only
+        where ``u L / c`` is exactly a half-integer, counted as ties). The steps are BatchShift's
+        level thresholds (``level_int_thresholds`` / ``level_float_thresholds``) in the count
+        form of ``threshold_u8`` / ``threshold_f32_u8``; max-pools run on the values first."""
+        bits, c = act
+        n_l = (1 << bits) - 1
+        boundaries: list[Fraction | None] = [Fraction(2 * j + 1, 2 * n_l) * c for j in range(n_l)]
+        per_feature = self._per_feature(p)
+        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        layer = step.module
+        assert layer is not None
+
+        def torch_q(y: torch.Tensor) -> torch.Tensor:  # PyTorch's own levels, as 2q - L
+            a = layer.input_quantizer(y)  # type: ignore[operator]
+            return 2 * torch.round(a * n_l / float(c)).to(torch.int64) - n_l
+
+        if p.is_int:
+            th = bs.level_int_thresholds(
+                lo=lo,
+                hi=hi,
+                bn=bnp,
+                boundaries=boundaries,
+                alpha=alpha,
+                bias=bias,
+                relu=p.relu,
+                channels=lanes,
+            )
+            ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, layer, torch_q)
+            thr, direction, kind = th.thr, th.direction, "threshold_u8"
+        else:
+            if per_feature:
+                raise unsupported(
+                    step.name,
+                    type(layer).__name__,
+                    "k-bit levels on a per-feature BatchNorm1d right after the float first layer",
+                )
+            fth = bs.level_float_thresholds(bnp, boundaries=boundaries, relu=p.relu, channels=lanes)
+            ties = _count_level_ties_float(p, fth, n_l, layer, torch_q)
+            thr, direction = bs.float_plane_thresholds(fth, lanes)
+            kind = "threshold_f32_u8"
+        x = p.value
+        for name, a in p.pools:
+            x = self.b.add("maxpool_i32" if p.is_int else "maxpool_f32", x, name=name, attrs=a)
+        chw = None
+        if per_feature:
+            pooled = self._pooled_chw(p)
+            assert pooled is not None
+            perm = _nchw_to_nhwc_perm(*pooled)
+            thr, direction = thr[perm], direction[perm]
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = pooled
+        tname = f"{p.bn_name or p.producer}.levels"
+        x = self.b.add(
+            kind,
+            x,
+            name=tname,
+            attrs={
+                "levels": n_l,
+                "ties" if p.is_int else "float_ties": ties,
+                "source": p.bn_name or p.producer,
+            },
+            params={"thr": np.ascontiguousarray(thr), "direction": direction},
+        )
+        (self.ties if p.is_int else self.float_ties)[tname] = ties
+        if p.flatten is not None and not per_feature:
+            x = self.b.add("flatten", x, name=p.flatten_name)
+            chw = self._pooled_chw(p)
+        return x, chw
+
+    def u8_layer(
+        self, step: Step, value: str, chw: tuple[int, int, int] | None, act: tuple[int, Fraction]
+    ) -> Pending:
+        """A binary conv / linear layer over k-bit unsigned levels -> ``conv2d_u8b1`` /
+        ``dense_u8b1`` (exact ``sum w q`` in int32); PyTorch's output ``alpha_w sum w a`` with
+        ``a = q c / L`` is ``(alpha_w c / L) sum w q``: the accumulator's scale."""
+        m = step.module
+        assert m is not None
+        b, alpha = self._binary_weights(step.name, m)
+        n_l = (1 << act[0]) - 1
+        scale = (alpha.astype(np.float64) * float(act[1]) / n_l).astype(np.float32)
+        vin = self.b.values[value]
+        bias_t = getattr(m, "bias", None)
+        bias = _f32(bias_t) if bias_t is not None else np.zeros(b.shape[0], np.float32)
+        if isinstance(m, nn.Conv2d):
+            self._check_conv(step.name, m)
+            if float(getattr(m, "pad_value", 0)) != 0.0:
+                raise unsupported(
+                    step.name,
+                    type(m).__name__,
+                    "k-bit unsigned levels padded with a nonzero pad_value",
+                )
+            if m.in_channels != vin.shape[-1]:
+                raise ValueError(
+                    f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.shape[-1]}"
+                )
+            attrs = {
+                "channels": m.in_channels,
+                "stride": list(m.stride),
+                "padding": list(m.padding),
+                "input_levels": n_l,
+                "source": step.name,
+            }
+            w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
+            out = self.b.add("conv2d_u8b1", value, name=step.name, attrs=attrs, params={"w": w})
+            v = self.b.values[out]
+            out_chw: tuple[int, int, int] | None = (m.out_channels, v.shape[0], v.shape[1])
+        else:
+            if b.shape[1] != vin.shape[0]:
+                raise ValueError(
+                    f"layer {step.name!r} expects {b.shape[1]} features, gets {vin.shape[0]}"
+                )
+            if chw is not None:  # PyTorch's NCHW flatten order -> the engine's NHWC order
+                c_, h_, w_ = chw
+                b = b.reshape(b.shape[0], c_, h_, w_).transpose(0, 2, 3, 1).reshape(b.shape[0], -1)
+            attrs2: dict[str, Any] = {
+                "channels": int(b.shape[1]),
+                "input_levels": n_l,
+                "source": step.name,
+            }
+            if chw is not None:
+                attrs2["input_chw"] = list(chw)
+            out = self.b.add(
+                "dense_u8b1", value, name=step.name, attrs=attrs2, params={"w": pack_bits(b < 0)}
+            )
+            out_chw = None
+        n = int(b[0].size) * n_l
+        o = b.shape[0]
+        return Pending(
+            out,
+            step.name,
+            True,
+            o,
+            out_chw,
+            alpha=scale,
+            bias=bias,
+            lo=np.full(o, -n),
+            hi=np.full(o, n),
+        )
+
+    # ----------------------------------------------------------------- W1 / A32 layers
+    def real_binary_conv(self, step: Step, p: Pending) -> Pending:
+        """A binary conv without an input quantizer (BinaryConnect, BWN: +-1 weights, real
+        activations) -> ``conv2d_f32b1`` on the float32 input, then ``affine_f32`` with
+        ``alpha`` and the bias in PyTorch's order (``conv(x, sign W) * alpha + b``)."""
+        m = step.module
+        assert isinstance(m, nn.Conv2d)
+        self._check_conv(step.name, m)
+        if float(getattr(m, "pad_value", 0)) != 0.0:
+            raise unsupported(
+                step.name,
+                type(m).__name__,
+                "real-valued activations padded with a nonzero pad_value (only zero padding)",
+            )
+        b, alpha = self._binary_weights(step.name, m)
+        q = (
+            _materialize(self, p, step.name)
+            if (p.is_int or p.relu or p.pools or p.bn is not None)
+            else p
+        )
+        vin = self.b.values[q.value]
+        if m.in_channels != vin.shape[-1]:
+            raise ValueError(
+                f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.shape[-1]}"
+            )
+        attrs = {
+            "channels": m.in_channels,
+            "stride": list(m.stride),
+            "padding": list(m.padding),
+            "source": step.name,
+        }
+        w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
+        out = self.b.add("conv2d_f32b1", q.value, name=step.name, attrs=attrs, params={"w": w})
+        out = self._alpha_bias(out, m, alpha, step.name)
+        v = self.b.values[out]
+        return Pending(out, step.name, False, m.out_channels, (v.shape[2], v.shape[0], v.shape[1]))
+
+    def real_binary_linear(self, step: Step, p: Pending) -> Pending:
+        """A binary linear layer without an input quantizer -> ``dense_f32b1`` (+ ``affine_f32``)."""
+        m = step.module
+        assert isinstance(m, nn.Linear)
+        b, alpha = self._binary_weights(step.name, m)
+        x, chw = self._float_chain(p)
+        if b.shape[1] != self.b.values[x].shape[0]:
+            raise ValueError(
+                f"layer {step.name!r} expects {b.shape[1]} features, gets {self.b.values[x].shape[0]}"
+            )
+        if chw is not None:  # PyTorch's NCHW flatten order -> the engine's NHWC order
+            c, h, w_ = chw
+            b = b.reshape(b.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(b.shape[0], -1)
+        attrs = {"channels": int(b.shape[1]), "source": step.name}
+        out = self.b.add(
+            "dense_f32b1", x, name=step.name, attrs=attrs, params={"w": pack_bits(b < 0)}
+        )
+        out = self._alpha_bias(out, m, alpha, step.name)
+        self.real_outputs.add(out)
+        return Pending(out, step.name, False, m.out_features, None)
+
+    def _alpha_bias(self, x: str, m: nn.Module, alpha: np.ndarray, name: str) -> str:
+        """``x * alpha + bias`` as ``affine_f32`` (none when ``alpha = 1`` and no bias: exact)."""
+        bias = getattr(m, "bias", None)
+        if np.all(alpha == 1) and bias is None:
+            return x
+        b = _f32(bias) if bias is not None else np.zeros(alpha.shape[0], np.float32)
+        return self.b.add(
+            "affine_f32",
+            x,
+            name=f"{name}.scale",
+            params={"scale": alpha.astype(np.float32), "bias": b},
+            attrs={"source": name},
+        )
+
     def binary_linear(self, step: Step, bits: str, chw: tuple[int, int, int] | None) -> Pending:
         m = step.module
         assert isinstance(m, nn.Linear)
@@ -343,26 +700,67 @@ class _Converter:
             return pick(p.alpha), pick(p.bias), pick(p.lo), pick(p.hi), bnp, c * h * w
         return p.alpha, p.bias, p.lo, p.hi, bnp, p.channels
 
-    def to_bits(self, p: Pending, consumer: str) -> tuple[str, tuple[int, int, int] | None]:
-        """Materialize ``p`` as packed bits feeding ``consumer``; returns (value, chw of a flatten)."""
-        if self.mode == "xnor":
-            return self._to_bits_xnor(p, consumer)
-        if p.stream is not None and p.flatten is None and not p.pools:
-            if p.value not in self.stream_bits:  # the stream's signs, computed once for all readers
-                self.stream_bits[p.value] = self._to_bits_int(p)[0]
-            return self.stream_bits[p.value], None
-        return self._to_bits_int(p)
+    def to_bits(
+        self, p: Pending, consumer: str, shift: np.ndarray | None = None
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """Materialize ``p`` as packed bits feeding ``consumer``; returns (value, chw of a flatten).
 
-    def _to_bits_int(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
+        ``shift``: the consumer's RSign ``beta`` (float32, one per input channel or, after a
+        flatten, per input feature in PyTorch's order): the bits are ``sign(u - beta)``."""
+        if self.mode == "xnor":
+            return self._to_bits_xnor(p, consumer, shift)
+        if p.stream is not None and p.flatten is None and not p.pools:
+            # the stream's signs, computed once for all readers with the same shift
+            key = p.value if shift is None else f"{p.value}|rsign:{shift.tobytes().hex()}"
+            if key not in self.stream_bits:
+                self.stream_bits[key] = self._to_bits_int(p, shift, consumer)[0]
+            return self.stream_bits[key], None
+        return self._to_bits_int(p, shift, consumer)
+
+    def _boundaries(
+        self, p: Pending, shift: np.ndarray | None, lanes: int, consumer: str
+    ) -> Fraction | list[Fraction]:
+        """The exact decision boundary of every lane: 0 (a plain sign) or RSign's ``beta``.
+
+        ``sign(u - beta)`` in PyTorch is ``fl(u - beta) >= 0`` (``sign(0) = +1``); an IEEE
+        float32 difference is 0 only when ``u == beta`` and otherwise has the sign of the exact
+        ``u - beta``, so it is ``u >= beta`` exactly: the boundary ``beta`` of the lane's
+        predicate ``BN(z) >= b`` (:mod:`.batchshift`), one exact rational per lane."""
+        if shift is None:
+            return Fraction(0)
+        if shift.shape != (lanes,):
+            raise unsupported(
+                consumer,
+                "RSign",
+                f"its {shift.size} shifts do not match the {lanes} thresholds of its input "
+                "(an RSign after a per-channel BatchNorm and a flatten)",
+            )
+        if not np.all(np.isfinite(shift)):
+            raise ValueError(f"layer {consumer!r}: RSign beta contains NaN or infinity")
+        return [Fraction(float(b)) for b in shift]
+
+    def _to_bits_int(
+        self, p: Pending, shift: np.ndarray | None = None, consumer: str = ""
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        if p.pos_scale is not None:
+            return self._to_bits_table(p, shift, consumer)
         per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        bound = self._boundaries(p, shift, lanes, consumer or p.producer)
         if p.is_int:
             th = bs.int_thresholds(
-                lo=lo, hi=hi, bn=bnp, alpha=alpha, bias=bias, relu=p.relu, channels=lanes
+                lo=lo,
+                hi=hi,
+                bn=bnp,
+                alpha=alpha,
+                bias=bias,
+                relu=p.relu,
+                channels=lanes,
+                boundary=bound,
             )
         else:
-            th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes)
-        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature)
+            th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes, boundary=bound)
+        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature, shift)
         thr, direction = th.thr, th.direction
         if per_feature:
             pooled = self._pooled_chw(p)
@@ -653,6 +1051,14 @@ class _Converter:
 
     def _float_chain(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
         """XNOR-Net style float chain: alpha*x + b, ReLU, pools, [flatten], BN affine, [flatten]."""
+        if p.pos_scale is not None:
+            raise unsupported(
+                p.producer,
+                "XnorPPConv2d",
+                "its per-position scale before a float value (a residual add, a float layer, "
+                "mode='xnor') needs a per-position float scale op (not yet); only BatchNorm -> "
+                "sign after it converts",
+            )
         x = p.value
         if p.is_int:
             assert p.alpha is not None and p.bias is not None
@@ -698,9 +1104,26 @@ class _Converter:
             x = self.b.add("flatten", x, name=p.flatten_name)
         return x, (chw if p.flatten is not None else None)
 
-    def _to_bits_xnor(self, p: Pending, consumer: str) -> tuple[str, tuple[int, int, int] | None]:
+    def _to_bits_xnor(
+        self, p: Pending, consumer: str, shift: np.ndarray | None = None
+    ) -> tuple[str, tuple[int, int, int] | None]:
         x, chw = self._float_chain(p)
-        x = self.b.add("bitpack", x, name=f"{consumer}.sign", attrs={"source": consumer})
+        if shift is None:
+            x = self.b.add("bitpack", x, name=f"{consumer}.sign", attrs={"source": consumer})
+            return x, chw
+        # RSign: fl(u - beta) >= 0 is u >= beta exactly (see _boundaries), on the float value
+        n = self.b.values[x].shape[-1]
+        if shift.shape != (n,) or chw is not None:
+            raise unsupported(
+                consumer, "RSign", "an RSign after a flatten converts in mode='bitflow' only"
+            )
+        x = self.b.add(
+            "threshold_f32_bits",
+            x,
+            name=f"{consumer}.rsign",
+            attrs={"float_ties": 0, "source": consumer},
+            params={"thr": shift.astype(np.float32), "direction": np.ones(n, np.int8)},
+        )
         return x, chw
 
     def float_linear(self, p: Pending, step: Step) -> str:
@@ -723,14 +1146,18 @@ class _Converter:
         )
 
     def scale_output(self, p: Pending, scale: float | None, name: str) -> str:
-        """Binary last layer: logits = (x * alpha + b) * s, exactly as PyTorch rounds it."""
-        assert p.alpha is not None and p.bias is not None
-        x = self.b.add(
-            "scale_bias",
-            p.value,
-            name=f"{p.producer}.scale",
-            params={"scale": p.alpha, "bias": p.bias},
-        )
+        """Binary last layer: logits = (x * alpha + b) * s, exactly as PyTorch rounds it (a
+        real-input binary layer's value is already float: ``x * alpha + b`` applied)."""
+        if p.is_int:
+            assert p.alpha is not None and p.bias is not None
+            x = self.b.add(
+                "scale_bias",
+                p.value,
+                name=f"{p.producer}.scale",
+                params={"scale": p.alpha, "bias": p.bias},
+            )
+        else:
+            x = p.value
         if scale is not None:
             n = p.channels
             x = self.b.add(
@@ -752,8 +1179,11 @@ def _count_ties(
     hi: Any,
     lanes: int,
     per_feature: bool,
+    shift: np.ndarray | None = None,
+    decide: Any = None,
 ) -> int:
-    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule.
+    """Reachable inputs where PyTorch's own float32 arithmetic disagrees with the exact rule
+    (``decide``: PyTorch's decisions on ``xs [K, lanes]`` when not the usual BN chain).
 
     Both PyTorch's float32 pipeline (``x*alpha + b``, ReLU, the BN module) and the exact rule are
     monotone step functions of ``x``, so their disagreements form an interval next to ``T``: we
@@ -789,7 +1219,11 @@ def _count_ties(
         else:
             xs = bs.f32_from_keys(pts)
         exact = th.apply(xs.astype(np.float64) if not p.is_int else pts) > 0
-        got = _torch_decisions(p, xs, alpha, bias, bn, per_feature)
+        got = (
+            decide(xs)
+            if decide is not None
+            else _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
+        )
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
         total = _distinct_bad(pts, bad)
@@ -800,7 +1234,9 @@ def _count_ties(
         width *= 8
 
 
-def _torch_level_fn(p: Pending, alpha: Any, bias: Any, layer: nn.Module) -> Any:
+def _torch_level_fn(
+    p: Pending, alpha: Any, bias: Any, layer: nn.Module, levels_of: Any = None
+) -> Any:
     """``xs [K, lanes] -> PyTorch's levels [K, lanes]``: float32 ``x*alpha + b``, ReLU, the BN
     module, then ``layer``'s input quantizer (module order, as in the model)."""
     bn = p.bn
@@ -819,7 +1255,7 @@ def _torch_level_fn(p: Pending, alpha: Any, bias: Any, layer: nn.Module) -> Any:
                 bn.eval()
                 y = bn(y[:, :, None, None])[:, :, 0, 0] if isinstance(bn, nn.BatchNorm2d) else bn(y)
                 bn.train(was)
-            return torch_levels(layer, y).numpy()
+            return (torch_levels(layer, y) if levels_of is None else levels_of(y)).numpy()
 
     return fn
 
@@ -874,17 +1310,20 @@ def _count_level_ties_int(
     hi: Any,
     lanes: int,
     layer: nn.Module,
+    levels_of: Any = None,
 ) -> int:
     """Reachable integers where PyTorch's float32 levels differ from the exact rule (like
     :func:`_count_ties`, around every one of the ``2^M - 1`` thresholds)."""
     lo_ = np.asarray(lo, np.int64)
     hi_ = np.asarray(hi, np.int64)
     centers = np.clip(th.thr.astype(np.int64), lo_[:, None], hi_[:, None])
-    fn = _torch_level_fn(p, alpha, bias, layer)
+    fn = _torch_level_fn(p, alpha, bias, layer, levels_of)
     return _window_ties(centers, lo_, hi_, th.levels, fn, lambda k: k.astype(np.float32))
 
 
-def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.Module) -> int:
+def _count_level_ties_float(
+    p: Pending, th: bs.Thresholds, n_l: int, layer: nn.Module, levels_of: Any = None
+) -> int:
     """Float32 first-layer outputs next to a level threshold where PyTorch's float32 BN and
     quantizer give another level than the exact thresholds."""
     c = p.channels
@@ -905,14 +1344,21 @@ def _count_level_ties_float(p: Pending, th: bs.Thresholds, n_l: int, layer: nn.M
         passed = np.where(up, y >= thr, y <= thr)  # th.apply per (channel, boundary) lane
         return 2 * passed.sum(-1) - n_l
 
-    fn = _torch_level_fn(p, None, None, layer)
+    fn = _torch_level_fn(p, None, None, layer, levels_of)
     return _window_ties(np.clip(keys, lo_[:, None], hi_[:, None]), lo_, hi_, exact, fn, to_x)
 
 
 def _torch_decisions(
-    p: Pending, xs: np.ndarray, alpha: Any, bias: Any, bn: nn.Module | None, per_feature: bool
+    p: Pending,
+    xs: np.ndarray,
+    alpha: Any,
+    bias: Any,
+    bn: nn.Module | None,
+    per_feature: bool,
+    shift: np.ndarray | None = None,
 ) -> np.ndarray:
-    """PyTorch's float32 ``sign(BN(relu(x*alpha + b))) >= 0`` on ``xs [K, lanes]`` (BN module order)."""
+    """PyTorch's float32 ``sign(BN(relu(x*alpha + b)) [- beta]) >= 0`` on ``xs [K, lanes]``
+    (BN module order; ``beta`` the consumer's RSign shift)."""
     with torch.no_grad():
         y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
         if p.is_int:
@@ -929,6 +1375,8 @@ def _torch_decisions(
             else:
                 y = bn(y)
             bn.train(was)
+        if shift is not None:
+            y = y - torch.from_numpy(np.asarray(shift, np.float32))
         return (y >= 0).numpy()
 
 
@@ -971,6 +1419,7 @@ def convert(
     mode: str | None = None,
     example_input: Any = None,
     class_names: list[str] | None = None,
+    strict: bool = False,
 ) -> Graph:
     """Convert a trained BNN into an engine graph.
 
@@ -978,7 +1427,10 @@ def convert(
     and BatchNorm, for comparison); by default ``model.inference`` decides ("xnor" models get
     the xnor path, everything else bitflow). ``example_input`` gives the input shape when the
     model lacks ``in_channels`` / ``image_size``. Raises :class:`UnsupportedLayerError` for
-    layers or operations that cannot be expressed.
+    layers or operations that cannot be expressed, and with ``strict`` also when a binarized
+    layer (``BinaryConv2d`` / ``BinaryLinear`` and their MBBN / MCN forms) became float32
+    arithmetic (BinaryConnect / BWN's ``conv2d_f32b1``, or its scale as ``affine_f32``) instead
+    of an xnor- / AND-popcount or integer op.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
@@ -996,9 +1448,39 @@ def convert(
         graph = _convert_steps(
             lowered, steps, mode, _input_shape(model, example_input), class_names
         )
+        if strict:
+            _check_strict(graph, lowered)
     finally:
         model.train(was_training)
     return graph
+
+
+def _check_strict(graph: Graph, model: nn.Module) -> None:
+    """``strict``: no op that computes a float32 value may come from a binarized layer."""
+    from ..ir.ops import ops_in_group
+
+    binarized = {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, (BinaryConv2d, BinaryLinear))
+    }
+    floats = ops_in_group("float")
+    bad = [
+        op
+        for op in graph.ops
+        if op.attrs.get("source") in binarized
+        and op.type in floats
+        and graph.values[op.outputs[0]].dtype == "float32"
+    ]
+    if bad:
+        layers = ", ".join(
+            f"{op.attrs['source']!r} ({binarized[op.attrs['source']]}) -> {op.type}" for op in bad
+        )
+        raise UnsupportedLayerError(
+            f"strict: {len(bad)} op(s) of binarized layers compute in float32: {layers}; these "
+            "layers keep real-valued activations (BinaryConnect / BWN) and run as +-1-weight float "
+            "convolutions, not xnor-popcount (convert without --strict to accept that)"
+        )
 
 
 def _float_pending(
@@ -1140,6 +1622,8 @@ def _convert_steps(
             continue
         if st.kind == "fxbn":
             p = _fixed_point_bn(cv, p, st)
+        elif st.kind == "rprelu":
+            p = _rprelu(cv, p, st)
         elif st.kind == "sclamp":
             p = _stream_clamp(cv, p, st, uses)
         elif st.kind == "maxpool" and p.stream is not None:
@@ -1204,18 +1688,34 @@ def _convert_steps(
             if nf != want:
                 raise ValueError(f"BatchNorm {st.name!r} has {nf} features, its input has {want}")
             p.bn, p.bn_name = st.module, st.name
-        elif st.kind == "bconv":
+        elif st.kind in ("bconv", "xnorpp"):
             if p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, what, "a binary convolution needs a spatial input")
-            bits, _ = cv.to_bits(p, st.name)
-            p = cv.binary_conv(st, bits)
+            act = _unsigned_act(st.module)
+            if _real_input(st.module):
+                p = cv.real_binary_conv(st, p)
+            elif act is not None:
+                val, _ = cv.to_u8_levels(p, st, act)
+                p = cv.u8_layer(st, val, None, act)
+            else:
+                bits, _ = cv.to_bits(p, st.name, _rsign_shift(st.module))
+                p = cv.binary_conv(st, bits)
+            if st.kind == "xnorpp":
+                p.pos_scale = _xnorpp_scale(st.module)
         elif st.kind == "mcnconv":  # an MCConv2d lower_mcn kept (W1/A8, full M): convert._mcn
             p = mcn_conv(cv, p, st)
         elif st.kind == "blinear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
-            bits, chw = cv.to_bits(p, st.name)
-            p = cv.binary_linear(st, bits, chw)
+            act = _unsigned_act(st.module)
+            if _real_input(st.module):
+                p = cv.real_binary_linear(st, p)
+            elif act is not None:
+                val, chw = cv.to_u8_levels(p, st, act)
+                p = cv.u8_layer(st, val, chw, act)
+            else:
+                bits, chw = cv.to_bits(p, st.name, _rsign_shift(st.module))
+                p = cv.binary_linear(st, bits, chw)
         elif st.kind in ("mbconv", "mblinear"):
             if mode != "bitflow":
                 raise unsupported(st.name, what, "MBBN layers convert in mode='bitflow' only")
@@ -1244,11 +1744,15 @@ def _convert_steps(
                     ("after_bn" if p.bn is not None else "before_bn"),
                     f"{st.name}.flatten",
                 )
-            out = cv.float_linear(p, st)
-            out_node = st.node
-            continue
+            x = cv.float_linear(p, st)
+            if _reads_output(steps, st.node):  # the classifier
+                out, out_node = x, st.node
+                continue
+            # a hidden float layer (a full-precision twin's FC): its float32 output feeds on
+            p = _float_pending(cv, x, st.name, None)
         elif st.kind == "scale":
-            if not (p.is_int and p.chw is None and not p.relu and p.bn is None and not p.pools):
+            direct = p.is_int or p.value in cv.real_outputs
+            if not (direct and p.chw is None and not p.relu and p.bn is None and not p.pools):
                 raise unsupported(
                     st.name, "Scale", "Scale must directly follow the binary last layer"
                 )
@@ -1446,6 +1950,65 @@ def _add_op(cv: _Converter, type_: str, inputs: list[str], name: str) -> str:
     return opname
 
 
+def _xnorpp_scale(m: nn.Module | None) -> np.ndarray:
+    """XNOR-Net++'s ``Gamma = alpha (x) beta (x) gamma`` as PyTorch's forward rounds it, [Ho, Wo, O]."""
+    assert isinstance(m, XnorPPConv2d)
+    with torch.no_grad():
+        g = m.scale_c.view(1, -1, 1, 1) * m.scale_h.view(1, 1, -1, 1) * m.scale_w.view(1, 1, 1, -1)
+    out = g[0].permute(1, 2, 0).to(torch.float32).numpy().copy()
+    if not np.all(np.isfinite(out)):
+        raise ValueError("XNOR-Net++ scale contains NaN or infinity")
+    return out
+
+
+def _unsigned_act(m: nn.Module | None) -> tuple[int, Fraction] | None:
+    """``(k, c)`` of a DoReFa / PACT k-bit unsigned input quantizer (levels ``q c / (2^k - 1)``,
+    ``c = 1`` for DoReFa and PACT's float32 clipping level ``alpha``), else None."""
+    iq = getattr(m, "input_quantizer", None)
+    if isinstance(iq, DoReFaAct):
+        return int(iq.k), Fraction(1)
+    if isinstance(iq, PactAct):
+        with torch.no_grad():
+            a = float(iq.alpha.detach().abs().clamp_min(1e-3).to(torch.float32))
+        return int(iq.k), Fraction(a)
+    return None
+
+
+def _real_input(m: nn.Module | None) -> bool:
+    """A binary layer without an input quantizer: real-valued activations (BinaryConnect, BWN)."""
+    return getattr(m, "input_quantizer", "absent") is None
+
+
+def _rprelu(cv: _Converter, p: Pending, st: Step) -> Pending:
+    """ReActNet's RPReLU -> ``rprelu_f32`` on the float32 value (the float residual stream, or
+    a binary layer's output taken through its float chain)."""
+    m = st.module
+    assert isinstance(m, RPReLU)
+    if p.stream is not None:
+        raise unsupported(
+            st.name,
+            "RPReLU",
+            "RPReLU on the fixed-point residual stream needs an integer RPReLU op (rprelu_i32, "
+            "not in the engine yet); use the float residual stream (residual=float)",
+        )
+    if p.flatten is not None:
+        raise unsupported(st.name, "RPReLU", "RPReLU after a flatten")
+    if m.gamma.numel() != p.channels:
+        raise ValueError(
+            f"RPReLU {st.name!r} has {m.gamma.numel()} channels, its input has {p.channels}"
+        )
+    q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+    params = {"gamma": _f32(m.gamma), "slope": _f32(m.slope), "zeta": _f32(m.zeta)}
+    x = cv.b.add("rprelu_f32", q.value, name=st.name, params=params, attrs={"source": st.name})
+    return _float_pending(cv, x, st.name, q.chw)
+
+
+def _rsign_shift(m: nn.Module | None) -> np.ndarray | None:
+    """The float32 ``beta`` of a binary layer's ReActNet RSign input quantizer, else None."""
+    iq = getattr(m, "input_quantizer", None)
+    return _f32(iq.beta) if isinstance(iq, RSign) else None
+
+
 def _reads_output(steps: list[Step], node: str) -> bool:
     return any(st.kind == "output" and st.inputs == [node] for st in steps)
 
@@ -1453,9 +2016,15 @@ def _reads_output(steps: list[Step], node: str) -> bool:
 def _float_between_binary(cv: _Converter) -> bool:
     from ..ir.graph import BINARY_OPS
 
-    # conv2d_u8b1 (MCN W1/A8) counts as a binary layer: float values between such layers
-    # (full-M tap sums, float residual streams) make the graph "mixed"
-    idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS or op.type == "conv2d_u8b1"]
+    if any(op.type in ("conv2d_f32b1", "dense_f32b1") for op in cv.b.ops):
+        return True  # binarized layers with real-valued activations (BinaryConnect, BWN)
+    # conv2d_u8b1 of an MCN W1/A8 layer (no input_levels) counts as a binary layer: float values
+    # between such layers (full-M tap sums, float residual streams) make the graph "mixed"
+    idx = [
+        i
+        for i, op in enumerate(cv.b.ops)
+        if op.type in BINARY_OPS or (op.type == "conv2d_u8b1" and "input_levels" not in op.attrs)
+    ]
     return bool(idx) and any(
         cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0] : idx[-1] + 1]
     )

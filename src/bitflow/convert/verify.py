@@ -20,7 +20,11 @@ real mismatch and must be zero for a correct conversion.
 Graphs with a float residual stream (mode ``mixed``: Bi-Real-style ``BN(BinConv(sign x)) +
 x``) take sign decisions on float sums; a difference there is near-threshold when the value
 lies within twice the propagated float32 error bound of :func:`~bitflow.ir.reference.
-float_error_bounds` of its threshold.
+float_error_bounds` of its threshold. The same bound checks the logits of ``mixed`` graphs
+(``logits_outside_bound``: a logit of a sample without a near-threshold event that differs from
+PyTorch's by more than twice its bound is a real mismatch), and explains a prediction difference
+between two logits that lie within their bounds of each other (a near tie). That is the whole
+check of a graph without sign decisions (BinaryConnect / BWN: +-1 weights, float activations).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def _float_source(graph: Graph, bits_value: str) -> tuple[Op, list[Op]] | None:
             return op, chain[::-1]
         if op.type not in ("maxpool_bits", "flatten"):
             return None
-        chain.append(op)
+        chain.append(op)  # (a flatten of uint8 levels keeps the order of the values)
         v = op.inputs[0]
     return None
 
@@ -134,6 +138,14 @@ def _near_info(
     return yv, thr, bound
 
 
+def _act_range(layer: nn.Module) -> float:
+    """The clipping range ``c`` of a DoReFa (1) / PACT (``alpha``) input quantizer."""
+    a = getattr(layer.input_quantizer, "alpha", None)
+    if a is None:
+        return 1.0
+    return float(torch.as_tensor(a).detach().abs().clamp_min(1e-3).to(torch.float32))
+
+
 def _split_near(
     res: dict[str, Any],
     near_info: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -193,7 +205,8 @@ def verify(
     input), ``signs_compared``, ``sign_mismatches_by_layer``, ``ties`` (reachable integers where
     PyTorch's float32 BatchNorm disagrees with the exact rule, from the conversion),
     ``near_threshold`` (``count``, ``samples``, ``downstream`` and up to 50 ``margins``),
-    ``max_logit_abs_diff``.
+    ``max_logit_abs_diff``, ``logits_outside_bound`` and ``near_ties`` (``mixed`` graphs, see
+    the module docstring).
     """
     xa = np.asarray(x, np.float32)
     if xa.ndim != 4:
@@ -203,8 +216,16 @@ def verify(
         if ya.shape != (xa.shape[0],):
             raise ValueError(f"y must have shape [{xa.shape[0]}], got {list(ya.shape)}")
     values = graph.validate()
-    # conv2d_u8b1 (MCN W1/A8) reads uint8 codes: compared as the levels 2q - 255
-    bin_ops = [op for op in graph.ops if op.type in BINARY_OPS or op.type == "conv2d_u8b1"]
+    # binary layers, the +-1-weight layers over k-bit unsigned levels (DoReFa / PACT), whose
+    # uint8 input levels are compared with PyTorch's quantizer output like signs, and the MCN
+    # W1/A8 conv2d_u8b1 (uint8 codes, no input_levels: compared as the levels 2q - 255)
+    bin_ops = [
+        op
+        for op in graph.ops
+        if op.type in BINARY_OPS
+        or op.type == "conv2d_u8b1"
+        or (op.type == "dense_u8b1" and "input_levels" in op.attrs)
+    ]
     modules = dict(model.named_modules())
     for op in bin_ops:
         if op.attrs.get("input_encoding") == "thermometer":
@@ -257,6 +278,8 @@ def verify(
         "float_ties": int(sum(int(op.attrs.get("float_ties", 0)) for op in graph.ops)),
         "near_threshold": {"count": 0, "samples": 0, "downstream": 0, "margins": []},
         "max_logit_abs_diff": 0.0,
+        "logits_outside_bound": 0,
+        "near_ties": 0,
     }
     correct_t = correct_i = 0
     try:
@@ -278,12 +301,36 @@ def verify(
             for op in bin_ops:
                 key = op.inputs[0]
                 info = values[key]
+                assert info.channels is not None or info.dtype == "uint8"
                 st = captured[op.name]
                 if st.dim() == 4:
                     st = st.permute(0, 2, 3, 1)
                 elif "input_chw" in op.attrs:
                     c, h, w = op.attrs["input_chw"]
                     st = st.reshape(nb, c, h, w).permute(0, 2, 3, 1)
+                if "input_levels" in op.attrs:  # k-bit unsigned levels q (uint8) vs round(a L / c)
+                    n_l = int(op.attrs["input_levels"])
+                    qt = torch.round(
+                        st.reshape(nb, -1) * n_l / _act_range(modules[op.attrs["source"]])
+                    )
+                    bad = inter[key].reshape(nb, -1).astype(np.int64) != qt.to(torch.int64).numpy()
+                    res["signs_compared"] += bad.size
+                    near_info = (
+                        _near_info(
+                            graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb
+                        )
+                        if bad.any()
+                        else None
+                    )
+                    if near_info is not None:
+                        bad = _split_near(
+                            res, near_info, bad, near_samples, start, op.attrs["source"]
+                        )
+                    res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
+                    real = int((bad & ~near_samples[:, None]).sum())
+                    res["sign_mismatches"] += real
+                    res["sign_mismatches_by_layer"][op.attrs["source"]] += real
+                    continue
                 if info.dtype == "uint8" or info.planes > 1:
                     # M-bit levels: decode the planes (Eq. 7), or uint8 codes q -> 2q - 255
                     if info.dtype == "uint8":
@@ -329,6 +376,15 @@ def verify(
                 real = int((bad & ~near_samples[:, None]).sum())
                 res["sign_mismatches"] += real
                 res["sign_mismatches_by_layer"][op.attrs["source"]] += real
+            if fb is not None and graph.output in fb:
+                eo = np.broadcast_to(fb[graph.output], li.shape)
+                out_bad = np.abs(lt.astype(np.float64) - li) > 2 * eo
+                res["logits_outside_bound"] += int((out_bad & ~near_samples[:, None]).sum())
+                ar = np.arange(nb)
+                tie = (pt != pi) & ~near_samples
+                tie &= li[ar, pi] - li[ar, pt] <= 2 * (eo[ar, pi] + eo[ar, pt])
+                res["near_ties"] += int(tie.sum())
+                near_samples |= tie
             res["near_threshold"]["samples"] += int(near_samples.sum())
             res["prediction_mismatches"] += int((pt != pi).sum())
             res["prediction_mismatches_unexplained"] += int(((pt != pi) & ~near_samples).sum())
@@ -349,8 +405,13 @@ def verify(
 def verify_ok(report: dict[str, Any]) -> bool:
     """True when every difference ``report`` (from :func:`verify`) lists is legitimate: no real
     sign mismatch and every prediction difference in a sample with a near-threshold event
-    (``bitflow verify`` exits 0 then, 1 otherwise)."""
-    return report["sign_mismatches"] == 0 and report["prediction_mismatches_unexplained"] == 0
+    (``bitflow verify`` exits 0 then, 1 otherwise); in ``mixed`` graphs every logit within its
+    float32 bound."""
+    return (
+        report["sign_mismatches"] == 0
+        and report["prediction_mismatches_unexplained"] == 0
+        and report.get("logits_outside_bound", 0) == 0
+    )
 
 
 __all__ = ["verify", "verify_ok"]

@@ -52,7 +52,7 @@ class Step(NamedTuple):
 
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
-MAX_THREADS = 1024  # the native ops' limit (bindings.cc check_threads)
+MAX_THREADS = 1024  # the native ops' limit (src/native/python/common.h check_threads)
 
 
 def available_kernels() -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.bits import plane_levels
+from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import Graph
 from ..ir.reference import conv_f32_error_bound
 from ..ir.reference import run as reference_run
@@ -33,11 +33,6 @@ def _float_conv_bounds(graph: Graph) -> dict[str, np.ndarray]:
         elif op.type in ("maxpool_f32", "relu_f32") and op.inputs[0] in bounds:
             bounds[op.outputs[0]] = bounds[op.inputs[0]]
     return bounds
-
-
-def _unpack(words: np.ndarray, channels: int) -> np.ndarray:
-    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-    return bits[..., :channels].astype(bool)
 
 
 FLOAT_DECISIONS = ("threshold_f32_bits", "threshold_f32_planes")
@@ -60,7 +55,7 @@ def float_decision_diff(
     values on either side of none of them give the same level)."""
     yv = y.astype(np.float64)
     if op_type == "threshold_f32_bits":
-        return _unpack(out, channels) != _unpack(want, channels), np.abs(yv - thr) <= bound
+        return unpack_bits(out, channels) != unpack_bits(want, channels), np.abs(yv - thr) <= bound
     if thr.shape[1] == 1:  # one plane (L = 1) has no plane axis
         out, want = out[None], want[None]
     dist = np.min(np.abs(yv[..., None] - thr.astype(np.float64)), axis=-1)

@@ -376,6 +376,68 @@ def _conv2d_u8b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout
     return b.conv(op, xs[0], wl, None, 0, False)
 
 
+@rule("conv2d_f32b1")
+def _conv2d_f32b1(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # +-1 weights over float32 activations (BinaryConnect / BWN): a float Conv (another
+    # summation order: agrees within the float32 summation bound, like conv2d_f32)
+    w = b.g.tensors[op.params["w"]]
+    wl = 1 - 2 * unpack_bits(w, int(op.attrs["channels"])).astype(np.float32)
+    return b.conv(op, xs[0], wl, None, 0, False)
+
+
+@rule("dense_f32b1")
+def _dense_f32b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w = b.g.tensors[op.params["w"]]
+    wl = 1 - 2 * unpack_bits(w, int(op.attrs["channels"])).astype(np.float32)  # [O, K]
+    return b.dense(op, xs[0], wl, False)
+
+
+@rule("threshold_u8", "threshold_f32_u8")
+def _threshold_u8(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # the odd level 2q - L of the shared threshold builder, then q = (v + L) / 2 (exact)
+    levels = int(b.g.tensors[op.params["thr"]].shape[1])
+    b.set_bound(op, levels)
+    v = b.threshold(op, xs[0], vins[0], max(1, levels.bit_length()))
+    s = b.node("Add", [v, b.scalar("L", levels)], "vL")
+    return b.node("Mul", [s, b.scalar("half", 0.5)], op.name or "q")
+
+
+@rule("threshold_bits_hw")
+def _threshold_bits_hw(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # one threshold per (position, channel): x <= T  <=>  -x >= -T, so compare d x < d T
+    t = np.clip(b.g.tensors[op.params["thr"]].astype(np.float64), -_EXACT, _EXACT)
+    d = b.g.tensors[op.params["direction"]].astype(np.float64)
+    x = b.node("Mul", [xs[0], b.const("dir", d.transpose(2, 0, 1).astype(np.float32))], "directed")
+    td = (d * t).transpose(2, 0, 1).astype(np.float32)  # (O, H, W): the ONNX layout
+    below = b.node("Less", [x, b.const("thr", td)], "below")
+    return b.node("Where", [below, b.scalar("m1", -1), b.scalar("p1", 1)], op.name or "threshold")
+
+
+@rule("dense_u8b1")
+def _dense_u8b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    w = b.g.tensors[op.params["w"]]
+    wl = 1 - 2 * unpack_bits(w, int(op.attrs["channels"])).astype(np.int64)  # [O, K] +-1
+    b.set_bound(op, b.bound(op, op.inputs[0]) * wl.shape[1])
+    return b.dense(op, xs[0], wl, False)
+
+
+@rule("rprelu_f32")
+def _rprelu_f32(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # ReActNet RPReLU: Sub, PRelu, Add (each rounded in float32: the engine's three steps)
+    p, v = b.g.tensors, vins[0]
+    t = b.node("Sub", [xs[0], b.const("gamma", b.per_channel(v, p[op.params["gamma"]]))], "t")
+    u = b.node("PRelu", [t, b.const("slope", b.per_channel(v, p[op.params["slope"]]))], "u")
+    return b.node(
+        "Add", [u, b.const("zeta", b.per_channel(v, p[op.params["zeta"]]))], op.name or "rprelu"
+    )
+
+
 @rule("bconv2d")
 def _bconv2d(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     w = b.g.tensors[op.params["w"]]
@@ -473,18 +535,6 @@ def _threshold_planes(
     b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
 ) -> str:
     return b.threshold(op, xs[0], vins[0], int(op.attrs["planes"]))
-
-
-@rule("threshold_u8", "threshold_f32_u8")
-def _threshold_u8(
-    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
-) -> str:
-    # MCN W1/A8 codes: the counting threshold gives the level 2q - L; q = (level + L) / 2 (exact)
-    n_l = int(b.g.tensors[op.params["thr"]].shape[1])
-    lv = b.threshold(op, xs[0], vins[0], max(1, int(n_l).bit_length()))
-    y = b.node("Add", [lv, b.scalar("L", n_l)], "shifted")
-    b.set_bound(op, n_l)
-    return b.node("Mul", [y, b.scalar("half", 0.5)], op.name or "codes")
 
 
 @rule("scale_bias", "affine_f32")

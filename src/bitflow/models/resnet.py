@@ -22,6 +22,9 @@ identity, or, where the stride or the width changes, the real-valued downsample
 - ``bireal_resnet20``: the CIFAR ResNet-20 layout (He et al. 2016, 3 stages x 3 basic blocks of two
   3x3 convolutions) with a shortcut around every convolution: stem ``Conv3x3/1 -> BN``, 3 stages x 6
   units, widths ``w, 2w, 4w`` (``w = 16``): 18 binary convolutions; 28 -> 28 -> 14 -> 7.
+  ``stem="s2"`` makes the stem ``Conv3x3/2`` (28 -> 14 -> 7 -> 4): a quarter of the positions, so
+  twice the width costs about the same MACs (the odd 7x7 map then needs ``downsample="conv"``
+  or, on the int stream, the binary downsample).
 
 **BitFlow layout** (:class:`BinaryBasicBlock`; the zoo's block order ``BN -> sign -> BinConv``,
 BitFlow-Net Sec. II.A / Algorithm 1, inside a ResNet basic block, XNOR-Net's ResNet-18)::
@@ -75,7 +78,7 @@ from .blocks import first_conv
 
 RESIDUALS = ("float", "int")
 DOWNSAMPLES = ("avgpool", "conv", "binary")
-STEMS = ("auto", "imagenet", "cifar")
+STEMS = ("auto", "imagenet", "cifar", "s2")
 ACTIVATIONS = ("relu", "htanh")
 
 
@@ -236,12 +239,12 @@ def _stem(
     frac: int = 8,
     bits: int = 16,
 ) -> nn.Sequential:
-    """``conv -> BN -> ReLU? -> MaxPool3x3/2 (imagenet) -> requant``; conv is 7x7/2 (imagenet) or
-    3x3/1 (cifar), float (``nn.Conv2d``) or fixed point (``Int8Conv2d``), with a bias like every
+    """``conv -> BN -> ReLU? -> MaxPool3x3/2 (imagenet) -> requant``; conv is 7x7/2 (imagenet),
+    3x3/1 (cifar) or 3x3/2 (s2), float (``nn.Conv2d``) or fixed point (``Int8Conv2d``), with a bias like every
     zoo first layer (:func:`~bitflow.models.blocks.first_conv`; redundant before BN: +``width``
     parameters). Int stream: ``Int8Conv2d(integer_output=True, bias=False) -> FixedPointBN``
     (the accumulator rounded to the grid; max-pooling grid values is exact)."""
-    k, s, p = (7, 2, 3) if stem == "imagenet" else (3, 1, 1)
+    k, s, p = {"imagenet": (7, 2, 3), "s2": (3, 2, 1)}.get(stem, (3, 1, 1))
     conv: nn.Module
     if residual == "int":
         conv = Int8Conv2d(
@@ -267,6 +270,8 @@ def _stem_size(image_size: int, stem: str) -> int:
     if stem == "imagenet":
         conv = (image_size + 2 * 3 - 7) // 2 + 1
         return (conv + 2 - 3) // 2 + 1
+    if stem == "s2":
+        return (image_size + 2 - 3) // 2 + 1
     return image_size
 
 

@@ -1,7 +1,15 @@
 """Binarized layers and quantizers for PyTorch (``bitflow.nn``)."""
 
 from . import functional, quantizers
-from .layers import BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, binary_layers, clip_weights_
+from .layers import (
+    BinaryConv2d,
+    BinaryLinear,
+    Int8Conv2d,
+    Scale,
+    binary_layers,
+    clip_weights_,
+    set_real_mode,
+)
 
 __all__ = [
     "BinaryConv2d",
@@ -10,6 +18,7 @@ __all__ = [
     "Scale",
     "binary_layers",
     "clip_weights_",
+    "set_real_mode",
     "functional",
     "quantizers",
 ]

@@ -17,8 +17,10 @@ from torch import Tensor
 def sign(x: Tensor) -> Tensor:
     """Deterministic sign with ``sign(0) = +1`` (BitFlow-Net Eq. 2); no gradient.
 
-    Written as ``-1 if x < 0 else +1`` so that NaN gives +1, exactly as the engine packs it."""
-    return torch.where(x < 0, -torch.ones_like(x), torch.ones_like(x))
+    Written as ``1 - 2 [x < 0]`` so that NaN and -0.0 give +1, exactly as the engine packs it
+    (``torch.where`` on a bool mask is several times slower on the CPU, and this runs on every
+    activation of every training step)."""
+    return 1.0 - 2.0 * (x < 0).to(x.dtype)
 
 
 class SignSTE(torch.autograd.Function):

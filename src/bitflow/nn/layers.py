@@ -59,10 +59,22 @@ class _BinaryMixin:
             raise ValueError(f"weight_clip must be positive or None, got {weight_clip}")
         self.weight_clip = weight_clip
 
+    #: Real-valued warm-up (Bi-Real Sec. 3.3): while ``True`` the layer computes its real-valued
+    #: twin, ``conv(clip(x, -1, 1), W)`` with the latent weights ``W`` and no scale, instead of
+    #: ``conv(sign x, sign W) * alpha``. Set for a whole model by :func:`set_real_mode` (the
+    #: trainer does it for a recipe's ``real_epochs``); never set in a model that is converted.
+    real: bool = False
+
+    def _quantize_input(self, x: Tensor) -> Tensor:
+        if self.real:
+            return x.clamp(-1.0, 1.0)
+        return self.input_quantizer(x) if self.input_quantizer is not None else x
+
     def quantized_weight(self) -> tuple[Tensor, Tensor | None]:
-        """``(b, alpha)``: binary weights (STE) and per-output-channel scale or ``None``."""
+        """``(b, alpha)``: binary weights (STE) and per-output-channel scale or ``None``
+        (in the real-valued warm-up, :attr:`real`: the latent weights and ``None``)."""
         wq = self.weight_quantizer
-        if wq is None:
+        if wq is None or self.real:
             return self.weight, None
         if isinstance(wq, Q.WeightQuantizer):
             return wq.decompose(self.weight)
@@ -118,7 +130,7 @@ class BinaryConv2d(_BinaryMixin, nn.Conv2d):
         self._init_quantizers(input_quantizer, weight_quantizer, weight_clip)
 
     def forward(self, x: Tensor) -> Tensor:
-        xq = self.input_quantizer(x) if self.input_quantizer is not None else x
+        xq = self._quantize_input(x)
         b, alpha = self.quantized_weight()
         padding = self.padding  # a tuple: the constructor refuses string padding
         if self.pad_value != 0 and not isinstance(padding, str) and any(p > 0 for p in padding):
@@ -157,7 +169,7 @@ class BinaryLinear(_BinaryMixin, nn.Linear):
         self._init_quantizers(input_quantizer, weight_quantizer, weight_clip)
 
     def forward(self, x: Tensor) -> Tensor:
-        xq = self.input_quantizer(x) if self.input_quantizer is not None else x
+        xq = self._quantize_input(x)
         b, alpha = self.quantized_weight()
         y = F.linear(xq, b)
         if alpha is not None:
@@ -251,6 +263,24 @@ def clip_weights_(model: nn.Module) -> None:
             m.clip_weights_()
 
 
+def set_real_mode(model: nn.Module, real: bool) -> int:
+    """Switch every ``BinaryConv2d`` / ``BinaryLinear`` of ``model`` to its real-valued twin
+    (``real=True``: ``clip(x, -1, 1)`` for ``sign x``, latent ``W`` for ``alpha sign W``) or back
+    to binary; returns the number of layers switched.
+
+    This is Bi-Real-Net's pre-training (Liu et al. 2018, Sec. 3.3: train the real-valued network
+    with the ``clip(-1, x, 1)`` nonlinearity, then binarize and fine-tune) inside one run and one
+    set of parameters: a model in real mode computes exactly what its full-precision twin
+    (e.g. ``resnet20 --model-arg activation=htanh``) computes with the same state dict. Only
+    the binary layers change; every other module (stems, BatchNorms, shortcuts) is shared."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _BinaryMixin):
+            m.real = bool(real)
+            n += 1
+    return n
+
+
 def binary_layers(model: nn.Module) -> dict[str, BinaryConv2d | BinaryLinear]:
     """``{qualified name: layer}`` for every ``BinaryConv2d`` / ``BinaryLinear`` in ``model``."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (BinaryConv2d, BinaryLinear))}
@@ -263,4 +293,5 @@ __all__ = [
     "Scale",
     "binary_layers",
     "clip_weights_",
+    "set_real_mode",
 ]

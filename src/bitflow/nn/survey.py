@@ -278,11 +278,12 @@ class DsqSign(Q.InputQuantizer):
         return _dsq(x, self.alpha)
 
 
-class _DoReFaAct(nn.Module):
+class DoReFaAct(nn.Module):
     """DoReFa activations (DoReFa Eq. 12): ``quantize_k(clip(x, 0, 1))``, values in
     ``{0, 1/(2^k-1), ..., 1}``; gradient ``1[0 <= x <= 1]`` (STE). Even at ``k = 1`` the values are
-    ``{0, 1}``, not ``{-1, +1}``: the engine would need an AND-popcount (or MBBN-plane) kernel.
-    Deliberately not an ``InputQuantizer``: the converter must refuse it, not read it as a sign."""
+    ``{0, 1}``, not ``{-1, +1}``. Deliberately not an ``InputQuantizer`` (the converter must not
+    read it as a sign): it deploys as uint8 levels ``q = L a`` (``threshold_u8``) into the exact
+    +-1-weight uint8 conv (``conv2d_u8b1``, :mod:`bitflow.convert.converter`)."""
 
     name = ""
     k = 1
@@ -295,10 +296,11 @@ class _DoReFaAct(nn.Module):
         return quantize_k(ClippedIdentity.apply(x), self.k)
 
 
-class _PactAct(nn.Module):
+class PactAct(nn.Module):
     """PACT k-bit activations with one learned clipping level ``alpha`` per layer (init 3.0: the
     inputs are BatchNorm outputs, ~N(0, 1); PACT's own init is 10 for unnormalized ReLU inputs).
-    Not an ``InputQuantizer`` (k-bit unsigned values; the converter refuses it)."""
+    Not an ``InputQuantizer`` (k-bit unsigned values): deploys like :class:`DoReFaAct` with the
+    levels ``q = a L / alpha``."""
 
     name = ""
     k = 2
@@ -314,11 +316,11 @@ class _PactAct(nn.Module):
 
 for _k in (1, 2, 4):
     Q.register(f"dorefa_a{_k}")(
-        type(f"DoReFaAct{_k}", (_DoReFaAct,), {"k": _k, "__doc__": _DoReFaAct.__doc__})
+        type(f"DoReFaAct{_k}", (DoReFaAct,), {"k": _k, "__doc__": DoReFaAct.__doc__})
     )
 for _k in (2, 4):
     Q.register(f"pact_a{_k}")(
-        type(f"PactAct{_k}", (_PactAct,), {"k": _k, "__doc__": _PactAct.__doc__})
+        type(f"PactAct{_k}", (PactAct,), {"k": _k, "__doc__": PactAct.__doc__})
     )
 
 
@@ -493,9 +495,11 @@ class RSign(nn.Module):
     with a learned per-channel threshold ``beta`` and Bi-Real's ApproxSign gradient (ReActNet
     keeps it), so ``dL/dbeta_c = -sum dL/dx_c``.
 
-    Not an ``InputQuantizer``: the converter must not mistake it for a plain sign. The shift is
-    folded into the BatchNorm before it (:func:`bitflow.methods.fold_rsign`), giving a plain sign
-    and a per-channel threshold shift, which the BatchShift path already represents."""
+    Not an ``InputQuantizer``: the converter must not mistake it for a plain sign. It reads
+    ``beta`` as a per-channel boundary of the layer's input threshold: ``fl(u - beta) >= 0`` is
+    exactly ``u >= beta`` in IEEE float32, so the decision is ``BN(z) >= beta_c`` (BatchShift
+    with a boundary), on a BN chain, a float residual stream (``threshold_f32_bits`` at
+    ``beta``) or the fixed-point stream ``r 2^-f`` (``r >= ceil(beta 2^f)``)."""
 
     name = "rsign"
     bits = 1
@@ -537,8 +541,8 @@ class XnorPPConv2d(BinaryConv2d):
     gamma = 1). Binary weights without their own scale.
 
     Deployment: ``Gamma`` differs per output *position*, so the BatchShift threshold after it
-    differs per position too: that needs a per-(position, channel) threshold table in the engine,
-    which does not exist yet (see :mod:`bitflow.methods`)."""
+    differs per position too: one exact integer threshold per (position, channel)
+    (``threshold_bits_hw``; the converter's ``_to_bits_table``)."""
 
     def __init__(self, *args: Any, out_hw: tuple[int, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -637,11 +641,13 @@ class AbcConv2d(BinaryConv2d):
 __all__ = [
     "AbcConv2d",
     "BnnPlusWeight",
+    "DoReFaAct",
     "DsqSign",
     "DsqWeight",
     "EdeSTE",
     "EdeSign",
     "LibraWeight",
+    "PactAct",
     "PactSTE",
     "ProxQuantWeight",
     "RPReLU",

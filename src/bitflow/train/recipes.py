@@ -32,6 +32,12 @@ class Recipe:
     image_size: int | None = None
     folds: int = 10
     flip_log_every: int = 50
+    #: Real-valued warm-up: the first ``real_epochs`` epochs train the binary layers as their
+    #: real-valued twin (``clip(x, -1, 1)``, latent weights: Bi-Real Sec. 3.3's pre-training,
+    #: :func:`bitflow.nn.set_real_mode`), the remaining ``epochs - real_epochs`` binarized. The
+    #: schedule restarts at the switch (each stage has its own cycle), the optimizer state is
+    #: reset, and only binarized epochs compete for ``best.pt``.
+    real_epochs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -51,9 +57,28 @@ class Recipe:
                 f"recipe {self.name!r}: lr, batch_size, epochs and flip_log_every must be positive"
             )
 
+        if not 0 <= self.real_epochs < self.epochs:
+            raise ValueError(
+                f"recipe {self.name!r}: real_epochs must be in [0, epochs) so that at least one "
+                f"epoch trains the binarized model; got real_epochs={self.real_epochs}, epochs={self.epochs}"
+            )
+
     def override(self, **kw: Any) -> Recipe:
-        """A copy with the non-None keyword values replaced."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """A copy with the non-None keyword values replaced. A new ``epochs`` without a new
+        ``real_epochs`` keeps the warm-up's share of the run: ``round(real_epochs * epochs /
+        old_epochs)``, at most ``epochs - 1`` (so ``--epochs 1`` trains binarized only)."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if "epochs" in kw and "real_epochs" not in kw and self.real_epochs:
+            share = round(self.real_epochs * kw["epochs"] / self.epochs)
+            kw["real_epochs"] = max(0, min(share, kw["epochs"] - 1))
+        return replace(self, **kw)
+
+    def stage(self, epoch: int) -> tuple[str, int, int]:
+        """``(stage, epoch within the stage, epochs of the stage)`` for a 0-based ``epoch``:
+        ``"real"`` for the warm-up epochs, then ``"binary"``."""
+        if epoch < self.real_epochs:
+            return "real", epoch, self.real_epochs
+        return "binary", epoch - self.real_epochs, self.epochs - self.real_epochs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,10 +123,22 @@ SMALL_IMAGE_SIDE = 64
 SMALL_FOLDER_IMAGES = 20_000
 
 
+#: Models whose Fashion-MNIST default recipe adds a real-valued warm-up (``real_epochs``): the
+#: Bi-Real residual networks, whose real-valued shortcuts make the real twin a good start
+#: (Bi-Real Sec. 3.3).
+WARMUP_MODELS = frozenset({"bireal_resnet20"})
+
+
 def default_recipe_for(
-    data_spec: str, image_side: int | None = None, images: int | None = None
+    data_spec: str,
+    image_side: int | None = None,
+    images: int | None = None,
+    model: str | None = None,
 ) -> str:
     """The recipe a data set uses when ``--recipe`` is not given.
+
+    Fashion-MNIST: ``fashion-mnist``, or ``fashion-mnist-bireal`` (the same with a real-valued
+    warm-up) for the models of :data:`WARMUP_MODELS`.
 
     For ``folder:`` specs it depends on the data: ``folder-small`` when the images are small
     (``image_side`` <= :data:`SMALL_IMAGE_SIDE`) or few (``images`` <= :data:`SMALL_FOLDER_IMAGES`),
@@ -114,4 +151,6 @@ def default_recipe_for(
             images is not None and images <= SMALL_FOLDER_IMAGES
         )
         return "folder-small" if small else "bitflow-alexnet-imagenet"
+    if model in WARMUP_MODELS:
+        return "fashion-mnist-bireal"
     return "fashion-mnist"

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._io import atomic_write_bytes
 from ..methods import build_model, hooks_for
-from ..nn import clip_weights_
+from ..nn import clip_weights_, set_real_mode
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import FlipTracker
@@ -61,6 +61,7 @@ class TrainConfig:
     stop_after: int | None = None
     flip_every: int | None = None
     init_from: str | None = None
+    real_epochs: int | None = None
     calibrate: bool = True
     image_size: int | None = None
     channels: int | None = None
@@ -95,11 +96,16 @@ class _Dist:
 
 
 def _lr_lambda(recipe: Recipe):  # type: ignore[no-untyped-def]
+    """Learning-rate factor of a 0-based epoch. With a real-valued warm-up
+    (``recipe.real_epochs``) each stage runs its own schedule: epochs and milestones count from
+    the stage's first epoch."""
+
     def f(epoch: int) -> float:
+        _, e, length = recipe.stage(epoch)
         if recipe.schedule == "multistep":
-            return recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
+            return recipe.gamma ** sum(1 for m in recipe.milestones if e >= m)
         if recipe.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(epoch, recipe.epochs) / recipe.epochs))
+            return 0.5 * (1.0 + math.cos(math.pi * min(e, length) / length))
         return 1.0
 
     return f
@@ -280,10 +286,14 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             geometry.image_size() if geometry is not None and geometry.uniform else None
         )
         recipe_name = default_recipe_for(
-            cfg.data, image_side=side, images=geometry.count if geometry else None
+            cfg.data, image_side=side, images=geometry.count if geometry else None, model=cfg.model
         )
     recipe = load_recipe(recipe_name).override(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, flip_log_every=cfg.flip_every
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        flip_log_every=cfg.flip_every,
+        real_epochs=cfg.real_epochs,
     )
     out = Path(cfg.out)
     if dd.main:
@@ -382,6 +392,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         torch.manual_seed((cfg.seed * 1_000_003 + epoch) % (2**63))
         if on_epoch_start is not None:
             on_epoch_start(epoch)
+        stage = recipe.stage(epoch)[0]
+        set_real_mode(model, stage == "real")
+        if recipe.real_epochs and epoch == recipe.real_epochs:
+            opt.state.clear()  # binarization starts: fresh optimizer moments (Bi-Real fine-tunes anew)
         order = torch.randperm(n, generator=_epoch_gen(cfg.seed, epoch))
         batches = _batches(n, recipe.batch_size, order)
         if dd.enabled:
@@ -434,7 +448,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             loss_sum, correct, seen = float(stats[0]), int(stats[1]), int(stats[2])
         if dd.main:
             val_loss, val_acc = evaluate(model, data.val, device)
-            improved = not math.isnan(val_acc) and val_acc > best_val
+            # only binarized epochs compete: a warm-up checkpoint is not the binary network
+            improved = stage == "binary" and not math.isnan(val_acc) and val_acc > best_val
             if improved or (math.isnan(val_acc) and epoch == recipe.epochs - 1):
                 best_val, best_epoch = (val_acc if not math.isnan(val_acc) else best_val), epoch
             state = {
@@ -461,6 +476,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
                 save_checkpoint(out / "best.pt", state)
             row = {
                 "epoch": epoch,
+                "stage": stage,
                 "iteration": iteration,
                 "lr": opt.param_groups[0]["lr"],
                 "train_loss": loss_sum / max(seen, 1),
@@ -473,13 +489,14 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             _append_jsonl(out / "metrics.jsonl", [row])
             if not progress:
                 print(
-                    f"epoch {epoch + 1}/{recipe.epochs}  loss {row['train_loss']:.4f}  "
+                    f"epoch {epoch + 1}/{recipe.epochs}{' (real warm-up)' if stage == 'real' else ''}  loss {row['train_loss']:.4f}  "
                     f"train {row['train_accuracy']:.4f}  val {val_acc:.4f}  {seconds:.1f}s",
                     file=sys.stderr,
                     flush=True,
                 )
         dd.barrier()
 
+    set_real_mode(model, False)  # whatever stage a --stop-after run ended in
     result: dict[str, Any] = {}
     if dd.main:
         best_path = out / "best.pt" if (out / "best.pt").exists() else last_ckpt
@@ -491,6 +508,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "data": cfg.data,
             "recipe": recipe.name,
             "epochs": recipe.epochs,
+            "real_epochs": recipe.real_epochs,
             "epochs_completed": end_epoch,
             "best_epoch": best_epoch,
             "val_accuracy": best_val,

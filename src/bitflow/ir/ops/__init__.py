@@ -11,7 +11,8 @@ reference executor, the engine, the benchmark's op groups and the op table in ``
 checks that every op has all its parts and that every native op binding is declared here.
 
 Adding an op: one ``register(OpDef(...))`` in the family module (``binary``, ``thresholds``,
-``dense_conv``, ``elementwise``), its native kernel and binding, and nothing else.
+``dense_conv``, ``elementwise``, ``w1``, ``survey``), its native kernel and binding, and nothing
+else.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def markdown_table() -> str:
 
 
 # the families register their ops on import
-from . import binary, dense_conv, elementwise, thresholds, w1  # noqa: E402,F401
+from . import binary, dense_conv, elementwise, survey, thresholds, w1  # noqa: E402,F401
 
 __all__ = [
     "GROUPS",

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 from torch import Tensor
 
+from ..._bits import pack_bits as pack_bits_shared
 from .encoding import _check_bits, _int_values, encode, max_level
 
 # ============================================================================ packed bits (numpy)
@@ -27,13 +28,9 @@ def pack_bits(bits01: Any) -> NDArray[np.uint64]:
     if arr.dtype != np.bool_:
         if not np.all((arr == 0) | (arr == 1)):
             raise ValueError("pack_bits: values must be 0 or 1")
-    n = arr.shape[-1]
-    words = max(1, -(-n // 64))
-    padded = np.zeros(arr.shape[:-1] + (words * 64,), dtype=np.uint64)
-    padded[..., :n] = arr.astype(np.uint64)
-    shifts = np.arange(64, dtype=np.uint64)
-    # Distinct powers of two: the sum is an exact bitwise OR.
-    return (padded.reshape(arr.shape[:-1] + (words, 64)) << shifts).sum(axis=-1, dtype=np.uint64)
+    if arr.shape[-1] == 0:
+        return np.zeros(arr.shape[:-1] + (1,), dtype=np.uint64)
+    return pack_bits_shared(arr.astype(bool))
 
 
 def pack_planes(planes: Any) -> NDArray[np.uint64]:

@@ -1,5 +1,5 @@
 // Elementwise, average-pooling and layout ops of DAG graphs (residual streams, shortcuts,
-// concatenation). Shapes are validated by the caller (python/bindings.cc); buffers are
+// concatenation). Shapes are validated by the caller (python/dag.cc); buffers are
 // C-contiguous. Semantics (the reference is bitflow/ir/ops/elementwise.py):
 //   add_f32: y = x_0 + x_1 + ... summed left to right in float32, every partial sum rounded
 //            (no FMA, no reassociation: bit-identical to the reference).

@@ -1,6 +1,6 @@
 // The ops of the bit engine: ISA-independent drivers (blocking, threading, im2col, padding
 // corrections) around the inner kernels of a KernelSet, plus the output transforms and
-// pools. Shapes are validated by the caller (python/bindings.cc); these functions assume
+// pools. Shapes are validated by the caller (python/*.cc); these functions assume
 // consistent sizes and C-contiguous buffers.
 //
 // Threads: work is split over blocks of output rows and columns (fork-join on a persistent
@@ -169,13 +169,6 @@ void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const 
 std::vector<std::int8_t> unpack_pm1_weights(const std::uint64_t* w, std::int64_t rows, std::int64_t c);
 void conv2d_u8b1(const KernelSet& ks, int threads, const std::uint8_t* x, const std::uint64_t* w,
                  const ConvGeom& g, std::int32_t* out);
-/// uint8 codes from L <= 255 ascending thresholds per channel (ops/u8b1_conv.cc; the activation
-/// quantizer of a W1/A8 MCN layer): q = #{l : x >= thr[o, l]} (dir +1) or #{l : x <= thr[o, l]}
-/// (dir -1); the float form lets a NaN pass every threshold. out [rows, o].
-void threshold_u8(const std::int32_t* acc, std::int64_t rows, std::int64_t o, const std::int32_t* thr,
-                  std::int64_t L, const std::int8_t* dir, std::uint8_t* out);
-void threshold_f32_u8(const float* y, std::int64_t rows, std::int64_t o, const float* thr, std::int64_t L,
-                      const std::int8_t* dir, std::uint8_t* out);
 
 /// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
 /// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else kept as rows.

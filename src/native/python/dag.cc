@@ -1,0 +1,217 @@
+// DAG ops: residual adds, requantization, average pools, concatenation (bitflow/elementwise.h).
+#include "common.h"
+
+namespace bitflow::pyb {
+namespace {
+
+/// Inputs of an n-ary op: same dtype T, identical shapes, C-contiguous; at least two.
+template <class T>
+std::vector<In<T>> same_shape_args(const char* fn, const std::vector<AnyArray>& xs) {
+  if (xs.size() < 2) fail(fn, "needs at least two input arrays, got " + std::to_string(xs.size()));
+  std::vector<In<T>> ins;
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    const std::string name = "xs[" + std::to_string(k) + "]";
+    ins.push_back(arg<T>(xs[k], fn, name.c_str(), -1));
+    if (ins.back().shape != ins[0].shape) fail(fn, name + " has shape " + shape_str(xs[k]) + ", xs[0] has " + shape_str(xs[0]));
+  }
+  return ins;
+}
+
+nb::object add_f32(const std::vector<AnyArray>& xs) {
+  auto ins = same_shape_args<float>("add_f32", xs);
+  auto out = make_out<float>(ins[0].shape);
+  std::vector<const float*> ptrs;
+  for (auto& in : ins) ptrs.push_back(in.data);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::add_f32(ptrs, ins[0].size(), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+// The optional saturation range of the integer ops: [lo, hi] within int32 (default: all of it).
+std::pair<i64, i64> int32_range(const char* fn, const nb::object& lo_, const nb::object& hi_) {
+  constexpr i64 kMin = std::numeric_limits<std::int32_t>::min(), kMax = std::numeric_limits<std::int32_t>::max();
+  const i64 lo = lo_.is_none() ? kMin : nb::cast<i64>(lo_);
+  const i64 hi = hi_.is_none() ? kMax : nb::cast<i64>(hi_);
+  if (lo < kMin || hi > kMax || lo > hi)
+    fail(fn, "clamp range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] must lie within int32 with lo <= hi");
+  return {lo, hi};
+}
+
+nb::object add_i32(const std::vector<AnyArray>& xs, const nb::object& lo_, const nb::object& hi_, int threads) {
+  check_threads("add_i32", threads);
+  auto [lo, hi] = int32_range("add_i32", lo_, hi_);
+  auto ins = same_shape_args<std::int32_t>("add_i32", xs);
+  auto out = make_out<std::int32_t>(ins[0].shape);
+  std::vector<const std::int32_t*> ptrs;
+  for (auto& in : ins) ptrs.push_back(in.data);
+  bool ok = true;
+  {
+    nb::gil_scoped_release release;
+    ok = bitflow::ops::add_i32(ptrs, ins[0].size(), lo, hi, out.ptr, threads);
+  }
+  if (!ok) fail("add_i32", "the sum overflows int32");
+  return nb::cast(out.array);
+}
+
+nb::object requant_i32(const AnyArray& x_, const AnyArray& m_, const AnyArray& b_, int shift, const nb::object& lo_,
+                       const nb::object& hi_, int threads) {
+  const char* fn = "requant_i32";
+  check_threads(fn, threads);
+  auto [lo, hi] = int32_range(fn, lo_, hi_);
+  auto x = arg<std::int32_t>(x_, fn, "x", -1);
+  auto m = arg<std::int64_t>(m_, fn, "m", 1);
+  auto b = arg<std::int64_t>(b_, fn, "b", 1);
+  const i64 c = x.dim(-1);
+  if (m.dim(0) != c || b.dim(0) != c)
+    fail(fn, "m and b must have shape (" + std::to_string(c) + ",) to match the last axis of x");
+  if (shift < 0 || shift > 62) fail(fn, "shift must be in [0, 62], got " + std::to_string(shift));
+  auto out = make_out<std::int32_t>(x.shape);
+  bool ok = true;
+  {
+    nb::gil_scoped_release release;
+    ok = bitflow::ops::requant_i32(x.data, rows_of(x.shape), c, m.data, b.data, shift, lo, hi, out.ptr, threads);
+  }
+  if (!ok) fail(fn, "a result overflows int32 (no clamp range given)");
+  return nb::cast(out.array);
+}
+
+nb::object affine_f32(const AnyArray& x_, const AnyArray& scale_, const AnyArray& bias_) {
+  const char* fn = "affine_f32";
+  auto x = arg<float>(x_, fn, "x", -1);
+  auto scale = arg<float>(scale_, fn, "scale", 1);
+  auto bias = arg<float>(bias_, fn, "bias", 1);
+  const i64 o = x.dim(-1);
+  if (scale.dim(0) != o || bias.dim(0) != o)
+    fail(fn, "scale and bias must have shape (" + std::to_string(o) + ",) to match the last axis of x");
+  auto out = make_out<float>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::affine_f32(x.data, rows_of(x.shape), o, scale.data, bias.data, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object relu_f32(const AnyArray& x_) {
+  auto x = arg<float>(x_, "relu_f32", "x", -1);
+  auto out = make_out<float>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::relu_f32(x.data, x.size(), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object avgpool_f32(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding) {
+  const char* fn = "avgpool_f32";
+  auto x = arg<float>(x_, fn, "x", 4);
+  auto g = pool_geom(fn, x.shape, kernel, stride, padding);
+  auto out = make_out<float>({g.n, g.ho(), g.wo(), g.c});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::avgpool_f32(x.data, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object global_avgpool_f32(const AnyArray& x_) {
+  const char* fn = "global_avgpool_f32";
+  auto x = arg<float>(x_, fn, "x", 4);
+  if (x.dim(1) < 1 || x.dim(2) < 1 || x.dim(3) < 1) fail(fn, "'x' must have non-empty H, W and C axes");
+  auto out = make_out<float>({x.dim(0), 1, 1, x.dim(3)});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::global_avgpool_f32(x.data, x.dim(0), x.dim(1) * x.dim(2), x.dim(3), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+/// Shapes of concat inputs: equal but for the last axis.
+template <class T>
+std::vector<In<T>> concat_args(const char* fn, const std::vector<AnyArray>& xs) {
+  if (xs.size() < 2) fail(fn, "needs at least two input arrays, got " + std::to_string(xs.size()));
+  std::vector<In<T>> ins;
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    const std::string name = "xs[" + std::to_string(k) + "]";
+    ins.push_back(arg<T>(xs[k], fn, name.c_str(), -1));
+    const auto& a = ins.back().shape;
+    const auto& b = ins[0].shape;
+    if (a.size() != b.size() || !std::equal(a.begin(), a.end() - 1, b.begin()))
+      fail(fn, name + " has shape " + shape_str(xs[k]) + ", which differs from xs[0] " + shape_str(xs[0]) +
+                   " in an axis other than the last");
+  }
+  return ins;
+}
+
+template <class T>
+nb::object concat_typed(const std::vector<AnyArray>& xs) {
+  auto ins = concat_args<T>("concat", xs);
+  std::vector<const void*> ptrs;
+  std::vector<i64> widths;
+  i64 total = 0;
+  for (auto& in : ins) {
+    ptrs.push_back(in.data);
+    widths.push_back(in.dim(-1));
+    total += in.dim(-1);
+  }
+  auto out = make_out<T>(with_last(ins[0].shape, total));
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::concat_bytes(ptrs, widths, rows_of(ins[0].shape), sizeof(T), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object concat(const std::vector<AnyArray>& xs) {
+  if (xs.empty()) fail("concat", "needs at least two input arrays, got 0");
+  const auto d = xs[0].dtype();
+  if (d == nb::dtype<float>()) return concat_typed<float>(xs);
+  if (d == nb::dtype<std::int32_t>()) return concat_typed<std::int32_t>(xs);
+  if (d == nb::dtype<std::uint8_t>()) return concat_typed<std::uint8_t>(xs);
+  throw nb::type_error(("concat: arrays must have dtype float32, int32 or uint8 (bits: concat_bits), got " +
+                        dtype_name(d)).c_str());
+}
+
+nb::object concat_bits(const std::vector<AnyArray>& xs, const std::vector<i64>& channels) {
+  const char* fn = "concat_bits";
+  auto ins = concat_args<std::uint64_t>(fn, xs);
+  if (channels.size() != ins.size()) fail(fn, "needs one channel count per input array");
+  std::vector<const std::uint64_t*> ptrs;
+  i64 total = 0;
+  for (std::size_t k = 0; k < ins.size(); ++k) {
+    if (channels[k] < 1 || words_for(channels[k]) != ins[k].dim(-1))
+      fail(fn, "xs[" + std::to_string(k) + "] has " + std::to_string(ins[k].dim(-1)) + " words per row, which cannot hold " +
+                   std::to_string(channels[k]) + " channels");
+    ptrs.push_back(ins[k].data);
+    total += channels[k];
+  }
+  auto out = make_out<std::uint64_t>(with_last(ins[0].shape, words_for(total)));
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::concat_bits(ptrs, channels, rows_of(ins[0].shape), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+}  // namespace
+
+void bind_dag(nb::module_& m) {
+  m.def("add_f32", &add_f32, "xs"_a, "Elementwise sum of >= 2 float32 arrays of one shape, left to right in float32.");
+  m.def("add_i32", &add_i32, "xs"_a, "lo"_a = nb::none(), "hi"_a = nb::none(), "threads"_a = 1,
+        "Exact elementwise sum of >= 2 int32 arrays of one shape, saturated to [lo, hi] when given "
+        "(an unclamped overflow: ValueError).");
+  m.def("requant_i32", &requant_i32, "x"_a, "m"_a, "b"_a, "shift"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+        "threads"_a = 1,
+        "int32 [..., C] -> floor((x * m[c] + b[c]) / 2^shift) (exact, int64 m, b), saturated to [lo, hi] when given.");
+  m.def("affine_f32", &affine_f32, "x"_a, "scale"_a, "bias"_a, "float32 [..., O] -> x * scale + bias (two roundings).");
+  m.def("relu_f32", &relu_f32, "x"_a, "float32 -> max(x, 0) (NaN propagates).");
+  m.def("avgpool_f32", &avgpool_f32, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,
+        "float32 NHWC average pool (window sum / (kh*kw); zero padding counts).");
+  m.def("global_avgpool_f32", &global_avgpool_f32, "x"_a, "float32 [N, H, W, C] -> [N, 1, 1, C] means.");
+  m.def("concat", &concat, "xs"_a, "Concatenate float32 / int32 / uint8 arrays along the last axis.");
+  m.def("concat_bits", &concat_bits, "xs"_a, "channels"_a,
+        "Concatenate packed bit rows (channels[i] real bits each) channel by channel.");
+}
+
+}  // namespace bitflow::pyb
