@@ -230,14 +230,16 @@ def _cmd_summary(a: argparse.Namespace) -> int:
     model = create(a.model, **kwargs)
     summary = summarize(model)
     summary["model"] = a.model
+    from .analysis.mcn_summary import format_mcn_storage, mcn_storage
+
+    mcn = mcn_storage(model)
+    if mcn["layers"]:
+        summary["mcn_storage"] = mcn
     if a.json:
         print(json.dumps(summary))
     else:
         print(f"{a.model}: binarized middle layers (BitFlow-Net Table 3; ours, paper in brackets)")
         print(format_table(summary))
-    from .analysis.mcn_summary import format_mcn_storage, mcn_storage
-
-    mcn = mcn_storage(model)
     if mcn["layers"] and not a.json:
         print(f"\n{a.model}: MCconv storage (MCN Sec. IV-B2; bytes)")
         print(format_mcn_storage(mcn))
@@ -544,6 +546,19 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
         )
         print(json.dumps(rep) if a.json else rep["text"])
         return 0
+    if a.paper == "mcn":
+        from .analysis.reproduce_mcn import reproduce_mcn
+
+        rep = reproduce_mcn(
+            a.out or "runs/reproduce-mcn",
+            data=a.data,
+            quick=a.quick,
+            seed=a.seed,
+            epochs=a.epochs,
+            log=log,
+        )
+        print(json.dumps(rep) if a.json else rep["text"])
+        return 0
     from .analysis.reproduce import format_report, reproduce_bitflow_net
 
     out = a.out or "runs/reproduce-bitflow-net"
@@ -560,9 +575,9 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 
 def _add_reproduce(sub: Any) -> None:
     p = sub.add_parser(
-        "reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn)"
+        "reproduce", help="reproduce a paper's tables and figures (bitflow-net, mbbn, survey, mcn)"
     )
-    p.add_argument("paper", choices=("bitflow-net", "mbbn", "survey"))
+    p.add_argument("paper", choices=("bitflow-net", "mbbn", "survey", "mcn"))
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument(
         "--binary-classes", default="0,6", help="the two-class task (default T-shirt vs Shirt)"
@@ -572,7 +587,10 @@ def _add_reproduce(sub: Any) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
     p.add_argument(
-        "--epochs", type=int, default=None, help="mbbn: epochs per model (default 15; --quick 2)"
+        "--epochs",
+        type=int,
+        default=None,
+        help="mbbn: epochs per model (default 15; --quick 2); mcn: epochs (default recipe; --quick 1)",
     )
     p.add_argument(
         "--bits",

@@ -64,16 +64,18 @@ def test_mcn1_xnor_converts_exactly(name: str, kw: dict[str, object]) -> None:
 
 
 @pytest.mark.parametrize(
-    "name,why",
+    "name,kw,why",
     [
-        ("mcn_xnor_mnist", "full M-Filters"),
-        ("mcn_mnist", "W1/A32"),
-        ("umcn_mnist", "U-MCN"),
+        ("umcn_mnist", {"act": "u8"}, "U-MCN with quantized inputs"),
+        ("mcn_mnist", {"act": "u8", "symmetric": False}, "symmetric"),
     ],
 )
-def test_undeployable_variants_are_refused_with_the_reason(name: str, why: str) -> None:
+def test_undeployable_variants_are_refused_with_the_reason(
+    name: str, kw: dict[str, object], why: str
+) -> None:
+    # (every variant with real activations converts as a float conv: test_mcn_deploy.py)
     with pytest.raises(UnsupportedLayerError, match=why):
-        convert(create(name, in_channels=1, image_size=28).eval())
+        convert(create(name, in_channels=1, image_size=28, **kw).eval())
 
 
 def test_non_symmetric_centers_are_refused() -> None:
@@ -98,4 +100,4 @@ def test_mcn_storage_matches_the_converted_file_and_the_32x_32k_ratios() -> None
         assert r["float_same_params_bytes"] * 8 == 32 * r["binary_bits"]
         assert r["float_same_channels_bytes"] * 8 == 32 * 4 * r["binary_bits"]  # 32 K, K = 4
     umcn = mcn_storage(create("umcn_mnist", in_channels=1, image_size=28))
-    assert all(r["binary_bits"] == 0 and r["bfn_weight_bytes"] is None for r in umcn["layers"])
+    assert all(r["binary_bits"] == 0 and r["deploy"].startswith("float") for r in umcn["layers"])

@@ -52,6 +52,7 @@ from ..nn.mbbn import (
     OddLinearQuantizer,
     encode,
 )
+from ..nn.mcn import UInt8Act
 from ._trace import unsupported
 from .batchshift import Boundary, f32_from_keys, f32_keys
 
@@ -144,6 +145,8 @@ def torch_levels(layer: nn.Module, u: torch.Tensor) -> torch.Tensor:
     iq = layer.input_quantizer
     assert isinstance(iq, nn.Module)
     with torch.no_grad():
+        if isinstance(iq, UInt8Act):  # MCN W1/A8 codes q as the 8-bit odd level 2q - 255
+            return (2 * iq.codes(u) - 255).round().to(torch.int64)
         if isinstance(iq, MultiBitInputQuantizer):
             v, _ = iq.decompose(u)
             return v.round().to(torch.int64)

@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, Int8Conv2d, Scale, StreamClamp
 from ..nn.mbbn import MBitConv2d, MBitLinear
+from ..nn.mcn import MCConv2d
 from ..nn.survey import RPReLU, XnorPPConv2d
 
 SUPPORTED = (
@@ -46,7 +47,7 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 class Step:
     """One inference step: ``kind`` in conv_first (any float nn.Conv2d), int8_first, relu,
     maxpool, avgpool, gap (global average pool), add, concat, bn, bconv, blinear, mbconv,
-    mblinear (MBBN), flatten, linear, scale, fxbn / sclamp (fixed-point stream), rprelu, output; ``name`` the module name (or the fx node
+    mblinear (MBBN), mcnconv (an MCConv2d, bitflow.convert._mcn), flatten, linear, scale, fxbn / sclamp (fixed-point stream), rprelu, output; ``name`` the module name (or the fx node
     name)."""
 
     kind: str
@@ -60,7 +61,17 @@ class Step:
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(
-            m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale, FixedPointBN, StreamClamp, RPReLU)
+            m,
+            (
+                BinaryConv2d,
+                BinaryLinear,
+                Int8Conv2d,
+                Scale,
+                FixedPointBN,
+                StreamClamp,
+                MCConv2d,
+                RPReLU,
+            ),
         ):
             return True
         return super().is_leaf_module(m, qualname)
@@ -349,6 +360,8 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return [Step("fxbn", name, m)]
     if type(m) is StreamClamp:
         return [Step("sclamp", name, m)]
+    if type(m) is MCConv2d:  # kept by convert._mcn.lower_mcn (W1/A8, full M): mcn_conv
+        return [Step("mcnconv", name, m)]
     if type(m) is RPReLU:
         return [Step("rprelu", name, m)]
     if type(m) is XnorPPConv2d:

@@ -35,7 +35,7 @@ from ..nn.mbbn import MBitConv2d, MBitLinear
 from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
 from ._mbbn import quantizer_boundaries, torch_levels, weight_levels, weight_planes
-from ._mcn import lower_mcn
+from ._mcn import lower_mcn, mcn_conv
 from ._trace import Step, UnsupportedLayerError, trace_steps, unsupported
 
 CONVERTER_VERSION = "1"
@@ -1731,6 +1731,8 @@ def _convert_steps(
                 p = cv.binary_conv(st, bits)
             if st.kind == "xnorpp":
                 p.pos_scale = _xnorpp_scale(st.module)
+        elif st.kind == "mcnconv":  # an MCConv2d lower_mcn kept (W1/A8, full M): convert._mcn
+            p = mcn_conv(cv, p, st)
         elif st.kind == "blinear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
@@ -2045,7 +2047,13 @@ def _float_between_binary(cv: _Converter) -> bool:
 
     if any(op.type in ("conv2d_f32b1", "dense_f32b1") for op in cv.b.ops):
         return True  # binarized layers with real-valued activations (BinaryConnect, BWN)
-    idx = [i for i, op in enumerate(cv.b.ops) if op.type in BINARY_OPS]
+    # conv2d_u8b1 of an MCN W1/A8 layer (no input_levels) counts as a binary layer: float values
+    # between such layers (full-M tap sums, float residual streams) make the graph "mixed"
+    idx = [
+        i
+        for i, op in enumerate(cv.b.ops)
+        if op.type in BINARY_OPS or (op.type == "conv2d_u8b1" and "input_levels" not in op.attrs)
+    ]
     return bool(idx) and any(
         cv.b.values[op.outputs[0]].dtype == "float32" for op in cv.b.ops[idx[0] : idx[-1] + 1]
     )

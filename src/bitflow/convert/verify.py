@@ -126,7 +126,10 @@ def _near_info(
         idx = np.arange(f) % sc.shape[0]
         bound = bound + 4 * _U32 * (np.abs(z * sc[idx]) + np.abs(bi[idx]))
         conv_scale = np.abs(sc[idx])
-    if first and err_bound is not None:
+    if "err_bound" in dec.attrs:  # the converter's own bound on the value (MCN uint8 codes)
+        eba = np.asarray(dec.attrs["err_bound"], np.float64)
+        bound = bound + 2 * eba[np.arange(f) % len(eba)][None, :]
+    elif first and err_bound is not None:
         bound = bound + 2 * (err_bound[np.arange(f) % len(err_bound)] * conv_scale)[None, :]
     if (
         eb is not None
@@ -213,13 +216,15 @@ def verify(
         if ya.shape != (xa.shape[0],):
             raise ValueError(f"y must have shape [{xa.shape[0]}], got {list(ya.shape)}")
     values = graph.validate()
-    # binary layers, and the +-1-weight layers over k-bit unsigned levels (DoReFa / PACT), whose
-    # uint8 input levels are compared with PyTorch's quantizer output like signs
+    # binary layers, the +-1-weight layers over k-bit unsigned levels (DoReFa / PACT), whose
+    # uint8 input levels are compared with PyTorch's quantizer output like signs, and the MCN
+    # W1/A8 conv2d_u8b1 (uint8 codes, no input_levels: compared as the levels 2q - 255)
     bin_ops = [
         op
         for op in graph.ops
         if op.type in BINARY_OPS
-        or (op.type in ("conv2d_u8b1", "dense_u8b1") and "input_levels" in op.attrs)
+        or op.type == "conv2d_u8b1"
+        or (op.type == "dense_u8b1" and "input_levels" in op.attrs)
     ]
     modules = dict(model.named_modules())
     for op in bin_ops:
@@ -296,7 +301,7 @@ def verify(
             for op in bin_ops:
                 key = op.inputs[0]
                 info = values[key]
-                assert info.channels is not None or "input_levels" in op.attrs
+                assert info.channels is not None or info.dtype == "uint8"
                 st = captured[op.name]
                 if st.dim() == 4:
                     st = st.permute(0, 2, 3, 1)
@@ -326,9 +331,13 @@ def verify(
                     res["sign_mismatches"] += real
                     res["sign_mismatches_by_layer"][op.attrs["source"]] += real
                     continue
-                assert info.channels is not None
-                if info.planes > 1:  # M-bit levels: decode the planes (Eq. 7) and compare levels
-                    lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
+                if info.dtype == "uint8" or info.planes > 1:
+                    # M-bit levels: decode the planes (Eq. 7), or uint8 codes q -> 2q - 255
+                    if info.dtype == "uint8":
+                        lv = 2 * inter[key].astype(np.int64).reshape(nb, -1) - 255
+                    else:
+                        assert info.channels is not None
+                        lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
                     bad = lv != st.reshape(nb, -1).numpy()
                     res["signs_compared"] += bad.size
                     # integer thresholds are exact: a difference here is a real mismatch unless
@@ -350,6 +359,7 @@ def verify(
                     res["sign_mismatches"] += real
                     res["sign_mismatches_by_layer"][op.attrs["source"]] += real
                     continue
+                assert info.channels is not None
                 neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
                 neg_t = (st.reshape(nb, -1) < 0).numpy()
                 bad = neg_t != neg_exec

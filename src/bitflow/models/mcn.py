@@ -31,7 +31,10 @@ Training extras (:class:`~bitflow.nn.mcn.MCNTraining`) are exposed as methods th
 (``param_groups``, ``extra_loss``, ``after_step``, ``on_epoch_start``); options ``theta``
 (filter and projection loss), ``lam`` (center loss), ``m_lr_ratio`` (``eta_2 / eta_1``),
 ``lr_decay_c`` / ``lr_decay_m`` (lambda_1, lambda_2 per epoch), ``kmeans_every`` (``N``),
-``centers`` (``U``), ``symmetric``.
+``centers`` (``U``), ``symmetric``, ``act`` (``"float"``: real activations as in the paper;
+``"u8"``: W1/A8, every MCconv after the first reads uint8 codes of
+:class:`~bitflow.nn.mcn.UInt8Act` on the grid ``2^-act_frac``; then no ReLU precedes an MCconv,
+the quantizer clamps at 0, and ``mcn_mnist`` pools before its BatchNorms; see docs/mcn.md).
 """
 
 from __future__ import annotations
@@ -127,10 +130,13 @@ def _conv(
     first: bool,
     centers: int,
     symmetric: bool,
+    act: str = "float",
+    act_frac: int = 5,
 ) -> nn.Module:
     if variant == "float":
         return nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
     v, xnor = _VARIANTS[variant]
+    iq = "ste_sign" if xnor else ("u8" if act == "u8" else None)
     return MCConv2d(
         cin,
         cout,
@@ -141,8 +147,9 @@ def _conv(
         variant=v,
         centers=centers,
         symmetric=symmetric,
-        input_quantizer="ste_sign" if (xnor and not first) else None,
+        input_quantizer=None if first else iq,
         replicate_input=first,
+        act_frac=act_frac,
     )
 
 
@@ -157,7 +164,10 @@ class _PreActBlock(nn.Module):
         self.conv1 = _conv(variant, cin, cout, 3, stride, first=False, **kw)
         self.bn2 = nn.BatchNorm2d(cout * ch)
         self.conv2 = _conv(variant, cout, cout, 3, 1, first=False, **kw)
-        self.relu = nn.ReLU()
+        # W1/A8 (act=u8): every ReLU here feeds an MCconv whose uint8 quantizer clamps at 0
+        self.relu: nn.Module = (
+            nn.Identity() if kw.get("act") == "u8" and variant != "float" else nn.ReLU()
+        )
         self.shortcut: nn.Module | None = None
         if stride != 1 or cin != cout:
             sc = _conv(variant, cin, cout, 1, stride, first=False, **kw)
@@ -174,7 +184,12 @@ class _PreActBlock(nn.Module):
 
 def _kw(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split keyword options into layer options and training options."""
-    layer: dict[str, Any] = {k: kw.pop(k) for k in ("centers", "symmetric") if k in kw}
+    layer: dict[str, Any] = {
+        k: kw.pop(k) for k in ("centers", "symmetric", "act", "act_frac") if k in kw
+    }
+    act = layer.get("act", "float")
+    if act not in ("float", "u8"):
+        raise ValueError(f"act must be 'float' (W1/A32, the paper) or 'u8' (W1/A8), got {act!r}")
     train: dict[str, Any] = {
         k: kw.pop(k)
         for k in ("theta", "lam", "m_lr_ratio", "lr_decay_c", "lr_decay_m", "kmeans_every")
@@ -209,6 +224,8 @@ def build_wrn(
         "planes": planes,
         "centers": layer_kw.get("centers", 2),
         "symmetric": layer_kw.get("symmetric", True),
+        "act": layer_kw.get("act", "float"),
+        "act_frac": int(layer_kw.get("act_frac", 5)),
     }
     s0, *stages = (int(w) for w in widths)
     mods: list[nn.Module] = [_conv(variant, in_channels, s0, 3, 1, first=True, **ckw)]
@@ -253,13 +270,17 @@ def build_mnist(
         "planes": planes,
         "centers": layer_kw.get("centers", 2),
         "symmetric": layer_kw.get("symmetric", True),
+        "act": layer_kw.get("act", "float"),
+        "act_frac": int(layer_kw.get("act_frac", 5)),
     }
     xnor = variant in ("mcn_xnor", "mcn1_xnor")
+    u8 = ckw["act"] == "u8" and variant != "float" and not xnor
     w = [int(v) for v in widths]
     mods: list[nn.Module] = [_conv(variant, in_channels, w[0], 3, 1, first=True, **ckw)]
     if not xnor:
         mods.append(nn.BatchNorm2d(w[0] * ch))
-    mods.append(nn.ReLU())
+    if not u8:  # W1/A8: the uint8 quantizer's clamp at 0 is the ReLU
+        mods.append(nn.ReLU())
     size = image_size
     for i in range(1, 4):
         if xnor:
@@ -268,13 +289,25 @@ def build_mnist(
                 _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw),
                 nn.ReLU(),
             ]
+        elif u8:
+            # W1/A8: pool the conv output before its BatchNorm, so that the max-pool runs on the
+            # integer accumulator and BN -> uint8 codes fold into exact thresholds; no ReLU
+            # before an MCconv (the quantizer's clamp at 0 is the ReLU), one before the FC
+            mods += [
+                _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw),
+                nn.MaxPool2d(2, 2),
+                nn.BatchNorm2d(w[i] * ch),
+            ]
+            if i == 3:
+                mods.append(nn.ReLU())
         else:
             mods += [
                 _conv(variant, w[i - 1], w[i], 3, 1, first=False, **ckw),
                 nn.BatchNorm2d(w[i] * ch),
                 nn.ReLU(),
             ]
-        mods.append(nn.MaxPool2d(2, 2))
+        if not u8:
+            mods.append(nn.MaxPool2d(2, 2))
         size //= 2
     if size < 1:
         raise ValueError(f"image_size {image_size} is too small for this model")

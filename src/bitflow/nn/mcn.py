@@ -134,6 +134,48 @@ def symmetric_center(values: Tensor) -> Tensor:
     return values.detach().abs().to(torch.float64).mean()
 
 
+# --------------------------------------------------------------------------- uint8 activations
+class UInt8Act(nn.Module):
+    """The W1/A8 activation quantizer of a deployed MCN layer (``input_quantizer="u8"``):
+
+        q = clamp(floor(x 2^f + 1/2), 0, 255),     value q 2^-f      (f = ``frac``)
+
+    i.e. ``q = #{j = 1..255 : x >= (j - 1/2) 2^-f}`` for every float32 ``x``: ``y = x 2^f`` is
+    exact (a power of two), and ``floor(y + 1/2)`` is computed as ``floor(y) + [y - floor(y) >=
+    1/2]`` (both steps exact), not as a float32 ``y + 0.5``, which rounds ``0.5 - 2^-25`` up to 1. After a BatchNorm the converter turns it into
+    per-channel thresholds on the integer accumulator (``threshold_u8``), exactly as BatchShift
+    does for signs. Gradient: straight-through ``dq/dx = 2^f`` inside ``[0, 255 2^-f]``, 0 outside.
+    """
+
+    name = "u8"
+    bits = 8
+
+    def __init__(self, frac: int = 5) -> None:
+        super().__init__()
+        if not 0 <= int(frac) <= 16:
+            raise ValueError(f"act_frac (f in the grid 2^-f) must be in 0..16, got {frac}")
+        self.frac = int(frac)
+
+    @property
+    def step(self) -> float:
+        """``2^-f``."""
+        return 2.0**-self.frac
+
+    def codes(self, x: Tensor) -> Tensor:
+        """``q`` as float32 integers in ``[0, 255]`` (straight-through gradient)."""
+        y = x * float(2**self.frac)
+        fl = torch.floor(y)
+        q = (fl + (y - fl >= 0.5).to(y.dtype)).clamp(0.0, 255.0)
+        yc = y.clamp(0.0, 255.0)
+        return yc + (q - yc).detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.codes(x) * self.step
+
+    def extra_repr(self) -> str:
+        return f"frac={self.frac}"
+
+
 # --------------------------------------------------------------------------- the layer
 class MCConv2d(nn.Module):
     """Modulated convolution (MCconv, Eq. 3.13-3.15); see the module docstring.
@@ -164,6 +206,7 @@ class MCConv2d(nn.Module):
         symmetric: bool = True,
         input_quantizer: QuantizerSpec = None,
         replicate_input: bool = False,
+        act_frac: int = 5,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -180,9 +223,25 @@ class MCConv2d(nn.Module):
         self.num_centers = centers
         self.symmetric = symmetric
         self.replicate_input = replicate_input
-        iq = Q.get(input_quantizer)
-        if iq is not None and not isinstance(iq, Q.InputQuantizer):
-            raise ValueError("input_quantizer must be an activation quantizer such as 'ste_sign'")
+        iq: nn.Module | None
+        if input_quantizer == "u8":
+            if replicate_input:
+                raise ValueError(
+                    "the first layer (replicate_input) reads the image, not uint8 codes"
+                )
+            iq = UInt8Act(act_frac)
+            # the integer accumulator is computed in float32: |z| <= 255 G K W W must stay exact
+            if 255 * in_maps * planes * kernel_size**2 >= 2**24:
+                raise ValueError(
+                    f"uint8 inputs need 255 G K W^2 < 2^24 (exact in float32); G={in_maps}, "
+                    f"K={planes}, W={kernel_size} is too wide"
+                )
+        else:
+            iq = Q.get(input_quantizer)
+            if iq is not None and not isinstance(iq, Q.InputQuantizer):
+                raise ValueError(
+                    "input_quantizer must be 'u8' or an activation quantizer such as 'ste_sign'"
+                )
         self.input_quantizer = iq
         k, w = planes, kernel_size
         self.weight = nn.Parameter(torch.empty(out_maps, in_maps, k, w, w))
@@ -263,7 +322,32 @@ class MCConv2d(nn.Module):
         h, g, k, w, _ = self.weight.shape
         return s.reshape(h, g * k, w, w)  # type: ignore[no-any-return]
 
+    def u8_exact(self) -> bool:
+        """uint8 inputs, symmetric centers, MCN-1: the layer computes ``(2^-f a mean(M_k)) z_h``
+        with the exact integer ``z_h = q (*) s_h`` (what ``conv2d_u8b1`` + ``scale_bias`` run)."""
+        return (
+            isinstance(self.input_quantizer, UInt8Act)
+            and self.binary
+            and self.symmetric
+            and self.variant == "mcn1"
+        )
+
+    def u8_scale(self) -> Tensor:
+        """``2^-f a mean(M_k)`` per output channel ``(h, k)``, ``[H*K]`` float32 (:meth:`u8_exact`;
+        the converter reads this very tensor)."""
+        assert isinstance(self.input_quantizer, UInt8Act)
+        return self.plane_scale() * self.input_quantizer.step
+
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.input_quantizer, UInt8Act):
+            q = self.input_quantizer.codes(x)
+            if self.u8_exact():
+                # integer conv of the codes with s_h (exact in float32), one multiplication
+                z = F.conv2d(q, self.sign_filters(), None, self.stride, self.padding)
+                z = z.repeat_interleave(self.planes, dim=1)
+                return z * self.u8_scale().view(1, -1, 1, 1)
+            x = q * self.input_quantizer.step
+            return F.conv2d(x, self.conv_weight(), None, self.stride, self.padding)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         if self._fast_binary():
@@ -474,6 +558,7 @@ __all__ = [
     "CenterLoss",
     "MCConv2d",
     "MCNTraining",
+    "UInt8Act",
     "filter_loss",
     "kmeans_1d",
     "mc_layers",

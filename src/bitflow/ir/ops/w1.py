@@ -7,6 +7,11 @@ additions and subtractions only, exact in int32 (``|y| <= 255 kh kw C``). The mo
 MCN-1 layer (a positive per-channel scale) follows as the usual ``scale_bias`` or folds into the
 next threshold. The native kernel expands the bits to +-1 int8 once per call and runs the exact
 uint8 x int8 GEMM of ``conv2d_u8i8`` (VNNI / AVX2 kernels), so it is exact on every kernel set.
+
+An MCN activation quantizer ``q = clamp(floor(BN(y) 2^f + 1/2), 0, 255)`` after a BatchNorm is
+exactly a count of passed thresholds: ``threshold_u8`` / ``threshold_f32_u8``
+(:mod:`bitflow.ir.ops.survey`) make the uint8 codes such a layer reads (the converter computes
+the thresholds, integer ones exactly, see ``bitflow.convert._mcn``).
 """
 
 from __future__ import annotations
