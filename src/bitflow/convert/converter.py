@@ -43,6 +43,11 @@ _NEAR_WINDOW = 8
 _MAX_WINDOW = 4096  # disagreements lie within a few ulps of T; the window grows 8x up to this
 
 
+def _conv_bias(m: nn.Conv2d) -> np.ndarray:
+    """A conv layer's bias as float32, zeros when it has none."""
+    return _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+
+
 def _f32(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().astype(np.float32).copy()
 
@@ -186,7 +191,7 @@ class _Converter:
             q64 = qn.reshape(qn.shape[0], -1).astype(np.int64)
             lo = 255 * np.minimum(q64, 0).sum(1)
             hi = 255 * np.maximum(q64, 0).sum(1)
-            bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+            bias = _conv_bias(m)
             v = self.b.values[out]
             return Pending(
                 out,
@@ -201,7 +206,7 @@ class _Converter:
             )
         w32 = _f32(m.weight)
         params = {"w": np.ascontiguousarray(w32.transpose(0, 2, 3, 1))}
-        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        bias = _conv_bias(m)
         if m.bias is not None:
             params["bias"] = bias
         out = self.b.add("conv2d_f32", x, name=step.name, attrs=attrs, params=params)
@@ -284,7 +289,7 @@ class _Converter:
         out = self.b.add("bconv2d", bits, name=step.name, attrs=attrs, params={"w": w})
         v = self.b.values[out]
         n = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        bias = _conv_bias(m)
         return Pending(
             out,
             step.name,
@@ -1009,7 +1014,7 @@ class _Converter:
                 "bconv2d_planes", value, name=step.name, attrs=attrs, params={"w": packed}
             )
         v = self.b.values[out]
-        bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+        bias = _conv_bias(m)
         return Pending(
             out,
             step.name,

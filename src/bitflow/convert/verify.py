@@ -314,24 +314,7 @@ def verify(
                         st.reshape(nb, -1) * n_l / _act_range(modules[op.attrs["source"]])
                     )
                     bad = inter[key].reshape(nb, -1).astype(np.int64) != qt.to(torch.int64).numpy()
-                    res["signs_compared"] += bad.size
-                    near_info = (
-                        _near_info(
-                            graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb
-                        )
-                        if bad.any()
-                        else None
-                    )
-                    if near_info is not None:
-                        bad = _split_near(
-                            res, near_info, bad, near_samples, start, op.attrs["source"]
-                        )
-                    res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
-                    real = int((bad & ~near_samples[:, None]).sum())
-                    res["sign_mismatches"] += real
-                    res["sign_mismatches_by_layer"][op.attrs["source"]] += real
-                    continue
-                if info.dtype == "uint8" or info.planes > 1:
+                elif info.dtype == "uint8" or info.planes > 1:
                     # M-bit levels: decode the planes (Eq. 7), or uint8 codes q -> 2q - 255
                     if info.dtype == "uint8":
                         lv = 2 * inter[key].astype(np.int64).reshape(nb, -1) - 255
@@ -339,30 +322,14 @@ def verify(
                         assert info.channels is not None
                         lv = plane_levels(inter[key], info.channels, info.groups).reshape(nb, -1)
                     bad = lv != st.reshape(nb, -1).numpy()
-                    res["signs_compared"] += bad.size
-                    # integer thresholds are exact: a difference here is a real mismatch unless
-                    # the sample already took a near-threshold float decision upstream, or the
-                    # levels come from a float first layer whose value lies near a threshold
-                    near_info = (
-                        _near_info(
-                            graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb
-                        )
-                        if bad.any()
-                        else None
-                    )
-                    if near_info is not None:
-                        bad = _split_near(
-                            res, near_info, bad, near_samples, start, op.attrs["source"]
-                        )
-                    res["near_threshold"]["downstream"] += int((bad & near_samples[:, None]).sum())
-                    real = int((bad & ~near_samples[:, None]).sum())
-                    res["sign_mismatches"] += real
-                    res["sign_mismatches_by_layer"][op.attrs["source"]] += real
-                    continue
-                assert info.channels is not None
-                neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
-                neg_t = (st.reshape(nb, -1) < 0).numpy()
-                bad = neg_t != neg_exec
+                else:
+                    assert info.channels is not None
+                    neg_exec = unpack_bits(inter[key], info.channels, info.groups).reshape(nb, -1)
+                    neg_t = (st.reshape(nb, -1) < 0).numpy()
+                    bad = neg_t != neg_exec
+                # integer thresholds are exact: a difference is a real mismatch unless the sample
+                # already took a near-threshold float decision upstream, or the value comes from a
+                # float producer and lies within its error bound of a threshold
                 res["signs_compared"] += bad.size
                 near_info = (
                     _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
