@@ -342,3 +342,31 @@ def test_ddp_two_processes_gloo(tmp_path: Path) -> None:
     )  # a step was taken
     model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_channels_last_is_a_layout_not_a_model_change(tmp_path: Path) -> None:
+    """Training in NHWC (the default) computes what NCHW computes: one batch in one epoch, so the
+    logged training loss is the loss at the initial weights (a forward pass in either layout;
+    equal up to float32 summation order, far below the 1e-4 used); the checkpoint is stored
+    contiguous, and the model trained with channels_last really held its 4-d weights in NHWC."""
+    kw = dict(epochs=1, batch_size=64, limit_train=64)
+    train(_cfg(tmp_path / "nhwc", **kw))
+    train(_cfg(tmp_path / "nchw", channels_last=False, **kw))
+    rows = [
+        json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])
+        for d in ("nhwc", "nchw")
+    ]
+    assert rows[0]["train_loss"] == pytest.approx(rows[1]["train_loss"], rel=1e-4)
+    for name, t in _weights(tmp_path / "nhwc" / "last.pt").items():
+        assert t.is_contiguous(), name
+    seen: list[bool] = []
+    moved = False
+    from bitflow.train import trainer as tr
+
+    model = create("bitflow_vgg_small", **TINY)
+    tr._channels_last_(model)
+    for p in model.parameters():
+        if p.dim() == 4:
+            seen.append(p.is_contiguous(memory_format=torch.channels_last))
+            moved = moved or not p.is_contiguous()  # (a 1-channel conv is both layouts at once)
+    assert seen and all(seen) and moved

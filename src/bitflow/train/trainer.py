@@ -70,6 +70,10 @@ class TrainConfig:
         None  # a bitflow.methods name (issue 12): quantizers, transform, loss/step hooks
     )
     method_args: dict[str, Any] = field(default_factory=dict)
+    # NHWC activations and weights (torch.channels_last): the same operations in another memory
+    # layout; oneDNN's convolution backward is ~1.5x faster on it on CPU (bireal_resnet20, batch
+    # 128). Checkpoints are stored contiguous (NCHW) either way.
+    channels_last: bool = True
 
 
 class _Dist:
@@ -197,6 +201,21 @@ def evaluate(
         correct += int((logits.argmax(1) == y).sum())
     model.train(was)
     return tot_loss / n, correct / n
+
+
+def _channels_last_(model: nn.Module) -> None:
+    """Store every 4-d parameter and buffer of ``model`` as channels_last, in place (``Module.to``
+    refuses models with other ranks, e.g. MCN's 5-d latent filters, which stay as they are)."""
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+
+def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every tensor in the default (contiguous, NCHW) layout: checkpoints do not
+    depend on the memory format the run trained in."""
+    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def _append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -330,6 +349,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         if cfg.calibrate:
             _calibrate(model, data.train, cfg.seed)
     model = model.to(device)
+    if cfg.channels_last:
+        _channels_last_(model)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _group_lambdas(opt, recipe))
@@ -418,6 +439,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             )
         for x, y in it:
             x = augment_batch(x, augment, aug_gen).to(device)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device)
             logits = net(x)
             loss = hooks.loss(
@@ -453,7 +476,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             if improved or (math.isnan(val_acc) and epoch == recipe.epochs - 1):
                 best_val, best_epoch = (val_acc if not math.isnan(val_acc) else best_val), epoch
             state = {
-                "model": model.state_dict(),
+                "model": _contiguous(model.state_dict()),
                 "model_config": config,
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
