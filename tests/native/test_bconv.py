@@ -205,3 +205,44 @@ def test_bconv2d_planes_property(
             pack_bits(cx), pack_bits(cw), c, s, p, 0, kernels=ks, threads=2
         )
         np.testing.assert_array_equal(got, expect, err_msg=ks)
+
+
+# Tile edges of the packed-weight binary GEMMs (bgemm_packed: 32-channel blocks, split in
+# 16-channel halves by the AVX2 kernel; 2- and 4-row tiles; byte-counter runs of 31 words in
+# the AVX2 kernel): odd M, O on both sides of 16 / 32 / 48, K words 1, 31, 32, 33, 63 and a
+# channel count that is not a multiple of 64. Each activation / weight bit is drawn
+# independently (all 64 bits of a full word random), so every popcount value occurs.
+PACKED_EDGES = [
+    # n, h, w, c, o
+    (1, 1, 1, 64, 1),
+    (1, 3, 5, 64, 15),
+    (1, 1, 7, 31 * 64, 16),
+    (1, 3, 1, 32 * 64, 17),
+    (1, 5, 1, 33 * 64, 33),
+    (2, 3, 3, 100, 47),
+    (1, 1, 3, 63 * 64, 49),
+    (1, 4, 4, 130, 64),
+]
+
+
+@pytest.mark.parametrize("case", PACKED_EDGES)
+def test_bconv2d_packed_tile_edges_equal_ref(fast_kernels: str, case: tuple) -> None:
+    n, h, w, c, o = case
+    rng = np.random.default_rng(23 + zlib.crc32(repr(case).encode()))
+    x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, 1, 1, c))
+    # an all-equal and an all-different weight row for pixel 0: popcount 0 and full K bits
+    wt[0, 0, 0] = x[0, 0, 0]
+    wt[o - 1, 0, 0] = -x[0, 0, 0] if o > 1 else x[0, 0, 0]
+    px, pw_ = pack_bits(x), pack_bits(wt)
+    for threads in (1, 2, 3):
+        ref = _native.bconv2d(px, pw_, c, 1, (0, 0), 0, kernels="ref")
+        got = _native.bconv2d(px, pw_, c, 1, (0, 0), 0, kernels=fast_kernels, threads=threads)
+        np.testing.assert_array_equal(got, ref)
+        # the same channels through a 3x3 convolution (im2col rows, padding corrections)
+        w3 = np.repeat(pw_, 9, axis=1).reshape(o, 3, 3, -1)
+        ref3 = _native.bconv2d(px, w3, c, 1, (1, 1), 0, kernels="ref")
+        got3 = _native.bconv2d(px, w3, c, 1, (1, 1), 0, kernels=fast_kernels, threads=threads)
+        np.testing.assert_array_equal(got3, ref3)
+    assert ref[0, 0, 0, 0] == c  # sum of c products +1 * +1 (the rows are equal)
+    if o > 1:
+        assert ref[0, 0, 0, o - 1] == -c

@@ -88,7 +88,7 @@ def test_per_op_selection_rules() -> None:
         no_vpop["sgemm"] == "sgemm_4x4__avx512fma"
         and no_vpop["sgemm_packed"] == "sgemm_4x48__avx512fma"
     )
-    assert no_vpop["bgemm"] == "bgemm_2x4__avx2" and no_vpop["bgemm_packed"] is None
+    assert no_vpop["bgemm"] == "bgemm_2x4__avx2" and no_vpop["bgemm_packed"] == "bgemm_2x16__avx2"
     assert no_vpop["igemm_u8i8"] == "igemm_u8i8_2x4__avx2" and no_vpop["igemm_packed"] is None
     vnni = _native.compose_kernels({**AVX512_BASE, "avx512vnni": True})
     assert (
@@ -119,7 +119,7 @@ def test_per_op_selection_rules() -> None:
         **_native.kernel_info("avx2"),
         "name": "auto",
         "threshold_bits": "threshold_bits__ref",
-        "bgemm_packed": None,
+        "bgemm_packed": "bgemm_2x16__avx2",
         "igemm_packed": None,
     }
     assert _native.compose_kernels({"popcnt": True})["bgemm"] == "bgemm_4x4__scalar"

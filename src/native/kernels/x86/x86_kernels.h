@@ -44,6 +44,9 @@ void igemm_u8i8_2x4__avx2(const std::uint8_t* A, std::int64_t lda, const std::in
                           std::int64_t ldb, std::int64_t M, std::int64_t N, std::int64_t K,
                           std::int32_t* C, std::int64_t ldc);
 void bitpack_f32__avx2(const float* x, std::int64_t rows, std::int64_t cols, std::uint64_t* out);
+void bgemm_2x16__avx2(const std::uint64_t* A, std::int64_t lda, const std::uint64_t* Bp,
+                      std::int64_t M, std::int64_t N, std::int64_t Kw, std::int32_t k_bits,
+                      std::int32_t* C, std::int64_t ldc);
 }  // namespace avx2
 
 }  // namespace bitflow
