@@ -77,6 +77,8 @@ def test_float_stream_equals_the_unfused_ops(
             kernels == "avx512"
             or (kernels == "auto" and "avx512" in N.kernel_info("auto")["bitpack_f32"])
         )
+        # the AVX2 rows go with an AVX2 float bit packing (8 channels a step, masked tails)
+        assert fs.avx2 == (not fs.wide and "avx2" in N.kernel_info(kernels)["bitpack_f32"])
         y, b = fs([arrays[k] for k in order], threads)
         assert y.tobytes() == want_y.tobytes()  # bit for bit, NaN payloads included
         assert np.array_equal(b, want_b)

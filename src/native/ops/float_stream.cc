@@ -30,9 +30,18 @@ bool float_stream_wide_available() {
 #endif
 }
 
+bool float_stream_avx2_available() {
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+  return cpu_features().avx2;
+#else
+  return false;
+#endif
+}
+
 FloatStream::FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,
-                         const std::int8_t* dir, bool keep_y, bool wide)
-    : o_(o), operands_(std::move(operands)), keep_y_(keep_y), wide_(wide && float_stream_wide_available()) {
+                         const std::int8_t* dir, bool keep_y, bool wide, bool avx2)
+    : o_(o), operands_(std::move(operands)), keep_y_(keep_y), wide_(wide && float_stream_wide_available()),
+      avx2_(!wide_ && avx2 && float_stream_avx2_available()) {
   if (operands_.empty()) throw std::invalid_argument("FloatStream: no operands");
   for (const Operand& op : operands_)
     for (const Stage& s : op.stages)
@@ -114,6 +123,10 @@ void FloatStream::rows(const void* const* xs, std::int64_t r0, std::int64_t r1, 
     avx512::float_stream_rows__avx512(*this, thr_.empty() ? nullptr : thr_.data(), pos_.data(), xs, r0, r1, y, bits);
     return;
   }
+  if (avx2_) {
+    avx2::float_stream_rows__avx2(*this, thr_.empty() ? nullptr : thr_.data(), pos_.data(), xs, r0, r1, y, bits);
+    return;
+  }
 #endif
   const std::int64_t o = o_, nw = words_for(o);
   thread_local std::vector<float> acc_buf, tmp_buf;
@@ -148,7 +161,7 @@ double FloatStream::ns_per_row() const {
   double per = 0.0;
   for (const Operand& op : operands_) per += 0.15 + 0.1 * static_cast<double>(op.stages.size());
   if (!thr_.empty()) per += 0.1;
-  return per * static_cast<double>(o_) * (wide_ ? 0.3 : 1.0);
+  return per * static_cast<double>(o_) * (wide_ ? 0.3 : (avx2_ ? 0.5 : 1.0));
 }
 
 void FloatStream::run(int threads, const void* const* xs, std::int64_t rows, float* y,

@@ -13,6 +13,12 @@ bool wide_for(const KernelSet& ks) {
          bitflow::ops::float_stream_wide_available();
 }
 
+/// Likewise the AVX2 float rows with a kernel set whose float bit packing is AVX2.
+bool avx2_for(const KernelSet& ks) {
+  return std::string(ks.bitpack_name).find("avx2") != std::string::npos &&
+         bitflow::ops::float_stream_avx2_available();
+}
+
 void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, const nb::list& stages,
                        std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, bool keep_y,
                        const std::string& kernels) {
@@ -47,7 +53,7 @@ void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, c
     dir = d->data;
   }
   if (!keep_y && thr == nullptr) fail(fn, "nothing to output: keep_y=False and no threshold");
-  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y, wide_for(ks));
+  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y, wide_for(ks), avx2_for(ks));
 }
 
 /// Validate operands k >= first against the stream (dtype, shape, channels); returns pointers.
@@ -206,6 +212,7 @@ void bind_float_stream(nb::module_& m) {
       .def("__init__", &float_stream_init, "channels"_a, "i32"_a, "stages"_a, "thr"_a = nb::none(),
            "direction"_a = nb::none(), "keep_y"_a = true, "kernels"_a = "")
       .def_prop_ro("wide", [](const FloatStream& f) { return f.wide(); })
+      .def_prop_ro("avx2", [](const FloatStream& f) { return f.avx2(); })
       .def("__call__", &float_stream_call, "xs"_a, "threads"_a = 1,
            "operands [..., O] -> y float32 [..., O], bits uint64 [..., ceil(O/64)] or the tuple (y, bits).")
       .def("after_conv2d", &float_stream_after_conv2d, "x"_a, "w"_a, "bias"_a = nb::none(),

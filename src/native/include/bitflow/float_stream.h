@@ -41,9 +41,11 @@ class FloatStream {
   /// o channels (the last axis of every operand); thr / dir (o values each) may be null (no
   /// bits output); keep_y: store the sum y. wide: use the AVX-512 rows (the caller checked
   /// that they are built and that the CPU has AVX-512F; same results, bit for bit).
+  /// avx2: use the AVX2 rows where wide is not taken (the caller checked likewise for AVX2).
   FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,
-              const std::int8_t* dir, bool keep_y, bool wide = false);
+              const std::int8_t* dir, bool keep_y, bool wide = false, bool avx2 = false);
   bool wide() const { return wide_; }
+  bool avx2() const { return avx2_; }
 
   std::int64_t channels() const { return o_; }
   std::size_t operand_count() const { return operands_.size(); }
@@ -68,6 +70,7 @@ class FloatStream {
   std::vector<std::uint32_t> pos_;  // per channel: all ones iff direction +1
   bool keep_y_;
   bool wide_;
+  bool avx2_;
 };
 
 /// threshold_f32_bits of rows [0, rows) with per-channel all-ones masks for direction +1
@@ -82,6 +85,8 @@ void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads
 
 /// Whether the AVX-512 float rows are built and this CPU runs them.
 bool float_stream_wide_available();
+/// Whether the AVX2 float rows are built and this CPU runs them.
+bool float_stream_avx2_available();
 
 }  // namespace bitflow::ops
 
@@ -94,4 +99,10 @@ void float_stream_rows__avx512(const ops::FloatStream& fs, const float* thr,
 void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out,
                               std::int64_t r0, std::int64_t r1);
 }  // namespace bitflow::avx512
+namespace bitflow::avx2 {
+// kernels/x86/avx2/float_stream__avx2.cc (built with -mavx2)
+void float_stream_rows__avx2(const ops::FloatStream& fs, const float* thr,
+                             const std::uint32_t* pos, const void* const* xs, std::int64_t r0,
+                             std::int64_t r1, float* y, std::uint64_t* bits);
+}  // namespace bitflow::avx2
 #endif
