@@ -36,6 +36,7 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx2/bgemm_2x4__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/bgemm_2x16__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/float_stream__avx2.cc
+    ${BF_NATIVE}/kernels/x86/avx2/sgemm_6x16__avx2fma.cc
     ${BF_NATIVE}/kernels/x86/avx2/sgemm_2x4__avx2fma.cc
     ${BF_NATIVE}/kernels/x86/avx2/igemm_u8i8_2x4__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/bitpack_f32__avx2.cc)

@@ -121,6 +121,7 @@ def test_per_op_selection_rules() -> None:
         "threshold_bits": "threshold_bits__ref",
         "bgemm_packed": "bgemm_2x16__avx2",
         "igemm_packed": None,
+        "sgemm_packed": "sgemm_6x16__avx2fma",
     }
     assert _native.compose_kernels({"popcnt": True})["bgemm"] == "bgemm_4x4__scalar"
     assert _native.compose_kernels({}) == {**_native.kernel_info("ref"), "name": "auto"}

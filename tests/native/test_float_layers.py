@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from native_oracles import ALL_KERNELS
@@ -34,6 +36,9 @@ CONVS = [  # n, h, w, c, o, k, stride, padding
     (2, 15, 13, 3, 17, 5, 2, 2),
     (1, 8, 8, 20, 5, 1, 1, 0),
     (3, 9, 10, 1, 4, (3, 2), (2, 1), (0, 1)),
+    # packed-kernel tile edges (16-channel blocks, 6-row AVX2 tiles): O = 33 and 16, M = 35 / 7
+    (1, 7, 5, 4, 33, 3, 1, 1),
+    (1, 1, 7, 130, 16, 1, 1, 0),
 ]
 
 
@@ -101,3 +106,46 @@ def test_peak_probe_positive() -> None:
     for ks in _native.available_kernels():
         assert _native.peak_probe(ks, 0.01) > 1e8
     assert set(_native.available_kernels()) <= set(ALL_KERNELS)
+
+
+def _round_f32(q: Fraction) -> np.float32:
+    """The float32 nearest to the rational q (ties to even): the float64 nearest to q, then the
+    float32 among its neighbours that is closest to q exactly (no double-rounding error)."""
+    f = np.float32(float(q))
+    cands = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+    best = min(
+        cands,
+        key=lambda c: (abs(Fraction(float(c)) - q), int(np.array(c).view(np.uint32)) & 1),
+    )
+    return np.float32(best)
+
+
+def test_packed_sgemm_is_one_fma_per_k_in_order() -> None:
+    """The packed float GEMMs' contract (kernels.h, SgemmPackedFn): the sum is taken in order
+    k = 0..K-1 with one fused multiply-add per k (a single rounding of a*b + s), then the bias
+    is added. Oracle: that recurrence in exact rational arithmetic, rounded to float32 once per
+    step - a kernel that rounds the product separately, or sums in another order, differs."""
+    rng = np.random.default_rng(5)
+    n, h, w, c, o = 1, 1, 7, 24, 17  # a pointwise conv: M = 7 rows (6-row tile + 1), O = 17
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, 1, 1, c)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    want = np.zeros((n, h, w, o), np.float32)
+    for j in range(w):
+        for q in range(o):
+            s = np.float32(0.0)
+            for k in range(c):
+                s = _round_f32(
+                    Fraction(float(x[0, 0, j, k])) * Fraction(float(wt[q, 0, 0, k]))
+                    + Fraction(float(s))
+                )
+            want[0, 0, j, q] = np.float32(s + bias[q])
+    tested = 0
+    for ks in _native.available_kernels():
+        if _native.kernel_info(ks)["sgemm_packed"] is None:
+            continue
+        got = _native.conv2d_f32(x, wt, bias, 1, (0, 0), kernels=ks)
+        assert got.tobytes() == want.tobytes(), ks
+        tested += 1
+    if tested == 0:
+        pytest.skip("no packed float GEMM on this CPU")

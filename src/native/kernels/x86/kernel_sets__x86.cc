@@ -46,8 +46,8 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 &avx2::bgemm_2x16__avx2,
                                 nullptr,
                                 nullptr,
-                                nullptr,
-                                nullptr,
+                                "sgemm_6x16__avx2fma",
+                                &avx2::sgemm_6x16__avx2fma,
                                 "threshold_bits__ref",
                                 &avx2_op_supported};
 
