@@ -85,3 +85,14 @@ def reference_and_bound(graph: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
     out = graph.output
     bound = 2 * eb[out] if out in eb else np.zeros(ref.shape)  # an integer output: exact
     return ref, bound
+
+
+def model_bound(model: Any, x: np.ndarray) -> np.ndarray:
+    """``2 E`` at the output of ``model`` (converted with :func:`bitflow.convert.convert`) on the
+    NCHW float32 batch ``x``: any two correct float32 executions of the model (PyTorch's forward,
+    a hand-written forward, the reference executor) that take the same sign decisions differ by
+    at most this much. Where a sign flips, the difference is not bounded by it: the comparison
+    then fails rather than passes, so a test using it cannot hide a mismatch."""
+    from bitflow.convert import convert
+
+    return reference_and_bound(convert(model), x)[1]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bounds import U64, assert_within, gamma
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -33,8 +34,6 @@ from bitflow.nn import (
     binary_layers,
     clip_weights_,
 )
-from _bounds import U64, assert_within, gamma
-
 from bitflow.nn import functional as BF
 from bitflow.nn import quantizers as Q
 
