@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _bounds import U32, assert_within, conv_bound, gamma
 
 from bitflow.nn import quantizers as Q
@@ -396,8 +395,7 @@ def test_abc_net_bases() -> None:
     # b_i, times a_i and scale_a_j: 2 roundings) with 5 additions; the layer may combine the
     # bases first. Each side within gamma_{K+8} sum_ij |a_i s_j| conv(|H_j|, |B_i|) of exact
     mag = sum(
-        (a[i] * m.scale_a[j].detach()).abs()
-        * conv_bound(hb[j], bs[i].detach(), 1, 1, extra=8)
+        (a[i] * m.scale_a[j].detach()).abs() * conv_bound(hb[j], bs[i].detach(), 1, 1, extra=8)
         for i in range(3)
         for j in range(2)
     )
