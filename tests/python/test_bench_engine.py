@@ -198,7 +198,9 @@ def test_fused_engine_equals_reference_executor(name: str, kw: dict) -> None:
             # the fused steps' integers and bits equal the reference's (above): the logits
             # differ only by the float last layers' roundings, at most 2 E
             eb = 2 * float_error_bounds(graph, env)[graph.output]
-            assert_within(logits, ref_logits, eb, kernels)
+            assert_within(
+                logits, ref_logits, eb, kernels, empirical=(1e-5, 1e-4)
+            )  # measured <= 4.2e-7
             np.testing.assert_array_equal(logits.argmax(1), ref_logits.argmax(1))
 
 

@@ -542,7 +542,8 @@ def test_conv_exact_transformation_to_branches(
         y,
         F.conv2d(xq, wq, None, stride, pad),
         gamma(5) * F.conv2d(xq.abs(), wq.abs(), None, stride, pad),
-    )
+        empirical=(1e-6, 1e-6),
+    )  # measured 9.9e-7 at |y| <= 15
     # 3. the M x K multi-branch binary network, built here from numpy-encoded planes: every branch
     #    a {-1,+1} convolution, planes padded with 0 (pad_value 0) or +1 (pad_value 1)
     cx = torch.from_numpy(M.encode(vx.detach().numpy(), bits_a)).double()

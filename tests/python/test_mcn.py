@@ -65,7 +65,9 @@ def test_layer_equals_conv2d_with_reconstructed_weight(variant: str, xnor: bool)
         # Both sides within gamma_{K+12} conv(|x_b|, |W|) of the exact conv, K = 12 * 9: want
         # sums K products of the rounded W = a mean(M); got rounds mean(M) (9 terms), a * mean
         # and the product with the exact integer; W's own rounding is one more u
-        assert_within(got, want, 2 * conv_bound(xin, w, 2, 1, extra=12))
+        assert_within(
+            got, want, 2 * conv_bound(xin, w, 2, 1, extra=12), empirical=(1e-5, 1e-5)
+        )  # measured 9.5e-7
     else:
         assert torch.equal(got, want)
     if variant != "umcn":
@@ -86,7 +88,12 @@ def test_first_layer_replicates_the_input_k_times() -> None:
     # the 4 replicas' weights (3 roundings) and then sum 2 * 9 products: each within
     # gamma_{K+3} conv(|x|, |W|) of the exact value
     xr = x.repeat_interleave(4, 1)
-    assert_within(m(x), F.conv2d(xr, w, None, 1, 1), 2 * conv_bound(xr, w, 1, 1, extra=3))
+    assert_within(
+        m(x),
+        F.conv2d(xr, w, None, 1, 1),
+        2 * conv_bound(xr, w, 1, 1, extra=3),
+        empirical=(1e-5, 1e-5),
+    )  # measured 8.3e-7
     assert m.in_channels == 2 and m.out_channels == 12
 
 
@@ -202,7 +209,9 @@ def test_ste_passes_the_c_hat_gradient_to_c() -> None:
         ya = F.conv2d(xin.double().abs(), wa.reshape(w.shape), None, 1, 1)
         (g_up,) = torch.autograd.grad((ya * up).sum(), ca, retain_graph=True)
         (g_dy,) = torch.autograd.grad((ya * 2 * dy).sum(), ca)  # from the forward difference
-        assert_within(gc, chat.grad, 2 * gamma(50 + 4 + 3) * g_up + g_dy)
+        assert_within(
+            gc, chat.grad, 2 * gamma(50 + 4 + 3) * g_up + g_dy, empirical=(1e-4, 1e-4)
+        )  # measured 2.3e-5 at |grad| <= 144
 
 
 @pytest.mark.parametrize("widths,paper", list(zip(TABLE2_WIDTHS, TABLE2_PARAMS_M, strict=True)))

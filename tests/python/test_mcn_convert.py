@@ -62,7 +62,7 @@ def test_mcn1_xnor_converts_exactly(name: str, kw: dict[str, object]) -> None:
         assert (eng.predict(x) == ref.argmax(1)).all()
         # engine vs reference: the same integers and bits (checked), so only the float layers'
         # roundings differ: at most 2 E (float_error_bounds, _bounds.reference_and_bound)
-        assert_within(eng.logits(x), ref, bound, k)
+        assert_within(eng.logits(x), ref, bound, k, empirical=(1e-4, 1e-4))  # measured <= 1.8e-7
 
 
 @pytest.mark.parametrize(

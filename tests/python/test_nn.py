@@ -438,7 +438,9 @@ def test_binary_conv2d_forward_matches_conv_of_signs(c: dict) -> None:
         bound = gamma(kf + 2) * (
             conv.abs() * alpha.view(1, -1, 1, 1) + bias32.double().abs().view(1, -1, 1, 1)
         )
-        assert_within(y, ref, bound, "BinaryConv2d xnor")
+        assert_within(
+            y, ref, bound, "BinaryConv2d xnor", empirical=(1e-5, 1e-6)
+        )  # measured <= 5.4e-7
         # Eq. 5: the float32 output is the exact integer times the layer's alpha, one rounding
         _, alpha32 = layer.quantized_weight()
         expected32 = conv_int.float() * alpha32.detach().view(1, -1, 1, 1) + bias32.view(
@@ -822,7 +824,9 @@ def test_int8_conv2d_gradients() -> None:
         )
         / 255
     )
-    assert_within(layer.weight.grad, gw, bw, "dL/dW")
+    assert_within(
+        layer.weight.grad, gw, bw, "dL/dW", empirical=(1e-5, 1e-6)
+    )  # measured 1.1e-6 at |dL/dW| <= 5.7
     q, s = layer.quantized_weight()
     wq = q.detach().double() * s.double().view(-1, 1, 1, 1)
     gx = torch.nn.grad.conv2d_input(x.shape, wq, g.double(), stride=2, padding=1)
@@ -837,7 +841,8 @@ def test_int8_conv2d_gradients() -> None:
         layer.bias.grad,
         g.double().sum(dim=(0, 2, 3)),
         gamma(m_terms) * g.double().abs().sum(dim=(0, 2, 3)),
-    )
+        empirical=(1e-5, 1e-5),
+    )  # measured 1.2e-6 at |db| <= 9.7
 
 
 def test_int8_conv2d_fan_in_limit_and_padding_mode() -> None:

@@ -302,7 +302,7 @@ def test_dag_runs_on_the_engine_like_the_reference_and_frees_buffers() -> None:
             assert np.array_equal(own[v], env[v])
         # engine vs reference: the same integers and bits (checked), so only the float layers'
         # roundings differ: at most 2 E (float_error_bounds, _bounds.reference_and_bound)
-        assert_within(eng.logits(x), ref, bound, k)
+        assert_within(eng.logits(x), ref, bound, k, empirical=(1e-4, 1e-4))  # measured <= 9.6e-7
         assert set(eng.run(x)) == {"fc"}  # every intermediate released
         # c0 (read by sign and add) stays alive until the add, not only until its first reader
         frees = {st.dst: st.free for st in eng._plan}

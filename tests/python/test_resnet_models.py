@@ -410,7 +410,9 @@ def test_forward_equals_the_papers_equations(
         )  # type: ignore[arg-type]
     # two float32 executions of the same network (same sign decisions, else this fails): each
     # within E of the exact value (float_error_bounds of the converted model), 2 E apart
-    assert_within(got, want, model_bound(m, x.numpy()), name)
+    assert_within(
+        got, want, model_bound(m, x.numpy()), name, empirical=(1e-4, 1e-4)
+    )  # measured <= 9.6e-7
 
 
 def test_each_bireal_unit_keeps_its_input_when_its_conv_branch_is_zero() -> None:
@@ -559,6 +561,8 @@ def test_converts_and_the_engine_matches(name: str, kw: dict[str, Any]) -> None:
         want = m(torch.from_numpy(x)).numpy()
     # PyTorch and the reference executor: the same sign decisions (else this fails), so at most
     # 2 E apart (float_error_bounds: the float stem, BatchNorms, residual adds, classifier)
-    assert_within(ref, want, bound, name)
+    assert_within(
+        ref, want, bound, name, empirical=(1e-4, 1e-4)
+    )  # measured <= 9.6e-7 (the bound is vacuous on the deepest nets: forward rule only)
     for k in available_kernels():
         np.testing.assert_array_equal(Engine(graph, kernels=k).predict(x), ref.argmax(1))
