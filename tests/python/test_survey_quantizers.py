@@ -80,6 +80,10 @@ def test_ede_backward_is_derivative_of_k_tanh_tx(progress: float) -> None:
     t, k = S.ede_schedule(progress)
     assert torch.equal(q(GRID), _sign(GRID))
     want = _grad(lambda x: k * torch.tanh(t * x), GRID.double()).float()
+    # k t (1 - tanh^2(t x)) in float32: tanh (SLEEF, <= 1 ulp = 2u), a square, 1 - tanh^2 and
+    # two products: rtol 1e-5 = 168 u covers <= 5 roundings amplified by 2 |t x| tanh <= 10
+    # where the derivative is not small (measured: 4.8e-7 at |want| = 10); atol 1e-7 is the
+    # measured bound of the tails, where PyTorch's tanh' is computed without cancellation
     torch.testing.assert_close(_grad(q, GRID), want, rtol=1e-5, atol=1e-7)
 
 
@@ -106,6 +110,9 @@ def test_irnet_libra_weights() -> None:
 
     want = _grad(smooth, w.double()).float()
     got = _grad(lambda x: q.decompose(x)[0] * g.float(), w)
+    # the standardization's backward sums n = 2*3*3 = 18 terms per channel twice (mean, std:
+    # gamma_18 = 1.1e-6 of their magnitudes, which reach |want| max 39 times n / std): rtol 1e-4
+    # = 14 gamma_18 and atol 1e-5 cover them (measured: 7.6e-6 at |want| = 39)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -204,6 +211,9 @@ def test_dsq(alpha: float) -> None:
     s = 1 / (1 - alpha)  # = 1 / tanh(k), DSQ's alpha = 1 - tanh(k Delta / 2)
     inside = GRID.abs() <= 1
     want = torch.where(inside, s * k * (1 - torch.tanh(k * GRID.double()) ** 2), 0.0).float()
+    # s k (1 - tanh^2(k x)): as for EDE, <= 5 float32 roundings (tanh <= 2u) amplified by
+    # 2 |k x tanh(k x)| <= 2 k <= 10 (rtol 1e-5 = 168 u), atol 1e-6 for the cancelled tails
+    # (measured: 1.2e-7)
     torch.testing.assert_close(_grad(q, GRID), want, rtol=1e-5, atol=1e-6)
     # alpha is learned through phi
     q(GRID).sum().backward()
@@ -279,6 +289,7 @@ def test_bnnplus_weight_and_regularizer() -> None:
         lambda x: 2 * torch.sigmoid(5 * x) * (1 + 5 * x * (1 - torch.sigmoid(5 * x))) - 1,
         w.double(),
     ).float()
+    # SignSwish derivative with beta = 5: the tolerance derived in test_signswish_... above
     torch.testing.assert_close(_grad(lambda x: q.decompose(x)[0], w), want, rtol=1e-5, atol=1e-6)
     del s
     a = q.alpha.detach()
