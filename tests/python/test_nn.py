@@ -228,7 +228,8 @@ def test_xnor_forward_is_eq3_eq7(shape: tuple[int, ...], seed: int, zeros: bool)
     w = torch.from_numpy(w_np)
     # float64 alpha on both sides: a sum of n = |W_o| non-negative terms and a division, any
     # order: each within gamma_n alpha of the exact mean, so relative 2 gamma_n (2.2e-16 n)
-    rtol = 2 * gamma(flat.shape[1], U64)
+    # (the earlier rtol 1e-14, measured 2.9e-16, stays where it is the tighter one)
+    rtol = min(2 * gamma(flat.shape[1], U64), 1e-14)
     np.testing.assert_allclose(wq(w).numpy(), expected, rtol=rtol, atol=0)
     b, a = wq.decompose(w)
     assert a is not None and a.shape == (o,)
@@ -309,6 +310,7 @@ def test_xnor_alpha_gradient_matches_finite_differences(shape: tuple[int, ...]) 
     # magnitude <= T = sum |G| max alpha, gamma_{n+2} T each) over 2h; 2 h is 1e-6 * (1 + u)
     t_mag = float(np.abs(g_np).sum() * np.abs(w_np).max())
     fd_bound = 2 * gamma(g_np.size + 2, U64) * t_mag / (2 * h) + 4 * U64 * float(np.abs(fd).max())
+    fd_bound = min(fd_bound, 1e-8)  # the earlier atol (measured 6.6e-10) where it is tighter
     np.testing.assert_array_less(np.abs(w.grad.numpy() - ste_part - fd), fd_bound)
     # and the xnor_scale Function alone gives the same alpha part
     w3 = torch.from_numpy(w_np).requires_grad_(True)
