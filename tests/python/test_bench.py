@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 import torch
+from _bounds import U64, gamma
 
 from bitflow import bench as B
 from bitflow import cli, models
@@ -30,8 +31,15 @@ def test_measure_statistics_with_a_fake_clock(monkeypatch: pytest.MonkeyPatch) -
 
     t = B.measure(fn, repeat=4, warmup=1)
     assert t.runs == 4
-    assert t.median_ms == pytest.approx(statistics.median([5, 1, 4, 2]))
-    assert (t.min_ms, t.max_ms) == (pytest.approx(1.0), pytest.approx(5.0))
+    # the fake clock is a float64 running sum of <= 5 durations (<= 0.021 s): each reading is
+    # within gamma_5 0.021 s of exact, a duration (two readings, one subtraction, * 1e3) within
+    # gamma_7 * 2 * 21 ms, and the median of two adds one rounding
+    tol = gamma(8, U64) * 2 * 21
+    assert t.median_ms == pytest.approx(statistics.median([5, 1, 4, 2]), rel=0, abs=tol)
+    assert (t.min_ms, t.max_ms) == (
+        pytest.approx(1.0, rel=0, abs=tol),
+        pytest.approx(5.0, rel=0, abs=tol),
+    )
     assert t.to_json("x_ms") == {
         "x_ms": t.median_ms,
         "x_ms_min": t.min_ms,

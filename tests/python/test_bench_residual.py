@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from _bounds import U64, gamma
 
 from bitflow import bench as B
 from bitflow.bench import _timing
@@ -33,7 +34,12 @@ def test_measure_interleaved_alternates_runtimes(monkeypatch: pytest.MonkeyPatch
     # round 1: a warm-up + 2 timed, b warm-up + 2 timed; round 2: one untimed + 2 timed each
     assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
     assert res["a"].runs == res["b"].runs == 4
-    assert res["a"].median_ms == pytest.approx(1.0) and res["b"].median_ms == pytest.approx(3.0)
+    # the fake clock: a float64 running sum of 12 steps (6 of 1 ms, 6 of 3 ms; <= 0.024 s): a
+    # duration is within gamma_14 * 2 * 24 ms of exact (running sums, a subtraction, * 1e3),
+    # and the median of two adds one rounding
+    tol = gamma(15, U64) * 2 * 24
+    assert res["a"].median_ms == pytest.approx(1.0, rel=0, abs=tol)
+    assert res["b"].median_ms == pytest.approx(3.0, rel=0, abs=tol)
     with pytest.raises(ValueError, match="rounds"):
         B.measure_interleaved({"a": make("a", 1.0)}, repeat=1, warmup=0, rounds=0)
 

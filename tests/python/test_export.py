@@ -310,6 +310,8 @@ def test_near_threshold_flags_exactly_the_decisions_within_the_bound() -> None:
     f, e = env["f"], eb["f"]
     t = far.copy()
     t[2] = f[5, 4, 4, 2] + np.float32(1.5 * e[5, 4, 4, 2])  # within 2E of sample 5's value only
+    # precondition, not a tolerance: no value of samples 0-4 lies within 1e-3 of the threshold
+    # (E here is below 1e-5), so none of them can be near it
     assert (
         1.5 * e[5, 4, 4, 2] > 0
         and not np.isclose(f[:, :, :, 2], t[2], atol=1e-3).reshape(8, -1)[:5].any()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bounds import U64, assert_within, gamma
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -170,7 +171,10 @@ def test_speedup_theory_eq16() -> None:
     # Eq. 16 at the paper's setting N = 8192, gamma = 1.91, beta = gamma/2, L = 64:
     # S_22 = 8192*1.91 / (4*(1.91 + 2*128) + 3*0.955) = 15646.72 / 1034.505 = 15.1248..., the
     # paper's "~15.13x".
-    assert M.speedup_theory(2, 2, 8192) == pytest.approx(15646.72 / 1034.505, rel=1e-12)
+    # float64, positive terms only: each side at most 8 roundings (and the decimals' own)
+    assert M.speedup_theory(2, 2, 8192) == pytest.approx(
+        15646.72 / 1034.505, rel=2 * gamma(10, U64), abs=0
+    )
     assert abs(M.speedup_theory(2, 2, 8192) - 15.13) < 0.01
     s = [M.speedup_theory(m, m, 8192) for m in range(1, 7)]
     assert all(a > b for a, b in zip(s, s[1:], strict=False))
@@ -531,9 +535,15 @@ def test_conv_exact_transformation_to_branches(
         xq, pad = F.pad(xq, (padding,) * 4, value=float(a * sx.detach())), 0
     else:
         pad = padding
-    torch.testing.assert_close(
-        y.double(), F.conv2d(xq, wq, None, stride, pad), rtol=1e-6, atol=1e-6
-    )
+    # y = fl(acc fl(sx sw)) with the exact integer acc (2 roundings); the oracle convolves the
+    # float32-rounded sx v_x and sw v_w (1 rounding each) in float64: both within gamma_2 (plus
+    # float64 sums) of acc sx sw, so gamma_5 conv(|xq|, |wq|) apart
+    assert_within(
+        y,
+        F.conv2d(xq, wq, None, stride, pad),
+        gamma(5) * F.conv2d(xq.abs(), wq.abs(), None, stride, pad),
+        empirical=(1e-6, 1e-6),
+    )  # measured 9.9e-7 at |y| <= 15
     # 3. the M x K multi-branch binary network, built here from numpy-encoded planes: every branch
     #    a {-1,+1} convolution, planes padded with 0 (pad_value 0) or +1 (pad_value 1)
     cx = torch.from_numpy(M.encode(vx.detach().numpy(), bits_a)).double()
@@ -558,12 +568,9 @@ def test_linear_exact_transformation(method: str) -> None:
     acc = vx.detach().round().to(torch.int64) @ vw.detach().round().to(torch.int64).T
     torch.testing.assert_close(layer.integer_output(x), acc, rtol=0, atol=0)
     assert torch.equal(layer.forward_branches(x), layer(x).detach())
-    torch.testing.assert_close(
-        layer(x).double(),
-        F.linear((vx * sx).double(), (vw * sw[:, None]).double()),
-        rtol=1e-6,
-        atol=1e-6,
-    )
+    # as the conv case: gamma_5 (|vx sx| @ |vw sw|^T)
+    xq, wq = (vx * sx).double(), (vw * sw[:, None]).double()
+    assert_within(layer(x), F.linear(xq, wq), gamma(5) * F.linear(xq.abs(), wq.abs()))
     np.testing.assert_array_equal(
         M.encoded_dot(vx.detach().numpy(), vw.detach().numpy(), 3, 2), acc.numpy()
     )
@@ -648,7 +655,8 @@ def test_output_scale_is_what_multiplies_the_integer_result() -> None:
     s = layer.output_scale()
     assert s is not None and s.shape == (4,)
     expect = layer.integer_output(x).double() * s.double().view(1, -1, 1, 1)
-    torch.testing.assert_close(layer(x).double(), expect, rtol=1e-6, atol=1e-6)
+    # fl(acc fl(sx sw)) against acc s (s: the float32 sx sw): at most 2 roundings of |acc| s
+    assert_within(layer(x), expect, gamma(2) * expect.abs())
     torch.testing.assert_close(s, 1.3 / 7 * layer.weight_quantizer.t.detach().expand(4) / 3)
 
 
@@ -664,5 +672,9 @@ def test_bias_is_added_after_the_scaled_integer_result() -> None:
     expect = layer.integer_output(x).double() * s.double().view(
         1, -1, 1, 1
     ) + layer.bias.detach().double().view(1, -1, 1, 1)
-    torch.testing.assert_close(layer(x).double(), expect, rtol=1e-6, atol=1e-6)
+    # 2 roundings of acc s (as above) and one of the sum: gamma_3 (|acc| s + |b|)
+    mag = layer.integer_output(x).double().abs() * s.double().view(1, -1, 1, 1)
+    assert_within(
+        layer(x), expect, gamma(3) * (mag + layer.bias.detach().double().abs().view(1, -1, 1, 1))
+    )
     assert torch.equal(layer.forward_branches(x), layer(x).detach())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bounds import assert_within, conv_bound, reference_and_bound
 from torch import nn
 
 from bitflow import _native as N
@@ -118,7 +119,13 @@ def test_u8_layer_is_the_conv_with_the_reconstructed_weight(variant: str) -> Non
     m.m_filter.data.uniform_(0.2, 1.5)
     x = torch.rand(2, 12, 9, 9) * 8
     want = F.conv2d(m.input_quantizer(x), m.conv_weight(), None, 2, 1)
-    torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
+    # two float32 convs of the same function, K = 12 * 9 products: the layer may factor
+    # W = C^ M (mean of 9 M values, a * mean, the product with an exact integer: 12 more
+    # roundings), each side within gamma_{K+12} conv(|x_q|, |W|) of the exact value
+    xq = m.input_quantizer(x)
+    assert_within(
+        m(x), want, 2 * conv_bound(xq, m.conv_weight(), 2, 1, extra=12), empirical=(1e-5, 1e-5)
+    )  # measured 2.4e-6
     if variant == "mcn1":  # the exact path: integer conv, then one float32 multiplication
         assert m.u8_exact()
 
@@ -156,12 +163,14 @@ def test_float_u8_thresholds_agree_with_pytorch_bn_and_quantizer(relu: bool) -> 
 
 # ----------------------------------------------------------------------------- conversion
 def _check_engine(graph: object, x: np.ndarray) -> None:
-    ref = run(graph, x)  # type: ignore[arg-type]
+    ref, bound = reference_and_bound(graph, x)
     for k in available_kernels():
         eng = Engine(graph, kernels=k)  # type: ignore[arg-type]
         rep = compare_with_reference(eng, x)["reference"]
         assert rep["exact_mismatches"] == 0 and rep["op_by_op_mismatches"] == 0, (k, rep)
-        np.testing.assert_allclose(eng.logits(x), ref, rtol=1e-4, atol=1e-4)
+        # engine vs reference: the same integers and bits (checked), so only the float layers'
+        # roundings differ: at most 2 E (float_error_bounds, _bounds.reference_and_bound)
+        assert_within(eng.logits(x), ref, bound, k, empirical=(1e-4, 1e-4))  # measured 9.6e-7
 
 
 MNIST = {"in_channels": 1, "image_size": 28, "widths": (2, 3, 4, 5), "act": "u8", "act_frac": 4}
@@ -253,10 +262,14 @@ def test_real_activations_convert_as_a_float_conv(name: str) -> None:
     x = np.random.default_rng(2).random((8, 1, s, s), dtype=np.float32)
     with torch.no_grad():
         lt = model(torch.from_numpy(x)).numpy()
-    li = run(g, x)
-    np.testing.assert_allclose(li, lt, rtol=1e-3, atol=1e-3)
+    li, bound = reference_and_bound(g, x)
+    # a float network (no sign decision): PyTorch and the reference executor are two float32
+    # executions of the same function, each within E of the exact value: at most 2 E apart
+    assert_within(li, lt, bound, "reference vs PyTorch", empirical=(1e-3, 1e-3))  # measured 4.8e-7
     for k in available_kernels():
-        np.testing.assert_allclose(Engine(g, kernels=k).logits(x), li, rtol=1e-4, atol=1e-4)
+        assert_within(
+            Engine(g, kernels=k).logits(x), li, bound, k, empirical=(1e-4, 1e-4)
+        )  # measured 4.8e-7
 
 
 # ----------------------------------------------------------------------------- storage (summary)

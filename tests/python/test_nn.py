@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _bounds import U64, assert_within, gamma
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -142,8 +143,10 @@ def test_ste_forward_and_backward_match_closed_forms(
     g = np.random.default_rng(seed).standard_normal(x_np.shape)
     q.backward(torch.from_numpy(g))
     assert x.grad is not None
+    # float64 on both sides, each two roundings of the exact g f'(x) (2|x| is exact, 2 - 2|x| one
+    # rounding, * g one): |diff| <= 2 gamma_2 |g f'(x)|, relative 4.4e-16
     np.testing.assert_allclose(
-        x.grad.numpy(), g * _ste_grad_closed_form(name, x_np), rtol=1e-15, atol=0
+        x.grad.numpy(), g * _ste_grad_closed_form(name, x_np), rtol=2 * gamma(2, U64), atol=0
     )
     # the quantizer modules are the same estimators
     xm = torch.from_numpy(x_np.copy()).requires_grad_(True)
@@ -188,7 +191,12 @@ def test_approx_sign_gradient_is_derivative_of_bireal_polynomial() -> None:
     fd = (poly(xs + h) - poly(xs - h)) / (2 * h)
     x = torch.from_numpy(xs).requires_grad_(True)
     BF.approx_sign(x).sum().backward()
-    np.testing.assert_allclose(x.grad.numpy(), fd, atol=1e-8)
+    # F is piecewise quadratic, so the central difference has no truncation error away from the
+    # kinks; its rounding error (float64): x +- h rounded (u (|x| + h) each, times |F'| <= 2)
+    # and F evaluated with 3 roundings of terms <= 3 (gamma_3 * 3 each), over 2h; autograd's
+    # 2 - 2|x| is one rounding of a value <= 2
+    bound = (2 * U64 * (np.abs(xs) + h) * 2 + 2 * gamma(3, U64) * 3) / (2 * h) + 2 * U64
+    np.testing.assert_array_less(np.abs(x.grad.numpy() - fd), bound)
 
 
 # ----------------------------------------------------------------------------- XNOR weights
@@ -218,10 +226,14 @@ def test_xnor_forward_is_eq3_eq7(shape: tuple[int, ...], seed: int, zeros: bool)
     expected = (alpha[:, None] * np.where(flat >= 0, 1.0, -1.0)).reshape(shape)  # Eq. 7
     wq = Q.get("xnor")
     w = torch.from_numpy(w_np)
-    np.testing.assert_allclose(wq(w).numpy(), expected, rtol=1e-14, atol=0)
+    # float64 alpha on both sides: a sum of n = |W_o| non-negative terms and a division, any
+    # order: each within gamma_n alpha of the exact mean, so relative 2 gamma_n (2.2e-16 n)
+    # (the earlier rtol 1e-14, measured 2.9e-16, stays where it is the tighter one)
+    rtol = min(2 * gamma(flat.shape[1], U64), 1e-14)
+    np.testing.assert_allclose(wq(w).numpy(), expected, rtol=rtol, atol=0)
     b, a = wq.decompose(w)
     assert a is not None and a.shape == (o,)
-    np.testing.assert_allclose(a.numpy(), alpha, rtol=1e-14)
+    np.testing.assert_allclose(a.numpy(), alpha, rtol=rtol)
     assert torch.equal(b, ref_sign(w))
     # "sign" weights: no scale
     b2, a2 = Q.get("sign").decompose(w)
@@ -252,7 +264,12 @@ def test_xnor_gradient_is_eq8(shape: tuple[int, ...], seed: int, zeros: bool, sc
 
     w = torch.from_numpy(w_np).requires_grad_(True)
     (Q.get("xnor")(w) * torch.from_numpy(g_np)).sum().backward()
-    np.testing.assert_allclose(w.grad.numpy(), expected, rtol=1e-12, atol=1e-15)
+    # float64, both sides: alpha and sum_j G_j s_j are sums of n terms, then two products and a
+    # sum: each side within gamma_{n+3} (|G| alpha + sum_j |G_j| / n) of the exact Eq. 8
+    mag = np.abs(gf) * alpha[:, None] + np.abs(gf).sum(axis=1, keepdims=True) / n
+    np.testing.assert_array_less(
+        np.abs(w.grad.numpy() - expected), 2 * gamma(n + 3, U64) * mag.reshape(shape) + 1e-300
+    )
 
     # "sign" weights: identity STE, dL/dW = G
     w2 = torch.from_numpy(w_np).requires_grad_(True)
@@ -288,12 +305,18 @@ def test_xnor_alpha_gradient_matches_finite_differences(shape: tuple[int, ...]) 
     (wq(w) * g).sum().backward()
     alpha = np.abs(w_np.reshape(shape[0], -1)).mean(axis=1)
     ste_part = g_np * alpha.reshape((-1,) + (1,) * (len(shape) - 1))
-    np.testing.assert_allclose(w.grad.numpy() - ste_part, fd, atol=1e-8)
+    # L is linear in alpha = mean |W| (signs fixed), so no truncation error: the central
+    # difference's rounding is that of two float64 evaluations of L (sums of n products of
+    # magnitude <= T = sum |G| max alpha, gamma_{n+2} T each) over 2h; 2 h is 1e-6 * (1 + u)
+    t_mag = float(np.abs(g_np).sum() * np.abs(w_np).max())
+    fd_bound = 2 * gamma(g_np.size + 2, U64) * t_mag / (2 * h) + 4 * U64 * float(np.abs(fd).max())
+    fd_bound = min(fd_bound, 1e-8)  # the earlier atol (measured 6.6e-10) where it is tighter
+    np.testing.assert_array_less(np.abs(w.grad.numpy() - ste_part - fd), fd_bound)
     # and the xnor_scale Function alone gives the same alpha part
     w3 = torch.from_numpy(w_np).requires_grad_(True)
     c = (g * torch.from_numpy(signs)).reshape(shape[0], -1).sum(dim=1)  # dL/dalpha
     (BF.xnor_scale(w3) * c).sum().backward()
-    np.testing.assert_allclose(w3.grad.numpy(), fd, atol=1e-8)
+    np.testing.assert_array_less(np.abs(w3.grad.numpy() - fd), fd_bound)
 
 
 def test_xnor_scale_expanded_upstream_gradient() -> None:
@@ -411,7 +434,15 @@ def test_binary_conv2d_forward_matches_conv_of_signs(c: dict) -> None:
     if c["wq"] == "xnor":
         alpha = ref_alpha(layer.weight)
         ref = conv * alpha.view(1, -1, 1, 1) + bias32.double().view(1, -1, 1, 1)
-        torch.testing.assert_close(y.detach().double(), ref, rtol=1e-5, atol=1e-6)
+        # exact integer conv; alpha = mean of K = cin k k magnitudes in float32 (gamma_K of
+        # alpha), one rounding for * alpha and one for + bias: gamma_{K+2} (|conv| alpha + |b|)
+        kf = c["cin"] * k * k
+        bound = gamma(kf + 2) * (
+            conv.abs() * alpha.view(1, -1, 1, 1) + bias32.double().abs().view(1, -1, 1, 1)
+        )
+        assert_within(
+            y, ref, bound, "BinaryConv2d xnor", empirical=(1e-5, 1e-6)
+        )  # measured <= 5.4e-7
         # Eq. 5: the float32 output is the exact integer times the layer's alpha, one rounding
         _, alpha32 = layer.quantized_weight()
         expected32 = conv_int.float() * alpha32.detach().view(1, -1, 1, 1) + bias32.view(
@@ -476,12 +507,35 @@ def test_binary_conv2d_gradients(
     wt = (sw * alpha.view(-1, 1, 1, 1)).requires_grad_(True)  # W~ = alpha sign(W) (Eq. 7)
     xin = F.pad(xs, (padding,) * 4, value=1.0) if pad_value == 1 else xs
     yr = F.conv2d(xin, wt, None, stride, 0 if pad_value == 1 else padding)
-    torch.testing.assert_close(y.detach(), yr.detach(), rtol=1e-12, atol=1e-12)
+    # float64 on both sides: y = exact integer * alpha (alpha: mean of K magnitudes, gamma_K,
+    # and one product), yr = a sum of K products +-alpha (gamma_K): with K = cin k k,
+    # |diff| <= 2 gamma_{K+1} conv(|x_b|, |W~|)
+    kf = cin * k * k
+    assert_within(
+        y,
+        yr,
+        2
+        * gamma(kf + 1, U64)
+        * F.conv2d(
+            xin.detach().abs(), wt.detach().abs(), None, stride, 0 if pad_value == 1 else padding
+        ),
+    )
     yr.backward(g)
 
     gate = (x.detach().abs() <= 1).double()
     assert 0 < gate.mean() < 1  # the input lies on both sides of the gate
-    torch.testing.assert_close(x.grad, xs.grad * gate, rtol=1e-12, atol=1e-12)
+    # dL/dsign(x): sums of at most cout k k products of G with +-alpha (or with +-1, then
+    # * alpha, or G * alpha first): 2 gamma_{cout k k + 2} conv_in(|W~|, |G|) between the two
+    bx = (
+        2
+        * gamma(cout * k * k + 2, U64)
+        * torch.nn.grad.conv2d_input(
+            xin.shape, wt.detach().abs(), g.abs(), stride, 0 if pad_value == 1 else padding
+        )
+    )
+    if pad_value == 1 and padding:
+        bx = bx[:, :, padding:-padding, padding:-padding]
+    assert_within(x.grad, xs.grad * gate, bx)
 
     gw = wt.grad.reshape(cout, -1)  # G = dL/dW~
     if wq == "xnor":
@@ -490,8 +544,17 @@ def test_binary_conv2d_gradients(
         expected = gw * alpha.view(-1, 1) + s * (gw * s).sum(dim=1, keepdim=True) / n
     else:
         expected = gw
-    torch.testing.assert_close(
-        layer.weight.grad.reshape(cout, -1), expected, rtol=1e-12, atol=1e-12
+    # G = a sum of M = N Ho Wo products (gamma_M, with |G| <= Gm = conv_w(|x_b|, |g|)); Eq. 8
+    # adds alpha (n terms), a sum of n products and 3 more roundings: both sides within
+    # gamma_{M+n+3} (Gm alpha + sum_j Gm_j / n)
+    m_terms = y.shape[0] * y.shape[2] * y.shape[3]
+    gm = torch.nn.grad.conv2d_weight(
+        xin.detach().abs(), wt.shape, g.abs(), stride, 0 if pad_value == 1 else padding
+    ).reshape(cout, -1)
+    nw = gm.shape[1]
+    mag = gm * alpha.view(-1, 1) + gm.sum(dim=1, keepdim=True) / nw
+    assert_within(
+        layer.weight.grad.reshape(cout, -1), expected, 2 * gamma(m_terms + nw + 3, U64) * mag
     )
 
 
@@ -550,7 +613,11 @@ def test_input_quantizer_none_keeps_real_inputs() -> None:
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     wt = ref_sign(layer.weight.detach()).double() * ref_alpha(layer.weight).view(-1, 1, 1, 1)
     ref = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), wt)
-    torch.testing.assert_close(layer(x.float()).detach().double(), ref, rtol=1e-5, atol=1e-5)
+    # float32 input (one rounding of x), K = 18 float32 products (gamma_K), alpha a float32 mean
+    # of K magnitudes (gamma_K) and one rounding for * alpha: gamma_{2K+2} alpha conv(|x|, 1)
+    xpad = F.pad(x, (1, 1, 1, 1), value=1.0)
+    bound = gamma(2 * 18 + 2) * F.conv2d(xpad.abs(), wt.abs())
+    assert_within(layer(x.float()), ref, bound, "BWN conv")
 
 
 # ----------------------------------------------------------------------------- BinaryLinear
@@ -581,7 +648,9 @@ def test_binary_linear_forward_matches_linear_of_signs(
     b32 = layer.bias.detach() if layer.bias is not None else torch.zeros(fout)
     if wq == "xnor":
         ref = lin * ref_alpha(layer.weight) + b32.double()
-        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
+        # as the conv case: exact integer, alpha a float32 mean of fin magnitudes, two roundings
+        bound = gamma(fin + 2) * (lin.abs() * ref_alpha(layer.weight) + b32.double().abs())
+        assert_within(y, ref, bound, "BinaryLinear xnor")
         _, alpha32 = layer.quantized_weight()
         assert torch.equal(y, lin_int.float() * alpha32.detach() + b32)
     else:
@@ -703,7 +772,10 @@ def test_int8_conv2d_forward_is_integer_conv(
     ref = acc.double() * (torch.from_numpy(s32).double() / 255).view(1, -1, 1, 1) + b64.view(
         1, -1, 1, 1
     )
-    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+    # the integer acc is exact in float32 (fan-in limit); s / 255, * and + bias are three
+    # roundings: gamma_3 (|acc| s / 255 + |b|)
+    s255 = (torch.from_numpy(s32).double() / 255).view(1, -1, 1, 1)
+    assert_within(y, ref, gamma(3) * (acc.double().abs() * s255 + b64.abs().view(1, -1, 1, 1)))
     if not bias:
         # bit-exact: float32(integer) * float32(s / 255), a single rounding, as the engine does
         scale32 = (s32 / np.float32(255)).astype(np.float32).reshape(1, -1, 1, 1)
@@ -745,14 +817,34 @@ def test_int8_conv2d_gradients() -> None:
         )
         / 255
     )
-    torch.testing.assert_close(layer.weight.grad.double(), gw, rtol=1e-5, atol=1e-6)
+    # Derived bounds. dL/dW: G * fl(s / 255) (2 roundings), a float32 sum of M = 2 * 5 * 5
+    # products with the exact integers p, then / s (1 rounding): gamma_{M+3} conv_w(|p|, |G|) / 255.
+    m_terms = y.shape[0] * y.shape[2] * y.shape[3]
+    bw = gamma(m_terms + 3) * (
+        torch.nn.grad.conv2d_weight(
+            pix.double(), layer.weight.shape, g.double().abs(), stride=2, padding=1
+        )
+        / 255
+    )
+    assert_within(
+        layer.weight.grad, gw, bw, "dL/dW", empirical=(1e-5, 1e-6)
+    )  # measured 1.1e-6 at |dL/dW| <= 5.7
     q, s = layer.quantized_weight()
     wq = q.detach().double() * s.double().view(-1, 1, 1, 1)
     gx = torch.nn.grad.conv2d_input(x.shape, wq, g.double(), stride=2, padding=1)
-    torch.testing.assert_close(x.grad.double(), gx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        layer.bias.grad.double(), g.double().sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5
+    # dL/dx: G * fl(s / 255) (2 roundings), a sum of at most cout k k = 36 products with the
+    # integers q, then * 255 (1 rounding): gamma_{36+3} conv_in(|q| s, |G|)
+    bx = gamma(4 * 3 * 3 + 3) * torch.nn.grad.conv2d_input(
+        x.shape, wq.abs(), g.double().abs(), stride=2, padding=1
     )
+    assert_within(x.grad, gx, bx, "dL/dx")
+    # dL/db: a float32 sum of M terms
+    assert_within(
+        layer.bias.grad,
+        g.double().sum(dim=(0, 2, 3)),
+        gamma(m_terms) * g.double().abs().sum(dim=(0, 2, 3)),
+        empirical=(1e-5, 1e-5),
+    )  # measured 1.2e-6 at |db| <= 9.7
 
 
 def test_int8_conv2d_fan_in_limit_and_padding_mode() -> None:
@@ -777,7 +869,8 @@ def test_int8_conv2d_clamps_pixels_and_handles_zero_weights() -> None:
     # p = clamp(round(255 x), 0, 255) = [0, 0, 128 (127.5 rounds half to even), 255, 255];
     # q = 127, s = 1/127: y = p * 127 * s / 255 = p / 255 (float32)
     p = torch.tensor([0.0, 0.0, 128.0, 255.0, 255.0])
-    torch.testing.assert_close(y[0, 1, 0], p / 255, rtol=1e-6, atol=0)
+    # three float32 roundings (s = 1/127, s / 255, the product): gamma_3 p / 255
+    assert_within(y[0, 1, 0], p.double() / 255, gamma(3) * p.double() / 255)
 
 
 def test_drop_in_defaults_match_torch() -> None:
