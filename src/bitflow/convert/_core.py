@@ -78,12 +78,15 @@ class _Builder:
     def add(
         self,
         type_: str,
-        x: str,
+        x: str | list[str],
         *,
         name: str,
         attrs: dict[str, Any] | None = None,
         params: dict[str, np.ndarray] | None = None,
     ) -> str:
+        """Append an op reading ``x`` (one value, or a list for ``add_f32`` / ``concat``), its
+        tensors ``params`` stored as ``{name}.{role}``; returns its output value."""
+        inputs = [x] if isinstance(x, str) else list(x)
         opname = self._unique(name)
         pnames: dict[str, str] = {}
         for role, arr in (params or {}).items():
@@ -91,8 +94,8 @@ class _Builder:
             self.tensors[tname] = np.ascontiguousarray(arr)
             pnames[role] = tname
         out = opname
-        op = Op(type_, opname, [x], [out], dict(attrs or {}), pnames)
-        self.values[out] = infer(op, [self.values[x]], self.tensors)
+        op = Op(type_, opname, inputs, [out], dict(attrs or {}), pnames)
+        self.values[out] = infer(op, [self.values[v] for v in inputs], self.tensors)
         self.ops.append(op)
         return out
 
@@ -118,6 +121,24 @@ def _bn_params(name: str, m: nn.Module) -> bs.BNParams:
         )
     except ValueError as e:
         raise ValueError(f"BatchNorm {name!r}: {e}") from None
+
+
+def _conv_attrs(name: str, m: nn.Conv2d, **extra: Any) -> dict[str, Any]:
+    """The attributes of a binary convolution op lowered from layer ``name``."""
+    return {
+        "channels": m.in_channels,
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        **extra,
+        "source": name,
+    }
+
+
+def _nhwc_columns(w: np.ndarray, chw: tuple[int, int, int]) -> np.ndarray:
+    """Dense weights ``[O, C*H*W]`` with columns in PyTorch's NCHW flatten order -> the engine's
+    NHWC order ``[O, H*W*C]``."""
+    c, h, w_ = chw
+    return w.reshape(w.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
 def _nchw_to_nhwc_perm(c: int, h: int, w: int) -> np.ndarray:
@@ -196,6 +217,19 @@ class _ConverterBase:
 
             return pick(p.alpha), pick(p.bias), pick(p.lo), pick(p.hi), bnp, c * h * w
         return p.alpha, p.bias, p.lo, p.hi, bnp, p.channels
+
+    def _chw(self, value: str) -> tuple[int, int, int] | None:
+        """PyTorch's ``(C, H, W)`` of an engine value ``[H, W, C]`` (None for a vector)."""
+        shape = self.b.values[value].shape
+        return (shape[2], shape[0], shape[1]) if len(shape) == 3 else None
+
+    def _accumulator(
+        self, out: str, name: str, alpha: np.ndarray, bias: np.ndarray, lo: Any, hi: Any
+    ) -> Pending:
+        """The int32 accumulator ``out`` of layer ``name``: PyTorch's value is ``alpha acc + bias``,
+        ``acc`` reaches ``[lo, hi]`` per channel."""
+        o = self.b.values[out].shape[-1]
+        return Pending(out, name, True, o, self._chw(out), alpha=alpha, bias=bias, lo=lo, hi=hi)
 
     def _pooled_chw(self, p: Pending) -> tuple[int, int, int] | None:
         if p.chw is None:

@@ -126,7 +126,7 @@ class _Materialize(_ConverterBase):
                     )
                 return (y >= 0).numpy()
 
-        ties = _count_ties(p, final, None, None, lo, hi, gl.size, False, None, decide)
+        ties = _count_ties(p, final, None, None, lo, hi, gl.size, None, decide)
         tname = f"{p.bn_name or p.producer}.threshold"
         x = self.b.add(
             "threshold_bits_hw",
@@ -226,7 +226,7 @@ class _Materialize(_ConverterBase):
             )
         else:
             th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes, boundary=bound)
-        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, per_feature, shift, layer=layer)
+        ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, shift, layer=layer)
         thr, direction = th.thr, th.direction
         if per_feature:
             pooled = self._pooled_chw(p)
@@ -372,3 +372,8 @@ def _materialize(cv: _Materialize, p: Pending, where: str) -> Pending:
         )
     x, _ = cv._float_chain(p)
     return _float_pending(cv, x, p.producer, cv._pooled_chw(p))
+
+
+def _as_float(cv: _Materialize, p: Pending, where: str) -> Pending:
+    """``p`` itself when it already is a plain float32 value, else :func:`_materialize`."""
+    return _materialize(cv, p, where) if (p.is_int or p.relu or p.pools or p.bn is not None) else p

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..ir.bits import pack_bits
-from ._core import Pending, _conv_bias, _f32
+from ._core import Pending, _conv_attrs, _conv_bias, _f32, _nhwc_columns
 from ._materialize import _Materialize
 from ._trace import Step
 
@@ -47,26 +47,13 @@ class _ChainRules(_Materialize):
             q64 = qn.reshape(qn.shape[0], -1).astype(np.int64)
             lo = 255 * np.minimum(q64, 0).sum(1)
             hi = 255 * np.maximum(q64, 0).sum(1)
-            bias = _conv_bias(m)
-            v = self.b.values[out]
-            return Pending(
-                out,
-                step.name,
-                True,
-                m.out_channels,
-                (m.out_channels, v.shape[0], v.shape[1]),
-                alpha=alpha,
-                bias=bias,
-                lo=lo,
-                hi=hi,
-            )
+            return self._accumulator(out, step.name, alpha, _conv_bias(m), lo, hi)
         w32 = _f32(m.weight)
         params = {"w": np.ascontiguousarray(w32.transpose(0, 2, 3, 1))}
         bias = _conv_bias(m)
         if m.bias is not None:
             params["bias"] = bias
         out = self.b.add("conv2d_f32", x, name=step.name, attrs=attrs, params=params)
-        v = self.b.values[out]
         fan = w32[0].size
         # standard float32 summation bound: |err| <= fan_in * u * (sum |w| * max|x| + |b|), x in [0,1]
         err = (
@@ -75,12 +62,7 @@ class _ChainRules(_Materialize):
             * (np.abs(w32).reshape(w32.shape[0], -1).sum(1) + np.abs(bias))
         )
         return Pending(
-            out,
-            step.name,
-            False,
-            m.out_channels,
-            (m.out_channels, v.shape[0], v.shape[1]),
-            err_bound=err.astype(np.float64),
+            out, step.name, False, m.out_channels, self._chw(out), err_bound=err.astype(np.float64)
         )
 
     def binary_conv(self, step: Step, bits: str) -> Pending:
@@ -94,27 +76,12 @@ class _ChainRules(_Materialize):
                 f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.channels}"
             )
         w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
-        attrs = {
-            "channels": m.in_channels,
-            "stride": list(m.stride),
-            "padding": list(m.padding),
-            "pad_value": int(getattr(m, "pad_value", 0)),
-            "source": step.name,
-        }
+        attrs = _conv_attrs(step.name, m, pad_value=int(getattr(m, "pad_value", 0)))
         out = self.b.add("bconv2d", bits, name=step.name, attrs=attrs, params={"w": w})
-        v = self.b.values[out]
         n = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-        bias = _conv_bias(m)
-        return Pending(
-            out,
-            step.name,
-            True,
-            m.out_channels,
-            (m.out_channels, v.shape[0], v.shape[1]),
-            alpha=alpha,
-            bias=bias,
-            lo=np.full(m.out_channels, -n),
-            hi=np.full(m.out_channels, n),
+        o = m.out_channels
+        return self._accumulator(
+            out, step.name, alpha, _conv_bias(m), np.full(o, -n), np.full(o, n)
         )
 
     def binary_linear(self, step: Step, bits: str, chw: tuple[int, int, int] | None) -> Pending:
@@ -140,18 +107,8 @@ class _ChainRules(_Materialize):
             attrs["input_chw"] = list(chw)  # PyTorch (C, H, W) the features were flattened from
         out = self.b.add("bdense", bits, name=step.name, attrs=attrs, params={"w": packed})
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
-        n = m.in_features
-        return Pending(
-            out,
-            step.name,
-            True,
-            m.out_features,
-            None,
-            alpha=alpha,
-            bias=bias,
-            lo=np.full(m.out_features, -n),
-            hi=np.full(m.out_features, n),
-        )
+        n, o = m.in_features, m.out_features
+        return self._accumulator(out, step.name, alpha, bias, np.full(o, -n), np.full(o, n))
 
     def float_linear(self, p: Pending, step: Step) -> str:
         m = step.module
@@ -163,8 +120,7 @@ class _ChainRules(_Materialize):
                 f"layer {step.name!r} expects {w.shape[1]} features, gets {self.b.values[x].shape[0]}"
             )
         if chw is not None:
-            c, h, w_ = chw
-            w = w.reshape(w.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+            w = _nhwc_columns(w, chw)
         params = {"w": np.ascontiguousarray(w)}
         if m.bias is not None:
             params["bias"] = _f32(m.bias)

@@ -13,7 +13,7 @@ from torch import nn
 from ..ir.bits import pack_bits
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
-from ._core import Pending, _bn_params, _conv_bias, _f32, _nchw_to_nhwc_perm
+from ._core import Pending, _bn_params, _conv_attrs, _conv_bias, _f32, _nchw_to_nhwc_perm
 from ._materialize import _Materialize
 from ._mbbn import quantizer_boundaries, weight_levels, weight_planes
 from ._ties import _count_level_ties_float, _count_level_ties_int
@@ -187,32 +187,14 @@ class _MBBNRules(_Materialize):
             )
         planes = weight_planes(vw, k).transpose(0, 1, 3, 4, 2)  # [K, O, kh, kw, C]
         packed = pack_bits(planes < 0)
-        attrs = {
-            "channels": vin.channels,
-            "stride": list(m.stride),
-            "padding": list(m.padding),
-            "pad_value": pad,
-            **self._mbit_attrs(step, enc),
-        }
+        attrs = _conv_attrs(step.name, m, pad_value=pad, **self._mbit_attrs(step, enc))
         if k == 1 and vin.planes == 1:
             out = self.b.add("bconv2d", value, name=step.name, attrs=attrs, params={"w": packed[0]})
         else:
             out = self.b.add(
                 "bconv2d_planes", value, name=step.name, attrs=attrs, params={"w": packed}
             )
-        v = self.b.values[out]
-        bias = _conv_bias(m)
-        return Pending(
-            out,
-            step.name,
-            True,
-            m.out_channels,
-            (m.out_channels, v.shape[0], v.shape[1]),
-            alpha=scale,
-            bias=bias,
-            lo=lo,
-            hi=hi,
-        )
+        return self._accumulator(out, step.name, scale, _conv_bias(m), lo, hi)
 
     def mbit_linear(
         self, step: Step, value: str, chw: tuple[int, int, int] | None, enc: dict[str, Any]
@@ -248,6 +230,4 @@ class _MBBNRules(_Materialize):
                 "bdense_planes", value, name=step.name, attrs=attrs, params={"w": packed}
             )
         bias = _f32(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
-        return Pending(
-            out, step.name, True, m.out_features, None, alpha=scale, bias=bias, lo=lo, hi=hi
-        )
+        return self._accumulator(out, step.name, scale, bias, lo, hi)

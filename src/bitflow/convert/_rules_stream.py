@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..ir.graph import Op, infer
 from ..nn import FixedPointBN, StreamClamp
 from ..nn.fixedpoint import SHIFT
 from ._core import Pending, _ConverterBase
+from ._materialize import _float_pending
 from ._trace import Step, unsupported
 
 
@@ -123,21 +123,31 @@ def _stream_add(cv: _ConverterBase, ins: list[Pending], name: str) -> Pending:
             "a fixed-point stream value can only be added to values on the same grid "
             "(the outputs of FixedPointBN / StreamClamp with one frac)",
         )
-    if len({q.chw for q in ins}) != 1:
-        raise ValueError(
-            f"add {name!r}: its inputs have different shapes {sorted({q.chw for q in ins}, key=str)}"
-        )
-    x = _add_op(cv, "add_i32", [q.value for q in ins], name)
+    _check_same_shapes(ins, name)
+    x = cv.b.add("add_i32", [q.value for q in ins], name=name, attrs={"source": name})
     assert all(q.lo is not None and q.hi is not None for q in ins)
     lo = np.sum([np.asarray(q.lo) for q in ins], axis=0)
     hi = np.sum([np.asarray(q.hi) for q in ins], axis=0)
     return replace(ins[0], value=x, producer=name, lo=lo, hi=hi, pools=[])
 
 
-def _add_op(cv: _ConverterBase, type_: str, inputs: list[str], name: str) -> str:
-    """A multi-input op (``add_f32``, ``concat``)."""
-    opname = cv.b._unique(name)
-    op = Op(type_, opname, list(inputs), [opname], {"source": name}, {})
-    cv.b.values[opname] = infer(op, [cv.b.values[v] for v in inputs], cv.b.tensors)
-    cv.b.ops.append(op)
-    return opname
+def _check_same_shapes(ins: list[Pending], name: str) -> None:
+    chws = {q.chw for q in ins}
+    if len(chws) != 1:
+        raise ValueError(f"add {name!r}: its inputs have different shapes {sorted(chws, key=str)}")
+
+
+def _float_merge(cv: _ConverterBase, kind: str, ins: list[Pending], name: str) -> Pending:
+    """A residual add (``add_f32``) or a channel concatenation (``concat``) of float32 values."""
+    if kind == "add":
+        _check_same_shapes(ins, name)
+        x = cv.b.add("add_f32", [q.value for q in ins], name=name, attrs={"source": name})
+        return _float_pending(cv, x, name, ins[0].chw)
+    if any(q.chw is None for q in ins) or len({q.chw[1:] for q in ins if q.chw}) != 1:
+        raise unsupported(
+            name, "torch.cat", "only feature maps of one spatial size can be concatenated"
+        )
+    x = cv.b.add("concat", [q.value for q in ins], name=name, attrs={"source": name})
+    first_chw = ins[0].chw
+    assert first_chw is not None
+    return _float_pending(cv, x, name, (sum(q.channels for q in ins), *first_chw[1:]))

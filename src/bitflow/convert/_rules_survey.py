@@ -15,8 +15,8 @@ from torch import nn
 from ..ir.bits import pack_bits
 from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
-from ._core import Pending, _f32, _nchw_to_nhwc_perm
-from ._materialize import _float_pending, _Materialize, _materialize
+from ._core import Pending, _conv_attrs, _f32, _nchw_to_nhwc_perm, _nhwc_columns
+from ._materialize import _as_float, _float_pending, _Materialize
 from ._ties import _count_level_ties_float, _count_level_ties_int
 from ._trace import Step, unsupported
 
@@ -125,25 +125,16 @@ class _SurveyRules(_Materialize):
                 raise ValueError(
                     f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.shape[-1]}"
                 )
-            attrs = {
-                "channels": m.in_channels,
-                "stride": list(m.stride),
-                "padding": list(m.padding),
-                "input_levels": n_l,
-                "source": step.name,
-            }
+            attrs = _conv_attrs(step.name, m, input_levels=n_l)
             w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
             out = self.b.add("conv2d_u8b1", value, name=step.name, attrs=attrs, params={"w": w})
-            v = self.b.values[out]
-            out_chw: tuple[int, int, int] | None = (m.out_channels, v.shape[0], v.shape[1])
         else:
             if b.shape[1] != vin.shape[0]:
                 raise ValueError(
                     f"layer {step.name!r} expects {b.shape[1]} features, gets {vin.shape[0]}"
                 )
             if chw is not None:  # PyTorch's NCHW flatten order -> the engine's NHWC order
-                c_, h_, w_ = chw
-                b = b.reshape(b.shape[0], c_, h_, w_).transpose(0, 2, 3, 1).reshape(b.shape[0], -1)
+                b = _nhwc_columns(b, chw)
             attrs2: dict[str, Any] = {
                 "channels": int(b.shape[1]),
                 "input_levels": n_l,
@@ -154,20 +145,9 @@ class _SurveyRules(_Materialize):
             out = self.b.add(
                 "dense_u8b1", value, name=step.name, attrs=attrs2, params={"w": pack_bits(b < 0)}
             )
-            out_chw = None
         n = int(b[0].size) * n_l
         o = b.shape[0]
-        return Pending(
-            out,
-            step.name,
-            True,
-            o,
-            out_chw,
-            alpha=scale,
-            bias=bias,
-            lo=np.full(o, -n),
-            hi=np.full(o, n),
-        )
+        return self._accumulator(out, step.name, scale, bias, np.full(o, -n), np.full(o, n))
 
     # ----------------------------------------------------------------- W1 / A32 layers
     def real_binary_conv(self, step: Step, p: Pending) -> Pending:
@@ -184,27 +164,22 @@ class _SurveyRules(_Materialize):
                 "real-valued activations padded with a nonzero pad_value (only zero padding)",
             )
         b, alpha = self._binary_weights(step.name, m)
-        q = (
-            _materialize(self, p, step.name)
-            if (p.is_int or p.relu or p.pools or p.bn is not None)
-            else p
-        )
+        q = _as_float(self, p, step.name)
         vin = self.b.values[q.value]
         if m.in_channels != vin.shape[-1]:
             raise ValueError(
                 f"layer {step.name!r} expects {m.in_channels} channels, gets {vin.shape[-1]}"
             )
-        attrs = {
-            "channels": m.in_channels,
-            "stride": list(m.stride),
-            "padding": list(m.padding),
-            "source": step.name,
-        }
         w = pack_bits(b.transpose(0, 2, 3, 1) < 0)
-        out = self.b.add("conv2d_f32b1", q.value, name=step.name, attrs=attrs, params={"w": w})
+        out = self.b.add(
+            "conv2d_f32b1",
+            q.value,
+            name=step.name,
+            attrs=_conv_attrs(step.name, m),
+            params={"w": w},
+        )
         out = self._alpha_bias(out, m, alpha, step.name)
-        v = self.b.values[out]
-        return Pending(out, step.name, False, m.out_channels, (v.shape[2], v.shape[0], v.shape[1]))
+        return Pending(out, step.name, False, m.out_channels, self._chw(out))
 
     def real_binary_linear(self, step: Step, p: Pending) -> Pending:
         """A binary linear layer without an input quantizer -> ``dense_f32b1`` (+ ``affine_f32``)."""
@@ -217,8 +192,7 @@ class _SurveyRules(_Materialize):
                 f"layer {step.name!r} expects {b.shape[1]} features, gets {self.b.values[x].shape[0]}"
             )
         if chw is not None:  # PyTorch's NCHW flatten order -> the engine's NHWC order
-            c, h, w_ = chw
-            b = b.reshape(b.shape[0], c, h, w_).transpose(0, 2, 3, 1).reshape(b.shape[0], -1)
+            b = _nhwc_columns(b, chw)
         attrs = {"channels": int(b.shape[1]), "source": step.name}
         out = self.b.add(
             "dense_f32b1", x, name=step.name, attrs=attrs, params={"w": pack_bits(b < 0)}
@@ -289,7 +263,7 @@ def _rprelu(cv: _Materialize, p: Pending, st: Step) -> Pending:
         raise ValueError(
             f"RPReLU {st.name!r} has {m.gamma.numel()} channels, its input has {p.channels}"
         )
-    q = _materialize(cv, p, st.name) if (p.is_int or p.relu or p.pools or p.bn is not None) else p
+    q = _as_float(cv, p, st.name)
     params = {"gamma": _f32(m.gamma), "slope": _f32(m.slope), "zeta": _f32(m.zeta)}
     x = cv.b.add("rprelu_f32", q.value, name=st.name, params=params, attrs={"source": st.name})
     return _float_pending(cv, x, st.name, q.chw)

@@ -28,7 +28,6 @@ def _count_ties(
     lo: Any,
     hi: Any,
     lanes: int,
-    per_feature: bool,
     shift: np.ndarray | None = None,
     decide: Any = None,
     layer: nn.Module | None = None,
@@ -43,7 +42,6 @@ def _count_ties(
     evaluate a window around ``T`` (and both range ends for constants), widening it while the
     window edge still disagrees.
     """
-    bn = p.bn
     if p.is_int:
         assert lo is not None and hi is not None
         lo_ = np.asarray(lo, np.int64)
@@ -56,8 +54,7 @@ def _count_ties(
     if p.is_int:
         center = np.where(const, lo_, th.thr.astype(np.int64))
     else:
-        keys = th.thr.astype(np.float32).view(np.int32).astype(np.int64)
-        keys = np.where(keys < 0, -(keys & 0x7FFFFFFF), keys)
+        keys = bs.f32_keys(th.thr)
         center = np.where(const, lo_, keys)
     total = 0
     width = _NEAR_WINDOW
@@ -77,7 +74,7 @@ def _count_ties(
         elif layer is not None:
             got = _torch_level_fn(p, alpha if p.is_int else None, bias, layer)(xs) > 0
         else:
-            got = _torch_decisions(p, xs, alpha, bias, bn, per_feature, shift)
+            got = _torch_decisions(p, xs, alpha, bias, shift)
         bad = exact != got
         # distinct points only (clipping and the two windows may repeat a point)
         total = _distinct_bad(pts, bad)
@@ -88,27 +85,35 @@ def _count_ties(
         width *= 8
 
 
+def _torch_chain(p: Pending, xs: np.ndarray, alpha: Any, bias: Any) -> torch.Tensor:
+    """PyTorch's float32 ``BN(relu(x*alpha + b))`` on ``xs [K, lanes]`` (module order, as in the
+    model; ``alpha`` and ``b`` apply to an integer producer only)."""
+    bn = p.bn
+    with torch.no_grad():
+        y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
+        if p.is_int:
+            y = y * torch.from_numpy(np.asarray(alpha, np.float32))
+            if bias is not None and np.any(bias != 0):
+                y = y + torch.from_numpy(np.asarray(bias, np.float32))
+        if p.relu:
+            y = torch.relu(y)
+        if bn is not None:
+            was = bn.training
+            bn.eval()
+            y = bn(y[:, :, None, None])[:, :, 0, 0] if isinstance(bn, nn.BatchNorm2d) else bn(y)
+            bn.train(was)
+        return y
+
+
 def _torch_level_fn(
     p: Pending, alpha: Any, bias: Any, layer: nn.Module, levels_of: Any = None
 ) -> Any:
-    """``xs [K, lanes] -> PyTorch's levels [K, lanes]``: float32 ``x*alpha + b``, ReLU, the BN
-    module, then ``layer``'s input quantizer (module order, as in the model)."""
-    bn = p.bn
+    """``xs [K, lanes] -> PyTorch's levels [K, lanes]``: :func:`_torch_chain`, then ``layer``'s
+    input quantizer."""
 
     def fn(xs: np.ndarray) -> np.ndarray:
+        y = _torch_chain(p, xs, alpha, bias)
         with torch.no_grad():
-            y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
-            if p.is_int:
-                y = y * torch.from_numpy(np.asarray(alpha, np.float32))
-                if bias is not None and np.any(bias != 0):
-                    y = y + torch.from_numpy(np.asarray(bias, np.float32))
-            if p.relu:
-                y = torch.relu(y)
-            if bn is not None:
-                was = bn.training
-                bn.eval()
-                y = bn(y[:, :, None, None])[:, :, 0, 0] if isinstance(bn, nn.BatchNorm2d) else bn(y)
-                bn.train(was)
             return (torch_levels(layer, y) if levels_of is None else levels_of(y)).numpy()
 
     return fn
@@ -182,8 +187,7 @@ def _count_level_ties_float(
     quantizer give another level than the exact thresholds."""
     c = p.channels
     key_max = bs._F32_MAX_KEY
-    keys = th.thr.astype(np.float32).view(np.int32).astype(np.int64)
-    keys = np.where(keys < 0, -(keys & 0x7FFFFFFF), keys).reshape(c, n_l)
+    keys = bs.f32_keys(th.thr).reshape(c, n_l)
     lo_ = np.full(c, -key_max, np.int64)
     hi_ = np.full(c, key_max, np.int64)
 
@@ -203,32 +207,11 @@ def _count_level_ties_float(
 
 
 def _torch_decisions(
-    p: Pending,
-    xs: np.ndarray,
-    alpha: Any,
-    bias: Any,
-    bn: nn.Module | None,
-    per_feature: bool,
-    shift: np.ndarray | None = None,
+    p: Pending, xs: np.ndarray, alpha: Any, bias: Any, shift: np.ndarray | None = None
 ) -> np.ndarray:
     """PyTorch's float32 ``sign(BN(relu(x*alpha + b)) [- beta]) >= 0`` on ``xs [K, lanes]``
     (BN module order; ``beta`` the consumer's RSign shift)."""
-    with torch.no_grad():
-        y = torch.from_numpy(np.ascontiguousarray(xs, np.float32))
-        if p.is_int:
-            y = y * torch.from_numpy(np.asarray(alpha, np.float32))
-            if bias is not None and np.any(bias != 0):
-                y = y + torch.from_numpy(np.asarray(bias, np.float32))
-        if p.relu:
-            y = torch.relu(y)
-        if bn is not None:
-            was = bn.training
-            bn.eval()
-            if isinstance(bn, nn.BatchNorm2d):
-                y = bn(y[:, :, None, None])[:, :, 0, 0]
-            else:
-                y = bn(y)
-            bn.train(was)
-        if shift is not None:
-            y = y - torch.from_numpy(np.asarray(shift, np.float32))
-        return (y >= 0).numpy()
+    y = _torch_chain(p, xs, alpha, bias)
+    if shift is not None:
+        y = y - torch.from_numpy(np.asarray(shift, np.float32))
+    return (y >= 0).numpy()

@@ -25,11 +25,11 @@ from .. import __version__
 from ..ir.graph import Graph, InputSpec
 from ..nn import BinaryConv2d, BinaryLinear
 from ._core import Pending, _f32
-from ._materialize import _float_pending, _materialize
+from ._materialize import _as_float, _float_pending, _materialize
 from ._mcn import lower_mcn, mcn_conv
 from ._rules_chain import _ChainRules
 from ._rules_mbbn import _MBBNRules
-from ._rules_stream import _add_op, _fixed_point_bn, _stream_add, _stream_clamp
+from ._rules_stream import _fixed_point_bn, _float_merge, _stream_add, _stream_clamp
 from ._rules_survey import (
     _real_input,
     _rprelu,
@@ -229,44 +229,20 @@ def _convert_steps(
                 else take(v, st.name)
                 for v in st.inputs
             ]
-            chws = {q.chw for q in ins}
-            if st.kind == "add":
-                if len(chws) != 1:
-                    raise ValueError(
-                        f"add {st.name!r}: its inputs have different shapes {sorted(chws, key=str)}"
-                    )
-                x = _add_op(cv, "add_f32", [q.value for q in ins], st.name)
-                state[st.node] = _float_pending(cv, x, st.name, ins[0].chw)
-            else:
-                if any(q.chw is None for q in ins) or len({q.chw[1:] for q in ins if q.chw}) != 1:
-                    raise unsupported(
-                        st.name,
-                        "torch.cat",
-                        "only feature maps of one spatial size can be concatenated",
-                    )
-                x = _add_op(cv, "concat", [q.value for q in ins], st.name)
-                ch = sum(q.channels for q in ins)
-                first_chw = ins[0].chw
-                assert first_chw is not None
-                state[st.node] = _float_pending(cv, x, st.name, (ch, first_chw[1], first_chw[2]))
+            state[st.node] = _float_merge(cv, st.kind, ins, st.name)
             continue
         p = take(st.inputs[0], st.name)
         if st.kind in ("avgpool", "gap"):
             if p.chw is None or p.flatten is not None:
                 raise unsupported(st.name, what, "average pooling needs a spatial (conv) input")
-            q = (
-                _materialize(cv, p, st.name)
-                if (p.is_int or p.relu or p.pools or p.bn is not None)
-                else p
-            )
+            q = _as_float(cv, p, st.name)
             if st.kind == "avgpool":
                 x = cv.b.add(
                     "avgpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name}
                 )
             else:
                 x = cv.b.add("global_avgpool_f32", q.value, name=st.name, attrs={"source": st.name})
-            vi = cv.b.values[x]
-            state[st.node] = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
+            state[st.node] = _float_pending(cv, x, st.name, cv._chw(x))
             continue
         if st.kind == "fxbn":
             p = _fixed_point_bn(cv, p, st)
@@ -280,8 +256,7 @@ def _convert_steps(
             x = cv.b.add(
                 "maxpool_i32", p.value, name=st.name, attrs={**st.attrs, "source": st.name}
             )
-            vi = cv.b.values[x]
-            p = replace(p, value=x, chw=(vi.shape[2], vi.shape[0], vi.shape[1]))
+            p = replace(p, value=x, chw=cv._chw(x))
         elif st.kind == "relu":
             if p.bn is not None:
                 q = _materialize(cv, p, st.name)
@@ -296,8 +271,7 @@ def _convert_steps(
             x = cv.b.add(
                 "maxpool_f32", q.value, name=st.name, attrs={**st.attrs, "source": st.name}
             )
-            vi = cv.b.values[x]
-            p = _float_pending(cv, x, st.name, (vi.shape[2], vi.shape[0], vi.shape[1]))
+            p = _float_pending(cv, x, st.name, cv._chw(x))
         elif st.kind == "maxpool":
             if p.bn is not None or p.flatten is not None or p.chw is None:
                 raise unsupported(
@@ -339,15 +313,7 @@ def _convert_steps(
         elif st.kind in ("bconv", "xnorpp"):
             if p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, what, "a binary convolution needs a spatial input")
-            act = _unsigned_act(st.module)
-            if _real_input(st.module):
-                p = cv.real_binary_conv(st, p)
-            elif act is not None:
-                val, _ = cv.to_u8_levels(p, st, act)
-                p = cv.u8_layer(st, val, None, act)
-            else:
-                bits, _ = cv.to_bits(p, st.name, _rsign_shift(st.module))
-                p = cv.binary_conv(st, bits)
+            p = _binary_layer(cv, st, p)
             if st.kind == "xnorpp":
                 p.pos_scale = _xnorpp_scale(st.module)
         elif st.kind == "mcnconv":  # an MCConv2d lower_mcn kept (W1/A8, full M): convert._mcn
@@ -355,15 +321,7 @@ def _convert_steps(
         elif st.kind == "blinear":
             if p.chw is not None and p.flatten is None:
                 raise unsupported(st.name, what, "flatten the conv output before a linear layer")
-            act = _unsigned_act(st.module)
-            if _real_input(st.module):
-                p = cv.real_binary_linear(st, p)
-            elif act is not None:
-                val, chw = cv.to_u8_levels(p, st, act)
-                p = cv.u8_layer(st, val, chw, act)
-            else:
-                bits, chw = cv.to_bits(p, st.name, _rsign_shift(st.module))
-                p = cv.binary_linear(st, bits, chw)
+            p = _binary_layer(cv, st, p)
         elif st.kind in ("mbconv", "mblinear"):
             if mode != "bitflow":
                 raise unsupported(st.name, what, "MBBN layers convert in mode='bitflow' only")
@@ -412,12 +370,7 @@ def _convert_steps(
             assert isinstance(st.module, nn.Conv2d)
             if p.flatten is not None or p.chw is None:
                 raise unsupported(st.name, what, "a float convolution needs a spatial input")
-            q = (
-                _materialize(cv, p, st.name)
-                if (p.is_int or p.relu or p.pools or p.bn is not None)
-                else p
-            )
-            p = cv.first_layer(st, q.value)
+            p = cv.first_layer(st, _as_float(cv, p, st.name).value)
         elif st.kind == "int8_first":
             raise unsupported(
                 st.name,
@@ -467,6 +420,21 @@ def _convert_steps(
     )
     g.validate()
     return g
+
+
+def _binary_layer(cv: _Converter, st: Step, p: Pending) -> Pending:
+    """A ``BinaryConv2d`` / ``BinaryLinear`` by its input quantizer: none (real-valued
+    activations: BinaryConnect, BWN), k-bit unsigned levels (DoReFa, PACT), else sign bits
+    (with a ReActNet RSign shift)."""
+    conv = st.kind != "blinear"
+    if _real_input(st.module):
+        return cv.real_binary_conv(st, p) if conv else cv.real_binary_linear(st, p)
+    act = _unsigned_act(st.module)
+    if act is not None:
+        val, chw = cv.to_u8_levels(p, st, act)
+        return cv.u8_layer(st, val, None if conv else chw, act)
+    bits, chw = cv.to_bits(p, st.name, _rsign_shift(st.module))
+    return cv.binary_conv(st, bits) if conv else cv.binary_linear(st, bits, chw)
 
 
 def _reads_output(steps: list[Step], node: str) -> bool:
