@@ -227,51 +227,66 @@ class _Materialize(_ConverterBase):
         else:
             th = bs.float_thresholds(bnp, relu=p.relu, channels=lanes, boundary=bound)
         ties = _count_ties(p, th, alpha, bias, lo, hi, lanes, shift, layer=layer)
-        thr, direction = th.thr, th.direction
+        return self._threshold_op(
+            p,
+            "threshold_bits" if p.is_int else "threshold_f32_bits",
+            "threshold",
+            th.thr if p.is_int else th.thr.astype(np.float32),
+            th.direction,
+            ties,
+            bit_pool=None if per_feature else th.pool_op,
+        )
+
+    def _threshold_op(
+        self,
+        p: Pending,
+        kind: str,
+        suffix: str,
+        thr: np.ndarray,
+        direction: np.ndarray,
+        ties: int,
+        attrs: dict[str, Any] | None = None,
+        *,
+        bit_pool: str | None = None,
+    ) -> tuple[str, tuple[int, int, int] | None]:
+        """The threshold op ``kind`` (named ``{BN or producer}.{suffix}``) on ``p``'s value:
+        max-pools first (on the int32 / float32 value; with ``bit_pool`` ``"and"`` / ``"or"``
+        on the bits after it instead), the lanes of a per-feature BatchNorm1d permuted to the
+        engine's NHWC order after the flatten, else a flatten after the op. Returns (value, chw
+        of a flatten).
+
+        ``ties``: for integer thresholds the reachable integers where PyTorch disagrees; for
+        float ones the float32 inputs next to a threshold where PyTorch's float32 BN rounds the
+        other way (``ties`` / ``float_ties`` attribute, and the provenance sums)."""
+        per_feature = self._per_feature(p)
+        x = p.value
+        if bit_pool is None:
+            for name, a in p.pools:
+                x = self.b.add("maxpool_i32" if p.is_int else "maxpool_f32", x, name=name, attrs=a)
+        chw = None
         if per_feature:
             pooled = self._pooled_chw(p)
             assert pooled is not None
             perm = _nchw_to_nhwc_perm(*pooled)
             thr, direction = thr[perm], direction[perm]
-        x = p.value
-        pool_on_bits = bool(p.pools) and not per_feature and th.pool_op is not None
-        if not pool_on_bits:
-            for name, a in p.pools:
-                x = self.b.add("maxpool_i32" if p.is_int else "maxpool_f32", x, name=name, attrs=a)
-        chw = None
-        if per_feature:
             x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = self._pooled_chw(p)
-        tname = f"{p.bn_name or p.producer}.threshold"
-        # integer thresholds: reachable integers where PyTorch disagrees ("ties"); float ones:
-        # float32 inputs next to the threshold where PyTorch's float32 BN rounds the other way
-        attrs: dict[str, Any] = {
-            "ties" if p.is_int else "float_ties": ties,
-            "source": p.bn_name or p.producer,
-        }
-        if p.is_int:
-            x = self.b.add(
-                "threshold_bits",
-                x,
-                name=tname,
-                attrs=attrs,
-                params={"thr": thr, "direction": direction},
-            )
-        else:
-            x = self.b.add(
-                "threshold_f32_bits",
-                x,
-                name=tname,
-                attrs=attrs,
-                params={"thr": thr.astype(np.float32), "direction": direction},
-            )
-        if p.is_int:
-            self.ties[tname] = ties
-        else:
-            self.float_ties[tname] = ties
-        if pool_on_bits:
+            chw = pooled
+        tname = f"{p.bn_name or p.producer}.{suffix}"
+        x = self.b.add(
+            kind,
+            x,
+            name=tname,
+            attrs={
+                **(attrs or {}),
+                "ties" if p.is_int else "float_ties": ties,
+                "source": p.bn_name or p.producer,
+            },
+            params={"thr": thr, "direction": direction},
+        )
+        (self.ties if p.is_int else self.float_ties)[tname] = ties
+        if bit_pool is not None:
             for name, a in p.pools:
-                x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": th.pool_op})
+                x = self.b.add("maxpool_bits", x, name=name, attrs={**a, "op": bit_pool})
         if p.flatten is not None and not per_feature:
             x = self.b.add("flatten", x, name=p.flatten_name)
             chw = self._pooled_chw(p)

@@ -194,17 +194,7 @@ def to_u8(cv: _Materialize, p: Pending, st: Step) -> str:
             channels=lanes,
         )
         ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
-        for name, a in p.pools:
-            x = cv.b.add("maxpool_i32", x, name=name, attrs=a)
-        x = cv.b.add(
-            "threshold_u8",
-            x,
-            name=tname,
-            attrs={**attrs, "ties": ties},
-            params={"thr": np.ascontiguousarray(th.thr), "direction": th.direction},
-        )
-        cv.ties[tname] = ties
-        return x
+        return cv._threshold_op(p, "threshold_u8", "codes", th.thr, th.direction, ties)[0]
     bnp_f = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
     thr, direction = float_u8_thresholds(bnp_f, bounds, relu=p.relu, channels=p.channels)
     for name, a in p.pools:

@@ -13,7 +13,7 @@ from torch import nn
 from ..ir.bits import pack_bits
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from . import batchshift as bs
-from ._core import Pending, _bn_params, _conv_attrs, _conv_bias, _f32, _nchw_to_nhwc_perm
+from ._core import Pending, _bn_params, _conv_attrs, _conv_bias, _f32
 from ._materialize import _Materialize
 from ._mbbn import quantizer_boundaries, weight_levels, weight_planes
 from ._ties import _count_level_ties_float, _count_level_ties_int
@@ -54,7 +54,6 @@ class _MBBNRules(_Materialize):
             )
         if not p.is_int:
             return self._float_planes(p, step, bits_a, boundaries)
-        per_feature = self._per_feature(p)
         alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         th = bs.level_int_thresholds(
             lo=lo,
@@ -67,30 +66,9 @@ class _MBBNRules(_Materialize):
             channels=lanes,
         )
         ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
-        thr, direction = th.thr, th.direction
-        x = p.value
-        for name, a in p.pools:
-            x = self.b.add("maxpool_i32", x, name=name, attrs=a)
-        chw = None
-        if per_feature:
-            pooled = self._pooled_chw(p)
-            assert pooled is not None
-            perm = _nchw_to_nhwc_perm(*pooled)
-            thr, direction = thr[perm], direction[perm]
-            x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = pooled
-        tname = f"{p.bn_name or p.producer}.threshold"
-        x = self.b.add(
-            "threshold_planes",
-            x,
-            name=tname,
-            attrs={"planes": bits_a, "ties": ties, "source": p.bn_name or p.producer},
-            params={"thr": np.ascontiguousarray(thr), "direction": direction},
+        x, chw = self._threshold_op(
+            p, "threshold_planes", "threshold", th.thr, th.direction, ties, {"planes": bits_a}
         )
-        self.ties[tname] = ties
-        if p.flatten is not None and not per_feature:
-            x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = self._pooled_chw(p)
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
     def _float_planes(
@@ -116,22 +94,9 @@ class _MBBNRules(_Materialize):
         assert step.module is not None
         ties = _count_level_ties_float(p, th, n_l, step.module)
         thr, direction = bs.float_plane_thresholds(th, p.channels)
-        x = p.value
-        for name, a in p.pools:
-            x = self.b.add("maxpool_f32", x, name=name, attrs=a)
-        tname = f"{p.bn_name or p.producer}.threshold"
-        x = self.b.add(
-            "threshold_f32_planes",
-            x,
-            name=tname,
-            attrs={"planes": bits_a, "float_ties": ties, "source": p.bn_name or p.producer},
-            params={"thr": np.ascontiguousarray(thr), "direction": direction},
+        x, chw = self._threshold_op(
+            p, "threshold_f32_planes", "threshold", thr, direction, ties, {"planes": bits_a}
         )
-        self.float_ties[tname] = ties
-        chw = None
-        if p.flatten is not None:
-            x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = self._pooled_chw(p)
         return x, chw, {"encoding": "planes", "bits": bits_a}
 
     def _mbit_common(

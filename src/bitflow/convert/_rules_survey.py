@@ -15,7 +15,7 @@ from torch import nn
 from ..ir.bits import pack_bits
 from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
-from ._core import Pending, _conv_attrs, _f32, _nchw_to_nhwc_perm, _nhwc_columns
+from ._core import Pending, _conv_attrs, _f32, _nhwc_columns
 from ._materialize import _as_float, _float_pending, _Materialize
 from ._ties import _count_level_ties_float, _count_level_ties_int
 from ._trace import Step, unsupported
@@ -70,34 +70,7 @@ class _SurveyRules(_Materialize):
             ties = _count_level_ties_float(p, fth, n_l, layer, torch_q)
             thr, direction = bs.float_plane_thresholds(fth, lanes)
             kind = "threshold_f32_u8"
-        x = p.value
-        for name, a in p.pools:
-            x = self.b.add("maxpool_i32" if p.is_int else "maxpool_f32", x, name=name, attrs=a)
-        chw = None
-        if per_feature:
-            pooled = self._pooled_chw(p)
-            assert pooled is not None
-            perm = _nchw_to_nhwc_perm(*pooled)
-            thr, direction = thr[perm], direction[perm]
-            x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = pooled
-        tname = f"{p.bn_name or p.producer}.levels"
-        x = self.b.add(
-            kind,
-            x,
-            name=tname,
-            attrs={
-                "levels": n_l,
-                "ties" if p.is_int else "float_ties": ties,
-                "source": p.bn_name or p.producer,
-            },
-            params={"thr": np.ascontiguousarray(thr), "direction": direction},
-        )
-        (self.ties if p.is_int else self.float_ties)[tname] = ties
-        if p.flatten is not None and not per_feature:
-            x = self.b.add("flatten", x, name=p.flatten_name)
-            chw = self._pooled_chw(p)
-        return x, chw
+        return self._threshold_op(p, kind, "levels", thr, direction, ties, {"levels": n_l})
 
     def u8_layer(
         self, step: Step, value: str, chw: tuple[int, int, int] | None, act: tuple[int, Fraction]
