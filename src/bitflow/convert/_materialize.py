@@ -15,7 +15,7 @@ from torch import nn
 
 from . import batchshift as bs
 from ._core import Pending, _bn_params, _ConverterBase, _nchw_to_nhwc_perm
-from ._ties import _count_ties
+from ._ties import _count_level_ties_int, _count_ties
 from ._trace import unsupported
 
 
@@ -236,6 +236,25 @@ class _Materialize(_ConverterBase):
             ties,
             bit_pool=None if per_feature else th.pool_op,
         )
+
+    def _int_levels(
+        self, p: Pending, boundaries: Any, layer: nn.Module, levels_of: Any = None
+    ) -> tuple[bs.LevelThresholds, int]:
+        """The exact level thresholds of an integer producer (one
+        :func:`~.batchshift.level_int_thresholds` rule per lane) and their ties against
+        PyTorch's levels of ``layer``'s input quantizer (``levels_of``: another level function)."""
+        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
+        th = bs.level_int_thresholds(
+            lo=lo,
+            hi=hi,
+            bn=bnp,
+            boundaries=boundaries,
+            alpha=alpha,
+            bias=bias,
+            relu=p.relu,
+            channels=lanes,
+        )
+        return th, _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, layer, levels_of)
 
     def _threshold_op(
         self,

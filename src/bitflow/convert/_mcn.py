@@ -57,7 +57,6 @@ from ..nn.mcn import MCConv2d, UInt8Act
 from . import batchshift as bs
 from ._core import Pending, _bn_params
 from ._materialize import _Materialize
-from ._ties import _count_level_ties_int
 from ._trace import Step, unsupported
 
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -182,18 +181,7 @@ def to_u8(cv: _Materialize, p: Pending, st: Step) -> str:
     tname = f"{p.bn_name or p.producer}.codes"
     attrs: dict[str, Any] = {"source": p.bn_name or p.producer}
     if p.is_int:
-        alpha, bias, lo, hi, bnp, lanes = cv._lane_arrays(p)
-        th = bs.level_int_thresholds(
-            lo=lo,
-            hi=hi,
-            bn=bnp,
-            boundaries=bounds,
-            alpha=alpha,
-            bias=bias,
-            relu=p.relu,
-            channels=lanes,
-        )
-        ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
+        th, ties = cv._int_levels(p, bounds, m)
         return cv._threshold_op(p, "threshold_u8", "codes", th.thr, th.direction, ties)[0]
     bnp_f = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
     thr, direction = float_u8_thresholds(bnp_f, bounds, relu=p.relu, channels=p.channels)

@@ -16,7 +16,7 @@ from . import batchshift as bs
 from ._core import Pending, _bn_params, _conv_attrs, _conv_bias, _f32
 from ._materialize import _Materialize
 from ._mbbn import quantizer_boundaries, weight_levels, weight_planes
-from ._ties import _count_level_ties_float, _count_level_ties_int
+from ._ties import _count_level_ties_float
 from ._trace import Step, unsupported
 
 
@@ -54,18 +54,7 @@ class _MBBNRules(_Materialize):
             )
         if not p.is_int:
             return self._float_planes(p, step, bits_a, boundaries)
-        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
-        th = bs.level_int_thresholds(
-            lo=lo,
-            hi=hi,
-            bn=bnp,
-            boundaries=boundaries,
-            alpha=alpha,
-            bias=bias,
-            relu=p.relu,
-            channels=lanes,
-        )
-        ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
+        th, ties = self._int_levels(p, boundaries, m)
         x, chw = self._threshold_op(
             p, "threshold_planes", "threshold", th.thr, th.direction, ties, {"planes": bits_a}
         )

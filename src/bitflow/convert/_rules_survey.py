@@ -17,7 +17,7 @@ from ..nn.survey import DoReFaAct, PactAct, RPReLU, RSign, XnorPPConv2d
 from . import batchshift as bs
 from ._core import Pending, _conv_attrs, _f32, _nhwc_columns
 from ._materialize import _as_float, _float_pending, _Materialize
-from ._ties import _count_level_ties_float, _count_level_ties_int
+from ._ties import _count_level_ties_float
 from ._trace import Step, unsupported
 
 
@@ -38,7 +38,6 @@ class _SurveyRules(_Materialize):
         n_l = (1 << bits) - 1
         boundaries: list[Fraction | None] = [Fraction(2 * j + 1, 2 * n_l) * c for j in range(n_l)]
         per_feature = self._per_feature(p)
-        alpha, bias, lo, hi, bnp, lanes = self._lane_arrays(p)
         layer = step.module
         assert layer is not None
 
@@ -47,19 +46,10 @@ class _SurveyRules(_Materialize):
             return 2 * torch.round(a * n_l / float(c)).to(torch.int64) - n_l
 
         if p.is_int:
-            th = bs.level_int_thresholds(
-                lo=lo,
-                hi=hi,
-                bn=bnp,
-                boundaries=boundaries,
-                alpha=alpha,
-                bias=bias,
-                relu=p.relu,
-                channels=lanes,
-            )
-            ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, layer, torch_q)
+            th, ties = self._int_levels(p, boundaries, layer, torch_q)
             thr, direction, kind = th.thr, th.direction, "threshold_u8"
         else:
+            *_, bnp, lanes = self._lane_arrays(p)
             if per_feature:
                 raise unsupported(
                     step.name,
