@@ -139,8 +139,8 @@ def test_u8_layer_too_wide_is_refused() -> None:
 def test_float_u8_thresholds_agree_with_pytorch_bn_and_quantizer(relu: bool) -> None:
     """q from the float thresholds == UInt8Act(BN(relu?(y))) computed by PyTorch, except for
     values within a few ulps of a threshold (gamma of both signs and 0)."""
+    from bitflow.convert._core import _bn_params
     from bitflow.convert._mcn import float_u8_thresholds
-    from bitflow.convert.converter import _bn_params
 
     g = torch.Generator().manual_seed(0)
     c = 6

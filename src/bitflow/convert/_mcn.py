@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,10 +55,9 @@ from ..nn import quantizers as Q
 from ..nn.functional import sign
 from ..nn.mcn import MCConv2d, UInt8Act
 from . import batchshift as bs
+from ._core import Pending, _bn_params
+from ._materialize import _Materialize
 from ._trace import Step, unsupported
-
-if TYPE_CHECKING:
-    from .converter import Pending, _Converter
 
 _EPS32 = float(np.finfo(np.float32).eps)
 
@@ -167,14 +166,12 @@ def u8_boundaries(iq: UInt8Act) -> list[Fraction | None]:
     return [Fraction(2 * j - 1, 2 ** (iq.frac + 1)) for j in range(1, 256)]
 
 
-def to_u8(cv: _Converter, p: Pending, st: Step) -> str:
+def to_u8(cv: _Materialize, p: Pending, st: Step) -> str:
     """Materialize ``p`` as the uint8 codes the MCN layer ``st`` reads: ``threshold_u8`` (exact
     integer thresholds on an int32 accumulator, max-pools on the accumulator first) or
     ``threshold_f32_u8`` (float producer, :func:`float_u8_thresholds`; attribute ``err_bound``:
     per channel, how far the engine's float32 value may lie from PyTorch's, for verify's
     near-threshold report)."""
-    from .converter import _bn_params, _count_level_ties_int
-
     m = st.module
     assert isinstance(m, MCConv2d) and isinstance(m.input_quantizer, UInt8Act)
     if p.flatten is not None or p.chw is None:
@@ -184,29 +181,8 @@ def to_u8(cv: _Converter, p: Pending, st: Step) -> str:
     tname = f"{p.bn_name or p.producer}.codes"
     attrs: dict[str, Any] = {"source": p.bn_name or p.producer}
     if p.is_int:
-        alpha, bias, lo, hi, bnp, lanes = cv._lane_arrays(p)
-        th = bs.level_int_thresholds(
-            lo=lo,
-            hi=hi,
-            bn=bnp,
-            boundaries=bounds,
-            alpha=alpha,
-            bias=bias,
-            relu=p.relu,
-            channels=lanes,
-        )
-        ties = _count_level_ties_int(p, th, alpha, bias, lo, hi, lanes, m)
-        for name, a in p.pools:
-            x = cv.b.add("maxpool_i32", x, name=name, attrs=a)
-        x = cv.b.add(
-            "threshold_u8",
-            x,
-            name=tname,
-            attrs={**attrs, "ties": ties},
-            params={"thr": np.ascontiguousarray(th.thr), "direction": th.direction},
-        )
-        cv.ties[tname] = ties
-        return x
+        th, ties = cv._int_levels(p, bounds, m)
+        return cv._threshold_op(p, "threshold_u8", "codes", th.thr, th.direction, ties)[0]
     bnp_f = _bn_params(p.bn_name or "", p.bn) if p.bn is not None else None
     thr, direction = float_u8_thresholds(bnp_f, bounds, relu=p.relu, channels=p.channels)
     for name, a in p.pools:
@@ -266,10 +242,8 @@ def _sign_rows(layer: MCConv2d) -> np.ndarray:
     return np.ascontiguousarray(s.transpose(0, 2, 3, 1))
 
 
-def mcn_conv(cv: _Converter, p: Pending, st: Step) -> Pending:
+def mcn_conv(cv: _Materialize, p: Pending, st: Step) -> Pending:
     """Convert an :class:`MCConv2d` kept by :func:`lower_mcn` (module docstring)."""
-    from .converter import Pending
-
     m = st.module
     assert isinstance(m, MCConv2d)
     if p.flatten is not None or p.chw is None:

@@ -195,49 +195,13 @@ def trace_steps(model: nn.Module) -> list[Step]:
                 _flatten_dims(node.name, int(start), int(end))
                 emit(node, [Step("flatten", node.name)], [src(node, node.args[0])])
             elif fn is F.max_pool2d or fname in ("max_pool2d", "_max_pool2d", "boolean_dispatch"):
-                a = list(node.args[1:]) + [None] * 6
-                kw = node.kwargs
-                emit(
-                    node,
-                    [
-                        Step(
-                            "maxpool",
-                            node.name,
-                            attrs=_pool_attrs(
-                                node.name,
-                                kw.get("kernel_size", a[0]),
-                                kw.get("stride", a[1]),
-                                kw.get("padding", a[2] if a[2] is not None else 0),
-                                kw.get("dilation", a[3] if a[3] is not None else 1),
-                                bool(kw.get("ceil_mode", a[4] or False)),
-                                bool(kw.get("return_indices", a[5] or False)),
-                            ),
-                        )
-                    ],
-                    [src(node, node.args[0])],
-                )
+                k, st, pad, dil, ceil, idx = _call_args(node, _MAX_POOL_ARGS)
+                attrs = _pool_attrs(node.name, k, st, pad, dil, bool(ceil), bool(idx))
+                emit(node, [Step("maxpool", node.name, attrs=attrs)], [src(node, node.args[0])])
             elif fn is F.avg_pool2d:
-                a = list(node.args[1:]) + [None] * 6
-                kw = node.kwargs
-                emit(
-                    node,
-                    [
-                        Step(
-                            "avgpool",
-                            node.name,
-                            attrs=_avgpool_attrs(
-                                node.name,
-                                kw.get("kernel_size", a[0]),
-                                kw.get("stride", a[1]),
-                                kw.get("padding", a[2] if a[2] is not None else 0),
-                                bool(kw.get("ceil_mode", a[3] or False)),
-                                bool(kw.get("count_include_pad", True if a[4] is None else a[4])),
-                                kw.get("divisor_override", a[5]),
-                            ),
-                        )
-                    ],
-                    [src(node, node.args[0])],
-                )
+                k, st, pad, ceil, incl, div = _call_args(node, _AVG_POOL_ARGS)
+                attrs = _avgpool_attrs(node.name, k, st, pad, bool(ceil), bool(incl), div)
+                emit(node, [Step("avgpool", node.name, attrs=attrs)], [src(node, node.args[0])])
             elif fn is F.adaptive_avg_pool2d:
                 size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
                 _gap_check(node.name, size)
@@ -316,6 +280,35 @@ def trace_steps(model: nn.Module) -> list[Step]:
             continue
         raise unsupported(node.name, f"fx op {node.op}")
     return steps
+
+
+# the arguments after the input of F.max_pool2d / F.avg_pool2d, in order, with their defaults
+_MAX_POOL_ARGS = (
+    ("kernel_size", None),
+    ("stride", None),
+    ("padding", 0),
+    ("dilation", 1),
+    ("ceil_mode", False),
+    ("return_indices", False),
+)
+_AVG_POOL_ARGS = (
+    ("kernel_size", None),
+    ("stride", None),
+    ("padding", 0),
+    ("ceil_mode", False),
+    ("count_include_pad", True),
+    ("divisor_override", None),
+)
+
+
+def _call_args(node: fx.Node, spec: tuple[tuple[str, Any], ...]) -> list[Any]:
+    """The arguments after the input of a traced functional call, given by position or by
+    keyword, a default where absent (or None)."""
+    out = []
+    for i, (name, default) in enumerate(spec):
+        v = node.kwargs.get(name, node.args[1 + i] if len(node.args) > 1 + i else None)
+        out.append(default if v is None else v)
+    return out
 
 
 def _avgpool_attrs(

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from ..nn.mbbn import METHODS, MBitConv2d, MBitLinear, make_quantizers
 from ._factory import register_model
-from .blocks import classifier, first_conv
-from .zoo import Plan, _spatial, vgg_small_plan
+from .blocks import classifier
+from .zoo import FC, Conv, Plan, plan_layers, vgg_small_plan
 
 
 def per_layer_bits(
@@ -124,20 +124,9 @@ def build_mbbn(
         "gradient": gradient,
         "per_channel": per_channel,
     }
-    f = plan.first
-    mods: list[nn.Module] = [
-        first_conv(
-            in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer
-        ),
-        nn.ReLU(),
-    ]
-    size = (plan.image_size + 2 * f.padding - f.k) // f.stride + 1
-    if plan.first_pool is not None:
-        mods.append(nn.MaxPool2d(*plan.first_pool))
-        size = (size - plan.first_pool[0]) // plan.first_pool[1] + 1
-    cin, i = f.cout, 0
-    for c in plan.convs:
-        mods += [
+
+    def conv_block(cin: int, c: Conv, i: int) -> list[nn.Module]:
+        mods: list[nn.Module] = [
             nn.BatchNorm2d(cin),
             MBitConv2d(
                 cin,
@@ -156,19 +145,16 @@ def build_mbbn(
             mods.append(nn.ReLU())
         if c.pool is not None:
             mods.append(nn.MaxPool2d(*c.pool))
-        size, cin, i = _spatial(size, c), c.cout, i + 1
-    if size < 1:
-        raise ValueError(f"image_size {plan.image_size} is too small for this model")
-    mods.append(nn.Flatten())
-    fin = cin * size * size
-    for fc in plan.fcs:
-        mods += [
+        return mods
+
+    def fc_block(fin: int, fc: FC, i: int) -> list[nn.Module]:
+        mods: list[nn.Module] = [
             nn.BatchNorm1d(fin),
             MBitLinear(fin, fc.fout, bias=False, bits_a=ba[i], bits_w=bw[i], **qkw),
         ]
-        if relu:
-            mods.append(nn.ReLU())
-        fin, i = fc.fout, i + 1
+        return mods + [nn.ReLU()] if relu else mods
+
+    mods, fin = plan_layers(plan, in_channels, first_layer, conv_block, fc_block)
     mods += classifier(fin, num_classes, last_layer="float")
     model = nn.Sequential(*mods)
     _tag(model, ba, bw, method, activation, plan.image_size, in_channels, num_classes)

@@ -182,8 +182,9 @@ class _PreActBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
-def _kw(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split keyword options into layer options and training options."""
+def _kw(kw: dict[str, Any], planes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword options into the MCconv layer options (defaults filled in) and training
+    options."""
     layer: dict[str, Any] = {
         k: kw.pop(k) for k in ("centers", "symmetric", "act", "act_frac") if k in kw
     }
@@ -197,7 +198,14 @@ def _kw(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if kw:
         raise TypeError(f"unexpected options {sorted(kw)}")
-    return layer, train
+    ckw = {
+        "planes": planes,
+        "centers": layer.get("centers", 2),
+        "symmetric": layer.get("symmetric", True),
+        "act": act,
+        "act_frac": int(layer.get("act_frac", 5)),
+    }
+    return ckw, train
 
 
 def build_wrn(
@@ -218,15 +226,8 @@ def build_wrn(
     if len(widths) != 4:
         raise ValueError(f"widths must be s0-s1-s2-s3 (4 numbers), got {widths}")
     n = (depth - 2) // 6
-    layer_kw, train_kw = _kw(dict(kw))
+    ckw, train_kw = _kw(dict(kw), planes)
     ch = 1 if variant == "float" else planes
-    ckw = {
-        "planes": planes,
-        "centers": layer_kw.get("centers", 2),
-        "symmetric": layer_kw.get("symmetric", True),
-        "act": layer_kw.get("act", "float"),
-        "act_frac": int(layer_kw.get("act_frac", 5)),
-    }
     s0, *stages = (int(w) for w in widths)
     mods: list[nn.Module] = [_conv(variant, in_channels, s0, 3, 1, first=True, **ckw)]
     cin = s0
@@ -264,15 +265,8 @@ def build_mnist(
     """Four MCconv layers and one FC (Sec. IV-D1); see the module docstring."""
     if len(widths) != 4:
         raise ValueError(f"widths must be 4 numbers, got {widths}")
-    layer_kw, train_kw = _kw(dict(kw))
+    ckw, train_kw = _kw(dict(kw), planes)
     ch = 1 if variant == "float" else planes
-    ckw = {
-        "planes": planes,
-        "centers": layer_kw.get("centers", 2),
-        "symmetric": layer_kw.get("symmetric", True),
-        "act": layer_kw.get("act", "float"),
-        "act_frac": int(layer_kw.get("act_frac", 5)),
-    }
     xnor = variant in ("mcn_xnor", "mcn1_xnor")
     u8 = ckw["act"] == "u8" and variant != "float" and not xnor
     w = [int(v) for v in widths]

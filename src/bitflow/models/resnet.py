@@ -69,6 +69,7 @@ Conversion contract: forward passes use only ``BinaryConv2d``, ``nn.Conv2d``, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -440,82 +441,73 @@ def build_resnet(
     return model
 
 
-@register_model("bireal_resnet18")
-def bireal_resnet18(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    image_size: int = 224,
-    width: int = 64,
-    stem: str = "auto",
-    first_layer: str | None = None,
-    residual: str = "float",
-    downsample: str = "auto",
-    input_quantizer: str = "approx_sign",
-    weight_quantizer: str | None = None,
-    pad_value: float = 0,
-    residual_frac: int = 8,
-    residual_bits: int = 16,
-) -> nn.Module:
+# (num_classes, in_channels, image_size, width, stem) defaults: ImageNet-sized and small inputs
+_IMAGENET = (1000, 3, 224, 64, "auto")
+_SMALL = (10, 1, 28, 16, "cifar")
+
+
+def _named(fn: Any, name: str, doc: str) -> Any:
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    return register_model(name)(fn)
+
+
+def _bireal(name: str, stages: tuple[int, ...], defaults: tuple[Any, ...], doc: str) -> Any:
+    """A registered Bi-Real ResNet builder (its parameters and their defaults are its API)."""
+    nc, ic, size, wd, st = defaults
+
+    def make(
+        num_classes: int = nc,
+        in_channels: int = ic,
+        image_size: int = size,
+        width: int = wd,
+        stem: str = st,
+        first_layer: str | None = None,
+        residual: str = "float",
+        downsample: str = "auto",
+        input_quantizer: str = "approx_sign",
+        weight_quantizer: str | None = None,
+        pad_value: float = 0,
+        residual_frac: int = 8,
+        residual_bits: int = 16,
+    ) -> nn.Module:
+        return build_resnet(
+            block="bireal",
+            stages=stages,
+            binary=True,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            width=width,
+            stem=stem,
+            first_layer=first_layer,
+            residual=residual,
+            downsample=downsample,
+            input_quantizer=input_quantizer,
+            weight_quantizer=weight_quantizer,
+            pad_value=pad_value,
+            inference="bitflow",
+            residual_frac=residual_frac,
+            residual_bits=residual_bits,
+        )
+
+    return _named(make, name, doc)
+
+
+bireal_resnet18 = _bireal(
+    "bireal_resnet18",
+    (4, 4, 4, 4),
+    _IMAGENET,
     """Bi-Real-Net 18 (Liu et al. 2018): 16 binary 3x3 convolutions, each with its own shortcut
-    ``x' = BN(BinConv(sign x)) + shortcut(x)``; float stem, downsample shortcuts and classifier."""
-    return build_resnet(
-        block="bireal",
-        stages=(4, 4, 4, 4),
-        binary=True,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        width=width,
-        stem=stem,
-        first_layer=first_layer,
-        residual=residual,
-        downsample=downsample,
-        input_quantizer=input_quantizer,
-        weight_quantizer=weight_quantizer,
-        pad_value=pad_value,
-        inference="bitflow",
-        residual_frac=residual_frac,
-        residual_bits=residual_bits,
-    )
-
-
-@register_model("bireal_resnet20")
-def bireal_resnet20(
-    num_classes: int = 10,
-    in_channels: int = 1,
-    image_size: int = 28,
-    width: int = 16,
-    stem: str = "cifar",
-    first_layer: str | None = None,
-    residual: str = "float",
-    downsample: str = "auto",
-    input_quantizer: str = "approx_sign",
-    weight_quantizer: str | None = None,
-    pad_value: float = 0,
-    residual_frac: int = 8,
-    residual_bits: int = 16,
-) -> nn.Module:
+    ``x' = BN(BinConv(sign x)) + shortcut(x)``; float stem, downsample shortcuts and classifier.""",
+)
+bireal_resnet20 = _bireal(
+    "bireal_resnet20",
+    (6, 6, 6),
+    _SMALL,
     """Bi-Real ResNet-20 for small inputs: 3 stages x 6 binary 3x3 convolutions (widths ``w, 2w,
-    4w``), a shortcut around every one (Bi-Real), float stem, downsample shortcuts and classifier."""
-    return build_resnet(
-        block="bireal",
-        stages=(6, 6, 6),
-        binary=True,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        width=width,
-        stem=stem,
-        first_layer=first_layer,
-        residual=residual,
-        downsample=downsample,
-        input_quantizer=input_quantizer,
-        weight_quantizer=weight_quantizer,
-        pad_value=pad_value,
-        inference="bitflow",
-        residual_frac=residual_frac,
-        residual_bits=residual_bits,
-    )
+    4w``), a shortcut around every one (Bi-Real), float stem, downsample shortcuts and classifier.""",
+)
 
 
 def _bitflow_resnet18(inference: str):  # type: ignore[no-untyped-def]
@@ -555,78 +547,75 @@ def _bitflow_resnet18(inference: str):  # type: ignore[no-untyped-def]
     return make
 
 
-bitflow_resnet18 = register_model("bitflow_resnet18")(_bitflow_resnet18("bitflow"))
-bitflow_resnet18.__doc__ = (
+bitflow_resnet18 = _named(
+    _bitflow_resnet18("bitflow"),
+    "bitflow_resnet18",
     "Binary ResNet-18 in the BitFlow block order (BN -> sign -> BinConv, XNOR alpha), 16 binary 3x3 "
-    "convolutions in 8 basic blocks with float shortcuts; BatchShift integer inference."
+    "convolutions in 8 basic blocks with float shortcuts; BatchShift integer inference.",
 )
-xnor_resnet18 = register_model("xnor_resnet18")(_bitflow_resnet18("xnor"))
-xnor_resnet18.__doc__ = "XNOR-Net ResNet-18: the training graph of ``bitflow_resnet18``; float alpha + BatchNorm at inference."
+xnor_resnet18 = _named(
+    _bitflow_resnet18("xnor"),
+    "xnor_resnet18",
+    "XNOR-Net ResNet-18: the training graph of ``bitflow_resnet18``; float alpha + BatchNorm at inference.",
+)
 
 
-@register_model("resnet18")
-def resnet18(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    image_size: int = 224,
-    width: int = 64,
-    stem: str = "auto",
-    block: str = "bireal",
-    first_layer: str = "float",
-    downsample: str | None = None,
-    activation: str = "relu",
-    relu: bool | None = None,
-) -> nn.Module:
+def _twin(
+    name: str,
+    stages: dict[str, tuple[int, ...]],
+    defaults: tuple[Any, ...],
+    doc: str,
+) -> Any:
+    """A registered full-precision twin builder; ``stages`` per ``block``."""
+    nc, ic, size, wd, st = defaults
+
+    def make(
+        num_classes: int = nc,
+        in_channels: int = ic,
+        image_size: int = size,
+        width: int = wd,
+        stem: str = st,
+        block: str = "bireal",
+        first_layer: str = "float",
+        downsample: str | None = None,
+        activation: str = "relu",
+        relu: bool | None = None,
+    ) -> nn.Module:
+        return build_resnet(
+            block=block,
+            stages=stages["bireal" if block == "bireal" else "bitflow"],
+            binary=False,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            width=width,
+            stem=stem,
+            first_layer=first_layer,
+            downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
+            activation=activation,
+            relu=relu,
+        )
+
+    return _named(make, name, doc)
+
+
+resnet18 = _twin(
+    "resnet18",
+    {"bireal": (4, 4, 4, 4), "bitflow": (2, 2, 2, 2)},
+    _IMAGENET,
     """Full-precision twin of ``bireal_resnet18`` (``block="bireal"``) or ``bitflow_resnet18``
     (``block="bitflow"``): same modules and parameter names, ``nn.Conv2d`` and ``activation``
     where the binary model has BinaryConv2d and its sign. ``downsample`` defaults to that of the
     binary model (``"avgpool"`` / ``"conv"``); ``relu`` (ReLU after ``conv1``, default on) applies
-    to ``block="bitflow"`` only."""
-    return build_resnet(
-        block=block,
-        stages=(4, 4, 4, 4) if block == "bireal" else (2, 2, 2, 2),
-        binary=False,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        width=width,
-        stem=stem,
-        first_layer=first_layer,
-        downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
-        activation=activation,
-        relu=relu,
-    )
-
-
-@register_model("resnet20")
-def resnet20(
-    num_classes: int = 10,
-    in_channels: int = 1,
-    image_size: int = 28,
-    width: int = 16,
-    stem: str = "cifar",
-    block: str = "bireal",
-    first_layer: str = "float",
-    downsample: str | None = None,
-    activation: str = "relu",
-    relu: bool | None = None,
-) -> nn.Module:
+    to ``block="bitflow"`` only.""",
+)
+resnet20 = _twin(
+    "resnet20",
+    {"bireal": (6, 6, 6), "bitflow": (3, 3, 3)},
+    _SMALL,
     """Full-precision twin of ``bireal_resnet20`` (``block="bireal"``: 18 units) or a ResNet-20 of
-    3 x 3 basic blocks in the BitFlow order (``block="bitflow"``)."""
-    return build_resnet(
-        block=block,
-        stages=(6, 6, 6) if block == "bireal" else (3, 3, 3),
-        binary=False,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        width=width,
-        stem=stem,
-        first_layer=first_layer,
-        downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
-        activation=activation,
-        relu=relu,
-    )
+    3 x 3 basic blocks in the BitFlow order (``block="bitflow"``).""",
+)
 
 
 __all__ = [

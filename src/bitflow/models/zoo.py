@@ -16,6 +16,7 @@ multiplier of the small models).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,42 @@ def _spatial(size: int, c: Conv) -> int:
     if c.pool is not None:
         size = (size - c.pool[0]) // c.pool[1] + 1
     return size
+
+
+def plan_layers(
+    plan: Plan,
+    in_channels: int,
+    first_layer: str,
+    conv_block: Callable[[int, Conv, int], list[nn.Module]],
+    fc_block: Callable[[int, FC, int], list[nn.Module]],
+) -> tuple[list[nn.Module], int]:
+    """The layers of a plan up to its classifier: the first conv (+ ReLU, pool), the conv blocks,
+    the flatten and the FC blocks; ``conv_block(cin, conv, i)`` / ``fc_block(fin, fc, i)`` build
+    the ``i``-th middle layer (counted over convs, then FCs). Returns the modules and the number
+    of features of the last one."""
+    f = plan.first
+    mods: list[nn.Module] = [
+        first_conv(
+            in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer
+        ),
+        nn.ReLU(),
+    ]
+    size = (plan.image_size + 2 * f.padding - f.k) // f.stride + 1
+    if plan.first_pool is not None:
+        mods.append(nn.MaxPool2d(*plan.first_pool))
+        size = (size - plan.first_pool[0]) // plan.first_pool[1] + 1
+    cin, i = f.cout, 0
+    for c in plan.convs:
+        mods += conv_block(cin, c, i)
+        size, cin, i = _spatial(size, c), c.cout, i + 1
+    if size < 1:
+        raise ValueError(f"image_size {plan.image_size} is too small for this model")
+    mods.append(nn.Flatten())
+    fin = cin * size * size
+    for fc in plan.fcs:
+        mods += fc_block(fin, fc, i)
+        fin, i = fc.fout, i + 1
+    return mods, fin
 
 
 def build(
@@ -93,21 +130,10 @@ def build(
             raise ValueError(
                 f"options {sorted(given)} apply to binary models only, not to a full-precision twin"
             )
-    f = plan.first
-    mods: list[nn.Module] = [
-        first_conv(
-            in_channels, f.cout, f.k, stride=f.stride, padding=f.padding, first_layer=first_layer
-        ),
-        nn.ReLU(),
-    ]
-    size = (plan.image_size + 2 * f.padding - f.k) // f.stride + 1
-    if plan.first_pool is not None:
-        mods.append(nn.MaxPool2d(*plan.first_pool))
-        size = (size - plan.first_pool[0]) // plan.first_pool[1] + 1
-    cin = f.cout
-    for c in plan.convs:
+
+    def conv_block(cin: int, c: Conv, _i: int) -> list[nn.Module]:
         if binary:
-            mods += binary_conv_block(
+            return binary_conv_block(
                 cin,
                 c.cout,
                 c.k,
@@ -119,32 +145,27 @@ def build(
                 input_quantizer=input_quantizer,
                 pad_value=pad_value,
             )
-        else:
-            mods += [
-                nn.BatchNorm2d(cin),
-                nn.Conv2d(cin, c.cout, c.k, c.stride, c.padding, bias=False),
-                nn.ReLU(),
-            ]
-            if c.pool is not None:
-                mods.append(nn.MaxPool2d(*c.pool))
-        size = _spatial(size, c)
-        cin = c.cout
-    if size < 1:
-        raise ValueError(f"image_size {plan.image_size} is too small for this model")
-    mods.append(nn.Flatten())
-    fin = cin * size * size
-    for fc in plan.fcs:
+        mods: list[nn.Module] = [
+            nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, c.cout, c.k, c.stride, c.padding, bias=False),
+            nn.ReLU(),
+        ]
+        if c.pool is not None:
+            mods.append(nn.MaxPool2d(*c.pool))
+        return mods
+
+    def fc_block(fin: int, fc: FC, _i: int) -> list[nn.Module]:
         if binary:
-            mods += binary_fc_block(
+            return binary_fc_block(
                 fin,
                 fc.fout,
                 relu=relu,
                 weight_quantizer=weight_quantizer,
                 input_quantizer=input_quantizer,
             )
-        else:
-            mods += [nn.BatchNorm1d(fin), nn.Linear(fin, fc.fout, bias=False), nn.ReLU()]
-        fin = fc.fout
+        return [nn.BatchNorm1d(fin), nn.Linear(fin, fc.fout, bias=False), nn.ReLU()]
+
+    mods, fin = plan_layers(plan, in_channels, first_layer, conv_block, fc_block)
     if binary:
         mods += classifier(
             fin,
@@ -212,48 +233,27 @@ def lenet_plan(width: int = 32, fc: int = 256, image_size: int = 28) -> Plan:
     )
 
 
-@register_model("bitflow_alexnet")
-def bitflow_alexnet(
-    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
+def _variant(
+    plan: Plan, binary: bool, inference: str, num_classes: int, in_channels: int, kw: dict[str, Any]
 ) -> nn.Module:
-    """BitFlow-Net AlexNet (binary middle layers; BatchShift at inference)."""
+    """:func:`build` of one registered variant of a plan (``kw``: the model's other options)."""
     return build(
-        alexnet_plan(image_size),
-        binary=True,
+        plan,
+        binary=binary,
         num_classes=num_classes,
         in_channels=in_channels,
-        inference="bitflow",
+        inference=inference,
         **kw,
     )
 
 
-@register_model("xnor_alexnet")
-def xnor_alexnet(
-    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
-) -> nn.Module:
-    """XNOR-Net AlexNet: the same training graph; float alpha + BatchNorm at inference."""
-    return build(
-        alexnet_plan(image_size),
-        binary=True,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        inference="xnor",
-        **kw,
-    )
+def _alexnet(binary: bool, inference: str):  # type: ignore[no-untyped-def]
+    def make(
+        num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
+    ) -> nn.Module:
+        return _variant(alexnet_plan(image_size), binary, inference, num_classes, in_channels, kw)
 
-
-@register_model("alexnet")
-def alexnet(
-    num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, **kw: Any
-) -> nn.Module:
-    """Full-precision AlexNet with the same widths and block order (baseline)."""
-    return build(
-        alexnet_plan(image_size),
-        binary=False,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        **kw,
-    )
+    return make
 
 
 def _small(plan_fn, binary: bool, inference: str):  # type: ignore[no-untyped-def]
@@ -266,25 +266,27 @@ def _small(plan_fn, binary: bool, inference: str):  # type: ignore[no-untyped-de
         **kw: Any,
     ) -> nn.Module:
         plan = plan_fn(width=width, fc=fc, image_size=image_size)
-        return build(
-            plan,
-            binary=binary,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            inference=inference,
-            **kw,
-        )
+        return _variant(plan, binary, inference, num_classes, in_channels, kw)
 
     return make
 
 
+# (name prefix, binary, inference) of the three variants of every plan
+_VARIANTS = (("bitflow_", True, "bitflow"), ("xnor_", True, "xnor"), ("", False, "float"))
+_ALEXNET_DOCS = {
+    "bitflow_": "BitFlow-Net AlexNet (binary middle layers; BatchShift at inference).",
+    "xnor_": "XNOR-Net AlexNet: the same training graph; float alpha + BatchNorm at inference.",
+    "": "Full-precision AlexNet with the same widths and block order (baseline).",
+}
+for _prefix, _binary, _inf in _VARIANTS:
+    _fn = _alexnet(_binary, _inf)
+    _fn.__name__ = _prefix + "alexnet"
+    _fn.__doc__ = _ALEXNET_DOCS[_prefix]
+    register_model(_prefix + "alexnet")(_fn)
+
 for _name, _plan in (("vgg_small", vgg_small_plan), ("lenet", lenet_plan)):
     _doc = (_plan.__doc__ or "").strip()
-    for _prefix, _binary, _inf in (
-        ("bitflow_", True, "bitflow"),
-        ("xnor_", True, "xnor"),
-        ("", False, "float"),
-    ):
+    for _prefix, _binary, _inf in _VARIANTS:
         _fn = _small(_plan, _binary, _inf)
         _fn.__name__ = _prefix + _name
         _fn.__doc__ = ("Full-precision twin. " if not _binary else f"{_inf} inference. ") + _doc

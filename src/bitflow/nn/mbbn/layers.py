@@ -91,6 +91,37 @@ class _MBitMixin(_BinaryMixin):
             return sx.reshape(1).expand(self.weight.shape[0])
         return sx * sw
 
+    _channel_shape: tuple[int, ...]  # how a per-output-channel [O] tensor broadcasts over y
+
+    def _product(self, xq: Tensor, b: Tensor) -> Tensor:
+        """``v_x (*) v_w`` (convolution) or ``v_x @ v_w^T`` in :attr:`accumulate_dtype`."""
+        raise NotImplementedError
+
+    def _finish(self, y: Tensor, s: Tensor | None) -> Tensor:
+        if s is not None:
+            y = y * s.view(self._channel_shape)
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            y = y + bias.view(self._channel_shape)
+        return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        vx, sx = self.quantized_input(x)
+        vw, sw = self.quantized_weight()
+        return self._finish(self._product(vx, vw), self._scale(sx, sw))
+
+    @torch.no_grad()
+    def integer_output(self, x: Tensor) -> Tensor:
+        """The integer product of the levels as int64: what the engine accumulates (before any
+        scale)."""
+        vx, _ = self.quantized_input(x)
+        vw, _ = self.quantized_weight()
+        return self._product(vx, vw).round().to(torch.int64)
+
+    def extra_repr(self) -> str:
+        # super(): BinaryConv2d's / BinaryLinear's, next in the MRO of MBitConv2d / MBitLinear
+        return f"{super().extra_repr()}, bits_a={self.bits_a}, bits_w={self.bits_w}, accumulate={str(self.accumulate_dtype).replace('torch.', '')}"  # type: ignore[misc]
+
     def _pad_level(self) -> float:
         """The level of a padded tap with ``pad_value=1``: every plane +1, i.e. ``2^M - 1``."""
         return float((1 << self.bits_a) - 1)
@@ -170,7 +201,9 @@ class MBitConv2d(_MBitMixin, BinaryConv2d):  # type: ignore[misc]
             return F.pad(xq, (pw, pw, ph, ph), value=self._pad_level()), (0, 0)
         return xq, self.padding
 
-    def _conv(self, xq: Tensor, b: Tensor) -> Tensor:
+    _channel_shape = (1, -1, 1, 1)
+
+    def _product(self, xq: Tensor, b: Tensor) -> Tensor:
         dt = self.accumulate_dtype
         xq, padding = self._pad(xq)
         if xq.dtype != dt:
@@ -178,25 +211,6 @@ class MBitConv2d(_MBitMixin, BinaryConv2d):  # type: ignore[misc]
                 xq.to(dt), b.to(dt), None, self.stride, padding, self.dilation, self.groups
             ).to(xq.dtype)
         return F.conv2d(xq, b.to(dt), None, self.stride, padding, self.dilation, self.groups)
-
-    def _finish(self, y: Tensor, s: Tensor | None) -> Tensor:
-        if s is not None:
-            y = y * s.view(1, -1, 1, 1)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
-        return y
-
-    def forward(self, x: Tensor) -> Tensor:
-        vx, sx = self.quantized_input(x)
-        vw, sw = self.quantized_weight()
-        return self._finish(self._conv(vx, vw), self._scale(sx, sw))
-
-    @torch.no_grad()
-    def integer_output(self, x: Tensor) -> Tensor:
-        """``v_x (*) v_w`` as int64: what the engine accumulates (before any scale)."""
-        vx, _ = self.quantized_input(x)
-        vw, _ = self.quantized_weight()
-        return self._conv(vx, vw).round().to(torch.int64)
 
     @torch.no_grad()
     def forward_branches(self, x: Tensor) -> Tensor:
@@ -220,9 +234,6 @@ class MBitConv2d(_MBitMixin, BinaryConv2d):  # type: ignore[misc]
             ph, pw = (int(p) for p in self.padding)  # integer padding (checked by BinaryConv2d)
             return F.pad(c, (pw, pw, ph, ph), value=1.0), (0, 0)
         return c, self.padding
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits_a={self.bits_a}, bits_w={self.bits_w}, accumulate={str(self.accumulate_dtype).replace('torch.', '')}"
 
 
 class MBitLinear(_MBitMixin, BinaryLinear):  # type: ignore[misc]
@@ -269,30 +280,13 @@ class MBitLinear(_MBitMixin, BinaryLinear):  # type: ignore[misc]
         )
         self._setup()
 
-    def _linear(self, xq: Tensor, b: Tensor) -> Tensor:
+    _channel_shape = (-1,)
+
+    def _product(self, xq: Tensor, b: Tensor) -> Tensor:
         dt = self.accumulate_dtype
         if xq.dtype != dt:
             return F.linear(xq.to(dt), b.to(dt)).to(xq.dtype)
         return F.linear(xq, b.to(dt))
-
-    def _finish(self, y: Tensor, s: Tensor | None) -> Tensor:
-        if s is not None:
-            y = y * s
-        if self.bias is not None:
-            y = y + self.bias
-        return y
-
-    def forward(self, x: Tensor) -> Tensor:
-        vx, sx = self.quantized_input(x)
-        vw, sw = self.quantized_weight()
-        return self._finish(self._linear(vx, vw), self._scale(sx, sw))
-
-    @torch.no_grad()
-    def integer_output(self, x: Tensor) -> Tensor:
-        """``v_x @ v_w^T`` as int64 (before any scale)."""
-        vx, _ = self.quantized_input(x)
-        vw, _ = self.quantized_weight()
-        return self._linear(vx, vw).round().to(torch.int64)
 
     @torch.no_grad()
     def forward_branches(self, x: Tensor) -> Tensor:
@@ -306,9 +300,6 @@ class MBitLinear(_MBitMixin, BinaryLinear):  # type: ignore[misc]
             for k in range(self.bits_w):
                 acc = acc + (2.0 ** (m + k)) * F.linear(cx[m], dw[k]).double()
         return self._finish(acc.to(x.dtype), self._scale(sx, sw))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits_a={self.bits_a}, bits_w={self.bits_w}, accumulate={str(self.accumulate_dtype).replace('torch.', '')}"
 
 
 def _resolve_quantizers(
