@@ -89,7 +89,10 @@ def test_per_op_selection_rules() -> None:
         and no_vpop["sgemm_packed"] == "sgemm_4x48__avx512fma"
     )
     assert no_vpop["bgemm"] == "bgemm_2x4__avx2" and no_vpop["bgemm_packed"] == "bgemm_2x16__avx2"
-    assert no_vpop["igemm_u8i8"] == "igemm_u8i8_2x4__avx2" and no_vpop["igemm_packed"] is None
+    assert (
+        no_vpop["igemm_u8i8"] == "igemm_u8i8_2x4__avx2"
+        and no_vpop["igemm_packed"] == "igemm_u8i8_6x16__avx2"
+    )
     vnni = _native.compose_kernels({**AVX512_BASE, "avx512vnni": True})
     assert (
         vnni["igemm_packed"] == "igemm_u8i8_6x48__avx512vnni" and vnni["bgemm"] == "bgemm_2x4__avx2"
@@ -120,7 +123,7 @@ def test_per_op_selection_rules() -> None:
         "name": "auto",
         "threshold_bits": "threshold_bits__ref",
         "bgemm_packed": "bgemm_2x16__avx2",
-        "igemm_packed": None,
+        "igemm_packed": "igemm_u8i8_6x16__avx2",
         "sgemm_packed": "sgemm_6x16__avx2fma",
     }
     assert _native.compose_kernels({"popcnt": True})["bgemm"] == "bgemm_4x4__scalar"

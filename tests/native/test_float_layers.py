@@ -102,6 +102,53 @@ def test_conv2d_u8i8_exact(case: tuple) -> None:
             np.testing.assert_array_equal(got, expect, err_msg=ks)
 
 
+# Tile edges of the packed int8 GEMMs (igemm_packed: 16-channel blocks; the AVX2 kernel's
+# 6-row tiles over int16 pairs of K, AVX-512 VNNI's 4-row tiles over 4 bytes of K), as 1x1
+# convolutions of an [1, 1, M, K] image so that M, N = O and K are set directly:
+# M around 6 and the driver's row blocks, N around 8 / 16 / 32 / 48, K odd and around 2 / 4.
+U8_EDGES = [  # M, N, K
+    (1, 1, 1),
+    (5, 7, 2),
+    (6, 8, 3),
+    (7, 9, 4),
+    (11, 15, 5),
+    (12, 16, 15),
+    (13, 17, 16),
+    (19, 31, 17),
+    (37, 33, 33),
+    (64, 48, 127),
+    (97, 96, 363),
+    (211, 49, 1023),
+]
+
+
+@pytest.mark.parametrize("edge", U8_EDGES)
+def test_u8i8_packed_tile_edges_equal_ref(fast_kernels: str, edge: tuple) -> None:
+    """Every optimized set (packed int8 GEMM where it has one) equals the reference and the
+    exact int64 product at tile edges, including the extreme products 255 * -128 and
+    255 * 127 over the whole K (a saturating int16 pair sum would show here: 2 * 255 * 127 >
+    32767), for 1, 2 and 3 threads."""
+    m, o, k = edge
+    rng = np.random.default_rng(m * 1000 + o * 10 + k)
+    x = rng.integers(0, 256, size=(1, 1, m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, size=(o, 1, 1, k), dtype=np.int8)
+    x[0, 0, 0, :] = 255
+    w[0] = -128
+    if o > 1:
+        w[o - 1] = 127
+    if m > 1:
+        x[0, 0, m - 1, :] = 255
+    exact = x[0, 0].astype(np.int64) @ w[:, 0, 0, :].astype(np.int64).T
+    ref = _native.conv2d_u8i8(x, w, (1, 1), (0, 0), kernels="ref")
+    np.testing.assert_array_equal(ref[0, 0], exact)
+    for threads in (1, 2, 3):
+        got = _native.conv2d_u8i8(x, w, (1, 1), (0, 0), kernels=fast_kernels, threads=threads)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{fast_kernels} threads={threads}")
+    # the prepared layer (the engine's fused first layer) runs the same packed kernel
+    layer = _native.Int8ConvLayer(w, (1, 1), (0, 0), kernels=fast_kernels)
+    np.testing.assert_array_equal(layer(x, 2), ref)
+
+
 def test_peak_probe_positive() -> None:
     for ks in _native.available_kernels():
         assert _native.peak_probe(ks, 0.01) > 1e8

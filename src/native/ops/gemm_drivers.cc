@@ -555,23 +555,31 @@ inline void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::int64_t 
   for (; b < n; ++b) dst[b] = src[b];
 }
 
-/// im2col rows [m0, m1) of a uint8 NHWC input with row stride ld >= kh*kw*C bytes (zeros in
-/// padded taps and past kh*kw*C); the output position advances without divisions.
+/// Copy n uint8 values widened to int16 (0..255; the compiler vectorizes the loop).
+inline void copy_bytes(std::int16_t* __restrict dst, const std::uint8_t* __restrict src,
+                       std::int64_t n) {
+  for (std::int64_t b = 0; b < n; ++b) dst[b] = static_cast<std::int16_t>(src[b]);
+}
+
+/// im2col rows [m0, m1) of a uint8 NHWC input with row stride ld >= kh*kw*C values (zeros in
+/// padded taps and past kh*kw*C), as uint8 or widened to int16 (T); the output position
+/// advances without divisions.
+template <class T>
 void im2col_u8_rows(const std::uint8_t* x, const ConvGeom& g, std::int64_t ld, std::int64_t m0,
-                    std::int64_t m1, std::uint8_t* dst) {
+                    std::int64_t m1, T* dst) {
   const std::int64_t ho = g.ho(), wo = g.wo(), K = g.kh * g.kw * g.c, seg = g.kw * g.c;
   if (m0 >= m1) return;
   std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
   for (std::int64_t m = m0; m < m1; ++m) {
-    std::uint8_t* row = dst + (m - m0) * ld;
+    T* row = dst + (m - m0) * ld;
     const std::int64_t iw0 = ow * g.sw - g.pw;
     const std::int64_t j0 = std::max<std::int64_t>(0, -iw0);
     const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w - iw0);
     for (std::int64_t i = 0; i < g.kh; ++i) {
-      std::uint8_t* out = row + i * seg;
+      T* out = row + i * seg;
       const std::int64_t ih = oh * g.sh - g.ph + i;
       if (ih < 0 || ih >= g.h || j1 <= j0) {
-        std::memset(out, 0, static_cast<std::size_t>(seg));
+        std::memset(out, 0, sizeof(T) * static_cast<std::size_t>(seg));
         continue;
       }
       for (std::int64_t b = 0; b < j0 * g.c; ++b) out[b] = 0;
@@ -608,13 +616,26 @@ std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N
   return out;
 }
 
+std::vector<std::int16_t> pack_igemm16_weights(const std::int8_t* B, std::int64_t N, std::int64_t K) {
+  const std::int64_t K2 = (K + 1) / 2, blocks = (N + kPackedI16NR - 1) / kPackedI16NR;
+  std::vector<std::int16_t> out(static_cast<std::size_t>(blocks * K2 * kPackedI16NR * 2), 0);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t k = 0; k < K; ++k)
+      out[(((n / kPackedI16NR) * K2 + k / 2) * kPackedI16NR + n % kPackedI16NR) * 2 + k % 2] = B[n * K + k];
+  return out;
+}
+
 PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g) {
   PreparedU8Conv p;
   p.o = g.o; p.kh = g.kh; p.kw = g.kw; p.c = g.c;
   p.K = g.kh * g.kw * g.c;
   p.K4 = (p.K + 3) / 4;
+  p.K2 = (p.K + 1) / 2;
   p.rows.assign(w, w + g.o * p.K);
-  if (ks.igemm_packed != nullptr) p.packed = pack_igemm_weights(w, g.o, p.K);
+  if (ks.igemm_packed != nullptr)
+    p.packed = pack_igemm_weights(w, g.o, p.K);
+  else if (ks.igemm_packed16 != nullptr)
+    p.packed16 = pack_igemm16_weights(w, g.o, p.K);
   return p;
 }
 
@@ -623,6 +644,28 @@ void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* 
                           const RowsEpilogue* epilogue) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   if (M == 0 || g.o == 0) return;
+  if (!prep.packed16.empty()) {
+    // im2col rows widened to int16, K2 * 2 values (zeros past K), then the packed kernel per
+    // column block (every task's n0 is a multiple of kNB = 32, hence of the 16-row packing).
+    static_assert(kNB % kPackedI16NR == 0, "column blocks must start at packed-block boundaries");
+    const std::int64_t Kp = prep.K2 * 2;
+    threads = threads_for(work_ns(static_cast<double>(M) * g.o * Kp, kNsPerI8Mac,
+                                  static_cast<double>((M + g.o) * Kp * 2)), threads);
+    const std::int16_t* bp = prep.packed16.data();
+    const std::int64_t block = prep.K2 * kPackedI16NR * 2;
+    conv_driver<std::int16_t>(
+        M, g.o, Kp, 1, threads,
+        [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::int16_t* dst) {
+          im2col_u8_rows(x, g, Kp, m0, m1, dst);
+        },
+        [&](const std::int16_t* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0,
+            std::int64_t nc) {
+          ks.igemm_packed16(a, Kp, bp + (n0 / kPackedI16NR) * block, mc, nc, prep.K2,
+                            out + m0 * g.o + n0, g.o);
+        },
+        epilogue);
+    return;
+  }
   if (prep.packed.empty()) {
     conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
     run_epilogue(epilogue, M, threads);
@@ -652,7 +695,7 @@ void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* 
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
                  const ConvGeom& g, std::int32_t* out) {
   if (g.n * g.ho() * g.wo() == 0 || g.o == 0) return;
-  if (ks.igemm_packed == nullptr) {
+  if (ks.igemm_packed == nullptr && ks.igemm_packed16 == nullptr) {
     conv2d_u8i8_rows(ks, threads, x, w, g, out);
     return;
   }

@@ -11,7 +11,7 @@ nb::dict kernel_set_dict(const KernelSet& ks) {
   d["bitpack_f32"] = ks.bitpack_name; d["threshold_bits"] = ks.threshold_name;
   // kernels of the prepared layers (None: they fall back to bgemm / igemm_u8i8 / sgemm above)
   d["bgemm_packed"] = opt(ks.bgemm_packed_name);
-  d["igemm_packed"] = opt(ks.igemm_packed_name);
+  d["igemm_packed"] = opt(ks.igemm_packed != nullptr ? ks.igemm_packed_name : ks.igemm_packed16_name);
   d["sgemm_packed"] = opt(ks.sgemm_packed_name);
   return d;
 }

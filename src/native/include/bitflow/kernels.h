@@ -67,6 +67,18 @@ using IgemmPackedFn = void (*)(const std::uint8_t* A, std::int64_t lda, const st
                                std::int64_t M, std::int64_t N, std::int64_t K4, std::int32_t* C,
                                std::int64_t ldc);
 
+/// Exact uint8 x int8 GEMM with both operands widened to int16 (vpmaddwd "outer-product" form,
+/// for ISAs without a u8 x s8 -> int32 dot-product instruction). Bp holds N weight rows of K
+/// int8 values as int16, in blocks of kPackedI16NR = 16 rows, 2 values of K at a time:
+///   Bp[((nb * K2 + q) * 16 + r) * 2 + b] = B[nb * 16 + r][2 q + b]  (zero for rows >= N and
+/// values >= K; K2 = ceil(K / 2)), see pack_igemm16_weights in ops.h. A rows hold the uint8
+/// activations as int16 (0..255), K2 * 2 values (zero beyond K). For n in [0, N) (Bp points
+/// at column 0's block):  C[m * ldc + n] = sum_k int32(A[m, k]) * int32(B[n, k]).
+inline constexpr std::int64_t kPackedI16NR = 16;
+using IgemmPacked16Fn = void (*)(const std::int16_t* A, std::int64_t lda, const std::int16_t* Bp,
+                                 std::int64_t M, std::int64_t N, std::int64_t K2, std::int32_t* C,
+                                 std::int64_t ldc);
+
 /// Float GEMM against pre-packed weights (FMA "outer-product" form) for convolutions.
 /// Bp holds N weight rows of K floats in blocks of kPackedF32NR = 16 rows, k-major:
 ///   Bp[(nb * K + k) * 16 + r] = B[nb * 16 + r][k]   (zero for rows >= N),
@@ -132,6 +144,10 @@ struct KernelSet {
   SgemmPackedFn sgemm_packed;
   // Name of the fused threshold kernel.
   const char* threshold_name;
+  // Packed-weight uint8 x int8 GEMM on int16 operands (nullptr: none). The prepared int8
+  // layers use igemm_packed if set, else this, else igemm_u8i8.
+  const char* igemm_packed16_name;
+  IgemmPacked16Fn igemm_packed16;
   // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
   // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
   // the conjunction over every op.

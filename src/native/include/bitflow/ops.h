@@ -171,16 +171,20 @@ void conv2d_u8b1(const KernelSet& ks, int threads, const std::uint8_t* x, const 
                  const ConvGeom& g, std::int32_t* out);
 
 /// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
-/// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else kept as rows.
+/// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else for
+/// ks.igemm_packed16 (int16 pairs, K padded to K2 * 2), else kept as rows.
 struct PreparedU8Conv {
-  std::int64_t o = 0, kh = 0, kw = 0, c = 0, K = 0, K4 = 0;
-  std::vector<std::int8_t> rows;    // [O, K] (original layout)
-  std::vector<std::int8_t> packed;  // [ceil(O / 16), K4, 16, 4] or empty
+  std::int64_t o = 0, kh = 0, kw = 0, c = 0, K = 0, K4 = 0, K2 = 0;
+  std::vector<std::int8_t> rows;       // [O, K] (original layout)
+  std::vector<std::int8_t> packed;     // [ceil(O / 16), K4, 16, 4] or empty
+  std::vector<std::int16_t> packed16;  // [ceil(O / 16), K2, 16, 2] or empty
 };
 /// B rows [N, K] -> the packed layout of SgemmPackedFn (zero-padded in N).
 std::vector<float> pack_sgemm_weights(const float* B, std::int64_t N, std::int64_t K);
 /// B rows [N, K] -> the packed layout of IgemmPackedFn (zero-padded in N and K).
 std::vector<std::int8_t> pack_igemm_weights(const std::int8_t* B, std::int64_t N, std::int64_t K);
+/// B rows [N, K] -> the packed int16 layout of IgemmPacked16Fn (zero-padded in N and K).
+std::vector<std::int16_t> pack_igemm16_weights(const std::int8_t* B, std::int64_t N, std::int64_t K);
 PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const ConvGeom& g);
 /// conv2d_u8i8 with prepared weights (same exact result), optional epilogue (see above).
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,

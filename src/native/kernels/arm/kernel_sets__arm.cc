@@ -39,5 +39,7 @@ const KernelSet kNeonKernels = {"neon",
                                 nullptr,
                                 nullptr,
                                 "threshold_bits__neon",
+                                nullptr,
+                                nullptr,
                                 &neon_op_supported};
 }  // namespace bitflow

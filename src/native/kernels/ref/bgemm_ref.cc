@@ -138,5 +138,7 @@ const KernelSet kRefKernels = {"ref",
                                nullptr,
                                nullptr,
                                "threshold_bits__ref",
+                               nullptr,
+                               nullptr,
                                &ref_op_supported};
 }  // namespace bitflow

@@ -116,5 +116,7 @@ const KernelSet kScalarKernels = {"scalar",
                                   nullptr,
                                   nullptr,
                                   "threshold_bits__ref",
+                                  nullptr,
+                                  nullptr,
                                   &scalar::op_supported};
 }  // namespace bitflow

@@ -49,6 +49,8 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 "sgemm_6x16__avx2fma",
                                 &avx2::sgemm_6x16__avx2fma,
                                 "threshold_bits__ref",
+                                "igemm_u8i8_6x16__avx2",
+                                &avx2::igemm_u8i8_6x16__avx2,
                                 &avx2_op_supported};
 
 const KernelSet kAvx512Kernels = {"avx512",
@@ -70,5 +72,7 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   "sgemm_4x48__avx512fma",
                                   &avx512::sgemm_4x48__avx512fma,
                                   "threshold_bits__avx512",
+                                  nullptr,
+                                  nullptr,
                                   &avx512_op_supported};
 }  // namespace bitflow
