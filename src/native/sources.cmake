@@ -40,6 +40,7 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx2/sgemm_2x4__avx2fma.cc
     ${BF_NATIVE}/kernels/x86/avx2/igemm_u8i8_2x4__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/igemm_u8i8_6x16__avx2.cc
+    ${BF_NATIVE}/kernels/x86/avx2/threshold_bits__avx2.cc
     ${BF_NATIVE}/kernels/x86/avx2/bitpack_f32__avx2.cc)
   # AVX-512 files get only the extensions their kernels need, so that the per-op selection
   # (cpu/cpu_features.cc, kernels/x86/kernel_sets__x86.cc) may use e.g. the bitpack kernel on

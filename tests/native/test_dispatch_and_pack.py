@@ -121,7 +121,7 @@ def test_per_op_selection_rules() -> None:
     assert avx2 == {
         **_native.kernel_info("avx2"),
         "name": "auto",
-        "threshold_bits": "threshold_bits__ref",
+        "threshold_bits": "threshold_bits__avx2",
         "bgemm_packed": "bgemm_2x16__avx2",
         "igemm_packed": "igemm_u8i8_6x16__avx2",
         "sgemm_packed": "sgemm_6x16__avx2fma",

@@ -35,6 +35,37 @@ def test_threshold_bits_rule_and_constants() -> None:
     assert np.all(unpack_pm(got, o)[..., 0] == 1) and np.all(unpack_pm(got, o)[..., 1] == -1)
 
 
+I32 = np.iinfo(np.int32)
+
+
+@pytest.mark.parametrize("o", [1, 7, 8, 9, 31, 63, 64, 65, 127, 128, 129, 200, 333])
+def test_threshold_bits_range_kernels_equal_ref(fast_kernels: str, o: int) -> None:
+    """The optimized fused thresholds (ThresholdBitsFn: 8 / 16 channels per step, a masked
+    partial group) equal the reference bit for bit at group and word edges, odd channel
+    counts, bit 63 of the last word, int32 extremes in the accumulators and the bounds, and
+    leave the padding bits 0."""
+    rng = np.random.default_rng(o)
+    rows = 5
+    acc = rng.integers(-60, 60, size=(rows, o)).astype(np.int32)
+    acc[0] = rng.choice([I32.min, I32.max, 0, -1, 1], size=o)
+    thr = rng.integers(-50, 50, size=o).astype(np.int32)
+    d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+    lo = np.where(d > 0, thr, I32.min).astype(np.int32)
+    hi = np.where(d > 0, I32.max, thr).astype(np.int32)
+    lo[0], hi[0] = I32.min, I32.max  # constant +1 (gamma = 0 with beta >= 0)
+    # the last channel -1 in row 1 (bit (o - 1) % 64 of the last word; bit 63 when 64 | o)
+    acc[1, o - 1] = I32.min if d[o - 1] > 0 else I32.max
+    ref = _native.threshold_bits_range(acc, lo, hi, "ref")
+    want = (acc < lo) | (acc > hi)
+    np.testing.assert_array_equal(unpack_pm(ref, o) < 0, want)
+    got = _native.threshold_bits_range(acc, lo, hi, fast_kernels)
+    np.testing.assert_array_equal(got, ref, err_msg=fast_kernels)
+    if o % 64:
+        assert np.all(got[:, -1] >> np.uint64(o % 64) == 0)  # padding bits 0
+    if o > 1:
+        assert (got[1, -1] >> np.uint64((o - 1) % 64)) & np.uint64(1) == 1  # last channel -1
+
+
 @pytest.mark.parametrize("planes", [1, 2, 3, 4])
 def test_threshold_planes_identity(planes: int) -> None:
     rng = np.random.default_rng(planes)

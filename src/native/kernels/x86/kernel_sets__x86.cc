@@ -7,12 +7,8 @@ namespace {
 // Per-op requirements match each file's compile flags (CMakeLists.txt): the AVX2 files are
 // built with -mavx2 -mfma -mpopcnt; the AVX-512 files with -mavx512f/bw/vl -mfma -mpopcnt,
 // plus -mavx512vpopcntdq for the binary GEMMs and -mavx512vnni for the int8 GEMMs only.
-bool avx2_op_supported(KernelOp op, const CpuFeatures& f) {
-  const bool base = f.avx2 && f.fma && f.popcnt;
-  switch (op) {
-    case KernelOp::kThresholdBits: return false;  // the set uses the reference threshold
-    default: return base;
-  }
+bool avx2_op_supported(KernelOp, const CpuFeatures& f) {
+  return f.avx2 && f.fma && f.popcnt;  // every op, threshold_bits__avx2 included
 }
 bool avx512_op_supported(KernelOp op, const CpuFeatures& f) {
   const bool base = f.avx512f && f.avx512bw && f.avx512vl && f.fma && f.popcnt;
@@ -25,7 +21,7 @@ bool avx512_op_supported(KernelOp op, const CpuFeatures& f) {
 template <bool (*OpSupported)(KernelOp, const CpuFeatures&)>
 bool all_ops_supported(const CpuFeatures& f) {
   for (KernelOp op : kKernelOps)
-    if (op != KernelOp::kThresholdBits && !OpSupported(op, f)) return false;
+    if (!OpSupported(op, f)) return false;
   return true;
 }
 }  // namespace
@@ -41,14 +37,14 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 &avx2::bitpack_f32__avx2,
                                 &avx2::peak_probe__avx2,
                                 &all_ops_supported<avx2_op_supported>,
-                                &ref::threshold_bits_range,
+                                &avx2::threshold_bits__avx2,
                                 "bgemm_2x16__avx2",
                                 &avx2::bgemm_2x16__avx2,
                                 nullptr,
                                 nullptr,
                                 "sgemm_6x16__avx2fma",
                                 &avx2::sgemm_6x16__avx2fma,
-                                "threshold_bits__ref",
+                                "threshold_bits__avx2",
                                 "igemm_u8i8_6x16__avx2",
                                 &avx2::igemm_u8i8_6x16__avx2,
                                 &avx2_op_supported};

@@ -50,6 +50,8 @@ void bgemm_2x16__avx2(const std::uint64_t* A, std::int64_t lda, const std::uint6
 void igemm_u8i8_6x16__avx2(const std::int16_t* A, std::int64_t lda, const std::int16_t* Bp,
                            std::int64_t M, std::int64_t N, std::int64_t K2, std::int32_t* C,
                            std::int64_t ldc);
+void threshold_bits__avx2(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
+                          const std::int32_t* lo, const std::int32_t* hi, std::uint64_t* out);
 void sgemm_6x16__avx2fma(const float* A, std::int64_t lda, const float* Bp, std::int64_t M,
                          std::int64_t N, std::int64_t K, const float* bias, float* C,
                          std::int64_t ldc);
