@@ -26,8 +26,8 @@ from torch import nn
 
 from bitflow import methods
 from bitflow.analysis.explain import abc_layers, explain, format_explain
-from bitflow.convert import convert, verify
 from bitflow.convert import batchshift as bs
+from bitflow.convert import convert, verify
 from bitflow.convert._rules_survey import abc_boundaries, abc_fixed_point, abc_torch_err_bound
 from bitflow.convert.verify import verify_ok
 from bitflow.engine import Engine, available_kernels
@@ -106,6 +106,17 @@ def _pm1(bits: np.ndarray, channels: int) -> torch.Tensor:
     return torch.from_numpy(np.where(neg, -1.0, 1.0)).permute(0, 3, 1, 2)
 
 
+def _abc_y(v: dict[str, Any], dtype: torch.dtype, with_bias: bool) -> np.ndarray:
+    """PyTorch's ``F.conv2d(sum_n b_n A_n, sum_m a_m B_m) [+ bias]`` in ``dtype``, NHWC."""
+    with torch.no_grad():
+        w = (v["a"].to(dtype).view(-1, 1, 1, 1, 1) * v["bases"].to(dtype)).sum(0)
+        xh = (v["b"].to(dtype).view(-1, 1, 1, 1, 1) * v["a_bits"].to(dtype)).sum(0)
+        y = F.conv2d(xh, w, None, **v["conv"])
+        if with_bias and v["bias"] is not None:
+            y = y + v["bias"].to(dtype).view(1, -1, 1, 1)
+    return y.detach().permute(0, 2, 3, 1).numpy().astype(np.float64)
+
+
 def branch_sums(model: nn.Module, graph: Graph, x: np.ndarray) -> dict[str, dict[str, Any]]:
     """Per ABC layer: the graph's branch sum (reference executor) against PyTorch's convolution
     of the *same* activation bases (the bits the graph's convolutions read) with the module's
@@ -131,17 +142,9 @@ def branch_sums(model: nn.Module, graph: Graph, x: np.ndarray) -> dict[str, dict
         bias = layer.bias.detach() if layer.bias is not None else None
         conv = {"stride": layer.stride, "padding": layer.padding}
 
-        def y_of(dtype: torch.dtype, with_bias: bool = True) -> np.ndarray:
-            with torch.no_grad():
-                w = (a.to(dtype).view(-1, 1, 1, 1, 1) * bases.to(dtype)).sum(0)
-                xh = (b.to(dtype).view(-1, 1, 1, 1, 1) * a_bits.to(dtype)).sum(0)
-                y = F.conv2d(xh, w, None, **conv)  # type: ignore[arg-type]
-                if with_bias and bias is not None:
-                    y = y + bias.to(dtype).view(1, -1, 1, 1)
-            return y.detach().permute(0, 2, 3, 1).numpy().astype(np.float64)
-
-        y64 = y_of(torch.float64)
-        y32 = y_of(torch.float32)
+        env = {"a": a, "bases": bases, "b": b, "a_bits": a_bits, "bias": bias, "conv": conv}
+        y64 = _abc_y(env, torch.float64, True)
+        y32 = _abc_y(env, torch.float32, True)
         sums = [op for op in graph.ops if op.attrs.get("source") == name and "abc_sum" in op.attrs]
         last = sums[-1]
         v = inter[last.outputs[0]]
@@ -153,9 +156,9 @@ def branch_sums(model: nn.Module, graph: Graph, x: np.ndarray) -> dict[str, dict
             assert fixed is not None
             k = fixed[1]
             # the convolution itself (the bias is the accumulator's, BatchShift's business)
-            c64 = y_of(torch.float64, with_bias=False)
+            c64 = _abc_y(env, torch.float64, False)
             rec["exact"] = bool(np.array_equal(v.astype(np.float64) * 2.0**-k, c64))
-            rec["torch_exact"] = bool(np.array_equal(y_of(torch.float32, with_bias=False), c64))
+            rec["torch_exact"] = bool(np.array_equal(_abc_y(env, torch.float32, False), c64))
         else:
             rec["graph_err"] = float(np.max(np.abs(v.astype(np.float64) - y64)))
             rec["graph_bound"] = float(np.min(fb[last.outputs[0]]))
@@ -254,7 +257,13 @@ def test_activation_boundaries_are_pytorchs_decisions_exactly() -> None:
         layer.shift_a.copy_(torch.from_numpy(shifts))
     keys = bs.f32_keys(t)[None, :] + np.arange(-200, 201)[:, None]
     xs = bs.f32_from_keys(keys)  # [401, N]: column n around t_n
-    xs = np.concatenate([xs, np.full((1, len(shifts)), -1e30, np.float32), np.full((1, len(shifts)), 1e30, np.float32)])
+    xs = np.concatenate(
+        [
+            xs,
+            np.full((1, len(shifts)), -1e30, np.float32),
+            np.full((1, len(shifts)), 1e30, np.float32),
+        ]
+    )
     for n in range(len(shifts)):
         col = torch.from_numpy(np.ascontiguousarray(xs[:, n]))
         with torch.no_grad():
@@ -324,7 +333,9 @@ def _break(graph: Graph, how: str) -> Graph:
                 )
     elif how == "wrong_threshold":  # base 1 read through base 0's thresholds
         convs = {
-            int(op.attrs["abc_base"]): op for op in g.ops if op.attrs.get("source") == first and "abc_base" in op.attrs
+            int(op.attrs["abc_base"]): op
+            for op in g.ops
+            if op.attrs.get("source") == first and "abc_base" in op.attrs
         }
         prod = {op.outputs[0]: op for op in g.ops}
         t0, t1 = (prod[convs[n].inputs[0]] for n in (0, 1))  # the thresholds (first layer: float)
@@ -371,7 +382,9 @@ def test_abc_method_deploys_with_explain(tmp_path: Any) -> None:
     x = images(32, 1, 28, 1)
     rep = verify(model, graph, x)
     assert verify_ok(rep), rep
-    fixed = methods.build_model("bitflow_vgg_small", "abc", {"M": 2, "N": 2, "frac": 6}, width=4, fc=16)
+    fixed = methods.build_model(
+        "bitflow_vgg_small", "abc", {"M": 2, "N": 2, "frac": 6}, width=4, fc=16
+    )
     calibrate(fixed, torch.from_numpy(images(32, 1, 28, 0)), 0)
     fl = abc_layers(explain(methods.convert(fixed)))
     assert all(e["sum"] == "integer" for e in fl)

@@ -331,7 +331,10 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("ABC-Net layer") == 4 and "9 xnor-popcount branches" in out, out
-    assert main(["verify", str(tmp_path / "b" / "best.pt"), str(tmp_path / "b.bfn"), "--limit", "64"]) == 0
+    assert (
+        main(["verify", str(tmp_path / "b" / "best.pt"), str(tmp_path / "b.bfn"), "--limit", "64"])
+        == 0
+    )
 
 
 @pytest.mark.slow

@@ -191,7 +191,9 @@ class _SurveyRules(_Materialize):
         assert isinstance(m, AbcConv2d)
         self._check_conv(step.name, m)
         if p.flatten is not None or p.chw is None:
-            raise unsupported(step.name, "AbcConv2d", "an ABC-Net convolution needs a spatial input")
+            raise unsupported(
+                step.name, "AbcConv2d", "an ABC-Net convolution needs a spatial input"
+            )
         if m.in_channels != p.channels:
             raise ValueError(
                 f"layer {step.name!r} expects {m.in_channels} channels, gets {p.channels}"
@@ -210,8 +212,7 @@ class _SurveyRules(_Materialize):
             raise ValueError(f"layer {step.name!r}: ABC-Net scales or shifts contain NaN or inf")
         lanes = p.channels
         bits = [
-            self.to_bits(p, step.name, np.full(lanes, t, np.float32))[0]
-            for t in abc_boundaries(v)
+            self.to_bits(p, step.name, np.full(lanes, t, np.float32))[0] for t in abc_boundaries(v)
         ]
         o, kk = m.out_channels, m.in_channels * m.kernel_size[0] * m.kernel_size[1]
         attrs = _conv_attrs(step.name, m, pad_value=0)
@@ -243,7 +244,11 @@ class _SurveyRules(_Materialize):
                 )
                 for (i, n) in d
             ]
-            out = terms[0] if len(terms) == 1 else self.b.add("add_i32", terms, name=step.name, attrs=tag)
+            out = (
+                terms[0]
+                if len(terms) == 1
+                else self.b.add("add_i32", terms, name=step.name, attrs=tag)
+            )
             reach = kk * int(np.abs(c).sum())
             return self._accumulator(
                 out,
@@ -417,8 +422,10 @@ def abc_torch_err_bound(a: np.ndarray, b: np.ndarray, fan_in: int, bias: np.ndar
     ``gamma_{N-1} sum|b|`` of exact, the convolution adds ``gamma_K sum |w||x|`` over ``K``
     taps and the bias one rounding, so with ``S = K sum|a| sum|b|`` (``|d| <= K``)
     ``|err| <= gamma_{K + M + N + 2} (S + |bias|)`` (first order; ``gamma`` absorbs the rest)."""
-    s = fan_in * float(np.abs(np.asarray(a, np.float64)).sum()) * float(
-        np.abs(np.asarray(b, np.float64)).sum()
+    s = (
+        fan_in
+        * float(np.abs(np.asarray(a, np.float64)).sum())
+        * float(np.abs(np.asarray(b, np.float64)).sum())
     )
     g = gamma32(fan_in + len(a) + len(b) + 2)
     return g * (s + np.abs(np.asarray(bias, np.float64)))
