@@ -45,7 +45,8 @@ class Method:
     ``deploy`` is a key of :data:`DEPLOY_FORMS` (``"pure"``: xnor-popcount + thresholds;
     ``"w1a32"``: +-1-weight convs over float32 activations; ``"float_stream"``: binary layers
     plus float ops on the residual stream; ``"u8"``: k-bit unsigned levels into exact +-1-weight
-    uint8 convs; ``"table"``: per-(position, channel) thresholds, XNOR-Net++) or the exact reason
+    uint8 convs; ``"table"``: per-(position, channel) thresholds, XNOR-Net++; ``"branches"``:
+    ABC-Net's weighted M x N bconvs) or the exact reason
     it cannot run yet; ``survey``
     the survey's reported results (table, network)."""
 
@@ -70,6 +71,8 @@ DEPLOY_FORMS = {
     "w1a32": "+-1-weight conv over float32 activations (conv2d_f32b1 / dense_f32b1)",
     "float_stream": "xnor-popcount + thresholds, float ops (rprelu_f32) on the float stream",
     "table": "xnor-popcount + one exact threshold per (position, channel) (threshold_bits_hw)",
+    "branches": "N activation thresholds -> M x N xnor-popcount bconvs, weighted sum (float32 "
+    "scale_bias + add_f32: near-threshold decisions; exact requant_i32 + add_i32 with frac=f)",
     "u8": "k-bit unsigned levels (threshold_u8) -> +-1-weight uint8 conv (conv2d_u8b1), exact integers",
 }
 """How a deployable method runs on the engine (``Method.deploy``)."""
@@ -164,10 +167,18 @@ def _xnorpp(model: nn.Module, args: dict[str, Any]) -> None:
 
 def _abc(model: nn.Module, args: dict[str, Any]) -> None:
     """Every binary conv becomes an :class:`~bitflow.nn.survey.AbcConv2d` with ``M`` weight and
-    ``N`` activation bases (binary dense layers keep the BNN/XNOR quantizers)."""
+    ``N`` activation bases (binary dense layers keep the BNN/XNOR quantizers); ``frac=f`` puts
+    the branch weights on the fixed-point grid ``2^-f`` (ours: the deployed sum is then exact
+    integers instead of float32)."""
+    frac = args.get("frac")
     for parent, attr, m in _binary_modules(model, convs_only=True):
         assert isinstance(m, BinaryConv2d)
-        new = S.AbcConv2d(**_conv_kwargs(m), bases_w=int(args["M"]), bases_a=int(args["N"]))
+        new = S.AbcConv2d(
+            **_conv_kwargs(m),
+            bases_w=int(args["M"]),
+            bases_a=int(args["N"]),
+            frac_bits=None if frac is None else int(frac),
+        )
         with torch.no_grad():
             new.weight.copy_(m.weight)
         setattr(parent, attr, new)
@@ -427,11 +438,10 @@ register(
         (1, 1),
         None,
         None,
-        "M x N binary convolutions with per-branch float weights summed before one threshold need a weighted "
-        "multi-branch bconv op, not in the engine yet",
+        "branches",
         "ImageNet 42.7 (Table 4, ResNet-18, 1/1), 62.8 (ResNet-18, 1/32)",
         transform=_abc,
-        defaults={"M": 3, "N": 3},
+        defaults={"M": 3, "N": 3, "frac": None},
     )
 )
 register(

@@ -45,10 +45,9 @@ DEPLOYABLE = [
     "dorefa_w1a4",
     "pact",
     "xnorpp",
+    "abc",
 ]
-NOT_YET = {
-    "abc": "weighted multi-branch bconv",
-}
+NOT_YET: dict[str, str] = {}  # every method deploys (ABC-Net since its weighted bconv branches)
 
 
 def test_catalogue_is_complete() -> None:
@@ -301,7 +300,7 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["verify", ck, str(tmp_path / "m.bfn"), "--limit", "64", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["sign_mismatches"] == 0 and rep["prediction_mismatches"] == 0
-    # a method that cannot deploy: a clear error, exit code 2
+    # ABC-Net: M x N binary branches and their weighted sum, one summary line per layer
     rc = main(
         [
             "train",
@@ -325,9 +324,17 @@ def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
         ]
     )
     assert rc == 0
-    rc = main(["convert", str(tmp_path / "b" / "best.pt"), "-o", str(tmp_path / "b.bfn")])
-    assert rc == 2
-    assert "weighted multi-branch bconv" in capsys.readouterr().err
+    capsys.readouterr()
+    rc = main(
+        ["convert", str(tmp_path / "b" / "best.pt"), "-o", str(tmp_path / "b.bfn"), "--explain"]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.count("ABC-Net layer") == 4 and "9 xnor-popcount branches" in out, out
+    assert (
+        main(["verify", str(tmp_path / "b" / "best.pt"), str(tmp_path / "b.bfn"), "--limit", "64"])
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -352,7 +359,7 @@ def test_reproduce_survey_tiny(tmp_path: Path) -> None:
         and rows["bnn"]["bfn_bytes"] > 0
         and rows["bnn"]["engine_ms"] > 0
     )
-    assert rows["abc"]["deploy"].startswith("not yet") and rows["abc"]["engine_ms"] is None
+    assert not rows["abc"]["deploy"].startswith("not yet") and rows["abc"]["engine_ms"] > 0
     for f in ("report.md", "report.json", "accuracy_vs_latency.png"):
         assert (tmp_path / f).stat().st_size > 0
     with pytest.raises(KeyError, match="valid names"):

@@ -79,7 +79,8 @@ def zoo_model(name: str, seed: int = 0, **kwargs: Any) -> tuple[Graph, Any]:
     )
     twin = None
     if base is not None and base in list_models():
-        twin_kw = {k: v for k, v in kwargs.items() if k in _TWIN_KWARGS}
+        keys = _TWIN_KWARGS + (_MCN_TWIN_KWARGS if base in ("wrn", "mcn_mnist_float") else ())
+        twin_kw = {k: v for k, v in kwargs.items() if k in keys}
         twin = create(base, **fixed, **twin_kw).eval()
     return graph, twin
 
@@ -92,6 +93,13 @@ _TWINS: dict[str, tuple[str, dict[str, Any]]] = {
     "bitflow_resnet18": ("resnet18", {"block": "bitflow"}),
     "xnor_resnet18": ("resnet18", {"block": "bitflow"}),
 }
+# MCN (issue 11): every variant's full-precision twin is the registered one of its backbone
+# (nn.Conv2d, one plane per map): ``*_wrn`` -> ``wrn`` (Table II's WRN), ``*_mnist`` ->
+# ``mcn_mnist_float``, with the same depth and widths.
+for _v in ("mcn", "mcn1", "mcn_xnor", "mcn1_xnor", "umcn"):
+    _TWINS[f"{_v}_wrn"] = ("wrn", {})
+    _TWINS[f"{_v}_mnist"] = ("mcn_mnist_float", {})
+_MCN_TWIN_KWARGS = ("depth", "widths")
 # BNN options passed on to the twin (shape options only: never residual / quantizers / first_layer).
 _TWIN_KWARGS = (
     "num_classes",

@@ -83,15 +83,21 @@ class _Builder:
         name: str,
         attrs: dict[str, Any] | None = None,
         params: dict[str, np.ndarray] | None = None,
+        shared: dict[str, str] | None = None,
     ) -> str:
         """Append an op reading ``x`` (one value, or a list for ``add_f32`` / ``concat``), its
-        tensors ``params`` stored as ``{name}.{role}``; returns its output value."""
+        tensors ``params`` stored as ``{name}.{role}``; returns its output value. ``shared``:
+        roles that reference a tensor an earlier op already stored (by its name), stored once."""
         inputs = [x] if isinstance(x, str) else list(x)
         opname = self._unique(name)
         pnames: dict[str, str] = {}
         for role, arr in (params or {}).items():
             tname = f"{opname}.{role}"
             self.tensors[tname] = np.ascontiguousarray(arr)
+            pnames[role] = tname
+        for role, tname in (shared or {}).items():
+            if tname not in self.tensors:
+                raise KeyError(f"op {opname!r}: shared tensor {tname!r} was not stored")
             pnames[role] = tname
         out = opname
         op = Op(type_, opname, inputs, [out], dict(attrs or {}), pnames)

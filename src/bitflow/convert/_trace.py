@@ -19,7 +19,7 @@ from torch import fx, nn
 from ..nn import BinaryConv2d, BinaryLinear, FixedPointBN, Int8Conv2d, Scale, StreamClamp
 from ..nn.mbbn import MBitConv2d, MBitLinear
 from ..nn.mcn import MCConv2d
-from ..nn.survey import RPReLU, XnorPPConv2d
+from ..nn.survey import AbcConv2d, RPReLU, XnorPPConv2d
 
 SUPPORTED = (
     "nn.Conv2d / bitflow.nn.Int8Conv2d (first layer), bitflow.nn.BinaryConv2d, bitflow.nn.BinaryLinear, "
@@ -47,7 +47,7 @@ def unsupported(where: str, what: str, why: str = "") -> UnsupportedLayerError:
 class Step:
     """One inference step: ``kind`` in conv_first (any float nn.Conv2d), int8_first, relu,
     maxpool, avgpool, gap (global average pool), add, concat, bn, bconv, blinear, mbconv,
-    mblinear (MBBN), mcnconv (an MCConv2d, bitflow.convert._mcn), flatten, linear, scale, fxbn / sclamp (fixed-point stream), rprelu, output; ``name`` the module name (or the fx node
+    mblinear (MBBN), mcnconv (an MCConv2d, bitflow.convert._mcn), abc (an AbcConv2d), flatten, linear, scale, fxbn / sclamp (fixed-point stream), rprelu, output; ``name`` the module name (or the fx node
     name)."""
 
     kind: str
@@ -359,6 +359,8 @@ def _module_step(name: str, m: nn.Module) -> list[Step]:
         return [Step("rprelu", name, m)]
     if type(m) is XnorPPConv2d:
         return [Step("xnorpp", name, m)]
+    if type(m) is AbcConv2d:
+        return [Step("abc", name, m)]
     if isinstance(m, (BinaryConv2d, BinaryLinear, Int8Conv2d, Scale)):
         raise unsupported(
             name,

@@ -132,10 +132,13 @@ def _check_strict(graph: Graph, model: nn.Module) -> None:
         if isinstance(m, (BinaryConv2d, BinaryLinear))
     }
     floats = ops_in_group("float")
+    # ABC-Net's branch sums (attribute abc_sum) combine the int32 results of its xnor-popcount
+    # convolutions: M x N products per output, no float convolution
     bad = [
         op
         for op in graph.ops
         if op.attrs.get("source") in binarized
+        and "abc_sum" not in op.attrs
         and op.type in floats
         and graph.values[op.outputs[0]].dtype == "float32"
     ]
@@ -316,6 +319,8 @@ def _convert_steps(
             p = _binary_layer(cv, st, p)
             if st.kind == "xnorpp":
                 p.pos_scale = _xnorpp_scale(st.module)
+        elif st.kind == "abc":  # ABC-Net: N thresholds -> M x N bconvs -> weighted sum
+            p = cv.abc_conv(st, p)
         elif st.kind == "mcnconv":  # an MCConv2d lower_mcn kept (W1/A8, full M): convert._mcn
             p = mcn_conv(cv, p, st)
         elif st.kind == "blinear":
@@ -446,6 +451,8 @@ def _float_between_binary(cv: _Converter) -> bool:
 
     if any(op.type in ("conv2d_f32b1", "dense_f32b1") for op in cv.b.ops):
         return True  # binarized layers with real-valued activations (BinaryConnect, BWN)
+    if any("torch_err_bound" in op.attrs for op in cv.b.ops):
+        return True  # ABC-Net's float32 branch sums: verify needs their float error bounds
     # conv2d_u8b1 of an MCN W1/A8 layer (no input_levels) counts as a binary layer: float values
     # between such layers (full-M tap sums, float residual streams) make the graph "mixed"
     idx = [

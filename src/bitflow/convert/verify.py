@@ -243,6 +243,19 @@ def verify(
     hooks = []
     for op in bin_ops:
         mod = modules[op.attrs["source"]]
+        if "abc_base" in op.attrs:
+            # ABC-Net: the branch reads activation base n, which the layer computes itself
+            def abc_hook(
+                _m: nn.Module,
+                inp: Any,
+                key: str = op.name,
+                layer: nn.Module = mod,
+                n: int = int(op.attrs["abc_base"]),
+            ) -> None:
+                captured[key] = layer.act_bases(inp[0].detach())[n].detach()  # type: ignore[operator]
+
+            hooks.append(mod.register_forward_pre_hook(abc_hook))
+            continue
         iq = getattr(mod, "input_quantizer", None)
         if iq is None:
             raise ValueError(f"layer {op.attrs['source']!r} has no input_quantizer to observe")

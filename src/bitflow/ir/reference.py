@@ -266,6 +266,12 @@ def float_error_bounds(
             raise GraphError(
                 f"float_error_bounds: no error rule for the float32 op {t!r} ({op.name!r})"
             )
+        if "torch_err_bound" in op.attrs:
+            # the PyTorch module computes this value another way (ABC-Net: one float conv of
+            # the summed bases, not a sum of branch results): its own per-channel bound on
+            # |value - exact| joins the op's rounding, so E bounds both implementations
+            tb = np.asarray(op.attrs["torch_err_bound"], np.float64)
+            rho[out] = np.maximum(np.broadcast_to(rho.get(out, 0.0), y.shape), tb)
         e[out] = np.broadcast_to(rho.get(out, 0.0) + carried, y.shape).astype(np.float64)
     out = graph.output
     if out in e and e[out].ndim == 2 and 0 < e[out].shape[1] <= adjoint_max_outputs:

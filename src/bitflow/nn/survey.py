@@ -593,18 +593,48 @@ class AbcConv2d(BinaryConv2d):
     i.e. ``2 1[0 <= x + v <= 1]`` (the STE of ABC-Net Eq. 7).
     ``conv(sum_n b_n A_n, sum_m a_m B_m) = sum_{m,n} a_m b_n conv(A_n, B_m)``: M x N binary
     convolutions at inference (here computed as one float convolution while training).
+    Zero padding (``F.conv2d``'s) whatever ``pad_value`` says: a padded tap adds 0 to every branch.
 
-    Deployment: M x N bconvs with per-branch float weights, summed before one threshold; needs a
-    weighted multi-branch bconv op (not yet in the engine)."""
+    ``frac_bits`` (ours, not the paper's; default None = off): the branch weights ``a_m`` and
+    ``b_n`` on the fixed-point grid ``2^-f`` (``a`` rounded after the least-squares fit, ``b``
+    fake-quantized with a straight-through gradient), so that the M x N branch weights
+    ``a_m b_n 2^(2f)`` are integers and the layer's sum is exact in int32.
 
-    def __init__(self, *args: Any, bases_w: int = 3, bases_a: int = 3, **kwargs: Any) -> None:
+    Deployment (:mod:`bitflow.convert._rules_survey`, ``abc_conv``): the N activation bases are
+    N exact thresholds of the previous BatchNorm, then M x N ``bconv2d`` (one per (m, n)) and
+    the weighted sum: ``requant_i32`` + ``add_i32`` (exact integers) when the branch weights are
+    fixed point, else ``scale_bias`` + ``add_f32`` (float32; the decisions after it are
+    near-threshold ones)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        bases_w: int = 3,
+        bases_a: int = 3,
+        frac_bits: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs["input_quantizer"] = None
         kwargs["weight_quantizer"] = None
         super().__init__(*args, **kwargs)
         self.bases_w, self.bases_a = int(bases_w), int(bases_a)
+        if frac_bits is not None and not 0 <= int(frac_bits) <= 15:
+            raise ValueError(f"ABC-Net frac_bits must be in [0, 15] or None, got {frac_bits}")
+        self.frac_bits = None if frac_bits is None else int(frac_bits)
         self.register_buffer("u", abc_shifts(self.bases_w))
         self.shift_a = nn.Parameter(0.5 - abc_shifts(self.bases_a))
         self.scale_a = nn.Parameter(torch.full((self.bases_a,), 1.0 / self.bases_a))
+
+    def _fixed(self, t: Tensor) -> Tensor:
+        """``t`` on the grid ``2^-frac_bits`` (straight-through), or ``t`` itself when off."""
+        if self.frac_bits is None:
+            return t
+        s = float(2**self.frac_bits)
+        return torch.round(t.detach() * s) / s + (t - t.detach())  # forward: exactly the grid value
+
+    def act_scales(self) -> Tensor:
+        """The activation base weights ``b_n`` the forward uses (on the grid with ``frac_bits``)."""
+        return self._fixed(self.scale_a)
 
     def weight_bases(self) -> tuple[Tensor, Tensor]:
         """``(B, a)``: ``B`` of shape ``[M, *W.shape]`` in {-1, +1} (STE), ``a`` of shape ``[M]``."""
@@ -616,7 +646,7 @@ class AbcConv2d(BinaryConv2d):
             a = torch.linalg.lstsq(
                 bs.flatten(1).T.double(), w.detach().flatten().double().unsqueeze(1)
             ).solution
-        return bs, a.squeeze(1).to(w.dtype)
+        return bs, self._fixed(a.squeeze(1).to(w.dtype))
 
     def act_bases(self, x: Tensor) -> Tensor:
         """``[N, *x.shape]`` of ``H_{v_n}(x)`` in {-1, +1} with the clipped STE of ABC-Net Eq. 7."""
@@ -631,7 +661,7 @@ class AbcConv2d(BinaryConv2d):
     def forward(self, x: Tensor) -> Tensor:
         bs, a = self.weight_bases()
         w_hat = (a.view(-1, *([1] * (bs.dim() - 1))) * bs).sum(0)
-        x_hat = (self.scale_a.view(-1, *([1] * x.dim())) * self.act_bases(x)).sum(0)
+        x_hat = (self.act_scales().view(-1, *([1] * x.dim())) * self.act_bases(x)).sum(0)
         y = F.conv2d(x_hat, w_hat, None, self.stride, self.padding, self.dilation, self.groups)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
