@@ -39,7 +39,6 @@ def seed_models() -> list[bytes]:
 
     from bitflow import models
     from bitflow.convert import convert
-    from bitflow.ir.bfn import _encode
 
     out = []
     for name, kw in (
@@ -52,7 +51,7 @@ def seed_models() -> list[bytes]:
             model = models.create(name, **kw).eval()
         except (KeyError, TypeError, ValueError):
             continue  # a zoo entry that does not exist in this version
-        out.append(_encode(convert(model)))
+        out.append(convert(model).to_bytes())
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -51,3 +53,14 @@ def atomic_write_bytes(
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON and a newline, atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_report(out: Path, text_name: str, text: str, report: Any) -> None:
+    """A run's report: ``out/<text_name>`` (the text and a newline) and ``out/report.json``."""
+    atomic_write_bytes(out / text_name, (text + "\n").encode())
+    atomic_write_json(out / "report.json", report)

@@ -17,11 +17,13 @@ teacher=runs/fp/best.pt`` for ``kd``); ``bitflow convert`` / ``verify`` apply
 names; ``describe()`` the table of methods, bits, deploy form and the survey's numbers.
 
 The checkpoint records ``model_config = {"name", "kwargs", "method", "method_args"}``;
-:func:`build_model` rebuilds exactly that (``bitflow.train.model_from_checkpoint`` calls it).
+:func:`build_model` rebuilds exactly that (:func:`model_from_checkpoint`, public as
+``bitflow.train.model_from_checkpoint``, calls it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checkpoint import CheckpointError, load_checkpoint
 from ._registry import Registry
 from .convert import UnsupportedLayerError
 from .models import create
@@ -522,6 +525,26 @@ def build_model(
     return net
 
 
+def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (eval mode) and return it with the checkpoint dict: the
+    zoo model of ``model_config``, or :func:`build_model` of its method (the public name is
+    ``bitflow.train.model_from_checkpoint``)."""
+    state = load_checkpoint(path)
+    cfg = state["model_config"]
+    if cfg.get("method"):  # trained with a bitflow.methods method: same quantizers and transform
+        model = build_model(
+            cfg["name"], cfg["method"], cfg.get("method_args"), **cfg.get("kwargs", {})
+        )
+    else:
+        model = create(cfg["name"], **cfg.get("kwargs", {}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match model {cfg['name']!r}: {e}") from None
+    model.eval()
+    return model, state
+
+
 # ----------------------------------------------------------------------------- training hooks
 
 
@@ -538,8 +561,6 @@ class MethodHooks:
 
     def teacher(self, device: torch.device) -> nn.Module:
         if self._teacher is None:
-            from .train.checkpoint import model_from_checkpoint
-
             path = self.args.get("teacher")
             if not path:
                 raise ValueError(

@@ -35,7 +35,7 @@ def graph() -> Graph:
 
 @pytest.fixture(scope="module")
 def data(graph: Graph) -> bytes:
-    return B._encode(graph)
+    return graph.to_bytes()
 
 
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -176,7 +176,7 @@ def test_a_value_read_by_two_ops_either_fails_validation_or_runs(data: bytes) ->
 def test_a_float_pad_value_is_rejected_on_load() -> None:
     torch.manual_seed(0)
     g = convert(models.create("bitflow_lenet", width=4, fc=16).eval())
-    data = B._encode(g)
+    data = g.to_bytes()
 
     def edit(d: dict[str, Any]) -> None:
         for op in d["ops"]:

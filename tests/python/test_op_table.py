@@ -331,8 +331,6 @@ def test_dag_validation_names_dead_branches_and_ops_after_the_output() -> None:
 
 def test_version_1_files_still_load_and_run(tmp_path: Path) -> None:
     """A version-1 chain (the round-1 format) loads and gives the same logits; saving writes v2."""
-    from bitflow.ir.bfn import _encode
-
     rng = np.random.default_rng(2)
     t = {
         "w0": rng.standard_normal((3, 3, 3, 1)).astype(np.float32),
@@ -355,7 +353,7 @@ def test_version_1_files_still_load_and_run(tmp_path: Path) -> None:
         t,
         "fc",
     )
-    data = _encode(g)
+    data = g.to_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8 : 8 + n])
     gj = json.loads(header["__metadata__"]["graph"])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_bytes
+from .._io import write_report
 
 PAPER_TABLE2 = {
     "alexnet": "(59.30%, 82.80%) | 99.80%",
@@ -328,8 +328,7 @@ def reproduce_bitflow_net(
     report["table3"] = t3
     report["seconds"] = time.perf_counter() - t_start
     text = format_report(report) + "\n\n" + format_table(t3)
-    atomic_write_bytes(out / "report.txt", (text + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report(out, "report.txt", text, report)
     return report
 
 

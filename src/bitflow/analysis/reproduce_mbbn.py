@@ -15,14 +15,13 @@ Trainings are cached in the output directory (see :mod:`bitflow.analysis.reprodu
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._io import write_report
 from .reproduce import _train
 
 
@@ -240,8 +239,7 @@ def reproduce_mbbn(
         "seconds": time.perf_counter() - t0,
     }
     report["text"] = format_report(report)
-    atomic_write_bytes(out / "report.txt", (report["text"] + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report(out, "report.txt", report["text"], report)
     return report
 
 

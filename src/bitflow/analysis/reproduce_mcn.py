@@ -19,12 +19,11 @@ Writes ``report.md``, ``report.json`` and ``mcn_tables.png`` in ``out``; trainin
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes
+from .._io import write_report
 from .reproduce import _train
 
 #: Table II of the paper (CIFAR-10, 20 layers): widths -> parameters (M) and accuracies (%)
@@ -216,8 +215,7 @@ def reproduce_mcn(
         "seconds": time.perf_counter() - t0,
     }
     text = format_report(report)
-    atomic_write_bytes(out / "report.md", (text + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report(out, "report.md", text, report)
     _plot(report, out / "mcn_tables.png")
     report["text"] = text
     return report

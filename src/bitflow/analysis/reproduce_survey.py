@@ -16,14 +16,13 @@ configuration is reused, so an interrupted reproduction continues where it stopp
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._io import write_report
 from .reproduce import _train
 
 #: the full-precision twin of each supported backbone (same widths and block order)
@@ -213,8 +212,7 @@ def reproduce_survey(
         "seconds": time.perf_counter() - t_start,
     }
     text = format_report(report)
-    atomic_write_bytes(out / "report.md", (text + "\n").encode())
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_report(out, "report.md", text, report)
     _plot(rows, out / "accuracy_vs_latency.png")
     report["text"] = text
     return report

@@ -1,8 +1,8 @@
 """Data sets for bitflow: Fashion-MNIST (IDX), ImageNet-style folders, 11K Hands, splits.
 
 Importing this package (and :mod:`bitflow.data.idx`, :mod:`~bitflow.data.splits`,
-:mod:`~bitflow.data.specs`, :mod:`~bitflow.data.folders`) needs only numpy, so the
-deployment engine can read Fashion-MNIST without torch.  The torch parts
+:mod:`~bitflow.data.specs`, :mod:`~bitflow.data.folders`, :mod:`~bitflow.data.evaluation`)
+needs only numpy, so the deployment engine can read Fashion-MNIST without torch.  The torch parts
 (:func:`get_data`, :class:`DataBundle`, :class:`ArrayDataset`, :class:`ImageFileDataset`)
 load lazily on first attribute access.  Nothing is ever downloaded or cached on disk.
 
@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import DatasetError, DatasetNotFoundError
+from .evaluation import eval_arrays
 from .folders import (
     HANDS11K_CLASSES,
     IMAGE_EXTENSIONS,
@@ -23,7 +24,7 @@ from .folders import (
     scan_image_folder,
 )
 from .idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx, to_float01, write_idx
-from .specs import SPEC_FORMS, Spec, eval_arrays, load_arrays, parse_spec
+from .specs import SPEC_FORMS, Spec, load_arrays, parse_spec
 from .splits import group_holdout, group_kfold, stratified_holdout
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .bits import pack_bits, plane_levels
-from .graph import GraphError, Op
+from .nodes import GraphError, Op
 
 F32_EXACT = 2**24  # float32 represents every integer below 2^24 exactly
 

@@ -3,67 +3,15 @@
 A checkpoint is a dict of tensors and plain Python values: ``model`` (state dict), ``model_config``
 (``{"name", "kwargs"}`` from ``bitflow.models.create``), optimizer / scheduler state, RNG state,
 ``epoch``, ``iteration``, the recipe, the data spec and the best validation accuracy so far.
+
+The file I/O lives in ``bitflow._checkpoint`` and the rebuilding of a checkpoint's model (zoo
+model or survey method) in :mod:`bitflow.methods`, both below this package: the methods load a
+distillation teacher from a checkpoint, and training builds on the methods.
 """
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
-from typing import Any
+from .._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..methods import model_from_checkpoint
 
-import torch
-from torch import nn
-
-from .._io import atomic_write_bytes
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or not a bitflow checkpoint."""
-
-
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Serialize ``state`` with ``torch.save`` into memory, then write it atomically."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint safely (no code execution) with clear errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt zip / unpickling errors
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {e}"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise CheckpointError(
-            f"{path}: not a bitflow checkpoint (needs 'model' and 'model_config')"
-        )
-    return state
-
-
-def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint (eval mode) and return it with the checkpoint dict."""
-    from ..models import create
-
-    state = load_checkpoint(path)
-    cfg = state["model_config"]
-    if cfg.get("method"):  # trained with a bitflow.methods method: same quantizers and transform
-        from ..methods import build_model
-
-        model = build_model(
-            cfg["name"], cfg["method"], cfg.get("method_args"), **cfg.get("kwargs", {})
-        )
-    else:
-        model = create(cfg["name"], **cfg.get("kwargs", {}))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match model {cfg['name']!r}: {e}") from None
-    model.eval()
-    return model, state
+__all__ = ["CheckpointError", "load_checkpoint", "model_from_checkpoint", "save_checkpoint"]

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, atomic_write_json
 from ..methods import build_model, hooks_for
 from ..nn import clip_weights_, set_real_mode
 from .augment import augment_batch
@@ -551,6 +551,6 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "device": str(device),
             "config": asdict(cfg),
         }
-        atomic_write_bytes(out / "result.json", (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(out / "result.json", result)
     dd.barrier()
     return result

@@ -19,15 +19,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..graph import Graph, Op, ValueInfo
+from ..nodes import Op, ValueInfo
 
-InferFn = Callable[["Op", Sequence["ValueInfo"], Mapping[str, np.ndarray]], "ValueInfo"]
-RefFn = Callable[["Graph", "Op", list[np.ndarray], list["ValueInfo"]], np.ndarray]
+
+class HasTensors(Protocol):
+    """What a reference function and an engine builder read of a graph: its parameter tensors
+    by name (a :class:`~bitflow.ir.graph.Graph`, which validates itself with this table)."""
+
+    tensors: dict[str, np.ndarray]
+
+
+InferFn = Callable[[Op, Sequence[ValueInfo], Mapping[str, np.ndarray]], ValueInfo]
+RefFn = Callable[[HasTensors, Op, list[np.ndarray], list[ValueInfo]], np.ndarray]
 Kernel = Callable[[list[np.ndarray]], np.ndarray]
 EngineFn = Callable[["EngineContext", "Op"], Kernel]
 
@@ -101,7 +108,7 @@ class EngineContext:
     native: Any
     kernels: str
     threads: int
-    graph: Graph
+    graph: HasTensors
     values: Mapping[str, ValueInfo]
 
     def params(self, op: Op) -> dict[str, np.ndarray]:
@@ -140,6 +147,7 @@ __all__ = [
     "NATIVE_NON_OPS",
     "OPS",
     "EngineContext",
+    "HasTensors",
     "Kernel",
     "OpDef",
     "markdown_table",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graph import INT32_MAX, PARAM_DTYPES, GraphError, Op, ValueInfo, _int, _int_list, conv_out
+from ..nodes import INT32_MAX, PARAM_DTYPES, GraphError, Op, ValueInfo, _int, _int_list, conv_out
 
 
 def pair(attrs: Mapping[str, Any], key: str, op: str, minimum: int) -> tuple[int, int]:

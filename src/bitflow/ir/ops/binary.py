@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import _refkernels as rk
-from ..graph import Graph, GraphError, Op, ValueInfo
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import acc_check, int_attr, need, need_param, spatial, t2, window_geom
 
 
@@ -59,24 +59,28 @@ def _infer_bdense(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.nda
     return ValueInfo("int32", (o,))
 
 
-def _ref_bconv(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_bconv(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.uint64)
     return rk.bconv(op, xs[0], g.tensors[op.params["w"]], vins[0].channels or 0)
 
 
-def _ref_bconv_planes(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_bconv_planes(
+    g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]
+) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.uint64)
     planes = x if vins[0].planes > 1 else x[None]
     return rk.bconv_levels(op, planes, g.tensors[op.params["w"]], vins[0].channels or 0)
 
 
-def _ref_bdense(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_bdense(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.uint64)
     return rk.bdense(xs[0], g.tensors[op.params["w"]], int(op.attrs["k_bits"])).astype(np.int32)
 
 
-def _ref_bdense_planes(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_bdense_planes(
+    g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]
+) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.uint64)
     planes = x if vins[0].planes > 1 else x[None]

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import _refkernels as rk
-from ..graph import Graph, GraphError, Op, ValueInfo
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import acc_check, need, need_param, param, spatial, t2, window_geom
 
 
@@ -33,7 +33,7 @@ def _infer_conv(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarr
     return ValueInfo("float32" if f32 else "int32", (ho, wo, o))
 
 
-def _ref_conv(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_conv(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x, f32 = xs[0], op.type == "conv2d_f32"
     rk.expect(op, x, np.float32 if f32 else np.uint8)
     y = rk.conv(
@@ -71,7 +71,7 @@ def _infer_dense(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndar
     return ValueInfo("float32", (wt.shape[0],))
 
 
-def _ref_dense(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_dense(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.float32)
     y = xs[0].astype(np.float64) @ g.tensors[op.params["w"]].astype(np.float64).T
     if "bias" in op.params:

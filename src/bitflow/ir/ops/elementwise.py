@@ -30,8 +30,8 @@ import numpy as np
 
 from .. import _refkernels as rk
 from ..bits import pack_bits, unpack_bits
-from ..graph import Graph, GraphError, Op, ValueInfo, conv_out, words_for
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo, conv_out, words_for
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import need, need_param, pair, spatial, t2
 
 _NP = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8, "bits": np.uint64}
@@ -47,7 +47,7 @@ def _infer_affine(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.nda
     return ValueInfo("float32", x.shape)
 
 
-def _ref_affine(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_affine(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.int32 if op.type == "scale_bias" else np.float32)
     s, b = g.tensors[op.params["scale"]], g.tensors[op.params["bias"]]
@@ -66,7 +66,7 @@ def _infer_relu(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarr
     return ins[0]
 
 
-def _ref_relu(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_relu(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.float32)
     return np.maximum(xs[0], np.float32(0))
 
@@ -125,7 +125,7 @@ def _infer_requant(
     return x
 
 
-def _ref_requant(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_requant(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.int32)
     m, b = g.tensors[op.params["m"]], g.tensors[op.params["b"]]
@@ -164,7 +164,7 @@ def _infer_add(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarra
     return ins[0]
 
 
-def _ref_add(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_add(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     if op.type == "add_f32":
         for x in xs:
             rk.expect(op, x, np.float32)
@@ -214,7 +214,7 @@ def _infer_pool(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarr
     return ValueInfo(x.dtype, (ho, wo, c), x.channels, 1, x.planes)
 
 
-def _ref_pool(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_pool(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x, t = xs[0], op.type
     rk.expect(op, x, _NP[vins[0].dtype])
     if t == "maxpool_bits":
@@ -247,7 +247,7 @@ def _infer_gap(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarra
     return ValueInfo("float32", (1, 1, c))
 
 
-def _ref_gap(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_gap(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.float32)
     return x.astype(np.float64).mean(axis=(1, 2), keepdims=True).astype(np.float32)
@@ -273,7 +273,7 @@ def _infer_flatten(
     return ValueInfo(x.dtype, (n,))
 
 
-def _ref_flatten(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_flatten(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     lead = 2 if vins[0].planes > 1 else 1  # planes [P, N, ...] keep both leading axes
     return np.ascontiguousarray(xs[0]).reshape(*xs[0].shape[:lead], -1)
 
@@ -298,7 +298,7 @@ def _infer_concat(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.nda
     return ValueInfo(x0.dtype, (*x0.shape[:-1], sum(v.shape[-1] for v in ins)))
 
 
-def _ref_concat(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_concat(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     for x, v in zip(xs, vins, strict=True):
         rk.expect(op, x, _NP[v.dtype])
     if vins[0].dtype != "bits":

@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import _refkernels as rk
-from ..graph import Graph, GraphError, Op, ValueInfo
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import int_attr, need, need_param, spatial, t2, window_geom
 from .w1 import pm1_weights
 
@@ -62,7 +62,7 @@ def rprelu_reference(
     return (u + zeta).astype(np.float32)
 
 
-def _ref_rprelu(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_rprelu(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.float32)
     p = [g.tensors[op.params[r]] for r in RPRELU_PARAMS]
     return rprelu_reference(xs[0], *p)
@@ -131,7 +131,7 @@ def _infer_conv(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarr
     return ValueInfo("float32", (ho, wo, o))
 
 
-def _ref_conv(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_conv(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.float32)
     w = pm1_weights(g.tensors[op.params["w"]], int(op.attrs["channels"]))
     return conv_f32b1_reference(xs[0], w, t2(op.attrs["stride"]), t2(op.attrs["padding"]))
@@ -150,7 +150,7 @@ def _infer_dense(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndar
     return ValueInfo("float32", (o,))
 
 
-def _ref_dense(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_dense(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.float32)
     k = int(op.attrs["channels"])
@@ -228,7 +228,7 @@ def levels_reference(x: np.ndarray, thr: np.ndarray, direction: np.ndarray) -> n
     return np.where(direction > 0, ge, le).astype(np.uint8)
 
 
-def _ref_levels(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_levels(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.float32 if op.type == "threshold_f32_u8" else np.int32)
     return levels_reference(xs[0], g.tensors[op.params["thr"]], g.tensors[op.params["direction"]])
 
@@ -282,7 +282,9 @@ def _infer_dense_u8b1(
     return ValueInfo("int32", (wt.shape[0],))
 
 
-def _ref_dense_u8b1(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_dense_u8b1(
+    g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]
+) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.uint8)
     w = pm1_weights(g.tensors[op.params["w"]], int(op.attrs["channels"])).astype(np.int64)
@@ -330,7 +332,7 @@ def _infer_thr_hw(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.nda
     return ValueInfo("bits", (h, w, (o + 63) // 64), o)
 
 
-def _ref_thr_hw(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_thr_hw(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     rk.expect(op, xs[0], np.int32)
     return rk.threshold(xs[0], g.tensors[op.params["thr"]], g.tensors[op.params["direction"]])
 

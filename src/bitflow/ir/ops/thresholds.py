@@ -14,8 +14,8 @@ import numpy as np
 
 from .. import _refkernels as rk
 from ..bits import pack_bits
-from ..graph import Graph, GraphError, Op, ValueInfo, words_for
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo, words_for
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import int_attr, need, need_param
 
 
@@ -46,13 +46,15 @@ def _infer_threshold(
     return ValueInfo("bits", (*x.shape[:-1], words_for(o)), o, 1, m)
 
 
-def _ref_threshold(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_threshold(
+    g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]
+) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.float32 if op.type == "threshold_f32_bits" else np.int32)
     return rk.threshold(x, g.tensors[op.params["thr"]], g.tensors[op.params["direction"]])
 
 
-def _ref_planes(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_planes(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.int32 if op.type == "threshold_planes" else np.float32)
     thr, d = g.tensors[op.params["thr"]], g.tensors[op.params["direction"]]
@@ -94,7 +96,7 @@ def _infer_bitpack(
     return ValueInfo("bits", (*x.shape[:-1], words_for(x.shape[-1])), x.shape[-1])
 
 
-def _ref_bitpack(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref_bitpack(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.float32 if vins[0].dtype == "float32" else np.int32)
     return pack_bits(x < 0)

@@ -22,8 +22,8 @@ import numpy as np
 
 from .. import _refkernels as rk
 from ..bits import unpack_bits
-from ..graph import Graph, GraphError, Op, ValueInfo
-from . import EngineContext, Kernel, OpDef, one, register
+from ..nodes import GraphError, Op, ValueInfo
+from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import acc_check, int_attr, need, need_param, spatial, t2, window_geom
 
 
@@ -50,7 +50,7 @@ def _infer(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) 
     return ValueInfo("int32", (ho, wo, o))
 
 
-def _ref(g: Graph, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+def _ref(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
     x = xs[0]
     rk.expect(op, x, np.uint8)
     w = pm1_weights(g.tensors[op.params["w"]], int(op.attrs["channels"]))

@@ -1,0 +1,237 @@
+"""The reproduction drivers ``bitflow reproduce survey`` and ``bitflow reproduce mcn`` in the
+fast suite: their tables, deployments and reports checked against independent facts.
+
+Training is what must be small (a real one-epoch run reads and validates on thousands of
+images, ~10 s each here, and the drivers run 3 to 11 of them; the end-to-end runs are the slow
+tests of ``test_survey_methods.py`` / ``test_reproduce_mcn.py``). So the drivers' trainer
+(``_train``) is replaced by :func:`_standin`, which builds the requested model exactly as
+training would (``methods.build_model`` with the data's input shape, seeded), writes a real
+checkpoint with its ``model_config`` and returns a result whose test accuracy and epoch time
+are distinct per run. Everything after training runs for real: checkpoint loading, conversion,
+``.bfn`` files, verification, engine timing, the tables and the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bitflow import methods as M
+from bitflow.analysis import reproduce_mcn as RM
+from bitflow.analysis import reproduce_survey as RS
+from bitflow.convert import convert
+from bitflow.data import eval_arrays
+from bitflow.ir import load_graph, run
+from bitflow.train import model_from_checkpoint, save_checkpoint
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
+)
+
+
+class _Trainer:
+    """Stand-in for ``analysis.reproduce._train``: records every call, returns distinct numbers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+
+    def __call__(self, out: Path, **kw: Any) -> dict[str, Any]:
+        torch.manual_seed(int(kw.get("seed", 0)))
+        # as the trainer builds it for Fashion-MNIST: the data's classes and input, then the
+        # run's model options, then the method (if any)
+        shape = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+        model = M.build_model(
+            kw["model"],
+            kw.get("method"),
+            kw.get("method_args") or None,
+            **{**shape, **kw["model_kwargs"]},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = out / "best.pt"
+        save_checkpoint(
+            ckpt, {"model": model.state_dict(), "model_config": dict(model.bitflow_config)}
+        )
+        n = len(self.calls) + 1
+        res = {"checkpoint": str(ckpt), "test_accuracy": n / 64, "seconds_per_epoch": 0.5 * n}
+        self.calls.append((out, kw, res))
+        return res
+
+    def runs(self, under: Path) -> list[dict[str, Any]]:
+        return [res for out, _, res in self.calls if out.parent == under]
+
+
+def _file_accuracy(bfn: Path, data: str, limit: int) -> float:
+    """Accuracy of the saved model file on the evaluation images (numpy reference executor)."""
+    x, y = eval_arrays(data, limit)
+    return float(np.mean(np.asarray(run(load_graph(bfn), x)).argmax(1) == y))
+
+
+def test_reproduce_survey_rows_are_the_runs_and_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    names = ["bnn", "abc", "kd"]  # deployable, not deployable yet, distilled from the twin
+    r = RS.reproduce_survey(
+        tmp_path,
+        methods_=names,
+        backbone="bitflow_lenet",
+        seeds=(0, 1),
+        epochs=1,
+        limit_train=32,
+        limit_test=16,
+        width=2,
+        repeat=2,
+        log=lambda m: None,
+    )
+    assert [x["method"] for x in r["rows"]] == ["full precision", *names]
+    rows = {x["method"]: x for x in r["rows"]}
+    # every training: the same recipe, the twin for the fp row, the backbone with the method
+    # for the others, the kd teacher is the twin's checkpoint of the same seed
+    assert len(tr.calls) == 2 * (1 + len(names))
+    for out, kw, _ in tr.calls:
+        assert (kw["epochs"], kw["limit_train"], kw["limit_test"], kw["real_epochs"]) == (
+            1,
+            32,
+            16,
+            0,
+        )
+        assert kw["data"] == "fashion-mnist" and kw["model_kwargs"] == {"width": 2}
+        assert kw["model"] == ("lenet" if out.parent.name == "fp" else "bitflow_lenet")
+        assert kw.get("method") == (None if out.parent.name == "fp" else out.parent.name)
+        assert out.name == f"seed{kw['seed']}"
+    fp_ckpt = {
+        kw["seed"]: res["checkpoint"] for out, kw, res in tr.calls if out.parent.name == "fp"
+    }
+    for out, kw, _ in tr.calls:
+        if out.parent.name == "kd":
+            assert kw["method_args"] == {"teacher": fp_ckpt[kw["seed"]]}
+    # the accuracies of a row are its runs' test accuracies (distinct per run), mean and sd
+    for key, sub in [("full precision", "fp"), *[(n, n) for n in names]]:
+        want = [res["test_accuracy"] for res in tr.runs(tmp_path / sub)]
+        assert rows[key]["accuracies"] == want, key
+        assert rows[key]["accuracy_mean"] == pytest.approx(statistics.fmean(want), abs=1e-15)
+        assert rows[key]["accuracy_sd"] == pytest.approx(statistics.stdev(want), abs=1e-15)
+    assert rows["bnn"]["seconds_per_epoch"] == statistics.fmean(
+        res["seconds_per_epoch"] for res in tr.runs(tmp_path / "bnn")
+    )
+    # titles, bits and deploy forms are the method registry's
+    for n in names:
+        m = M.get_method(n)
+        assert (rows[n]["title"], rows[n]["w_bits"], rows[n]["a_bits"]) == (m.title, *m.bits)
+    assert rows["abc"]["deploy"] == f"not yet: {M.get_method('abc').deploy}"
+    assert rows["abc"]["bfn_bytes"] is None and rows["abc"]["engine_ms"] is None
+    assert not (tmp_path / "abc" / "model.bfn").exists()
+    for n in ("bnn", "kd"):
+        row, bfn = rows[n], tmp_path / n / "model.bfn"
+        assert row["deploy"] == M.DEPLOY_FORMS[M.get_method(n).deploy]
+        # the file is the conversion of the first seed's checkpoint, and the row its size
+        model, _ = model_from_checkpoint(tr.runs(tmp_path / n)[0]["checkpoint"])
+        assert bfn.read_bytes() == convert(model).to_bytes()
+        assert row["bfn_bytes"] == bfn.stat().st_size
+        assert row["verify_samples"] == 16 and row["sign_mismatches"] == 0
+        assert row["accuracy_integer"] == _file_accuracy(bfn, "fashion-mnist", 16)
+        assert row["speedup"] == rows["full precision"]["torch_fp32_ms"] / row["engine_ms"]
+    # the reports: JSON = the returned report, one markdown row per method with its numbers
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps({k: v for k, v in r.items() if k != "text"}))
+    md = (tmp_path / "report.md").read_text()
+    assert md == r["text"] + "\n"
+    table = {
+        ln.split(" | ")[0][2:]: ln.split(" | ") for ln in md.splitlines() if ln.startswith("| ")
+    }
+    for n in names:
+        acc = rows[n]["accuracy_mean"]
+        assert table[n][2].startswith(f"{100 * acc:.2f} +- "), table[n]
+    assert table["bnn"][5] == str(rows["bnn"]["bfn_bytes"]) and table["abc"][5] == "-"
+    assert (tmp_path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Fashion-MNIST"):
+        RS.reproduce_survey(tmp_path, data="folder:/nowhere")
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        RS.reproduce_survey(tmp_path, backbone="resnet18")
+    with pytest.raises(KeyError, match="valid names"):
+        RS.reproduce_survey(tmp_path, methods_=["bnn", "nope"])
+    assert not any(tmp_path.iterdir())  # nothing trained or written before the checks
+
+
+def test_reproduce_mcn_tables_are_the_runs_and_the_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tr = _Trainer()
+    monkeypatch.setattr(RM, "_train", tr)
+    r = RM.reproduce_mcn(
+        tmp_path,
+        epochs=1,
+        limit_train=32,
+        limit_test=16,
+        widths=[(2, 2, 2, 4)],
+        depth=8,
+        mnist_widths=(2, 2, 2, 2),
+        lenet={"width": 2, "fc": 8},
+        paper_counts=False,
+        log=lambda m: None,
+    )
+    by_out = {out.relative_to(tmp_path).as_posix(): (kw, res) for out, kw, res in tr.calls}
+    assert len(by_out) == 4 + 7  # four Table II models at one width, seven Table III rows
+    for kw, _ in by_out.values():
+        assert (kw["epochs"], kw["limit_train"], kw["limit_test"], kw["seed"]) == (1, 32, 16, 0)
+    (row,) = r["table2"]
+    assert row["widths"] == "2-2-2-4" and row["depth"] == 8 and row["paper"] is None
+    for key, model in RM.TABLE2_MODELS:
+        kw, res = by_out[f"t2/2-2-2-4/{key}"]
+        x = row["models"][key]
+        assert (x["model"], kw["model"]) == (model, model)
+        assert kw["model_kwargs"] == {"widths": [2, 2, 2, 4], "depth": 8}
+        assert x["test_accuracy"] == res["test_accuracy"]
+        assert x["seconds_per_epoch"] == res["seconds_per_epoch"]
+        m, _ = model_from_checkpoint(res["checkpoint"])
+        assert x["params"] == sum(p.numel() for p in m.parameters()), key
+    # binarized parameters of mcn_wrn depth 8, widths 2-2-2-4, K = 4, one input channel (the
+    # derivation of test_reproduce_mcn.py): 36 * 42 + 4 * 12; float models have none
+    assert row["models"]["mcn"]["binary_params"] == 36 * 42 + 4 * 12
+    assert row["models"]["mcn1"]["binary_params"] == 36 * 42 + 4 * 12
+    assert row["models"]["wrn"]["binary_params"] == row["models"]["umcn"]["binary_params"] == 0
+    t3 = r["table3"]
+    keys = ["mcn1", "mcn", "mcn1_u8", "float", "binaryconnect", "bnn", "xnor"]
+    assert [x["key"] for x in t3] == keys
+    for x in t3:
+        kw, res = by_out[f"t3/{x['key']}"]
+        assert x["test_accuracy"] == res["test_accuracy"], x["key"]
+        assert tuple(x["paper"]) == RM.PAPER_TABLE3.get(x["key"], (None, None))
+        if x["key"] in ("binaryconnect", "bnn", "xnor"):
+            assert (kw["model"], kw["method"], kw["model_kwargs"]) == (
+                "bitflow_lenet",
+                x["key"],
+                {"width": 2, "fc": 8},
+            )
+    t3k = {x["key"]: x for x in t3}
+    assert by_out["t3/mcn1_u8"][0]["model_kwargs"] == {"widths": [2, 2, 2, 2], "act": "u8"}
+    assert t3k["float"]["binary_params"] == 0
+    # the three 1-bit-weight lenets share one backbone: the same binarized weights
+    assert len({t3k[k]["binary_params"] for k in ("binaryconnect", "bnn", "xnor")}) == 1
+    # the deployed row: the conversion of its checkpoint, verified on limit_test images
+    d = t3k["mcn1_u8"]["deploy"]
+    model, _ = model_from_checkpoint(by_out["t3/mcn1_u8"][1]["checkpoint"])
+    g = convert(model)
+    assert d["ops"] == sorted({op.type for op in g.ops}) and d["mode"] == g.mode
+    assert d["samples"] == 16 and d["sign_mismatches"] == 0
+    x, y = eval_arrays("fashion-mnist", 16)
+    assert d["accuracy_integer"] == float(np.mean(np.asarray(run(g, x)).argmax(1) == y))
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == json.loads(json.dumps({k: v for k, v in r.items() if k != "text"}))
+    md = (tmp_path / "report.md").read_text()
+    assert md == r["text"] + "\n"
+    (line,) = [ln for ln in md.splitlines() if ln.startswith("| 2-2-2-4 | 8 |")]
+    assert f"| {row['models']['wrn']['params']:,} |" in line
+    assert f"{100 * row['models']['mcn1']['test_accuracy']:.2f} \\| -" in line
+    assert (tmp_path / "mcn_tables.png").read_bytes()[:4] == b"\x89PNG"
