@@ -619,9 +619,13 @@ def apprentice_loss(
     ``alpha H(y, p^T)`` is a constant for a fixed teacher and is dropped; ``H(p, q) =
     -sum p log q`` is the cross-entropy, T = 1 as in Apprentice), averaged over the batch."""
     logp = F.log_softmax(zs, dim=1)
-    hard = F.nll_loss(logp, y)
-    soft = -(F.softmax(zt, dim=1) * logp).sum(1).mean()
-    return beta * hard + gamma * soft
+    return beta * F.nll_loss(logp, y) + gamma * soft_cross_entropy(logp, zt)
+
+
+def soft_cross_entropy(logp_s: Tensor, zt: Tensor) -> Tensor:
+    """``H(p^T, p^S) = -sum_c p^T_c log p^S_c`` averaged over the batch, from the student's
+    log-probabilities ``logp_s`` and the teacher's logits ``zt`` (T = 1)."""
+    return -(F.softmax(zt, dim=1) * logp_s).sum(1).mean()
 
 
 def hooks_for(model: nn.Module) -> MethodHooks:

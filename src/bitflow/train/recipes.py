@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -38,6 +39,13 @@ class Recipe:
     #: schedule restarts at the switch (each stage has its own cycle), the optimizer state is
     #: reset, and only binarized epochs compete for ``best.pt``.
     real_epochs: int = 0
+    #: ``"warmup"``: distil the binarized stage from the warm-up (Real-to-Binary / ReActNet use a
+    #: real-valued teacher; here it is the run's own real-valued twin at the end of the
+    #: ``real_epochs``, frozen, so no second training is needed). The binarized stage then
+    #: minimises ``H(y, p^S) + distill_weight * H(p^T, p^S)`` (survey Eq. 11 with a fixed teacher,
+    #: :func:`bitflow.methods.apprentice_loss`). ``""``: no distillation.
+    distill: str = ""
+    distill_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,6 +65,19 @@ class Recipe:
                 f"recipe {self.name!r}: lr, batch_size, epochs and flip_log_every must be positive"
             )
 
+        if self.distill not in ("", "warmup"):
+            raise ValueError(
+                f"recipe {self.name!r}: distill must be 'warmup' or empty, got {self.distill!r}"
+            )
+        if self.distill and self.real_epochs == 0:
+            raise ValueError(
+                f"recipe {self.name!r}: distill='warmup' needs a real-valued warm-up (real_epochs > 0) "
+                "to take the teacher from"
+            )
+        if not math.isfinite(self.distill_weight) or self.distill_weight < 0:
+            raise ValueError(
+                f"recipe {self.name!r}: distill_weight must be finite and >= 0, got {self.distill_weight}"
+            )
         if not 0 <= self.real_epochs < self.epochs:
             raise ValueError(
                 f"recipe {self.name!r}: real_epochs must be in [0, epochs) so that at least one "
@@ -66,11 +87,14 @@ class Recipe:
     def override(self, **kw: Any) -> Recipe:
         """A copy with the non-None keyword values replaced. A new ``epochs`` without a new
         ``real_epochs`` keeps the warm-up's share of the run: ``round(real_epochs * epochs /
-        old_epochs)``, at most ``epochs - 1`` (so ``--epochs 1`` trains binarized only)."""
+        old_epochs)``, at most ``epochs - 1`` (so ``--epochs 1`` trains binarized only). A run
+        left without a warm-up has no teacher either: ``distill`` is dropped with it."""
         kw = {k: v for k, v in kw.items() if v is not None}
         if "epochs" in kw and "real_epochs" not in kw and self.real_epochs:
             share = round(self.real_epochs * kw["epochs"] / self.epochs)
             kw["real_epochs"] = max(0, min(share, kw["epochs"] - 1))
+        if kw.get("real_epochs") == 0 and "distill" not in kw:
+            kw["distill"] = ""
         return replace(self, **kw)
 
     def stage(self, epoch: int) -> tuple[str, int, int]:

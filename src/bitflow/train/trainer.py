@@ -13,6 +13,7 @@ changing rate every ``flip_log_every`` iterations), ``last.pt`` (every epoch), `
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json
-from ..methods import build_model, hooks_for
+from ..methods import build_model, hooks_for, soft_cross_entropy
 from ..nn import clip_weights_, set_real_mode
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -243,6 +244,32 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
+def _warmup_teacher(
+    model: nn.Module, config: dict[str, Any], path: Path, *, fresh: bool, save: bool
+) -> nn.Module:
+    """The frozen real-valued teacher of ``distill = "warmup"``: a copy of ``model`` in real mode
+    (Bi-Real's real-valued twin, :func:`bitflow.nn.set_real_mode`) with the weights it has at the
+    end of the warm-up. ``fresh`` (the first binarized epoch): copy ``model`` as it is, and write
+    the weights to ``path`` if ``save`` (the main process); otherwise (a run resumed inside the
+    binarized stage) read them from ``path``."""
+    teacher = copy.deepcopy(model)
+    if fresh:
+        if save:
+            save_checkpoint(
+                path, {"model": _contiguous(teacher.state_dict()), "model_config": config}
+            )
+    else:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"--resume: recipe distils from the warm-up, but {path} (its weights) is missing"
+            )
+        teacher.load_state_dict(load_checkpoint(path)["model"])
+    set_real_mode(teacher, True)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
 def _init_from(model: nn.Module, path: str) -> None:
     """Initialise from a checkpoint: MBBN progressive initialisation (a higher-bit or
     full-precision model of the same architecture, MBBN Sec. V.A) or a strict weight copy."""
@@ -314,6 +341,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         flip_log_every=cfg.flip_every,
         real_epochs=cfg.real_epochs,
     )
+    if recipe.distill and cfg.method == "kd":
+        raise ValueError(
+            "method 'kd' brings its own teacher; use a recipe without distill='warmup' with it"
+        )
     out = Path(cfg.out)
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -360,6 +391,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     flips = FlipTracker(model)
     hooks = hooks_for(model)
     start_epoch, iteration, best_val, best_epoch = 0, 0, -1.0, -1
+    teacher: nn.Module | None = None
     history: list[float] = []
     last_flips: dict[str, float] = {}
     last_ckpt = out / "last.pt"
@@ -417,6 +449,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         set_real_mode(model, stage == "real")
         if recipe.real_epochs and epoch == recipe.real_epochs:
             opt.state.clear()  # binarization starts: fresh optimizer moments (Bi-Real fine-tunes anew)
+        if recipe.distill and stage == "binary" and teacher is None:
+            teacher = _warmup_teacher(
+                model, config, out / "warmup.pt", fresh=epoch == recipe.real_epochs, save=dd.main
+            )
         order = torch.randperm(n, generator=_epoch_gen(cfg.seed, epoch))
         batches = _batches(n, recipe.batch_size, order)
         if dd.enabled:
@@ -446,6 +482,12 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             loss = hooks.loss(
                 model, x, logits, y
             )  # survey methods (KD, regularizers); else cross entropy
+            if teacher is not None:  # recipe distill = "warmup": + w H(p^T, p^S)
+                with torch.no_grad():
+                    zt = teacher(x)
+                loss = loss + recipe.distill_weight * soft_cross_entropy(
+                    F.log_softmax(logits, dim=1), zt
+                )
             if extra_loss is not None:  # the model's own terms (MCN filter / center losses)
                 loss = loss + extra_loss(logits, y)
             opt.zero_grad(set_to_none=True)
