@@ -162,28 +162,17 @@ def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
 
 
 def test_reproduce_mcn_tables_are_the_runs_and_the_models(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mcn_tiny: Any
 ) -> None:
     tr = _Trainer()
     monkeypatch.setattr(RM, "_train", tr)
-    r = RM.reproduce_mcn(
-        tmp_path,
-        epochs=1,
-        limit_train=32,
-        limit_test=16,
-        widths=[(2, 2, 2, 4)],
-        depth=8,
-        mnist_widths=(2, 2, 2, 2),
-        lenet={"width": 2, "fc": 8},
-        paper_counts=False,
-        log=lambda m: None,
-    )
+    r = RM.reproduce_mcn(tmp_path, **mcn_tiny.kwargs, limit_train=32, limit_test=16)
     by_out = {out.relative_to(tmp_path).as_posix(): (kw, res) for out, kw, res in tr.calls}
     assert len(by_out) == 4 + 7  # four Table II models at one width, seven Table III rows
     for kw, _ in by_out.values():
         assert (kw["epochs"], kw["limit_train"], kw["limit_test"], kw["seed"]) == (1, 32, 16, 0)
     (row,) = r["table2"]
-    assert row["widths"] == "2-2-2-4" and row["depth"] == 8 and row["paper"] is None
+    mcn_tiny.check_table2_row(row)  # counts of the checkpoints' models, binarized ones by hand
     for key, model in RM.TABLE2_MODELS:
         kw, res = by_out[f"t2/2-2-2-4/{key}"]
         x = row["models"][key]
@@ -191,13 +180,7 @@ def test_reproduce_mcn_tables_are_the_runs_and_the_models(
         assert kw["model_kwargs"] == {"widths": [2, 2, 2, 4], "depth": 8}
         assert x["test_accuracy"] == res["test_accuracy"]
         assert x["seconds_per_epoch"] == res["seconds_per_epoch"]
-        m, _ = model_from_checkpoint(res["checkpoint"])
-        assert x["params"] == sum(p.numel() for p in m.parameters()), key
-    # binarized parameters of mcn_wrn depth 8, widths 2-2-2-4, K = 4, one input channel (the
-    # derivation of test_reproduce_mcn.py): 36 * 42 + 4 * 12; float models have none
-    assert row["models"]["mcn"]["binary_params"] == 36 * 42 + 4 * 12
-    assert row["models"]["mcn1"]["binary_params"] == 36 * 42 + 4 * 12
-    assert row["models"]["wrn"]["binary_params"] == row["models"]["umcn"]["binary_params"] == 0
+        assert x["checkpoint"] == res["checkpoint"]
     t3 = r["table3"]
     keys = ["mcn1", "mcn", "mcn1_u8", "float", "binaryconnect", "bnn", "xnor"]
     assert [x["key"] for x in t3] == keys
