@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from bitflow import methods as M
 from bitflow.analysis import reproduce_mcn as RM
 from bitflow.analysis import reproduce_survey as RS
-from bitflow.convert import convert
+from bitflow.convert import UnsupportedLayerError, convert
 from bitflow.data import eval_arrays
 from bitflow.ir import load_graph, run
 from bitflow.train import model_from_checkpoint, save_checkpoint
@@ -149,6 +150,48 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         assert table[n][2].startswith(f"{100 * acc:.2f} +- "), table[n]
     assert all(table[n][5] == str(rows[n]["bfn_bytes"]) for n in names)
     assert (tmp_path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reproduce_survey_row_of_a_method_without_an_engine_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # none of the 20 built-in methods lacks an engine form, but methods.register takes user
+    # methods: one registered for this test, BNN's quantizers with a deploy reason instead
+    future = replace(M.get_method("bnn"), name="future", title="A future method", deploy="op X")
+    assert not future.deployable
+    monkeypatch.setitem(M._METHODS._items, "future", future)
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    r = RS.reproduce_survey(
+        tmp_path,
+        methods_=["future"],
+        backbone="bitflow_lenet",
+        seeds=(0,),
+        epochs=1,
+        limit_train=32,
+        limit_test=16,
+        width=2,
+        repeat=2,
+        log=lambda m: None,
+    )
+    row = r["rows"][1]
+    # trained like every other row, not deployed: no file, no engine numbers, the reason shown
+    assert row["method"] == "future" and row["accuracies"] == [
+        tr.runs(tmp_path / "future")[0]["test_accuracy"]
+    ]
+    assert row["deploy"] == "not yet: op X"
+    assert row["engine_ms"] is row["speedup"] is row["bfn_bytes"] is None
+    assert "sign_mismatches" not in row and not (tmp_path / "future" / "model.bfn").exists()
+    (line,) = [ln for ln in r["text"].splitlines() if ln.startswith("| future |")]
+    assert line.split(" | ")[4:] == ["not yet: op X", "-", "-", "-", "- |"], line
+    assert (tmp_path / "accuracy_vs_latency.png").exists()
+    assert {x["method"]: x["deploy"] for x in M.describe()}["future"] == "not yet: op X"
+    # and its checkpoint is refused by the deploy path with the reason
+    model, _ = model_from_checkpoint(tr.runs(tmp_path / "future")[0]["checkpoint"])
+    with pytest.raises(
+        UnsupportedLayerError, match="'future' .*cannot run on the engine yet: op X"
+    ):
+        M.convert(model)
 
 
 def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
