@@ -74,17 +74,13 @@ def _file_accuracy(bfn: Path, data: str, limit: int) -> float:
     return float(np.mean(np.asarray(run(load_graph(bfn), x)).argmax(1) == y))
 
 
-def test_reproduce_survey_rows_are_the_runs_and_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tr = _Trainer()
-    monkeypatch.setattr(RS, "_train", tr)
-    names = ["bnn", "abc", "kd"]  # xnor-popcount, weighted binary branches, distilled from the twin
-    r = RS.reproduce_survey(
-        tmp_path,
+def _tiny_survey(out: Path, names: list[str], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """``reproduce_survey`` on the width-2 LeNet backbone: 1 epoch, 32 / 16 images, 2 timings."""
+    return RS.reproduce_survey(
+        out,
         methods_=names,
         backbone="bitflow_lenet",
-        seeds=(0, 1),
+        seeds=seeds,
         epochs=1,
         limit_train=32,
         limit_test=16,
@@ -92,6 +88,15 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         repeat=2,
         log=lambda m: None,
     )
+
+
+def test_reproduce_survey_rows_are_the_runs_and_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    names = ["bnn", "abc", "kd"]  # xnor-popcount, weighted binary branches, distilled from the twin
+    r = _tiny_survey(tmp_path, names, (0, 1))
     assert [x["method"] for x in r["rows"]] == ["full precision", *names]
     rows = {x["method"]: x for x in r["rows"]}
     # every training: the same recipe, the twin for the fp row, the backbone with the method
@@ -162,18 +167,7 @@ def test_reproduce_survey_row_of_a_method_without_an_engine_form(
     monkeypatch.setitem(M._METHODS._items, "future", future)
     tr = _Trainer()
     monkeypatch.setattr(RS, "_train", tr)
-    r = RS.reproduce_survey(
-        tmp_path,
-        methods_=["future"],
-        backbone="bitflow_lenet",
-        seeds=(0,),
-        epochs=1,
-        limit_train=32,
-        limit_test=16,
-        width=2,
-        repeat=2,
-        log=lambda m: None,
-    )
+    r = _tiny_survey(tmp_path, ["future"], (0,))
     row = r["rows"][1]
     # trained like every other row, not deployed: no file, no engine numbers, the reason shown
     assert row["method"] == "future" and row["accuracies"] == [
