@@ -104,26 +104,24 @@ def _construct(seed: int) -> TieNet:
     return net
 
 
-def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
+def _exact_column(bn: nn.BatchNorm2d, c: int, xs: list[Fraction]) -> np.ndarray:
+    """The exact rule of channel ``c`` (the float32 parameters, as rationals) at each of ``xs``."""
     gamma, beta, mu, var = _bn_f32(bn)
+    return np.array(
+        [
+            _exact_nonneg(float(gamma[c]), float(beta[c]), float(mu[c]), float(var[c]), bn.eps, x)
+            for x in xs
+        ]
+    )
+
+
+def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
     xs = np.arange(-K, K + 1, dtype=np.float32)
     got = _torch_nonneg(bn, np.repeat(xs[:, None], C2, 1))
     total = 0
     for c in range(C2):
         # the exact rule is monotone in x: find where it changes, compare everywhere
-        exact = np.array(
-            [
-                _exact_nonneg(
-                    float(gamma[c]),
-                    float(beta[c]),
-                    float(mu[c]),
-                    float(var[c]),
-                    bn.eps,
-                    Fraction(int(x)),
-                )
-                for x in xs
-            ]
-        )
+        exact = _exact_column(bn, c, [Fraction(int(x)) for x in xs])
         total += int((exact != got[:, c]).sum())
     return total
 
@@ -143,19 +141,7 @@ def _float_ties_oracle(bn: nn.BatchNorm2d, window: int = 128) -> int:
     got = _torch_nonneg(bn, ys)
     total = 0
     for c in range(C1):
-        exact = np.array(
-            [
-                _exact_nonneg(
-                    float(gamma[c]),
-                    float(beta[c]),
-                    float(mu[c]),
-                    float(var[c]),
-                    bn.eps,
-                    Fraction(float(y)),
-                )
-                for y in ys[:, c]
-            ]
-        )
+        exact = _exact_column(bn, c, [Fraction(float(y)) for y in ys[:, c]])
         bad = exact != got[:, c]
         assert not bad[0] and not bad[-1], "the window must contain every disagreement"
         total += int(bad.sum())
