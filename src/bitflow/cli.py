@@ -11,17 +11,33 @@ from typing import Any
 from . import __version__
 
 
-def _parse_kv(items: Sequence[str]) -> dict[str, Any]:
-    """``["width=64", "first_layer=int8"]`` -> ``{"width": 64, "first_layer": "int8"}``."""
+def _kv_value(text: str) -> Any:
+    """One ``KEY=VALUE`` value: JSON when it parses (``64``, ``true``, ``[4, 4, 8, 16]``,
+    ``"x"``), else a comma-separated list of numbers (``4,4,8,16`` -> ``[4, 4, 8, 16]``, the
+    spelling of ``--bits-a``), else the text itself (``first_layer=int8``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        try:
+            parts = [json.loads(p) for p in text.split(",")]
+        except json.JSONDecodeError:
+            return text
+        if all(isinstance(p, int | float) and not isinstance(p, bool) for p in parts):
+            return parts
+    return text
+
+
+def _parse_kv(items: Sequence[str], option: str = "--model-arg") -> dict[str, Any]:
+    """``["width=64", "first_layer=int8", "widths=4,4,8,16"]`` ->
+    ``{"width": 64, "first_layer": "int8", "widths": [4, 4, 8, 16]}`` (see :func:`_kv_value`)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"bitflow: --model-arg expects KEY=VALUE, got {item!r}")
+            raise SystemExit(f"bitflow: {option} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+        out[k] = _kv_value(v)
     return out
 
 
@@ -69,7 +85,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         progress=False if (a.json or a.no_progress) else None,
         model_kwargs={**_bits_kwargs(a), **_parse_kv(a.model_arg)},
         method=a.method,
-        method_args=_parse_kv(a.method_arg),
+        method_args=_parse_kv(a.method_arg, "--method-arg"),
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,

@@ -68,6 +68,11 @@ class Method:
     def deployable(self) -> bool:
         return self.deploy in DEPLOY_FORMS
 
+    @property
+    def deploy_text(self) -> str:
+        """How it runs on the engine (:data:`DEPLOY_FORMS`), or ``"not yet: <reason>"``."""
+        return DEPLOY_FORMS[self.deploy] if self.deployable else f"not yet: {self.deploy}"
+
 
 DEPLOY_FORMS = {
     "pure": "pure xnor-popcount + thresholds",
@@ -671,7 +676,7 @@ def describe() -> list[dict[str, Any]]:
             "source": m.source,
             "w_bits": m.bits[0],
             "a_bits": m.bits[1],
-            "deploy": DEPLOY_FORMS[m.deploy] if m.deployable else f"not yet: {m.deploy}",
+            "deploy": m.deploy_text,
             "survey": m.survey,
         }
         for m in (_METHODS.get(n) for n in _METHODS.names())

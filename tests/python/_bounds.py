@@ -62,6 +62,31 @@ def conv_bound(
     return gamma(k + extra) * F.conv2d(x64, w64, None, stride, padding, dilation)
 
 
+def derivative_bound(
+    f: Any, x: torch.Tensor, ops: int, oracle_terms: Any = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 derivative ``g = f'(x)`` of an elementwise ``f`` (autograd, the oracle) and a
+    bound on ``|float32 g(x) - g|`` for an implementation that computes ``g`` in ``ops``
+    float32 operations, each within 1 ulp = ``2u`` (IEEE ``+ - * /`` are within ``u``,
+    PyTorch's transcendental functions within 1 ulp):
+
+    ``gamma_ops(2u) (|g| + |x g'(x)|) + gamma_ops(u64) oracle_terms``
+
+    to first order in ``u``: the operations' relative errors move the result by at most their
+    size times ``|g|``, and the input's rounding (``b x`` in float32: ``x (1 + d)``) by
+    ``|x g'(x)| |d|`` (the condition number; it also covers a subtraction that cancels where
+    ``g`` crosses 0, whose rounded operands are as large as ``x g'``). The float64 oracle has
+    its own cancellation (``1 - tanh^2``, ``1 - sigmoid`` in the tails): ``oracle_terms``
+    (elementwise or a number) is the size of the largest terms it cancels, derived at the
+    call site."""
+    x64 = x.detach().double().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(x64).sum(), x64, create_graph=True)
+    (gp,) = torch.autograd.grad(g.sum(), x64)
+    g = g.detach()
+    b = gamma(ops, 2 * U32) * (g.abs() + (x64.detach() * gp).abs())
+    return g, b + gamma(ops, U64) * _f64(oracle_terms)
+
+
 def assert_within(
     got: Any,
     want: Any,

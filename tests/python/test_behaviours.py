@@ -13,7 +13,7 @@ import torch
 from test_data import make_hands
 
 from bitflow import cli
-from bitflow.data import DatasetError
+from bitflow.data import DatasetError, eval_arrays
 from bitflow.data import folders as bd
 from bitflow.models import create
 from bitflow.train import TrainConfig, model_from_checkpoint, train
@@ -175,15 +175,22 @@ def test_best_checkpoint_is_chosen_on_validation_never_on_test(
 ) -> None:
     """``evaluate`` is observed: the test split (16 samples; validation: 0.5% of the 60,000
     Fashion-MNIST training images = 300) is evaluated exactly once, after the last epoch, and
-    best.pt is the epoch of the first maximum of the validation accuracy in metrics.jsonl."""
+    best.pt is the epoch of the first maximum of the validation accuracy in metrics.jsonl.
+    The validation accuracies are scripted (0.40, 0.75, 0.60: the best epoch is the middle
+    one, neither the last nor the first) so that a trainer that kept the last epoch, or chose
+    on anything else, fails; the test accuracy is that of best.pt's weights."""
     import bitflow.train.trainer as T
 
     calls: list[int] = []
     orig = T.evaluate
+    scripted_val = [0.40, 0.75, 0.60]
 
     def spy(model, ds, device, batch_size=500):  # type: ignore[no-untyped-def]
         calls.append(len(ds))
-        return orig(model, ds, device, batch_size)
+        loss, acc = orig(model, ds, device, batch_size)
+        if len(ds) == 300:  # validation
+            acc = scripted_val[calls.count(300) - 1]
+        return loss, acc
 
     monkeypatch.setattr(T, "evaluate", spy)
     out = tmp_path / "run"
@@ -203,8 +210,17 @@ def test_best_checkpoint_is_chosen_on_validation_never_on_test(
     assert calls == [300, 300, 300, 16]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     vals = [row["val_accuracy"] for row in rows]
-    assert r["best_epoch"] == int(np.argmax(vals))
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == r["best_epoch"]
+    assert vals == scripted_val
+    assert r["best_epoch"] == int(np.argmax(vals)) == 1
+    best = torch.load(out / "best.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert best["epoch"] == 1 and last["epoch"] == 2
+    # the one test evaluation used best.pt's weights, not the last epoch's
+    model, _ = model_from_checkpoint(out / "best.pt")
+    x, y = eval_arrays("fashion-mnist", 16)
+    with torch.no_grad():
+        pred = model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    assert r["test_accuracy"] == float(np.mean(pred == y))
 
 
 # ----------------------------------------------------------------------------- verify inputs

@@ -107,3 +107,78 @@ def test_the_packing_check_finds_hand_packing() -> None:
         "c = x << 3\n"
     )
     assert bit_packers(src) == [2, 3]
+
+
+# ---------------------------------------------------------------- the CI gates, as declared
+def _pytest_with_project_config(tmp_path: Path, test_text: str, *extra: str) -> tuple[int, str]:
+    """Run pytest on one test file under the repository's own ``[tool.pytest.ini_options]``
+    (``-c pyproject.toml``), in a subprocess."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "test_gate.py"
+    f.write_text(test_text)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir"]
+        + [str(tmp_path), "-p", "no:cacheprovider", "-q", str(f), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_pytest_gates_act_as_declared(tmp_path: Path) -> None:
+    """issue 14 section 4: pytest with --strict-markers / --strict-config, xfail_strict and a
+    per-test timeout, checked by what pytest does under the project's configuration."""
+    head = "import time\nimport pytest\n"
+    rc, out = _pytest_with_project_config(
+        tmp_path, head + "@pytest.mark.slwo\ndef test_a() -> None:\n    pass\n"
+    )
+    assert rc != 0 and "'slwo' not found in `markers`" in out, out  # a misspelt marker
+    rc, out = _pytest_with_project_config(
+        tmp_path, head + "@pytest.mark.xfail(reason='x')\ndef test_a() -> None:\n    pass\n"
+    )
+    assert rc == 1 and "XPASS(strict)" in out, out  # an xfail that passes fails the run
+    rc, out = _pytest_with_project_config(
+        tmp_path, head + "def test_a() -> None:\n    time.sleep(30)\n", "-o", "timeout=1"
+    )
+    assert rc == 1 and "Timeout" in out, out  # the timeout key is read (pytest-timeout)
+    # --strict-config: an unknown key in the configuration is an error, not a warning
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        (REPO / "pyproject.toml").read_text().replace("xfail_strict", "xfail_strickt", 1)
+    )
+    f = tmp_path / "test_ok.py"
+    f.write_text("def test_a() -> None:\n    pass\n")
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(bad), "--rootdir", str(tmp_path)]
+        + ["-p", "no:cacheprovider", "-q", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode != 0 and "xfail_strickt" in r.stdout + r.stderr
+
+
+def test_ci_runs_the_lint_gates_before_the_tests() -> None:
+    """CI (.ci/run) -> scripts/test.sh -> scripts/lint.sh (ruff check, ruff format --check,
+    mypy, each a command that fails the script under ``set -e``) -> pytest; the pre-commit
+    config runs the same three tools."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in ci
+    test_sh = (REPO / "scripts" / "test.sh").read_text().splitlines()
+    run = [ln.strip() for ln in test_sh if ln.strip() and not ln.lstrip().startswith("#")]
+    assert "set -euo pipefail" in run
+    lint_at = run.index("bash scripts/lint.sh")
+    assert any("pytest" in ln for ln in run[lint_at + 1 :])
+    lint = (REPO / "scripts" / "lint.sh").read_text()
+    assert "set -euo pipefail" in lint
+    for cmd in ('/bin/ruff" check', '/bin/ruff" format --check', '/bin/mypy"'):
+        assert cmd in lint, cmd
+    pre = (REPO / ".pre-commit-config.yaml").read_text()
+    for entry in (".venv/bin/ruff check", ".venv/bin/ruff format --check", ".venv/bin/mypy"):
+        assert f"entry: {entry}" in pre, entry

@@ -120,8 +120,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
-def test_random_models_match_pytorch(case: dict) -> None:
+def case_model(case: dict, seed: int = 0) -> nn.Module:
+    """The random small BNN of a ``CASES`` entry (12x12x3 input, three convs, one hidden FC, 5
+    classes), not calibrated; ``seed`` is added to the case's own seed."""
     case = dict(case)
     w1, w2, w3 = case.pop("widths")
     plan = Plan(
@@ -131,8 +132,13 @@ def test_random_models_match_pytorch(case: dict) -> None:
         fcs=(FC(17),),
         image_size=12,
     )
-    torch.manual_seed(sum(map(ord, str(case))))
-    model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
+    torch.manual_seed(seed + sum(map(ord, str(case))))
+    return build(plan, binary=True, num_classes=5, in_channels=3, **case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_random_models_match_pytorch(case: dict) -> None:
+    model = case_model(case)
     x = images(24, 3, 12, seed=1)
     calibrate(model, torch.from_numpy(images(64, 3, 12, seed=2)), seed=3)
     r = check(model, x, binary_last=case["last_layer"] == "binary")
@@ -381,17 +387,7 @@ def test_pools_run_on_bits_when_directions_agree(
 def test_float_logit_bound_is_tight_enough_to_catch_a_small_error() -> None:
     """Observed |logit diff| ~2.4e-7, derived bound ~6e-6: a 5e-5 error in the last layer's bias
     (which the old magic 2e-4 accepted) exceeds it."""
-    case = dict(CASES[0])
-    w1, w2, w3 = case.pop("widths")
-    plan = Plan(
-        first=Conv(w1, 3, 1, 1),
-        first_pool=None,
-        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
-        fcs=(FC(17),),
-        image_size=12,
-    )
-    torch.manual_seed(sum(map(ord, str(case))))
-    model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
+    model = case_model(CASES[0])
     calibrate(model, torch.from_numpy(images(64, 3, 12, seed=2)), seed=3)
     x = images(24, 3, 12, seed=1)
     g = convert(model)

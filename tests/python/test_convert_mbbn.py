@@ -67,6 +67,17 @@ def _oracle_level(
     return 2 * q - len(boundaries)
 
 
+def _bn(bnp: bs.BNParams, c: int) -> dict[str, float]:
+    """Channel ``c`` of ``bnp`` as :func:`_oracle_level`'s BatchNorm arguments."""
+    return {
+        "mean": float(bnp.mean[c]),
+        "var": float(bnp.var[c]),
+        "eps": float(bnp.eps),
+        "gamma": float(bnp.gamma[c]),
+        "beta": float(bnp.beta[c]),
+    }
+
+
 def _ladder(m: int, t: float = 1.0, hrelu: bool = False) -> list[Fraction | None]:
     a = (1 << m) - 1
     half = 1 << (m - 1)
@@ -106,11 +117,7 @@ def test_level_int_thresholds_equal_exact_levels_on_every_reachable_integer(seed
                 alpha=float(alpha[c]),
                 bias=float(bias[c]),
                 relu=relu,
-                mean=float(bnp.mean[c]),
-                var=float(bnp.var[c]),
-                eps=bnp.eps,
-                gamma=float(bnp.gamma[c]),
-                beta=float(bnp.beta[c]),
+                **_bn(bnp, c),
                 boundaries=bounds,
             )
             for x in xs
@@ -147,16 +154,7 @@ def test_level_float_thresholds_equal_exact_levels_next_to_every_threshold() -> 
     for c in range(o):
         want = [
             _oracle_level(
-                float(y),
-                alpha=1.0,
-                bias=0.0,
-                relu=True,
-                mean=float(bnp.mean[c]),
-                var=float(bnp.var[c]),
-                eps=bnp.eps,
-                gamma=float(bnp.gamma[c]),
-                beta=float(bnp.beta[c]),
-                boundaries=bounds,
+                float(y), alpha=1.0, bias=0.0, relu=True, **_bn(bnp, c), boundaries=bounds
             )
             for y in pts
         ]
@@ -207,16 +205,7 @@ def test_float_plane_thresholds_count_the_exact_level(relu: bool) -> None:
     for c in range(o):
         want = [
             _oracle_level(
-                float(v),
-                alpha=1.0,
-                bias=0.0,
-                relu=relu,
-                mean=float(bnp.mean[c]),
-                var=float(bnp.var[c]),
-                eps=bnp.eps,
-                gamma=float(bnp.gamma[c]),
-                beta=float(bnp.beta[c]),
-                boundaries=bounds,
+                float(v), alpha=1.0, bias=0.0, relu=relu, **_bn(bnp, c), boundaries=bounds
             )
             for v in pts
         ]

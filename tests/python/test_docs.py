@@ -138,3 +138,20 @@ def test_architecture_doc_names_only_what_exists() -> None:
                 raise AssertionError(f"docs/architecture.md names {tok!r}, which does not import")
             checked += 1
     assert checked >= 30  # the document really names the tree (it names about 40 parts)
+
+
+def test_readme_command_line_shows_every_subcommand() -> None:
+    """Every ``bitflow`` subcommand (the CLI's own parser) has a line in the README's command
+    line block, and the export section names its one differing convention (NaN)."""
+    import argparse
+
+    from bitflow.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Command line\n+```bash\n(.*?)```", text, re.M | re.S)
+    assert m, "README.md has a '## Command line' section with a bash block"
+    shown = set(re.findall(r"(?:^|\s)bitflow (\w[\w-]*)", m.group(1), re.M))
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) - shown == set()
+    export = re.search(r"^### Export.*?(?=^#)", text, re.M | re.S)
+    assert export and "NaN" in export.group(0) and "bitflow[onnx]" in export.group(0)

@@ -10,28 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_convert import CASES, calibrate, images
+from test_convert import CASES, calibrate, case_model, images
 
 import bitflow.engine as E
 from bitflow.convert import convert
 from bitflow.engine.check import compare_with_reference
-from bitflow.models.zoo import FC, Conv, Plan, build
 
 KERNELS = E.available_kernels()
 
 
 def _model(case: dict, seed: int = 0):  # type: ignore[no-untyped-def]
-    case = dict(case)
-    w1, w2, w3 = case.pop("widths")
-    plan = Plan(
-        first=Conv(w1, 3, 1, 1),
-        first_pool=None,
-        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
-        fcs=(FC(17),),
-        image_size=12,
-    )
-    torch.manual_seed(seed + sum(map(ord, str(case))))
-    model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
+    model = case_model(case, seed)
     return calibrate(model, torch.from_numpy(images(64, 3, 12, seed=2)), seed=3)
 
 

@@ -13,27 +13,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_convert import CASES, calibrate, images
+from test_convert import CASES, calibrate, case_model, images
 
 from bitflow import models
 from bitflow.convert import convert, verify
-from bitflow.models.zoo import FC, Conv, Plan, build
 
 INT8_CASES = [c for c in CASES if c["first_layer"] == "int8"]
 
 
 def _case_model(case: dict) -> torch.nn.Module:
-    case = dict(case)
-    w1, w2, w3 = case.pop("widths")
-    plan = Plan(
-        first=Conv(w1, 3, 1, 1),
-        first_pool=None,
-        convs=(Conv(w2, 3, 1, 1, (2, 2)), Conv(w3, 3, 2, 1)),
-        fcs=(FC(17),),
-        image_size=12,
-    )
-    torch.manual_seed(100 + sum(map(ord, str(case))))
-    model = build(plan, binary=True, num_classes=5, in_channels=3, **case)
+    model = case_model(case, 100)
     return calibrate(model, torch.from_numpy(images(64, 3, 12, seed=31)), seed=32)
 
 

@@ -288,40 +288,36 @@ def test_random_int_stream_networks_are_integer_exact(
 
 
 # --------------------------------------------------------------------------- errors
+class _StreamNet(nn.Module):
+    """int8 stem -> fixed-point BN = the integer stream h; ``bn(bconv(h)) + h`` -> head."""
+
+    def __init__(self, bn: type[nn.Module]) -> None:
+        super().__init__()
+        self.stem = Int8Conv2d(1, 4, 3, padding=1, bias=False, integer_output=True)
+        self.bn0 = FixedPointBN(4)
+        self.conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_quantizer="xnor")
+        self.bn = bn(4)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn0(self.stem(x))
+        return self.head(self.bn(self.conv(h)) + h)
+
+
 def test_fixed_point_bn_needs_an_unscaled_integer_accumulator() -> None:
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = Int8Conv2d(1, 4, 3, padding=1, bias=False, integer_output=True)
-            self.bn0 = FixedPointBN(4)
-            self.conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_quantizer="xnor")
-            self.bn = FixedPointBN(4)
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.bn0(self.stem(x))
-            return self.head(self.bn(self.conv(h)) + h)
-
     with pytest.raises(UnsupportedLayerError, match="unscaled integer accumulator"):
-        convert(_calibrated(Net(), (4, 1, 8, 8), 0), example_input=torch.zeros(1, 1, 8, 8))
+        convert(
+            _calibrated(_StreamNet(FixedPointBN), (4, 1, 8, 8), 0),
+            example_input=torch.zeros(1, 1, 8, 8),
+        )
 
 
 def test_stream_plus_float_value_is_refused() -> None:
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = Int8Conv2d(1, 4, 3, padding=1, bias=False, integer_output=True)
-            self.bn0 = FixedPointBN(4)
-            self.conv = BinaryConv2d(4, 4, 3, padding=1, bias=False, weight_quantizer="xnor")
-            self.bn = nn.BatchNorm2d(4)
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            h = self.bn0(self.stem(x))
-            return self.head(self.bn(self.conv(h)) + h)
-
     with pytest.raises(UnsupportedLayerError, match="same grid"):
-        convert(_calibrated(Net(), (4, 1, 8, 8), 0), example_input=torch.zeros(1, 1, 8, 8))
+        convert(
+            _calibrated(_StreamNet(nn.BatchNorm2d), (4, 1, 8, 8), 0),
+            example_input=torch.zeros(1, 1, 8, 8),
+        )
 
 
 def test_bad_clamp_attributes_are_graph_errors() -> None:

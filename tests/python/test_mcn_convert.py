@@ -17,15 +17,16 @@ from bitflow.nn import BinaryConv2d
 from bitflow.nn.mcn import MCConv2d
 
 
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics/affines (so thresholds are nontrivial) and random M-Filters > 0."""
+def randomize_mcn(model: nn.Module, seed: int, beta_low: float = -1.0) -> nn.Module:
+    """Random BN statistics/affines (gamma of both signs, beta in ``[beta_low, beta_low + 2)``:
+    nontrivial thresholds) and random M-Filters > 0."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 2 + beta_low)
         if isinstance(m, MCConv2d):
             m.m_filter.data.uniform_(0.1, 2.0, generator=g)
     return model.eval()
@@ -40,7 +41,7 @@ CASES = [
 @pytest.mark.parametrize("name,kw", CASES)
 def test_mcn1_xnor_converts_exactly(name: str, kw: dict[str, object]) -> None:
     torch.manual_seed(0)
-    model = _randomize(create(name, **kw), 1)
+    model = randomize_mcn(create(name, **kw), 1)
     lowered = lower_mcn(model)
     n_mc = sum(
         1 for m in model.modules() if isinstance(m, MCConv2d) and m.input_quantizer is not None
@@ -90,7 +91,7 @@ def test_mcn_storage_matches_the_converted_file_and_the_32x_32k_ratios() -> None
     from bitflow.analysis.mcn_summary import mcn_storage
 
     # widths 16 and 20 maps: 64 and 80 input channels (1 and 2 words per tap)
-    model = _randomize(
+    model = randomize_mcn(
         create("mcn1_xnor_mnist", in_channels=1, image_size=28, widths=(4, 16, 20, 6)), 2
     )
     s = mcn_storage(model)

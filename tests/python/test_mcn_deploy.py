@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _bounds import assert_within, conv_bound, reference_and_bound
+from test_mcn_convert import randomize_mcn
 from torch import nn
 
 from bitflow import _native as N
@@ -25,17 +26,8 @@ from bitflow.nn.mcn import MCConv2d, UInt8Act
 
 
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random BN statistics/affines (gamma of both signs) and random M-Filters > 0."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 2 - 0.5)
-        if isinstance(m, MCConv2d):
-            m.m_filter.data.uniform_(0.1, 2.0, generator=g)
-    return model.eval()
+    """Random BN statistics/affines (gamma of both signs, beta in [-0.5, 1.5)), M-Filters > 0."""
+    return randomize_mcn(model, seed, beta_low=-0.5)
 
 
 # ----------------------------------------------------------------------------- the ops

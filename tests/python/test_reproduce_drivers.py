@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from bitflow import methods as M
 from bitflow.analysis import reproduce_mcn as RM
 from bitflow.analysis import reproduce_survey as RS
-from bitflow.convert import convert
+from bitflow.convert import UnsupportedLayerError, convert
 from bitflow.data import eval_arrays
 from bitflow.ir import load_graph, run
 from bitflow.train import model_from_checkpoint, save_checkpoint
@@ -73,17 +74,13 @@ def _file_accuracy(bfn: Path, data: str, limit: int) -> float:
     return float(np.mean(np.asarray(run(load_graph(bfn), x)).argmax(1) == y))
 
 
-def test_reproduce_survey_rows_are_the_runs_and_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tr = _Trainer()
-    monkeypatch.setattr(RS, "_train", tr)
-    names = ["bnn", "abc", "kd"]  # xnor-popcount, weighted binary branches, distilled from the twin
-    r = RS.reproduce_survey(
-        tmp_path,
+def _tiny_survey(out: Path, names: list[str], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """``reproduce_survey`` on the width-2 LeNet backbone: 1 epoch, 32 / 16 images, 2 timings."""
+    return RS.reproduce_survey(
+        out,
         methods_=names,
         backbone="bitflow_lenet",
-        seeds=(0, 1),
+        seeds=seeds,
         epochs=1,
         limit_train=32,
         limit_test=16,
@@ -91,6 +88,15 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         repeat=2,
         log=lambda m: None,
     )
+
+
+def test_reproduce_survey_rows_are_the_runs_and_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    names = ["bnn", "abc", "kd"]  # xnor-popcount, weighted binary branches, distilled from the twin
+    r = _tiny_survey(tmp_path, names, (0, 1))
     assert [x["method"] for x in r["rows"]] == ["full precision", *names]
     rows = {x["method"]: x for x in r["rows"]}
     # every training: the same recipe, the twin for the fp row, the backbone with the method
@@ -151,6 +157,37 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
     assert (tmp_path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reproduce_survey_row_of_a_method_without_an_engine_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # none of the 20 built-in methods lacks an engine form, but methods.register takes user
+    # methods: one registered for this test, BNN's quantizers with a deploy reason instead
+    future = replace(M.get_method("bnn"), name="future", title="A future method", deploy="op X")
+    assert not future.deployable
+    monkeypatch.setitem(M._METHODS._items, "future", future)
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    r = _tiny_survey(tmp_path, ["future"], (0,))
+    row = r["rows"][1]
+    # trained like every other row, not deployed: no file, no engine numbers, the reason shown
+    assert row["method"] == "future" and row["accuracies"] == [
+        tr.runs(tmp_path / "future")[0]["test_accuracy"]
+    ]
+    assert row["deploy"] == "not yet: op X"
+    assert row["engine_ms"] is row["speedup"] is row["bfn_bytes"] is None
+    assert "sign_mismatches" not in row and not (tmp_path / "future" / "model.bfn").exists()
+    (line,) = [ln for ln in r["text"].splitlines() if ln.startswith("| future |")]
+    assert line.split(" | ")[4:] == ["not yet: op X", "-", "-", "-", "- |"], line
+    assert (tmp_path / "accuracy_vs_latency.png").exists()
+    assert {x["method"]: x["deploy"] for x in M.describe()}["future"] == "not yet: op X"
+    # and its checkpoint is refused by the deploy path with the reason
+    model, _ = model_from_checkpoint(tr.runs(tmp_path / "future")[0]["checkpoint"])
+    with pytest.raises(
+        UnsupportedLayerError, match="'future' .*cannot run on the engine yet: op X"
+    ):
+        M.convert(model)
+
+
 def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Fashion-MNIST"):
         RS.reproduce_survey(tmp_path, data="folder:/nowhere")
@@ -162,28 +199,17 @@ def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
 
 
 def test_reproduce_mcn_tables_are_the_runs_and_the_models(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mcn_tiny: Any
 ) -> None:
     tr = _Trainer()
     monkeypatch.setattr(RM, "_train", tr)
-    r = RM.reproduce_mcn(
-        tmp_path,
-        epochs=1,
-        limit_train=32,
-        limit_test=16,
-        widths=[(2, 2, 2, 4)],
-        depth=8,
-        mnist_widths=(2, 2, 2, 2),
-        lenet={"width": 2, "fc": 8},
-        paper_counts=False,
-        log=lambda m: None,
-    )
+    r = RM.reproduce_mcn(tmp_path, **mcn_tiny.kwargs, limit_train=32, limit_test=16)
     by_out = {out.relative_to(tmp_path).as_posix(): (kw, res) for out, kw, res in tr.calls}
     assert len(by_out) == 4 + 7  # four Table II models at one width, seven Table III rows
     for kw, _ in by_out.values():
         assert (kw["epochs"], kw["limit_train"], kw["limit_test"], kw["seed"]) == (1, 32, 16, 0)
     (row,) = r["table2"]
-    assert row["widths"] == "2-2-2-4" and row["depth"] == 8 and row["paper"] is None
+    mcn_tiny.check_table2_row(row)  # counts of the checkpoints' models, binarized ones by hand
     for key, model in RM.TABLE2_MODELS:
         kw, res = by_out[f"t2/2-2-2-4/{key}"]
         x = row["models"][key]
@@ -191,13 +217,7 @@ def test_reproduce_mcn_tables_are_the_runs_and_the_models(
         assert kw["model_kwargs"] == {"widths": [2, 2, 2, 4], "depth": 8}
         assert x["test_accuracy"] == res["test_accuracy"]
         assert x["seconds_per_epoch"] == res["seconds_per_epoch"]
-        m, _ = model_from_checkpoint(res["checkpoint"])
-        assert x["params"] == sum(p.numel() for p in m.parameters()), key
-    # binarized parameters of mcn_wrn depth 8, widths 2-2-2-4, K = 4, one input channel (the
-    # derivation of test_reproduce_mcn.py): 36 * 42 + 4 * 12; float models have none
-    assert row["models"]["mcn"]["binary_params"] == 36 * 42 + 4 * 12
-    assert row["models"]["mcn1"]["binary_params"] == 36 * 42 + 4 * 12
-    assert row["models"]["wrn"]["binary_params"] == row["models"]["umcn"]["binary_params"] == 0
+        assert x["checkpoint"] == res["checkpoint"]
     t3 = r["table3"]
     keys = ["mcn1", "mcn", "mcn1_u8", "float", "binaryconnect", "bnn", "xnor"]
     assert [x["key"] for x in t3] == keys

@@ -28,8 +28,22 @@ def test_reproduce_mbbn_tiny(tmp_path: Path) -> None:
         # every converted MBBN model equals its PyTorch model (levels and predictions)
         assert row["prediction_mismatches"] == 0 and row["sign_mismatches"] == 0
         assert row["accuracy_torch"] == row["accuracy_integer"]
-    # compression_weights is 32/K by definition; test_weight_compression_is_what_the_file_stores
-    # checks that definition against the bytes of a converted file
+    # compression_weights is float32 bits over stored weight bits per weight: 32 / (the number
+    # of weight planes the converted checkpoint stores: the leading axis of a *_planes op's
+    # weights, 1 for bconv2d / bdense); test_weight_compression_is_what_the_file_stores checks
+    # the planes against the packed bytes of a converted file
+    from bitflow.convert import convert
+    from bitflow.train import model_from_checkpoint
+
+    for row, run in zip(rows[1:3], ("m2k2", "m1k1"), strict=True):
+        model, _ = model_from_checkpoint(tmp_path / run / "best.pt")
+        g = convert(model)
+        planes = {
+            g.tensors[op.params["w"]].shape[0] if op.type.endswith("_planes") else 1
+            for op in g.ops
+            if op.type in ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")
+        }
+        assert len(planes) == 1 and row["compression_weights"] == 32 / planes.pop(), row
     for row in rows[1:3]:
         assert row["compression_file"] == pytest.approx(
             row["float32_param_bytes"] / row["file_bytes"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,32 +25,12 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="Fashion-MNIST not installed"
 )
-def test_reproduce_mcn_tiny(tmp_path: Path) -> None:
-    r = reproduce_mcn(
-        tmp_path,
-        epochs=1,
-        limit_train=64,
-        limit_test=32,
-        widths=[(2, 2, 2, 4)],
-        depth=8,
-        mnist_widths=(2, 2, 2, 2),
-        lenet={"width": 2, "fc": 8},
-        paper_counts=False,
-        log=lambda m: None,
-    )
+def test_reproduce_mcn_tiny(tmp_path: Path, mcn_tiny: Any) -> None:
+    r = reproduce_mcn(tmp_path, **mcn_tiny.kwargs, limit_train=64, limit_test=32)
     (row,) = r["table2"]
-    assert row["widths"] == "2-2-2-4" and set(row["models"]) == {"wrn", "umcn", "mcn", "mcn1"}
-    for key, x in row["models"].items():
-        m, _ = model_from_checkpoint(x["checkpoint"])
-        assert x["params"] == sum(p.numel() for p in m.parameters()), key
+    mcn_tiny.check_table2_row(row)
+    for x in row["models"].values():
         assert 0.0 <= x["test_accuracy"] <= 1.0
-    # binarized parameters of mcn_wrn depth 8, widths 2-2-2-4, K = 4, one input channel:
-    # 36 * (2*1 + [2*2 + 2*2] + [2*2 + 2*2] + [4*2 + 4*4]) + 4 * (2*2 + 4*2 shortcuts) = 36 * 42 + 4 * 12
-    # (stage 1: 2 -> 2 maps, stride 1, no shortcut; stages 2-3 change stride / width: 1x1 shortcut)
-    assert row["models"]["mcn"]["binary_params"] == 36 * 42 + 4 * 12
-    assert row["models"]["mcn1"]["binary_params"] == row["models"]["mcn"]["binary_params"]
-    assert row["models"]["wrn"]["binary_params"] == row["models"]["umcn"]["binary_params"] == 0
-    assert row["paper"] is None  # no paper row at this width
     assert r["table2_paper_widths"] == []
     t3 = {x["key"]: x for x in r["table3"]}
     assert set(t3) == {"mcn1", "mcn", "mcn1_u8", "float", "binaryconnect", "bnn", "xnor"}

@@ -83,8 +83,14 @@ def _torch_nonneg(bn: nn.BatchNorm2d, xs: np.ndarray) -> np.ndarray:
     return (y[:, :, 0, 0] >= 0).numpy()
 
 
-def _construct(seed: int) -> TieNet:
-    """BN statistics whose exact thresholds sit on chosen points (see the module docstring)."""
+def _construct(seed: int, wide: bool = False) -> TieNet:
+    """BN statistics whose exact thresholds sit on chosen points (see the module docstring).
+
+    ``wide``: the float layer's thresholds near 0 (|t_c| in [0.005, 0.02]) behind large
+    ``|beta| s / gamma`` (|beta| in [2, 4]), so ``mu ~ beta s / gamma`` is large: PyTorch's
+    ``(x - mu) invstd gamma + beta`` cancels to ~0 with an absolute error of a few ``u |beta|``
+    (~5e-7) while the float32 spacing at ``t_c`` is ~1e-9: disagreements spread over hundreds
+    of ulps, far beyond the converter's first window of 8 (``convert/_ties.py``)."""
     torch.manual_seed(seed)
     net = TieNet().eval()
     rng = np.random.default_rng(seed)
@@ -95,6 +101,9 @@ def _construct(seed: int) -> TieNet:
             var = rng.uniform(0.5, 4.0, n)
             s = np.sqrt(var.astype(np.float32).astype(np.float64) + bn.eps)
             k = rng.integers(-20, 21, n) if centre == "int" else rng.uniform(-1.0, 1.0, n)
+            if wide and centre == "float":
+                beta = rng.uniform(2.0, 4.0, n) * rng.choice([-1.0, 1.0], n)
+                k = rng.uniform(0.005, 0.02, n) * rng.choice([-1.0, 1.0], n)
             # tau = mu - beta s / gamma = k  =>  mu = k + beta s / gamma (rounded to float32)
             mu = k + beta.astype(np.float32) * s / gamma.astype(np.float32)
             bn.weight.copy_(torch.from_numpy(gamma.astype(np.float32)))
@@ -104,26 +113,24 @@ def _construct(seed: int) -> TieNet:
     return net
 
 
-def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
+def _exact_column(bn: nn.BatchNorm2d, c: int, xs: list[Fraction]) -> np.ndarray:
+    """The exact rule of channel ``c`` (the float32 parameters, as rationals) at each of ``xs``."""
     gamma, beta, mu, var = _bn_f32(bn)
+    return np.array(
+        [
+            _exact_nonneg(float(gamma[c]), float(beta[c]), float(mu[c]), float(var[c]), bn.eps, x)
+            for x in xs
+        ]
+    )
+
+
+def _int_ties_oracle(bn: nn.BatchNorm2d) -> int:
     xs = np.arange(-K, K + 1, dtype=np.float32)
     got = _torch_nonneg(bn, np.repeat(xs[:, None], C2, 1))
     total = 0
     for c in range(C2):
         # the exact rule is monotone in x: find where it changes, compare everywhere
-        exact = np.array(
-            [
-                _exact_nonneg(
-                    float(gamma[c]),
-                    float(beta[c]),
-                    float(mu[c]),
-                    float(var[c]),
-                    bn.eps,
-                    Fraction(int(x)),
-                )
-                for x in xs
-            ]
-        )
+        exact = _exact_column(bn, c, [Fraction(int(x)) for x in xs])
         total += int((exact != got[:, c]).sum())
     return total
 
@@ -143,19 +150,7 @@ def _float_ties_oracle(bn: nn.BatchNorm2d, window: int = 128) -> int:
     got = _torch_nonneg(bn, ys)
     total = 0
     for c in range(C1):
-        exact = np.array(
-            [
-                _exact_nonneg(
-                    float(gamma[c]),
-                    float(beta[c]),
-                    float(mu[c]),
-                    float(var[c]),
-                    bn.eps,
-                    Fraction(float(y)),
-                )
-                for y in ys[:, c]
-            ]
-        )
+        exact = _exact_column(bn, c, [Fraction(float(y)) for y in ys[:, c]])
         bad = exact != got[:, c]
         assert not bad[0] and not bad[-1], "the window must contain every disagreement"
         total += int(bad.sum())
@@ -175,3 +170,16 @@ def test_ties_and_float_ties_equal_an_exact_count(seed: int) -> None:
     assert (r["ties"], r["float_ties"]) == (want_ties, want_float)
     # the construction is not vacuous (seed 0: 6 ties, 11 float ties; seed 1: 7 and 20)
     assert want_ties > 0 and want_float > 0
+
+
+def test_float_ties_far_from_the_threshold_are_all_counted() -> None:
+    """The converter's window around T must grow until it holds every disagreement: here they
+    reach hundreds of ulps from T (the oracle's 2,048-ulp window still has agreeing edges)."""
+    net = _construct(0, wide=True)
+    g = convert(net)
+    want = _float_ties_oracle(net.bn1, window=2048)
+    (op,) = [op for op in g.ops if op.type == "threshold_f32_bits"]
+    assert op.attrs["float_ties"] == want
+    # not vacuous: more disagreements than the first window (2 * 8 + 1 points around T per
+    # channel) could hold (seed 0: 2,367)
+    assert want > (2 * 8 + 1) * C1

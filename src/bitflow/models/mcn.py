@@ -39,6 +39,7 @@ the quantizer clamps at 0, and ``mcn_mnist`` pools before its BatchNorms; see do
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -208,6 +209,25 @@ def _kw(kw: dict[str, Any], planes: int) -> tuple[dict[str, Any], dict[str, Any]
     return ckw, train
 
 
+def _widths(widths: Sequence[int] | str) -> list[int]:
+    """``widths`` as 4 positive ints ``s0-s1-s2-s3``: a sequence, or the text ``"16-16-32-64"``
+    / ``"16,16,32,64"`` (the command line's ``--model-arg widths=16,16,32,64`` gives a list)."""
+    parts: Sequence[Any] = (
+        widths.replace(",", "-").split("-") if isinstance(widths, str) else list(widths)
+    )
+    try:
+        w = [int(v) for v in parts]
+        ok = len(w) == 4 and all(v > 0 and v == float(p) for v, p in zip(w, parts, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            "widths must be 4 positive integers s0-s1-s2-s3 (e.g. --model-arg widths=16,16,32,64 "
+            f"or widths=16-16-32-64), got {widths!r}"
+        )
+    return w
+
+
 def build_wrn(
     variant: str,
     *,
@@ -215,7 +235,7 @@ def build_wrn(
     in_channels: int = 3,
     image_size: int = 32,
     depth: int = 20,
-    widths: tuple[int, int, int, int] | list[int] = (16, 16, 32, 64),
+    widths: Sequence[int] | str = (16, 16, 32, 64),
     planes: int = 4,
     **kw: Any,
 ) -> MCNNet:
@@ -223,12 +243,10 @@ def build_wrn(
     or ``nn.Conv2d`` (``"float"``, the WRN twin); see the module docstring."""
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"depth must be 6n + 2 (8, 14, 20, 26, ...), got {depth}")
-    if len(widths) != 4:
-        raise ValueError(f"widths must be s0-s1-s2-s3 (4 numbers), got {widths}")
+    s0, *stages = _widths(widths)
     n = (depth - 2) // 6
     ckw, train_kw = _kw(dict(kw), planes)
     ch = 1 if variant == "float" else planes
-    s0, *stages = (int(w) for w in widths)
     mods: list[nn.Module] = [_conv(variant, in_channels, s0, 3, 1, first=True, **ckw)]
     cin = s0
     for i, w in enumerate(stages):
@@ -257,19 +275,17 @@ def build_mnist(
     num_classes: int = 10,
     in_channels: int = 1,
     image_size: int = 28,
-    widths: tuple[int, int, int, int] | list[int] = (8, 16, 32, 64),
+    widths: Sequence[int] | str = (8, 16, 32, 64),
     planes: int = 4,
     dropout: float = 0.5,
     **kw: Any,
 ) -> MCNNet:
     """Four MCconv layers and one FC (Sec. IV-D1); see the module docstring."""
-    if len(widths) != 4:
-        raise ValueError(f"widths must be 4 numbers, got {widths}")
+    w = _widths(widths)
     ckw, train_kw = _kw(dict(kw), planes)
     ch = 1 if variant == "float" else planes
     xnor = variant in ("mcn_xnor", "mcn1_xnor")
     u8 = ckw["act"] == "u8" and variant != "float" and not xnor
-    w = [int(v) for v in widths]
     mods: list[nn.Module] = [_conv(variant, in_channels, w[0], 3, 1, first=True, **ckw)]
     if not xnor:
         mods.append(nn.BatchNorm2d(w[0] * ch))
