@@ -196,3 +196,47 @@ def test_packed_sgemm_is_one_fma_per_k_in_order() -> None:
         tested += 1
     if tested == 0:
         pytest.skip("no packed float GEMM on this CPU")
+
+
+# The gathered (implicit-GEMM) fixed-point convolution (ops.h PreparedU8Conv; the AVX-512 VNNI
+# set's igemm_u8i8_gather_6x48): taken when padding every kernel row's kw * C bytes to whole
+# groups of 4 costs at most a quarter more products, 4 * kh * ceil(kw * C / 4) * 4 <= 5 * K.
+# Shapes around its edges: C = 1..8 (runs ending inside a group: the group's extra bytes read
+# the next pixel or the image's end), strides 1-4, paddings 0-3 (the zero border), output rows
+# around the 6- and 4-row tiles, O around the 16-channel blocks and the 48 / 64-channel column
+# tiles, batch 2 (rows crossing images), 1-3 threads.
+GATHER_CONVS = [  # n, h, w, c, o, (kh, kw), stride, padding
+    (1, 23, 23, 3, 96, (11, 11), 4, 2),  # AlexNet conv1 geometry
+    (2, 16, 17, 3, 64, (7, 7), 2, 3),  # ResNet stem geometry
+    (2, 9, 8, 3, 65, (7, 7), 2, 3),
+    (1, 12, 13, 1, 49, (4, 4), 1, 2),
+    (2, 7, 9, 4, 17, (2, 3), 2, 1),
+    (1, 6, 11, 5, 97, (3, 4), 1, 0),
+    (2, 5, 5, 8, 1, (3, 3), 1, 1),
+    (1, 9, 10, 2, 48, (5, 5), 3, 1),
+    (1, 4, 29, 16, 130, (1, 1), 1, 0),
+    (2, 13, 3, 6, 16, (2, 2), 1, 0),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_CONVS)
+def test_conv2d_u8i8_gather_equals_ref(fast_kernels: str, case: tuple) -> None:
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    assert 4 * kh * (-(-kw * c // 4)) * 4 <= 5 * kh * kw * c  # the gathered form is taken
+    rng = np.random.default_rng(h * 100 + c * 10 + o)
+    x = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    wt = rng.integers(-128, 128, size=(o, kh, kw, c), dtype=np.int8)
+    x[0, 0, :, :] = 255
+    x[-1, -1, :, :] = 255  # the last bytes of the image, next to the over-read slack
+    wt[0] = -128
+    wt[-1] = 127
+    expect = np.rint(
+        _conv_f64(x.astype(np.float64), wt.astype(np.float64), (stride, stride), (padding, padding))
+    ).astype(np.int64)
+    ref = _native.conv2d_u8i8(x, wt, stride, padding, kernels="ref")
+    np.testing.assert_array_equal(ref, expect)
+    for threads in (1, 2, 3):
+        got = _native.conv2d_u8i8(x, wt, stride, padding, kernels=fast_kernels, threads=threads)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{fast_kernels} threads={threads}")
+    layer = _native.Int8ConvLayer(wt, (stride, stride), (padding, padding), kernels=fast_kernels)
+    np.testing.assert_array_equal(layer(x, 2), ref)

@@ -148,6 +148,7 @@ KernelSet compose_kernel_set(const CpuFeatures& f) {
   k.igemm_name = i->igemm_name; k.igemm_u8i8 = i->igemm_u8i8;
   k.igemm_packed_name = i->igemm_packed_name; k.igemm_packed = i->igemm_packed;
   k.igemm_packed16_name = i->igemm_packed16_name; k.igemm_packed16 = i->igemm_packed16;
+  k.igemm_gather_name = i->igemm_gather_name; k.igemm_gather = i->igemm_gather;
   const KernelSet* p = best(KernelOp::kBitpackF32);
   k.bitpack_name = p->bitpack_name; k.bitpack_f32 = p->bitpack_f32;
   const KernelSet* t = best(KernelOp::kThresholdBits);

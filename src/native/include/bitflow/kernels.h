@@ -67,6 +67,16 @@ using IgemmPackedFn = void (*)(const std::uint8_t* A, std::int64_t lda, const st
                                std::int64_t M, std::int64_t N, std::int64_t K4, std::int32_t* C,
                                std::int64_t ldc);
 
+/// Exact uint8 x int8 GEMM against pre-packed weights (the IgemmPackedFn layout, K4 groups of
+/// 4 bytes) whose A rows are gathered in place: row m is the base pointer A[m] and its group q
+/// is the 4 bytes at A[m] + koff[q] (the implicit-GEMM form of a convolution: a group is 4
+/// bytes of one kernel row's contiguous run of input bytes, no im2col matrix). For n in [0, N)
+/// (Bp points at column 0's block):
+///   C[m * ldc + n] = sum_q sum_{b<4} int32(A[m][koff[q] + b]) * int32(B[n][4 q + b]).
+using IgemmGatherFn = void (*)(const std::uint8_t* const* A, const std::int64_t* koff,
+                               const std::int8_t* Bp, std::int64_t M, std::int64_t N,
+                               std::int64_t K4, std::int32_t* C, std::int64_t ldc);
+
 /// Exact uint8 x int8 GEMM with both operands widened to int16 (vpmaddwd "outer-product" form,
 /// for ISAs without a u8 x s8 -> int32 dot-product instruction). Bp holds N weight rows of K
 /// int8 values as int16, in blocks of kPackedI16NR = 16 rows, 2 values of K at a time:
@@ -148,6 +158,10 @@ struct KernelSet {
   // layers use igemm_packed if set, else this, else igemm_u8i8.
   const char* igemm_packed16_name;
   IgemmPacked16Fn igemm_packed16;
+  // Gathered-row (implicit-GEMM) form of igemm_packed for the fixed-point convolutions
+  // (nullptr: they build im2col rows for igemm_packed / igemm_packed16 / igemm_u8i8).
+  const char* igemm_gather_name;
+  IgemmGatherFn igemm_gather;
   // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
   // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
   // the conjunction over every op.

@@ -170,12 +170,18 @@ std::vector<std::int8_t> unpack_pm1_weights(const std::uint64_t* w, std::int64_t
 void conv2d_u8b1(const KernelSet& ks, int threads, const std::uint8_t* x, const std::uint64_t* w,
                  const ConvGeom& g, std::int32_t* out);
 
-/// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
-/// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else for
-/// ks.igemm_packed16 (int16 pairs, K padded to K2 * 2), else kept as rows.
+/// The weights of a fixed-point convolution prepared once: for ks.igemm_gather when the set
+/// has one and the padding it needs costs at most a quarter more products (each kernel row's
+/// kw * C weights padded with zeros to Q = ceil(kw * C / 4) groups of 4 bytes, so that a group
+/// never straddles two kernel rows and the convolution reads its rows in place: no im2col),
+/// else packed for ks.igemm_packed when the set has one (K padded to K4 * 4 bytes with zeros,
+/// which add nothing), else for ks.igemm_packed16 (int16 pairs, K padded to K2 * 2), else
+/// kept as rows.
 struct PreparedU8Conv {
   std::int64_t o = 0, kh = 0, kw = 0, c = 0, K = 0, K4 = 0, K2 = 0;
+  std::int64_t Q = 0;                  // groups of 4 bytes per kernel row (gather form)
   std::vector<std::int8_t> rows;       // [O, K] (original layout)
+  std::vector<std::int8_t> gather;     // [ceil(O / 16), kh * Q, 16, 4] or empty
   std::vector<std::int8_t> packed;     // [ceil(O / 16), K4, 16, 4] or empty
   std::vector<std::int16_t> packed16;  // [ceil(O / 16), K2, 16, 2] or empty
 };

@@ -41,5 +41,7 @@ const KernelSet kNeonKernels = {"neon",
                                 "threshold_bits__neon",
                                 nullptr,
                                 nullptr,
+                                nullptr,  // igemm_gather
+                                nullptr,
                                 &neon_op_supported};
 }  // namespace bitflow

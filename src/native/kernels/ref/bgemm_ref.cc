@@ -140,5 +140,7 @@ const KernelSet kRefKernels = {"ref",
                                "threshold_bits__ref",
                                nullptr,
                                nullptr,
+                               nullptr,  // igemm_gather
+                               nullptr,
                                &ref_op_supported};
 }  // namespace bitflow

@@ -118,5 +118,7 @@ const KernelSet kScalarKernels = {"scalar",
                                   "threshold_bits__ref",
                                   nullptr,
                                   nullptr,
+                                  nullptr,  // igemm_gather
+                                  nullptr,
                                   &scalar::op_supported};
 }  // namespace bitflow

@@ -47,6 +47,8 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 "threshold_bits__avx2",
                                 "igemm_u8i8_6x16__avx2",
                                 &avx2::igemm_u8i8_6x16__avx2,
+                                nullptr,
+                                nullptr,
                                 &avx2_op_supported};
 
 const KernelSet kAvx512Kernels = {"avx512",
@@ -70,5 +72,7 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   "threshold_bits__avx512",
                                   nullptr,
                                   nullptr,
+                                  "igemm_u8i8_gather_6x48__avx512vnni",
+                                  &avx512::igemm_u8i8_gather_6x48__avx512vnni,
                                   &avx512_op_supported};
 }  // namespace bitflow
