@@ -426,7 +426,7 @@ class Engine:
         try:
             if spec.preprocess != "uint8":
                 return N.nhwc_f32(x, self.threads)
-            return N.quantize_u8_nhwc(x, self.threads)
+            return N.quantize_u8_nhwc(x, self.threads, self.kernels)
         except ValueError:
             raise ValueError("input contains NaN or infinity") from None
 

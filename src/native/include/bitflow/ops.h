@@ -107,8 +107,10 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
 /// out uint8 [n, h, w, c] = clip(rint(fl32(x * 255)), 0, 255), rint rounding half to even
 /// (the same float32 operations as the reference executor's numpy preprocessing). Rows are
 /// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
+/// wide: a 3-channel image may take the AVX-512 rows (when built and the CPU has AVX-512 BW
+/// and VL; the same bytes).
 bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
-                      std::int64_t w, std::uint8_t* out, int threads);
+                      std::int64_t w, std::uint8_t* out, int threads, bool wide = false);
 /// A float first layer's input: x float32 [n, c, h, w] -> out float32 [n, h, w, c], the same
 /// values (a layout copy); rows over threads. Returns false if some x is NaN or infinite.
 bool nhwc_f32(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
