@@ -54,7 +54,8 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
   set(BF_AVX512_VPOPCNT_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
-    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_gather_4x32__avx512vpopcnt.cc)
   set(BF_AVX512_VNNI_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
     ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc

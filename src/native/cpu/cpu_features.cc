@@ -141,6 +141,7 @@ KernelSet compose_kernel_set(const CpuFeatures& f) {
   const KernelSet* b = best(KernelOp::kBgemm);
   k.bgemm_name = b->bgemm_name; k.bgemm = b->bgemm; k.peak_probe = b->peak_probe;
   k.bgemm_packed_name = b->bgemm_packed_name; k.bgemm_packed = b->bgemm_packed;
+  k.bgemm_gather_name = b->bgemm_gather_name; k.bgemm_gather = b->bgemm_gather;
   const KernelSet* s = best(KernelOp::kSgemm);
   k.sgemm_name = s->sgemm_name; k.sgemm = s->sgemm;
   k.sgemm_packed_name = s->sgemm_packed_name; k.sgemm_packed = s->sgemm_packed;

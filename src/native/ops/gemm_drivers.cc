@@ -390,6 +390,58 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         gemm(x + m0 * Kr, 0, m0, std::min(bl.mb, M - m0), n0, std::min(bl.nb, g.o - n0));
       });
       run_epilogue(epilogue, M, threads);
+    } else if (!dense && ks.bgemm_gather != nullptr) {
+      // Whole-word taps: the rows are read in place from a copy of the input with a border of
+      // zero words (padded taps are +1 bits, exactly the zero words of im2col, so the padding
+      // correction is unchanged); word k = (tap i, j; word q) of row m = (n, oh, ow) is at
+      // (i * Wp + j) * Cw + q from the row's window origin. Row blocks over threads (every
+      // output channel per task), the correction and the epilogue on each finished block.
+      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+      thread_local std::vector<std::uint64_t> padded;  // the caller's; helpers only read it
+      const std::size_t words = static_cast<std::size_t>(g.n * hp * wp * cw);
+      if (padded.size() < words) padded.resize(words);
+      std::uint64_t* const xp = padded.data();
+      for (std::int64_t n = 0; n < g.n; ++n)
+        for (std::int64_t r = 0; r < hp; ++r) {
+          std::uint64_t* row = xp + (n * hp + r) * wp * cw;
+          const std::int64_t ih = r - g.ph;
+          if (ih < 0 || ih >= g.h) {
+            std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(wp * cw));
+            continue;
+          }
+          std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
+          std::memcpy(row + g.pw * cw, x + (n * g.h + ih) * g.w * cw,
+                      sizeof(std::uint64_t) * static_cast<std::size_t>(g.w * cw));
+          std::memset(row + (g.pw + g.w) * cw, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
+        }
+      std::vector<std::int64_t> koff(static_cast<std::size_t>(Kr));
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        for (std::int64_t j = 0; j < g.kw; ++j)
+          for (std::int64_t q = 0; q < cw; ++q) koff[(i * g.kw + j) * cw + q] = (i * wp + j) * cw + q;
+      std::int64_t mb = 96;
+      if (threads > 1)
+        mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t n_mb = (M + mb - 1) / mb;
+      const std::int64_t* ko = koff.data();
+      parallel_for(n_mb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
+        thread_local std::vector<const std::uint64_t*> rows;
+        rows.resize(static_cast<std::size_t>(mc));
+        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+        for (std::int64_t m = 0; m < mc; ++m) {
+          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * cw;
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == ho) {
+              oh = 0;
+              ++n;
+            }
+          }
+        }
+        ks.bgemm_gather(rows.data(), ko, bp, mc, g.o, Kr, k_bits, out + m0 * g.o, g.o);
+        correct(m0, mc, 0, g.o);
+        if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+      });
     } else {
       conv_driver<std::uint64_t>(
           M, g.o, Kr, 1, threads,

@@ -56,6 +56,15 @@ using BgemmPackedFn = void (*)(const std::uint64_t* A, std::int64_t lda, const s
                                std::int64_t M, std::int64_t N, std::int64_t Kw,
                                std::int32_t k_bits, std::int32_t* C, std::int64_t ldc);
 
+/// BgemmPackedFn with A rows gathered in place (the implicit-GEMM form of a binary convolution
+/// whose taps are whole words): row m is the base pointer A[m] and its word k is
+/// A[m][koff[k]]. For n in [0, N) (Bp points at column 0's block):
+///   C[m * ldc + n] = k_bits - 2 * sum_k popcount(A[m][koff[k]] ^ B[n][k]).
+using BgemmGatherFn = void (*)(const std::uint64_t* const* A, const std::int64_t* koff,
+                               const std::uint64_t* Bp, std::int64_t M, std::int64_t N,
+                               std::int64_t Kw, std::int32_t k_bits, std::int32_t* C,
+                               std::int64_t ldc);
+
 /// Exact uint8 x int8 GEMM against pre-packed weights (vpdpbusd "outer-product" form).
 /// Bp holds N weight rows of K bytes in blocks of kPackedI8NR = 16 rows, 4 bytes of K at a
 /// time:  Bp[((nb * K4 + q) * 16 + r) * 4 + b] = B[nb * 16 + r][4 q + b]  (zero for rows >= N
@@ -162,6 +171,10 @@ struct KernelSet {
   // (nullptr: they build im2col rows for igemm_packed / igemm_packed16 / igemm_u8i8).
   const char* igemm_gather_name;
   IgemmGatherFn igemm_gather;
+  // Gathered-row form of bgemm_packed for binary convolutions with whole-word taps (nullptr:
+  // they build im2col rows for bgemm_packed).
+  const char* bgemm_gather_name;
+  BgemmGatherFn bgemm_gather;
   // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
   // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
   // the conjunction over every op.

@@ -43,5 +43,7 @@ const KernelSet kNeonKernels = {"neon",
                                 nullptr,
                                 nullptr,  // igemm_gather
                                 nullptr,
+                                nullptr,  // bgemm_gather
+                                nullptr,
                                 &neon_op_supported};
 }  // namespace bitflow

@@ -142,5 +142,7 @@ const KernelSet kRefKernels = {"ref",
                                nullptr,
                                nullptr,  // igemm_gather
                                nullptr,
+                               nullptr,  // bgemm_gather
+                               nullptr,
                                &ref_op_supported};
 }  // namespace bitflow

@@ -120,5 +120,7 @@ const KernelSet kScalarKernels = {"scalar",
                                   nullptr,
                                   nullptr,  // igemm_gather
                                   nullptr,
+                                  nullptr,  // bgemm_gather
+                                  nullptr,
                                   &scalar::op_supported};
 }  // namespace bitflow

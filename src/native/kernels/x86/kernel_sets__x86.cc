@@ -49,6 +49,8 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 &avx2::igemm_u8i8_6x16__avx2,
                                 nullptr,
                                 nullptr,
+                                nullptr,
+                                nullptr,
                                 &avx2_op_supported};
 
 const KernelSet kAvx512Kernels = {"avx512",
@@ -74,5 +76,7 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   nullptr,
                                   "igemm_u8i8_gather_6x48__avx512vnni",
                                   &avx512::igemm_u8i8_gather_6x48__avx512vnni,
+                                  "bgemm_gather_4x32__avx512vpopcnt",
+                                  &avx512::bgemm_gather_4x32__avx512vpopcnt,
                                   &avx512_op_supported};
 }  // namespace bitflow

@@ -32,6 +32,10 @@ void threshold_bits__avx512(const std::int32_t* acc, std::int64_t rows, std::int
 void igemm_u8i8_gather_6x48__avx512vnni(const std::uint8_t* const* A, const std::int64_t* koff,
                                         const std::int8_t* Bp, std::int64_t M, std::int64_t N,
                                         std::int64_t K4, std::int32_t* C, std::int64_t ldc);
+void bgemm_gather_4x32__avx512vpopcnt(const std::uint64_t* const* A, const std::int64_t* koff,
+                                      const std::uint64_t* Bp, std::int64_t M, std::int64_t N,
+                                      std::int64_t Kw, std::int32_t k_bits, std::int32_t* C,
+                                      std::int64_t ldc);
 }  // namespace avx512
 
 namespace avx2 {
