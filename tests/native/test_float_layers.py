@@ -240,3 +240,35 @@ def test_conv2d_u8i8_gather_equals_ref(fast_kernels: str, case: tuple) -> None:
         np.testing.assert_array_equal(got, ref, err_msg=f"{fast_kernels} threads={threads}")
     layer = _native.Int8ConvLayer(wt, (stride, stride), (padding, padding), kernels=fast_kernels)
     np.testing.assert_array_equal(layer(x, 2), ref)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 9, 8, 3, 64, (7, 7), 2, 3),  # a stem
+        (2, 7, 7, 64, 33, (1, 1), 1, 0),  # a 1x1 shortcut (rows read in place)
+        (1, 5, 6, 17, 130, (3, 3), 1, 1),
+        (1, 4, 4, 5, 1, (2, 3), (1, 2), (0, 1)),
+    ],
+)
+def test_prepared_float_conv_equals_conv2d_f32(kernels: str, case: tuple) -> None:
+    """The engine's prepared float convolution (weights packed once) and its float-stream form
+    equal conv2d_f32 / FloatStream.after_conv2d bit for bit, with and without bias."""
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    st2 = stride if isinstance(stride, tuple) else (stride, stride)
+    pd2 = padding if isinstance(padding, tuple) else (padding, padding)
+    rng = np.random.default_rng(h * 7 + o)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, kh, kw, c)).astype(np.float32)
+    for bias in (rng.standard_normal(o).astype(np.float32), None):
+        want = _native.conv2d_f32(x, wt, bias, st2, pd2, kernels=kernels, threads=1)
+        layer = _native._Conv2dF32Layer(wt, bias, st2, pd2, kernels=kernels)
+        for threads in (1, 3):
+            assert layer(x, threads).tobytes() == want.tobytes()
+        stage = (
+            rng.standard_normal(o).astype(np.float32),
+            rng.standard_normal(o).astype(np.float32),
+        )
+        fs = _native.FloatStream(o, [False], [[stage]], kernels=kernels)
+        ref = fs.after_conv2d(x, wt, bias, st2, pd2, kernels, 2)
+        assert fs.after_conv2d_layer(layer, x, 2).tobytes() == ref.tobytes()

@@ -501,8 +501,41 @@ void sgemm_threaded(const KernelSet& ks, int threads, const float* a, const floa
 }
 }  // namespace
 
+namespace {
+/// conv2d_f32 with the weights packed for ks.sgemm_packed already (packed_w) or not (nullptr:
+/// packed here when the set has the kernel).
+void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const float* w,
+                     const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue,
+                     const float* packed_w);
+}  // namespace
+
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                 const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue) {
+  conv2d_f32_impl(ks, threads, x, w, bias, g, out, epilogue, nullptr);
+}
+
+PreparedConvF32 prepare_conv_f32(const KernelSet& ks, const float* w, const float* bias,
+                                 const ConvGeom& filt) {
+  PreparedConvF32 p;
+  p.filt = filt;
+  const std::int64_t K = filt.kh * filt.kw * filt.c;
+  p.w.assign(w, w + filt.o * K);
+  if (bias != nullptr) p.bias.assign(bias, bias + filt.o);
+  if (ks.sgemm_packed != nullptr && K > 0 && filt.o > 0) p.packed = pack_sgemm_weights(w, filt.o, K);
+  return p;
+}
+
+void conv2d_f32_prepared(const KernelSet& ks, int threads, const float* x,
+                         const PreparedConvF32& prep, const ConvGeom& g, float* out,
+                         const RowsEpilogue* epilogue) {
+  conv2d_f32_impl(ks, threads, x, prep.w.data(), prep.bias.empty() ? nullptr : prep.bias.data(), g,
+                  out, epilogue, prep.packed.empty() ? nullptr : prep.packed.data());
+}
+
+namespace {
+void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const float* w,
+                     const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue,
+                     const float* packed_w) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   const std::int64_t K = g.kh * g.kw * g.c;
   if (M == 0 || g.o == 0) return;
@@ -518,14 +551,16 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
     // Packed weights (k-major blocks of kPackedF32NR channels; every task's n0 is a multiple
     // of kNB = 32, hence of 16). Packing is O(O K), small next to the O(M O K) product.
     static_assert(kNB % kPackedF32NR == 0, "column blocks must start at packed-block boundaries");
-    const std::vector<float> bp = pack_sgemm_weights(w, g.o, K);
+    std::vector<float> packed_here;
+    if (packed_w == nullptr) packed_here = pack_sgemm_weights(w, g.o, K);
+    const float* const bpw = packed_w != nullptr ? packed_w : packed_here.data();
     if (is_pointwise(g)) {
       // a 1x1 convolution reads its NHWC rows in place (no im2col); row blocks over threads,
       // every output channel per task (the packed kernel's outer-product tiles)
       const Blocking bl = make_blocking(M, g.o, K * 4, threads);
       parallel_for(bl.n_mb, threads, [&](std::int64_t t) {
         const std::int64_t m0 = t * bl.mb, mc = std::min(bl.mb, M - m0);
-        ks.sgemm_packed(x + m0 * K, K, bp.data(), mc, g.o, K, bias, out + m0 * g.o, g.o);
+        ks.sgemm_packed(x + m0 * K, K, bpw, mc, g.o, K, bias, out + m0 * g.o, g.o);
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
       });
       return;
@@ -534,7 +569,7 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
         M, g.o, K, 1, threads,
         [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
         [&](const float* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
-          ks.sgemm_packed(a, K, bp.data() + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
+          ks.sgemm_packed(a, K, bpw + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
                           bias != nullptr ? bias + n0 : nullptr, out + m0 * g.o + n0, g.o);
         },
         epilogue);
@@ -554,6 +589,8 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
       },
       epilogue);
 }
+
+}  // namespace
 
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out) {

@@ -162,6 +162,20 @@ void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1)
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                 const float* bias, const ConvGeom& g, float* out,
                 const RowsEpilogue* epilogue = nullptr);
+/// The weights of a float convolution laid out once (the engine's prepared float layers):
+/// w [O, kh, kw, C] kept as rows and, when the set has a packed float GEMM, packed for it
+/// (what conv2d_f32 otherwise does on every call). filt gives o, kh, kw, c, stride, padding.
+struct PreparedConvF32 {
+  ConvGeom filt;
+  std::vector<float> w, bias, packed;  // bias empty: none
+};
+PreparedConvF32 prepare_conv_f32(const KernelSet& ks, const float* w, const float* bias,
+                                 const ConvGeom& filt);
+/// conv2d_f32 with prepared weights (the same values, bit for bit: the same kernels on the
+/// same packed layout); g: the call's geometry (filter fields as prep.filt).
+void conv2d_f32_prepared(const KernelSet& ks, int threads, const float* x,
+                         const PreparedConvF32& prep, const ConvGeom& g, float* out,
+                         const RowsEpilogue* epilogue = nullptr);
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
