@@ -59,6 +59,8 @@ bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64
     });
     return finite.load();
   }
+#else
+  (void)wide;  // no AVX-512 rows in this build
 #endif
   parallel_rows(n * h, 0.3 * static_cast<double>(w * c), threads, [&](std::int64_t r0, std::int64_t r1) {
     // Per input row: each channel's run is quantized into a small buffer (a vectorized
