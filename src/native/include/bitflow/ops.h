@@ -97,7 +97,10 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
 /// layers). Every row is passed exactly once; calls may run concurrently on disjoint rows.
 using RowsEpilogue = std::function<void(std::int64_t m0, std::int64_t m1)>;
 
-/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue.
+/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue. With one
+/// activation plane, whole-word taps (not bit-dense), a spatial kernel and a set with
+/// bgemm_gather, the rows are not built: the kernel reads them in place from a copy of the
+/// input with a border of zero words (the +1 taps the padding correction removes).
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
                       std::int32_t* out, const RowsEpilogue* epilogue = nullptr);
