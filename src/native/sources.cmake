@@ -51,7 +51,8 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx512/threshold_bits__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/float_stream__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/input_prep__avx512.cc
-    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_gather_4x48__avx512fma.cc)
   set(BF_AVX512_VPOPCNT_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc

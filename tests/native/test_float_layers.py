@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -272,3 +273,49 @@ def test_prepared_float_conv_equals_conv2d_f32(kernels: str, case: tuple) -> Non
         fs = _native.FloatStream(o, [False], [[stage]], kernels=kernels)
         ref = fs.after_conv2d(x, wt, bias, st2, pd2, kernels, 2)
         assert fs.after_conv2d_layer(layer, x, 2).tobytes() == ref.tobytes()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 5, 6, 3, 17, (3, 3), 2, 1),  # stem-like: 3 channels, stride 2, zero border
+        (2, 4, 3, 2, 64, (2, 3), 1, (1, 2)),  # batch 2, a 4 x 64 column tile, rows crossing images
+        (1, 3, 7, 1, 5, (3, 1), (1, 2), 0),
+    ],
+)
+def test_spatial_float_conv_packed_kernels_sum_in_order(case: tuple) -> None:
+    """Every packed float GEMM, through im2col rows (AVX2) or rows gathered in place from a
+    zero-bordered copy (AVX-512 sgemm_gather_4x48), sums each output in order k = 0..K-1 over
+    the (i, j, c) taps with one rounding per fused multiply-add, then adds the bias: equal bit
+    for bit to that sequence computed exactly (rational arithmetic, one rounding per step)."""
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    rng = np.random.default_rng(h * 31 + o)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, kh, kw, c)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)
+    xp[:, ph : ph + h, pw : pw + w] = x
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    want = np.zeros((n, ho, wo, o), np.float32)
+    wrows = wt.reshape(o, -1)
+    for b, oh, ow in itertools.product(range(n), range(ho), range(wo)):
+        row = xp[b, oh * sh : oh * sh + kh, ow * sw : ow * sw + kw].reshape(-1)
+        for q in range(o):
+            s = np.float32(0.0)
+            for k in range(row.size):
+                s = _round_f32(
+                    Fraction(float(row[k])) * Fraction(float(wrows[q, k])) + Fraction(float(s))
+                )
+            want[b, oh, ow, q] = np.float32(s + bias[q])
+    tested = 0
+    for ks in _native.available_kernels():
+        if _native.kernel_info(ks)["sgemm_packed"] is None:
+            continue
+        for threads in (1, 2):
+            got = _native.conv2d_f32(x, wt, bias, (sh, sw), (ph, pw), kernels=ks, threads=threads)
+            assert got.tobytes() == want.tobytes(), (ks, threads)
+        tested += 1
+    if tested == 0:
+        pytest.skip("no packed float GEMM on this CPU")

@@ -145,6 +145,7 @@ KernelSet compose_kernel_set(const CpuFeatures& f) {
   const KernelSet* s = best(KernelOp::kSgemm);
   k.sgemm_name = s->sgemm_name; k.sgemm = s->sgemm;
   k.sgemm_packed_name = s->sgemm_packed_name; k.sgemm_packed = s->sgemm_packed;
+  k.sgemm_gather_name = s->sgemm_gather_name; k.sgemm_gather = s->sgemm_gather;
   const KernelSet* i = best(KernelOp::kIgemm);
   k.igemm_name = i->igemm_name; k.igemm_u8i8 = i->igemm_u8i8;
   k.igemm_packed_name = i->igemm_packed_name; k.igemm_packed = i->igemm_packed;

@@ -565,6 +565,57 @@ void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const flo
       });
       return;
     }
+    if (ks.sgemm_gather != nullptr) {
+      // Rows read in place from a zero-bordered copy of the input (the zeros im2col would
+      // write; the same operands in the same order, so the same values); element
+      // k = (i, j, c) of row m = (n, oh, ow) is at (i * Wp + j) * C + c from the row's window
+      // origin. Row blocks over threads, every output channel per task, the epilogue on each
+      // finished block.
+      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, C = g.c, ho = g.ho(), wo = g.wo();
+      thread_local std::vector<float> padded;  // the caller's; helpers only read it
+      const std::size_t elems = static_cast<std::size_t>(g.n * hp * wp * C);
+      if (padded.size() < elems) padded.resize(elems);
+      float* const xp = padded.data();
+      for (std::int64_t n = 0; n < g.n; ++n)
+        for (std::int64_t r = 0; r < hp; ++r) {
+          float* row = xp + (n * hp + r) * wp * C;
+          const std::int64_t ih = r - g.ph;
+          if (ih < 0 || ih >= g.h) {
+            std::fill(row, row + wp * C, 0.0f);
+            continue;
+          }
+          std::fill(row, row + g.pw * C, 0.0f);
+          std::memcpy(row + g.pw * C, x + (n * g.h + ih) * g.w * C, sizeof(float) * static_cast<std::size_t>(g.w * C));
+          std::fill(row + (g.pw + g.w) * C, row + wp * C, 0.0f);
+        }
+      std::vector<std::int64_t> koff(static_cast<std::size_t>(K));
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        for (std::int64_t j = 0; j < g.kw; ++j)
+          for (std::int64_t c = 0; c < C; ++c) koff[(i * g.kw + j) * C + c] = (i * wp + j) * C + c;
+      std::int64_t mb = 96;
+      if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t n_mb = (M + mb - 1) / mb;
+      const std::int64_t* ko = koff.data();
+      parallel_for(n_mb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
+        thread_local std::vector<const float*> rows;
+        rows.resize(static_cast<std::size_t>(mc));
+        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+        for (std::int64_t m = 0; m < mc; ++m) {
+          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * C;
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == ho) {
+              oh = 0;
+              ++n;
+            }
+          }
+        }
+        ks.sgemm_gather(rows.data(), ko, bpw, mc, g.o, K, bias, out + m0 * g.o, g.o);
+        if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+      });
+      return;
+    }
     conv_driver<float>(
         M, g.o, K, 1, threads,
         [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },

@@ -110,6 +110,13 @@ using SgemmPackedFn = void (*)(const float* A, std::int64_t lda, const float* Bp
                                std::int64_t N, std::int64_t K, const float* bias, float* C,
                                std::int64_t ldc);
 
+/// SgemmPackedFn with A rows gathered in place (the implicit-GEMM form of a float convolution):
+/// row m is the base pointer A[m] and its element k is A[m][koff[k]]; otherwise as
+/// SgemmPackedFn (the same summation order, k = 0..K-1, one FMA per k).
+using SgemmGatherFn = void (*)(const float* const* A, const std::int64_t* koff, const float* Bp,
+                               std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                               float* C, std::int64_t ldc);
+
 /// Threshold to packed bits with per-channel bounds (the "bits" output transform of
 /// common.h in range form): the value is +1 iff lo[c] <= acc[r * o + c] <= hi[c], so
 ///   out[r * words_for(o) + c / 64] bit c % 64 = (acc < lo[c]) || (acc > hi[c]).
@@ -175,6 +182,9 @@ struct KernelSet {
   // they build im2col rows for bgemm_packed).
   const char* bgemm_gather_name;
   BgemmGatherFn bgemm_gather;
+  // Gathered-row form of sgemm_packed for float convolutions (nullptr: im2col rows).
+  const char* sgemm_gather_name;
+  SgemmGatherFn sgemm_gather;
   // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
   // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
   // the conjunction over every op.

@@ -45,5 +45,7 @@ const KernelSet kNeonKernels = {"neon",
                                 nullptr,
                                 nullptr,  // bgemm_gather
                                 nullptr,
+                                nullptr,  // sgemm_gather
+                                nullptr,
                                 &neon_op_supported};
 }  // namespace bitflow

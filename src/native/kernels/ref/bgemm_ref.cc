@@ -144,5 +144,7 @@ const KernelSet kRefKernels = {"ref",
                                nullptr,
                                nullptr,  // bgemm_gather
                                nullptr,
+                               nullptr,  // sgemm_gather
+                               nullptr,
                                &ref_op_supported};
 }  // namespace bitflow

@@ -122,5 +122,7 @@ const KernelSet kScalarKernels = {"scalar",
                                   nullptr,
                                   nullptr,  // bgemm_gather
                                   nullptr,
+                                  nullptr,  // sgemm_gather
+                                  nullptr,
                                   &scalar::op_supported};
 }  // namespace bitflow

@@ -51,6 +51,8 @@ const KernelSet kAvx2Kernels = {"avx2",
                                 nullptr,
                                 nullptr,
                                 nullptr,
+                                nullptr,
+                                nullptr,
                                 &avx2_op_supported};
 
 const KernelSet kAvx512Kernels = {"avx512",
@@ -78,5 +80,7 @@ const KernelSet kAvx512Kernels = {"avx512",
                                   &avx512::igemm_u8i8_gather_6x48__avx512vnni,
                                   "bgemm_gather_4x32__avx512vpopcnt",
                                   &avx512::bgemm_gather_4x32__avx512vpopcnt,
+                                  "sgemm_gather_4x48__avx512fma",
+                                  &avx512::sgemm_gather_4x48__avx512fma,
                                   &avx512_op_supported};
 }  // namespace bitflow

@@ -36,6 +36,9 @@ void bgemm_gather_4x32__avx512vpopcnt(const std::uint64_t* const* A, const std::
                                       const std::uint64_t* Bp, std::int64_t M, std::int64_t N,
                                       std::int64_t Kw, std::int32_t k_bits, std::int32_t* C,
                                       std::int64_t ldc);
+void sgemm_gather_4x48__avx512fma(const float* const* A, const std::int64_t* koff, const float* Bp,
+                                  std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                                  float* C, std::int64_t ldc);
 }  // namespace avx512
 
 namespace avx2 {
