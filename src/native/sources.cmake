@@ -50,13 +50,17 @@ if(BF_X86)
     ${BF_NATIVE}/kernels/x86/avx512/bitpack_f32__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/threshold_bits__avx512.cc
     ${BF_NATIVE}/kernels/x86/avx512/float_stream__avx512.cc
-    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/input_prep__avx512.cc
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_4x48__avx512fma.cc
+    ${BF_NATIVE}/kernels/x86/avx512/sgemm_gather_4x48__avx512fma.cc)
   set(BF_AVX512_VPOPCNT_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x4__avx512vpopcnt.cc
-    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_4x32__avx512vpopcnt.cc
+    ${BF_NATIVE}/kernels/x86/avx512/bgemm_gather_4x32__avx512vpopcnt.cc)
   set(BF_AVX512_VNNI_SOURCES
     ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_4x4__avx512vnni.cc
-    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc)
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_6x48__avx512vnni.cc
+    ${BF_NATIVE}/kernels/x86/avx512/igemm_u8i8_gather_6x48__avx512vnni.cc)
   list(APPEND BF_NATIVE_SOURCES ${BF_AVX2_SOURCES} ${BF_AVX512_SOURCES}
        ${BF_AVX512_VPOPCNT_SOURCES} ${BF_AVX512_VNNI_SOURCES}
        ${BF_NATIVE}/kernels/x86/kernel_sets__x86.cc)

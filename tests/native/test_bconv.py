@@ -246,3 +246,55 @@ def test_bconv2d_packed_tile_edges_equal_ref(fast_kernels: str, case: tuple) -> 
     assert ref[0, 0, 0, 0] == c  # sum of c products +1 * +1 (the rows are equal)
     if o > 1:
         assert ref[0, 0, 0, o - 1] == -c
+
+
+# The gathered (implicit-GEMM) binary convolution (AVX-512 bgemm_gather_4x32): taken for
+# whole-word taps (C a multiple of 64) with a spatial kernel. Rows are read in place from a
+# zero-bordered copy of the input, so the cases cover the border (paddings 0-2, both
+# pad_values), strides, batch 2 (rows crossing images), output rows around the 4-row tile and
+# the 96-row blocks, O around the 8-lane vectors and 32-channel blocks, 1-3 threads, and the
+# fused forms the engine runs (threshold + pool; float-stream epilogue via run_epilogue).
+GATHER_CASES = [
+    # n, h, w, c, o, kh, kw, stride, padding
+    (1, 56, 5, 64, 64, 3, 3, 1, (1, 1)),
+    (2, 7, 9, 64, 33, 3, 3, 1, (1, 1)),
+    (1, 9, 11, 128, 31, 3, 3, 2, (1, 1)),
+    (2, 5, 6, 192, 65, 2, 3, (2, 1), (0, 2)),
+    (1, 13, 13, 64, 1, 5, 5, 1, (2, 2)),
+    (3, 4, 4, 128, 32, 3, 1, 1, (2, 0)),
+    (1, 10, 3, 64, 97, 1, 3, (1, 2), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_CASES)
+def test_bconv2d_gather_equals_ref(fast_kernels: str, case: tuple) -> None:
+    n, h, w, c, o, kh, kw, stride, padding = case
+    rng = np.random.default_rng(31 + zlib.crc32(repr(case).encode()))
+    x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, kh, kw, c))
+    wt[0] = 1  # an all-+1 filter: padded taps (+1 bits in the copy) must be corrected
+    px, pw_ = pack_bits(x), pack_bits(wt)
+    for pad_value in (0, 1):
+        ref = _native.bconv2d(px, pw_, c, stride, padding, pad_value, kernels="ref")
+        np.testing.assert_array_equal(ref, _torch_conv(x, wt, stride, padding, pad_value))
+        for threads in (1, 2, 3):
+            got = _native.bconv2d(
+                px, pw_, c, stride, padding, pad_value, kernels=fast_kernels, threads=threads
+            )
+            np.testing.assert_array_equal(got, ref, err_msg=f"pad_value={pad_value} t={threads}")
+        # the prepared layer: int32 output, and fused threshold + max-pool (bits)
+        st2 = stride if isinstance(stride, tuple) else (stride, stride)
+        layer = _native.BinaryLayer(pw_, c, st2, padding, pad_value, kernels=fast_kernels)
+        np.testing.assert_array_equal(layer(px, 2), ref)
+        thr = rng.integers(-kh * kw * c // 4, kh * kw * c // 4, o).astype(np.int32)
+        d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+        pool = {"pool_kernel": (2, 2), "pool_stride": (2, 2), "pool_padding": (0, 0)}
+        ok_pool = ref.shape[1] >= 2 and ref.shape[2] >= 2
+        kw_ = pool if ok_pool else {}
+        fused = _native.BinaryLayer(
+            pw_, c, st2, padding, pad_value, thr=thr, direction=d, kernels=fast_kernels, **kw_
+        )
+        ref_layer = _native.BinaryLayer(
+            pw_, c, st2, padding, pad_value, thr=thr, direction=d, kernels="ref", **kw_
+        )
+        for threads in (1, 3):
+            np.testing.assert_array_equal(fused(px, threads), ref_layer(px, 1))

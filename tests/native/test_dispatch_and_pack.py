@@ -112,7 +112,19 @@ def test_per_op_selection_rules() -> None:
         "bgemm_packed": "bgemm_4x32__avx512vpopcnt",
         "igemm_packed": "igemm_u8i8_6x48__avx512vnni",
         "sgemm_packed": "sgemm_4x48__avx512fma",
+        "bgemm_gather": "bgemm_gather_4x32__avx512vpopcnt",
+        "igemm_gather": "igemm_u8i8_gather_6x48__avx512vnni",
+        "sgemm_gather": "sgemm_gather_4x48__avx512fma",
     }
+    # the implicit-GEMM (gathered-row) kernels follow their op's selection
+    assert (
+        vnni["igemm_gather"] == "igemm_u8i8_gather_6x48__avx512vnni"
+        and vnni["bgemm_gather"] is None
+    )
+    assert (
+        vpop["bgemm_gather"] == "bgemm_gather_4x32__avx512vpopcnt" and vpop["igemm_gather"] is None
+    )
+    assert vpop["sgemm_gather"] == "sgemm_gather_4x48__avx512fma"
     # kernel_info() refuses a set this CPU cannot run, so the set's own names are only
     # readable where it is eligible (CI machines may have AVX2 only)
     if "avx512" in _native.available_kernels():

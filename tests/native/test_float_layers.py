@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -193,6 +194,128 @@ def test_packed_sgemm_is_one_fma_per_k_in_order() -> None:
             continue
         got = _native.conv2d_f32(x, wt, bias, 1, (0, 0), kernels=ks)
         assert got.tobytes() == want.tobytes(), ks
+        tested += 1
+    if tested == 0:
+        pytest.skip("no packed float GEMM on this CPU")
+
+
+# The gathered (implicit-GEMM) fixed-point convolution (ops.h PreparedU8Conv; the AVX-512 VNNI
+# set's igemm_u8i8_gather_6x48): taken when padding every kernel row's kw * C bytes to whole
+# groups of 4 costs at most a quarter more products, 4 * kh * ceil(kw * C / 4) * 4 <= 5 * K.
+# Shapes around its edges: C = 1..8 (runs ending inside a group: the group's extra bytes read
+# the next pixel or the image's end), strides 1-4, paddings 0-3 (the zero border), output rows
+# around the 6- and 4-row tiles, O around the 16-channel blocks and the 48 / 64-channel column
+# tiles, batch 2 (rows crossing images), 1-3 threads.
+GATHER_CONVS = [  # n, h, w, c, o, (kh, kw), stride, padding
+    (1, 23, 23, 3, 96, (11, 11), 4, 2),  # AlexNet conv1 geometry
+    (2, 16, 17, 3, 64, (7, 7), 2, 3),  # ResNet stem geometry
+    (2, 9, 8, 3, 65, (7, 7), 2, 3),
+    (1, 12, 13, 1, 49, (4, 4), 1, 2),
+    (2, 7, 9, 4, 17, (2, 3), 2, 1),
+    (1, 6, 11, 5, 97, (3, 4), 1, 0),
+    (2, 5, 5, 8, 1, (3, 3), 1, 1),
+    (1, 9, 10, 2, 48, (5, 5), 3, 1),
+    (1, 4, 29, 16, 130, (1, 1), 1, 0),
+    (2, 13, 3, 6, 16, (2, 2), 1, 0),
+]
+
+
+@pytest.mark.parametrize("case", GATHER_CONVS)
+def test_conv2d_u8i8_gather_equals_ref(fast_kernels: str, case: tuple) -> None:
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    assert 4 * kh * (-(-kw * c // 4)) * 4 <= 5 * kh * kw * c  # the gathered form is taken
+    rng = np.random.default_rng(h * 100 + c * 10 + o)
+    x = rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    wt = rng.integers(-128, 128, size=(o, kh, kw, c), dtype=np.int8)
+    x[0, 0, :, :] = 255
+    x[-1, -1, :, :] = 255  # the last bytes of the image, next to the over-read slack
+    wt[0] = -128
+    wt[-1] = 127
+    expect = np.rint(
+        _conv_f64(x.astype(np.float64), wt.astype(np.float64), (stride, stride), (padding, padding))
+    ).astype(np.int64)
+    ref = _native.conv2d_u8i8(x, wt, stride, padding, kernels="ref")
+    np.testing.assert_array_equal(ref, expect)
+    for threads in (1, 2, 3):
+        got = _native.conv2d_u8i8(x, wt, stride, padding, kernels=fast_kernels, threads=threads)
+        np.testing.assert_array_equal(got, ref, err_msg=f"{fast_kernels} threads={threads}")
+    layer = _native.Int8ConvLayer(wt, (stride, stride), (padding, padding), kernels=fast_kernels)
+    np.testing.assert_array_equal(layer(x, 2), ref)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 9, 8, 3, 64, (7, 7), 2, 3),  # a stem
+        (2, 7, 7, 64, 33, (1, 1), 1, 0),  # a 1x1 shortcut (rows read in place)
+        (1, 5, 6, 17, 130, (3, 3), 1, 1),
+        (1, 4, 4, 5, 1, (2, 3), (1, 2), (0, 1)),
+    ],
+)
+def test_prepared_float_conv_equals_conv2d_f32(kernels: str, case: tuple) -> None:
+    """The engine's prepared float convolution (weights packed once) and its float-stream form
+    equal conv2d_f32 / FloatStream.after_conv2d bit for bit, with and without bias."""
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    st2 = stride if isinstance(stride, tuple) else (stride, stride)
+    pd2 = padding if isinstance(padding, tuple) else (padding, padding)
+    rng = np.random.default_rng(h * 7 + o)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, kh, kw, c)).astype(np.float32)
+    for bias in (rng.standard_normal(o).astype(np.float32), None):
+        want = _native.conv2d_f32(x, wt, bias, st2, pd2, kernels=kernels, threads=1)
+        layer = _native._Conv2dF32Layer(wt, bias, st2, pd2, kernels=kernels)
+        for threads in (1, 3):
+            assert layer(x, threads).tobytes() == want.tobytes()
+        stage = (
+            rng.standard_normal(o).astype(np.float32),
+            rng.standard_normal(o).astype(np.float32),
+        )
+        fs = _native.FloatStream(o, [False], [[stage]], kernels=kernels)
+        ref = fs.after_conv2d(x, wt, bias, st2, pd2, kernels, 2)
+        assert fs.after_conv2d_layer(layer, x, 2).tobytes() == ref.tobytes()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 5, 6, 3, 17, (3, 3), 2, 1),  # stem-like: 3 channels, stride 2, zero border
+        (2, 4, 3, 2, 64, (2, 3), 1, (1, 2)),  # batch 2, a 4 x 64 column tile, rows crossing images
+        (1, 3, 7, 1, 5, (3, 1), (1, 2), 0),
+    ],
+)
+def test_spatial_float_conv_packed_kernels_sum_in_order(case: tuple) -> None:
+    """Every packed float GEMM, through im2col rows (AVX2) or rows gathered in place from a
+    zero-bordered copy (AVX-512 sgemm_gather_4x48), sums each output in order k = 0..K-1 over
+    the (i, j, c) taps with one rounding per fused multiply-add, then adds the bias: equal bit
+    for bit to that sequence computed exactly (rational arithmetic, one rounding per step)."""
+    n, h, w, c, o, (kh, kw), stride, padding = case
+    sh, sw = stride if isinstance(stride, tuple) else (stride, stride)
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    rng = np.random.default_rng(h * 31 + o)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((o, kh, kw, c)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), np.float32)
+    xp[:, ph : ph + h, pw : pw + w] = x
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    want = np.zeros((n, ho, wo, o), np.float32)
+    wrows = wt.reshape(o, -1)
+    for b, oh, ow in itertools.product(range(n), range(ho), range(wo)):
+        row = xp[b, oh * sh : oh * sh + kh, ow * sw : ow * sw + kw].reshape(-1)
+        for q in range(o):
+            s = np.float32(0.0)
+            for k in range(row.size):
+                s = _round_f32(
+                    Fraction(float(row[k])) * Fraction(float(wrows[q, k])) + Fraction(float(s))
+                )
+            want[b, oh, ow, q] = np.float32(s + bias[q])
+    tested = 0
+    for ks in _native.available_kernels():
+        if _native.kernel_info(ks)["sgemm_packed"] is None:
+            continue
+        for threads in (1, 2):
+            got = _native.conv2d_f32(x, wt, bias, (sh, sw), (ph, pw), kernels=ks, threads=threads)
+            assert got.tobytes() == want.tobytes(), (ks, threads)
         tested += 1
     if tested == 0:
         pytest.skip("no packed float GEMM on this CPU")

@@ -186,24 +186,30 @@ def test_maxpool_property(h: int, w: int, k: int, s: int, p: int, seed: int) -> 
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_quantize_u8_nhwc_equals_numpy(threads: int) -> None:
+@pytest.mark.parametrize(
+    "shape", [(3, 5, 17, 19), (2, 3, 4, 16), (1, 3, 3, 33), (2, 3, 5, 1), (1, 3, 2, 47)]
+)
+def test_quantize_u8_nhwc_equals_numpy(kernels: str, threads: int, shape: tuple) -> None:
     """clip(rint(float32(x * 255)), 0, 255) in NHWC: ties (k + 0.5) / 255 round half to even,
-    out-of-range values clip, -0.0 gives 0; NaN / inf raise."""
-    rng = np.random.default_rng(threads)
-    x = rng.uniform(-0.2, 1.2, size=(3, 5, 17, 19)).astype(np.float32)
+    out-of-range values clip, -0.0 gives 0; NaN / inf raise. 3-channel images take the AVX-512
+    rows with an AVX-512 set (16 pixels a step: widths around 16, masked tails)."""
+    rng = np.random.default_rng(threads + sum(shape))
+    x = rng.uniform(-0.2, 1.2, size=shape).astype(np.float32)
     flat = x.reshape(-1)
     ties = ((np.arange(256) + 0.5) / 255).astype(np.float32)
-    flat[: ties.size] = ties
-    flat[ties.size : ties.size + 4] = [-0.0, 0.0, 1.0, 1e30]
+    k = min(ties.size, flat.size - 4)
+    flat[:k] = ties[:k]
+    flat[k : k + 4] = [-0.0, 0.0, 1.0, 1e30]
     want = np.clip(np.rint(x.transpose(0, 2, 3, 1) * np.float32(255)), 0, 255).astype(np.uint8)
     old = _native._set_grain_ns(0.0)
     try:
-        got = _native.quantize_u8_nhwc(x, threads)
+        got = _native.quantize_u8_nhwc(x, threads, kernels)
     finally:
         _native._set_grain_ns(old)
     np.testing.assert_array_equal(got, want)
     for bad in (np.nan, np.inf, 1e38):
-        y = x.copy()
-        y[1, 2, 3, 4] = bad
-        with pytest.raises(ValueError, match="NaN or infinity"):
-            _native.quantize_u8_nhwc(y, threads)
+        for pos in ((0, 0, 0, 0), tuple(d - 1 for d in shape)):
+            y = x.copy()
+            y[pos] = bad
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                _native.quantize_u8_nhwc(y, threads, kernels)

@@ -131,6 +131,12 @@ class Engine:
                 plan.append(self._steps[i]._replace(fn=self._maxpool_f32_fast(op)))
                 i += 1
                 continue
+            if op.type == "conv2d_f32":  # weights laid out once, not on every call
+                plan.append(
+                    self._steps[i]._replace(fn=_one_f32(self._conv_f32_layer(op), self.threads))
+                )
+                i += 1
+                continue
             fused = self._fuse_binary(ops, i, private)
             if fused is not None:
                 n_ops, fn = fused
@@ -147,6 +153,18 @@ class Engine:
             plan.append(self._steps[i])
             i += 1
         return plan
+
+    def _conv_f32_layer(self, op: Any) -> Any:
+        """A ``conv2d_f32`` op as a prepared native layer (``_Conv2dF32Layer``: the weights
+        packed for the float GEMM once; the same kernels, so the same values bit for bit)."""
+        g, a = self.graph, op.attrs
+        return N._Conv2dF32Layer(
+            g.tensors[op.params["w"]],
+            g.tensors.get(op.params.get("bias", "")),
+            tuple(a["stride"]),
+            tuple(a["padding"]),
+            kernels=self.kernels,
+        )
 
     def _maxpool_f32_fast(self, op: Any) -> TableKernel:
         a, th = op.attrs, self.threads
@@ -286,13 +304,8 @@ class Engine:
         g, th, a = self.graph, self.threads, conv.attrs
         w = g.tensors[conv.params["w"]]
         if conv.type == "conv2d_f32":
-            bias, st, pad, ks = (
-                g.tensors.get(conv.params.get("bias", "")),
-                tuple(a["stride"]),
-                tuple(a["padding"]),
-                self.kernels,
-            )
-            return lambda xs: fs.after_conv2d(xs[0], w, bias, st, pad, ks, th)
+            layer32 = self._conv_f32_layer(conv)
+            return lambda xs: fs.after_conv2d_layer(layer32, xs[0], th)
         layer: Any
         if conv.type == "conv2d_u8i8":
             layer = N.Int8ConvLayer(
@@ -426,7 +439,7 @@ class Engine:
         try:
             if spec.preprocess != "uint8":
                 return N.nhwc_f32(x, self.threads)
-            return N.quantize_u8_nhwc(x, self.threads)
+            return N.quantize_u8_nhwc(x, self.threads, self.kernels)
         except ValueError:
             raise ValueError("input contains NaN or infinity") from None
 
@@ -500,6 +513,10 @@ class Engine:
 
 def _one(fn: Kernel) -> TableKernel:
     return lambda xs: fn(xs[0])
+
+
+def _one_f32(layer: Any, threads: int) -> TableKernel:
+    return lambda xs: layer(xs[0], threads)
 
 
 def _stream(fs: Any, threads: int) -> TableKernel:

@@ -141,13 +141,16 @@ KernelSet compose_kernel_set(const CpuFeatures& f) {
   const KernelSet* b = best(KernelOp::kBgemm);
   k.bgemm_name = b->bgemm_name; k.bgemm = b->bgemm; k.peak_probe = b->peak_probe;
   k.bgemm_packed_name = b->bgemm_packed_name; k.bgemm_packed = b->bgemm_packed;
+  k.bgemm_gather_name = b->bgemm_gather_name; k.bgemm_gather = b->bgemm_gather;
   const KernelSet* s = best(KernelOp::kSgemm);
   k.sgemm_name = s->sgemm_name; k.sgemm = s->sgemm;
   k.sgemm_packed_name = s->sgemm_packed_name; k.sgemm_packed = s->sgemm_packed;
+  k.sgemm_gather_name = s->sgemm_gather_name; k.sgemm_gather = s->sgemm_gather;
   const KernelSet* i = best(KernelOp::kIgemm);
   k.igemm_name = i->igemm_name; k.igemm_u8i8 = i->igemm_u8i8;
   k.igemm_packed_name = i->igemm_packed_name; k.igemm_packed = i->igemm_packed;
   k.igemm_packed16_name = i->igemm_packed16_name; k.igemm_packed16 = i->igemm_packed16;
+  k.igemm_gather_name = i->igemm_gather_name; k.igemm_gather = i->igemm_gather;
   const KernelSet* p = best(KernelOp::kBitpackF32);
   k.bitpack_name = p->bitpack_name; k.bitpack_f32 = p->bitpack_f32;
   const KernelSet* t = best(KernelOp::kThresholdBits);

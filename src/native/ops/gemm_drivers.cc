@@ -390,6 +390,58 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         gemm(x + m0 * Kr, 0, m0, std::min(bl.mb, M - m0), n0, std::min(bl.nb, g.o - n0));
       });
       run_epilogue(epilogue, M, threads);
+    } else if (!dense && ks.bgemm_gather != nullptr) {
+      // Whole-word taps: the rows are read in place from a copy of the input with a border of
+      // zero words (padded taps are +1 bits, exactly the zero words of im2col, so the padding
+      // correction is unchanged); word k = (tap i, j; word q) of row m = (n, oh, ow) is at
+      // (i * Wp + j) * Cw + q from the row's window origin. Row blocks over threads (every
+      // output channel per task), the correction and the epilogue on each finished block.
+      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+      thread_local std::vector<std::uint64_t> padded;  // the caller's; helpers only read it
+      const std::size_t words = static_cast<std::size_t>(g.n * hp * wp * cw);
+      if (padded.size() < words) padded.resize(words);
+      std::uint64_t* const xp = padded.data();
+      for (std::int64_t n = 0; n < g.n; ++n)
+        for (std::int64_t r = 0; r < hp; ++r) {
+          std::uint64_t* row = xp + (n * hp + r) * wp * cw;
+          const std::int64_t ih = r - g.ph;
+          if (ih < 0 || ih >= g.h) {
+            std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(wp * cw));
+            continue;
+          }
+          std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
+          std::memcpy(row + g.pw * cw, x + (n * g.h + ih) * g.w * cw,
+                      sizeof(std::uint64_t) * static_cast<std::size_t>(g.w * cw));
+          std::memset(row + (g.pw + g.w) * cw, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
+        }
+      std::vector<std::int64_t> koff(static_cast<std::size_t>(Kr));
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        for (std::int64_t j = 0; j < g.kw; ++j)
+          for (std::int64_t q = 0; q < cw; ++q) koff[(i * g.kw + j) * cw + q] = (i * wp + j) * cw + q;
+      std::int64_t mb = 96;
+      if (threads > 1)
+        mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t n_mb = (M + mb - 1) / mb;
+      const std::int64_t* ko = koff.data();
+      parallel_for(n_mb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
+        thread_local std::vector<const std::uint64_t*> rows;
+        rows.resize(static_cast<std::size_t>(mc));
+        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+        for (std::int64_t m = 0; m < mc; ++m) {
+          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * cw;
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == ho) {
+              oh = 0;
+              ++n;
+            }
+          }
+        }
+        ks.bgemm_gather(rows.data(), ko, bp, mc, g.o, Kr, k_bits, out + m0 * g.o, g.o);
+        correct(m0, mc, 0, g.o);
+        if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+      });
     } else {
       conv_driver<std::uint64_t>(
           M, g.o, Kr, 1, threads,
@@ -449,8 +501,41 @@ void sgemm_threaded(const KernelSet& ks, int threads, const float* a, const floa
 }
 }  // namespace
 
+namespace {
+/// conv2d_f32 with the weights packed for ks.sgemm_packed already (packed_w) or not (nullptr:
+/// packed here when the set has the kernel).
+void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const float* w,
+                     const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue,
+                     const float* packed_w);
+}  // namespace
+
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                 const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue) {
+  conv2d_f32_impl(ks, threads, x, w, bias, g, out, epilogue, nullptr);
+}
+
+PreparedConvF32 prepare_conv_f32(const KernelSet& ks, const float* w, const float* bias,
+                                 const ConvGeom& filt) {
+  PreparedConvF32 p;
+  p.filt = filt;
+  const std::int64_t K = filt.kh * filt.kw * filt.c;
+  p.w.assign(w, w + filt.o * K);
+  if (bias != nullptr) p.bias.assign(bias, bias + filt.o);
+  if (ks.sgemm_packed != nullptr && K > 0 && filt.o > 0) p.packed = pack_sgemm_weights(w, filt.o, K);
+  return p;
+}
+
+void conv2d_f32_prepared(const KernelSet& ks, int threads, const float* x,
+                         const PreparedConvF32& prep, const ConvGeom& g, float* out,
+                         const RowsEpilogue* epilogue) {
+  conv2d_f32_impl(ks, threads, x, prep.w.data(), prep.bias.empty() ? nullptr : prep.bias.data(), g,
+                  out, epilogue, prep.packed.empty() ? nullptr : prep.packed.data());
+}
+
+namespace {
+void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const float* w,
+                     const float* bias, const ConvGeom& g, float* out, const RowsEpilogue* epilogue,
+                     const float* packed_w) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   const std::int64_t K = g.kh * g.kw * g.c;
   if (M == 0 || g.o == 0) return;
@@ -466,14 +551,67 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
     // Packed weights (k-major blocks of kPackedF32NR channels; every task's n0 is a multiple
     // of kNB = 32, hence of 16). Packing is O(O K), small next to the O(M O K) product.
     static_assert(kNB % kPackedF32NR == 0, "column blocks must start at packed-block boundaries");
-    const std::vector<float> bp = pack_sgemm_weights(w, g.o, K);
+    std::vector<float> packed_here;
+    if (packed_w == nullptr) packed_here = pack_sgemm_weights(w, g.o, K);
+    const float* const bpw = packed_w != nullptr ? packed_w : packed_here.data();
     if (is_pointwise(g)) {
       // a 1x1 convolution reads its NHWC rows in place (no im2col); row blocks over threads,
       // every output channel per task (the packed kernel's outer-product tiles)
       const Blocking bl = make_blocking(M, g.o, K * 4, threads);
       parallel_for(bl.n_mb, threads, [&](std::int64_t t) {
         const std::int64_t m0 = t * bl.mb, mc = std::min(bl.mb, M - m0);
-        ks.sgemm_packed(x + m0 * K, K, bp.data(), mc, g.o, K, bias, out + m0 * g.o, g.o);
+        ks.sgemm_packed(x + m0 * K, K, bpw, mc, g.o, K, bias, out + m0 * g.o, g.o);
+        if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+      });
+      return;
+    }
+    if (ks.sgemm_gather != nullptr) {
+      // Rows read in place from a zero-bordered copy of the input (the zeros im2col would
+      // write; the same operands in the same order, so the same values); element
+      // k = (i, j, c) of row m = (n, oh, ow) is at (i * Wp + j) * C + c from the row's window
+      // origin. Row blocks over threads, every output channel per task, the epilogue on each
+      // finished block.
+      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, C = g.c, ho = g.ho(), wo = g.wo();
+      thread_local std::vector<float> padded;  // the caller's; helpers only read it
+      const std::size_t elems = static_cast<std::size_t>(g.n * hp * wp * C);
+      if (padded.size() < elems) padded.resize(elems);
+      float* const xp = padded.data();
+      for (std::int64_t n = 0; n < g.n; ++n)
+        for (std::int64_t r = 0; r < hp; ++r) {
+          float* row = xp + (n * hp + r) * wp * C;
+          const std::int64_t ih = r - g.ph;
+          if (ih < 0 || ih >= g.h) {
+            std::fill(row, row + wp * C, 0.0f);
+            continue;
+          }
+          std::fill(row, row + g.pw * C, 0.0f);
+          std::memcpy(row + g.pw * C, x + (n * g.h + ih) * g.w * C, sizeof(float) * static_cast<std::size_t>(g.w * C));
+          std::fill(row + (g.pw + g.w) * C, row + wp * C, 0.0f);
+        }
+      std::vector<std::int64_t> koff(static_cast<std::size_t>(K));
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        for (std::int64_t j = 0; j < g.kw; ++j)
+          for (std::int64_t c = 0; c < C; ++c) koff[(i * g.kw + j) * C + c] = (i * wp + j) * C + c;
+      std::int64_t mb = 96;
+      if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t n_mb = (M + mb - 1) / mb;
+      const std::int64_t* ko = koff.data();
+      parallel_for(n_mb, threads, [&](std::int64_t t) {
+        const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
+        thread_local std::vector<const float*> rows;
+        rows.resize(static_cast<std::size_t>(mc));
+        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+        for (std::int64_t m = 0; m < mc; ++m) {
+          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * C;
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == ho) {
+              oh = 0;
+              ++n;
+            }
+          }
+        }
+        ks.sgemm_gather(rows.data(), ko, bpw, mc, g.o, K, bias, out + m0 * g.o, g.o);
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
       });
       return;
@@ -482,7 +620,7 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
         M, g.o, K, 1, threads,
         [&](std::int64_t, std::int64_t m0, std::int64_t m1, float* dst) { im2col_rows(x, g, g.c, m0, m1, dst); },
         [&](const float* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
-          ks.sgemm_packed(a, K, bp.data() + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
+          ks.sgemm_packed(a, K, bpw + (n0 / kPackedF32NR) * K * kPackedF32NR, mc, nc, K,
                           bias != nullptr ? bias + n0 : nullptr, out + m0 * g.o + n0, g.o);
         },
         epilogue);
@@ -502,6 +640,8 @@ void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w
       },
       epilogue);
 }
+
+}  // namespace
 
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out) {
@@ -632,6 +772,17 @@ PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const Con
   p.K4 = (p.K + 3) / 4;
   p.K2 = (p.K + 1) / 2;
   p.rows.assign(w, w + g.o * p.K);
+  p.Q = (g.kw * g.c + 3) / 4;
+  if (ks.igemm_gather != nullptr && g.o > 0 && p.K > 0 && 4 * (g.kh * p.Q * 4) <= 5 * p.K) {
+    // every kernel row's kw * C bytes zero-padded to Q whole groups (see ops.h)
+    const std::int64_t seg = g.kw * g.c, Kg = g.kh * p.Q * 4;
+    std::vector<std::int8_t> wg(static_cast<std::size_t>(g.o * Kg), 0);
+    for (std::int64_t o = 0; o < g.o; ++o)
+      for (std::int64_t i = 0; i < g.kh; ++i)
+        std::memcpy(wg.data() + o * Kg + i * p.Q * 4, w + o * p.K + i * seg, static_cast<std::size_t>(seg));
+    p.gather = pack_igemm_weights(wg.data(), g.o, Kg);
+    return p;
+  }
   if (ks.igemm_packed != nullptr)
     p.packed = pack_igemm_weights(w, g.o, p.K);
   else if (ks.igemm_packed16 != nullptr)
@@ -639,63 +790,122 @@ PreparedU8Conv prepare_u8i8(const KernelSet& ks, const std::int8_t* w, const Con
   return p;
 }
 
+namespace {
+
+/// The packed-weight fixed-point convolution through im2col rows of T (uint8 quads for a
+/// u8 x s8 dot-product kernel, int16 pairs for a vpmaddwd-style one): rows of `groups` groups
+/// of `group` values (zeros past K), then the packed kernel per column block (every task's n0
+/// is a multiple of kNB = 32, hence of the 16-row packing).
+template <class T, class W, class Kernel>
+void conv_u8_packed(int threads, const std::uint8_t* x, const ConvGeom& g, std::int64_t groups,
+                    std::int64_t group, const W* bp, Kernel kernel, std::int32_t* out,
+                    const RowsEpilogue* epilogue) {
+  static_assert(kNB % kPackedI8NR == 0 && kPackedI8NR == kPackedI16NR,
+                "column blocks must start at packed-block boundaries");
+  const std::int64_t M = g.n * g.ho() * g.wo();
+  const std::int64_t Kp = groups * group;
+  threads = threads_for(work_ns(static_cast<double>(M) * g.o * Kp, kNsPerI8Mac,
+                                static_cast<double>((M + g.o) * Kp) * sizeof(T)), threads);
+  const std::int64_t block = groups * kPackedI8NR * group;  // values per 16-channel block
+  conv_driver<T>(
+      M, g.o, Kp, 1, threads,
+      [&](std::int64_t, std::int64_t m0, std::int64_t m1, T* dst) { im2col_u8_rows(x, g, Kp, m0, m1, dst); },
+      [&](const T* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
+        kernel(a, Kp, bp + (n0 / kPackedI8NR) * block, mc, nc, groups, out + m0 * g.o + n0, g.o);
+      },
+      epilogue);
+}
+
+/// The gathered (implicit-GEMM) fixed-point convolution: the input is copied once into a
+/// zero-bordered image (the padding's zeros multiply like any value; `kSlack` bytes past its
+/// end cover the at most 3 bytes a row's last group reads beyond its run), and output row
+/// m = (n, oh, ow) is the pointer to its window's first byte there; group q = (i, r) of a row
+/// is the 4 bytes at i * Wp * C + 4 r from it (kernel row i, group r of the row's run). Row
+/// blocks over threads, every output channel per task, the epilogue on each finished block.
+void conv_u8_gather(const KernelSet& ks, int threads, const std::uint8_t* x,
+                    const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
+                    const RowsEpilogue* epilogue) {
+  constexpr std::int64_t kSlack = 64;
+  const std::int64_t ho = g.ho(), wo = g.wo(), M = g.n * ho * wo;
+  const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, C = g.c;
+  const std::int64_t groups = g.kh * prep.Q;
+  threads = threads_for(work_ns(static_cast<double>(M) * g.o * groups * 4, kNsPerI8Mac,
+                                static_cast<double>(g.n * hp * wp * C + g.o * groups * 4)), threads);
+  // the zero-bordered copy: per call, in the calling thread's reused buffer (helpers only read it)
+  thread_local std::vector<std::uint8_t> padded;
+  const std::size_t bytes = static_cast<std::size_t>(g.n * hp * wp * C + kSlack);
+  if (padded.size() < bytes) padded.resize(bytes);
+  std::uint8_t* const xp = padded.data();
+  for (std::int64_t n = 0; n < g.n; ++n)
+    for (std::int64_t r = 0; r < hp; ++r) {
+      std::uint8_t* row = xp + (n * hp + r) * wp * C;
+      const std::int64_t ih = r - g.ph;
+      if (ih < 0 || ih >= g.h) {
+        std::memset(row, 0, static_cast<std::size_t>(wp * C));
+        continue;
+      }
+      std::memset(row, 0, static_cast<std::size_t>(g.pw * C));
+      std::memcpy(row + g.pw * C, x + (n * g.h + ih) * g.w * C, static_cast<std::size_t>(g.w * C));
+      std::memset(row + (g.pw + g.w) * C, 0, static_cast<std::size_t>(g.pw * C));
+    }
+  std::memset(xp + g.n * hp * wp * C, 0, static_cast<std::size_t>(kSlack));
+  std::vector<std::int64_t> koff(static_cast<std::size_t>(groups));
+  for (std::int64_t i = 0; i < g.kh; ++i)
+    for (std::int64_t r = 0; r < prep.Q; ++r) koff[i * prep.Q + r] = i * wp * C + 4 * r;
+  // row blocks: about 96 rows (the int32 block stays in cache for the epilogue), at least 4 per
+  // thread when M allows
+  std::int64_t mb = 96;
+  if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 12));
+  const std::int64_t n_mb = (M + mb - 1) / mb;
+  const std::int8_t* bp = prep.gather.data();
+  const std::int64_t* ko = koff.data();
+  parallel_for(n_mb, threads, [&](std::int64_t t) {
+    const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
+    thread_local std::vector<const std::uint8_t*> rows;
+    rows.resize(static_cast<std::size_t>(mc));
+    std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+    for (std::int64_t m = 0; m < mc; ++m) {
+      rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * C;
+      if (++ow == wo) {
+        ow = 0;
+        if (++oh == ho) {
+          oh = 0;
+          ++n;
+        }
+      }
+    }
+    ks.igemm_gather(rows.data(), ko, bp, mc, g.o, groups, out + m0 * g.o, g.o);
+    if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
+  });
+}
+
+}  // namespace
+
 void conv2d_u8i8_prepared(const KernelSet& ks, int threads, const std::uint8_t* x,
                           const PreparedU8Conv& prep, const ConvGeom& g, std::int32_t* out,
                           const RowsEpilogue* epilogue) {
   const std::int64_t M = g.n * g.ho() * g.wo();
   if (M == 0 || g.o == 0) return;
+  if (!prep.gather.empty()) {
+    conv_u8_gather(ks, threads, x, prep, g, out, epilogue);
+    return;
+  }
   if (!prep.packed16.empty()) {
-    // im2col rows widened to int16, K2 * 2 values (zeros past K), then the packed kernel per
-    // column block (every task's n0 is a multiple of kNB = 32, hence of the 16-row packing).
-    static_assert(kNB % kPackedI16NR == 0, "column blocks must start at packed-block boundaries");
-    const std::int64_t Kp = prep.K2 * 2;
-    threads = threads_for(work_ns(static_cast<double>(M) * g.o * Kp, kNsPerI8Mac,
-                                  static_cast<double>((M + g.o) * Kp * 2)), threads);
-    const std::int16_t* bp = prep.packed16.data();
-    const std::int64_t block = prep.K2 * kPackedI16NR * 2;
-    conv_driver<std::int16_t>(
-        M, g.o, Kp, 1, threads,
-        [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::int16_t* dst) {
-          im2col_u8_rows(x, g, Kp, m0, m1, dst);
-        },
-        [&](const std::int16_t* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0,
-            std::int64_t nc) {
-          ks.igemm_packed16(a, Kp, bp + (n0 / kPackedI16NR) * block, mc, nc, prep.K2,
-                            out + m0 * g.o + n0, g.o);
-        },
-        epilogue);
+    conv_u8_packed<std::int16_t>(threads, x, g, prep.K2, 2, prep.packed16.data(), ks.igemm_packed16, out, epilogue);
     return;
   }
-  if (prep.packed.empty()) {
-    conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
-    run_epilogue(epilogue, M, threads);
+  if (!prep.packed.empty()) {
+    conv_u8_packed<std::uint8_t>(threads, x, g, prep.K4, 4, prep.packed.data(), ks.igemm_packed, out, epilogue);
     return;
   }
-  // im2col rows of K4 * 4 bytes (zeros past K), then the packed kernel per column block
-  // (every task's n0 is a multiple of kNB = 32, hence of the 16-row packing).
-  static_assert(kNB % kPackedI8NR == 0, "column blocks must start at packed-block boundaries");
-  const std::int64_t Kp = prep.K4 * 4;
-  threads = threads_for(work_ns(static_cast<double>(M) * g.o * Kp, kNsPerI8Mac,
-                                static_cast<double>((M + g.o) * Kp)), threads);
-  const std::int8_t* bp = prep.packed.data();
-  const std::int64_t block_bytes = prep.K4 * kPackedI8NR * 4;
-  conv_driver<std::uint8_t>(
-      M, g.o, Kp, 1, threads,
-      [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::uint8_t* dst) {
-        im2col_u8_rows(x, g, Kp, m0, m1, dst);
-      },
-      [&](const std::uint8_t* a, std::int64_t, std::int64_t m0, std::int64_t mc, std::int64_t n0,
-          std::int64_t nc) {
-        ks.igemm_packed(a, Kp, bp + (n0 / kPackedI8NR) * block_bytes, mc, nc, prep.K4,
-                        out + m0 * g.o + n0, g.o);
-      },
-      epilogue);
+  conv2d_u8i8_rows(ks, threads, x, prep.rows.data(), g, out);
+  run_epilogue(epilogue, M, threads);
 }
 
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
                  const ConvGeom& g, std::int32_t* out) {
   if (g.n * g.ho() * g.wo() == 0 || g.o == 0) return;
-  if (ks.igemm_packed == nullptr && ks.igemm_packed16 == nullptr) {
+  if (ks.igemm_packed == nullptr && ks.igemm_packed16 == nullptr && ks.igemm_gather == nullptr) {
     conv2d_u8i8_rows(ks, threads, x, w, g, out);
     return;
   }

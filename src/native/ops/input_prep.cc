@@ -7,8 +7,19 @@
 #include <cstring>
 #include <vector>
 
+#include "bitflow/cpu.h"
 #include "bitflow/ops.h"
 #include "parallel.h"
+
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+namespace bitflow::avx512 {
+// kernels/x86/avx512/input_prep__avx512.cc (built with -mavx512f -mavx512bw -mavx512vl): the
+// rows [r0, r1) ((image, row) pairs) of a 3-channel image, equal to the loop below byte for
+// byte; returns nonzero if some x * 255 is not finite.
+std::uint32_t quantize_u8_rows_c3__avx512(const float* x, std::int64_t h, std::int64_t w,
+                                          std::int64_t r0, std::int64_t r1, std::uint8_t* out);
+}  // namespace bitflow::avx512
+#endif
 
 namespace bitflow::ops {
 namespace {
@@ -37,8 +48,20 @@ std::uint32_t quantize_run(const float* src, std::int64_t n, std::uint8_t* q) {
 }  // namespace
 
 bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
-                      std::int64_t w, std::uint8_t* out, int threads) {
+                      std::int64_t w, std::uint8_t* out, int threads, bool wide) {
   std::atomic<bool> finite{true};
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+  const CpuFeatures& f = cpu_features();
+  if (wide && c == 3 && f.avx512f && f.avx512bw && f.avx512vl) {
+    parallel_rows(n * h, 0.02 * static_cast<double>(w * c), threads, [&](std::int64_t r0, std::int64_t r1) {
+      if (avx512::quantize_u8_rows_c3__avx512(x, h, w, r0, r1, out) != 0)
+        finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load();
+  }
+#else
+  (void)wide;  // no AVX-512 rows in this build
+#endif
   parallel_rows(n * h, 0.3 * static_cast<double>(w * c), threads, [&](std::int64_t r0, std::int64_t r1) {
     // Per input row: each channel's run is quantized into a small buffer (a vectorized
     // loop), then the channels are interleaved into the NHWC row.

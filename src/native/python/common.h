@@ -281,6 +281,13 @@ struct Int8ConvLayer : BinaryLayer {
   using BinaryLayer::BinaryLayer;
 };
 
+/// A float convolution with its weights prepared once (bitflow::ops::PreparedConvF32): the
+/// engine's conv2d_f32 steps (a private binding, _Conv2dF32Layer).
+struct Conv2dF32Layer {
+  const KernelSet* ks;
+  bitflow::ops::PreparedConvF32 prep;
+};
+
 // The module's parts, in module.cc's order.
 void bind_info(nb::module_& m);
 void bind_real_inputs(nb::module_& m);

@@ -187,6 +187,57 @@ nb::object float_stream_after_conv2d(const FloatStream& fs, const AnyArray& x_, 
   });
 }
 
+/// The geometry of a prepared float convolution's call on x [n, h, w, C] (validated).
+bitflow::ops::ConvGeom f32_layer_geom(const char* fn, const Conv2dF32Layer& layer, const In<float>& x) {
+  const auto& f = layer.prep.filt;
+  if (x.dim(3) != f.c) fail(fn, "x must have " + std::to_string(f.c) + " channels in its last axis (NHWC)");
+  return conv_geom(fn, x.dim(0), x.dim(1), x.dim(2), f.c, f.o, f.kh, f.kw, {f.sh, f.sw}, {f.ph, f.pw});
+}
+
+nb::object conv2d_f32_layer_call(const Conv2dF32Layer& layer, const AnyArray& x_, int threads) {
+  const char* fn = "_Conv2dF32Layer.__call__";
+  check_threads(fn, threads);
+  auto x = arg<float>(x_, fn, "x", 4);
+  const auto g = f32_layer_geom(fn, layer, x);
+  auto out = make_out<float>({g.n, g.ho(), g.wo(), g.o});
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::conv2d_f32_prepared(*layer.ks, threads, x.data, layer.prep, g, out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object float_stream_after_conv2d_layer(const FloatStream& fs, const Conv2dF32Layer& layer,
+                                           const AnyArray& x_, int threads) {
+  const char* fn = "FloatStream.after_conv2d_layer";
+  check_threads(fn, threads);
+  if (fs.operand_count() != 1 || fs.operand(0).i32 || !fs.keeps_y())
+    fail(fn, "needs a stream of one float32 operand that keeps y (computed in place)");
+  auto x = arg<float>(x_, fn, "x", 4);
+  const auto g = f32_layer_geom(fn, layer, x);
+  if (g.o != fs.channels()) fail(fn, "the layer must have the stream's " + std::to_string(fs.channels()) + " output channels");
+  return stream_outputs(fs, {g.n, g.ho(), g.wo(), g.o}, [&](float* y, std::uint64_t* b) {
+    const bitflow::ops::RowsEpilogue epi = [&](i64 m0, i64 m1) {
+      const void* p[1] = {y};
+      fs.rows(p, m0, m1, y, b);
+    };
+    bitflow::ops::conv2d_f32_prepared(*layer.ks, threads, x.data, layer.prep, g, y, &epi);
+  });
+}
+
+void conv2d_f32_layer_init(Conv2dF32Layer* self, const AnyArray& w_, std::optional<AnyArray> bias_,
+                           nb::handle stride, nb::handle padding, const std::string& kernels) {
+  const char* fn = "_Conv2dF32Layer";
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  auto w = arg<float>(w_, fn, "w", 4);
+  if (w.dim(0) < 1 || w.dim(3) < 1) fail(fn, "w must have shape (O, kh, kw, C) with O, C >= 1");
+  const float* bias = optional_bias(fn, bias_, w.dim(0));
+  auto g = conv_geom(fn, 1, w.dim(1), w.dim(2), w.dim(3), w.dim(0), w.dim(1), w.dim(2),
+                     pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
+  g.n = 0; g.h = 0; g.w = 0;
+  new (self) Conv2dF32Layer{&ks, bitflow::ops::prepare_conv_f32(ks, w.data, bias, g)};
+}
+
 nb::object maxpool_f32_fast(const AnyArray& x_, nb::handle kernel, nb::handle stride, nb::handle padding, int threads,
                             const std::string& kernels) {
   const char* fn = "maxpool_f32_fast";
@@ -215,6 +266,8 @@ void bind_float_stream(nb::module_& m) {
       .def_prop_ro("avx2", [](const FloatStream& f) { return f.avx2(); })
       .def("__call__", &float_stream_call, "xs"_a, "threads"_a = 1,
            "operands [..., O] -> y float32 [..., O], bits uint64 [..., ceil(O/64)] or the tuple (y, bits).")
+      .def("after_conv2d_layer", &float_stream_after_conv2d_layer, "layer"_a, "x"_a, "threads"_a = 1,
+           "after_conv2d with a prepared _Conv2dF32Layer (weights laid out once).")
       .def("after_conv2d", &float_stream_after_conv2d, "x"_a, "w"_a, "bias"_a = nb::none(),
            "stride"_a = nb::make_tuple(1, 1), "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "", "threads"_a = 1,
            "conv2d_f32 (same arguments and values) with a one-operand float stream applied in place to every "
@@ -226,6 +279,12 @@ void bind_float_stream(nb::module_& m) {
       .def("after", &float_stream_after, "layer"_a, "x"_a, "others"_a, "pos"_a = 0, "threads"_a = 1,
            "Operand `pos` computed by a prepared BinaryLayer (no threshold, no pool) on x, consumed in its "
            "epilogue block by block; others: the other operands in order. Returns like __call__.");
+  nb::class_<Conv2dF32Layer>(m, "_Conv2dF32Layer",
+      "conv2d_f32 with its weights laid out once (the engine's float convolution steps; equal to "
+      "conv2d_f32 bit for bit).")
+      .def("__init__", &conv2d_f32_layer_init, "w"_a, "bias"_a = nb::none(), "stride"_a = nb::make_tuple(1, 1),
+           "padding"_a = nb::make_tuple(0, 0), "kernels"_a = "")
+      .def("__call__", &conv2d_f32_layer_call, "x"_a, "threads"_a = 1);
   m.def("maxpool_f32_fast", &maxpool_f32_fast, "x"_a, "kernel"_a, "stride"_a = nb::none(), "padding"_a = 0,
         "threads"_a = 1, "kernels"_a = "", "maxpool_f32 with the channel loop vectorized and rows over threads (equal bit for bit).");
 

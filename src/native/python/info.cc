@@ -13,6 +13,10 @@ nb::dict kernel_set_dict(const KernelSet& ks) {
   d["bgemm_packed"] = opt(ks.bgemm_packed_name);
   d["igemm_packed"] = opt(ks.igemm_packed != nullptr ? ks.igemm_packed_name : ks.igemm_packed16_name);
   d["sgemm_packed"] = opt(ks.sgemm_packed_name);
+  // implicit-GEMM convolutions (rows read in place; None: im2col rows for the packed kernels)
+  d["bgemm_gather"] = opt(ks.bgemm_gather_name);
+  d["igemm_gather"] = opt(ks.igemm_gather_name);
+  d["sgemm_gather"] = opt(ks.sgemm_gather_name);
   return d;
 }
 

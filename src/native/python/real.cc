@@ -4,16 +4,18 @@
 namespace bitflow::pyb {
 namespace {
 
-nb::object quantize_u8_nhwc(const AnyArray& x, int threads) {
+nb::object quantize_u8_nhwc(const AnyArray& x, int threads, const std::string& kernels) {
   const char* fn = "quantize_u8_nhwc";
   check_threads(fn, threads);
+  // the AVX-512 rows go with an AVX-512 set (like the float stream's): same bytes either way
+  const bool wide = std::string(kernels_arg(fn, kernels).bitpack_name).find("avx512") != std::string::npos;
   auto in = arg<float>(x, fn, "x", 4);
   const i64 n = in.dim(0), c = in.dim(1), h = in.dim(2), w = in.dim(3);
   auto out = make_out<std::uint8_t>({n, h, w, c});
   bool finite = true;
   {
     nb::gil_scoped_release release;
-    finite = bitflow::ops::quantize_u8_nhwc(in.data, n, c, h, w, out.ptr, threads);
+    finite = bitflow::ops::quantize_u8_nhwc(in.data, n, c, h, w, out.ptr, threads, wide);
   }
   if (!finite) fail(fn, "input contains NaN or infinity");
   return nb::cast(out.array);
@@ -133,7 +135,7 @@ nb::object conv2d_u8b1(const AnyArray& x_, const AnyArray& w_, std::int64_t chan
 }  // namespace
 
 void bind_real_inputs(nb::module_& m) {
-  m.def("quantize_u8_nhwc", &quantize_u8_nhwc, "x"_a, "threads"_a = 1,
+  m.def("quantize_u8_nhwc", &quantize_u8_nhwc, "x"_a, "threads"_a = 1, "kernels"_a = "",
         "float32 [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C] = clip(rint(x * 255), 0, 255) (float32 "
         "multiply, round half to even): a fixed-point first layer's input; ValueError on NaN / inf.");
 

@@ -56,6 +56,15 @@ using BgemmPackedFn = void (*)(const std::uint64_t* A, std::int64_t lda, const s
                                std::int64_t M, std::int64_t N, std::int64_t Kw,
                                std::int32_t k_bits, std::int32_t* C, std::int64_t ldc);
 
+/// BgemmPackedFn with A rows gathered in place (the implicit-GEMM form of a binary convolution
+/// whose taps are whole words): row m is the base pointer A[m] and its word k is
+/// A[m][koff[k]]. For n in [0, N) (Bp points at column 0's block):
+///   C[m * ldc + n] = k_bits - 2 * sum_k popcount(A[m][koff[k]] ^ B[n][k]).
+using BgemmGatherFn = void (*)(const std::uint64_t* const* A, const std::int64_t* koff,
+                               const std::uint64_t* Bp, std::int64_t M, std::int64_t N,
+                               std::int64_t Kw, std::int32_t k_bits, std::int32_t* C,
+                               std::int64_t ldc);
+
 /// Exact uint8 x int8 GEMM against pre-packed weights (vpdpbusd "outer-product" form).
 /// Bp holds N weight rows of K bytes in blocks of kPackedI8NR = 16 rows, 4 bytes of K at a
 /// time:  Bp[((nb * K4 + q) * 16 + r) * 4 + b] = B[nb * 16 + r][4 q + b]  (zero for rows >= N
@@ -66,6 +75,16 @@ inline constexpr std::int64_t kPackedI8NR = 16;
 using IgemmPackedFn = void (*)(const std::uint8_t* A, std::int64_t lda, const std::int8_t* Bp,
                                std::int64_t M, std::int64_t N, std::int64_t K4, std::int32_t* C,
                                std::int64_t ldc);
+
+/// Exact uint8 x int8 GEMM against pre-packed weights (the IgemmPackedFn layout, K4 groups of
+/// 4 bytes) whose A rows are gathered in place: row m is the base pointer A[m] and its group q
+/// is the 4 bytes at A[m] + koff[q] (the implicit-GEMM form of a convolution: a group is 4
+/// bytes of one kernel row's contiguous run of input bytes, no im2col matrix). For n in [0, N)
+/// (Bp points at column 0's block):
+///   C[m * ldc + n] = sum_q sum_{b<4} int32(A[m][koff[q] + b]) * int32(B[n][4 q + b]).
+using IgemmGatherFn = void (*)(const std::uint8_t* const* A, const std::int64_t* koff,
+                               const std::int8_t* Bp, std::int64_t M, std::int64_t N,
+                               std::int64_t K4, std::int32_t* C, std::int64_t ldc);
 
 /// Exact uint8 x int8 GEMM with both operands widened to int16 (vpmaddwd "outer-product" form,
 /// for ISAs without a u8 x s8 -> int32 dot-product instruction). Bp holds N weight rows of K
@@ -90,6 +109,13 @@ inline constexpr std::int64_t kPackedF32NR = 16;
 using SgemmPackedFn = void (*)(const float* A, std::int64_t lda, const float* Bp, std::int64_t M,
                                std::int64_t N, std::int64_t K, const float* bias, float* C,
                                std::int64_t ldc);
+
+/// SgemmPackedFn with A rows gathered in place (the implicit-GEMM form of a float convolution):
+/// row m is the base pointer A[m] and its element k is A[m][koff[k]]; otherwise as
+/// SgemmPackedFn (the same summation order, k = 0..K-1, one FMA per k).
+using SgemmGatherFn = void (*)(const float* const* A, const std::int64_t* koff, const float* Bp,
+                               std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                               float* C, std::int64_t ldc);
 
 /// Threshold to packed bits with per-channel bounds (the "bits" output transform of
 /// common.h in range form): the value is +1 iff lo[c] <= acc[r * o + c] <= hi[c], so
@@ -148,6 +174,17 @@ struct KernelSet {
   // layers use igemm_packed if set, else this, else igemm_u8i8.
   const char* igemm_packed16_name;
   IgemmPacked16Fn igemm_packed16;
+  // Gathered-row (implicit-GEMM) form of igemm_packed for the fixed-point convolutions
+  // (nullptr: they build im2col rows for igemm_packed / igemm_packed16 / igemm_u8i8).
+  const char* igemm_gather_name;
+  IgemmGatherFn igemm_gather;
+  // Gathered-row form of bgemm_packed for binary convolutions with whole-word taps (nullptr:
+  // they build im2col rows for bgemm_packed).
+  const char* bgemm_gather_name;
+  BgemmGatherFn bgemm_gather;
+  // Gathered-row form of sgemm_packed for float convolutions (nullptr: im2col rows).
+  const char* sgemm_gather_name;
+  SgemmGatherFn sgemm_gather;
   // Per-op requirements: whether this set's kernel for `op` (with its packed form) runs on a
   // CPU with features f. `supported` (the whole set, for a forced BITFLOW_KERNELS=<set>) is
   // the conjunction over every op.

@@ -97,7 +97,10 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
 /// layers). Every row is passed exactly once; calls may run concurrently on disjoint rows.
 using RowsEpilogue = std::function<void(std::int64_t m0, std::int64_t m1)>;
 
-/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue.
+/// bconv2d_planes with prepared weights (same result, bit for bit), optional epilogue. With one
+/// activation plane, whole-word taps (not bit-dense), a spatial kernel and a set with
+/// bgemm_gather, the rows are not built: the kernel reads them in place from a copy of the
+/// input with a border of zero words (the +1 taps the padding correction removes).
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
                       std::int32_t* out, const RowsEpilogue* epilogue = nullptr);
@@ -107,8 +110,10 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
 /// out uint8 [n, h, w, c] = clip(rint(fl32(x * 255)), 0, 255), rint rounding half to even
 /// (the same float32 operations as the reference executor's numpy preprocessing). Rows are
 /// split over threads. Returns false (out then unspecified) if some x * 255 is not finite.
+/// wide: a 3-channel image may take the AVX-512 rows (when built and the CPU has AVX-512 BW
+/// and VL; the same bytes).
 bool quantize_u8_nhwc(const float* x, std::int64_t n, std::int64_t c, std::int64_t h,
-                      std::int64_t w, std::uint8_t* out, int threads);
+                      std::int64_t w, std::uint8_t* out, int threads, bool wide = false);
 /// A float first layer's input: x float32 [n, c, h, w] -> out float32 [n, h, w, c], the same
 /// values (a layout copy); rows over threads. Returns false if some x is NaN or infinite.
 bool nhwc_f32(const float* x, std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
@@ -160,6 +165,20 @@ void maxpool_f32(const float* x, const PoolGeom& g, float* out, int threads = 1)
 void conv2d_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                 const float* bias, const ConvGeom& g, float* out,
                 const RowsEpilogue* epilogue = nullptr);
+/// The weights of a float convolution laid out once (the engine's prepared float layers):
+/// w [O, kh, kw, C] kept as rows and, when the set has a packed float GEMM, packed for it
+/// (what conv2d_f32 otherwise does on every call). filt gives o, kh, kw, c, stride, padding.
+struct PreparedConvF32 {
+  ConvGeom filt;
+  std::vector<float> w, bias, packed;  // bias empty: none
+};
+PreparedConvF32 prepare_conv_f32(const KernelSet& ks, const float* w, const float* bias,
+                                 const ConvGeom& filt);
+/// conv2d_f32 with prepared weights (the same values, bit for bit: the same kernels on the
+/// same packed layout); g: the call's geometry (filter fields as prep.filt).
+void conv2d_f32_prepared(const KernelSet& ks, int threads, const float* x,
+                         const PreparedConvF32& prep, const ConvGeom& g, float* out,
+                         const RowsEpilogue* epilogue = nullptr);
 void dense_f32(const KernelSet& ks, int threads, const float* x, const float* w,
                const float* bias, std::int64_t n, std::int64_t k, std::int64_t o, float* out);
 void conv2d_u8i8(const KernelSet& ks, int threads, const std::uint8_t* x, const std::int8_t* w,
@@ -170,12 +189,18 @@ std::vector<std::int8_t> unpack_pm1_weights(const std::uint64_t* w, std::int64_t
 void conv2d_u8b1(const KernelSet& ks, int threads, const std::uint8_t* x, const std::uint64_t* w,
                  const ConvGeom& g, std::int32_t* out);
 
-/// The weights of a fixed-point convolution prepared once: packed for ks.igemm_packed when
-/// the set has one (K padded to K4 * 4 bytes with zeros, which add nothing), else for
-/// ks.igemm_packed16 (int16 pairs, K padded to K2 * 2), else kept as rows.
+/// The weights of a fixed-point convolution prepared once: for ks.igemm_gather when the set
+/// has one and the padding it needs costs at most a quarter more products (each kernel row's
+/// kw * C weights padded with zeros to Q = ceil(kw * C / 4) groups of 4 bytes, so that a group
+/// never straddles two kernel rows and the convolution reads its rows in place: no im2col),
+/// else packed for ks.igemm_packed when the set has one (K padded to K4 * 4 bytes with zeros,
+/// which add nothing), else for ks.igemm_packed16 (int16 pairs, K padded to K2 * 2), else
+/// kept as rows.
 struct PreparedU8Conv {
   std::int64_t o = 0, kh = 0, kw = 0, c = 0, K = 0, K4 = 0, K2 = 0;
+  std::int64_t Q = 0;                  // groups of 4 bytes per kernel row (gather form)
   std::vector<std::int8_t> rows;       // [O, K] (original layout)
+  std::vector<std::int8_t> gather;     // [ceil(O / 16), kh * Q, 16, 4] or empty
   std::vector<std::int8_t> packed;     // [ceil(O / 16), K4, 16, 4] or empty
   std::vector<std::int16_t> packed16;  // [ceil(O / 16), K2, 16, 2] or empty
 };

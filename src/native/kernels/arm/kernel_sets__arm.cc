@@ -41,5 +41,11 @@ const KernelSet kNeonKernels = {"neon",
                                 "threshold_bits__neon",
                                 nullptr,
                                 nullptr,
+                                nullptr,  // igemm_gather
+                                nullptr,
+                                nullptr,  // bgemm_gather
+                                nullptr,
+                                nullptr,  // sgemm_gather
+                                nullptr,
                                 &neon_op_supported};
 }  // namespace bitflow

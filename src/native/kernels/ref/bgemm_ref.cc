@@ -140,5 +140,11 @@ const KernelSet kRefKernels = {"ref",
                                "threshold_bits__ref",
                                nullptr,
                                nullptr,
+                               nullptr,  // igemm_gather
+                               nullptr,
+                               nullptr,  // bgemm_gather
+                               nullptr,
+                               nullptr,  // sgemm_gather
+                               nullptr,
                                &ref_op_supported};
 }  // namespace bitflow

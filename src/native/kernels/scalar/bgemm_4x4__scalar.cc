@@ -118,5 +118,11 @@ const KernelSet kScalarKernels = {"scalar",
                                   "threshold_bits__ref",
                                   nullptr,
                                   nullptr,
+                                  nullptr,  // igemm_gather
+                                  nullptr,
+                                  nullptr,  // bgemm_gather
+                                  nullptr,
+                                  nullptr,  // sgemm_gather
+                                  nullptr,
                                   &scalar::op_supported};
 }  // namespace bitflow

@@ -29,6 +29,16 @@ void sgemm_4x48__avx512fma(const float* A, std::int64_t lda, const float* Bp, st
                            std::int64_t ldc);
 void threshold_bits__avx512(const std::int32_t* acc, std::int64_t rows, std::int64_t o,
                             const std::int32_t* lo, const std::int32_t* hi, std::uint64_t* out);
+void igemm_u8i8_gather_6x48__avx512vnni(const std::uint8_t* const* A, const std::int64_t* koff,
+                                        const std::int8_t* Bp, std::int64_t M, std::int64_t N,
+                                        std::int64_t K4, std::int32_t* C, std::int64_t ldc);
+void bgemm_gather_4x32__avx512vpopcnt(const std::uint64_t* const* A, const std::int64_t* koff,
+                                      const std::uint64_t* Bp, std::int64_t M, std::int64_t N,
+                                      std::int64_t Kw, std::int32_t k_bits, std::int32_t* C,
+                                      std::int64_t ldc);
+void sgemm_gather_4x48__avx512fma(const float* const* A, const std::int64_t* koff, const float* Bp,
+                                  std::int64_t M, std::int64_t N, std::int64_t K, const float* bias,
+                                  float* C, std::int64_t ldc);
 }  // namespace avx512
 
 namespace avx2 {

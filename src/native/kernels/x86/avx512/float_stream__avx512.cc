@@ -36,12 +36,122 @@ inline __m512 load_operand(const FloatStream::Operand& op, const void* x, std::i
 
 }  // namespace
 
+namespace {
+
+// The operands of one call with their stage parameters hoisted out of the row loop (the
+// std::vector fields of FloatStream are read once per call, not once per 16 channels).
+constexpr int kMaxStages = 2;
+struct OpView {
+  const void* x;
+  bool i32;
+  int ns;
+  const float* sc[kMaxStages];
+  const float* bi[kMaxStages];
+};
+
+template <bool I32, int NS>
+inline __attribute__((always_inline)) __m512 load_fixed(const OpView& op, std::int64_t off,
+                                                        std::int64_t c, __mmask16 m) {
+  __m512 v = I32 ? _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, static_cast<const std::int32_t*>(op.x) + off))
+                 : _mm512_maskz_loadu_ps(m, static_cast<const float*>(op.x) + off);
+#pragma GCC unroll 4
+  for (int s = 0; s < NS; ++s) {
+    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, op.sc[s] + c));
+    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, op.bi[s] + c));
+  }
+  return v;
+}
+
+// Rows of the common residual shapes with every operand's type and stage count fixed at
+// compile time (NOPS = 1 or 2): the channel loop then has no inner loops or branches, and the
+// threshold bits of 16 channels are written as one 16-bit field of their word.
+template <int NOPS, bool I0, int S0, bool I1, int S1>
+void rows_fixed(const OpView* ops, std::int64_t o, const float* thr, const std::uint32_t* pos,
+                bool keep, std::int64_t r0, std::int64_t r1, float* y, std::uint64_t* bits) {
+  const std::int64_t nw = words_for(o);
+  for (std::int64_t r = r0; r < r1; ++r) {
+    std::uint16_t* brow = bits != nullptr ? reinterpret_cast<std::uint16_t*>(bits + r * nw) : nullptr;
+    if (brow != nullptr && o % kWordBits != 0) bits[r * nw + nw - 1] = 0;  // padding bits 0
+    for (std::int64_t c = 0; c < o; c += 16) {
+      const __mmask16 m = o - c >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                       : static_cast<__mmask16>((1u << (o - c)) - 1u);
+      const std::int64_t off = r * o + c;
+      __m512 acc = load_fixed<I0, S0>(ops[0], off, c, m);
+      if constexpr (NOPS == 2) acc = _mm512_add_ps(acc, load_fixed<I1, S1>(ops[1], off, c, m));
+      if (keep) _mm512_mask_storeu_ps(y + off, m, acc);
+      if (brow != nullptr) {
+        const __m512 t = _mm512_maskz_loadu_ps(m, thr + c);
+        const __m512i p = _mm512_maskz_loadu_epi32(m, pos + c);
+        const __mmask16 up = _mm512_test_epi32_mask(p, p);
+        const __mmask16 lt = _mm512_mask_cmp_ps_mask(up, acc, t, _CMP_LT_OQ);
+        const __mmask16 gt = _mm512_mask_cmp_ps_mask(static_cast<__mmask16>(~up & m), acc, t, _CMP_GT_OQ);
+        brow[c / 16] = static_cast<std::uint16_t>(lt | gt);  // little endian: bits c..c+15
+      }
+    }
+  }
+}
+
+using RowsFixedFn = void (*)(const OpView*, std::int64_t, const float*, const std::uint32_t*, bool,
+                             std::int64_t, std::int64_t, float*, std::uint64_t*);
+
+// The specialization for a stream's operand kinds, or nullptr (then the generic loop runs).
+RowsFixedFn pick_fixed(int nops, const OpView* v) {
+  const auto key = [](const OpView& a) { return (a.i32 ? 4 : 0) + a.ns; };  // ns <= 3
+  if (nops == 1) {
+    switch (key(v[0])) {
+      case 0: return &rows_fixed<1, false, 0, false, 0>;
+      case 1: return &rows_fixed<1, false, 1, false, 0>;
+      case 2: return &rows_fixed<1, false, 2, false, 0>;
+      case 4: return &rows_fixed<1, true, 0, false, 0>;
+      case 5: return &rows_fixed<1, true, 1, false, 0>;
+      case 6: return &rows_fixed<1, true, 2, false, 0>;
+      default: return nullptr;
+    }
+  }
+  if (nops == 2) {
+    switch (key(v[0]) * 8 + key(v[1])) {
+#define BF_CASE(a, b) case (a) * 8 + (b): return &rows_fixed<2, ((a) & 4) != 0, (a) & 3, ((b) & 4) != 0, (b) & 3>;
+#define BF_ROW(a) BF_CASE(a, 0) BF_CASE(a, 1) BF_CASE(a, 2) BF_CASE(a, 4) BF_CASE(a, 5) BF_CASE(a, 6)
+      BF_ROW(0) BF_ROW(1) BF_ROW(2) BF_ROW(4) BF_ROW(5) BF_ROW(6)
+#undef BF_ROW
+#undef BF_CASE
+      default: return nullptr;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 void float_stream_rows__avx512(const FloatStream& fs, const float* thr, const std::uint32_t* pos,
                                const void* const* xs, std::int64_t r0, std::int64_t r1, float* y,
                                std::uint64_t* bits) {
   const std::int64_t o = fs.channels(), nw = words_for(o);
   const std::size_t n_ops = fs.operand_count();
   const bool keep = fs.keeps_y(), th = thr != nullptr;
+  if (n_ops <= 2) {
+    OpView v[2] = {};
+    bool fits = true;
+    for (std::size_t k = 0; k < n_ops; ++k) {
+      const FloatStream::Operand& op = fs.operand(k);
+      v[k].x = xs[k];
+      v[k].i32 = op.i32;
+      v[k].ns = static_cast<int>(op.stages.size());
+      if (v[k].ns > 2) {
+        fits = false;
+        break;
+      }
+      for (int s = 0; s < v[k].ns; ++s) {
+        v[k].sc[s] = op.stages[static_cast<std::size_t>(s)].scale.data();
+        v[k].bi[s] = op.stages[static_cast<std::size_t>(s)].bias.data();
+      }
+    }
+    const RowsFixedFn fn = fits ? pick_fixed(static_cast<int>(n_ops), v) : nullptr;
+    if (fn != nullptr) {
+      fn(v, o, thr, pos, keep, r0, r1, y, th ? bits : nullptr);
+      return;
+    }
+  }
   for (std::int64_t r = r0; r < r1; ++r) {
     std::uint64_t word = 0;
     for (std::int64_t c = 0; c < o; c += 16) {
