@@ -188,6 +188,38 @@ def test_reproduce_survey_row_of_a_method_without_an_engine_form(
         M.convert(model)
 
 
+def test_reproduce_survey_goes_on_past_a_method_the_backbone_cannot_deploy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # XNOR++ deploys on the chains, but on the Bi-Real backbone its per-position scale feeds a
+    # residual add: the converter refuses it; the table keeps its row (with the reason) and the
+    # rows after it
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    r = RS.reproduce_survey(
+        tmp_path,
+        methods_=["xnorpp", "bnn"],
+        backbone="bireal_resnet20",
+        seeds=(0,),
+        epochs=1,
+        limit_train=32,
+        limit_test=16,
+        width=2,
+        repeat=2,
+        log=lambda m: None,
+    )
+    rows = {x["method"]: x for x in r["rows"]}
+    model, _ = model_from_checkpoint(tr.runs(tmp_path / "xnorpp")[0]["checkpoint"])
+    with pytest.raises(UnsupportedLayerError) as e:
+        convert(model)
+    want = str(e.value).split("; supported:")[0]
+    assert rows["xnorpp"]["deploy"] == f"not on bireal_resnet20: {want}"
+    assert rows["xnorpp"]["engine_ms"] is rows["xnorpp"]["speedup"] is None
+    assert not (tmp_path / "xnorpp" / "model.bfn").exists()
+    assert rows["bnn"]["engine_ms"] > 0 and rows["bnn"]["sign_mismatches"] == 0
+    assert (tmp_path / "report.md").exists()
+
+
 def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Fashion-MNIST"):
         RS.reproduce_survey(tmp_path, data="folder:/nowhere")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._io import write_report
+from ..convert import UnsupportedLayerError
 from .reproduce import _train
 
 #: the full-precision twin of each supported backbone (same widths and block order)
@@ -186,9 +187,18 @@ def reproduce_survey(
         row["deploy"] = m.deploy_text
         if m.deployable:
             log(f"[survey] {name}: convert, verify, time the engine")
-            d = _deploy(runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat)
+            try:
+                d = _deploy(
+                    runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat
+                )
+            except UnsupportedLayerError as e:
+                # deployable on the chain backbones, but not in this backbone's context (XNOR++'s
+                # per-position scale before a residual add): the row says so, the table goes on
+                log(f"[survey] {name}: not deployable on {backbone}: {e}")
+                row["deploy"] = f"not on {backbone}: {str(e).split('; supported:')[0]}"
+                d = {"engine_ms": None, "bfn_bytes": None}
             row.update(d)
-            row["speedup"] = fp_ms / d["engine_ms"]
+            row["speedup"] = fp_ms / d["engine_ms"] if d["engine_ms"] else None
         else:  # a registered method without an engine form (none of the built-in 20): a
             # training-only row that says why (methods.register takes user methods too)
             row.update({"engine_ms": None, "speedup": None, "bfn_bytes": None})
