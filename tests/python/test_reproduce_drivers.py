@@ -140,6 +140,14 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         assert bfn.read_bytes() == convert(model).to_bytes()
         assert row["bfn_bytes"] == bfn.stat().st_size
         assert row["verify_samples"] == 16 and row["sign_mismatches"] == 0
+        # the verify numbers are the converter's own verify() on the same checkpoint and images
+        from bitflow.convert import verify
+        from bitflow.data import eval_arrays
+
+        xv, yv = eval_arrays("fashion-mnist", 16)
+        v = verify(M.prepare_for_deploy(model), convert(model), xv, yv)
+        want = (v["prediction_mismatches_unexplained"], v["float_ties"])
+        assert (row["prediction_mismatches_unexplained"], row["float_ties"]) == want
         assert row["accuracy_integer"] == _file_accuracy(bfn, "fashion-mnist", 16)
         assert row["speedup"] == rows["full precision"]["torch_fp32_ms"] / row["engine_ms"]
     # the reports: JSON = the returned report, one markdown row per method with its numbers
@@ -154,6 +162,12 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         acc = rows[n]["accuracy_mean"]
         assert table[n][2].startswith(f"{100 * acc:.2f} +- "), table[n]
     assert all(table[n][5] == str(rows[n]["bfn_bytes"]) for n in names)
+    for n in names:
+        x = rows[n]
+        assert table[n][8] == (
+            f"{x['sign_mismatches']} / {x['prediction_mismatches']} "
+            f"({x['prediction_mismatches_unexplained']}; {x['float_ties']}) |"
+        ), table[n]
     assert (tmp_path / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
 
 

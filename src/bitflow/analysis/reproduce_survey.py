@@ -71,6 +71,8 @@ def _deploy(
         "engine_ms": ms,
         "sign_mismatches": v["sign_mismatches"],
         "prediction_mismatches": v["prediction_mismatches"],
+        "prediction_mismatches_unexplained": v["prediction_mismatches_unexplained"],
+        "float_ties": v["float_ties"],
         "near_threshold": v["near_threshold"]["count"],
         "accuracy_integer": v["accuracy_integer"],
         "verify_samples": v["samples"],
@@ -263,7 +265,7 @@ def format_report(r: dict[str, Any]) -> str:
         head,
         "",
         "| method | W/A | test acc. % (mean +- sd) | survey (CIFAR-10 / ImageNet) | deploy | .bfn bytes | engine ms | "
-        "speed-up vs fp32 | verify (sign / pred. mismatches) |",
+        "speed-up vs fp32 | verify: sign / pred. mismatches (unexplained; PyTorch float32 ties) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
@@ -276,7 +278,8 @@ def format_report(r: dict[str, Any]) -> str:
         sp = f"{x['speedup']:.1f}x" if x.get("speedup") else "-"
         by = str(x["bfn_bytes"]) if x.get("bfn_bytes") else "-"
         ver = (
-            f"{x['sign_mismatches']} / {x['prediction_mismatches']}"
+            f"{x['sign_mismatches']} / {x['prediction_mismatches']} "
+            f"({x.get('prediction_mismatches_unexplained', '?')}; {x.get('float_ties', '?')})"
             if "sign_mismatches" in x
             else "-"
         )
