@@ -149,6 +149,35 @@ void conv_driver(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t pl
   run_epilogue(epilogue, M, threads);
 }
 
+// Gathered (implicit-GEMM) convolutions: row blocks of about 96 output positions (the block's
+// int32 / float results stay in cache for the epilogue), at least 4 blocks per thread when M allows
+// and at least `min_rows` rows per block.
+std::int64_t gather_row_block(std::int64_t M, int threads, std::int64_t min_rows) {
+  std::int64_t mb = 96;
+  if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), min_rows));
+  return mb;
+}
+
+// rows[m] (m < mc) = the first element of output position m0 + m's window, (n, oh * sh, ow * sw),
+// in the zero-bordered NHWC copy `xp` (hp x wp pixels of `pix` elements each).
+template <class T>
+void gather_rows(std::vector<const T*>& rows, const T* xp, const ConvGeom& g, std::int64_t m0,
+                 std::int64_t mc, std::int64_t hp, std::int64_t wp, std::int64_t pix) {
+  const std::int64_t ho = g.ho(), wo = g.wo();
+  rows.resize(static_cast<std::size_t>(mc));
+  std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
+  for (std::int64_t m = 0; m < mc; ++m) {
+    rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * pix;
+    if (++ow == wo) {
+      ow = 0;
+      if (++oh == ho) {
+        oh = 0;
+        ++n;
+      }
+    }
+  }
+}
+
 bool is_pointwise(const ConvGeom& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
@@ -418,26 +447,13 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
       for (std::int64_t i = 0; i < g.kh; ++i)
         for (std::int64_t j = 0; j < g.kw; ++j)
           for (std::int64_t q = 0; q < cw; ++q) koff[(i * g.kw + j) * cw + q] = (i * wp + j) * cw + q;
-      std::int64_t mb = 96;
-      if (threads > 1)
-        mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t mb = gather_row_block(M, threads, 8);
       const std::int64_t n_mb = (M + mb - 1) / mb;
       const std::int64_t* ko = koff.data();
       parallel_for(n_mb, threads, [&](std::int64_t t) {
         const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
         thread_local std::vector<const std::uint64_t*> rows;
-        rows.resize(static_cast<std::size_t>(mc));
-        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
-        for (std::int64_t m = 0; m < mc; ++m) {
-          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * cw;
-          if (++ow == wo) {
-            ow = 0;
-            if (++oh == ho) {
-              oh = 0;
-              ++n;
-            }
-          }
-        }
+        gather_rows(rows, static_cast<const std::uint64_t*>(xp), g, m0, mc, hp, wp, cw);
         ks.bgemm_gather(rows.data(), ko, bp, mc, g.o, Kr, k_bits, out + m0 * g.o, g.o);
         correct(m0, mc, 0, g.o);
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
@@ -592,25 +608,13 @@ void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const flo
       for (std::int64_t i = 0; i < g.kh; ++i)
         for (std::int64_t j = 0; j < g.kw; ++j)
           for (std::int64_t c = 0; c < C; ++c) koff[(i * g.kw + j) * C + c] = (i * wp + j) * C + c;
-      std::int64_t mb = 96;
-      if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 8));
+      const std::int64_t mb = gather_row_block(M, threads, 8);
       const std::int64_t n_mb = (M + mb - 1) / mb;
       const std::int64_t* ko = koff.data();
       parallel_for(n_mb, threads, [&](std::int64_t t) {
         const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
         thread_local std::vector<const float*> rows;
-        rows.resize(static_cast<std::size_t>(mc));
-        std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
-        for (std::int64_t m = 0; m < mc; ++m) {
-          rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * C;
-          if (++ow == wo) {
-            ow = 0;
-            if (++oh == ho) {
-              oh = 0;
-              ++n;
-            }
-          }
-        }
+        gather_rows(rows, static_cast<const float*>(xp), g, m0, mc, hp, wp, C);
         ks.sgemm_gather(rows.data(), ko, bpw, mc, g.o, K, bias, out + m0 * g.o, g.o);
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
       });
@@ -852,28 +856,14 @@ void conv_u8_gather(const KernelSet& ks, int threads, const std::uint8_t* x,
   std::vector<std::int64_t> koff(static_cast<std::size_t>(groups));
   for (std::int64_t i = 0; i < g.kh; ++i)
     for (std::int64_t r = 0; r < prep.Q; ++r) koff[i * prep.Q + r] = i * wp * C + 4 * r;
-  // row blocks: about 96 rows (the int32 block stays in cache for the epilogue), at least 4 per
-  // thread when M allows
-  std::int64_t mb = 96;
-  if (threads > 1) mb = std::min<std::int64_t>(mb, std::max<std::int64_t>((M + 4 * threads - 1) / (4 * threads), 12));
+  const std::int64_t mb = gather_row_block(M, threads, 12);
   const std::int64_t n_mb = (M + mb - 1) / mb;
   const std::int8_t* bp = prep.gather.data();
   const std::int64_t* ko = koff.data();
   parallel_for(n_mb, threads, [&](std::int64_t t) {
     const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
     thread_local std::vector<const std::uint8_t*> rows;
-    rows.resize(static_cast<std::size_t>(mc));
-    std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
-    for (std::int64_t m = 0; m < mc; ++m) {
-      rows[static_cast<std::size_t>(m)] = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * C;
-      if (++ow == wo) {
-        ow = 0;
-        if (++oh == ho) {
-          oh = 0;
-          ++n;
-        }
-      }
-    }
+    gather_rows(rows, static_cast<const std::uint8_t*>(xp), g, m0, mc, hp, wp, C);
     ks.igemm_gather(rows.data(), ko, bp, mc, g.o, groups, out + m0 * g.o, g.o);
     if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
   });
