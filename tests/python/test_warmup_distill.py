@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_real_warmup import _cfg as _warmup_cfg
 
 from bitflow.methods import apprentice_loss, soft_cross_entropy
 from bitflow.nn import BinaryConv2d
@@ -34,22 +35,8 @@ def _recipe(tmp: Path, name: str, **extra: object) -> str:
 
 
 def _cfg(out: Path, recipe: str, **kw: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        model="bireal_resnet20",
-        data="fashion-mnist",
-        out=str(out),
-        recipe=recipe,
-        epochs=3,
-        real_epochs=1,
-        batch_size=64,
-        limit_train=128,
-        limit_test=64,
-        seed=3,
-        progress=False,
-        model_kwargs={"width": 4},
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+    """test_real_warmup's tiny bireal_resnet20 run (3 epochs, 1 of them warm-up), smaller still."""
+    return _warmup_cfg(out, recipe=recipe, seed=3, limit_train=128, limit_test=64, **kw)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
