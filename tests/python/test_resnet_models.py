@@ -213,6 +213,9 @@ def test_odd_map_with_avgpool_downsample_is_a_clear_error() -> None:
         ({"downsample": "maxpool"}, "downsample must be one of"),
         ({"num_classes": 0}, "num_classes"),
         ({"width": 0}, "width"),
+        ({"widths": [16, 32]}, r"widths must be 3 positive integers"),
+        ({"widths": [16, 0, 64]}, r"widths must be 3 positive integers"),
+        ({"widths": [16, 32.5, 64]}, r"widths must be 3 positive integers"),
     ],
 )
 def test_bad_options(kw: dict[str, Any], match: str) -> None:
@@ -453,6 +456,21 @@ def test_twin_has_the_binary_models_parameters(name: str) -> None:
     assert not binary_layers(f)
 
 
+def test_per_stage_widths() -> None:
+    """``widths`` sets each stage's channels (the stem takes the first); the twin takes the same
+    option and keeps the binary model's parameter shapes."""
+    b = models.create("bireal_resnet20", widths=[8, 24, 40])
+    f = models.create("resnet20", widths=[8, 24, 40], activation="htanh")
+    assert [c.out_channels for c in binary_layers(b).values()] == [8] * 6 + [24] * 6 + [40] * 6
+    assert b.head[-1].in_features == 40 and b.stem[0].out_channels == 8
+    sb, sf = b.state_dict(), f.state_dict()
+    assert {k: tuple(v.shape) for k, v in sb.items()} == {k: tuple(v.shape) for k, v in sf.items()}
+    # the default is width * 2^i
+    assert [
+        c.out_channels for c in binary_layers(models.create("bireal_resnet20", width=4)).values()
+    ][::6] == [4, 8, 16]
+
+
 def _n(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -534,6 +552,7 @@ def test_one_training_step(name: str) -> None:
         ("bireal_resnet20", {"width": 4}),
         ("bireal_resnet20", {"width": 4, "first_layer": "int8", "downsample": "conv"}),
         ("bireal_resnet20", {"width": 4, "stem": "s2", "downsample": "conv"}),
+        ("bireal_resnet20", {"widths": [3, 5, 13]}),
         ("bireal_resnet18", {"width": 4, "image_size": 64, "stem": "imagenet", "in_channels": 3}),
         ("bitflow_resnet18", SMALL["bitflow_resnet18"]),
         ("xnor_resnet18", SMALL["xnor_resnet18"]),

@@ -314,10 +314,12 @@ def build_resnet(
     inference: str = "bitflow",
     residual_frac: int = 8,
     residual_bits: int = 16,
+    widths: Sequence[int] | None = None,
 ) -> ResNet:
     """Build a residual network. ``block="bireal"``: ``stages[i]`` :class:`BiRealUnit` s of width
     ``width * 2^i``; ``"bitflow"``: ``stages[i]`` :class:`BinaryBasicBlock` s. The first unit of
     every stage but the first has stride 2. ``binary=False`` builds the full-precision twin.
+    ``widths`` (one per stage) overrides ``width * 2^i``; the stem has ``widths[0]`` channels.
 
     ``None`` / ``"auto"`` options follow ``residual``: float stream -> ``first_layer="float"``,
     ``downsample="avgpool"`` (``"conv"`` for block ``"bitflow"``), ``weight_quantizer="xnor"``;
@@ -350,6 +352,7 @@ def build_resnet(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if width < 1 or in_channels < 1:
         raise ValueError(f"width and in_channels must be >= 1, got {width} and {in_channels}")
+    stage_widths = _stage_widths(width, widths, len(stages))
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     if stem == "auto":
@@ -372,9 +375,9 @@ def build_resnet(
     if size < 1:
         raise ValueError(f"image_size {image_size} is too small for the {stem!r} stem")
     units: list[nn.Module] = []
-    cin = width
+    cin = stage_widths[0]
     for i, n in enumerate(stages):
-        cout = width * 2**i
+        cout = stage_widths[i]
         for j in range(n):
             stride = 2 if (i > 0 and j == 0) else 1
             if stride == 2:
@@ -420,7 +423,7 @@ def build_resnet(
     model = ResNet(
         _stem(
             in_channels,
-            width,
+            stage_widths[0],
             stem,
             first_layer,
             relu=not bireal,
@@ -444,6 +447,23 @@ def build_resnet(
 # (num_classes, in_channels, image_size, width, stem) defaults: ImageNet-sized and small inputs
 _IMAGENET = (1000, 3, 224, 64, "auto")
 _SMALL = (10, 1, 28, 16, "cifar")
+
+
+def _stage_widths(width: int, widths: Sequence[int] | None, n: int) -> list[int]:
+    """Channels of each of the ``n`` stages: ``widths`` if given (one positive int per stage),
+    else ``width * 2^i``."""
+    if widths is None:
+        return [width * 2**i for i in range(n)]
+    ws = [int(w) for w in widths]
+    if (
+        len(ws) != n
+        or any(w < 1 for w in ws)
+        or any(w != v for w, v in zip(ws, widths, strict=True))
+    ):
+        raise ValueError(
+            f"widths must be {n} positive integers (one per stage), got {list(widths)}"
+        )
+    return ws
 
 
 def _named(fn: Any, name: str, doc: str) -> Any:
@@ -470,6 +490,7 @@ def _bireal(name: str, stages: tuple[int, ...], defaults: tuple[Any, ...], doc: 
         pad_value: float = 0,
         residual_frac: int = 8,
         residual_bits: int = 16,
+        widths: Sequence[int] | None = None,
     ) -> nn.Module:
         return build_resnet(
             block="bireal",
@@ -489,6 +510,7 @@ def _bireal(name: str, stages: tuple[int, ...], defaults: tuple[Any, ...], doc: 
             inference="bitflow",
             residual_frac=residual_frac,
             residual_bits=residual_bits,
+            widths=widths,
         )
 
     return _named(make, name, doc)
@@ -580,6 +602,7 @@ def _twin(
         downsample: str | None = None,
         activation: str = "relu",
         relu: bool | None = None,
+        widths: Sequence[int] | None = None,
     ) -> nn.Module:
         return build_resnet(
             block=block,
@@ -594,6 +617,7 @@ def _twin(
             downsample=downsample or ("avgpool" if block == "bireal" else "conv"),
             activation=activation,
             relu=relu,
+            widths=widths,
         )
 
     return _named(make, name, doc)

@@ -75,6 +75,12 @@ class TrainConfig:
     # layout; oneDNN's convolution backward is ~1.5x faster on it on CPU (bireal_resnet20, batch
     # 128). Checkpoints are stored contiguous (NCHW) either way.
     channels_last: bool = True
+    #: ``"fp32"`` / ``"bf16"``: overrides the recipe's ``precision`` (see :class:`Recipe`).
+    precision: str | None = None
+    #: ``torch.compile`` the training forward pass (and the distillation teacher): the same
+    #: operations fused into fewer kernels (~1.2x per step on CPU; one to a few minutes of
+    #: compilation, again when the warm-up ends). Evaluation stays eager.
+    compile: bool = False
 
 
 class _Dist:
@@ -340,6 +346,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         lr=cfg.lr,
         flip_log_every=cfg.flip_every,
         real_epochs=cfg.real_epochs,
+        precision=cfg.precision,
     )
     if recipe.distill and cfg.method == "kd":
         raise ValueError(
@@ -424,6 +431,9 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    bf16 = recipe.precision == "bf16"
 
     progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     n = len(data.train)
@@ -453,6 +463,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             teacher = _warmup_teacher(
                 model, config, out / "warmup.pt", fresh=epoch == recipe.real_epochs, save=dd.main
             )
+            if cfg.compile:
+                teacher = torch.compile(teacher)  # type: ignore[assignment]
         order = torch.randperm(n, generator=_epoch_gen(cfg.seed, epoch))
         batches = _batches(n, recipe.batch_size, order)
         if dd.enabled:
@@ -478,18 +490,19 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device)
-            logits = net(x)
-            loss = hooks.loss(
-                model, x, logits, y
-            )  # survey methods (KD, regularizers); else cross entropy
-            if teacher is not None:  # recipe distill = "warmup": + w H(p^T, p^S)
-                with torch.no_grad():
-                    zt = teacher(x)
-                loss = loss + recipe.distill_weight * soft_cross_entropy(
-                    F.log_softmax(logits, dim=1), zt
-                )
-            if extra_loss is not None:  # the model's own terms (MCN filter / center losses)
-                loss = loss + extra_loss(logits, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = net(x)
+                loss = hooks.loss(
+                    model, x, logits, y
+                )  # survey methods (KD, regularizers); else cross entropy
+                if teacher is not None:  # recipe distill = "warmup": + w H(p^T, p^S)
+                    with torch.no_grad():
+                        zt = teacher(x)
+                    loss = loss + recipe.distill_weight * soft_cross_entropy(
+                        F.log_softmax(logits.float(), dim=1), zt.float()
+                    )
+                if extra_loss is not None:  # the model's own terms (MCN filter / center losses)
+                    loss = loss + extra_loss(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
