@@ -688,6 +688,7 @@ __all__ = [
     "Method",
     "MethodHooks",
     "apprentice_loss",
+    "soft_cross_entropy",
     "build_model",
     "convert",
     "describe",
