@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bitflow.models import create
+from bitflow.train.trainer import _channels_last_
 
 
 def _kv(items: list[str]) -> dict[str, Any]:
@@ -63,7 +64,8 @@ def main() -> None:
     for prec in ("fp32", "bf16"):
         for comp in (False, True):
             torch.manual_seed(0)
-            model = create(a.model, **kw).to(memory_format=torch.channels_last).train()
+            model = create(a.model, **kw).train()
+            _channels_last_(model)  # as bitflow train does (4-D parameters only)
             net = torch.compile(model) if comp else model
             opt = torch.optim.Adam(model.parameters(), 1e-3)
             name = f"{prec} {'compiled' if comp else 'eager'}"
