@@ -221,11 +221,13 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "auto"),
         default=None,
-        help="training arithmetic (default: the recipe's, fp32): bf16 = torch.autocast bfloat16 "
-        "convolutions and linear layers with float32 BatchNorm, stream, losses and weights; ~2x "
-        "faster with --compile on CPUs with AMX/AVX512-BF16. Evaluation and conversion stay float32",
+        help="training arithmetic (default: the recipe's; fp32, auto for bireal_resnet20 on "
+        "fashion-mnist): bf16 = torch.autocast bfloat16 convolutions and linear layers with float32 "
+        "BatchNorm, stream, losses and weights; ~2x faster with --compile on CPUs with "
+        "AMX/AVX512-BF16; auto = bf16 where the CPU/GPU has native bfloat16, else fp32. "
+        "Evaluation and conversion stay float32",
     )
     p.add_argument(
         "--compile",

@@ -114,9 +114,18 @@ def test_default_recipe_of_the_bireal_model() -> None:
     assert default_recipe_for("fashion-mnist", model="bireal_resnet20") == "fashion-mnist-bireal"
     assert default_recipe_for("fashion-mnist", model="bitflow_vgg_small") == "fashion-mnist"
     plain, warm = load_recipe("fashion-mnist"), load_recipe("fashion-mnist-bireal")
-    # the same recipe apart from the warm-up
+    # the plain recipe plus the warm-up, its distillation, batch 64, flips only and native bf16
     a, b = plain.to_dict(), warm.to_dict()
-    for k in ("name", "description", "real_epochs"):
+    changed = {
+        "real_epochs": (0, 4),
+        "distill": ("", "warmup"),
+        "batch_size": (128, 64),
+        "augment": (["hflip", "crop2"], ["hflip"]),
+        "precision": ("fp32", "auto"),
+    }
+    for k, (va, vb) in changed.items():
+        assert (a.pop(k), b.pop(k)) == (va, vb), k
+    for k in ("name", "description"):
         a.pop(k), b.pop(k)
     assert a == b
 

@@ -20,7 +20,7 @@ from bitflow.models import create
 from bitflow.nn import BinaryConv2d, set_real_mode
 from bitflow.train import load_checkpoint, train
 from bitflow.train.recipes import Recipe
-from bitflow.train.trainer import evaluate
+from bitflow.train.trainer import evaluate, native_bf16, resolve_precision
 
 
 def test_recipe_rejects_an_unknown_precision() -> None:
@@ -46,7 +46,7 @@ def test_bf16_reaches_the_convolutions_and_nothing_that_is_stored(
     res = train(_cfg(tmp_path / "bf", precision="bf16", epochs=2))
     assert seen and set(seen) == {torch.bfloat16}
     ck = load_checkpoint(tmp_path / "bf" / "best.pt")
-    assert ck["recipe"]["precision"] == "bf16"
+    assert ck["recipe"]["precision"] == "bf16" and ck["precision"] == res["precision"] == "bf16"
     assert all(v.dtype != torch.bfloat16 for v in ck["model"].values())
     # the reported accuracy is the float32 evaluation of the stored weights
     model = create("bireal_resnet20", width=4)
@@ -55,7 +55,7 @@ def test_bf16_reaches_the_convolutions_and_nothing_that_is_stored(
     _, acc = evaluate(model, data.test, torch.device("cpu"))
     assert acc == res["test_accuracy"]
     seen.clear()
-    train(_cfg(tmp_path / "fp", epochs=2))
+    train(_cfg(tmp_path / "fp", epochs=2, precision="fp32"))
     assert seen and set(seen) == {torch.float32}
 
 
@@ -79,3 +79,18 @@ def test_a_compiled_model_follows_the_switch_out_of_real_mode() -> None:
         torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
         outs[real] = eager
     assert not torch.allclose(outs[True], outs[False])  # the two modes differ: the test can fail
+
+
+def test_auto_precision_follows_the_cpus_bfloat16_support() -> None:
+    """Oracle: the kernel's CPU flags (independent of PyTorch's probes): ``auto`` is bf16 iff the
+    CPU has AVX512-BF16 or AMX."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) == native
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert not native_bf16(torch.device("meta"))

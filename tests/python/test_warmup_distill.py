@@ -24,8 +24,10 @@ from bitflow.train.recipes import Recipe
 
 
 def _recipe(tmp: Path, name: str, **extra: object) -> str:
-    """The built-in Bi-Real recipe plus ``extra`` keys (strings and numbers only)."""
+    """The built-in Bi-Real recipe without its distillation, plus ``extra`` keys (strings and
+    numbers only)."""
     text = (resources.files("bitflow.train") / "recipes" / "fashion-mnist-bireal.toml").read_text()
+    text = "".join(ln for ln in text.splitlines(keepends=True) if not ln.startswith("distill"))
     text += "".join(
         f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n" for k, v in extra.items()
     )

@@ -12,7 +12,7 @@ from typing import Any
 _AUGMENTS = {"hflip", "crop2", "crop4"}
 _SCHEDULES = {"constant", "multistep", "cosine"}
 _OPTIMIZERS = {"adam", "adamw", "sgd"}
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ class Recipe:
     #: integer sum is rounded to 8 significant bits before the float32 scale. Evaluation, the
     #: reported accuracies, checkpoints and conversion are always float32. On CPUs with AMX or
     #: AVX512-BF16 this about halves a step of ``bireal_resnet20`` (with ``bitflow train
-    #: --compile``); elsewhere bfloat16 is emulated and slower.
+    #: --compile``); elsewhere bfloat16 is emulated and slower. ``"auto"``: ``"bf16"`` where the
+    #: device computes bfloat16 natively (:func:`bitflow.train.trainer.native_bf16`), else
+    #: ``"fp32"`` (as PyTorch's TF32 default does on GPUs); the run records what it used.
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 

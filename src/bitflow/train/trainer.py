@@ -75,7 +75,7 @@ class TrainConfig:
     # layout; oneDNN's convolution backward is ~1.5x faster on it on CPU (bireal_resnet20, batch
     # 128). Checkpoints are stored contiguous (NCHW) either way.
     channels_last: bool = True
-    #: ``"fp32"`` / ``"bf16"``: overrides the recipe's ``precision`` (see :class:`Recipe`).
+    #: ``"fp32"`` / ``"bf16"`` / ``"auto"``: overrides the recipe's ``precision`` (see :class:`Recipe`).
     precision: str | None = None
     #: ``torch.compile`` the training forward pass (and the distillation teacher): the same
     #: operations fused into fewer kernels (~1.2x per step on CPU; one to a few minutes of
@@ -308,6 +308,25 @@ def _calibrate(model: nn.Module, ds: Any, seed: int) -> dict[str, float]:
     return calibrate_ranges(model, x, y)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device with bf16 support, or a CPU
+    with AVX512-BF16 or AMX tiles (oneDNN's bf16 convolutions; without them bf16 is emulated)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for a recipe's ``precision`` (``"auto"``: bf16 iff
+    :func:`native_bf16`)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary also written to ``result.json``."""
     from ..data import get_data
@@ -433,7 +452,8 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         )
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
-    bf16 = recipe.precision == "bf16"
+    precision = resolve_precision(recipe.precision, device)
+    bf16 = precision == "bf16"
 
     progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     n = len(data.train)
@@ -544,6 +564,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
                 "epoch_seconds": history,
                 "rng": _rng_state(),
                 "recipe": recipe.to_dict(),
+                "precision": precision,
                 "data": cfg.data,
                 "seed": cfg.seed,
                 "num_classes": data.num_classes,
@@ -587,6 +608,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "recipe": recipe.name,
             "epochs": recipe.epochs,
             "real_epochs": recipe.real_epochs,
+            "precision": precision,
             "epochs_completed": end_epoch,
             "best_epoch": best_epoch,
             "val_accuracy": best_val,
