@@ -92,6 +92,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         real_epochs=a.real_epochs,
         channels_last=not a.no_channels_last,
         precision=a.precision,
+        precise_bn=a.precise_bn,
         compile=a.compile,
         calibrate=not a.no_calibrate,
         image_size=a.image_size,
@@ -228,6 +229,15 @@ def _add_train(sub: Any) -> None:
         "BatchNorm, stream, losses and weights; ~2x faster with --compile on CPUs with "
         "AMX/AVX512-BF16; auto = bf16 where the CPU/GPU has native bfloat16, else fp32. "
         "Evaluation and conversion stay float32",
+    )
+    p.add_argument(
+        "--precise-bn",
+        type=int,
+        default=None,
+        metavar="N",
+        help="after each epoch, set the BatchNorm statistics to their population values over N "
+        "training samples under the final weights (default: the recipe's, 0 = off); helps "
+        "binarized-weight models whose moving averages lag the flipping weights (MCN)",
     )
     p.add_argument(
         "--compile",

@@ -58,6 +58,11 @@ class Recipe:
     #: device computes bfloat16 natively (:func:`bitflow.train.trainer.native_bf16`), else
     #: ``"fp32"`` (as PyTorch's TF32 default does on GPUs); the run records what it used.
     precision: str = "fp32"
+    #: ``N > 0``: after every epoch, before validation, replace the BatchNorm running statistics
+    #: by their population values over ``N`` training samples under the epoch's final weights
+    #: (:func:`bitflow.train.trainer.precise_bn_`); checkpoints store those. The moving averages lag
+    #: when binarized weights keep flipping (MCN: +1.3 points of test accuracy on one run).
+    precise_bn: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,10 @@ class Recipe:
         if not math.isfinite(self.distill_weight) or self.distill_weight < 0:
             raise ValueError(
                 f"recipe {self.name!r}: distill_weight must be finite and >= 0, got {self.distill_weight}"
+            )
+        if self.precise_bn < 0:
+            raise ValueError(
+                f"recipe {self.name!r}: precise_bn must be >= 0, got {self.precise_bn}"
             )
         if self.precision not in PRECISIONS:
             raise ValueError(
