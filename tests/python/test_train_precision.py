@@ -94,3 +94,13 @@ def test_auto_precision_follows_the_cpus_bfloat16_support() -> None:
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     assert not native_bf16(torch.device("meta"))
+
+
+def test_the_integer_residual_stream_trains_in_float32(tmp_path: Path) -> None:
+    """bf16 would round the integer accumulators the fixed-point stream quantizes: ``auto`` keeps
+    such a model in fp32, an explicit ``bf16`` is refused with the reason."""
+    kw = {"width": 4, "residual": "int"}
+    with pytest.raises(ValueError, match="fixed-point residual stream"):
+        train(_cfg(tmp_path / "b", precision="bf16", model_kwargs=kw))
+    res = train(_cfg(tmp_path / "a", precision="auto", epochs=1, real_epochs=0, model_kwargs=kw))
+    assert res["precision"] == "fp32"
