@@ -74,12 +74,14 @@ def _file_accuracy(bfn: Path, data: str, limit: int) -> float:
     return float(np.mean(np.asarray(run(load_graph(bfn), x)).argmax(1) == y))
 
 
-def _tiny_survey(out: Path, names: list[str], seeds: tuple[int, ...]) -> dict[str, Any]:
-    """``reproduce_survey`` on the width-2 LeNet backbone: 1 epoch, 32 / 16 images, 2 timings."""
+def _tiny_survey(
+    out: Path, names: list[str], seeds: tuple[int, ...], backbone: str = "bitflow_lenet"
+) -> dict[str, Any]:
+    """``reproduce_survey`` on a width-2 backbone: 1 epoch, 32 / 16 images, 2 timings."""
     return RS.reproduce_survey(
         out,
         methods_=names,
-        backbone="bitflow_lenet",
+        backbone=backbone,
         seeds=seeds,
         epochs=1,
         limit_train=32,
@@ -210,18 +212,7 @@ def test_reproduce_survey_goes_on_past_a_method_the_backbone_cannot_deploy(
     # rows after it
     tr = _Trainer()
     monkeypatch.setattr(RS, "_train", tr)
-    r = RS.reproduce_survey(
-        tmp_path,
-        methods_=["xnorpp", "bnn"],
-        backbone="bireal_resnet20",
-        seeds=(0,),
-        epochs=1,
-        limit_train=32,
-        limit_test=16,
-        width=2,
-        repeat=2,
-        log=lambda m: None,
-    )
+    r = _tiny_survey(tmp_path, ["xnorpp", "bnn"], (0,), backbone="bireal_resnet20")
     rows = {x["method"]: x for x in r["rows"]}
     model, _ = model_from_checkpoint(tr.runs(tmp_path / "xnorpp")[0]["checkpoint"])
     with pytest.raises(UnsupportedLayerError) as e:
