@@ -24,13 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from bitflow.models import create
-from bitflow.train.trainer import _channels_last_
-
-
-def _kv(items: list[str]) -> dict[str, Any]:
-    from bitflow.cli import _parse_kv
-
-    return _parse_kv(items)
+from bitflow.options import parse_kv
+from bitflow.train.trainer import channels_last_
 
 
 def _cpu_bf16() -> list[str]:
@@ -54,7 +49,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    kw = {"in_channels": a.channels, "image_size": a.image_size, **_kv(a.model_arg)}
+    kw = {"in_channels": a.channels, "image_size": a.image_size, **parse_kv(a.model_arg)}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, a.channels, a.image_size, a.image_size, generator=g)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -65,7 +60,7 @@ def main() -> None:
         for comp in (False, True):
             torch.manual_seed(0)
             model = create(a.model, **kw).train()
-            _channels_last_(model)  # as bitflow train does (4-D parameters only)
+            channels_last_(model)  # as bitflow train does (4-D parameters only)
             net = torch.compile(model) if comp else model
             opt = torch.optim.Adam(model.parameters(), 1e-3)
             name = f"{prec} {'compiled' if comp else 'eager'}"

@@ -9,36 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-
-
-def _kv_value(text: str) -> Any:
-    """One ``KEY=VALUE`` value: JSON when it parses (``64``, ``true``, ``[4, 4, 8, 16]``,
-    ``"x"``), else a comma-separated list of numbers (``4,4,8,16`` -> ``[4, 4, 8, 16]``, the
-    spelling of ``--bits-a``), else the text itself (``first_layer=int8``)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        try:
-            parts = [json.loads(p) for p in text.split(",")]
-        except json.JSONDecodeError:
-            return text
-        if all(isinstance(p, int | float) and not isinstance(p, bool) for p in parts):
-            return parts
-    return text
-
-
-def _parse_kv(items: Sequence[str], option: str = "--model-arg") -> dict[str, Any]:
-    """``["width=64", "first_layer=int8", "widths=4,4,8,16"]`` ->
-    ``{"width": 64, "first_layer": "int8", "widths": [4, 4, 8, 16]}`` (see :func:`_kv_value`)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"bitflow: {option} expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k] = _kv_value(v)
-    return out
+from .options import parse_kv
 
 
 def _bits_list(text: str | None) -> int | list[int] | None:
@@ -83,9 +54,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
         val_fraction=a.val_fraction,
         workers=a.workers,
         progress=False if (a.json or a.no_progress) else None,
-        model_kwargs={**_bits_kwargs(a), **_parse_kv(a.model_arg)},
+        model_kwargs={**_bits_kwargs(a), **parse_kv(a.model_arg)},
         method=a.method,
-        method_args=_parse_kv(a.method_arg, "--method-arg"),
+        method_args=parse_kv(a.method_arg, "--method-arg"),
         stop_after=a.stop_after,
         flip_every=a.flip_every,
         init_from=a.init_from,
@@ -275,7 +246,7 @@ def _cmd_summary(a: argparse.Namespace) -> int:
     from .analysis.summary import format_table, summarize
     from .models import create
 
-    kwargs = _parse_kv(a.model_arg)
+    kwargs = parse_kv(a.model_arg)
     if a.num_classes is not None:
         kwargs["num_classes"] = a.num_classes
     model = create(a.model, **kwargs)
@@ -712,7 +683,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         "rounds": a.rounds,
     }
     if a.model is not None:
-        result = bench_zoo(a.model, model_kwargs=_parse_kv(a.model_arg), **kw)
+        result = bench_zoo(a.model, model_kwargs=parse_kv(a.model_arg), **kw)
     else:
         result = bench_file(a.model_file, **kw)
     if a.output:

@@ -1,4 +1,4 @@
-"""``--model-arg`` / ``--method-arg KEY=VALUE``: one parser (``cli._parse_kv``) for every command
+"""``--model-arg`` / ``--method-arg KEY=VALUE``: one parser (``bitflow.options.parse_kv``) for every command
 that takes them (train, summary, bench), checked through the command-line parser down to the
 model that is built. Oracle: the same model built from the Python API with the list given
 directly (``create("mcn_wrn", widths=(4, 4, 8, 16))``), compared parameter by parameter shape."""
@@ -14,8 +14,10 @@ import torch
 
 import bitflow.bench
 import bitflow.train
-from bitflow.cli import _kv_value, _parse_kv, build_parser, main
+from bitflow.cli import build_parser, main
 from bitflow.models import create
+from bitflow.options import kv_value as _kv_value
+from bitflow.options import parse_kv as _parse_kv
 
 
 @pytest.mark.parametrize(

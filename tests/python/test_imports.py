@@ -27,6 +27,7 @@ import bitflow
 ROOT = Path(bitflow.__file__).parent
 SHARED = {"_io", "_registry", "_native", "_bits", "_checkpoint"}
 _EVERYTHING = {
+    "options",
     "nn",
     "models",
     "data",
@@ -45,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "_io": set(),
     "_registry": set(),
     "_bits": set(),
+    "options": set(),  # KEY=VALUE model options (the CLI and the benchmarks)
     "_checkpoint": {"_io"},
     "nn": {"_registry", "_bits"},
     "models": {"nn", "_registry"},

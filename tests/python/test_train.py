@@ -364,7 +364,7 @@ def test_channels_last_is_a_layout_not_a_model_change(tmp_path: Path) -> None:
     from bitflow.train import trainer as tr
 
     model = create("bitflow_vgg_small", **TINY)
-    tr._channels_last_(model)
+    tr.channels_last_(model)
     for p in model.parameters():
         if p.dim() == 4:
             seen.append(p.is_contiguous(memory_format=torch.channels_last))

@@ -228,7 +228,11 @@ def precise_bn_(
     a forward pre-hook accumulates per channel ``n``, ``sum x``, ``sum x^2`` in float64, and then
     ``running_mean = sum x / n``, ``running_var = (sum x^2 - n mean^2) / (n - 1)`` (unbiased, as
     PyTorch keeps it). Returns the number of BatchNorm layers updated."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+    ]
     bns = [m for m in bns if m.track_running_stats and m.running_mean is not None]
     n = min(int(samples), len(ds))
     if not bns or n < 2:
@@ -267,7 +271,7 @@ def precise_bn_(
     return len(bns)
 
 
-def _channels_last_(model: nn.Module) -> None:
+def channels_last_(model: nn.Module) -> None:
     """Store every 4-d parameter and buffer of ``model`` as channels_last, in place (``Module.to``
     refuses models with other ranks, e.g. MCN's 5-d latent filters, which stay as they are)."""
     with torch.no_grad():
@@ -465,7 +469,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             _calibrate(model, data.train, cfg.seed)
     model = model.to(device)
     if cfg.channels_last:
-        _channels_last_(model)
+        channels_last_(model)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _group_lambdas(opt, recipe))
