@@ -96,10 +96,15 @@ def test_mcn_storage_matches_the_converted_file_and_the_32x_32k_ratios() -> None
     )
     s = mcn_storage(model)
     graph = convert(model)
-    by_source = {op.attrs.get("source"): op for op in graph.ops if "w" in op.params}
     for r in s["layers"]:
-        op = by_source[r["layer"]]
-        assert r["bfn_weight_bytes"] == graph.tensors[op.params["w"]].nbytes, r["layer"]
+        stored = sum(  # the packed rows (one per map: K equal rows shared) + the gather index
+            graph.tensors[t].nbytes
+            for op in graph.ops
+            if op.attrs.get("source") == r["layer"]
+            for role, t in op.params.items()
+            if role in ("w", "index")
+        )
+        assert r["bfn_weight_bytes"] == stored, r["layer"]
         assert r["float_same_params_bytes"] * 8 == 32 * r["binary_bits"]
         assert r["float_same_channels_bytes"] * 8 == 32 * 4 * r["binary_bits"]  # 32 K, K = 4
     umcn = mcn_storage(create("umcn_mnist", in_channels=1, image_size=28))

@@ -297,9 +297,11 @@ def test_mcn_storage_matches_the_converted_u8_file(name: str) -> None:
     g = convert(model)
     for r in mcn_storage(model)["layers"]:
         got = sum(
-            g.tensors[op.params["w"]].nbytes
+            g.tensors[t].nbytes
             for op in g.ops
-            if op.attrs.get("source") == r["layer"] and "w" in op.params
+            if op.attrs.get("source") == r["layer"]
+            for role, t in op.params.items()
+            if role in ("w", "index")
         )
         assert got == r["bfn_weight_bytes"], r
 

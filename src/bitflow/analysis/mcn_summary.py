@@ -12,8 +12,9 @@ Per :class:`~bitflow.nn.mcn.MCConv2d` (``G`` input maps, ``H`` output maps, ``K`
   input/output channel counts (``G*K -> H*K``), ``32*K`` times the binary bits;
 - ``bfn_weight_bytes``: what the converted ``.bfn`` stores for the layer's weights today
   (``deploy`` names the form, ``bitflow.convert._mcn``): a binary MCN-1 layer (sign or uint8
-  inputs) has one packed row per output *channel*, so ``s_h`` is stored ``K`` times,
-  ``ceil(G*K/64)`` words per tap; full M ("taps") stores ``H W W`` 1x1 rows plus the float32
+  inputs) stores one packed row ``s_h`` per map (``ceil(G*K/64)`` words per tap) and the int32
+  index of ``gather_channels`` that gives the ``K`` channels of map ``h`` its result
+  (``bitflow.convert._rows``: the ``K`` equal rows are computed once); full M ("taps") stores ``H W W`` 1x1 rows plus the float32
   ``W^2``-term combination ``[H*K, W, W, H*W*W]``; the first layer and real activations (W1/A32,
   U-MCN) are a float32 conv with the reconstructed weight.
 
@@ -43,7 +44,11 @@ def _deploy_form(m: MCConv2d) -> tuple[str, int]:
         return form, 4 * h * k * cin * w * w
     if m.variant == "mcn1":
         form = "conv2d_u8b1" if isinstance(m.input_quantizer, UInt8Act) else "bconv2d"
-        return form, 8 * h * k * w * w * words
+        if k == 1:
+            return form, 8 * h * w * w * words
+        # K equal rows per map: one packed row per map plus the int32 gather index of the
+        # H*K channels (bitflow.convert._rows)
+        return form + " + gather_channels", 8 * h * w * w * words + 4 * h * k
     return "taps", 8 * h * w * w * words + 4 * (h * k) * w * w * (h * w * w)
 
 

@@ -27,6 +27,7 @@ from ..nn import BinaryConv2d, BinaryLinear
 from ._core import Pending, _f32
 from ._materialize import _as_float, _float_pending, _materialize
 from ._mcn import lower_mcn, mcn_conv
+from ._rows import share_repeated_rows
 from ._rules_chain import _ChainRules
 from ._rules_mbbn import _MBBNRules
 from ._rules_stream import _fixed_point_bn, _float_merge, _stream_add, _stream_clamp
@@ -424,7 +425,7 @@ def _convert_steps(
         provenance=prov,
     )
     g.validate()
-    return g
+    return share_repeated_rows(g)  # MCN-1: K equal rows per map -> one (exact; _rows)
 
 
 def _binary_layer(cv: _Converter, st: Step, p: Pending) -> Pending:

@@ -53,6 +53,12 @@ class Step(NamedTuple):
 
 _KERNEL_NAMES = ("auto", "ref", "scalar", "avx2", "avx512", "neon")
 MAX_THREADS = 1024  # the native ops' limit (src/native/python/common.h check_threads)
+#: A binary convolution followed by ``gather_channels`` (repeated rows computed once,
+#: ``bitflow.convert._rows``) runs on its distinct rows, gathered in the epilogue, when each
+#: output reads at least this many bits (``kh * kw * channels``); below, the gather costs more
+#: than the popcounts it saves, and the layer is prepared with the rows expanded again
+#: (``w[index]``: the same integers). Measured with ``benchmarks/bench_shared_rows.py``.
+SHARED_ROWS_MIN_BITS = 1024
 
 
 def available_kernels() -> list[str]:
@@ -262,25 +268,41 @@ class Engine:
                 **kw,
             )
             used = [j for od in operands for j in od[3] if j != i]
+
             # A convolution at the start of one operand, read only by it: run it with the stream
             # as its epilogue (a lone binary or int8 convolution: int32 operand; a float
             # convolution: the single float operand, transformed in place).
+            def start_conv(v: str) -> list[int]:
+                """Indices of the convolution that produces ``v`` for this stream alone (and of
+                the ``gather_channels`` between them), or [] (see the comment below)."""
+                if v not in producer or not private(v) or producer[v] in absorbed:
+                    return []
+                j = producer[v]
+                if ops[j].type == "gather_channels":
+                    u = ops[j].inputs[0]
+                    if u not in producer or not private(u) or producer[u] in absorbed:
+                        return []
+                    if ops[producer[u]].type != "bconv2d":
+                        return []
+                    return [producer[u], j]
+                return [j]
+
             pos = next(
                 (
                     k
                     for k, od in enumerate(operands)
-                    if od[0] in producer
-                    and private(od[0])
-                    and producer[od[0]] not in absorbed
-                    and self._epilogue_conv(ops[producer[od[0]]], od[1], len(operands), keep_y)
+                    if start_conv(od[0])
+                    and self._epilogue_conv(ops[start_conv(od[0])[0]], od[1], len(operands), keep_y)
                 ),
                 None,
             )
             if pos is not None:
-                conv = ops[producer[operands[pos][0]]]
-                fn = self._conv_with_stream(conv, fs, pos)
+                conv_ops = start_conv(operands[pos][0])
+                conv = ops[conv_ops[0]]
+                gather = ops[conv_ops[1]] if len(conv_ops) > 1 else None
+                fn = self._conv_with_stream(conv, fs, pos, gather)
                 srcs = (conv.inputs[0], *(od[0] for k, od in enumerate(operands) if k != pos))
-                used.append(producer[operands[pos][0]])
+                used.extend(conv_ops)
             else:
                 srcs = tuple(od[0] for od in operands)
                 fn = _stream(fs, th)
@@ -300,9 +322,11 @@ class Engine:
             return conv.type == "conv2d_u8i8" or self.values[conv.inputs[0]].planes == 1
         return not i32 and conv.type == "conv2d_f32" and n_operands == 1 and keep_y
 
-    def _conv_with_stream(self, conv: Any, fs: Any, pos: int) -> TableKernel:
-        g, th, a = self.graph, self.threads, conv.attrs
-        w = g.tensors[conv.params["w"]]
+    def _conv_with_stream(
+        self, conv: Any, fs: Any, pos: int, gather: Any | None = None
+    ) -> TableKernel:
+        th, a = self.threads, conv.attrs
+        w, index = self._rows(conv, gather)
         if conv.type == "conv2d_f32":
             layer32 = self._conv_f32_layer(conv)
             return lambda xs: fs.after_conv2d_layer(layer32, xs[0], th)
@@ -319,8 +343,23 @@ class Engine:
                 tuple(a["padding"]),
                 a["pad_value"],
                 kernels=self.kernels,
+                index=index,
             )
         return _after(fs, layer, pos, th)
+
+    def _rows(self, op: Any, gather: Any | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The weight rows ``op``'s prepared layer computes and the gather index of its epilogue
+        (None: none): the distinct rows and the index, or, below ``SHARED_ROWS_MIN_BITS`` bits
+        per output, the rows expanded (``w[index]``) and no index. Both give the same integers."""
+        w = self.graph.tensors[op.params["w"]]
+        if gather is None:
+            return w, None
+        index = self.graph.tensors[gather.params["index"]]
+        a = op.attrs
+        bits = a["k_bits"] if op.type == "bdense" else w.shape[1] * w.shape[2] * a["channels"]
+        if bits >= SHARED_ROWS_MIN_BITS:
+            return w, index
+        return np.ascontiguousarray(w[index]), None
 
     def _fuse_binary(
         self, ops: list[Any], i: int, private: Callable[[str], bool]
@@ -334,6 +373,17 @@ class Engine:
         chain = [op]
         pool = None
         j = i + 1
+        gather = None
+        if (
+            op.type in ("bconv2d", "bdense")
+            and j < len(ops)
+            and ops[j].type == "gather_channels"
+            and private(op.outputs[0])
+            and ops[j].inputs[0] == op.outputs[0]
+        ):
+            gather = ops[j]  # repeated rows computed once (convert._rows): gathered in the epilogue
+            chain.append(gather)
+            j += 1
         if (
             op.type in ("bconv2d", "conv2d_u8i8")
             and j < len(ops)
@@ -366,12 +416,14 @@ class Engine:
             thr = ops[j]
             chain.append(thr)
         if thr is None:  # fuse pool / flatten only together with the threshold
-            chain = chain[:1]
+            chain = chain[: 1 + (gather is not None)]
             pool = flat = None
         if len(chain) == 1 and op.type == "bdense":
             return None
-        w = g.tensors[op.params["w"]]
+        w, index = self._rows(op, gather)
         kw: dict[str, Any] = {"kernels": self.kernels}
+        if index is not None:
+            kw["index"] = index
         if thr is not None:
             kw["thr"] = g.tensors[thr.params["thr"]]
             kw["direction"] = g.tensors[thr.params["direction"]]

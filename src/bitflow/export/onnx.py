@@ -24,6 +24,7 @@ flatten                  ``Transpose`` to NHWC, then ``Flatten``: the engine's f
 add_f32 / add_i32        a chain of ``Add`` nodes, left to right (the engine's float32 rounding
                          of every partial sum; integer sums are checked to stay below 2^24)
 concat                   ``Concat`` on the channel axis (bits: the +-1 channels, bit by bit)
+gather_channels          ``Gather`` on the channel axis (int64 indices)
 avgpool_f32              ``AveragePool`` with ``count_include_pad=1`` (PyTorch's default)
 global_avgpool_f32       ``GlobalAveragePool``
 scale_bias / affine_f32  ``Mul`` then ``Add`` (each rounded, no FMA: the engine's order)
@@ -622,6 +623,17 @@ def _concat(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: Val
     if vout.dtype in ("int32", "uint8"):
         b.set_bound(op, max(b.bound(op, v) for v in op.inputs))
     return b.node("Concat", xs, op.name or "concat", axis=1)
+
+
+@rule("gather_channels")
+def _gather_channels(
+    b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo
+) -> str:
+    # a copy of channels (ONNX axis 1 for maps and vectors): integers keep their bound
+    if vout.dtype in ("int32", "uint8"):
+        b.set_bound(op, b.bound(op, op.inputs[0]))
+    idx = b.const("index", b.g.tensors[op.params["index"]].astype(np.int64))
+    return b.node("Gather", [xs[0], idx], op.name or "gather", axis=1)
 
 
 @rule("bitpack")

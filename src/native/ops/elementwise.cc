@@ -192,6 +192,27 @@ void concat_bytes(const std::vector<const void*>& xs, const std::vector<std::int
   }
 }
 
+namespace {
+template <class T>
+void gather_rows(const T* x, std::int64_t rows, std::int64_t cols, const std::int32_t* index, std::int64_t o,
+                 T* out) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = out + r * o;
+    for (std::int64_t j = 0; j < o; ++j) yr[j] = xr[index[j]];
+  }
+}
+}  // namespace
+
+void gather_channels(const void* x, std::int64_t rows, std::int64_t cols, const std::int32_t* index,
+                     std::int64_t o, std::int64_t elem_size, void* out) {
+  if (elem_size == 4) {
+    gather_rows(static_cast<const std::uint32_t*>(x), rows, cols, index, o, static_cast<std::uint32_t*>(out));
+  } else {
+    gather_rows(static_cast<const std::uint8_t*>(x), rows, cols, index, o, static_cast<std::uint8_t*>(out));
+  }
+}
+
 void concat_bits(const std::vector<const std::uint64_t*>& xs, const std::vector<std::int64_t>& channels,
                  std::int64_t rows, std::uint64_t* out) {
   std::int64_t total = 0;

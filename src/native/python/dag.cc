@@ -194,6 +194,36 @@ nb::object concat_bits(const std::vector<AnyArray>& xs, const std::vector<i64>& 
   return nb::cast(out.array);
 }
 
+template <class T>
+nb::object gather_typed(const AnyArray& x_, const AnyArray& index_) {
+  const char* fn = "gather_channels";
+  auto x = arg<T>(x_, fn, "x", -1);
+  auto index = arg<std::int32_t>(index_, fn, "index", 1);
+  const i64 cols = x.dim(-1), o = index.dim(0);
+  if (o < 1) fail(fn, "'index' is empty");
+  for (i64 j = 0; j < o; ++j) {
+    if (index.data[j] < 0 || index.data[j] >= cols)
+      fail(fn, "index[" + std::to_string(j) + "] = " + std::to_string(index.data[j]) + " is outside [0, " +
+                   std::to_string(cols) + ") (the last axis of x)");
+  }
+  std::vector<i64> shape = x.shape;
+  shape.back() = o;
+  auto out = make_out<T>(shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::gather_channels(x.data, rows_of(x.shape), cols, index.data, o, sizeof(T), out.ptr);
+  }
+  return nb::cast(out.array);
+}
+
+nb::object gather_channels(const AnyArray& x, const AnyArray& index) {
+  const auto d = x.dtype();
+  if (d == nb::dtype<float>()) return gather_typed<float>(x, index);
+  if (d == nb::dtype<std::int32_t>()) return gather_typed<std::int32_t>(x, index);
+  if (d == nb::dtype<std::uint8_t>()) return gather_typed<std::uint8_t>(x, index);
+  throw nb::type_error(("gather_channels: x must have dtype float32, int32 or uint8, got " + dtype_name(d)).c_str());
+}
+
 }  // namespace
 
 void bind_dag(nb::module_& m) {
@@ -210,6 +240,8 @@ void bind_dag(nb::module_& m) {
         "float32 NHWC average pool (window sum / (kh*kw); zero padding counts).");
   m.def("global_avgpool_f32", &global_avgpool_f32, "x"_a, "float32 [N, H, W, C] -> [N, 1, 1, C] means.");
   m.def("concat", &concat, "xs"_a, "Concatenate float32 / int32 / uint8 arrays along the last axis.");
+  m.def("gather_channels", &gather_channels, "x"_a, "index"_a,
+        "float32 / int32 / uint8 [..., C] -> [..., O]: y[..., o] = x[..., index[o]] (index int32, values in [0, C)).");
   m.def("concat_bits", &concat_bits, "xs"_a, "channels"_a,
         "Concatenate packed bit rows (channels[i] real bits each) channel by channel.");
 }

@@ -131,7 +131,7 @@ nb::object float_stream_after(const FloatStream& fs, const BinaryLayer& layer, c
   if (xs[3] != cw) fail(fn, "x must have " + std::to_string(cw) + " channel words in its last axis");
   const auto g = layer.geom(xs[0], xs[1], xs[2]);
   if (g.h + 2 * g.ph < g.kh || g.w + 2 * g.pw < g.kw) fail(fn, "kernel is larger than the padded input");
-  std::vector<i64> shape = {g.n, g.ho(), g.wo(), g.o};
+  std::vector<i64> shape = {g.n, g.ho(), g.wo(), layer.out_channels()};
   // the other operands, validated like a stream without operand `pos`
   if (others.size() + 1 != fs.operand_count())
     fail(fn, "expected " + std::to_string(fs.operand_count() - 1) + " other operand arrays, got " + std::to_string(others.size()));

@@ -44,7 +44,7 @@ LayerPost layer_post(const char* fn, i64 o, const std::optional<AnyArray>& thr_,
 void binary_layer_init(BinaryLayer* self, const AnyArray& w_, i64 channels, nb::handle stride,
                        nb::handle padding, int pad_value, const std::string& kernels,
                        std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, nb::handle pool_kernel,
-                       nb::handle pool_stride, nb::handle pool_padding) {
+                       nb::handle pool_stride, nb::handle pool_padding, std::optional<AnyArray> index_) {
   const char* fn = "BinaryLayer";
   const KernelSet& ks = kernels_arg(fn, kernels);
   auto w = arg<std::uint64_t>(w_, fn, "w", 4);
@@ -59,11 +59,25 @@ void binary_layer_init(BinaryLayer* self, const AnyArray& w_, i64 channels, nb::
                      pair_arg(fn, "stride", stride), pair_arg(fn, "padding", padding));
   const i64 k_bits = g.kh * g.kw * channels;
   if (k_bits > INT32_MAX) fail(fn, "kh * kw * channels exceeds the int32 accumulator");
-  const LayerPost post = layer_post(fn, g.o, thr_, dir_, pool_kernel, pool_stride, pool_padding);
+  // gather_channels of the rows (the output channel j is row index[j])
+  std::optional<In<std::int32_t>> index;
+  i64 o = g.o;
+  if (index_.has_value()) {
+    index = arg<std::int32_t>(*index_, fn, "index", 1);
+    o = index->dim(0);
+    if (o < 1) fail(fn, "'index' is empty");
+    for (i64 j = 0; j < o; ++j) {
+      if (index->data[j] < 0 || index->data[j] >= g.o)
+        fail(fn, "index[" + std::to_string(j) + "] = " + std::to_string(index->data[j]) + " is outside [0, " +
+                     std::to_string(g.o) + ") (the rows of w)");
+    }
+  }
+  const LayerPost post = layer_post(fn, o, thr_, dir_, pool_kernel, pool_stride, pool_padding);
   bitflow::ops::ConvGeom filt = g;
   filt.n = 0; filt.h = 0; filt.w = 0;
   new (self) BinaryLayer(ks, w.data, filt, pad_value, post.thr ? post.thr->data : nullptr,
-                         post.dir ? post.dir->data : nullptr, post.thr_len, post.pool);
+                         post.dir ? post.dir->data : nullptr, post.thr_len, post.pool,
+                         index ? index->data : nullptr, index ? o : 0);
 }
 
 
@@ -143,12 +157,14 @@ void bind_layers(nb::module_& m) {
   nb::class_<BinaryLayer>(m, "BinaryLayer",
       "A prepared binary layer: bconv2d [-> maxpool_i32] [-> threshold_bits] in one call, with the "
       "weights laid out and the zero-padding correction's tap dots computed once. A binary dense "
-      "layer is w [O, 1, 1, Kw] applied to x [N, 1, 1, Kw] with channels = k_bits. Results equal the "
-      "unfused ops bit for bit; safe to call from several Python threads.")
+      "layer is w [O, 1, 1, Kw] applied to x [N, 1, 1, Kw] with channels = k_bits. index (int32, values in "
+      "[0, O)): bconv2d -> gather_channels, the output channel j is row index[j] (gathered in the epilogue; "
+      "thr and the pool then have len(index) channels). Results equal the unfused ops bit for bit; safe to "
+      "call from several Python threads.")
       .def("__init__", &binary_layer_init, "w"_a, "channels"_a, "stride"_a = nb::make_tuple(1, 1),
            "padding"_a = nb::make_tuple(0, 0), "pad_value"_a = 0, "kernels"_a = "", "thr"_a = nb::none(),
            "direction"_a = nb::none(), "pool_kernel"_a = nb::none(), "pool_stride"_a = nb::none(),
-           "pool_padding"_a = 0)
+           "pool_padding"_a = 0, "index"_a = nb::none())
       .def("__call__", &binary_layer_call, "x"_a, "threads"_a = 1,
            "x uint64 [N, H, W, Cw] -> uint64 bits [N, Ho, Wo, ceil(O/64)] (per-channel thr), bits [N, ceil(Ho*Wo*O/64)] "
            "(flattened thr of Ho*Wo*O values, HWC order) or int32 [N, Ho, Wo, O] (no thr).")

@@ -19,6 +19,11 @@
   bit (the result is packed again: ``ceil(sum C_i / 64)`` words).
 - ``flatten``: ``[H,W,C] -> [H*W*C]``; a bits ``[H,W,Cw]`` map keeps every pixel's word padding
   (``groups = H*W``), per plane.
+- ``gather_channels``: ``y[..., o] = x[..., index[o]]`` on the channel (last) axis of a float32,
+  int32 or uint8 value (exact: a copy). The converter puts it after a convolution whose output
+  channels repeat (MCN-1: plane ``(h, k)`` is ``m_k`` times the same binary response, so the
+  ``K`` rows of map ``h`` are equal): the convolution then computes each distinct row once
+  (``bitflow.convert._rows``).
 """
 
 from __future__ import annotations
@@ -441,6 +446,46 @@ register(
         _ref_flatten,
         _eng_flatten,
         (),
+    )
+)
+
+
+def _infer_gather(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
+    x = ins[0]
+    need(op, x, ("float32", "int32", "uint8"))
+    idx = need_param(op, tensors, "index", "int32", ndim=1)
+    if idx.shape[0] < 1:
+        raise GraphError(f"op {op.name!r} (gather_channels): index is empty")
+    c = x.shape[-1]
+    if int(idx.min()) < 0 or int(idx.max()) >= c:
+        raise GraphError(
+            f"op {op.name!r} (gather_channels): index values must lie in [0, {c}) "
+            f"(the input's channels), got [{int(idx.min())}, {int(idx.max())}]"
+        )
+    return ValueInfo(x.dtype, (*x.shape[:-1], int(idx.shape[0])))
+
+
+def _ref_gather(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+    rk.expect(op, xs[0], _NP[vins[0].dtype])
+    return np.take(xs[0], g.tensors[op.params["index"]].astype(np.int64), axis=-1)
+
+
+def _eng_gather(c: EngineContext, op: Op) -> Kernel:
+    p, N = c.params(op), c.native
+    return one(lambda x: N.gather_channels(x, p["index"]))
+
+
+register(
+    OpDef(
+        "gather_channels",
+        "layout",
+        "f32, i32 or u8 [...,C] -> [...,O]",
+        "index i32 (O), values in [0, C): y[..., o] = x[..., index[o]]",
+        frozenset({"index"}),
+        _infer_gather,
+        _ref_gather,
+        _eng_gather,
+        ("gather_channels",),
     )
 )
 register(

@@ -32,9 +32,13 @@ class BinaryLayer {
   /// thr / dir (thr_len values each, dir +-1) may be null: the layer then returns int32.
   /// thr_len = O: one threshold per channel; otherwise the output is flattened first
   /// ("flatten -> threshold_bits": thr_len = Ho * Wo * O of the pooled output, HWC order).
+  /// index (index_len values in [0, O), may be null): the output channels are the
+  /// convolution's rows gathered by index (gather_channels, y[..., j] = acc[..., index[j]]),
+  /// done in the epilogue of every finished block of rows: the layer computes each of its O
+  /// distinct rows once and has index_len output channels (thr / pool / the stream follow it).
   BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const ConvGeom& filt, int pad_value,
               const std::int32_t* thr, const std::int8_t* dir, std::int64_t thr_len,
-              const Pool& pool);
+              const Pool& pool, const std::int32_t* index = nullptr, std::int64_t index_len = 0);
   /// The fixed-point first layer (conv2d_u8i8) with the same fused pool and threshold:
   /// w int8 [O, kh, kw, C], input uint8 [n, h, w, C].
   BinaryLayer(const KernelSet& ks, const std::int8_t* w, const ConvGeom& filt,
@@ -48,11 +52,12 @@ class BinaryLayer {
   std::pair<std::int64_t, std::int64_t> out_hw(std::int64_t h, std::int64_t w) const;
   bool has_threshold() const { return !lo_.empty(); }
   /// Threshold over the flattened output (thr_len != O).
-  bool flat_threshold() const { return has_threshold() && static_cast<std::int64_t>(lo_.size()) != filt_.o; }
+  bool flat_threshold() const { return has_threshold() && static_cast<std::int64_t>(lo_.size()) != out_channels(); }
   std::int64_t threshold_len() const { return static_cast<std::int64_t>(lo_.size()); }
   const Pool& pool() const { return pool_; }
   const KernelSet& kernels() const { return *ks_; }
-  std::int64_t out_channels() const { return filt_.o; }
+  /// Output channels: the gather index's length, else the convolution's rows.
+  std::int64_t out_channels() const { return index_.empty() ? filt_.o : static_cast<std::int64_t>(index_.size()); }
 
   /// x [n, h, w, Cw] (uint64 bits; uint8 [n, h, w, C] for the int8 layer) -> bits [n, Ho, Wo, words_for(O)] (per-channel threshold), bits
   /// [n, words_for(Ho * Wo * O)] (flat threshold) or int32 [n, Ho, Wo, O] (none); exactly one
@@ -61,7 +66,7 @@ class BinaryLayer {
            std::uint64_t* out_bits, std::int32_t* out_acc) const;
 
   /// The convolution alone (a layer without pool and threshold) into a per-thread int32
-  /// scratch [n * Ho * Wo, O]: every finished block of rows [m0, m1) is handed to
+  /// scratch [n * Ho * Wo, out_channels()] (gathered, with an index): every finished block of rows [m0, m1) is handed to
   /// epi(acc, m0, m1) (acc: the scratch base) on the thread that computed it, while it is in
   /// that thread's cache (e.g. a FloatStream, bitflow/float_stream.h). Same int32 values as run.
   using AccEpilogue = std::function<void(const std::int32_t* acc, std::int64_t m0, std::int64_t m1)>;
@@ -76,6 +81,7 @@ class BinaryLayer {
   bool int8_ = false;
   PreparedBconv prep_;
   PreparedU8Conv prep8_;
+  std::vector<std::int32_t> index_;  // gather_channels of the rows (empty: none)
   std::vector<std::int32_t> lo_, hi_;
   std::vector<std::uint64_t> and_mask_;  // per output word: bit c set iff direction[c] = +1
   bool any_or_ = false;                  // some channel has direction -1

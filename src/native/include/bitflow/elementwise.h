@@ -11,6 +11,8 @@
 //   avgpool_f32 / global_avgpool_f32: window sums in double, divided by kh * kw (zero padding
 //            counts, PyTorch's count_include_pad=True) resp. H * W, rounded once to float32.
 //   concat: along the last axis; concat_bits: channel bits appended after each other.
+//   gather_channels: y[r, o] = x[r, index[o]] on elem_size-byte items (a copy; index values are
+//            checked by the caller to lie in [0, cols)).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -36,6 +38,9 @@ void global_avgpool_f32(const float* x, std::int64_t n, std::int64_t hw, std::in
 /// rows x (sum of widths) from per-input [rows, width_i] blocks of elem_size-byte items.
 void concat_bytes(const std::vector<const void*>& xs, const std::vector<std::int64_t>& widths,
                   std::int64_t rows, std::int64_t elem_size, void* out);
+/// x [rows, cols] -> y [rows, o] with y[r, j] = x[r, index[j]], items of elem_size bytes (1, 4).
+void gather_channels(const void* x, std::int64_t rows, std::int64_t cols, const std::int32_t* index,
+                     std::int64_t o, std::int64_t elem_size, void* out);
 /// Packed bits: per row, input i holds channels[i] bits in words_for(channels[i]) words; the
 /// output row holds their concatenation in words_for(sum channels) words (padding bits 0).
 void concat_bits(const std::vector<const std::uint64_t*>& xs, const std::vector<std::int64_t>& channels,
