@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,6 +157,51 @@ def test_fixed_point_bn_eval_is_the_rounded_batchnorm() -> None:
                 assert gap <= Fraction(abs(uv) + 2, 2**SHIFT) * 2**frac, (ch, uv, got, want)
                 differ += 1
     assert differ <= 2  # a handful at most: the grid of m, b is 2^-24 fine
+
+
+def test_fixed_point_bn_fast_form_differs_from_the_rounded_batchnorm_only_at_ties() -> None:
+    """``exact = False`` (a distillation teacher's form): ``floor(BN(u) 2^f + 1/2)`` evaluated in
+    float32. Oracle: the same value in exact rational arithmetic (as above); the float form may
+    differ only where the exact value lies within float32 rounding of the boundary (a few ulps of
+    the terms, bounded here by ``2^-17 (1 + |z|)``), and it equals the exact int64 form elsewhere."""
+    c, frac = 6, 8
+    bn = _randomized_bn(c, frac, 2)
+    u = torch.arange(-3000, 3001, dtype=torch.float32).view(1, 1, -1, 1).expand(1, c, -1, 1)
+    u = u.contiguous()
+    with torch.no_grad():
+        exact = (bn(u) * 2.0**frac).round().to(torch.int64)[0, :, :, 0]
+        bn.exact = False
+        fast = (bn(u) * 2.0**frac).round().to(torch.int64)[0, :, :, 0]
+    differ = 0
+    for ch in range(c):
+        s = Fraction(float(bn.weight.detach()[ch])) / Fraction(
+            math.sqrt(float(bn.running_var[ch]) + bn.eps)
+        )
+        for i in torch.nonzero(fast[ch] != exact[ch]).flatten().tolist():
+            uv = i - 3000
+            z = (
+                s * (uv - Fraction(float(bn.running_mean[ch])))
+                + Fraction(float(bn.bias.detach()[ch]))
+            ) * 2**frac
+            gap = abs(z + Fraction(1, 2) - round(z + Fraction(1, 2)))
+            assert gap <= Fraction(1, 2**17) * (1 + abs(z)), (ch, uv, int(fast[ch, i]))
+            assert abs(int(fast[ch, i]) - int(exact[ch, i])) == 1
+            differ += 1
+    # of 36,006 values (|z| up to ~1e5 here, where float32 resolves ~0.01): ties are rare
+    assert 0 < differ <= 180  # measured 61; > 0 shows the oracle compares two different forms
+    assert int((fast != exact).sum()) == differ
+
+
+def test_the_warmup_teacher_uses_the_fast_form_and_the_model_stays_exact(tmp_path: Path) -> None:
+    from bitflow.train import trainer
+
+    model = models.create("bireal_resnet20", width=4, residual="int")
+    teacher = trainer._warmup_teacher(model, {}, tmp_path / "warmup.pt", fresh=True, save=False)
+    fbn = [m for m in teacher.modules() if isinstance(m, FixedPointBN)]
+    assert fbn and not any(m.exact for m in fbn)
+    assert all(m.exact for m in model.modules() if isinstance(m, FixedPointBN))
+    # a model loaded from a state dict evaluates exactly: the flag is not part of it
+    assert "exact" not in "".join(model.state_dict())
 
 
 def test_fixed_point_bn_trains_on_the_grid_with_a_straight_through_gradient() -> None:

@@ -334,6 +334,9 @@ def _warmup_teacher(
     set_real_mode(teacher, True)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    for m in teacher.modules():
+        if isinstance(m, FixedPointBN):  # a training signal: the fast float form (not exact)
+            m.exact = False
     return teacher.eval()
 
 
