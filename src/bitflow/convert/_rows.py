@@ -94,19 +94,7 @@ def share_repeated_rows(graph: Graph) -> Graph:
         )
     if len(ops) == len(graph.ops):
         return graph
-    live = {t for op in ops for t in op.params.values()}
-    out = Graph(
-        input=graph.input,
-        ops=ops,
-        tensors={k: v for k, v in tensors.items() if k in live or k not in _param_names(graph)},
-        output=graph.output,
-        mode=graph.mode,
-        class_names=list(graph.class_names),
-        provenance=dict(graph.provenance),
-        version=graph.version,
-    )
-    out.validate()
-    return out
+    return _rebuilt(graph, ops, tensors)
 
 
 def expand_shared_rows(graph: Graph) -> Graph:
@@ -136,6 +124,11 @@ def expand_shared_rows(graph: Graph) -> Graph:
         tensors[w_name] = np.ascontiguousarray(w)
         params = {**op.params, "w": w_name}
         ops.append(Op(op.type, op.name, list(op.inputs), list(gop.outputs), dict(op.attrs), params))
+    return _rebuilt(graph, ops, tensors)
+
+
+def _rebuilt(graph: Graph, ops: list[Op], tensors: dict[str, np.ndarray]) -> Graph:
+    """``graph`` with ``ops``, keeping the tensors they use (validated)."""
     live = {t for op in ops for t in op.params.values()}
     out = Graph(
         input=graph.input,
@@ -149,10 +142,6 @@ def expand_shared_rows(graph: Graph) -> Graph:
     )
     out.validate()
     return out
-
-
-def _param_names(graph: Graph) -> set[str]:
-    return {t for op in graph.ops for t in op.params.values()}
 
 
 __all__ = ["ROW_OPS", "expand_shared_rows", "share_repeated_rows"]
