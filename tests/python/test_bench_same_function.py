@@ -2,8 +2,9 @@
 and ``benchmarks/*.py`` compare like with like.
 
 Every model the benchmarks time (the chain BNNs of ``bench_engine.py`` with a float or a
-fixed-point first layer, and the Bi-Real ResNet-18 variants of ``bench_resnet.py``: float
-residual stream with a float or an int8 stem, integer residual stream), at a small size with
+fixed-point first layer, the Bi-Real ResNet-18 variants of ``bench_resnet.py``: float
+residual stream with a float or an int8 stem, integer residual stream; an MCN-1 WRN with its
+repeated rows shared by ``gather_channels``), at a small size with
 random weights and randomized BatchNorm statistics (:func:`bitflow.bench.zoo_model`, as the
 benchmarks build them), is run by each baseline built from that graph: PyTorch fp32
 (:func:`torch_model`), ONNX Runtime fp32 (the graph's ONNX export) and int8 (its integer
@@ -46,6 +47,8 @@ MODELS: list[tuple[str, dict[str, object]]] = [
     ("bireal_resnet18", {"image_size": 16, "width": 8, "num_classes": 10}),
     ("bireal_resnet18", {"image_size": 16, "width": 8, "num_classes": 10, "first_layer": "int8"}),
     ("bireal_resnet18", {"image_size": 16, "width": 8, "num_classes": 10, "residual": "int"}),
+    # MCN-1 (ours, binary activations): shared rows and gather_channels (convert._rows)
+    ("mcn1_xnor_wrn", {"widths": "4,4,8,16", "depth": 8, "image_size": 16}),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in MODELS]
 SAMPLES = 16

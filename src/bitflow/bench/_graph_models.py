@@ -146,6 +146,9 @@ def torch_model(graph: Graph) -> Any:
             return requant
         if t == "concat":
             return lambda xs: torch.cat(xs, dim=1)
+        if t == "gather_channels":
+            idx = torch.from_numpy(p["index"].astype(np.int64))
+            return lambda xs: xs[0].index_select(1, idx)
         raise ValueError(f"op {op.name!r}: no PyTorch float32 form for op type {t!r}")
 
     steps = [(step(op), list(op.inputs), op.outputs[0]) for op in graph.ops]
@@ -415,6 +418,13 @@ def openvino_bnn(graph: Graph, batch: int) -> Any:
             )
             if "bias" in p:
                 node = ops.add(node, ops.constant(p["bias"].astype(np.float32).reshape(1, -1)))
+        elif t == "gather_channels":  # channels on axis 1 (maps and [N, K, 1, 1] vectors)
+            node = ops.gather(
+                node,
+                ops.constant(p["index"].astype(np.int64)),
+                ops.constant(np.int64(1)),
+                name=op.name,
+            )
         else:
             raise ValueError(f"op {op.name!r}: no OpenVINO equivalent for op type {t!r}")
         nodes[op.outputs[0]] = node
