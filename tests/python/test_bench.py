@@ -240,3 +240,32 @@ def test_cli_bench_file_and_errors(
     ]:
         assert cli.main(argv) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_bench_file_of_a_residual_model_uses_its_zoo_twin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A DAG ``.bfn`` (Bi-Real ResNet-20, MCN-1 with shared rows): the file's provenance names
+    the zoo model, whose full-precision twin gives the float32 parameter bytes (the shape-only
+    twin is built for chains); without provenance the bytes are skipped with a note, not a crash."""
+    torch.manual_seed(0)
+    for name, kw, twin_name, twin_kw in [
+        ("bireal_resnet20", {"width": 4}, "resnet20", {"width": 4, "block": "bireal"}),
+        (
+            "mcn1_xnor_wrn",
+            {"widths": [2, 2, 4, 4], "depth": 8, "in_channels": 1, "image_size": 16},
+            "wrn",
+            {"widths": [2, 2, 4, 4], "depth": 8, "in_channels": 1, "image_size": 16},
+        ),
+    ]:
+        graph = convert(models.create(name, **kw).eval())
+        path = tmp_path / f"{name}.bfn"
+        graph.save(path)
+        res = B.bench_file(path, repeat=1, warmup=0, baselines=["torch"], layers=False)
+        twin = models.create(twin_name, **twin_kw)
+        assert res["file"]["float32_twin_param_bytes"] == 4 * sum(
+            p.numel() for p in twin.parameters()
+        )
+        graph.provenance = {}
+        graph.save(path)
+        res = B.bench_file(path, repeat=1, warmup=0, baselines=["torch"], layers=False)
+        assert "float32_twin_param_bytes" not in res["file"]
+        assert any("float32_twin_param_bytes skipped" in n for n in res["notes"])

@@ -43,7 +43,15 @@ import numpy as np
 from .. import _native as N
 from ..engine import Engine
 from ..ir import Graph, load_graph
-from ._baselines import BASELINES, _Baselines, _torch_layer_fn, blas_info, clean_blas_env, zoo_model
+from ._baselines import (
+    BASELINES,
+    _Baselines,
+    _torch_layer_fn,
+    blas_info,
+    clean_blas_env,
+    twin_model,
+    zoo_model,
+)
 from ._report import (
     BINARY_OPS,
     _activation_memory,
@@ -275,6 +283,13 @@ def bench_file(path: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
     """:func:`bench` on a ``.bfn`` model file."""
     p = Path(path)
     graph = load_graph(p)
-    res = bench(graph, file_bytes=p.stat().st_size, model_name=p.name, **kw)
+    twin = None
+    prov = graph.provenance
+    if isinstance(prov.get("model"), str) and isinstance(prov.get("kwargs", {}), dict):
+        try:  # the zoo model the file was converted from names its full-precision twin
+            twin = twin_model(prov["model"], prov.get("kwargs", {}))
+        except (ValueError, TypeError):
+            twin = None  # not a zoo model, or options this bitflow does not know
+    res = bench(graph, twin=twin, file_bytes=p.stat().st_size, model_name=p.name, **kw)
     res["source"] = str(p)
     return res
