@@ -370,3 +370,19 @@ def test_version_1_files_still_load_and_run(tmp_path: Path) -> None:
     x = rng.random((2, 1, 7, 7), dtype=np.float32)
     assert np.array_equal(R.run(g1, x), R.run(g, x))
     assert np.array_equal(parse_bfn(v1).to_json()["ops"], g.to_json()["ops"])
+
+
+def test_explain_forms_follow_the_op_table() -> None:
+    """``convert --explain`` labels every declared op; decisions to bits / codes are thresholds,
+    the rest their table group (the uint8-code +-1-weight convolutions are integer, not float)."""
+    from bitflow.analysis.explain import op_form
+
+    forms = {name: op_form(name) for name in OPS}
+    assert set(forms.values()) <= {"binary", "threshold", "integer", "layout", "float"}
+    assert forms["bconv2d"] == forms["bdense_planes"] == "binary"
+    assert forms["threshold_bits_hw"] == forms["threshold_u8"] == forms["bitpack"] == "threshold"
+    assert forms["conv2d_u8b1"] == forms["dense_u8b1"] == forms["requant_i32"] == "integer"
+    assert forms["gather_channels"] == forms["flatten"] == "layout"
+    assert forms["dense_f32"] == forms["add_f32"] == "float"
+    with pytest.raises(ValueError, match="unknown engine op type"):
+        op_form("conv3d")

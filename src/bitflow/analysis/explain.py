@@ -1,10 +1,11 @@
 """``bitflow convert --explain``: per engine op, the form a layer became and its bytes (issue 12).
 
 Forms: ``binary`` (xnor-popcount on packed bits: ``bconv2d``, ``bdense`` and their MBBN plane
-variants), ``threshold`` (int32 or float -> bits: BatchShift thresholds, ``bitpack``), ``integer``
-(int32 / int8 arithmetic: fixed-point first layer, int pools, the integer residual stream),
-``float`` (float32 arithmetic: first / last layer, float residual stream), ``layout`` (flatten,
-concat, bit pools). The converter never lets a binarized layer fall back to float: a layer it
+variants), ``threshold`` (int32 or float -> bits or uint8 codes: BatchShift thresholds, ``bitpack``),
+``integer`` (int32 / int8 / uint8 arithmetic: fixed-point first layer, int pools, the integer
+residual stream, +-1 weights over uint8 codes), ``float`` (float32 arithmetic: first / last layer,
+float residual stream), ``layout`` (flatten, concat, bit pools, ``gather_channels``): the op
+table's groups (:mod:`bitflow.ir.ops`), thresholds apart. The converter never lets a binarized layer fall back to float: a layer it
 cannot express raises :class:`~bitflow.convert.UnsupportedLayerError` (and a method's model
 says which engine op it would need, :func:`bitflow.methods.prepare_for_deploy`), so the
 binarized layers of a converted graph are ``binary`` by construction; this table shows it.
@@ -23,30 +24,19 @@ from typing import Any
 
 from ..ir import Graph
 
-_THRESHOLD = {
-    "threshold_bits",
-    "threshold_f32_bits",
-    "threshold_planes",
-    "threshold_f32_planes",
-    "bitpack",
-}
-_INTEGER = {"conv2d_u8i8", "maxpool_i32", "add_i32", "requant_i32"}
-_LAYOUT = {"flatten", "concat", "maxpool_bits"}
-
 
 def op_form(op_type: str) -> str:
-    """``binary`` | ``threshold`` | ``integer`` | ``layout`` | ``float`` for an engine op type."""
-    from ..ir.graph import BINARY_OPS
+    """``binary`` | ``threshold`` | ``integer`` | ``layout`` | ``float`` for an engine op type:
+    the decisions to bits / codes (every ``threshold_*`` and ``bitpack``) are ``threshold``,
+    every other op its group in the op table (:mod:`bitflow.ir.ops`), so a new op needs no
+    entry here (``conv2d_u8b1`` / ``dense_u8b1``: +-1 weights over uint8 codes, ``integer``)."""
+    from ..ir.ops import OPS
 
-    if op_type in BINARY_OPS:
-        return "binary"
-    if op_type in _THRESHOLD:
+    if op_type.startswith("threshold_") or op_type == "bitpack":
         return "threshold"
-    if op_type in _INTEGER:
-        return "integer"
-    if op_type in _LAYOUT:
-        return "layout"
-    return "float"
+    if op_type not in OPS:
+        raise ValueError(f"unknown engine op type {op_type!r}")
+    return OPS[op_type].group
 
 
 def explain(graph: Graph) -> list[dict[str, Any]]:
