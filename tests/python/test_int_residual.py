@@ -376,3 +376,35 @@ def test_bad_clamp_attributes_are_graph_errors() -> None:
         op.attrs["clamp"] = bad
         with pytest.raises(GraphError, match="clamp must be"):
             graph.validate()
+
+
+def test_real_mode_evaluates_the_fixed_point_stream_without_rounding_the_accumulators() -> None:
+    """Real mode (the warm-up): the convolutions are real-valued, so FixedPointBN evaluates
+    ``floor(BN(u) 2^f + 1/2) 2^-f`` on ``u`` itself. Oracle: ``F.batch_norm`` with the running
+    statistics, rounded half up on the grid (the exact form would round ``u`` to an integer first,
+    and on ``|u| < 1`` give a different value almost everywhere)."""
+    from bitflow.nn import set_real_mode
+
+    model = models.create("bireal_resnet20", width=4, residual="int").eval()
+    fbn = [m for m in model.modules() if isinstance(m, FixedPointBN)]
+    set_real_mode(model, True)
+    assert not any(m.exact for m in fbn)
+    bn = fbn[3]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.05, 0.2)
+        u = torch.rand(2, bn.num_features, 5, 5, generator=torch.Generator().manual_seed(0)) - 0.5
+        want = (
+            torch.floor(
+                torch.nn.functional.batch_norm(
+                    u, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+                )
+                * 2.0**bn.frac
+                + 0.5
+            )
+            * 2.0**-bn.frac
+        )
+        assert torch.equal(bn(u), want)
+        set_real_mode(model, False)  # binary again: the exact form, which rounds u first
+        assert all(m.exact for m in fbn)
+        assert not torch.equal(bn(u), want)

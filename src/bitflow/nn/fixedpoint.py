@@ -78,14 +78,15 @@ class FixedPointBN(nn.BatchNorm2d):
     (batch statistics, STE); eval: the exact int64 form ``floor((u m + b) / 2^S)``.
     """
 
-    #: Eval mode computes the exact int64 form (what the engine runs). ``False`` (set on a
-    #: frozen distillation teacher, :func:`bitflow.train.trainer._warmup_teacher`): the float
-    #: form ``floor(BN(u) 2^f + 1/2)`` with the running statistics, which differs from the exact
-    #: one only where ``BN(u) 2^f + 1/2`` lies within float32 rounding (and ``(|u| + 1) 2^-S``) of
-    #: an integer, and runs as one fused elementwise op instead of ~10 int64 passes with host
-    #: synchronizations (a teacher forward of ``bireal_resnet20 residual=int``, batch 64, one
-    #: thread: 440 ms in the exact form, as long as the student's forward and backward).
-    #: Not stored in checkpoints: a loaded model evaluates exactly.
+    #: Eval mode computes the exact int64 form (what the engine runs) on integer accumulators.
+    #: ``False`` (real mode, :func:`bitflow.nn.set_real_mode`, whose convolutions are real-valued;
+    #: also the frozen distillation teacher, :func:`bitflow.train.trainer._warmup_teacher`): the
+    #: float form ``floor(BN(u) 2^f + 1/2)`` with the running statistics, which on integer ``u``
+    #: differs from the exact one only where ``BN(u) 2^f + 1/2`` lies within float32 rounding (and
+    #: ``(|u| + 1) 2^-S``) of an integer, and runs as one fused elementwise op instead of ~10
+    #: int64 passes with host synchronizations (a teacher forward of ``bireal_resnet20
+    #: residual=int``, batch 64, one thread: 440 ms in the exact form, as long as the student's
+    #: forward and backward). Not stored in checkpoints: a loaded model evaluates exactly.
     exact: bool = True
 
     def __init__(self, num_features: int, frac: int = 8, **kwargs: object) -> None:
