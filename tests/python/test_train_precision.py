@@ -96,11 +96,22 @@ def test_auto_precision_follows_the_cpus_bfloat16_support() -> None:
     assert not native_bf16(torch.device("meta"))
 
 
-def test_the_integer_residual_stream_trains_in_float32(tmp_path: Path) -> None:
-    """bf16 would round the integer accumulators the fixed-point stream quantizes: ``auto`` keeps
-    such a model in fp32, an explicit ``bf16`` is refused with the reason."""
+def test_the_integer_residual_stream_stays_float32_under_bf16(tmp_path: Path) -> None:
+    """Under bf16 autocast the convolutions feeding a FixedPointBN are bf16; the BatchNorm, the
+    rounding to the ``2^-f`` grid and the stream are float32 (in bf16 a grid value ``|r| < 2^15``
+    would keep 8 significant bits). Oracle: the same module on the float32 copy of the input,
+    outside autocast. A residual=int model trains in bf16 (it used to be refused: that measurement
+    was an artifact of the real-mode evaluation fixed in ``set_real_mode``)."""
+    from bitflow.nn import FixedPointBN
+
+    bn = FixedPointBN(8, frac=8).train()
+    g = torch.Generator().manual_seed(0)
+    u = (torch.randn(4, 8, 5, 5, generator=g) * 300).round().to(torch.bfloat16)
+    want = FixedPointBN(8, frac=8).train()(u.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bn(u)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
     kw = {"width": 4, "residual": "int"}
-    with pytest.raises(ValueError, match="fixed-point residual stream"):
-        train(_cfg(tmp_path / "b", precision="bf16", model_kwargs=kw))
-    res = train(_cfg(tmp_path / "a", precision="auto", epochs=1, real_epochs=0, model_kwargs=kw))
-    assert res["precision"] == "fp32"
+    res = train(_cfg(tmp_path / "a", precision="bf16", epochs=1, real_epochs=0, model_kwargs=kw))
+    assert res["precision"] == "bf16"

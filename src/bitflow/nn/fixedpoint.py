@@ -131,6 +131,10 @@ class FixedPointBN(nn.BatchNorm2d):
         return acc >> SHIFT  # arithmetic shift of int64: floor division by 2^SHIFT
 
     def forward(self, u: Tensor) -> Tensor:
+        # float32 whatever autocast made the accumulators (a bf16 convolution): the BatchNorm,
+        # the rounding to the 2^-f grid and the stream stay float32 (in bf16 the grid values
+        # |r| < 2^15 would keep 8 significant bits)
+        u = u.float()
         scale = 2.0**-self.frac
         if self.training or not self.exact:
             y = super().forward(u)  # eval mode: the running statistics
