@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from bitflow.bench import parse_int_list
-from bitflow.convert import convert
-from bitflow.convert._rows import expand_shared_rows
+from bitflow.convert import convert, expand_shared_rows
 from bitflow.engine import Engine
 from bitflow.models import create
 

@@ -14,6 +14,7 @@ planes, MBBN Eq. 7-9), bit-exact like the 1-bit BatchShift path.
 
 from ..ir import Graph, GraphError, ModelFileError, load_graph, save_graph
 from . import batchshift, reference
+from ._rows import expand_shared_rows, share_repeated_rows
 from ._trace import UnsupportedLayerError
 from .converter import CONVERTER_VERSION, convert
 from .reference import run
@@ -27,9 +28,11 @@ __all__ = [
     "UnsupportedLayerError",
     "batchshift",
     "convert",
+    "expand_shared_rows",
     "load_graph",
     "reference",
     "run",
     "save_graph",
+    "share_repeated_rows",
     "verify",
 ]

@@ -224,6 +224,21 @@ class Engine:
                 private(v) and ops[rs[0]].type in (*chain_ops, "add_f32", "threshold_f32_bits")
             )
 
+        def start_conv(v: str) -> list[int]:
+            """Indices of the convolution that produces ``v`` for one stream alone (and of the
+            ``gather_channels`` between them), or []."""
+            if v not in producer or not private(v) or producer[v] in absorbed:
+                return []
+            j = producer[v]
+            if ops[j].type == "gather_channels":
+                u = ops[j].inputs[0]
+                if u not in producer or not private(u) or producer[u] in absorbed:
+                    return []
+                if ops[producer[u]].type != "bconv2d":
+                    return []
+                return [producer[u], j]
+            return [j]
+
         for i, op in enumerate(ops):
             if i in absorbed:
                 continue
@@ -272,32 +287,18 @@ class Engine:
             # A convolution at the start of one operand, read only by it: run it with the stream
             # as its epilogue (a lone binary or int8 convolution: int32 operand; a float
             # convolution: the single float operand, transformed in place).
-            def start_conv(v: str) -> list[int]:
-                """Indices of the convolution that produces ``v`` for this stream alone (and of
-                the ``gather_channels`` between them), or [] (see the comment below)."""
-                if v not in producer or not private(v) or producer[v] in absorbed:
-                    return []
-                j = producer[v]
-                if ops[j].type == "gather_channels":
-                    u = ops[j].inputs[0]
-                    if u not in producer or not private(u) or producer[u] in absorbed:
-                        return []
-                    if ops[producer[u]].type != "bconv2d":
-                        return []
-                    return [producer[u], j]
-                return [j]
-
+            starts = [start_conv(od[0]) for od in operands]
             pos = next(
                 (
                     k
                     for k, od in enumerate(operands)
-                    if start_conv(od[0])
-                    and self._epilogue_conv(ops[start_conv(od[0])[0]], od[1], len(operands), keep_y)
+                    if starts[k]
+                    and self._epilogue_conv(ops[starts[k][0]], od[1], len(operands), keep_y)
                 ),
                 None,
             )
             if pos is not None:
-                conv_ops = start_conv(operands[pos][0])
+                conv_ops = starts[pos]
                 conv = ops[conv_ops[0]]
                 gather = ops[conv_ops[1]] if len(conv_ops) > 1 else None
                 fn = self._conv_with_stream(conv, fs, pos, gather)

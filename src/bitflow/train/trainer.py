@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json
 from ..methods import build_model, hooks_for, soft_cross_entropy
-from ..nn import FixedPointBN, clip_weights_, set_real_mode
+from ..nn import clip_weights_, set_real_mode
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import FlipTracker
@@ -334,9 +334,7 @@ def _warmup_teacher(
     set_real_mode(teacher, True)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    for m in teacher.modules():
-        if isinstance(m, FixedPointBN):  # a training signal: the fast float form (not exact)
-            m.exact = False
+    # real mode also puts a fixed-point stream in its float form (FixedPointBN.exact = False)
     return teacher.eval()
 
 
