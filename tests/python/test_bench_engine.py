@@ -204,6 +204,31 @@ def test_fused_engine_equals_reference_executor(name: str, kw: dict) -> None:
             np.testing.assert_array_equal(logits.argmax(1), ref_logits.argmax(1))
 
 
+def test_lone_bdense_runs_as_a_prepared_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AlexNet's fc7 (``bdense -> scale_bias``, no threshold to fuse) runs on a prepared
+    BinaryLayer (packed weight blocks, laid out once), not the per-call ``bgemm`` of the op-by-op
+    form; same integers as the reference (the loop above checks every fused step's value)."""
+    torch.manual_seed(0)
+    graph = convert(_random_bn(models.create("bitflow_alexnet", image_size=67, num_classes=10), 1))
+    x = np.random.default_rng(3).random((2, 3, 67, 67), dtype=np.float32)
+    lone = [
+        op.name
+        for k, op in enumerate(graph.ops)
+        if op.type == "bdense" and graph.ops[k + 1].type != "threshold_bits"
+    ]
+    assert lone, "the model has no lone bdense"
+    for kernels in KERNELS:
+        eng = Engine(graph, kernels=kernels, threads=2)
+        want = eng.run(x, keep=True)[graph.output]
+
+        def refuse(*a: object, **k: object) -> None:
+            raise AssertionError("a bdense ran through the unprepared bgemm")
+
+        with monkeypatch.context() as m:
+            m.setattr(N, "bgemm", refuse)
+            np.testing.assert_array_equal(eng.logits(x), want)
+
+
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_binary_layer_flat_threshold(kernels: str) -> None:
     """bconv2d -> maxpool -> flatten -> threshold with one threshold per flattened (h, w, c)
