@@ -114,16 +114,7 @@ class Engine:
         fixed-point first layer ``conv2d_u8i8 [-> maxpool_i32] -> threshold_bits`` one call of
         :class:`bitflow._native.Int8ConvLayer` (weights packed for the VNNI kernel once); every
         other op is its own step. The fused steps compute the same ops with the same kernels,
-        so the output is identical bit for bit (``_steps`` keeps the op-by-op form for checks)."""The plan :meth:`run` executes when intermediates are not kept: ``bconv2d
-        [-> maxpool_i32] [-> flatten] -> threshold_bits`` and ``bdense -> threshold_bits`` (and
-        a lone ``bconv2d`` or ``bdense``: int32 out) become one call of a prepared
-        :class:`bitflow._native.BinaryLayer` (weights laid out and zero-padding correction
-        prepared once, int32 activations never returned to Python; a lone batch-1 ``bdense``
-        4096 -> 4096 reads its packed blocks in 0.035 instead of 0.062 ms with the unpacked
-        ``bgemm``, hot cache, and 0.08 instead of 0.23 ms inside a whole AlexNet call), the fixed-point first layer ``conv2d_u8i8 [-> maxpool_i32] ->
-        threshold_bits`` one call of :class:`bitflow._native.Int8ConvLayer` (weights packed
-        for the VNNI kernel once); every other op is its own step. The fused steps compute the same ops with the same kernels, so the
-        output is identical bit for bit (``_steps`` keeps the op-by-op form for checks)."""
+        so the output is identical bit for bit (``_steps`` keeps the op-by-op form for checks)."""
         ops = self.graph.ops
         uses: dict[str, int] = {}
         for op in ops:
