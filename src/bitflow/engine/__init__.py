@@ -422,8 +422,6 @@ class Engine:
         if thr is None:  # fuse pool / flatten only together with the threshold
             chain = chain[: 1 + (gather is not None)]
             pool = flat = None
-        if len(chain) == 1 and op.type == "bdense":
-            return None
         w, index = self._rows(op, gather)
         kw: dict[str, Any] = {"kernels": self.kernels}
         if index is not None:
