@@ -178,6 +178,37 @@ void gather_rows(std::vector<const T*>& rows, const T* xp, const ConvGeom& g, st
   }
 }
 
+// The input [n, h, w, pix] (NHWC, `pix` elements per pixel) with a border of g.ph rows and
+// g.pw columns of zero elements: [n, h + 2 ph, w + 2 pw, pix] in `buf` (grown as needed and
+// reused across calls; `slack` zero elements follow it). The implicit-GEMM convolutions read
+// their windows in place from it: a padded tap reads the zeros im2col would write.
+template <class T>
+T* zero_bordered(const T* x, const ConvGeom& g, std::int64_t pix, std::vector<T>& buf,
+                 std::int64_t slack = 0) {
+  const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+  const std::size_t elems = static_cast<std::size_t>(g.n * hp * wp * pix + slack);
+  if (buf.size() < elems) buf.resize(elems);
+  T* const xp = buf.data();
+  const auto zero = [](T* p, std::int64_t count) {
+    std::memset(p, 0, sizeof(T) * static_cast<std::size_t>(count));  // all-zero bits: 0, 0.0f
+  };
+  for (std::int64_t n = 0; n < g.n; ++n)
+    for (std::int64_t r = 0; r < hp; ++r) {
+      T* row = xp + (n * hp + r) * wp * pix;
+      const std::int64_t ih = r - g.ph;
+      if (ih < 0 || ih >= g.h) {
+        zero(row, wp * pix);
+        continue;
+      }
+      zero(row, g.pw * pix);
+      std::memcpy(row + g.pw * pix, x + (n * g.h + ih) * g.w * pix,
+                  sizeof(T) * static_cast<std::size_t>(g.w * pix));
+      zero(row + (g.pw + g.w) * pix, g.pw * pix);
+    }
+  zero(xp + g.n * hp * wp * pix, slack);
+  return xp;
+}
+
 bool is_pointwise(const ConvGeom& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
 }
@@ -199,53 +230,72 @@ inline void append_bits(std::uint64_t* dst, std::int64_t row_words, std::int64_t
   }
 }
 
+/// Where each word of a bit-dense im2col row comes from: source word (tap t = (i, j), word q)
+/// holds nb bits (64, or C - 64 (Cw - 1) for a pixel's last word) that go to row bits
+/// [t C + 64 q, + nb); in row word k they are the piece (src << ls) >> rs, with src read at
+/// offset off = (i Wp + j) Cw + q from the row's window origin in the zero-bordered input
+/// (Wp = w + 2 pw). Pieces of word k: [start[k], start[k + 1]). A source word lands in one
+/// word (ls = its bit offset there) or straddles two (then also rs = 64 - that offset in the
+/// next); no shift is ever 64.
+struct DenseTaps {
+  std::vector<std::int32_t> start, off;
+  std::vector<std::uint8_t> ls, rs;
+};
+
+DenseTaps dense_taps(const ConvGeom& g, std::int64_t wp, std::int64_t row_words) {
+  const std::int64_t cw = words_for(g.c);
+  struct Piece {
+    std::int64_t k, off;
+    int ls, rs;
+  };
+  std::vector<Piece> ps;
+  for (std::int64_t i = 0; i < g.kh; ++i)
+    for (std::int64_t j = 0; j < g.kw; ++j)
+      for (std::int64_t q = 0; q < cw; ++q) {
+        const std::int64_t nb = q + 1 < cw ? kWordBits : g.c - (cw - 1) * kWordBits;
+        const std::int64_t pos = (i * g.kw + j) * g.c + q * kWordBits, k = pos / kWordBits;
+        const int o = static_cast<int>(pos % kWordBits);
+        const std::int64_t off = (i * wp + j) * cw + q;
+        ps.push_back({k, off, o, 0});
+        if (o + nb > kWordBits) ps.push_back({k + 1, off, 0, static_cast<int>(kWordBits) - o});
+      }
+  // generated in increasing k (a straddling piece ends before the next source word starts)
+  DenseTaps dt;
+  dt.start.assign(static_cast<std::size_t>(row_words + 1), 0);
+  for (const Piece& p : ps) {
+    ++dt.start[static_cast<std::size_t>(p.k + 1)];
+    dt.off.push_back(static_cast<std::int32_t>(p.off));
+    dt.ls.push_back(static_cast<std::uint8_t>(p.ls));
+    dt.rs.push_back(static_cast<std::uint8_t>(p.rs));
+  }
+  for (std::int64_t k = 0; k < row_words; ++k) dt.start[k + 1] += dt.start[k];
+  return dt;
+}
+
 /// Rows [m0, m1) of the bit-dense packed im2col matrix (row m = (n, oh, ow)), each
-/// row_words long, written to dst. A row is built as a bit stream in a register: the taps are
-/// appended in order (C bits each, zero bits for a padded tap) and every output word is
-/// written once, so there are no read-modify-write chains through memory. The source words'
-/// padding bits are 0, so a word holds no bits beyond its count. The output position advances
-/// incrementally (no division per row).
-void im2col_bits_dense_rows(const std::uint64_t* x, const ConvGeom& g, std::int64_t row_words,
+/// row_words long, written to dst, read from the zero-bordered input xp ([n, hp, wp, Cw]; a
+/// padded tap reads zero words: 0 bits, +1, as im2col writes them): the taps are
+/// concatenated bit by bit (tap t occupies bits [t C, (t + 1) C)). Every row word is the OR
+/// of its DenseTaps pieces, independent of the other words (no serial bit-stream state), and
+/// written once. The source words' padding bits are 0, so a piece holds no foreign bits.
+void im2col_bits_dense_rows(const std::uint64_t* xp, const ConvGeom& g, std::int64_t hp,
+                            std::int64_t wp, const DenseTaps& dt, std::int64_t row_words,
                             std::int64_t m0, std::int64_t m1, std::uint64_t* dst) {
   const std::int64_t ho = g.ho(), wo = g.wo(), cw = words_for(g.c);
-  const int last_bits = static_cast<int>(g.c - (cw - 1) * kWordBits);  // bits in a pixel's last word
   if (m0 >= m1) return;
+  const std::int32_t* const st = dt.start.data();
+  const std::int32_t* const off = dt.off.data();
+  const std::uint8_t* const ls = dt.ls.data();
+  const std::uint8_t* const rs = dt.rs.data();
   std::int64_t n = m0 / (ho * wo), oh = (m0 % (ho * wo)) / wo, ow = m0 % wo;
   for (std::int64_t m = m0; m < m1; ++m) {
+    const std::uint64_t* org = xp + ((n * hp + oh * g.sh) * wp + ow * g.sw) * cw;
     std::uint64_t* out = dst + (m - m0) * row_words;
-    std::uint64_t* const row_end = out + row_words;
-    std::uint64_t cur = 0;
-    int fill = 0;  // bits of cur in use, < 64
-    const auto push = [&](std::uint64_t v, int nb) {  // v has no bits at or above nb
-      cur |= v << fill;
-      const int total = fill + nb;
-      if (total >= kWordBits) {
-        *out++ = cur;
-        cur = fill != 0 ? v >> (kWordBits - fill) : 0;
-        fill = total - kWordBits;
-      } else {
-        fill = total;
-      }
-    };
-    const std::int64_t ih0 = oh * g.sh - g.ph, iw0 = ow * g.sw - g.pw;
-    for (std::int64_t i = 0; i < g.kh; ++i) {
-      const std::int64_t ih = ih0 + i;
-      const bool row_ok = ih >= 0 && ih < g.h;
-      const std::uint64_t* src_row = x + (n * g.h + (row_ok ? ih : 0)) * g.w * cw;
-      for (std::int64_t j = 0; j < g.kw; ++j) {
-        const std::int64_t iw = iw0 + j;
-        if (row_ok && iw >= 0 && iw < g.w) {
-          const std::uint64_t* src = src_row + iw * cw;
-          for (std::int64_t q = 0; q + 1 < cw; ++q) push(src[q], kWordBits);
-          push(src[cw - 1], last_bits);
-        } else {
-          for (std::int64_t q = 0; q + 1 < cw; ++q) push(0, kWordBits);
-          push(0, last_bits);
-        }
-      }
+    for (std::int64_t k = 0; k < row_words; ++k) {
+      std::uint64_t acc = 0;
+      for (std::int32_t e = st[k]; e < st[k + 1]; ++e) acc |= (org[off[e]] << ls[e]) >> rs[e];
+      out[k] = acc;
     }
-    if (fill > 0) *out++ = cur;
-    while (out < row_end) *out++ = 0;
     if (++ow == wo) {
       ow = 0;
       if (++oh == ho) {
@@ -337,6 +387,35 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
   return p;
 }
 
+namespace {
+/// The bit-dense im2col of a call: the zero-bordered copy of its `planes` activation planes
+/// (the caller's reused buffer; helper threads only read it) and the tap program, built once
+/// per call when `dense`.
+class DenseRows {
+ public:
+  DenseRows(const std::uint64_t* x, const ConvGeom& g, std::int64_t planes, bool dense,
+            std::int64_t row_words)
+      : g_(g), hp_(g.h + 2 * g.ph), wp_(g.w + 2 * g.pw), row_words_(row_words) {
+    if (!dense) return;
+    thread_local std::vector<std::uint64_t> padded;
+    ConvGeom all = g;
+    all.n = g.n * planes;  // planes [pa, n, h, w, Cw]: pa * n images
+    xp_ = zero_bordered(x, all, words_for(g.c), padded);
+    taps_ = dense_taps(g, wp_, row_words);
+  }
+  void rows(std::int64_t plane, std::int64_t m0, std::int64_t m1, std::uint64_t* dst) const {
+    im2col_bits_dense_rows(xp_ + plane * g_.n * hp_ * wp_ * words_for(g_.c), g_, hp_, wp_, taps_,
+                           row_words_, m0, m1, dst);
+  }
+
+ private:
+  ConvGeom g_;
+  std::int64_t hp_, wp_, row_words_;
+  const std::uint64_t* xp_ = nullptr;
+  DenseTaps taps_;
+};
+}  // namespace
+
 void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, std::int64_t pa,
                       const PreparedBconv& prep, const ConvGeom& g, int pad_value,
                       std::int32_t* out, const RowsEpilogue* epilogue) {
@@ -427,22 +506,7 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
       // output channel per task), the correction and the epilogue on each finished block.
       const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
       thread_local std::vector<std::uint64_t> padded;  // the caller's; helpers only read it
-      const std::size_t words = static_cast<std::size_t>(g.n * hp * wp * cw);
-      if (padded.size() < words) padded.resize(words);
-      std::uint64_t* const xp = padded.data();
-      for (std::int64_t n = 0; n < g.n; ++n)
-        for (std::int64_t r = 0; r < hp; ++r) {
-          std::uint64_t* row = xp + (n * hp + r) * wp * cw;
-          const std::int64_t ih = r - g.ph;
-          if (ih < 0 || ih >= g.h) {
-            std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(wp * cw));
-            continue;
-          }
-          std::memset(row, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
-          std::memcpy(row + g.pw * cw, x + (n * g.h + ih) * g.w * cw,
-                      sizeof(std::uint64_t) * static_cast<std::size_t>(g.w * cw));
-          std::memset(row + (g.pw + g.w) * cw, 0, sizeof(std::uint64_t) * static_cast<std::size_t>(g.pw * cw));
-        }
+      const std::uint64_t* const xp = zero_bordered(x, g, cw, padded);
       std::vector<std::int64_t> koff(static_cast<std::size_t>(Kr));
       for (std::int64_t i = 0; i < g.kh; ++i)
         for (std::int64_t j = 0; j < g.kw; ++j)
@@ -459,11 +523,12 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);
       });
     } else {
+      DenseRows dr(x, g, 1, dense, Kr);
       conv_driver<std::uint64_t>(
           M, g.o, Kr, 1, threads,
           [&](std::int64_t, std::int64_t m0, std::int64_t m1, std::uint64_t* dst) {
             if (dense)
-              im2col_bits_dense_rows(x, g, Kr, m0, m1, dst);
+              dr.rows(0, m0, m1, dst);
             else
               im2col_rows(x, g, cw, m0, m1, dst);
           },
@@ -473,11 +538,12 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
     bgemm_planes(ks, threads, x, pa, wr, pw, M, g.o, Kr, k_bits, out);
     run_epilogue(epilogue, M, threads);
   } else {
+    DenseRows dr(x, g, pa, dense, Kr);
     conv_driver<std::uint64_t>(
         M, g.o, Kr, pa, threads,
         [&](std::int64_t p, std::int64_t m0, std::int64_t m1, std::uint64_t* dst) {
           if (dense)
-            im2col_bits_dense_rows(x + p * plane_in, g, Kr, m0, m1, dst);
+            dr.rows(p, m0, m1, dst);
           else
             im2col_rows(x + p * plane_in, g, cw, m0, m1, dst);
         },
@@ -587,23 +653,9 @@ void conv2d_f32_impl(const KernelSet& ks, int threads, const float* x, const flo
       // k = (i, j, c) of row m = (n, oh, ow) is at (i * Wp + j) * C + c from the row's window
       // origin. Row blocks over threads, every output channel per task, the epilogue on each
       // finished block.
-      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, C = g.c, ho = g.ho(), wo = g.wo();
+      const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, C = g.c;
       thread_local std::vector<float> padded;  // the caller's; helpers only read it
-      const std::size_t elems = static_cast<std::size_t>(g.n * hp * wp * C);
-      if (padded.size() < elems) padded.resize(elems);
-      float* const xp = padded.data();
-      for (std::int64_t n = 0; n < g.n; ++n)
-        for (std::int64_t r = 0; r < hp; ++r) {
-          float* row = xp + (n * hp + r) * wp * C;
-          const std::int64_t ih = r - g.ph;
-          if (ih < 0 || ih >= g.h) {
-            std::fill(row, row + wp * C, 0.0f);
-            continue;
-          }
-          std::fill(row, row + g.pw * C, 0.0f);
-          std::memcpy(row + g.pw * C, x + (n * g.h + ih) * g.w * C, sizeof(float) * static_cast<std::size_t>(g.w * C));
-          std::fill(row + (g.pw + g.w) * C, row + wp * C, 0.0f);
-        }
+      const float* const xp = zero_bordered(x, g, C, padded);
       std::vector<std::int64_t> koff(static_cast<std::size_t>(K));
       for (std::int64_t i = 0; i < g.kh; ++i)
         for (std::int64_t j = 0; j < g.kw; ++j)
@@ -837,22 +889,7 @@ void conv_u8_gather(const KernelSet& ks, int threads, const std::uint8_t* x,
                                 static_cast<double>(g.n * hp * wp * C + g.o * groups * 4)), threads);
   // the zero-bordered copy: per call, in the calling thread's reused buffer (helpers only read it)
   thread_local std::vector<std::uint8_t> padded;
-  const std::size_t bytes = static_cast<std::size_t>(g.n * hp * wp * C + kSlack);
-  if (padded.size() < bytes) padded.resize(bytes);
-  std::uint8_t* const xp = padded.data();
-  for (std::int64_t n = 0; n < g.n; ++n)
-    for (std::int64_t r = 0; r < hp; ++r) {
-      std::uint8_t* row = xp + (n * hp + r) * wp * C;
-      const std::int64_t ih = r - g.ph;
-      if (ih < 0 || ih >= g.h) {
-        std::memset(row, 0, static_cast<std::size_t>(wp * C));
-        continue;
-      }
-      std::memset(row, 0, static_cast<std::size_t>(g.pw * C));
-      std::memcpy(row + g.pw * C, x + (n * g.h + ih) * g.w * C, static_cast<std::size_t>(g.w * C));
-      std::memset(row + (g.pw + g.w) * C, 0, static_cast<std::size_t>(g.pw * C));
-    }
-  std::memset(xp + g.n * hp * wp * C, 0, static_cast<std::size_t>(kSlack));
+  const std::uint8_t* const xp = zero_bordered(x, g, C, padded, kSlack);
   std::vector<std::int64_t> koff(static_cast<std::size_t>(groups));
   for (std::int64_t i = 0; i < g.kh; ++i)
     for (std::int64_t r = 0; r < prep.Q; ++r) koff[i * prep.Q + r] = i * wp * C + 4 * r;
