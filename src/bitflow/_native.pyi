@@ -158,6 +158,16 @@ class BinaryLayer:
         index: NDArray[np.int32] | None = None,
     ) -> None: ...
     def __call__(self, x: NDArray[np.uint64], threads: int = 1) -> NDArray[Any]: ...
+    @property
+    def kernels(self) -> str: ...
+    @property
+    def out_channels(self) -> int: ...
+    @property
+    def has_threshold(self) -> bool: ...
+    @property
+    def weight_layout(self) -> str:
+        """``"pairs"`` (paired last words of adjacent taps, read in place), ``"dense"``
+        (bit-dense im2col rows) or ``"words"`` (whole words per tap)."""
 
 class FloatStream:
     """The fused float stream of residual networks: operands (int32 or float32), each through its

@@ -298,3 +298,54 @@ def test_bconv2d_gather_equals_ref(fast_kernels: str, case: tuple) -> None:
         )
         for threads in (1, 3):
             np.testing.assert_array_equal(fused(px, threads), ref_layer(px, 1))
+
+
+# Paired last words (the prepared layer on sets with bgemm_gather, PreparedBconv.pairs): a
+# pixel's last word holds r = C mod 64 <= 32 bits (C = 96: 32), and the last words of the
+# horizontally adjacent taps (j, j + 1) share one word, read in place from a copy of the input
+# with that pair word per pixel. Cases: AlexNet's conv2 (96 channels, 5x5 pad 2), C < 64 (no
+# whole words), r = 1 and r = 32, odd and even kw (an odd kw's last tap alone: its own word,
+# not the pair word, which would add the next pixel's bits), strides, no padding, batch 2,
+# both pad values, 1-3 threads, int32 and the fused threshold + pool.
+PAIR_CASES = [
+    # n, h, w, c, o, kh, kw, stride, padding
+    (1, 27, 27, 96, 192, 5, 5, 1, (2, 2)),
+    (2, 7, 9, 32, 33, 3, 3, 1, (1, 1)),
+    (1, 9, 11, 65, 31, 3, 2, 2, (1, 1)),
+    (2, 6, 7, 160, 40, 2, 4, (2, 1), (0, 2)),
+    (1, 8, 6, 17, 9, 3, 3, 1, (0, 0)),
+    (2, 5, 5, 96, 64, 1, 3, (1, 2), (0, 1)),
+    (1, 11, 10, 20, 8, 3, 5, 1, (1, 2)),
+]
+
+
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_prepared_layer_paired_last_words_equal_ref(case: tuple) -> None:
+    n, h, w, c, o, kh, kw, stride, padding = case
+    if "avx512" not in _native.available_kernels():
+        pytest.skip("the paired-word layout needs the AVX-512 gather kernel")
+    rng = np.random.default_rng(47 + zlib.crc32(repr(case).encode()))
+    x, wt = random_pm(rng, (n, h, w, c)), random_pm(rng, (o, kh, kw, c))
+    wt[0] = 1  # an all-+1 filter: padded taps (zero words in the copy) must be corrected
+    px, pw_ = pack_bits(x), pack_bits(wt)
+    st2 = stride if isinstance(stride, tuple) else (stride, stride)
+    for pad_value in (0, 1):
+        want = _torch_conv(x, wt, stride, padding, pad_value)
+        layer = _native.BinaryLayer(pw_, c, st2, padding, pad_value, kernels="avx512")
+        assert layer.weight_layout == "pairs", case
+        for threads in (1, 2, 3):
+            np.testing.assert_array_equal(layer(px, threads), want, err_msg=f"{pad_value} {threads}")
+        thr = rng.integers(-kh * kw * c // 4, kh * kw * c // 4 + 1, o).astype(np.int32)
+        d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+        kw_ = {}
+        if want.shape[1] >= 2 and want.shape[2] >= 2:
+            kw_ = {"pool_kernel": (2, 2), "pool_stride": (2, 2), "pool_padding": (0, 0)}
+        fused = _native.BinaryLayer(
+            pw_, c, st2, padding, pad_value, thr=thr, direction=d, kernels="avx512", **kw_
+        )
+        ref = _native.BinaryLayer(
+            pw_, c, st2, padding, pad_value, thr=thr, direction=d, kernels="ref", **kw_
+        )
+        assert ref.weight_layout != "pairs"
+        for threads in (1, 3):
+            np.testing.assert_array_equal(fused(px, threads), ref(px, 1))

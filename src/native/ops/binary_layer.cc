@@ -12,7 +12,7 @@ BinaryLayer::BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const Conv
                          int pad_value, const std::int32_t* thr, const std::int8_t* dir,
                          std::int64_t thr_len, const Pool& pool, const std::int32_t* index,
                          std::int64_t index_len)
-    : ks_(&ks), filt_(filt), pad_value_(pad_value), prep_(prepare_bconv(ks, w, 1, filt)),
+    : ks_(&ks), filt_(filt), pad_value_(pad_value), prep_(prepare_bconv(ks, w, 1, filt, /*allow_pairs=*/true)),
       pool_(pool) {
   if (index != nullptr) index_.assign(index, index + index_len);
   init_threshold(thr, dir, thr_len);

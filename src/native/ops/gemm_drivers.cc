@@ -4,6 +4,7 @@
 #include <array>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 #include <memory>
 #include <vector>
 
@@ -354,7 +355,7 @@ std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64
 }
 
 PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
-                           const ConvGeom& g) {
+                           const ConvGeom& g, bool allow_pairs) {
   PreparedBconv p;
   p.o = g.o; p.kh = g.kh; p.kw = g.kw; p.c = g.c; p.pw = pw;
   const std::int64_t cw = words_for(g.c);
@@ -363,7 +364,30 @@ PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::in
   // Weight rows [pw, O, Kr]; bit-dense when that saves words (see ops.h).
   p.dense = taps > 1 && words_for(taps * g.c) < K;
   p.Kr = p.dense ? words_for(taps * g.c) : K;
-  if (p.dense) {
+  // Paired last words instead (ops.h) when the few extra words cost less than the bit-dense
+  // im2col: measured on AVX-512 (AlexNet conv2, C = 96, 5x5, O = 192), an im2col word takes
+  // about 6 cycles and a GEMM word about 0.19 cycles per output channel, so pairs pay while
+  // (extra words) * O <= 30 * (bit-dense words); conv2: 40 instead of 38 words, no im2col.
+  const std::int64_t r = g.c - (cw - 1) * kWordBits;
+  const std::int64_t kr_pairs = g.kh * (g.kw * (cw - 1) + (g.kw + 1) / 2);
+  if (allow_pairs && p.dense && pw == 1 && ks.bgemm_gather != nullptr &&
+      ks.bgemm_packed != nullptr && r <= kWordBits / 2 && g.kw >= 2 &&
+      (kr_pairs - p.Kr) * g.o <= 30 * p.Kr) {
+    p.dense = false;
+    p.pairs = true;
+    p.Kr = kr_pairs;
+    p.rows.assign(static_cast<std::size_t>(g.o * p.Kr), 0);
+    for (std::int64_t o = 0; o < g.o; ++o) {
+      std::uint64_t* dst = p.rows.data() + o * p.Kr;
+      for (std::int64_t i = 0; i < g.kh; ++i) {
+        const std::uint64_t* wr = w + (o * g.kh + i) * g.kw * cw;  // kernel row i: [kw, Cw]
+        for (std::int64_t j = 0; j < g.kw; ++j)
+          for (std::int64_t q = 0; q + 1 < cw; ++q) *dst++ = wr[j * cw + q];
+        for (std::int64_t j = 0; j < g.kw; j += 2)
+          *dst++ = wr[j * cw + cw - 1] | (j + 1 < g.kw ? wr[(j + 1) * cw + cw - 1] << r : 0);
+      }
+    }
+  } else if (p.dense) {
     p.rows.assign(static_cast<std::size_t>(pw * g.o * p.Kr), 0);
     for (std::int64_t j = 0; j < pw; ++j)
       dense_weights(w + j * g.o * K, g.o, taps, g.c, p.Kr, p.rows.data() + j * g.o * p.Kr);
@@ -480,6 +504,8 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
     }
   };
 
+  if (prep.pairs && pa != 1)
+    throw std::invalid_argument("bconv2d: weights prepared with paired last words take one activation plane");
   if (pa == 1 && !prep.packed.empty()) {
     // Packed weights: blocks of kPackedNR output channels (every task's n0 is a multiple of
     // kPackedNR: the blockings below and in conv_driver split N in blocks of kNB = 32).
@@ -504,20 +530,47 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
       // correction is unchanged); word k = (tap i, j; word q) of row m = (n, oh, ow) is at
       // (i * Wp + j) * Cw + q from the row's window origin. Row blocks over threads (every
       // output channel per task), the correction and the epilogue on each finished block.
+      // Paired last words (prep.pairs, ops.h): the copy has pix = Cw + 1 words per pixel, the
+      // whole words, then last(p) | last(p + 1) << r (p + 1: the pixel to the right; zero
+      // for a row's last pixel, where no tap pair starts), then last(p); the taps (j, j + 1)
+      // of a kernel row read the first, an odd kw's last tap the second.
       const std::int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
-      thread_local std::vector<std::uint64_t> padded;  // the caller's; helpers only read it
-      const std::uint64_t* const xp = zero_bordered(x, g, cw, padded);
+      thread_local std::vector<std::uint64_t> padded, paired;  // the caller's; helpers only read
+      const std::uint64_t* xp = zero_bordered(x, g, cw, padded);
+      std::int64_t pix = cw;
       std::vector<std::int64_t> koff(static_cast<std::size_t>(Kr));
-      for (std::int64_t i = 0; i < g.kh; ++i)
-        for (std::int64_t j = 0; j < g.kw; ++j)
-          for (std::int64_t q = 0; q < cw; ++q) koff[(i * g.kw + j) * cw + q] = (i * wp + j) * cw + q;
+      if (prep.pairs) {
+        const std::int64_t r = g.c - (cw - 1) * kWordBits, pixels = g.n * hp * wp;
+        pix = cw + 1;
+        paired.resize(static_cast<std::size_t>(pixels * pix));
+        for (std::int64_t q = 0; q < pixels; ++q) {
+          const std::uint64_t* src = xp + q * cw;
+          std::uint64_t* dst = paired.data() + q * pix;
+          for (std::int64_t b = 0; b + 1 < cw; ++b) dst[b] = src[b];
+          const std::uint64_t next = (q + 1) % wp != 0 ? src[cw + cw - 1] : 0;
+          dst[cw - 1] = src[cw - 1] | next << r;
+          dst[cw] = src[cw - 1];
+        }
+        xp = paired.data();
+        std::int64_t k = 0;
+        for (std::int64_t i = 0; i < g.kh; ++i) {
+          for (std::int64_t j = 0; j < g.kw; ++j)
+            for (std::int64_t b = 0; b + 1 < cw; ++b) koff[k++] = (i * wp + j) * pix + b;
+          for (std::int64_t j = 0; j < g.kw; j += 2)
+            koff[k++] = (i * wp + j) * pix + (j + 1 < g.kw ? cw - 1 : cw);
+        }
+      } else {
+        for (std::int64_t i = 0; i < g.kh; ++i)
+          for (std::int64_t j = 0; j < g.kw; ++j)
+            for (std::int64_t q = 0; q < cw; ++q) koff[(i * g.kw + j) * cw + q] = (i * wp + j) * cw + q;
+      }
       const std::int64_t mb = gather_row_block(M, threads, 8);
       const std::int64_t n_mb = (M + mb - 1) / mb;
       const std::int64_t* ko = koff.data();
       parallel_for(n_mb, threads, [&](std::int64_t t) {
         const std::int64_t m0 = t * mb, mc = std::min(mb, M - m0);
         thread_local std::vector<const std::uint64_t*> rows;
-        gather_rows(rows, static_cast<const std::uint64_t*>(xp), g, m0, mc, hp, wp, cw);
+        gather_rows(rows, xp, g, m0, mc, hp, wp, pix);
         ks.bgemm_gather(rows.data(), ko, bp, mc, g.o, Kr, k_bits, out + m0 * g.o, g.o);
         correct(m0, mc, 0, g.o);
         if (epilogue != nullptr) (*epilogue)(m0, m0 + mc);

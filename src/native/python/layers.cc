@@ -170,7 +170,8 @@ void bind_layers(nb::module_& m) {
            "(flattened thr of Ho*Wo*O values, HWC order) or int32 [N, Ho, Wo, O] (no thr).")
       .def_prop_ro("kernels", [](const BinaryLayer& l) { return std::string(l.kernels().name); })
       .def_prop_ro("out_channels", [](const BinaryLayer& l) { return l.out_channels(); })
-      .def_prop_ro("has_threshold", [](const BinaryLayer& l) { return l.has_threshold(); });
+      .def_prop_ro("has_threshold", [](const BinaryLayer& l) { return l.has_threshold(); })
+      .def_prop_ro("weight_layout", [](const BinaryLayer& l) { return std::string(l.weight_layout()); });
 
   nb::class_<Int8ConvLayer>(m, "Int8ConvLayer",
       "The fixed-point first layer prepared: conv2d_u8i8 [-> maxpool_i32] [-> threshold_bits] in one call, "

@@ -45,6 +45,12 @@ class BinaryLayer {
               const std::int32_t* thr, const std::int8_t* dir, std::int64_t thr_len,
               const Pool& pool);
   bool is_int8() const { return int8_; }
+  /// How the weight rows are laid out (PreparedBconv, ops.h): "int8" (the fixed-point layer),
+  /// "pairs" (paired last words, read in place), "dense" (bit-dense im2col) or "words"
+  /// (whole words per tap).
+  const char* weight_layout() const {
+    return int8_ ? "int8" : prep_.pairs ? "pairs" : prep_.dense ? "dense" : "words";
+  }
 
   /// Geometry of a call on an [n, h, w, Cw] input.
   ConvGeom geom(std::int64_t n, std::int64_t h, std::int64_t w) const;

@@ -79,6 +79,13 @@ struct PreparedBconv {
   std::int64_t o = 0, kh = 0, kw = 0, c = 0, pw = 1;
   std::int64_t Kr = 0;                // words per weight row
   bool dense = false;                 // bit-dense tap concatenation
+  // Paired last words (prepare_bconv with allow_pairs): a pixel's last word holds r = C -
+  // 64 (Cw - 1) <= 32 bits, and taps j, j + 1 of a kernel row share one word: row i is
+  // [the whole words of taps 0..kw-1] then, for even j, last(j) | last(j + 1) << r (last(j)
+  // alone for an odd kw's last tap). The convolution reads it in place from a copy of the
+  // input with that pair word per pixel (no im2col). Only for pw = 1 and sets with
+  // bgemm_gather and bgemm_packed; a call then needs one activation plane.
+  bool pairs = false;
   std::vector<std::uint64_t> rows;    // [pw, O, Kr]
   std::vector<std::int32_t> tv;       // [kh * kw, O]
   // rows re-packed for ks.bgemm_packed (pw = 1 and the set has one; else empty):
@@ -90,7 +97,7 @@ struct PreparedBconv {
 std::vector<std::uint64_t> pack_bgemm_weights(const std::uint64_t* B, std::int64_t N, std::int64_t Kw);
 /// Lay out w [Pw, O, kh, kw, Cw] (the filter fields o, kh, kw, c of g are used).
 PreparedBconv prepare_bconv(const KernelSet& ks, const std::uint64_t* w, std::int64_t pw,
-                            const ConvGeom& g);
+                            const ConvGeom& g, bool allow_pairs = false);
 /// An output epilogue of the convolution drivers: called with [m0, m1) once the int32 rows
 /// m0..m1-1 (all O channels, padding correction included) are final, on the thread that
 /// finished them, while they are still in its cache (the fused threshold of the prepared
