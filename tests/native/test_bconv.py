@@ -334,7 +334,9 @@ def test_prepared_layer_paired_last_words_equal_ref(case: tuple) -> None:
         layer = _native.BinaryLayer(pw_, c, st2, padding, pad_value, kernels="avx512")
         assert layer.weight_layout == "pairs", case
         for threads in (1, 2, 3):
-            np.testing.assert_array_equal(layer(px, threads), want, err_msg=f"{pad_value} {threads}")
+            np.testing.assert_array_equal(
+                layer(px, threads), want, err_msg=f"{pad_value} {threads}"
+            )
         thr = rng.integers(-kh * kw * c // 4, kh * kw * c // 4 + 1, o).astype(np.int32)
         d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
         kw_ = {}
