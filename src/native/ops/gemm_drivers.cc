@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <map>
 #include <stdexcept>
 #include <memory>
 #include <vector>
@@ -466,29 +465,45 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
   if (pad_value == 0 && (g.ph != 0 || g.pw != 0)) {
     const std::int32_t a_weight = (std::int32_t{1} << pa) - 1;
     const std::vector<std::int32_t>& tv = prep.tv;
-    std::map<std::array<std::int64_t, 4>, std::int32_t> by_box;
-    box_of.assign(static_cast<std::size_t>(ho * wo), -1);
-    for (std::int64_t oh = 0; oh < ho; ++oh) {
-      const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
-      const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
-      for (std::int64_t ow = 0; ow < wo; ++ow) {
-        const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
-        const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
-        if (i0 == 0 && i1 == g.kh && j0 == 0 && j1 == g.kw) continue;  // no padded tap
-        auto [it, fresh] = by_box.try_emplace({i0, i1, j0, j1}, static_cast<std::int32_t>(by_box.size()));
-        if (fresh) {
-          corr.resize(corr.size() + static_cast<std::size_t>(g.o), 0);
-          std::int32_t* c = corr.data() + static_cast<std::int64_t>(it->second) * g.o;
-          for (std::int64_t i = 0; i < g.kh; ++i)
-            for (std::int64_t j = 0; j < g.kw; ++j) {
-              if (i >= i0 && i < i1 && j >= j0 && j < j1) continue;
-              const std::int32_t* tr = tv.data() + (i * g.kw + j) * g.o;
-              for (std::int64_t o = 0; o < g.o; ++o) c[o] += a_weight * tr[o];
-            }
-        }
-        box_of[oh * wo + ow] = it->second;
+    // The box's rows [i0, i1) depend on oh alone and its columns [j0, j1) on ow alone: a
+    // class per distinct range on each axis (a handful near the borders), one correction
+    // vector per (row class, column class) with a padded tap.
+    using Range = std::array<std::int64_t, 2>;
+    const auto classes = [](std::int64_t n_out, std::int64_t k, std::int64_t pad, std::int64_t stride,
+                            std::int64_t in, std::vector<Range>& ranges) {
+      std::vector<std::int32_t> cls(static_cast<std::size_t>(n_out));
+      for (std::int64_t o = 0; o < n_out; ++o) {
+        const Range r{std::max<std::int64_t>(0, pad - o * stride), std::min<std::int64_t>(k, in + pad - o * stride)};
+        const auto it = std::find(ranges.begin(), ranges.end(), r);
+        cls[static_cast<std::size_t>(o)] = static_cast<std::int32_t>(it - ranges.begin());
+        if (it == ranges.end()) ranges.push_back(r);
       }
-    }
+      return cls;
+    };
+    std::vector<Range> rr, cr;
+    const std::vector<std::int32_t> rcls = classes(ho, g.kh, g.ph, g.sh, g.h, rr);
+    const std::vector<std::int32_t> ccls = classes(wo, g.kw, g.pw, g.sw, g.w, cr);
+    const auto ncc = static_cast<std::int64_t>(cr.size());
+    std::vector<std::int32_t> box_id(rr.size() * cr.size(), -1);
+    for (std::size_t a = 0; a < rr.size(); ++a)
+      for (std::size_t b = 0; b < cr.size(); ++b) {
+        const auto [i0, i1] = rr[a];
+        const auto [j0, j1] = cr[b];
+        if (i0 == 0 && i1 == g.kh && j0 == 0 && j1 == g.kw) continue;  // no padded tap
+        box_id[a * cr.size() + b] = static_cast<std::int32_t>(corr.size() / static_cast<std::size_t>(g.o));
+        corr.resize(corr.size() + static_cast<std::size_t>(g.o), 0);
+        std::int32_t* c = corr.data() + corr.size() - static_cast<std::size_t>(g.o);
+        for (std::int64_t i = 0; i < g.kh; ++i)
+          for (std::int64_t j = 0; j < g.kw; ++j) {
+            if (i >= i0 && i < i1 && j >= j0 && j < j1) continue;
+            const std::int32_t* tr = tv.data() + (i * g.kw + j) * g.o;
+            for (std::int64_t o = 0; o < g.o; ++o) c[o] += a_weight * tr[o];
+          }
+      }
+    box_of.resize(static_cast<std::size_t>(ho * wo));
+    for (std::int64_t oh = 0; oh < ho; ++oh)
+      for (std::int64_t ow = 0; ow < wo; ++ow)
+        box_of[static_cast<std::size_t>(oh * wo + ow)] = box_id[static_cast<std::size_t>(rcls[oh] * ncc + ccls[ow])];
   }
   const auto correct = [&](std::int64_t m0, std::int64_t mc, std::int64_t n0, std::int64_t nc) {
     if (box_of.empty()) return;
@@ -543,14 +558,15 @@ void bconv2d_prepared(const KernelSet& ks, int threads, const std::uint64_t* x, 
         const std::int64_t r = g.c - (cw - 1) * kWordBits, pixels = g.n * hp * wp;
         pix = cw + 1;
         paired.resize(static_cast<std::size_t>(pixels * pix));
-        for (std::int64_t q = 0; q < pixels; ++q) {
-          const std::uint64_t* src = xp + q * cw;
-          std::uint64_t* dst = paired.data() + q * pix;
-          for (std::int64_t b = 0; b + 1 < cw; ++b) dst[b] = src[b];
-          const std::uint64_t next = (q + 1) % wp != 0 ? src[cw + cw - 1] : 0;
-          dst[cw - 1] = src[cw - 1] | next << r;
-          dst[cw] = src[cw - 1];
-        }
+        for (std::int64_t row = 0; row < pixels / wp; ++row)
+          for (std::int64_t col = 0; col < wp; ++col) {
+            const std::uint64_t* src = xp + (row * wp + col) * cw;
+            std::uint64_t* dst = paired.data() + (row * wp + col) * pix;
+            for (std::int64_t b = 0; b + 1 < cw; ++b) dst[b] = src[b];
+            const std::uint64_t next = col + 1 < wp ? src[cw + cw - 1] : 0;
+            dst[cw - 1] = src[cw - 1] | next << r;
+            dst[cw] = src[cw - 1];
+          }
         xp = paired.data();
         std::int64_t k = 0;
         for (std::int64_t i = 0; i < g.kh; ++i) {
