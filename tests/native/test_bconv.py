@@ -351,3 +351,39 @@ def test_prepared_layer_paired_last_words_equal_ref(case: tuple) -> None:
         assert ref.weight_layout != "pairs"
         for threads in (1, 3):
             np.testing.assert_array_equal(fused(px, threads), ref(px, 1))
+
+
+@pytest.mark.parametrize(
+    "c,o,pool",
+    [
+        (64, 20, ((3, 3), (2, 2), (1, 1))),
+        (256, 33, ((3, 3), (2, 2), (0, 0))),
+        (96, 16, ((2, 3), (1, 2), (1, 0))),
+    ],
+)
+def test_prepared_layer_int32_pool_equals_ref(
+    fast_kernels: str, c: int, o: int, pool: tuple
+) -> None:
+    """The prepared layer's int32 max-pool (conv -> pool with int32 out, and the flat threshold
+    that follows it: AlexNet's conv5) on every set against the ref set: channel counts around
+    the 16-lane vectors, padded windows (padded taps skipped, as PyTorch does)."""
+    rng = np.random.default_rng(c * 1000 + o)
+    x, wt = random_pm(rng, (2, 9, 8, c)), random_pm(rng, (o, 3, 3, c))
+    px, pw_ = pack_bits(x), pack_bits(wt)
+    kw_ = {"pool_kernel": pool[0], "pool_stride": pool[1], "pool_padding": pool[2]}
+    fast = _native.BinaryLayer(pw_, c, (1, 1), (1, 1), 0, kernels=fast_kernels, **kw_)
+    ref = _native.BinaryLayer(pw_, c, (1, 1), (1, 1), 0, kernels="ref", **kw_)
+    want = ref(px, 1)
+    assert want.dtype == np.int32
+    for threads in (1, 3):
+        np.testing.assert_array_equal(fast(px, threads), want)
+    flat = want.shape[1] * want.shape[2] * o
+    thr = rng.integers(-200, 200, flat).astype(np.int32)
+    d = np.where(rng.random(flat) < 0.5, 1, -1).astype(np.int8)
+    fast_t = _native.BinaryLayer(
+        pw_, c, (1, 1), (1, 1), 0, kernels=fast_kernels, thr=thr, direction=d, **kw_
+    )
+    ref_t = _native.BinaryLayer(
+        pw_, c, (1, 1), (1, 1), 0, kernels="ref", thr=thr, direction=d, **kw_
+    )
+    np.testing.assert_array_equal(fast_t(px, 2), ref_t(px, 1))

@@ -2,8 +2,10 @@
 #include "bitflow/binary_layer.h"
 
 #include <climits>
+#include <string>
 #include <utility>
 
+#include "bitflow/float_stream.h"
 #include "parallel.h"
 
 namespace bitflow::ops {
@@ -155,7 +157,9 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
       pool_buf.resize(static_cast<std::size_t>(n * pg.ho() * pg.wo() * o));
       dst = pool_buf.data();
     }
-    maxpool_i32(cur, pg, dst, threads);
+    // AVX-512 rows with the AVX-512 set (its bit packing tells, as for the float streams)
+    const bool wide = std::string(ks_->bitpack_name).find("avx512") != std::string::npos;
+    maxpool_i32_fast(cur, pg, dst, threads, wide);
     cur = dst;
     rows = n * pg.ho() * pg.wo();
   }

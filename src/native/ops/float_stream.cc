@@ -235,4 +235,19 @@ void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads
   });
 }
 
+void maxpool_i32_fast(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, int threads,
+                      bool wide) {
+#if defined(BITFLOW_HAVE_X86_KERNELS)
+  if (wide && float_stream_wide_available()) {
+    const double ns_per_row = 0.03 * static_cast<double>(g.wo() * g.kh * g.kw * g.c);
+    parallel_rows(g.n * g.ho(), ns_per_row, threads, [&](std::int64_t r0, std::int64_t r1) {
+      avx512::maxpool_i32_rows__avx512(x, g, out, r0, r1);
+    });
+    return;
+  }
+#endif
+  (void)wide;
+  maxpool_i32(x, g, out, threads);
+}
+
 }  // namespace bitflow::ops

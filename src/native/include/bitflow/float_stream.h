@@ -82,6 +82,10 @@ void threshold_f32_bits_rows(const float* y, std::int64_t rows, std::int64_t o, 
 /// window in row-major order, padded positions ignored, a NaN once seen stays) with the
 /// channel loop vectorized; equal bit for bit. Output rows ((n, oh) pairs) over threads.
 void maxpool_f32_fast(const float* x, const PoolGeom& g, float* out, int threads, bool wide = false);
+/// maxpool_i32 (the definition in pool_ref.cc) with the channel loop in AVX-512 registers when
+/// `wide` (and the CPU runs them), else the definition; equal bit for bit.
+void maxpool_i32_fast(const std::int32_t* x, const PoolGeom& g, std::int32_t* out, int threads,
+                      bool wide = false);
 
 /// Whether the AVX-512 float rows are built and this CPU runs them.
 bool float_stream_wide_available();
@@ -96,6 +100,8 @@ namespace bitflow::avx512 {
 void float_stream_rows__avx512(const ops::FloatStream& fs, const float* thr,
                                const std::uint32_t* pos, const void* const* xs, std::int64_t r0,
                                std::int64_t r1, float* y, std::uint64_t* bits);
+void maxpool_i32_rows__avx512(const std::int32_t* x, const ops::PoolGeom& g, std::int32_t* out,
+                              std::int64_t r0, std::int64_t r1);
 void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out,
                               std::int64_t r0, std::int64_t r1);
 }  // namespace bitflow::avx512

@@ -216,4 +216,31 @@ void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out
   }
 }
 
+void maxpool_i32_rows__avx512(const std::int32_t* x, const ops::PoolGeom& g, std::int32_t* out,
+                              std::int64_t r0, std::int64_t r1) {
+  const std::int64_t ho = g.ho(), wo = g.wo();
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const std::int64_t n = r / ho, oh = r % ho;
+    const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
+    const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
+    for (std::int64_t ow = 0; ow < wo; ++ow) {
+      std::int32_t* dst = out + ((n * ho + oh) * wo + ow) * g.c;
+      const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
+      const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
+      if (i0 >= i1 || j0 >= j1) continue;  // no valid tap (excluded by the padding rule)
+      const std::int32_t* base = x + ((n * g.h + oh * g.sh - g.ph) * g.w + ow * g.sw - g.pw) * g.c;
+      for (std::int64_t c = 0; c < g.c; c += 16) {
+        const __mmask16 m = g.c - c >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (g.c - c)) - 1u);
+        // the maximum over the valid taps (padded ones skipped; integers: order-free)
+        __m512i a = _mm512_maskz_loadu_epi32(m, base + (i0 * g.w + j0) * g.c + c);
+        for (std::int64_t i = i0; i < i1; ++i)
+          for (std::int64_t j = j0; j < j1; ++j)
+            a = _mm512_max_epi32(a, _mm512_maskz_loadu_epi32(m, base + (i * g.w + j) * g.c + c));
+        _mm512_mask_storeu_epi32(dst + c, m, a);
+      }
+    }
+  }
+}
+
 }  // namespace bitflow::avx512
