@@ -2,7 +2,6 @@
 #include "bitflow/binary_layer.h"
 
 #include <climits>
-#include <string>
 #include <utility>
 
 #include "bitflow/float_stream.h"
@@ -15,7 +14,7 @@ BinaryLayer::BinaryLayer(const KernelSet& ks, const std::uint64_t* w, const Conv
                          std::int64_t thr_len, const Pool& pool, const std::int32_t* index,
                          std::int64_t index_len)
     : ks_(&ks), filt_(filt), pad_value_(pad_value), prep_(prepare_bconv(ks, w, 1, filt, /*allow_pairs=*/true)),
-      pool_(pool) {
+      pool_(pool), wide_rows_(float_rows_wide_for(ks)) {
   if (index != nullptr) index_.assign(index, index + index_len);
   init_threshold(thr, dir, thr_len);
 }
@@ -39,7 +38,7 @@ BinaryLayer::BinaryLayer(const KernelSet& ks, const std::int8_t* w, const ConvGe
                          const std::int32_t* thr, const std::int8_t* dir, std::int64_t thr_len,
                          const Pool& pool)
     : ks_(&ks), filt_(filt), pad_value_(0), int8_(true), prep8_(prepare_u8i8(ks, w, filt)),
-      pool_(pool) {
+      pool_(pool), wide_rows_(float_rows_wide_for(ks)) {
   init_threshold(thr, dir, thr_len);
 }
 
@@ -157,9 +156,7 @@ void BinaryLayer::run(int threads, const void* x, std::int64_t n, std::int64_t h
       pool_buf.resize(static_cast<std::size_t>(n * pg.ho() * pg.wo() * o));
       dst = pool_buf.data();
     }
-    // AVX-512 rows with the AVX-512 set (its bit packing tells, as for the float streams)
-    const bool wide = std::string(ks_->bitpack_name).find("avx512") != std::string::npos;
-    maxpool_i32_fast(cur, pg, dst, threads, wide);
+    maxpool_i32_fast(cur, pg, dst, threads, wide_rows_);
     cur = dst;
     rows = n * pg.ho() * pg.wo();
   }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "bitflow/common.h"
@@ -36,6 +37,14 @@ bool float_stream_avx2_available() {
 #else
   return false;
 #endif
+}
+
+bool float_rows_wide_for(const KernelSet& ks) {
+  return std::string(ks.bitpack_name).find("avx512") != std::string::npos && float_stream_wide_available();
+}
+
+bool float_rows_avx2_for(const KernelSet& ks) {
+  return std::string(ks.bitpack_name).find("avx2") != std::string::npos && float_stream_avx2_available();
 }
 
 FloatStream::FloatStream(std::int64_t o, std::vector<Operand> operands, const float* thr,

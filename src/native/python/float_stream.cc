@@ -6,19 +6,6 @@ namespace {
 
 using bitflow::ops::FloatStream;
 
-/// The AVX-512 float rows go with a kernel set whose float bit packing is AVX-512 (the same
-/// ISA requirement), so BITFLOW_KERNELS=avx2 / scalar / ref also force the portable rows.
-bool wide_for(const KernelSet& ks) {
-  return std::string(ks.bitpack_name).find("avx512") != std::string::npos &&
-         bitflow::ops::float_stream_wide_available();
-}
-
-/// Likewise the AVX2 float rows with a kernel set whose float bit packing is AVX2.
-bool avx2_for(const KernelSet& ks) {
-  return std::string(ks.bitpack_name).find("avx2") != std::string::npos &&
-         bitflow::ops::float_stream_avx2_available();
-}
-
 void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, const nb::list& stages,
                        std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, bool keep_y,
                        const std::string& kernels) {
@@ -53,7 +40,7 @@ void float_stream_init(FloatStream* self, i64 o, const std::vector<bool>& i32, c
     dir = d->data;
   }
   if (!keep_y && thr == nullptr) fail(fn, "nothing to output: keep_y=False and no threshold");
-  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y, wide_for(ks), avx2_for(ks));
+  new (self) FloatStream(o, std::move(ops), thr, dir, keep_y, bitflow::ops::float_rows_wide_for(ks), bitflow::ops::float_rows_avx2_for(ks));
 }
 
 /// Validate operands k >= first against the stream (dtype, shape, channels); returns pointers.
@@ -242,7 +229,7 @@ nb::object maxpool_f32_fast(const AnyArray& x_, nb::handle kernel, nb::handle st
                             const std::string& kernels) {
   const char* fn = "maxpool_f32_fast";
   check_threads(fn, threads);
-  const bool wide = wide_for(kernels_arg(fn, kernels));
+  const bool wide = bitflow::ops::float_rows_wide_for(kernels_arg(fn, kernels));
   auto x = arg<float>(x_, fn, "x", 4);
   auto g = pool_geom(fn, x.shape, kernel, stride, padding);
   auto out = make_out<float>({g.n, g.ho(), g.wo(), g.c});

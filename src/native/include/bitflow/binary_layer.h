@@ -92,6 +92,7 @@ class BinaryLayer {
   std::vector<std::uint64_t> and_mask_;  // per output word: bit c set iff direction[c] = +1
   bool any_or_ = false;                  // some channel has direction -1
   Pool pool_;
+  bool wide_rows_ = false;  // the int32 max-pool in AVX-512 rows (float_rows_wide_for)
 };
 
 }  // namespace bitflow::ops

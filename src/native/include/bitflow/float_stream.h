@@ -91,6 +91,12 @@ void maxpool_i32_fast(const std::int32_t* x, const PoolGeom& g, std::int32_t* ou
 bool float_stream_wide_available();
 /// Whether the AVX2 float rows are built and this CPU runs them.
 bool float_stream_avx2_available();
+/// The float rows (streams, float / int32 max-pools) that go with kernel set ks: the AVX-512
+/// ones with a set whose bit packing is AVX-512 (the same ISA requirement), the AVX2 ones with
+/// one whose bit packing is AVX2, so BITFLOW_KERNELS=avx2 / scalar / ref also force the
+/// portable rows.
+bool float_rows_wide_for(const KernelSet& ks);
+bool float_rows_avx2_for(const KernelSet& ks);
 
 }  // namespace bitflow::ops
 

@@ -178,19 +178,40 @@ void float_stream_rows__avx512(const FloatStream& fs, const float* thr, const st
   }
 }
 
+namespace {
+
+// The window of pooled output (row r = (n, oh), column ow), clipped to the input: valid taps
+// [i0, i1) x [j0, j1) (padded ones skipped, as PyTorch does), the element offset of tap (0, 0)
+// in the input (it may lie in the padding; only valid taps are read) and of the output pixel.
+struct PoolWindow {
+  bool valid;
+  std::int64_t i0, i1, j0, j1, in, out;
+};
+
+inline PoolWindow pool_window(const ops::PoolGeom& g, std::int64_t r, std::int64_t ow) {
+  const std::int64_t ho = g.ho(), n = r / ho, oh = r % ho;
+  PoolWindow w;
+  w.i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
+  w.i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
+  w.j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
+  w.j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
+  w.valid = w.i0 < w.i1 && w.j0 < w.j1;  // else no valid tap (excluded by the padding rule)
+  w.in = ((n * g.h + oh * g.sh - g.ph) * g.w + ow * g.sw - g.pw) * g.c;
+  w.out = (r * g.wo() + ow) * g.c;
+  return w;
+}
+
+}  // namespace
+
 void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out, std::int64_t r0,
                               std::int64_t r1) {
-  const std::int64_t ho = g.ho(), wo = g.wo();
   for (std::int64_t r = r0; r < r1; ++r) {
-    const std::int64_t n = r / ho, oh = r % ho;
-    const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
-    const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
-    for (std::int64_t ow = 0; ow < wo; ++ow) {
-      float* dst = out + ((n * ho + oh) * wo + ow) * g.c;
-      const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
-      const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
-      if (i0 >= i1 || j0 >= j1) continue;  // no valid tap (excluded by the padding rule)
-      const float* base = x + ((n * g.h + oh * g.sh - g.ph) * g.w + ow * g.sw - g.pw) * g.c;
+    for (std::int64_t ow = 0; ow < g.wo(); ++ow) {
+      const PoolWindow pw = pool_window(g, r, ow);
+      if (!pw.valid) continue;
+      float* dst = out + pw.out;
+      const float* base = x + pw.in;
+      const std::int64_t i0 = pw.i0, i1 = pw.i1, j0 = pw.j0, j1 = pw.j1;
       for (std::int64_t c = 0; c < g.c; c += 16) {
         const __mmask16 m = g.c - c >= 16 ? static_cast<__mmask16>(0xFFFF)
                                            : static_cast<__mmask16>((1u << (g.c - c)) - 1u);
@@ -218,17 +239,13 @@ void maxpool_f32_rows__avx512(const float* x, const ops::PoolGeom& g, float* out
 
 void maxpool_i32_rows__avx512(const std::int32_t* x, const ops::PoolGeom& g, std::int32_t* out,
                               std::int64_t r0, std::int64_t r1) {
-  const std::int64_t ho = g.ho(), wo = g.wo();
   for (std::int64_t r = r0; r < r1; ++r) {
-    const std::int64_t n = r / ho, oh = r % ho;
-    const std::int64_t i0 = std::max<std::int64_t>(0, g.ph - oh * g.sh);
-    const std::int64_t i1 = std::min<std::int64_t>(g.kh, g.h + g.ph - oh * g.sh);
-    for (std::int64_t ow = 0; ow < wo; ++ow) {
-      std::int32_t* dst = out + ((n * ho + oh) * wo + ow) * g.c;
-      const std::int64_t j0 = std::max<std::int64_t>(0, g.pw - ow * g.sw);
-      const std::int64_t j1 = std::min<std::int64_t>(g.kw, g.w + g.pw - ow * g.sw);
-      if (i0 >= i1 || j0 >= j1) continue;  // no valid tap (excluded by the padding rule)
-      const std::int32_t* base = x + ((n * g.h + oh * g.sh - g.ph) * g.w + ow * g.sw - g.pw) * g.c;
+    for (std::int64_t ow = 0; ow < g.wo(); ++ow) {
+      const PoolWindow pw = pool_window(g, r, ow);
+      if (!pw.valid) continue;
+      std::int32_t* dst = out + pw.out;
+      const std::int32_t* base = x + pw.in;
+      const std::int64_t i0 = pw.i0, i1 = pw.i1, j0 = pw.j0, j1 = pw.j1;
       for (std::int64_t c = 0; c < g.c; c += 16) {
         const __mmask16 m = g.c - c >= 16 ? static_cast<__mmask16>(0xFFFF)
                                            : static_cast<__mmask16>((1u << (g.c - c)) - 1u);
