@@ -93,3 +93,32 @@ def test_conv2d_u8b1_validation() -> None:
         infer(bad, [ValueInfo("uint8", (5, 5, 130))], {"w": wbits})
     with pytest.raises(ValueError, match="channels"):
         N.conv2d_u8b1(np.zeros((1, 5, 5, 70), np.uint8), wbits, 69)
+
+
+
+def test_conv2d_u8b1_at_the_fan_in_limit() -> None:
+    """The engine runs conv2d_u8b1 on the int8 kernels (a prepared Int8ConvLayer, weights
+    expanded once), whose exact-sum bound allows kh * kw * C <= 65,793 (255 * 128 * K <=
+    2^31 - 1). 3 x 3 x 7,310 = 65,790 taps: exact at both extremes (+-255 * 65,790); oracle:
+    the int64 dot product of the window. 3 x 3 x 7,400 is refused when the graph validates."""
+    rng = np.random.default_rng(7)
+    o = 3
+    for c in (7310, 7400):
+        x = np.full((1, 3, 3, c), 255, np.uint8)
+        x[0, 0, 0, :5] = rng.integers(0, 256, 5)
+        pm1 = np.where(rng.random((o, 3, 3, c)) < 0.5, -1, 1).astype(np.int8)
+        pm1[0], pm1[1] = 1, -1
+        tensors = {"w": pack_bits(pm1 < 0)}
+        attrs = {"channels": c, "stride": [1, 1], "padding": [0, 0]}
+        op = Op("conv2d_u8b1", "conv", ["x"], ["y"], attrs, {"w": "w"})
+        vin = ValueInfo("uint8", (3, 3, c))
+        if c == 7400:
+            with pytest.raises(GraphError, match="accumulator bound"):
+                infer(op, [vin], tensors)
+            continue
+        infer(op, [vin], tensors)
+        want = np.einsum("nhwc,ohwc->no", x.astype(np.int64), pm1.astype(np.int64))
+        g = Graph(InputSpec(1, 1, 1), [], tensors, "x")
+        for kset in available_kernels():
+            out = OPS["conv2d_u8b1"].engine(EngineContext(N, kset, 2, g, {"x": vin}), op)([x])
+            np.testing.assert_array_equal(out[:, 0, 0, :], want, err_msg=kset)

@@ -39,7 +39,7 @@ from .. import _refkernels as rk
 from ..nodes import GraphError, Op, ValueInfo
 from . import EngineContext, HasTensors, Kernel, OpDef, one, register
 from ._common import int_attr, need, need_param, spatial, t2, window_geom
-from .w1 import pm1_weights
+from .w1 import pm1_weights, u8b1_conv
 
 RPRELU_PARAMS = ("gamma", "slope", "zeta")
 
@@ -292,16 +292,9 @@ def _ref_dense_u8b1(
 
 
 def _eng_dense_u8b1(c: EngineContext, op: Op) -> Kernel:
-    p, N, k, th = c.params(op), c.native, c.kernels, c.threads
     ch = int(op.attrs["channels"])
-    w4 = np.ascontiguousarray(p["w"][:, None, None, :])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        y = N.conv2d_u8b1(x.reshape(n, 1, 1, ch), w4, ch, (1, 1), (0, 0), k, th)
-        return y.reshape(n, -1)
-
-    return one(run)
+    conv = u8b1_conv(c, np.ascontiguousarray(c.params(op)["w"][:, None, None, :]), ch)
+    return one(lambda x: conv(x.reshape(x.shape[0], 1, 1, ch)).reshape(x.shape[0], -1))
 
 
 register(
@@ -314,7 +307,7 @@ register(
         _infer_dense_u8b1,
         _ref_dense_u8b1,
         _eng_dense_u8b1,
-        ("conv2d_u8b1",),
+        ("conv2d_u8b1", "Int8ConvLayer"),
         doc="+-1-weight dense layer over uint8 levels (DoReFa / PACT), exact in int32",
     )
 )
