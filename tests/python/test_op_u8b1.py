@@ -95,7 +95,6 @@ def test_conv2d_u8b1_validation() -> None:
         N.conv2d_u8b1(np.zeros((1, 5, 5, 70), np.uint8), wbits, 69)
 
 
-
 def test_conv2d_u8b1_at_the_fan_in_limit() -> None:
     """The engine runs conv2d_u8b1 on the int8 kernels (a prepared Int8ConvLayer, weights
     expanded once), whose exact-sum bound allows kh * kw * C <= 65,793 (255 * 128 * K <=
