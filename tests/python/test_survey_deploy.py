@@ -142,10 +142,37 @@ def test_conv2d_f32b1_order_and_kernel_sets(c: int, k: int, stride: int, pad: in
         np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32), err_msg=kk)
 
 
+@pytest.mark.parametrize(
+    "c,k,stride,pad,o", [(64, 3, 1, 1, 70), (17, 3, 2, 1, 37), (40, 1, 1, 0, 48), (5, 5, 1, 2, 16)]
+)
+def test_conv2d_f32b1_engine_on_the_packed_float_gemm(
+    c: int, k: int, stride: int, pad: int, o: int
+) -> None:
+    """The engine runs conv2d_f32b1 as a prepared float convolution with +-1.0 weights where
+    the kernel set has a packed float GEMM (sequential FMA per output: ``fma(x, +-1, acc)`` is
+    the definition's ``acc +- x``): output channels across 16-lane blocks and tails (70, 37,
+    48, 16), the 1x1 (pointwise) and the padded / strided paths, -0.0 and wide magnitudes in
+    the input, batch 3; every kernel set and thread count equals the reference bit for bit
+    (the reference is the definition, test above)."""
+    rng = np.random.default_rng(c * 100 + o)
+    x = (rng.normal(0, 1, (3, 9, 8, c)) * 10.0 ** rng.integers(-4, 5, (3, 9, 8, c))).astype(
+        np.float32
+    )
+    x[0, 0, :, :] = -0.0
+    pm1 = np.where(rng.random((o, k, k, c)) < 0.5, -1, 1).astype(np.int8)
+    tensors = {"w": pack_bits(pm1 < 0)}
+    attrs = {"channels": c, "stride": [stride] * 2, "padding": [pad] * 2}
+    op = Op("conv2d_f32b1", "c", ["x"], ["y"], attrs, {"w": "w"})
+    vin = ValueInfo("float32", (9, 8, c))
+    ref = R.run_op(Graph(InputSpec(1, 1, 1), [], tensors, "x"), op, [x], [vin])
+    for kk, out in _engine_outputs(op, x, vin, tensors).items():
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32), err_msg=kk)
+
+
 def test_dense_f32b1_equals_its_definition() -> None:
     rng = np.random.default_rng(3)
-    kf, o = 130, 7
-    x = rng.normal(0, 1, (4, kf)).astype(np.float32)
+    kf, o = 300, 50  # 50 outputs: three 16-lane blocks and a tail on the packed float GEMM
+    x = (rng.normal(0, 1, (4, kf)) * 10.0 ** rng.integers(-4, 5, (4, kf))).astype(np.float32)
     pm1 = np.where(rng.random((o, kf)) < 0.5, -1, 1).astype(np.int8)
     tensors = {"w": pack_bits(pm1 < 0)}
     op = Op("dense_f32b1", "d", ["x"], ["y"], {"channels": kf}, {"w": "w"})

@@ -31,7 +31,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -137,10 +137,36 @@ def _ref_conv(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]
     return conv_f32b1_reference(xs[0], w, t2(op.attrs["stride"]), t2(op.attrs["padding"]))
 
 
+def f32b1_conv(
+    c: EngineContext,
+    w: np.ndarray,
+    channels: int,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``x float32 [N, H, W, C] -> float32`` for packed +-1 weights ``w [O, kh, kw, Cw]``, the
+    definition's value bit for bit on every kernel set.
+
+    A kernel set with a packed float GEMM (``kernel_info()["sgemm_packed"]``: AVX2, AVX-512)
+    sums every output of a float convolution in order ``k = 0..K-1``, from ``+0``, with one
+    FMA per ``k`` (``SgemmPackedFn``'s contract in ``kernels.h``; the bias, none here, after
+    the sum), and ``k`` runs over ``(ky, kx, c)``: the definition's order. With a +-1 weight
+    ``fma(x, +-1, acc)`` rounds ``acc +- x`` once, exactly the definition's step (the product is
+    exact), and a zero of the padding adds ``+-0``, which leaves the sum unchanged (it is never
+    ``-0``). So the weights are expanded to +-1.0 once and the prepared float convolution
+    (register-blocked, threaded) runs them. Other sets (ref, scalar) run the native
+    ``conv2d_f32b1`` loop. A NaN input gives NaN either way (its sign bit may differ)."""
+    N, th = c.native, c.threads
+    if N.kernel_info(c.kernels)["sgemm_packed"] is None:
+        return lambda x: N.conv2d_f32b1(x, w, channels, stride, padding, th)
+    w32 = np.ascontiguousarray(pm1_weights(w, channels), np.float32)
+    layer = N._Conv2dF32Layer(w32, None, stride, padding, kernels=c.kernels)
+    return lambda x: layer(x, th)
+
+
 def _eng_conv(c: EngineContext, op: Op) -> Kernel:
-    p, N, th = c.params(op), c.native, c.threads
     st, pd, ch = t2(op.attrs["stride"]), t2(op.attrs["padding"]), int(op.attrs["channels"])
-    return one(lambda x: N.conv2d_f32b1(x, p["w"], ch, st, pd, th))
+    return one(f32b1_conv(c, c.params(op)["w"], ch, st, pd))
 
 
 def _infer_dense(op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]) -> ValueInfo:
@@ -159,16 +185,9 @@ def _ref_dense(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo
 
 
 def _eng_dense(c: EngineContext, op: Op) -> Kernel:
-    p, N, th = c.params(op), c.native, c.threads
     k = int(op.attrs["channels"])
-    w4 = np.ascontiguousarray(p["w"][:, None, None, :])
-
-    def run(x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        y = N.conv2d_f32b1(x.reshape(n, 1, 1, k), w4, k, (1, 1), (0, 0), th)
-        return y.reshape(n, -1)
-
-    return one(run)
+    conv = f32b1_conv(c, np.ascontiguousarray(c.params(op)["w"][:, None, None, :]), k)
+    return one(lambda x: conv(x.reshape(x.shape[0], 1, 1, k)).reshape(x.shape[0], -1))
 
 
 register(
@@ -181,7 +200,7 @@ register(
         _infer_conv,
         _ref_conv,
         _eng_conv,
-        ("conv2d_f32b1",),
+        ("conv2d_f32b1", "_Conv2dF32Layer"),
         doc="+-1 weights over float32 activations (BinaryConnect / BWN), fixed float32 order",
     )
 )
@@ -195,7 +214,7 @@ register(
         _infer_dense,
         _ref_dense,
         _eng_dense,
-        ("conv2d_f32b1",),
+        ("conv2d_f32b1", "_Conv2dF32Layer"),
         doc="+-1-weight dense layer over float32 activations (BinaryConnect / BWN)",
     )
 )
