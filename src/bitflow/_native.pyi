@@ -131,6 +131,9 @@ def rprelu_f32(
 def threshold_bits_hw(
     x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
 ) -> NDArray[np.uint64]: ...
+def scale_hw(
+    x: NDArray[np.int32], scale: NDArray[np.float32], threads: int = 1
+) -> NDArray[np.float32]: ...
 def threshold_u8(
     x: NDArray[np.int32], thr: NDArray[np.int32], direction: NDArray[np.int8], threads: int = 1
 ) -> NDArray[np.uint8]: ...

@@ -78,7 +78,8 @@ DEPLOY_FORMS = {
     "pure": "pure xnor-popcount + thresholds",
     "w1a32": "+-1-weight conv over float32 activations (conv2d_f32b1 / dense_f32b1)",
     "float_stream": "xnor-popcount + thresholds, float ops (rprelu_f32) on the float stream",
-    "table": "xnor-popcount + one exact threshold per (position, channel) (threshold_bits_hw)",
+    "table": "xnor-popcount + one exact threshold per (position, channel) (threshold_bits_hw); "
+    "before a float residual add, Gamma as one rounded product per (position, channel) (scale_hw)",
     "branches": "N activation thresholds -> M x N xnor-popcount bconvs, weighted sum (float32 "
     "scale_bias + add_f32: near-threshold decisions; exact requant_i32 + add_i32 with frac=f)",
     "u8": "k-bit unsigned levels (threshold_u8) -> +-1-weight uint8 conv (conv2d_u8b1), exact integers",

@@ -40,8 +40,9 @@ pytestmark = pytest.mark.skipif(
 class _Trainer:
     """Stand-in for ``analysis.reproduce._train``: records every call, returns distinct numbers."""
 
-    def __init__(self) -> None:
+    def __init__(self, edit: Any = None) -> None:
         self.calls: list[tuple[Path, dict[str, Any], dict[str, Any]]] = []
+        self.edit = edit  # edit(model, kw): changes the "trained" weights before saving
 
     def __call__(self, out: Path, **kw: Any) -> dict[str, Any]:
         torch.manual_seed(int(kw.get("seed", 0)))
@@ -54,6 +55,8 @@ class _Trainer:
             kw.get("method_args") or None,
             **{**shape, **kw["model_kwargs"]},
         )
+        if self.edit is not None:
+            self.edit(model, kw)
         out.mkdir(parents=True, exist_ok=True)
         ckpt = out / "best.pt"
         save_checkpoint(
@@ -204,21 +207,30 @@ def test_reproduce_survey_row_of_a_method_without_an_engine_form(
         M.convert(model)
 
 
-def test_reproduce_survey_goes_on_past_a_method_the_backbone_cannot_deploy(
+def test_reproduce_survey_goes_on_past_a_method_the_model_cannot_deploy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # XNOR++ deploys on the chains, but on the Bi-Real backbone its per-position scale feeds a
-    # residual add: the converter refuses it; the table keeps its row (with the reason) and the
-    # rows after it
-    tr = _Trainer()
+    # XNOR++ deploys when the BatchNorm after a pooled XNOR++ conv keeps one direction; a run
+    # whose BatchNorm decreases in one channel and increases in the others is refused by the
+    # converter (the pool of the decisions would be an AND in some channels and an OR in
+    # others); the table keeps its row, with the reason, and the rows after it
+    def mixed_bn(model: torch.nn.Module, kw: dict[str, Any]) -> None:
+        if kw.get("method") == "xnorpp":
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, torch.nn.BatchNorm2d):
+                        m.weight.abs_()
+                        m.weight[0] = -1.0
+
+    tr = _Trainer(mixed_bn)
     monkeypatch.setattr(RS, "_train", tr)
-    r = _tiny_survey(tmp_path, ["xnorpp", "bnn"], (0,), backbone="bireal_resnet20")
+    r = _tiny_survey(tmp_path, ["xnorpp", "bnn"], (0,), backbone="bitflow_vgg_small")
     rows = {x["method"]: x for x in r["rows"]}
     model, _ = model_from_checkpoint(tr.runs(tmp_path / "xnorpp")[0]["checkpoint"])
-    with pytest.raises(UnsupportedLayerError) as e:
-        convert(model)
+    with pytest.raises(UnsupportedLayerError, match="one direction") as e:
+        M.convert(model)
     want = str(e.value).split("; supported:")[0]
-    assert rows["xnorpp"]["deploy"] == f"not on bireal_resnet20: {want}"
+    assert rows["xnorpp"]["deploy"] == f"not on bitflow_vgg_small: {want}"
     assert rows["xnorpp"]["engine_ms"] is rows["xnorpp"]["speedup"] is None
     assert not (tmp_path / "xnorpp" / "model.bfn").exists()
     assert rows["bnn"]["engine_ms"] > 0 and rows["bnn"]["sign_mismatches"] == 0

@@ -536,7 +536,92 @@ def test_xnorpp_errors_are_clear() -> None:
         bn.weight[0] = -bn.weight[0].abs()
     with pytest.raises(UnsupportedLayerError, match="one direction"):
         methods.convert(model)
-    # on the Bi-Real backbone the scaled value feeds a float residual add
-    bireal = methods.build_model("bireal_resnet20", "xnorpp", width=4)
-    with pytest.raises(UnsupportedLayerError, match="per-position float scale"):
-        methods.convert(bireal.eval())
+
+
+def test_scale_hw_is_one_rounded_product_per_position() -> None:
+    """scale_hw: y = fl(x Gamma[h, w, o]) on int32 (XNOR-Net++'s scale before a float value).
+    Oracle: PyTorch's float32 product of the exact integer sum and Gamma, as the module computes
+    it; accumulators up to 2^24 in magnitude, both signs, zero and negative Gamma."""
+    rng = np.random.default_rng(31)
+    h, w, o = 3, 4, 70
+    x = rng.integers(-(2**24), 2**24, (2, h, w, o)).astype(np.int32)
+    x[0, 0, 0, :3] = (0, 2**24, -(2**24))
+    s = rng.normal(0, 1, (h, w, o)).astype(np.float32)
+    s[1, 1, :4] = (0.0, -0.0, -1.5, 3e-7)
+    tensors = {"scale": s}
+    op = Op("scale_hw", "s", ["x"], ["y"], {}, {"scale": "scale"})
+    vin = ValueInfo("int32", (h, w, o))
+    assert infer(op, [vin], tensors) == ValueInfo("float32", (h, w, o))
+    want = (torch.from_numpy(x).float() * torch.from_numpy(s)).numpy()
+    ref = R.run_op(Graph(InputSpec(1, 1, 1), [], tensors, "x"), op, [x], [vin])
+    np.testing.assert_array_equal(ref.view(np.uint32), want.view(np.uint32))
+    for k, out in _engine_outputs(op, x, vin, tensors).items():
+        np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32), err_msg=k)
+    with pytest.raises(GraphError, match="scale"):
+        infer(op, [vin], {"scale": s[:, :, :-1]})
+    bad = s.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(GraphError, match="NaN"):
+        infer(op, [vin], {"scale": bad})
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_xnorpp_on_the_float_residual_stream(negative: bool) -> None:
+    """XNOR-Net++ on the Bi-Real backbone: every binary conv's Gamma is followed by a BatchNorm
+    and a float residual add, so it becomes scale_hw (one rounded product, as PyTorch) -> BN
+    affine -> add_f32; the signs of the next units are float decisions: verify finds no sign
+    mismatch outside the float32 bound and no unexplained prediction difference, and the
+    engine equals the reference on every kernel set."""
+    model = _calibrated(methods.build_model("bireal_resnet20", "xnorpp", width=4), seed=41)
+    g = torch.Generator().manual_seed(42)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, S.XnorPPConv2d):
+                for t in (m.scale_c, m.scale_h, m.scale_w):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.25)
+                if negative:
+                    m.scale_c[0] = -m.scale_c[0]
+                    m.scale_w[0] = 0.0
+    model.eval()
+    x = np.random.default_rng(43).random((24, 1, 28, 28), dtype=np.float32)
+    graph = methods.convert(model)
+    n_xnorpp = sum(isinstance(m, S.XnorPPConv2d) for m in model.modules())
+    assert [op.type for op in graph.ops].count("scale_hw") == n_xnorpp == 18
+    assert graph.mode == "mixed"
+    r = verify(model, graph, x)
+    assert r["signs_compared"] > 0 and r["logits_outside_bound"] == 0, r
+    assert r["prediction_mismatches_unexplained"] == 0 and verify_ok(r), r
+    _check_engine(graph, x)
+
+
+@pytest.mark.parametrize(
+    "method,backbone",
+    [(m, "bitflow_vgg_small") for m in methods.list_methods()]
+    + [("xnorpp", "bireal_resnet20"), ("reactnet", "bireal_resnet20")],
+)
+def test_every_method_exports_and_onnxruntime_matches_the_engine(
+    method: str, backbone: str
+) -> None:
+    """Each method's deploy form (its survey ops: rprelu_f32, conv2d_f32b1, threshold_u8,
+    conv2d_u8b1, threshold_bits_hw, scale_hw, ABC's branches ...) through the ONNX export rules:
+    onnxruntime computes the engine's function (every prediction equal or near-threshold within
+    the derived float32 bound, integers and bits identical)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from bitflow.export import to_onnx
+    from bitflow.export.agreement import agreement, onnxruntime_logits
+
+    kw = {"width": 4} if backbone == "bireal_resnet20" else {"width": 4, "fc": 16}
+    model = _calibrated(methods.build_model(backbone, method, **kw), seed=51)
+    with torch.no_grad():  # XNOR-Net++'s Gamma away from its all-ones start
+        for m in model.modules():
+            if method == "xnorpp" and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.abs_()  # pools after per-position scales need one BN direction
+            if isinstance(m, S.XnorPPConv2d):
+                for t in (m.scale_c, m.scale_h, m.scale_w):
+                    t.uniform_(0.25, 1.25)
+    graph = methods.convert(model.eval())
+    x = np.random.default_rng(52).random((64, 1, 28, 28), dtype=np.float32)
+    a = agreement(graph, x, onnxruntime_logits(to_onnx(graph, "onnx")), Engine(graph).logits)
+    assert a.unexplained == 0, a
+    assert a.same_predictions >= 60 and a.samples - a.near_threshold_samples >= 8, a

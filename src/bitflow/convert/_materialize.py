@@ -313,16 +313,23 @@ class _Materialize(_ConverterBase):
 
     def _float_chain(self, p: Pending) -> tuple[str, tuple[int, int, int] | None]:
         """XNOR-Net style float chain: alpha*x + b, ReLU, pools, [flatten], BN affine, [flatten]."""
-        if p.pos_scale is not None:
-            raise unsupported(
-                p.producer,
-                "XnorPPConv2d",
-                "its per-position scale before a float value (a residual add, a float layer, "
-                "mode='xnor') needs a per-position float scale op (not yet); only BatchNorm -> "
-                "sign after it converts",
-            )
         x = p.value
-        if p.is_int:
+        if p.pos_scale is not None:
+            # XNOR-Net++ before a float value: PyTorch's conv(sign X, sign W) * Gamma, the
+            # integer sum times Gamma[y, x, o] rounded once (the layer has no alpha, no bias)
+            assert p.is_int and p.alpha is not None
+            if np.any(p.alpha != 1) or (p.bias is not None and np.any(p.bias != 0)):
+                raise unsupported(
+                    p.producer, "XnorPPConv2d", "a scaled weight quantizer or a bias beside Gamma"
+                )
+            x = self.b.add(
+                "scale_hw",
+                x,
+                name=f"{p.producer}.scale",
+                params={"scale": np.ascontiguousarray(p.pos_scale, np.float32)},
+                attrs={"source": p.producer},
+            )
+        elif p.is_int:
             assert p.alpha is not None and p.bias is not None
             x = self.b.add(
                 "scale_bias",

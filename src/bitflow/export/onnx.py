@@ -420,6 +420,13 @@ def _threshold_bits_hw(
     return b.node("Where", [below, b.scalar("m1", -1), b.scalar("p1", 1)], op.name or "threshold")
 
 
+@rule("scale_hw")
+def _scale_hw(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
+    # one product per (position, channel), rounded once: the engine's value
+    s = b.g.tensors[op.params["scale"]].transpose(2, 0, 1)  # (O, H, W): the ONNX layout
+    return b.node("Mul", [xs[0], b.const("scale", np.ascontiguousarray(s, np.float32))], op.name)
+
+
 @rule("dense_u8b1")
 def _dense_u8b1(b: _Builder, op: Op, xs: list[str], vins: list[ValueInfo], vout: ValueInfo) -> str:
     w = b.g.tensors[op.params["w"]]

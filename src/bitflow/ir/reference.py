@@ -163,7 +163,7 @@ def float_error_bounds(
       layer's own convolution / product of the magnitudes, so each output carries the errors
       of exactly the inputs it reads);
     - ``scale_bias`` (``alpha acc + b``; PyTorch's ``acc * alpha + b`` and BN):
-      ``rho = 8 u (|s x| + |b|)``; ``affine_f32`` (a folded BatchNorm): ``rho = 8 u (|s| X +
+      ``rho = 8 u (|s x| + |b|)``; ``scale_hw`` (XNOR-Net++'s ``acc Gamma``): ``rho = 8 u |s x|``; ``affine_f32`` (a folded BatchNorm): ``rho = 8 u (|s| X +
       |b| + t)`` with ``t = |beta| + |mean s|`` (attribute ``bn_terms_abs``: PyTorch rounds
       ``(x - mean) s + beta``, and the folded float32 ``s`` and ``b`` are rounded), carried
       ``|s| E[x]``;
@@ -232,6 +232,8 @@ def float_error_bounds(
             carried = err(v0, x0) @ aw.T
         elif t == "scale_bias":
             rho[out] = 8 * _U32 * (np.abs(x0.astype(np.float64) * p["scale"]) + np.abs(p["bias"]))
+        elif t == "scale_hw":  # one rounding of an exact product
+            rho[out] = 8 * _U32 * np.abs(x0.astype(np.float64) * p["scale"])
         elif t == "affine_f32":
             terms = float(op.attrs.get("bn_terms_abs", 0.0))
             s = np.abs(p["scale"])
@@ -375,7 +377,7 @@ def _float_input_grads(
     t, x0 = op.type, env[op.inputs[0]]
     p = {role: graph.tensors[name].astype(np.float64) for role, name in op.params.items()}
     v = op.outputs[0]
-    if t in ("scale_bias",):
+    if t in ("scale_bias", "scale_hw"):
         return []  # an int32 accumulator: exact
     if t == "affine_f32":
         return [(op.inputs[0], gy * p["scale"])]

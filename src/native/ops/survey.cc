@@ -86,6 +86,17 @@ void threshold_bits_hw(const std::int32_t* x, std::int64_t n, std::int64_t hw, s
   });
 }
 
+void scale_hw(const std::int32_t* x, std::int64_t n, std::int64_t hwo, const float* s, float* out,
+              int threads) {
+  parallel_rows(n, 0.25 * static_cast<double>(hwo), threads, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int32_t* xr = x + r * hwo;
+      float* yr = out + r * hwo;
+      for (std::int64_t i = 0; i < hwo; ++i) yr[i] = static_cast<float>(xr[i]) * s[i];
+    }
+  });
+}
+
 void rprelu_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* gamma, const float* slope,
                 const float* zeta, float* out, int threads) {
   parallel_rows(rows, 1.0 * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {

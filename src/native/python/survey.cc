@@ -96,6 +96,23 @@ nb::object threshold_bits_hw(const AnyArray& x_, const AnyArray& thr_, const Any
   return nb::cast(out.array);
 }
 
+nb::object scale_hw(const AnyArray& x_, const AnyArray& s_, int threads) {
+  const char* fn = "scale_hw";
+  check_threads(fn, threads);
+  auto x = arg<std::int32_t>(x_, fn, "x", 4);
+  auto s = arg<float>(s_, fn, "scale", 3);
+  const i64 h = x.dim(1), w = x.dim(2), o = x.dim(3);
+  if (s.dim(0) != h || s.dim(1) != w || s.dim(2) != o)
+    fail(fn, "scale must have shape (H, W, O) = (" + std::to_string(h) + ", " + std::to_string(w) + ", " +
+                 std::to_string(o) + ") to match x [N, H, W, O]");
+  auto out = make_out<float>(x.shape);
+  {
+    nb::gil_scoped_release release;
+    bitflow::ops::scale_hw(x.data, x.dim(0), h * w * o, s.data, out.ptr, threads);
+  }
+  return nb::cast(out.array);
+}
+
 }  // namespace
 
 void bind_survey(nb::module_& m) {
@@ -108,6 +125,8 @@ void bind_survey(nb::module_& m) {
   m.def("threshold_bits_hw", &threshold_bits_hw, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
         "int32 [N, H, W, O] -> bits [N, H, W, ceil(O/64)]: one threshold per (position, channel), bit 1 iff "
         "x < thr (direction +1) or x > thr (-1).");
+  m.def("scale_hw", &scale_hw, "x"_a, "scale"_a, "threads"_a = 1,
+        "int32 [N, H, W, O] -> float32 x * scale[h, w, o] (one rounding; XNOR-Net++'s per-position scale).");
   m.def("threshold_u8", &threshold_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,
         "int32 [..., O] -> uint8 levels: #{l : x >= thr[c, l]} (direction +1) or #{l : x <= thr[c, l]} (-1).");
   m.def("threshold_f32_u8", &threshold_f32_u8, "x"_a, "thr"_a, "direction"_a, "threads"_a = 1,

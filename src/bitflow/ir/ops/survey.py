@@ -27,6 +27,10 @@
 - ``threshold_bits_hw``: ``threshold_bits`` with one threshold per (position, channel)
   (XNOR-Net++'s factorized scale ``Gamma[o, y, x]`` makes BatchShift's threshold differ per
   output position).
+- ``scale_hw``: ``y = fl(x Gamma[y, x, o])`` on an int32 accumulator, one rounding per value:
+  XNOR-Net++'s scale where a float value follows (a residual add, a float layer), exactly
+  PyTorch's ``conv(sign X, sign W) * Gamma`` (the convolution's integer sum is exact in
+  float32 below 2^24, the product rounds once).
 """
 
 from __future__ import annotations
@@ -366,5 +370,44 @@ register(
         _eng_thr_hw,
         ("threshold_bits_hw",),
         doc="XNOR-Net++: the scale alpha(x)beta(x)gamma differs per position, so does BatchShift",
+    )
+)
+
+
+# ----------------------------------------------------------------------------- XNOR-Net++ float scale
+def _infer_scale_hw(
+    op: Op, ins: Sequence[ValueInfo], tensors: Mapping[str, np.ndarray]
+) -> ValueInfo:
+    x = ins[0]
+    need(op, x, ("int32",), 3)
+    h, w, o = spatial(op, x)
+    s = need_param(op, tensors, "scale", "float32", shape=(h, w, o))
+    if not np.all(np.isfinite(s)):
+        raise GraphError(f"op {op.name!r}: scale contains NaN or infinity")
+    return ValueInfo("float32", (h, w, o))
+
+
+def _ref_scale_hw(g: HasTensors, op: Op, xs: list[np.ndarray], vins: list[ValueInfo]) -> np.ndarray:
+    rk.expect(op, xs[0], np.int32)
+    return (xs[0].astype(np.float32) * g.tensors[op.params["scale"]]).astype(np.float32)
+
+
+def _eng_scale_hw(c: EngineContext, op: Op) -> Kernel:
+    p, N, th = c.params(op), c.native, c.threads
+    return one(lambda x: N.scale_hw(x, p["scale"], th))
+
+
+register(
+    OpDef(
+        "scale_hw",
+        "float",
+        "i32 [H,W,O] -> f32",
+        "scale f32 (H,W,O): one per (position, channel)",
+        frozenset({"scale"}),
+        _infer_scale_hw,
+        _ref_scale_hw,
+        _eng_scale_hw,
+        ("scale_hw",),
+        doc="XNOR-Net++: the scale Gamma on the int32 accumulator before a float value",
     )
 )

@@ -13,6 +13,8 @@
 //   threshold_bits_hw: x int32 [n, hw, o] -> packed bits [n, hw, ceil(o/64)], bit 1 (= -1) iff
 //               x < thr[p, c] (direction[p, c] = +1) or x > thr[p, c] (-1): one threshold per
 //               (position, channel) (XNOR-Net++'s per-position scale); padding bits 0.
+//   scale_hw: x int32 [n, hw, o] -> float32 y = float(x) * s[p, c], one rounding of the product
+//               per value (XNOR-Net++'s Gamma before a float value: a residual add, a float layer).
 #pragma once
 #include <cstdint>
 
@@ -30,6 +32,9 @@ void threshold_f32_u8(const float* x, std::int64_t rows, std::int64_t o, const f
 
 void threshold_bits_hw(const std::int32_t* x, std::int64_t n, std::int64_t hw, std::int64_t o,
                        const std::int32_t* thr, const std::int8_t* dir, std::uint64_t* out, int threads = 1);
+
+void scale_hw(const std::int32_t* x, std::int64_t n, std::int64_t hwo, const float* s, float* out,
+              int threads = 1);
 
 void conv2d_f32b1(const float* x, const std::uint64_t* w, const ConvGeom& g, float* out, int threads = 1);
 
