@@ -564,6 +564,8 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
             methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
             backbone=a.backbone,
             epochs=a.epochs,
+            records=a.records,
+            collect=a.collect,
             log=log,
         )
         print(json.dumps(rep) if a.json else rep["text"])
@@ -637,6 +639,17 @@ def _add_reproduce(sub: Any) -> None:
         "--backbone",
         default="bitflow_vgg_small",
         help="survey: bitflow_vgg_small | bitflow_lenet | bireal_resnet20",
+    )
+    p.add_argument(
+        "--records",
+        default=None,
+        help="survey: a directory of per-run records (commit them): recorded runs of the same "
+        "recipe are not trained again, finished runs are added",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="survey: write the table from --records alone (no training; rows count their seeds)",
     )
     p.set_defaults(func=_cmd_reproduce)
 

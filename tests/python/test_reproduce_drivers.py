@@ -78,7 +78,11 @@ def _file_accuracy(bfn: Path, data: str, limit: int) -> float:
 
 
 def _tiny_survey(
-    out: Path, names: list[str], seeds: tuple[int, ...], backbone: str = "bitflow_lenet"
+    out: Path,
+    names: list[str],
+    seeds: tuple[int, ...],
+    backbone: str = "bitflow_lenet",
+    **kw: Any,
 ) -> dict[str, Any]:
     """``reproduce_survey`` on a width-2 backbone: 1 epoch, 32 / 16 images, 2 timings."""
     return RS.reproduce_survey(
@@ -86,12 +90,13 @@ def _tiny_survey(
         methods_=names,
         backbone=backbone,
         seeds=seeds,
-        epochs=1,
+        epochs=kw.pop("epochs", 1),
         limit_train=32,
         limit_test=16,
         width=2,
         repeat=2,
         log=lambda m: None,
+        **kw,
     )
 
 
@@ -154,7 +159,9 @@ def test_reproduce_survey_rows_are_the_runs_and_the_files(
         want = (v["prediction_mismatches_unexplained"], v["float_ties"])
         assert (row["prediction_mismatches_unexplained"], row["float_ties"]) == want
         assert row["accuracy_integer"] == _file_accuracy(bfn, "fashion-mnist", 16)
-        assert row["speedup"] == rows["full precision"]["torch_fp32_ms"] / row["engine_ms"]
+        # the speed-up: the twin in PyTorch timed right after this row's engine, on this CPU
+        assert row["speedup"] == row["torch_fp32_ms"] / row["engine_ms"]
+        assert row["torch_fp32_ms"] > 0 and isinstance(row["cpu"], str) and row["cpu"]
     # the reports: JSON = the returned report, one markdown row per method with its numbers
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved == json.loads(json.dumps({k: v for k, v in r.items() if k != "text"}))
@@ -235,6 +242,64 @@ def test_reproduce_survey_goes_on_past_a_method_the_model_cannot_deploy(
     assert not (tmp_path / "xnorpp" / "model.bfn").exists()
     assert rows["bnn"]["engine_ms"] > 0 and rows["bnn"]["sign_mismatches"] == 0
     assert (tmp_path / "report.md").exists()
+
+
+def test_reproduce_survey_records_make_the_table_grow_over_sittings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every finished run leaves a record; a later sitting with the same recipe takes recorded
+    runs as done (no training), trains only what is missing (kd's teacher too, when its
+    checkpoint is not at hand), and collect=True writes the table from the records alone."""
+    rec = tmp_path / "records"
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    first = _tiny_survey(tmp_path / "a", ["bnn", "kd"], (0, 1), records=rec)
+    d = rec / "bitflow_lenet" / "e1-n32-t16-w2"
+    files = sorted(str(p.relative_to(d)) for p in d.rglob("*.json"))
+    assert files == [f"{n}/seed{s}.json" for n in ("bnn", "fp", "kd") for s in (0, 1)]
+    r0 = json.loads((d / "bnn" / "seed0.json").read_text())
+    assert r0["recipe"]["epochs"] == 1 and r0["recipe"]["backbone"] == "bitflow_lenet"
+    row = {x["method"]: x for x in first["rows"]}["bnn"]
+    assert r0["test_accuracy"] == row["accuracies"][0]
+    assert r0["deploy"]["engine_ms"] == row["engine_ms"] and "deploy" not in json.loads(
+        (d / "bnn" / "seed1.json").read_text()
+    )
+    # 2. a new sitting (nothing on disk but the records): nothing trained, the same table
+    tr2 = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr2)
+    again = _tiny_survey(tmp_path / "b", ["bnn", "kd"], (0, 1), records=rec)
+    assert tr2.calls == []
+    assert again["rows"][1:] == first["rows"][1:]  # every method row: from the records
+    assert again["rows"][0]["accuracies"] == first["rows"][0]["accuracies"]
+    # 3. one run missing: collect shows the row with the seeds it has, and trains nothing
+    (d / "kd" / "seed1.json").unlink()
+    col = _tiny_survey(tmp_path / "c", ["bnn", "kd"], (0, 1), records=rec, collect=True)
+    assert tr2.calls == []
+    kd = {x["method"]: x for x in col["rows"]}["kd"]
+    assert kd["accuracies"] == [first["rows"][2]["accuracies"][0]]
+    assert "(1 of 2 seeds)" in next(
+        ln for ln in col["text"].splitlines() if ln.startswith("| kd |")
+    )
+    # 4. a sitting that runs it: kd seed 1 and, for its teacher, the twin of seed 1 (its record
+    # exists, its checkpoint does not)
+    _tiny_survey(tmp_path / "d", ["bnn", "kd"], (0, 1), records=rec)
+    trained = sorted((out.parent.name, kw["seed"]) for out, kw, _ in tr2.calls)
+    assert trained == [("fp", 1), ("kd", 1)]
+    kd_kw = next(kw for out, kw, _ in tr2.calls if out.parent.name == "kd")
+    assert kd_kw["method_args"] == {"teacher": tr2.runs(tmp_path / "d" / "fp")[0]["checkpoint"]}
+    # 5. another recipe never takes these records: neither from its own directory nor a record
+    # whose recipe differs at this path
+    tr3 = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr3)
+    _tiny_survey(tmp_path / "e", ["bnn"], (0,), records=rec, epochs=2)
+    assert len(tr3.calls) == 2  # the twin and bnn, trained
+    stale = json.loads((d / "bnn" / "seed0.json").read_text())
+    stale["recipe"]["data"] = "fashion-mnist:other"
+    (d / "bnn" / "seed0.json").write_text(json.dumps(stale))
+    _tiny_survey(tmp_path / "g", ["bnn"], (0,), records=rec)
+    assert [(out.parent.name, kw["seed"]) for out, kw, _ in tr3.calls[2:]] == [("bnn", 0)]
+    with pytest.raises(ValueError, match="records"):
+        _tiny_survey(tmp_path / "f", ["bnn"], (0,), collect=True)
 
 
 def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:

@@ -12,17 +12,30 @@ show why (:mod:`bitflow.methods`). Writes ``report.md``, ``report.json`` and
 
 Trainings are cached like the other reproductions: a run whose ``result.json`` holds the same
 configuration is reused, so an interrupted reproduction continues where it stopped.
+
+**Records** (``records=DIR``, ``--records DIR``): the full table is far more compute than one
+sitting (15 epochs x 60,000 images x 3 seeds x 21 rows per backbone), so every finished run
+also leaves a small JSON record, ``DIR/<backbone>/<recipe>/<method>/seed<S>.json`` (accuracy,
+seconds per epoch; for the first seed the deploy result: ``.bfn`` bytes, verify counts, engine
+and PyTorch fp32 twin ms measured back to back, and the CPU they ran on). Records are meant to
+be committed: a later run with the same recipe takes a recorded run as done, so the table grows
+over sittings with ``--methods`` / ``--seeds`` slices, and ``collect=True`` (``--collect``)
+writes the table from the records alone, a row counting the seeds it has.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import write_report
+from .._io import atomic_write_json, write_report
 from ..convert import UnsupportedLayerError
 from .reproduce import _train
 
@@ -79,6 +92,54 @@ def _deploy(
     }
 
 
+class _Records:
+    """The committed per-run records of one backbone and recipe (module docstring); ``None``
+    directory: no records (every run is trained, nothing is written)."""
+
+    def __init__(self, root: str | Path | None, recipe: dict[str, Any]) -> None:
+        self.recipe = recipe
+        slug = "e{}-n{}-t{}-w{}".format(
+            recipe["epochs"] or "recipe",
+            recipe["limit_train"] or "all",
+            recipe["limit_test"] or "all",
+            recipe["width"] or "default",
+        )
+        self.dir = Path(root) / recipe["backbone"] / slug if root is not None else None
+
+    def path(self, name: str, seed: int) -> Path | None:
+        return None if self.dir is None else self.dir / name.replace(" ", "_") / f"seed{seed}.json"
+
+    def get(self, name: str, seed: int) -> dict[str, Any] | None:
+        p = self.path(name, seed)
+        if p is None or not p.exists():
+            return None
+        rec = json.loads(p.read_text())
+        return rec if rec.get("recipe") == self.recipe else None  # another recipe: not this run
+
+    def put(self, name: str, seed: int, rec: dict[str, Any]) -> None:
+        p = self.path(name, seed)
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(p, {**rec, "recipe": self.recipe})
+
+
+def _cpu() -> str:
+    """The CPU a timing ran on (model name from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mean_sd(accs: list[float]) -> tuple[float | None, float | None]:
+    if not accs:
+        return None, None
+    return float(np.mean(accs)), float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+
+
 def reproduce_survey(
     out: str | Path = "runs/reproduce-survey",
     *,
@@ -92,6 +153,8 @@ def reproduce_survey(
     limit_test: int | None = None,
     width: int | None = None,
     repeat: int = 50,
+    records: str | Path | None = None,
+    collect: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
     """Train every method (``methods_``, default all) on ``backbone`` and the full-precision
@@ -100,14 +163,17 @@ def reproduce_survey(
     ``quick``: 1 seed, 2 epochs on 5,000 training samples, width 8, 2,000 test samples (all 20
     methods and the twin in well under 45 minutes on this shared 2-core machine: a width-16,
     10,000-sample epoch of the twin took 140 s under load, i.e. over 80 minutes in all); full: seeds 0, 1, 2, 15 epochs (the Fashion-MNIST recipe),
-    all 60,000 samples and the backbone's default width. The arguments override either."""
+    all 60,000 samples and the backbone's default width. The arguments override either.
+    ``records`` / ``collect``: the committed per-run records (module docstring)."""
     from .. import methods as M
-    from ..train import model_from_checkpoint
+    from ..models import create
 
     if not data.startswith("fashion-mnist"):
         raise ValueError("bitflow reproduce survey runs on Fashion-MNIST (--data fashion-mnist)")
     if backbone not in TWINS:
         raise ValueError(f"backbone must be one of {sorted(TWINS)}, got {backbone!r}")
+    if collect and records is None:
+        raise ValueError("collect=True (--collect) writes the table from records: give records=DIR")
     names = methods_ or M.list_methods()
     for n in names:
         M.get_method(n)  # unknown names fail before any training
@@ -119,6 +185,17 @@ def reproduce_survey(
     small: dict[str, Any] = {"width": width} if width else {}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    store = _Records(
+        records,
+        {
+            "data": data,
+            "backbone": backbone,
+            "epochs": epochs,
+            "limit_train": limit_train,
+            "limit_test": limit_test,
+            "width": width,
+        },
+    )
     common: dict[str, Any] = {
         "data": data,
         "real_epochs": 0,  # the same recipe for every row: no real-valued warm-up (bireal backbone)
@@ -127,29 +204,43 @@ def reproduce_survey(
         "limit_test": limit_test,
     }
     t_start = time.perf_counter()
-
     twin = TWINS[backbone]
-    fp_runs = {}
-    for s in seeds:
+    ckpts: dict[tuple[str, int], str] = {}  # checkpoints trained in this sitting
+
+    def fp_train(s: int) -> dict[str, Any]:
         log(f"[survey] full-precision twin {twin}, seed {s}")
-        fp_runs[s] = _train(
-            out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common
-        )
-    fp_model, _ = model_from_checkpoint(fp_runs[seeds[0]]["checkpoint"])
+        r = _train(out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common)
+        ckpts["fp", s] = r["checkpoint"]
+        return r
+
+    def run(name: str, s: int, train_fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """The record of one run: recorded, else trained now (and recorded), else None."""
+        rec = store.get(name, s)
+        if rec is not None:
+            return rec
+        if collect:
+            return None
+        r = train_fn()
+        rec = {"test_accuracy": r["test_accuracy"], "seconds_per_epoch": r["seconds_per_epoch"]}
+        store.put(name, s, rec)
+        return rec
+
     from ..data import eval_arrays
 
     x1, _ = eval_arrays(data, 1)
-    fp_ms = _timing_torch(fp_model, x1, repeat)
-    fp_acc = [fp_runs[s]["test_accuracy"] for s in seeds]
+    fp_recs = [r for s in seeds if (r := run("fp", s, partial(fp_train, s))) is not None]
+    fp_mean, fp_sd = _mean_sd([r["test_accuracy"] for r in fp_recs])
+    shape = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    fp_ms = _timing_torch(create(twin, **shape, **small), x1, repeat)  # random weights: same speed
     rows: list[dict[str, Any]] = [
         {
             "method": "full precision",
             "title": f"{twin} (PyTorch fp32)",
             "w_bits": 32,
             "a_bits": 32,
-            "accuracy_mean": float(np.mean(fp_acc)),
-            "accuracy_sd": float(np.std(fp_acc, ddof=1)) if len(fp_acc) > 1 else 0.0,
-            "accuracies": fp_acc,
+            "accuracy_mean": fp_mean,
+            "accuracy_sd": fp_sd,
+            "accuracies": [r["test_accuracy"] for r in fp_recs],
             "survey": "CIFAR-10 93.8 (Table 3, VGG-Small 32/32)",
             "deploy": "PyTorch fp32 baseline",
             "torch_fp32_ms": fp_ms,
@@ -160,9 +251,11 @@ def reproduce_survey(
     ]
     for name in names:
         m = M.get_method(name)
-        accs, runs = [], []
-        for s in seeds:
-            margs = {"teacher": fp_runs[s]["checkpoint"]} if name == "kd" else {}
+
+        def method_train(s: int, name: str = name) -> dict[str, Any]:
+            margs: dict[str, Any] = {}
+            if name == "kd":  # the teacher: this seed's twin, trained in this sitting if needed
+                margs["teacher"] = ckpts.get(("fp", s)) or fp_train(s)["checkpoint"]
             log(f"[survey] {name}, seed {s}")
             r = _train(
                 out / name / f"seed{s}",
@@ -173,37 +266,52 @@ def reproduce_survey(
                 method_args=margs,
                 **common,
             )
-            accs.append(r["test_accuracy"])
-            runs.append(r)
+            ckpts[name, s] = r["checkpoint"]
+            return r
+
+        recs = {s: r for s in seeds if (r := run(name, s, partial(method_train, s))) is not None}
+        accs = [r["test_accuracy"] for r in recs.values()]
+        mean, sd = _mean_sd(accs)
         row: dict[str, Any] = {
             "method": name,
             "title": m.title,
             "w_bits": m.bits[0],
             "a_bits": m.bits[1],
-            "accuracy_mean": float(np.mean(accs)),
-            "accuracy_sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "accuracy_mean": mean,
+            "accuracy_sd": sd,
             "accuracies": accs,
             "survey": m.survey,
-            "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+            "seconds_per_epoch": (
+                float(np.mean([r["seconds_per_epoch"] for r in recs.values()])) if recs else None
+            ),
+            "deploy": m.deploy_text,
+            "engine_ms": None,
+            "speedup": None,
+            "bfn_bytes": None,
         }
-        row["deploy"] = m.deploy_text
-        if m.deployable:
-            log(f"[survey] {name}: convert, verify, time the engine")
-            try:
-                d = _deploy(
-                    runs[0]["checkpoint"], data, limit_test, out / name / "model.bfn", repeat
-                )
-            except UnsupportedLayerError as e:
-                # deployable on the chain backbones, but not in this backbone's context (XNOR++'s
-                # per-position scale before a residual add): the row says so, the table goes on
-                log(f"[survey] {name}: not deployable on {backbone}: {e}")
-                row["deploy"] = f"not on {backbone}: {str(e).split('; supported:')[0]}"
-                d = {"engine_ms": None, "bfn_bytes": None}
-            row.update(d)
-            row["speedup"] = fp_ms / d["engine_ms"] if d["engine_ms"] else None
-        else:  # a registered method without an engine form (none of the built-in 20): a
-            # training-only row that says why (methods.register takes user methods too)
-            row.update({"engine_ms": None, "speedup": None, "bfn_bytes": None})
+        s0 = seeds[0]
+        if m.deployable and s0 in recs:
+            dep = recs[s0].get("deploy")
+            if dep is None and (name, s0) in ckpts:
+                log(f"[survey] {name}: convert, verify, time the engine")
+                try:
+                    dep = _deploy(
+                        ckpts[name, s0], data, limit_test, out / name / "model.bfn", repeat
+                    )
+                except UnsupportedLayerError as e:
+                    # deployable on the chain backbones, but not this model (XNOR++ with a
+                    # BatchNorm of both directions after a pool): the row says so, the table goes on
+                    log(f"[survey] {name}: not deployable: {e}")
+                    dep = {"refused": f"not on {backbone}: {str(e).split('; supported:')[0]}"}
+                else:  # the twin timed right after the engine: the speed-up of this sitting
+                    dep["torch_fp32_ms"] = _timing_torch(create(twin, **shape, **small), x1, repeat)
+                    dep["cpu"] = _cpu()
+                store.put(name, s0, {**recs[s0], "deploy": dep})
+            if dep is not None and "refused" in dep:
+                row["deploy"] = dep["refused"]
+            elif dep is not None:
+                row.update(dep)
+                row["speedup"] = dep["torch_fp32_ms"] / dep["engine_ms"]
         rows.append(row)
     report = {
         "quick": quick,
@@ -214,6 +322,7 @@ def reproduce_survey(
         "limit_train": limit_train,
         "limit_test": limit_test,
         "width": width,
+        "records": None if store.dir is None else str(store.dir),
         "rows": rows,
         "seconds": time.perf_counter() - t_start,
     }
@@ -231,7 +340,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         ms = r.get("engine_ms") or r.get("torch_fp32_ms")
-        if ms is None:
+        if ms is None or r["accuracy_mean"] is None:
             continue
         ax.scatter(
             ms,
@@ -269,7 +378,13 @@ def format_report(r: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
-        acc = f"{100 * x['accuracy_mean']:.2f} +- {100 * x['accuracy_sd']:.2f}"
+        n_acc = len(x["accuracies"])
+        acc = (
+            "no run yet"
+            if x["accuracy_mean"] is None
+            else f"{100 * x['accuracy_mean']:.2f} +- {100 * x['accuracy_sd']:.2f}"
+            + ("" if n_acc == seeds else f" ({n_acc} of {seeds} seeds)")
+        )
         ms = (
             f"{x['engine_ms']:.3f}"
             if x.get("engine_ms")
