@@ -155,3 +155,20 @@ def test_readme_command_line_shows_every_subcommand() -> None:
     assert set(sub.choices) - shown == set()
     export = re.search(r"^### Export.*?(?=^#)", text, re.M | re.S)
     assert export and "NaN" in export.group(0) and "bitflow[onnx]" in export.group(0)
+
+
+def test_survey_doc_catalogue_is_the_method_registry() -> None:
+    """docs/survey.md §1 lists exactly the registered methods, each with its registry fields
+    (title, source, bits, deploy form, the survey's number): a method added or changed without
+    its doc row fails here."""
+    from bitflow import methods
+
+    text = (ROOT / "docs" / "survey.md").read_text()
+    block = text.split("<!-- catalogue: begin -->")[1].split("<!-- catalogue: end -->")[0]
+    rows = [ln for ln in block.strip().splitlines()[2:]]
+    want = [
+        f"| `{d['method']}` | {d['title']} | {d['source']} | {d['w_bits']}/{d['a_bits']} | "
+        f"{d['deploy']} | {d['survey']} |"
+        for d in methods.describe()
+    ]
+    assert rows == want, "\n".join(want)
