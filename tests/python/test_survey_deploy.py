@@ -379,6 +379,12 @@ def test_threshold_u8_counts_passed_thresholds(dtype: type) -> None:
     x[0, 0, 0] = thr[:, 1]  # exactly on a threshold: passed (>= / <=)
     if dtype == np.float32:
         x[1, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+        x[1, 0, 1, :2] = [-0.0, 0.0]
+        thr[:2, 0] = [0.0, -0.0]  # signed zeros compare equal either way
+    else:  # the int32 extremes: the directed (negated) values must not overflow
+        i32 = np.iinfo(np.int32)
+        x[1, 0, 0, :4] = [i32.min, i32.max, i32.min, i32.max]
+        thr[:4] = [[i32.min] * n_l, [i32.max] * n_l, [i32.min, 0, i32.max], [i32.min, 0, i32.max]]
     tensors = {"thr": thr, "direction": d}
     op = Op(kind, "t", ["x"], ["y"], {}, {"thr": "thr", "direction": "direction"})
     vin = ValueInfo("int32" if dtype == np.int32 else "float32", (3, 2, o))

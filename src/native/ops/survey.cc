@@ -35,23 +35,40 @@ void accumulate_taps(const float* __restrict x, std::int64_t n_taps, const std::
   }
 }
 
-template <class T>
+// q[c] = #{l : !(x < thr[c, l])} (direction +1) or #{l : !(x > thr[c, l])} (-1). Written as
+// one comparison per (level, channel) on directed values, vectorized over the channels:
+// !(x > t) is exactly !(-x < -t) (negation is exact, a NaN stays a NaN and passes either way),
+// so with d = +-1 every level is !(d x < d t) and the levels are laid out [L, o] once per call.
+// W holds -x exactly (int64 for int32 inputs: -INT32_MIN). The per-element form with the
+// levels innermost ran at ~1.5 ns per value on the DoReFa Bi-Real stream (measured).
+template <class T, class W>
+void levels_row(const T* __restrict xr, std::int64_t o, const W* __restrict dd, const W* __restrict dt,
+                std::int64_t levels, W* __restrict v, std::int32_t* __restrict q, std::uint8_t* __restrict out) {
+  for (std::int64_t c = 0; c < o; ++c) {
+    v[c] = dd[c] * static_cast<W>(xr[c]);
+    q[c] = 0;
+  }
+  for (std::int64_t l = 0; l < levels; ++l) {
+    const W* tl = dt + l * o;
+    for (std::int64_t c = 0; c < o; ++c) q[c] += !(v[c] < tl[c]);
+  }
+  for (std::int64_t c = 0; c < o; ++c) out[c] = static_cast<std::uint8_t>(q[c]);
+}
+
+template <class T, class W>
 void threshold_levels(const T* x, std::int64_t rows, std::int64_t o, const T* thr, std::int64_t levels,
                       const std::int8_t* dir, std::uint8_t* out, int threads) {
-  parallel_rows(rows, 0.5 * static_cast<double>(o * levels), threads, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      for (std::int64_t c = 0; c < o; ++c) {
-        const T v = x[r * o + c];
-        const T* t = thr + c * levels;
-        int q = 0;
-        if (dir[c] > 0) {
-          for (std::int64_t l = 0; l < levels; ++l) q += !(v < t[l]);
-        } else {
-          for (std::int64_t l = 0; l < levels; ++l) q += !(v > t[l]);
-        }
-        out[r * o + c] = static_cast<std::uint8_t>(q);
-      }
-    }
+  std::vector<W> dthr(static_cast<std::size_t>(levels * o)), d(static_cast<std::size_t>(o));
+  for (std::int64_t c = 0; c < o; ++c) {
+    d[c] = dir[c] > 0 ? W(1) : W(-1);
+    for (std::int64_t l = 0; l < levels; ++l) dthr[l * o + c] = d[c] * static_cast<W>(thr[c * levels + l]);
+  }
+  const W* dt = dthr.data();
+  const W* dd = d.data();
+  parallel_rows(rows, 0.25 * static_cast<double>(o * levels), threads, [=](std::int64_t r0, std::int64_t r1) {
+    std::vector<W> v(static_cast<std::size_t>(o));
+    std::vector<std::int32_t> q(static_cast<std::size_t>(o));
+    for (std::int64_t r = r0; r < r1; ++r) levels_row(x + r * o, o, dd, dt, levels, v.data(), q.data(), out + r * o);
   });
 }
 
@@ -59,12 +76,12 @@ void threshold_levels(const T* x, std::int64_t rows, std::int64_t o, const T* th
 
 void threshold_u8(const std::int32_t* x, std::int64_t rows, std::int64_t o, const std::int32_t* thr,
                   std::int64_t levels, const std::int8_t* dir, std::uint8_t* out, int threads) {
-  threshold_levels(x, rows, o, thr, levels, dir, out, threads);
+  threshold_levels<std::int32_t, std::int64_t>(x, rows, o, thr, levels, dir, out, threads);
 }
 
 void threshold_f32_u8(const float* x, std::int64_t rows, std::int64_t o, const float* thr, std::int64_t levels,
                       const std::int8_t* dir, std::uint8_t* out, int threads) {
-  threshold_levels(x, rows, o, thr, levels, dir, out, threads);
+  threshold_levels<float, float>(x, rows, o, thr, levels, dir, out, threads);
 }
 
 void threshold_bits_hw(const std::int32_t* x, std::int64_t n, std::int64_t hw, std::int64_t o,
