@@ -16,7 +16,7 @@ import torch
 
 from bitflow.models import create
 from bitflow.nn import BinaryConv2d, set_real_mode
-from bitflow.train import TrainConfig, load_checkpoint, train
+from bitflow.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 from bitflow.train.recipes import Recipe, default_recipe_for, load_recipe
 from bitflow.train.trainer import _lr_lambda
 
@@ -122,6 +122,7 @@ def test_default_recipe_of_the_bireal_model() -> None:
         "batch_size": (128, 64),
         "augment": (["hflip", "crop2"], ["hflip"]),
         "precision": ("fp32", "auto"),
+        "model_defaults": ({}, {"bireal_resnet20": {"width": 24}}),
     }
     for k, (va, vb) in changed.items():
         assert (a.pop(k), b.pop(k)) == (va, vb), k
@@ -198,3 +199,28 @@ def test_resume_across_the_switch_equals_uninterrupted(tmp_path: Path) -> None:
     b = load_checkpoint(part / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_recipe_model_defaults_apply_unless_the_run_sets_them(tmp_path: Path) -> None:
+    """The Bi-Real recipe trains bireal_resnet20 at width 24 (its measured default); a run's own
+    --model-arg wins; the checkpoint records the width, so it rebuilds at that width; another
+    model under the same recipe is not touched; a malformed table is refused."""
+    small = {"epochs": 1, "real_epochs": 0, "limit_train": 64, "limit_test": 32}
+    r = train(_cfg(tmp_path / "a", model_kwargs={}, **small))
+    assert load_checkpoint(r["checkpoint"])["model_config"]["kwargs"]["width"] == 24
+    model, _ = model_from_checkpoint(r["checkpoint"])
+    assert model.stem[0].out_channels == 24  # type: ignore[index]
+    r = train(_cfg(tmp_path / "b", model_kwargs={"width": 4}, **small))
+    assert load_checkpoint(r["checkpoint"])["model_config"]["kwargs"]["width"] == 4
+    r = train(
+        _cfg(
+            tmp_path / "c",
+            model="bitflow_lenet",
+            recipe="fashion-mnist-bireal",
+            model_kwargs={"fc": 16},
+            **small,
+        )
+    )
+    assert "width" not in load_checkpoint(r["checkpoint"])["model_config"]["kwargs"]
+    with pytest.raises(ValueError, match="model_defaults"):
+        Recipe(name="t", model_defaults={"bireal_resnet20": 24})  # type: ignore[dict-item]

@@ -93,7 +93,7 @@ def _tiny_survey(
         epochs=kw.pop("epochs", 1),
         limit_train=32,
         limit_test=16,
-        width=2,
+        width=kw.pop("width", 2),
         repeat=2,
         log=lambda m: None,
         **kw,
@@ -300,6 +300,22 @@ def test_reproduce_survey_records_make_the_table_grow_over_sittings(
     assert [(out.parent.name, kw["seed"]) for out, kw, _ in tr3.calls[2:]] == [("bnn", 0)]
     with pytest.raises(ValueError, match="records"):
         _tiny_survey(tmp_path / "f", ["bnn"], (0,), collect=True)
+
+
+def test_reproduce_survey_full_width_is_the_recipes_for_backbone_and_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without a width the backbone trains at its default recipe's width (the Bi-Real recipe's
+    # model_defaults: 24), and the twin at the same, so that the speed-up compares equal channels
+    assert RS._recipe_width("fashion-mnist", "bireal_resnet20") == 24
+    assert RS._recipe_width("fashion-mnist", "bitflow_vgg_small") is None
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    _tiny_survey(tmp_path, ["bnn"], (0,), backbone="bireal_resnet20", width=None)
+    assert [(out.parent.name, kw["model_kwargs"]) for out, kw, _ in tr.calls] == [
+        ("fp", {"width": 24}),
+        ("bnn", {"width": 24}),
+    ]
 
 
 def test_reproduce_survey_refuses_what_it_cannot_run(tmp_path: Path) -> None:

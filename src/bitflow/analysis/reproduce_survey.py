@@ -123,6 +123,17 @@ class _Records:
             atomic_write_json(p, {**rec, "recipe": self.recipe})
 
 
+def _recipe_width(data: str, backbone: str) -> int | None:
+    """The width the backbone's default recipe trains it at (``model_defaults``; the Bi-Real
+    ResNet-20's 24), passed to the twin too so that both have the same channels; else None (the
+    models' own default)."""
+    from ..train.recipes import default_recipe_for, load_recipe
+
+    recipe = load_recipe(default_recipe_for(data, model=backbone))
+    w = recipe.model_defaults.get(backbone, {}).get("width")
+    return int(w) if w is not None else None
+
+
 def _cpu() -> str:
     """The CPU a timing ran on (model name from /proc/cpuinfo where there is one)."""
     try:
@@ -163,7 +174,8 @@ def reproduce_survey(
     ``quick``: 1 seed, 2 epochs on 5,000 training samples, width 8, 2,000 test samples (all 20
     methods and the twin in well under 45 minutes on this shared 2-core machine: a width-16,
     10,000-sample epoch of the twin took 140 s under load, i.e. over 80 minutes in all); full: seeds 0, 1, 2, 15 epochs (the Fashion-MNIST recipe),
-    all 60,000 samples and the backbone's default width. The arguments override either.
+    all 60,000 samples and the width of the backbone's default recipe (its model default
+    otherwise), the same for the twin. The arguments override either.
     ``records`` / ``collect``: the committed per-run records (module docstring)."""
     from .. import methods as M
     from ..models import create
@@ -181,8 +193,8 @@ def reproduce_survey(
     epochs = epochs or (2 if quick else None)
     limit_train = limit_train or (5000 if quick else None)
     limit_test = limit_test or (2000 if quick else None)
-    width = width or (8 if quick else None)
-    small: dict[str, Any] = {"width": width} if width else {}
+    width = width or (8 if quick else _recipe_width(data, backbone))
+    small: dict[str, Any] = {"width": width} if width else {}  # the backbone and its twin alike
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = _Records(

@@ -63,6 +63,10 @@ class Recipe:
     #: (:func:`bitflow.train.trainer.precise_bn_`); checkpoints store those. The moving averages lag
     #: when binarized weights keep flipping (MCN: +1.3 points of test accuracy on one run).
     precise_bn: int = 0
+    #: Model options this recipe trains with unless the run gives them (``--model-arg`` wins):
+    #: ``{model name: {option: value}}``, e.g. the width the Fashion-MNIST Bi-Real recipe was
+    #: measured at. They are passed to the model, so the checkpoint records them.
+    model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +106,13 @@ class Recipe:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"recipe {self.name!r}: precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
+        if not isinstance(self.model_defaults, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in self.model_defaults.items()
+        ):
+            raise ValueError(
+                f"recipe {self.name!r}: model_defaults must be a table of tables "
+                "({model name = {option = value}})"
             )
         if not 0 <= self.real_epochs < self.epochs:
             raise ValueError(

@@ -462,6 +462,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         "in_channels": data.in_channels,
         "image_size": data.image_size,
     }
+    kwargs.update(recipe.model_defaults.get(cfg.model, {}))  # the recipe's, then the run's
     kwargs.update(cfg.model_kwargs)
     model = build_model(cfg.model, cfg.method, cfg.method_args or None, **kwargs)
     if cfg.init_from is not None and not cfg.resume:
