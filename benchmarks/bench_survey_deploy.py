@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bitflow import methods
-from bitflow.analysis.reproduce_survey import TWINS, _cpu
+from bitflow.analysis.reproduce_survey import TWINS, cpu_name
 from bitflow.bench import measure_interleaved
 from bitflow.engine import Engine
 from bitflow.models import create
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows = [r for b in a.backbones.split(",") for r in bench(b, names, a.repeat, a.rounds)]
     result = {
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "repeat": a.repeat,
         "rounds": a.rounds,
         "seconds": time.time() - t0,

@@ -134,7 +134,7 @@ def _recipe_width(data: str, backbone: str) -> int | None:
     return int(w) if w is not None else None
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     """The CPU a timing ran on (model name from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -317,7 +317,7 @@ def reproduce_survey(
                     dep = {"refused": f"not on {backbone}: {str(e).split('; supported:')[0]}"}
                 else:  # the twin timed right after the engine: the speed-up of this sitting
                     dep["torch_fp32_ms"] = _timing_torch(create(twin, **shape, **small), x1, repeat)
-                    dep["cpu"] = _cpu()
+                    dep["cpu"] = cpu_name()
                 store.put(name, s0, {**recs[s0], "deploy": dep})
             if dep is not None and "refused" in dep:
                 row["deploy"] = dep["refused"]
