@@ -13,6 +13,7 @@ import torch
 from bitflow import _native as N
 from bitflow.bench import zoo_model
 from bitflow.engine import Engine, available_kernels
+from bitflow.ir import Graph, InputSpec, Op
 
 KERNELS = available_kernels()  # the engine forces each; "auto" below is the default selection
 STREAM_KERNELS = [*KERNELS, "auto"]
@@ -197,6 +198,16 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
         ("bireal_resnet20", {"width": 8, "downsample": "conv"}),
         ("bireal_resnet20", {"width": 8, "first_layer": "int8"}),
         ("bireal_resnet18", {"width": 8, "image_size": 32, "num_classes": 10, "stem": "imagenet"}),
+        (
+            "bireal_resnet18",
+            {
+                "width": 8,
+                "image_size": 32,
+                "num_classes": 10,
+                "stem": "imagenet",
+                "first_layer": "int8",
+            },
+        ),
         ("bitflow_resnet18", {"width": 8, "image_size": 32, "num_classes": 10}),
     ],
 )
@@ -227,6 +238,102 @@ def test_fused_plan_equals_op_by_op_plan_on_residual_networks(
             len(s.extra) == 1 and "bconv2d" in {o.type for o in graph.ops if o.name in s.ops}
             for s in eng._plan
         )
+    if kw.get("first_layer") == "int8" and kw.get("stem") == "imagenet":
+        assert _pool_first_steps(eng) == 1  # the stem pooled on int32 (its BN has gammas < 0)
+
+
+def _pool_first_steps(eng: Engine) -> int:
+    types = {o.name: o.type for o in eng.graph.ops}
+    return sum(
+        1
+        for s in eng._plan
+        if types[s.ops[0]] == "conv2d_u8i8" and types[s.ops[-1]] == "maxpool_f32"
+    )
+
+
+def _stem_graph(
+    rng: np.random.Generator, o: int, stages: list[tuple[np.ndarray, np.ndarray]], w: np.ndarray
+) -> Graph:
+    tensors: dict[str, np.ndarray] = {"w": w}
+    ops = [
+        Op("conv2d_u8i8", "c", ["input"], ["c"], {"stride": [2, 2], "padding": [3, 3]}, {"w": "w"})
+    ]
+    v = "c"
+    for k, (sc, bi) in enumerate(stages):
+        tensors[f"s{k}"], tensors[f"b{k}"] = sc, bi
+        kind = "scale_bias" if k == 0 else "affine_f32"
+        ops.append(Op(kind, f"a{k}", [v], [f"a{k}"], {}, {"scale": f"s{k}", "bias": f"b{k}"}))
+        v = f"a{k}"
+    pool = {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}
+    ops.append(Op("maxpool_f32", "p", [v], ["p"], pool))
+    ops.append(Op("global_avgpool_f32", "gap", ["p"], ["gap"]))
+    ops.append(Op("flatten", "fl", ["gap"], ["out"]))
+    g = Graph(InputSpec(3, 21, 19, "uint8"), ops, tensors, "out", mode="mixed")
+    g.validate()
+    return g
+
+
+def test_stem_pooled_on_int32_before_its_affine_chain_is_bit_exact() -> None:
+    """conv2d_u8i8 -> scale_bias -> affine_f32 -> maxpool_f32 runs as conv -> int32 pool ->
+    chain (Engine._fuse_pool_first): the same bits as the ops one by one, with scales of both
+    signs and zero (a decreasing chain pools the negated channel), ties made by rounding (a
+    tiny scale next to a large bias), +0.0 biases, -128 weights in increasing channels, and
+    inputs at 0 and 255; refused (and still exact) where its proof does not hold."""
+    rng = np.random.default_rng(7)
+    o = 40
+    w = rng.integers(-127, 128, size=(o, 7, 7, 3)).astype(np.int8)
+
+    def stages() -> list[tuple[np.ndarray, np.ndarray]]:
+        s0 = (rng.standard_normal(o) * 1e-3).astype(np.float32)
+        s0[:5] = 0.0
+        b0 = rng.standard_normal(o).astype(np.float32)
+        b0[5:10] = 0.0
+        s1 = rng.standard_normal(o).astype(np.float32)
+        s1[10:15] = 2.0**-20  # ties: many sums round to the same value next to b1 = 1000
+        b1 = rng.standard_normal(o).astype(np.float32)
+        b1[10:15] = 1000.0
+        b1[15:18] = 0.0
+        return [(s0, b0), (s1, b1)]
+
+    st = stages()
+    flip = np.sign(st[0][0]) * np.sign(st[1][0]) < 0
+    assert flip.any() and (~flip).any()
+    w[~flip & (np.arange(o) % 2 == 0), 0, 0, 0] = -128
+    xs = [
+        rng.random((3, 3, 21, 19), dtype=np.float32),
+        np.zeros((1, 3, 21, 19), np.float32),
+        np.ones((1, 3, 21, 19), np.float32),
+    ]
+
+    def check(g: Graph, fused: bool) -> None:
+        for kernels in KERNELS:
+            for threads in (1, 2):
+                eng = Engine(g, kernels=kernels, threads=threads)
+                assert _pool_first_steps(eng) == int(fused)
+                for x in xs:
+                    want = eng.run(x, keep=True)
+                    env = {g.input.name: eng._prepare(x)}
+                    for step in eng._plan:
+                        env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
+                    for v in ("p", "out"):
+                        assert env[v].tobytes() == want[v].tobytes(), (kernels, threads, v)
+
+    check(_stem_graph(rng, o, st, w), True)
+    # refused: a last bias of -0.0; a -128 weight in a decreasing channel; a scale that could
+    # overflow float32
+    # channel 20: a zero scale after sums of both signs gives +-0 ties, kept as -0 by a last
+    # bias of -0.0 (the float pool keeps the first of a tie, the rewrite one fixed zero)
+    neg0 = [(st[0][0].copy(), st[0][1].copy()), (st[1][0].copy(), st[1][1].copy())]
+    neg0[0][1][20], neg0[1][0][20], neg0[1][1][20] = 0.0, 0.0, -0.0
+    check(_stem_graph(rng, o, neg0, w), False)
+    w128 = w.copy()
+    w128[np.argmax(flip), 3, 3, 1] = -128
+    check(_stem_graph(rng, o, st, w128), False)
+    # channel 30: sums beyond 3.4e4 overflow to -inf, and times 0 give NaN, while the small
+    # ones stay finite: f is not monotone, and a window's maximum need not be where the NaN is
+    big = [(st[0][0].copy(), st[0][1]), (st[1][0].copy(), st[1][1])]
+    big[0][0][30], big[1][0][30] = -1e34, 0.0
+    check(_stem_graph(rng, o, big, w), False)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
