@@ -233,16 +233,35 @@ class Engine:
             conv = ops[producer[v]]
             if conv.type != "conv2d_u8i8" or ops[taken[-1]].type != "scale_bias":
                 continue
-            fn = self._pool_first_step(conv, stages, pool)
+            # a threshold_f32_bits of the pooled value joins the stream (its bits in the same pass)
+            y = pool.outputs[0]
+            readers = [k for k, r in enumerate(ops) if y in r.inputs]
+            thr_i = next((k for k in readers if ops[k].type == "threshold_f32_bits"), None)
+            keep_y = thr_i is None or len(readers) > 1 or y == g.output
+            thr = ops[thr_i] if thr_i is not None else None
+            fn = self._pool_first_step(conv, stages, pool, thr, keep_y)
             if fn is None:
                 continue
-            names = tuple(o.name for o in (conv, *(ops[j] for j in sorted(taken)), pool))
-            steps[i] = Step((conv.inputs[0],), pool.outputs[0], fn, names)
-            absorbed.update([producer[v], *taken])
+            chain_ops = [conv, *(ops[j] for j in sorted(taken)), pool]
+            outs = ([y] if keep_y else []) + ([thr.outputs[0]] if thr is not None else [])
+            steps[i] = Step(
+                (conv.inputs[0],),
+                outs[0],
+                fn,
+                tuple(o.name for o in (*chain_ops, *([thr] if thr is not None else []))),
+                (),
+                tuple(outs[1:]),
+            )
+            absorbed.update([producer[v], *taken, *([thr_i] if thr_i is not None else [])])
         return steps, absorbed
 
     def _pool_first_step(
-        self, conv: Any, stages: list[tuple[np.ndarray, np.ndarray]], pool: Any
+        self,
+        conv: Any,
+        stages: list[tuple[np.ndarray, np.ndarray]],
+        pool: Any,
+        thr: Any | None,
+        keep_y: bool,
     ) -> TableKernel | None:
         """The step of :meth:`_fuse_pool_first` for one match, or None where it is refused."""
         g, th = self.graph, self.threads
@@ -267,8 +286,19 @@ class Engine:
         w2 = np.ascontiguousarray(np.where(flip.reshape(-1, 1, 1, 1), -w, w))
         s1 = np.ascontiguousarray(np.where(flip, -stages[0][0], stages[0][0]))
         a, pa = conv.attrs, pool.attrs
+        kw: dict[str, Any] = {}
+        if thr is not None:
+            kw = {
+                "thr": g.tensors[thr.params["thr"]],
+                "direction": g.tensors[thr.params["direction"]],
+            }
         fs = N.FloatStream(
-            o, [True], [[(s1, stages[0][1]), *stages[1:]]], keep_y=True, kernels=self.kernels
+            o,
+            [True],
+            [[(s1, stages[0][1]), *stages[1:]]],
+            keep_y=keep_y,
+            kernels=self.kernels,
+            **kw,
         )
         layer = N.Int8ConvLayer(
             w2,
