@@ -72,6 +72,39 @@ def test_requant_i32_native_equals_exact_integers(clamp: tuple[int, int] | None)
     assert np.array_equal(ref, got)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_requant_i32_wide_multipliers_exact_on_every_path(threads: int) -> None:
+    """|m| >= 2^31: a row whose |x| keeps |x m| + |b| < 2^63 runs in int64 (vectorized), any
+    other row in 128 bits; both equal exact rational floors, at the int32 extremes too."""
+    rng = np.random.default_rng(5)
+    c = 19
+    m = rng.integers(-(2**40), 2**40, size=c).astype(np.int64)
+    m[0], m[1] = 2**40, -(2**40)  # max |m| = 2^40: rows with |x| <= ~2^22.99 fit int64
+    b = rng.integers(-(2**61), 2**61, size=c).astype(np.int64)
+    x = rng.integers(-(2**22), 2**22, size=(4, 6, c)).astype(np.int32)
+    x[1, 2, 3] = np.iinfo(np.int32).min  # these rows need 128 bits
+    x[2, 0, 0] = np.iinfo(np.int32).max
+    x[3, 5, 7] = 2**23  # just past the int64 bound with |b| near 2^61
+    x[0, 0, :2] = [2**22 - 1, -(2**22)]
+    shift = 40
+    for lo, hi in ((None, None), (-(2**20), 2**20)):
+        old = N._set_grain_ns(0.0)
+        try:
+            got = N.requant_i32(x, m, b, shift, lo, hi, threads)
+        finally:
+            N._set_grain_ns(old)
+        want = np.array(
+            [
+                _floor_exact(int(v), int(m[i % c]), int(b[i % c]), shift)
+                for i, v in enumerate(x.ravel())
+            ],
+            dtype=object,
+        )
+        if lo is not None:
+            want = np.clip(want, lo, hi)
+        assert np.array_equal(got.ravel().astype(np.int64), want.astype(np.int64)), (lo, hi)
+
+
 def test_int_stream_ops_are_thread_count_invariant_and_take_both_paths() -> None:
     """Large maps split over threads give the same integers; a multiplier >= 2^31 takes the
     128-bit path, which must equal the narrow (int64) path where both apply."""

@@ -44,6 +44,37 @@ bool requant_row_narrow(const std::int32_t* __restrict x, std::int64_t cols, con
   return out_of_range == 0;
 }
 
+// One row with int64 multipliers, exact when |x m| + |b| < 2^63 for every value of the row (the
+// caller bounds |x| per row: see requant_i32); otherwise as requant_row_narrow. AVX-512 DQ has
+// the 64 x 64-bit vector product (vpmullq); the other clones emulate it, with identical results.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+bool requant_row_i64(const std::int32_t* __restrict x, std::int64_t cols, const std::int64_t* __restrict m,
+                     const std::int64_t* __restrict b, int shift, std::int64_t lo, std::int64_t hi,
+                     std::int32_t* __restrict y) {
+  std::int64_t out_of_range = 0;
+  for (std::int64_t c = 0; c < cols; ++c) {
+    const std::int64_t q = (std::int64_t{x[c]} * m[c] + b[c]) >> shift;
+    out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+    y[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+  }
+  return out_of_range == 0;
+}
+
+// max |x| over n int32 values (as int64: |INT32_MIN| = 2^31).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+std::int64_t abs_max_i32(const std::int32_t* __restrict x, std::int64_t n) {
+  std::int64_t a = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t v = x[i];
+    a = std::max(a, v < 0 ? -v : v);
+  }
+  return a;
+}
+
 // Two-input int32 sum saturated to [lo, hi] (within int32); returns whether every sum was in range.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -100,14 +131,31 @@ bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, co
   const std::int64_t flo = clamped ? lo : kI32Min, fhi = clamped ? hi : kI32Max;
   std::vector<std::int32_t> m32(narrow ? static_cast<std::size_t>(cols) : 0);
   for (std::size_t c = 0; c < m32.size(); ++c) m32[c] = static_cast<std::int32_t>(m[c]);
+  // Wide multipliers: a row whose |x| <= xlim is still exact in int64, |x m| + |b| <= xlim max|m|
+  // + max|b| < 2^63 (accumulators are small: a binary convolution's |x| <= its fan-in, while a
+  // BatchNorm folded at 2^24 gives |m| ~ 2^32); other rows take 128 bits.
+  std::int64_t xlim = 0;
+  if (!narrow) {
+    __int128 mmax = 0, bmax = 0;
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const __int128 mc = m[c], bc = b[c];
+      mmax = std::max(mmax, mc < 0 ? -mc : mc);
+      bmax = std::max(bmax, bc < 0 ? -bc : bc);
+    }
+    const __int128 room = static_cast<__int128>(std::numeric_limits<std::int64_t>::max()) - bmax;
+    if (room > 0) xlim = mmax == 0 ? kI32Max + 1 : static_cast<std::int64_t>(std::min<__int128>(room / mmax, kI32Max + 1));
+  }
   std::atomic<bool> ok{true};
-  parallel_rows(rows, (narrow ? 0.5 : 3.0) * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+  parallel_rows(rows, (narrow ? 0.5 : 1.0) * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
     bool good = true;
     for (std::int64_t r = r0; r < r1; ++r) {
       const std::int32_t* xr = x + r * cols;
       std::int32_t* yr = out + r * cols;
       if (narrow) {
         const bool in_range = requant_row_narrow(xr, cols, m32.data(), b, shift, flo, fhi, yr);
+        good &= clamped || in_range;
+      } else if (xlim > 0 && abs_max_i32(xr, cols) <= xlim) {
+        const bool in_range = requant_row_i64(xr, cols, m, b, shift, flo, fhi, yr);
         good &= clamped || in_range;
       } else {
         for (std::int64_t c = 0; c < cols; ++c) {
