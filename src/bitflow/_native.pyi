@@ -211,6 +211,34 @@ class FloatStream:
         self, layer: _Conv2dF32Layer, x: NDArray[np.float32], threads: int = 1
     ) -> Any: ...
 
+class IntStream:
+    """The fused integer residual stream: operands (int32, each optionally through requant_i32's
+    (m, b, shift, lo, hi)), summed by add_i32 with clamp [lo, hi], kept and / or thresholded to
+    bits (threshold_bits); the same integers as the ops one by one."""
+
+    def __init__(
+        self,
+        o: int,
+        operands: list[
+            tuple[NDArray[np.int64], NDArray[np.int64], int, int | None, int | None] | None
+        ],
+        lo: int | None = None,
+        hi: int | None = None,
+        thr: NDArray[np.int32] | None = None,
+        direction: NDArray[np.int8] | None = None,
+        keep_y: bool = True,
+        kernels: str = "",
+    ) -> None: ...
+    def __call__(self, xs: list[NDArray[np.int32]], threads: int = 1) -> Any: ...
+    def after(
+        self,
+        layer: BinaryLayer,
+        x: NDArray[np.uint64],
+        others: list[NDArray[np.int32]],
+        pos: int = 0,
+        threads: int = 1,
+    ) -> Any: ...
+
 class _Conv2dF32Layer:
     """conv2d_f32 with its weights laid out once (the engine's float convolution steps)."""
 

@@ -66,6 +66,10 @@ if(BF_X86)
        ${BF_NATIVE}/kernels/x86/kernel_sets__x86.cc)
   set_source_files_properties(${BF_NATIVE}/kernels/scalar/bgemm_4x4__scalar.cc
     PROPERTIES COMPILE_OPTIONS "-mpopcnt")
+  # the target_clones of the integer residual ops: let the x86-64-v4 clones use 512-bit vectors
+  # (GCC otherwise prefers 256 bits there); the other clones are unaffected
+  set_source_files_properties(${BF_NATIVE}/ops/elementwise.cc
+    PROPERTIES COMPILE_OPTIONS "-mprefer-vector-width=512")
   set_source_files_properties(${BF_AVX2_SOURCES}
     PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mpopcnt")
   # -Wno-uninitialized: GCC 12 false positive inside its own avx512 intrinsic headers (GCC PR 105593).

@@ -209,6 +209,17 @@ def _random_bn(model: torch.nn.Module) -> torch.nn.Module:
             },
         ),
         ("bitflow_resnet18", {"width": 8, "image_size": 32, "num_classes": 10}),
+        ("bireal_resnet20", {"width": 8, "residual": "int"}),
+        (
+            "bireal_resnet18",
+            {
+                "width": 8,
+                "image_size": 32,
+                "num_classes": 10,
+                "stem": "imagenet",
+                "residual": "int",
+            },
+        ),
     ],
 )
 def test_fused_plan_equals_op_by_op_plan_on_residual_networks(
@@ -238,6 +249,10 @@ def test_fused_plan_equals_op_by_op_plan_on_residual_networks(
             len(s.extra) == 1 and "bconv2d" in {o.type for o in graph.ops if o.name in s.ops}
             for s in eng._plan
         )
+    if kw.get("residual") == "int":  # the integer stream, with a binary convolution's epilogue
+        types = {o.name: o.type for o in graph.ops}
+        kinds = [{types[o] for o in s.ops} for s in eng._plan]
+        assert sum({"bconv2d", "requant_i32", "add_i32", "threshold_bits"} <= k for k in kinds) >= 3
     if kw.get("first_layer") == "int8" and kw.get("stem") == "imagenet":
         assert _pool_first_steps(eng) == 1  # the stem pooled on int32 (its BN has gammas < 0)
 

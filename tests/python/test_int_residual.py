@@ -22,6 +22,7 @@ from bitflow import models
 from bitflow.convert import UnsupportedLayerError, convert, verify
 from bitflow.engine import Engine, available_kernels
 from bitflow.engine.check import compare_with_reference
+from bitflow.ir import pack_bits
 from bitflow.ir.graph import GraphError, Op
 from bitflow.ir.reference import run_op
 from bitflow.models.resnet import build_resnet
@@ -441,3 +442,90 @@ def test_real_mode_evaluates_the_fixed_point_stream_without_rounding_the_accumul
         set_real_mode(model, False)  # binary again: the exact form, which rounds u first
         assert all(m.exact for m in fbn)
         assert not torch.equal(bn(u), want)
+
+
+@pytest.mark.parametrize("kernels", N.available_kernels())
+@pytest.mark.parametrize("o", [1, 13, 64, 70])
+def test_int_stream_equals_the_ops_one_by_one(kernels: str, o: int) -> None:
+    """IntStream (the engine's fused requant_i32 -> add_i32 -> threshold_bits) gives the ops'
+    integers and bits: one to three operands, requantized or not, wide and narrow multipliers,
+    clamped and unclamped, both threshold directions with ties, any thread count, as a binary
+    convolution's epilogue; and the ops' overflow error where an unclamped value leaves int32."""
+    rng = np.random.default_rng(o)
+    shape = (2, 5, 3, o)
+    xs = [rng.integers(-5000, 5000, size=shape).astype(np.int32) for _ in range(3)]
+    rq = [
+        (
+            rng.integers(-(2**33), 2**33, size=o).astype(np.int64),
+            rng.integers(-(2**40), 2**40, size=o).astype(np.int64),
+            24,
+            None,
+            None,
+        ),
+        (
+            rng.integers(-(2**20), 2**20, size=o).astype(np.int64),
+            rng.integers(-(2**30), 2**30, size=o).astype(np.int64),
+            12,
+            -3000,
+            3000,
+        ),
+        None,
+    ]
+    thr = rng.integers(-200, 200, size=o).astype(np.int32)
+    d = np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8)
+
+    def unfused(idx: list[int], lo: int | None, hi: int | None) -> np.ndarray:
+        vals = [xs[k] if rq[k] is None else N.requant_i32(xs[k], *rq[k]) for k in idx]  # type: ignore[misc]
+        return vals[0] if len(vals) == 1 else N.add_i32(vals, lo, hi)
+
+    old = N._set_grain_ns(0.0)
+    try:
+        for idx in ([0], [2, 0], [1, 2], [0, 1, 2], [2, 1, 0]):
+            for lo, hi in ((-2000, 2000), (None, None)):
+                y = unfused(idx, lo, hi)
+                bits = N.threshold_bits(y, thr, d)
+                for keep in (True, False):
+                    ist = N.IntStream(
+                        o,
+                        [rq[k] for k in idx],
+                        lo,
+                        hi,
+                        thr=thr,
+                        direction=d,
+                        keep_y=keep,
+                        kernels=kernels,
+                    )
+                    for threads in (1, 3):
+                        got = ist([xs[k] for k in idx], threads)
+                        if keep:
+                            assert (
+                                got[0].tobytes() == y.tobytes()
+                                and got[1].tobytes() == bits.tobytes()
+                            )
+                        else:
+                            assert got.tobytes() == bits.tobytes()
+                plain = N.IntStream(o, [rq[k] for k in idx], lo, hi, kernels=kernels)
+                assert plain([xs[k] for k in idx], 2).tobytes() == y.tobytes()
+        # as the epilogue of a binary convolution: operand 1 is its int32 output
+        xb = pack_bits(rng.random((2, 7, 6, 37)) < 0.5)
+        wb = pack_bits(rng.random((o, 3, 3, 37)) < 0.5)
+        layer = N.BinaryLayer(wb, 37, (1, 1), (1, 1), 0, kernels=kernels)
+        acc = layer(xb, 1)
+        other = rng.integers(-5000, 5000, size=acc.shape).astype(np.int32)
+        want = N.add_i32([other, N.requant_i32(acc, *rq[0])], -2000, 2000)  # type: ignore[misc]
+        ist = N.IntStream(o, [None, rq[0]], -2000, 2000, thr=thr, direction=d, kernels=kernels)
+        for threads in (1, 3):
+            y, b = ist.after(layer, xb, [other], 1, threads)
+            assert y.tobytes() == want.tobytes()
+            assert b.tobytes() == N.threshold_bits(want, thr, d).tobytes()
+    finally:
+        N._set_grain_ns(old)
+    # overflow: an unclamped requantization or sum outside int32 is the ops' error
+    big = np.full(shape, 2**30, np.int32)
+    with pytest.raises(ValueError, match="overflows int32"):
+        N.requant_i32(big, np.full(o, 4, np.int64), np.zeros(o, np.int64), 0)
+    with pytest.raises(ValueError, match="overflows int32"):
+        N.IntStream(o, [(np.full(o, 4, np.int64), np.zeros(o, np.int64), 0, None, None)])([big])
+    with pytest.raises(ValueError, match="overflows int32"):
+        N.IntStream(o, [None, None])([big, big])
+    assert N.IntStream(o, [None, None], -5, 5)([big, big]).max() == 5

@@ -126,12 +126,14 @@ class Engine:
 
         pooled, absorbed = self._fuse_pool_first(ops, private)
         streams, absorbed = self._fuse_streams(ops, uses, private, absorbed)
+        int_streams, absorbed = self._fuse_int_streams(ops, uses, private, absorbed)
+        fused_at = {**pooled, **streams, **int_streams}
         plan: list[Step] = []
         i = 0
         while i < len(ops):
             op = ops[i]
-            if i in streams or i in pooled:
-                plan.append(streams[i] if i in streams else pooled[i])
+            if i in fused_at:
+                plan.append(fused_at[i])
                 i += 1
                 continue
             if i in absorbed:
@@ -453,6 +455,126 @@ class Engine:
             absorbed.update(used)
             streams[i] = Step(srcs, outs[0], fn, tuple(names), (), tuple(outs[1:]))
         return streams, absorbed
+
+    def _fuse_int_streams(
+        self,
+        ops: list[Any],
+        uses: dict[str, int],
+        private: Callable[[str], bool],
+        absorbed: set[int],
+    ) -> tuple[dict[int, Step], set[int]]:
+        """Integer-stream fusion of the fixed-point residual stream
+        (:class:`bitflow._native.IntStream`): every ``add_i32``, with the private
+        ``requant_i32`` of each operand and the ``threshold_bits`` that reads the sum, becomes
+        one pass over the rows; a requantized operand computed by a lone ``bconv2d`` that only
+        it reads runs as that convolution's epilogue (the int32 map never stored). The same
+        integer operations: identical integers and bits (and the same overflow error)."""
+        g = self.graph
+        producer = {op.outputs[0]: i for i, op in enumerate(ops)}
+        readers: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            for v in op.inputs:
+                readers.setdefault(v, []).append(i)
+        steps: dict[int, Step] = {}
+        absorbed = set(absorbed)
+        for i, op in enumerate(ops):
+            if i in absorbed or op.type != "add_i32":
+                continue
+            y = op.outputs[0]
+            o = self.values[y].shape[-1]
+            operands: list[tuple[str, tuple[Any, ...] | None, list[int]]] = []
+            for v in op.inputs:
+                j = producer.get(v)
+                if (
+                    j is not None
+                    and private(v)
+                    and j not in absorbed
+                    and ops[j].type == "requant_i32"
+                ):
+                    rq = ops[j]
+                    lo, hi = rq.attrs.get("clamp", (None, None))
+                    spec = (
+                        g.tensors[rq.params["m"]],
+                        g.tensors[rq.params["b"]],
+                        int(rq.attrs["shift"]),
+                        lo,
+                        hi,
+                    )
+                    operands.append((rq.inputs[0], spec, [j]))
+                else:
+                    operands.append((v, None, []))
+            thr_i = next(
+                (
+                    r
+                    for r in readers.get(y, [])
+                    if ops[r].type == "threshold_bits"
+                    and g.tensors[ops[r].params["thr"]].shape == (o,)
+                ),
+                None,
+            )
+            thr_op = ops[thr_i] if thr_i is not None else None
+            keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
+            lo, hi = op.attrs.get("clamp", (None, None))
+            kw: dict[str, Any] = {}
+            if thr_op is not None:
+                kw = {
+                    "thr": g.tensors[thr_op.params["thr"]],
+                    "direction": g.tensors[thr_op.params["direction"]],
+                }
+            ist = N.IntStream(
+                o,
+                [spec for _, spec, _ in operands],
+                lo,
+                hi,
+                keep_y=keep_y,
+                kernels=self.kernels,
+                **kw,
+            )
+            used = [j for _, _, taken in operands for j in taken]
+            # a requantized operand straight from a lone binary convolution: its epilogue
+            pos = next(
+                (
+                    k
+                    for k, (src, spec, _) in enumerate(operands)
+                    if spec is not None
+                    and src in producer
+                    and private(src)
+                    and producer[src] not in absorbed
+                    and ops[producer[src]].type == "bconv2d"
+                    and self.values[ops[producer[src]].inputs[0]].planes == 1
+                ),
+                None,
+            )
+            th = self.threads
+            if pos is not None:
+                conv = ops[producer[operands[pos][0]]]
+                a = conv.attrs
+                layer = N.BinaryLayer(
+                    g.tensors[conv.params["w"]],
+                    a["channels"],
+                    tuple(a["stride"]),
+                    tuple(a["padding"]),
+                    a["pad_value"],
+                    kernels=self.kernels,
+                )
+                srcs = (
+                    conv.inputs[0],
+                    *(src for k, (src, _, _) in enumerate(operands) if k != pos),
+                )
+                used.append(producer[operands[pos][0]])
+
+                fn = _after(ist, layer, pos, th)
+            else:
+                srcs = tuple(src for src, _, _ in operands)
+                fn = _stream(ist, th)
+            outs = ([y] if keep_y else []) + ([thr_op.outputs[0]] if thr_op is not None else [])
+            names = [ops[j].name for j in sorted(used)] + [op.name]
+            if thr_op is not None:
+                names.append(thr_op.name)
+                absorbed.add(thr_i)  # type: ignore[arg-type]
+            absorbed.update(used)
+            steps[i] = Step(srcs, outs[0], fn, tuple(names), (), tuple(outs[1:]))
+        return steps, absorbed
 
     def _epilogue_conv(self, conv: Any, i32: bool, n_operands: int, keep_y: bool) -> bool:
         """Whether ``conv`` can run with a float stream as its epilogue (see _fuse_streams)."""

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "bitflow/kernels.h"
 #include "parallel.h"
 
 namespace bitflow::ops {
@@ -25,54 +26,63 @@ constexpr std::int64_t kI32Max = std::numeric_limits<std::int32_t>::max();
 
 inline std::int64_t clamp64(std::int64_t v, std::int64_t lo, std::int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// One row of the narrow requantization (|m| < 2^31: a 32 x 32 -> 64-bit product, exact in int64
+// Rows of the narrow requantization (|m| < 2^31: a 32 x 32 -> 64-bit product, exact in int64
 // with |b| < 2^62), clamped to [lo, hi] (the int32 range when unclamped; the caller then checks
 // the range separately). Built for AVX-512 / AVX2 / baseline and picked at load time (GCC
 // target_clones): the same integer operations in every clone, so identical results.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-bool requant_row_narrow(const std::int32_t* __restrict x, std::int64_t cols, const std::int32_t* __restrict m32,
-                        const std::int64_t* __restrict b, int shift, std::int64_t lo, std::int64_t hi,
-                        std::int32_t* __restrict y) {
+bool requant_rows_narrow(const std::int32_t* __restrict x, std::int64_t rows, std::int64_t cols,
+                         const std::int32_t* __restrict m32, const std::int64_t* __restrict b, int shift,
+                         std::int64_t lo, std::int64_t hi, std::int32_t* __restrict y) {
   std::int64_t out_of_range = 0;  // any q outside [lo, hi] (only an error when unclamped)
-  for (std::int64_t c = 0; c < cols; ++c) {
-    const std::int64_t q = (std::int64_t{x[c]} * std::int64_t{m32[c]} + b[c]) >> shift;
-    out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
-    y[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int32_t* __restrict xr = x + r * cols;
+    std::int32_t* __restrict yr = y + r * cols;
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const std::int64_t q = (std::int64_t{xr[c]} * std::int64_t{m32[c]} + b[c]) >> shift;
+      out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+      yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+    }
   }
   return out_of_range == 0;
 }
 
-// One row with int64 multipliers, exact when |x m| + |b| < 2^63 for every value of the row (the
-// caller bounds |x| per row: see requant_i32); otherwise as requant_row_narrow. AVX-512 DQ has
-// the 64 x 64-bit vector product (vpmullq); the other clones emulate it, with identical results.
+// Rows with wide (int64) multipliers. A row whose |x| <= xlim (the caller's bound: then
+// |x m| + |b| < 2^63) is computed in int64, vectorized (AVX-512 DQ has the 64 x 64-bit vector
+// product vpmullq; the other clones emulate it, with identical results); any other row in 128
+// bits. Returns as requant_rows_narrow.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-bool requant_row_i64(const std::int32_t* __restrict x, std::int64_t cols, const std::int64_t* __restrict m,
-                     const std::int64_t* __restrict b, int shift, std::int64_t lo, std::int64_t hi,
-                     std::int32_t* __restrict y) {
+bool requant_rows_wide(const std::int32_t* __restrict x, std::int64_t rows, std::int64_t cols,
+                       const std::int64_t* __restrict m, const std::int64_t* __restrict b, int shift,
+                       std::int64_t lo, std::int64_t hi, std::int64_t xlim, std::int32_t* __restrict y) {
   std::int64_t out_of_range = 0;
-  for (std::int64_t c = 0; c < cols; ++c) {
-    const std::int64_t q = (std::int64_t{x[c]} * m[c] + b[c]) >> shift;
-    out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
-    y[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int32_t* __restrict xr = x + r * cols;
+    std::int32_t* __restrict yr = y + r * cols;
+    std::int64_t amax = 0;  // max |x| of the row (int64: |INT32_MIN| = 2^31)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const std::int64_t v = xr[c];
+      amax = std::max(amax, v < 0 ? -v : v);
+    }
+    if (amax <= xlim) {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const std::int64_t q = (std::int64_t{xr[c]} * m[c] + b[c]) >> shift;
+        out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+        yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+      }
+    } else {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const __int128 q = (static_cast<__int128>(xr[c]) * m[c] + b[c]) >> shift;
+        out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+        yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+      }
+    }
   }
   return out_of_range == 0;
-}
-
-// max |x| over n int32 values (as int64: |INT32_MIN| = 2^31).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-std::int64_t abs_max_i32(const std::int32_t* __restrict x, std::int64_t n) {
-  std::int64_t a = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int64_t v = x[i];
-    a = std::max(a, v < 0 ? -v : v);
-  }
-  return a;
 }
 
 // Two-input int32 sum saturated to [lo, hi] (within int32); returns whether every sum was in range.
@@ -119,55 +129,123 @@ bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std:
   return ok;
 }
 
-bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
-                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out,
-                 int threads) {
-  const bool clamped = lo > kI32Min || hi < kI32Max;
-  // int64 is exact when |x m| < 2^31 2^31 = 2^62 and |b| < 2^62 (sum < 2^63); else 128 bits
-  bool narrow = true;
+Requant::Requant(const std::int64_t* m_, const std::int64_t* b_, std::int64_t cols, int shift_, std::int64_t lo,
+                 std::int64_t hi)
+    : m(m_, m_ + cols), b(b_, b_ + cols), shift(shift_) {
+  clamped = lo > kI32Min || hi < kI32Max;
+  flo = clamped ? lo : kI32Min;
+  fhi = clamped ? hi : kI32Max;
+  // int64 is exact when |x m| < 2^31 2^31 = 2^62 and |b| < 2^62 (sum < 2^63)
+  narrow = true;
   for (std::int64_t c = 0; c < cols; ++c)
     narrow &= (m[c] > -(std::int64_t{1} << 31)) & (m[c] < (std::int64_t{1} << 31)) &
               (b[c] > -(std::int64_t{1} << 62)) & (b[c] < (std::int64_t{1} << 62));
-  const std::int64_t flo = clamped ? lo : kI32Min, fhi = clamped ? hi : kI32Max;
-  std::vector<std::int32_t> m32(narrow ? static_cast<std::size_t>(cols) : 0);
-  for (std::size_t c = 0; c < m32.size(); ++c) m32[c] = static_cast<std::int32_t>(m[c]);
+  if (narrow) {
+    m32.resize(static_cast<std::size_t>(cols));
+    for (std::size_t c = 0; c < m32.size(); ++c) m32[c] = static_cast<std::int32_t>(m[c]);
+    return;
+  }
   // Wide multipliers: a row whose |x| <= xlim is still exact in int64, |x m| + |b| <= xlim max|m|
   // + max|b| < 2^63 (accumulators are small: a binary convolution's |x| <= its fan-in, while a
   // BatchNorm folded at 2^24 gives |m| ~ 2^32); other rows take 128 bits.
-  std::int64_t xlim = 0;
-  if (!narrow) {
-    __int128 mmax = 0, bmax = 0;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const __int128 mc = m[c], bc = b[c];
-      mmax = std::max(mmax, mc < 0 ? -mc : mc);
-      bmax = std::max(bmax, bc < 0 ? -bc : bc);
-    }
-    const __int128 room = static_cast<__int128>(std::numeric_limits<std::int64_t>::max()) - bmax;
-    if (room > 0) xlim = mmax == 0 ? kI32Max + 1 : static_cast<std::int64_t>(std::min<__int128>(room / mmax, kI32Max + 1));
+  __int128 mmax = 0, bmax = 0;
+  for (std::int64_t c = 0; c < cols; ++c) {
+    const __int128 mc = m[c], bc = b[c];
+    mmax = std::max(mmax, mc < 0 ? -mc : mc);
+    bmax = std::max(bmax, bc < 0 ? -bc : bc);
   }
+  const __int128 room = static_cast<__int128>(std::numeric_limits<std::int64_t>::max()) - bmax;
+  xlim = -1;  // no row fits int64
+  if (room > 0)
+    xlim = mmax == 0 ? kI32Max + 1 : static_cast<std::int64_t>(std::min<__int128>(room / mmax, kI32Max + 1));
+}
+
+bool Requant::rows(const std::int32_t* x, std::int64_t n, std::int32_t* y) const {
+  const auto cols = static_cast<std::int64_t>(m.size());
+  const bool in_range = narrow ? requant_rows_narrow(x, n, cols, m32.data(), b.data(), shift, flo, fhi, y)
+                               : requant_rows_wide(x, n, cols, m.data(), b.data(), shift, flo, fhi, xlim, y);
+  return clamped || in_range;
+}
+
+bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
+                 const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out,
+                 int threads) {
+  const Requant rq(m, b, cols, shift, lo, hi);
   std::atomic<bool> ok{true};
-  parallel_rows(rows, (narrow ? 0.5 : 1.0) * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
-    bool good = true;
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int32_t* xr = x + r * cols;
-      std::int32_t* yr = out + r * cols;
-      if (narrow) {
-        const bool in_range = requant_row_narrow(xr, cols, m32.data(), b, shift, flo, fhi, yr);
-        good &= clamped || in_range;
-      } else if (xlim > 0 && abs_max_i32(xr, cols) <= xlim) {
-        const bool in_range = requant_row_i64(xr, cols, m, b, shift, flo, fhi, yr);
-        good &= clamped || in_range;
-      } else {
-        for (std::int64_t c = 0; c < cols; ++c) {
-          const __int128 v = static_cast<__int128>(xr[c]) * m[c] + b[c];
-          const __int128 q = v >> shift;
-          good &= clamped || (q >= kI32Min && q <= kI32Max);
-          yr[c] = static_cast<std::int32_t>(q < flo ? flo : (q > fhi ? fhi : q));
-        }
+  parallel_rows(rows, (rq.narrow ? 0.5 : 1.0) * static_cast<double>(cols), threads, [&](std::int64_t r0, std::int64_t r1) {
+    if (!rq.rows(x + r0 * cols, r1 - r0, out + r0 * cols)) ok = false;
+  });
+  return ok;
+}
+
+// ------------------------------------------------------------------------ the integer stream
+IntStream::IntStream(const KernelSet& ks, std::int64_t o, std::vector<Operand> operands, std::int64_t lo,
+                     std::int64_t hi, const std::int32_t* thr, const std::int8_t* dir, bool keep_y)
+    : ks_(&ks), o_(o), operands_(std::move(operands)), lo_(lo), hi_(hi), keep_y_(keep_y) {
+  clamped_ = lo > kI32Min || hi < kI32Max;
+  if (thr != nullptr) {
+    // +1 iff y >= T (direction +1) or y <= T (direction -1): the range [tlo, thi]
+    tlo_.resize(static_cast<std::size_t>(o));
+    thi_.resize(static_cast<std::size_t>(o));
+    for (std::int64_t c = 0; c < o; ++c) {
+      tlo_[c] = dir[c] > 0 ? thr[c] : INT32_MIN;
+      thi_[c] = dir[c] > 0 ? INT32_MAX : thr[c];
+    }
+  }
+}
+
+bool IntStream::rows(const std::int32_t* const* xs, std::int64_t r0, std::int64_t r1, std::int32_t* y,
+                     std::uint64_t* bits) const {
+  // Blocks of up to kBlock rows: each op of the chain runs once over the block (no per-row
+  // dispatch), on values still in the L1 / L2 cache.
+  constexpr std::int64_t kBlock = 32;
+  const std::int64_t o = o_, nw = words_for(o);
+  const std::size_t n_ops = operands_.size();
+  thread_local std::vector<std::int32_t> buf;
+  buf.resize(static_cast<std::size_t>((n_ops + 1) * kBlock * o));
+  std::int32_t* const scratch = buf.data();  // n_ops operand blocks, then one sum block
+  std::vector<const std::int32_t*> v(n_ops);
+  bool good = true;
+  for (std::int64_t rb = r0; rb < r1; rb += kBlock) {
+    const std::int64_t n = std::min(kBlock, r1 - rb), size = n * o;
+    std::int32_t* const out = keep_y_ ? y + rb * o : scratch + n_ops * kBlock * o;
+    for (std::size_t k = 0; k < n_ops; ++k) {
+      const Operand& op = operands_[k];
+      if (!op.requant) {
+        v[k] = xs[k] + rb * o;
+        continue;
+      }
+      std::int32_t* dst = n_ops == 1 ? out : scratch + k * kBlock * o;
+      good &= op.rq->rows(xs[k] + rb * o, n, dst);
+      v[k] = dst;
+    }
+    if (n_ops == 1) {
+      if (v[0] != out) std::memcpy(out, v[0], sizeof(std::int32_t) * static_cast<std::size_t>(size));
+    } else if (n_ops == 2) {
+      // add_i32's two-input loop (saturated; its range flag only matters unclamped)
+      const bool in_range = add2_i32(v[0], v[1], size, clamped_ ? lo_ : kI32Min, clamped_ ? hi_ : kI32Max, out);
+      good &= clamped_ || in_range;
+    } else {
+      for (std::int64_t i = 0; i < size; ++i) {  // add_i32's int64 sums, in operand order
+        std::int64_t s = 0;
+        for (const std::int32_t* x : v) s += x[i];
+        if (clamped_) s = clamp64(s, lo_, hi_);
+        else good &= (s >= kI32Min) & (s <= kI32Max);
+        out[i] = static_cast<std::int32_t>(s);
       }
     }
-    if (!good) ok = false;
-  });
+    if (!tlo_.empty()) ks_->threshold_bits(out, n, o, tlo_.data(), thi_.data(), bits + rb * nw);
+  }
+  return good;
+}
+
+bool IntStream::run(int threads, const std::int32_t* const* xs, std::int64_t rows, std::int32_t* y,
+                    std::uint64_t* bits) const {
+  std::atomic<bool> ok{true};
+  parallel_rows(rows, 1.0 * static_cast<double>(o_ * static_cast<std::int64_t>(operands_.size())), threads,
+                [&](std::int64_t r0, std::int64_t r1) {
+                  if (!this->rows(xs, r0, r1, y, bits)) ok = false;
+                });
   return ok;
 }
 

@@ -1,4 +1,6 @@
 // DAG ops: residual adds, requantization, average pools, concatenation (bitflow/elementwise.h).
+#include <atomic>
+
 #include "common.h"
 
 namespace bitflow::pyb {
@@ -224,9 +226,137 @@ nb::object gather_channels(const AnyArray& x, const AnyArray& index) {
   throw nb::type_error(("gather_channels: x must have dtype float32, int32 or uint8, got " + dtype_name(d)).c_str());
 }
 
+// ------------------------------------------------------------------ IntStream
+using bitflow::ops::IntStream;
+
+void int_stream_init(IntStream* self, i64 o, const std::vector<nb::object>& operands, const nb::object& lo_,
+                     const nb::object& hi_, std::optional<AnyArray> thr_, std::optional<AnyArray> dir_, bool keep_y,
+                     const std::string& kernels) {
+  const char* fn = "IntStream";
+  const KernelSet& ks = kernels_arg(fn, kernels);
+  if (o < 1) fail(fn, "o must be >= 1");
+  if (operands.empty()) fail(fn, "needs at least one operand");
+  auto [lo, hi] = int32_range(fn, lo_, hi_);
+  std::vector<IntStream::Operand> ops;
+  for (const nb::object& spec : operands) {
+    IntStream::Operand op;
+    if (!spec.is_none()) {
+      // (m, b, shift, lo, hi): requant_i32's parameters
+      auto t = nb::cast<nb::tuple>(spec);
+      if (t.size() != 5) fail(fn, "a requantized operand is (m, b, shift, lo, hi)");
+      auto m = arg<std::int64_t>(nb::cast<AnyArray>(t[0]), fn, "m", 1);
+      auto b = arg<std::int64_t>(nb::cast<AnyArray>(t[1]), fn, "b", 1);
+      if (m.dim(0) != o || b.dim(0) != o) fail(fn, "m and b must have shape (" + std::to_string(o) + ",)");
+      const int shift = nb::cast<int>(t[2]);
+      if (shift < 0 || shift > 62) fail(fn, "shift must be in [0, 62], got " + std::to_string(shift));
+      auto [rlo, rhi] = int32_range(fn, t[3], t[4]);
+      op.requant = true;
+      op.rq = std::make_shared<const bitflow::ops::Requant>(m.data, b.data, o, shift, rlo, rhi);
+    }
+    ops.push_back(std::move(op));
+  }
+  const std::int32_t* thr = nullptr;
+  const std::int8_t* dir = nullptr;
+  std::optional<In<std::int32_t>> t;
+  std::optional<In<std::int8_t>> d;
+  if (thr_.has_value() != dir_.has_value()) fail(fn, "thr and direction go together");
+  if (thr_.has_value()) {
+    t = arg<std::int32_t>(*thr_, fn, "thr", 1);
+    d = arg<std::int8_t>(*dir_, fn, "direction", 1);
+    if (t->dim(0) != o || d->dim(0) != o) fail(fn, "thr and direction must have shape (" + std::to_string(o) + ",)");
+    for (i64 c = 0; c < o; ++c)
+      if (d->data[c] != 1 && d->data[c] != -1) fail(fn, "direction values must be +1 or -1");
+    thr = t->data;
+    dir = d->data;
+  }
+  if (!keep_y && thr == nullptr) fail(fn, "nothing to output (no threshold and keep_y=False)");
+  new (self) IntStream(ks, o, std::move(ops), lo, hi, thr, dir, keep_y);
+}
+
+nb::object int_stream_outputs(const IntStream& s, const std::vector<i64>& shape,
+                              const std::function<bool(std::int32_t*, std::uint64_t*)>& body) {
+  std::optional<Out<std::int32_t>> y;
+  std::optional<Out<std::uint64_t>> bits;
+  if (s.keeps_y()) y = make_out<std::int32_t>(shape);
+  if (s.has_threshold()) bits = make_out<std::uint64_t>(with_last(shape, words_for(s.channels())));
+  bool ok = true;
+  {
+    nb::gil_scoped_release release;
+    ok = body(y ? y->ptr : nullptr, bits ? bits->ptr : nullptr);
+  }
+  if (!ok) fail("IntStream", "a requantized value or a sum overflows int32 (no clamp range given)");
+  if (y && bits) return nb::make_tuple(y->array, bits->array);
+  if (y) return nb::cast(y->array);
+  return nb::cast(bits->array);
+}
+
+/// The int32 operands other than `skip` (none: -1), validated to one shape [..., o].
+std::vector<const std::int32_t*> int_stream_args(const char* fn, const IntStream& s, const std::vector<AnyArray>& xs,
+                                                 std::size_t skip, std::vector<i64>& shape) {
+  std::vector<const std::int32_t*> ptrs(s.operand_count(), nullptr);
+  const std::size_t want = s.operand_count() - (skip < s.operand_count() ? 1 : 0);
+  if (xs.size() != want) fail(fn, "expected " + std::to_string(want) + " operand arrays, got " + std::to_string(xs.size()));
+  for (std::size_t k = 0, j = 0; k < s.operand_count(); ++k) {
+    if (k == skip) continue;
+    auto in = arg<std::int32_t>(xs[j++], fn, "xs", -1);
+    if (in.dim(-1) != s.channels()) fail(fn, "operands must have " + std::to_string(s.channels()) + " channels in their last axis");
+    if (shape.empty()) shape = in.shape;
+    else if (in.shape != shape) fail(fn, "operands must have one shape (and the convolution's output shape)");
+    ptrs[k] = in.data;
+  }
+  return ptrs;
+}
+
+nb::object int_stream_call(const IntStream& s, const std::vector<AnyArray>& xs, int threads) {
+  const char* fn = "IntStream.__call__";
+  check_threads(fn, threads);
+  std::vector<i64> shape;
+  const auto ptrs = int_stream_args(fn, s, xs, static_cast<std::size_t>(-1), shape);
+  const i64 rows = rows_of(shape);
+  return int_stream_outputs(s, shape, [&](std::int32_t* y, std::uint64_t* b) { return s.run(threads, ptrs.data(), rows, y, b); });
+}
+
+nb::object int_stream_after(const IntStream& s, const BinaryLayer& layer, const AnyArray& x_,
+                            const std::vector<AnyArray>& others, std::size_t pos, int threads) {
+  const char* fn = "IntStream.after";
+  check_threads(fn, threads);
+  if (layer.is_int8() || layer.has_threshold() || layer.pool().on) fail(fn, "the layer must be a binary one with neither threshold nor pool");
+  if (pos >= s.operand_count()) fail(fn, "pos must name one of the stream's operands");
+  if (layer.out_channels() != s.channels()) fail(fn, "the layer's output channels differ from the stream's");
+  auto x = arg<std::uint64_t>(x_, fn, "x", 4);
+  if (x.dim(3) != words_for(layer.geom(1, 1, 1).c)) fail(fn, "x has the wrong number of channel words");
+  const auto g = layer.geom(x.dim(0), x.dim(1), x.dim(2));
+  if (g.h + 2 * g.ph < g.kh || g.w + 2 * g.pw < g.kw) fail(fn, "kernel is larger than the padded input");
+  std::vector<i64> shape = {g.n, g.ho(), g.wo(), layer.out_channels()};
+  std::vector<i64> oshape;
+  auto ptrs = int_stream_args(fn, s, others, pos, oshape);
+  if (!oshape.empty() && oshape != shape) fail(fn, "the other operands must have the convolution's output shape");
+  return int_stream_outputs(s, shape, [&](std::int32_t* y, std::uint64_t* b) {
+    if (g.n == 0) return true;
+    std::atomic<bool> ok{true};
+    layer.run_epilogue(threads, x.data, g.n, g.h, g.w, [&](const std::int32_t* acc, i64 m0, i64 m1) {
+      std::vector<const std::int32_t*> p = ptrs;  // per call: the helpers run blocks concurrently
+      p[pos] = acc;
+      if (!s.rows(p.data(), m0, m1, y, b)) ok = false;
+    });
+    return ok.load();
+  });
+}
+
 }  // namespace
 
 void bind_dag(nb::module_& m) {
+  nb::class_<IntStream>(m, "IntStream",
+      "The fused integer residual stream: per row, requant_i32 of the operands that have parameters, "
+      "add_i32 with clamp [lo, hi] (one operand: passed through), threshold_bits of the sum; the same "
+      "integers as the ops one by one.")
+      .def("__init__", &int_stream_init, "o"_a, "operands"_a, "lo"_a = nb::none(), "hi"_a = nb::none(),
+           "thr"_a = nb::none(), "direction"_a = nb::none(), "keep_y"_a = true, "kernels"_a = "")
+      .def("__call__", &int_stream_call, "xs"_a, "threads"_a = 1,
+           "int32 operands [..., O] -> y int32 [..., O], bits uint64 [..., ceil(O/64)] or the tuple (y, bits).")
+      .def("after", &int_stream_after, "layer"_a, "x"_a, "others"_a, "pos"_a = 0, "threads"_a = 1,
+           "Operand `pos` computed by a prepared BinaryLayer (no threshold, no pool) on x, consumed in its "
+           "epilogue block by block; others: the other operands in order. Returns like __call__.");
   m.def("add_f32", &add_f32, "xs"_a, "Elementwise sum of >= 2 float32 arrays of one shape, left to right in float32.");
   m.def("add_i32", &add_i32, "xs"_a, "lo"_a = nb::none(), "hi"_a = nb::none(), "threads"_a = 1,
         "Exact elementwise sum of >= 2 int32 arrays of one shape, saturated to [lo, hi] when given "

@@ -88,6 +88,7 @@ NATIVE_NON_OPS = frozenset(
         "BinaryLayer",
         "Int8ConvLayer",
         "FloatStream",  # the engine's fused plan: affine chains -> add_f32 -> threshold_f32_bits
+        "IntStream",  # the engine's fused plan: requant_i32 -> add_i32 -> threshold_bits
         "maxpool_f32_fast",  # the engine's fused plan: maxpool_f32 vectorized and threaded
     }
 )

@@ -15,6 +15,7 @@
 //            checked by the caller to lie in [0, cols)).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "bitflow/ops.h"
@@ -24,10 +25,60 @@ namespace bitflow::ops {
 void add_f32(const std::vector<const float*>& xs, std::int64_t size, float* out);
 bool add_i32(const std::vector<const std::int32_t*>& xs, std::int64_t size, std::int64_t lo, std::int64_t hi,
              std::int32_t* out, int threads = 1);
+/// requant_i32's parameters prepared once (the int64 / 128-bit choice): rows() computes n rows
+/// of cols values, returning false when an unclamped result leaves int32.
+struct Requant {
+  Requant(const std::int64_t* m, const std::int64_t* b, std::int64_t cols, int shift, std::int64_t lo,
+          std::int64_t hi);
+  bool rows(const std::int32_t* x, std::int64_t n, std::int32_t* y) const;
+  std::vector<std::int64_t> m, b;
+  int shift;
+  bool clamped = false, narrow = true;
+  std::int64_t flo = 0, fhi = 0, xlim = 0;
+  std::vector<std::int32_t> m32;
+};
 /// x [rows, cols] int32, m/b [cols] int64 -> [rows, cols] int32.
 bool requant_i32(const std::int32_t* x, std::int64_t rows, std::int64_t cols, const std::int64_t* m,
                  const std::int64_t* b, int shift, std::int64_t lo, std::int64_t hi, std::int32_t* out,
                  int threads = 1);
+/// The fused integer residual stream (the engine's one-pass form of requant_i32 -> add_i32 ->
+/// threshold_bits, issue 10 section 3): per row of o channels, each operand is an int32 value
+/// or its requant_i32, the operands are summed by add_i32 (with its clamp [lo, hi]; a single
+/// operand is passed through), and the sum is kept and / or thresholded to bits (threshold_bits:
+/// bit 1 iff y >= thr for direction +1, y <= thr for -1). The same integer operations as the
+/// ops one by one, so the same integers and bits for any thread count. rows() and run()
+/// return false when an unclamped requantization or sum leaves int32 (the ops' error). Like
+/// FloatStream it can be the epilogue of a prepared binary convolution.
+class IntStream {
+ public:
+  struct Operand {
+    bool requant = false;
+    std::shared_ptr<const Requant> rq;
+  };
+  IntStream(const KernelSet& ks, std::int64_t o, std::vector<Operand> operands, std::int64_t lo, std::int64_t hi,
+            const std::int32_t* thr, const std::int8_t* dir, bool keep_y);
+  std::int64_t channels() const { return o_; }
+  std::size_t operand_count() const { return operands_.size(); }
+  const Operand& operand(std::size_t k) const { return operands_[k]; }
+  bool has_threshold() const { return !tlo_.empty(); }
+  bool keeps_y() const { return keep_y_; }
+  /// Rows [r0, r1): xs[k] is operand k's [rows, o] base pointer; y [rows, o] (when keeps_y),
+  /// bits [rows, words_for(o)] (when has_threshold).
+  bool rows(const std::int32_t* const* xs, std::int64_t r0, std::int64_t r1, std::int32_t* y,
+            std::uint64_t* bits) const;
+  bool run(int threads, const std::int32_t* const* xs, std::int64_t rows, std::int32_t* y,
+           std::uint64_t* bits) const;
+
+ private:
+  const KernelSet* ks_;
+  std::int64_t o_;
+  std::vector<Operand> operands_;
+  std::int64_t lo_, hi_;
+  bool clamped_ = false;
+  std::vector<std::int32_t> tlo_, thi_;
+  bool keep_y_;
+};
+
 void affine_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* scale, const float* bias,
                 float* out);
 void relu_f32(const float* x, std::int64_t size, float* out);
