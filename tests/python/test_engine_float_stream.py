@@ -253,7 +253,9 @@ def test_fused_plan_equals_op_by_op_plan_on_residual_networks(
         types = {o.name: o.type for o in graph.ops}
         kinds = [{types[o] for o in s.ops} for s in eng._plan]
         assert sum({"bconv2d", "requant_i32", "add_i32", "threshold_bits"} <= k for k in kinds) >= 3
-    if kw.get("first_layer") == "int8" and kw.get("stem") == "imagenet":
+    if kw.get("stem") == "imagenet" and (
+        kw.get("first_layer") == "int8" or kw.get("residual") == "int"
+    ):
         assert _pool_first_steps(eng) == 1  # the stem pooled on int32 (its BN has gammas < 0)
 
 
@@ -262,7 +264,9 @@ def _pool_first_steps(eng: Engine) -> int:
     return sum(
         1
         for s in eng._plan
-        if types[s.ops[0]] == "conv2d_u8i8" and "maxpool_f32" in {types[o] for o in s.ops}
+        if types[s.ops[0]] == "conv2d_u8i8"
+        and {"maxpool_f32", "maxpool_i32"} & {types[o] for o in s.ops}
+        and len(s.ops) > 2
     )
 
 
@@ -393,3 +397,73 @@ def test_native_float_input_layout_equals_the_reference_preprocessing(
         y[1, 2, 6, 4] = bad
         with pytest.raises(ValueError, match="NaN or infinity"):
             N.nhwc_f32(y, threads)
+
+
+def _int_stem_graph(
+    m: np.ndarray, b: np.ndarray, w: np.ndarray, clamp: list[int] | None, shift: int = 12
+) -> Graph:
+    o = w.shape[0]
+    rng = np.random.default_rng(3)
+    tensors = {
+        "w": w,
+        "m": m,
+        "b": b,
+        "thr": rng.integers(-50, 50, size=o).astype(np.int32),
+        "dir": np.where(rng.random(o) < 0.5, 1, -1).astype(np.int8),
+        "sc": np.full(o, 0.5, np.float32),
+        "bi": np.zeros(o, np.float32),
+    }
+    tensors["wb"] = pack_bits(rng.random((o, 1, 1, o)) < 0.5)
+    one = {"stride": [1, 1], "padding": [0, 0]}
+    rq_attrs: dict = {"shift": shift, **({"clamp": clamp} if clamp else {})}
+    pool = {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1]}
+    ops = [
+        Op("conv2d_u8i8", "c", ["input"], ["c"], {"stride": [2, 2], "padding": [3, 3]}, {"w": "w"}),
+        Op("requant_i32", "rq", ["c"], ["rq"], rq_attrs, {"m": "m", "b": "b"}),
+        Op("maxpool_i32", "p", ["rq"], ["p"], pool),
+        Op("threshold_bits", "t", ["p"], ["t"], {}, {"thr": "thr", "direction": "dir"}),
+        Op("scale_bias", "s", ["p"], ["s"], {}, {"scale": "sc", "bias": "bi"}),
+        Op("bconv2d", "bc", ["t"], ["bc"], {**one, "channels": o, "pad_value": 0}, {"w": "wb"}),
+        Op("scale_bias", "s2", ["bc"], ["s2"], {}, {"scale": "sc", "bias": "bi"}),
+        Op("add_f32", "a", ["s", "s2"], ["a"]),
+        Op("global_avgpool_f32", "gap", ["a"], ["gap"]),
+        Op("flatten", "fl", ["gap"], ["out"]),
+    ]
+    g = Graph(InputSpec(3, 21, 19, "uint8"), ops, tensors, "out", mode="mixed")
+    g.validate()
+    return g
+
+
+def test_int_stem_pooled_before_its_requantization_is_exact() -> None:
+    """conv2d_u8i8 -> requant_i32 -> maxpool_i32 -> threshold_bits runs as conv -> int32 pool
+    -> requant + threshold (Engine._pool_first_int): the same integers and bits as the ops one
+    by one, with multipliers of both signs and zero, clamped or not; refused where a weight to
+    negate is -128 or an unclamped requantization could overflow."""
+    rng = np.random.default_rng(11)
+    o = 36
+    w = rng.integers(-127, 128, size=(o, 7, 7, 3)).astype(np.int8)
+    m = rng.integers(-(2**12), 2**12, size=o).astype(np.int64)
+    m[:3] = 0
+    b = rng.integers(-(2**20), 2**20, size=o).astype(np.int64)
+    w[m >= 0, 1, 1, 1] = -128  # only channels that are not negated
+    xs = [rng.random((3, 3, 21, 19), dtype=np.float32), np.ones((1, 3, 21, 19), np.float32)]
+
+    def check(g: Graph, fused: bool) -> None:
+        for kernels in KERNELS:
+            for threads in (1, 2):
+                eng = Engine(g, kernels=kernels, threads=threads)
+                assert _pool_first_steps(eng) == int(fused)
+                for x in xs:
+                    want = eng.run(x, keep=True)
+                    env = {g.input.name: eng._prepare(x)}
+                    for step in eng._plan:
+                        env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
+                    for v in ("p", "t", "out"):
+                        assert env[v].tobytes() == want[v].tobytes(), (kernels, threads, v)
+
+    check(_int_stem_graph(m, b, w, [-300, 300]), True)
+    check(_int_stem_graph(m, b, w, None), True)  # |q| <= 255 * 147 * 128 * 2^12 / 2^12 fits
+    w128 = w.copy()
+    w128[np.argmax(m < 0), 2, 2, 2] = -128
+    check(_int_stem_graph(m, b, w128, [-300, 300]), False)
+    check(_int_stem_graph(m * 2**10, b, w, None), False)  # 255 * sum |w| * 2^22 / 2^12 > 2^31

@@ -213,6 +213,9 @@ class Engine:
         steps: dict[int, Step] = {}
         absorbed: set[int] = set()
         for i, pool in enumerate(ops):
+            if pool.type == "maxpool_i32":
+                self._pool_first_int(ops, i, producer, private, steps, absorbed)
+                continue
             if pool.type != "maxpool_f32":
                 continue
             stages: list[tuple[np.ndarray, np.ndarray]] = []
@@ -256,6 +259,91 @@ class Engine:
             )
             absorbed.update([producer[v], *taken, *([thr_i] if thr_i is not None else [])])
         return steps, absorbed
+
+    def _pool_first_int(
+        self,
+        ops: list[Any],
+        i: int,
+        producer: dict[str, int],
+        private: Callable[[str], bool],
+        steps: dict[int, Step],
+        absorbed: set[int],
+    ) -> None:
+        """The integer form of :meth:`_fuse_pool_first`: ``conv2d_u8i8 -> requant_i32 ->
+        maxpool_i32 [-> threshold_bits]`` (the fixed-point stem of the integer residual stream)
+        runs as conv -> int32 max-pool -> requant (an :class:`IntStream` with the threshold).
+        ``q(x) = clamp(floor((x m + b) / 2^shift))`` is non-decreasing in x for m >= 0 and
+        non-increasing for m < 0, so the pool commutes with it; a channel with m < 0 is pooled
+        on -x (its int8 weights and m negated: (-x)(-m) = x m). Integers: no ties to worry
+        about. Refused where a weight to negate is -128, or where an unclamped requantization
+        could leave int32 for a value the pool drops (the ops would raise; bounded from
+        255 * sum |w|). Adds the step to ``steps`` at the pool's index."""
+        g, th = self.graph, self.threads
+        pool = ops[i]
+        v = pool.inputs[0]
+        if v not in producer or not private(v) or ops[producer[v]].type != "requant_i32":
+            return
+        rq = ops[producer[v]]
+        u = rq.inputs[0]
+        if u not in producer or not private(u) or ops[producer[u]].type != "conv2d_u8i8":
+            return
+        conv = ops[producer[u]]
+        w = g.tensors[conv.params["w"]]
+        o = w.shape[0]
+        m, b = g.tensors[rq.params["m"]], g.tensors[rq.params["b"]]
+        shift = int(rq.attrs["shift"])
+        lo, hi = rq.attrs.get("clamp", (None, None))
+        if lo is None:
+            bound = np.abs(w.reshape(o, -1).astype(np.int64)).sum(axis=1) * 255
+            for c in range(o):
+                q = (int(bound[c]) * abs(int(m[c])) + abs(int(b[c]))) // 2**shift + 1
+                if q > 2**31 - 1:
+                    return
+        flip = m < 0
+        if bool(np.any(w[flip] == -128)):
+            return
+        w2 = np.ascontiguousarray(np.where(flip.reshape(-1, 1, 1, 1), -w, w))
+        m2 = np.ascontiguousarray(np.where(flip, -m, m))
+        y = pool.outputs[0]
+        readers = [k for k, r in enumerate(ops) if y in r.inputs]
+        thr_i = next(
+            (
+                k
+                for k in readers
+                if ops[k].type == "threshold_bits" and g.tensors[ops[k].params["thr"]].shape == (o,)
+            ),
+            None,
+        )
+        keep_y = thr_i is None or len(readers) > 1 or y == g.output
+        thr = ops[thr_i] if thr_i is not None else None
+        kw: dict[str, Any] = {}
+        if thr is not None:
+            kw = {
+                "thr": g.tensors[thr.params["thr"]],
+                "direction": g.tensors[thr.params["direction"]],
+            }
+        ist = N.IntStream(o, [(m2, b, shift, lo, hi)], keep_y=keep_y, kernels=self.kernels, **kw)
+        a, pa = conv.attrs, pool.attrs
+        layer = N.Int8ConvLayer(
+            w2,
+            tuple(a["stride"]),
+            tuple(a["padding"]),
+            kernels=self.kernels,
+            pool_kernel=tuple(pa["kernel"]),
+            pool_stride=tuple(pa["stride"]),
+            pool_padding=tuple(pa["padding"]),
+        )
+        outs = ([y] if keep_y else []) + ([thr.outputs[0]] if thr is not None else [])
+        names = (conv.name, rq.name, pool.name, *([thr.name] if thr is not None else []))
+        steps[i] = Step(
+            (conv.inputs[0],),
+            outs[0],
+            lambda xs: ist([layer(xs[0], th)], th),
+            names,
+            (),
+            tuple(outs[1:]),
+        )
+        absorbed.update([producer[u], producer[v], *([thr_i] if thr_i is not None else [])])
 
     def _pool_first_step(
         self,
