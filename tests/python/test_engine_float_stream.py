@@ -270,6 +270,23 @@ def _pool_first_steps(eng: Engine) -> int:
     )
 
 
+def _check_pool_first(g: Graph, xs: list[np.ndarray], fused: bool) -> None:
+    """Every value the fused plan computes equals the op-by-op plan's, bit for bit, on every
+    kernel set and thread count; ``fused``: whether the pool-first step is in the plan."""
+    for kernels in KERNELS:
+        for threads in (1, 2):
+            eng = Engine(g, kernels=kernels, threads=threads)
+            assert _pool_first_steps(eng) == int(fused)
+            for x in xs:
+                want = eng.run(x, keep=True)
+                env = {g.input.name: eng._prepare(x)}
+                for step in eng._plan:
+                    env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
+                assert "out" in env and ("p" in env or "t" in env)
+                for v, arr in env.items():
+                    assert arr.tobytes() == want[v].tobytes(), (kernels, threads, v)
+
+
 def _stem_graph(
     rng: np.random.Generator,
     o: int,
@@ -345,37 +362,25 @@ def test_stem_pooled_on_int32_before_its_affine_chain_is_bit_exact() -> None:
         np.ones((1, 3, 21, 19), np.float32),
     ]
 
-    def check(g: Graph, fused: bool) -> None:
-        for kernels in KERNELS:
-            for threads in (1, 2):
-                eng = Engine(g, kernels=kernels, threads=threads)
-                assert _pool_first_steps(eng) == int(fused)
-                for x in xs:
-                    want = eng.run(x, keep=True)
-                    env = {g.input.name: eng._prepare(x)}
-                    for step in eng._plan:
-                        env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
-                    assert "out" in env and ("p" in env or "t" in env)
-                    for v, arr in env.items():
-                        assert arr.tobytes() == want[v].tobytes(), (kernels, threads, v)
-
-    check(_stem_graph(rng, o, st, w), True)
-    check(_stem_graph(rng, o, st, w, thr=True), True)  # the bits alone come out of the step
+    _check_pool_first(_stem_graph(rng, o, st, w), xs, True)
+    _check_pool_first(
+        _stem_graph(rng, o, st, w, thr=True), xs, True
+    )  # the bits alone come out of the step
     # refused: a last bias of -0.0; a -128 weight in a decreasing channel; a scale that could
     # overflow float32
     # channel 20: a zero scale after sums of both signs gives +-0 ties, kept as -0 by a last
     # bias of -0.0 (the float pool keeps the first of a tie, the rewrite one fixed zero)
     neg0 = [(st[0][0].copy(), st[0][1].copy()), (st[1][0].copy(), st[1][1].copy())]
     neg0[0][1][20], neg0[1][0][20], neg0[1][1][20] = 0.0, 0.0, -0.0
-    check(_stem_graph(rng, o, neg0, w), False)
+    _check_pool_first(_stem_graph(rng, o, neg0, w), xs, False)
     w128 = w.copy()
     w128[np.argmax(flip), 3, 3, 1] = -128
-    check(_stem_graph(rng, o, st, w128), False)
+    _check_pool_first(_stem_graph(rng, o, st, w128), xs, False)
     # channel 30: sums beyond 3.4e4 overflow to -inf, and times 0 give NaN, while the small
     # ones stay finite: f is not monotone, and a window's maximum need not be where the NaN is
     big = [(st[0][0].copy(), st[0][1]), (st[1][0].copy(), st[1][1])]
     big[0][0][30], big[1][0][30] = -1e34, 0.0
-    check(_stem_graph(rng, o, big, w), False)
+    _check_pool_first(_stem_graph(rng, o, big, w), xs, False)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -448,22 +453,13 @@ def test_int_stem_pooled_before_its_requantization_is_exact() -> None:
     w[m >= 0, 1, 1, 1] = -128  # only channels that are not negated
     xs = [rng.random((3, 3, 21, 19), dtype=np.float32), np.ones((1, 3, 21, 19), np.float32)]
 
-    def check(g: Graph, fused: bool) -> None:
-        for kernels in KERNELS:
-            for threads in (1, 2):
-                eng = Engine(g, kernels=kernels, threads=threads)
-                assert _pool_first_steps(eng) == int(fused)
-                for x in xs:
-                    want = eng.run(x, keep=True)
-                    env = {g.input.name: eng._prepare(x)}
-                    for step in eng._plan:
-                        env.update(step.outputs(step.fn([env[v] for v in step.srcs])))
-                    for v in ("p", "t", "out"):
-                        assert env[v].tobytes() == want[v].tobytes(), (kernels, threads, v)
-
-    check(_int_stem_graph(m, b, w, [-300, 300]), True)
-    check(_int_stem_graph(m, b, w, None), True)  # |q| <= 255 * 147 * 128 * 2^12 / 2^12 fits
+    _check_pool_first(_int_stem_graph(m, b, w, [-300, 300]), xs, True)
+    _check_pool_first(
+        _int_stem_graph(m, b, w, None), xs, True
+    )  # |q| <= 255 * 147 * 128 * 2^12 / 2^12 fits
     w128 = w.copy()
     w128[np.argmax(m < 0), 2, 2, 2] = -128
-    check(_int_stem_graph(m, b, w128, [-300, 300]), False)
-    check(_int_stem_graph(m * 2**10, b, w, None), False)  # 255 * sum |w| * 2^22 / 2^12 > 2^31
+    _check_pool_first(_int_stem_graph(m, b, w128, [-300, 300]), xs, False)
+    _check_pool_first(
+        _int_stem_graph(m * 2**10, b, w, None), xs, False
+    )  # 255 * sum |w| * 2^22 / 2^12 > 2^31

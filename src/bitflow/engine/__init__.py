@@ -213,62 +213,78 @@ class Engine:
         steps: dict[int, Step] = {}
         absorbed: set[int] = set()
         for i, pool in enumerate(ops):
-            if pool.type == "maxpool_i32":
-                self._pool_first_int(ops, i, producer, private, steps, absorbed)
+            if pool.type == "maxpool_f32":
+                match = self._pool_first_float(ops, pool, producer, private)
+            elif pool.type == "maxpool_i32":
+                match = self._pool_first_int(ops, pool, producer, private)
+            else:
                 continue
-            if pool.type != "maxpool_f32":
+            if match is None:
                 continue
-            stages: list[tuple[np.ndarray, np.ndarray]] = []
-            taken: list[int] = []
-            v = pool.inputs[0]
-            while (
-                v in producer
-                and private(v)
-                and ops[producer[v]].type in ("affine_f32", "scale_bias")
-            ):
-                j = producer[v]
-                p = ops[j]
-                stages.insert(0, (g.tensors[p.params["scale"]], g.tensors[p.params["bias"]]))
-                taken.append(j)
-                v = p.inputs[0]
-                if p.type == "scale_bias":
-                    break
-            if not stages or v not in producer or not private(v):
-                continue
-            conv = ops[producer[v]]
-            if conv.type != "conv2d_u8i8" or ops[taken[-1]].type != "scale_bias":
-                continue
-            # a threshold_f32_bits of the pooled value joins the stream (its bits in the same pass)
+            chain, thr_type, build = match
+            # a threshold of the pooled value joins the step (its bits from the same pass)
             y = pool.outputs[0]
+            o = self.values[y].shape[-1]
             readers = [k for k, r in enumerate(ops) if y in r.inputs]
-            thr_i = next((k for k in readers if ops[k].type == "threshold_f32_bits"), None)
+            thr_i = next(
+                (
+                    k
+                    for k in readers
+                    if ops[k].type == thr_type and g.tensors[ops[k].params["thr"]].shape == (o,)
+                ),
+                None,
+            )
             keep_y = thr_i is None or len(readers) > 1 or y == g.output
             thr = ops[thr_i] if thr_i is not None else None
-            fn = self._pool_first_step(conv, stages, pool, thr, keep_y)
+            fn = build(thr, keep_y)
             if fn is None:
                 continue
-            chain_ops = [conv, *(ops[j] for j in sorted(taken)), pool]
             outs = ([y] if keep_y else []) + ([thr.outputs[0]] if thr is not None else [])
+            names = [ops[j].name for j in sorted(chain)] + [pool.name]
             steps[i] = Step(
-                (conv.inputs[0],),
+                (ops[min(chain)].inputs[0],),
                 outs[0],
                 fn,
-                tuple(o.name for o in (*chain_ops, *([thr] if thr is not None else []))),
+                tuple(names + ([thr.name] if thr is not None else [])),
                 (),
                 tuple(outs[1:]),
             )
-            absorbed.update([producer[v], *taken, *([thr_i] if thr_i is not None else [])])
+            absorbed.update([*chain, *([thr_i] if thr_i is not None else [])])
         return steps, absorbed
 
+    def _pool_first_float(
+        self, ops: list[Any], pool: Any, producer: dict[str, int], private: Callable[[str], bool]
+    ) -> tuple[list[int], str, Callable[[Any | None, bool], TableKernel | None]] | None:
+        """The float match of :meth:`_fuse_pool_first`: (the indices of the convolution and
+        its affine chain, the threshold op type that may join, the step builder) or None."""
+        g = self.graph
+        stages: list[tuple[np.ndarray, np.ndarray]] = []
+        taken: list[int] = []
+        v = pool.inputs[0]
+        while (
+            v in producer and private(v) and ops[producer[v]].type in ("affine_f32", "scale_bias")
+        ):
+            j = producer[v]
+            p = ops[j]
+            stages.insert(0, (g.tensors[p.params["scale"]], g.tensors[p.params["bias"]]))
+            taken.append(j)
+            v = p.inputs[0]
+            if p.type == "scale_bias":
+                break
+        if not stages or v not in producer or not private(v):
+            return None
+        conv = ops[producer[v]]
+        if conv.type != "conv2d_u8i8" or ops[taken[-1]].type != "scale_bias":
+            return None
+        return (
+            [producer[v], *taken],
+            "threshold_f32_bits",
+            lambda thr, keep_y: self._pool_first_step(conv, stages, pool, thr, keep_y),
+        )
+
     def _pool_first_int(
-        self,
-        ops: list[Any],
-        i: int,
-        producer: dict[str, int],
-        private: Callable[[str], bool],
-        steps: dict[int, Step],
-        absorbed: set[int],
-    ) -> None:
+        self, ops: list[Any], pool: Any, producer: dict[str, int], private: Callable[[str], bool]
+    ) -> tuple[list[int], str, Callable[[Any | None, bool], TableKernel | None]] | None:
         """The integer form of :meth:`_fuse_pool_first`: ``conv2d_u8i8 -> requant_i32 ->
         maxpool_i32 [-> threshold_bits]`` (the fixed-point stem of the integer residual stream)
         runs as conv -> int32 max-pool -> requant (an :class:`IntStream` with the threshold).
@@ -277,16 +293,15 @@ class Engine:
         on -x (its int8 weights and m negated: (-x)(-m) = x m). Integers: no ties to worry
         about. Refused where a weight to negate is -128, or where an unclamped requantization
         could leave int32 for a value the pool drops (the ops would raise; bounded from
-        255 * sum |w|). Adds the step to ``steps`` at the pool's index."""
+        255 * sum |w|). Returns like :meth:`_pool_first_float`."""
         g, th = self.graph, self.threads
-        pool = ops[i]
         v = pool.inputs[0]
         if v not in producer or not private(v) or ops[producer[v]].type != "requant_i32":
-            return
+            return None
         rq = ops[producer[v]]
         u = rq.inputs[0]
         if u not in producer or not private(u) or ops[producer[u]].type != "conv2d_u8i8":
-            return
+            return None
         conv = ops[producer[u]]
         w = g.tensors[conv.params["w"]]
         o = w.shape[0]
@@ -298,34 +313,30 @@ class Engine:
             for c in range(o):
                 q = (int(bound[c]) * abs(int(m[c])) + abs(int(b[c]))) // 2**shift + 1
                 if q > 2**31 - 1:
-                    return
+                    return None
         flip = m < 0
         if bool(np.any(w[flip] == -128)):
-            return
-        w2 = np.ascontiguousarray(np.where(flip.reshape(-1, 1, 1, 1), -w, w))
+            return None
         m2 = np.ascontiguousarray(np.where(flip, -m, m))
-        y = pool.outputs[0]
-        readers = [k for k, r in enumerate(ops) if y in r.inputs]
-        thr_i = next(
-            (
-                k
-                for k in readers
-                if ops[k].type == "threshold_bits" and g.tensors[ops[k].params["thr"]].shape == (o,)
-            ),
-            None,
-        )
-        keep_y = thr_i is None or len(readers) > 1 or y == g.output
-        thr = ops[thr_i] if thr_i is not None else None
-        kw: dict[str, Any] = {}
-        if thr is not None:
-            kw = {
-                "thr": g.tensors[thr.params["thr"]],
-                "direction": g.tensors[thr.params["direction"]],
-            }
-        ist = N.IntStream(o, [(m2, b, shift, lo, hi)], keep_y=keep_y, kernels=self.kernels, **kw)
+        layer = self._pooled_u8_layer(conv, np.where(flip.reshape(-1, 1, 1, 1), -w, w), pool)
+
+        def build(thr: Any | None, keep_y: bool) -> TableKernel:
+            ist = N.IntStream(
+                o,
+                [(m2, b, shift, lo, hi)],
+                keep_y=keep_y,
+                kernels=self.kernels,
+                **self._thr_kw(thr),
+            )
+            return lambda xs: ist([layer(xs[0], th)], th)
+
+        return [producer[u], producer[v]], "threshold_bits", build
+
+    def _pooled_u8_layer(self, conv: Any, w: np.ndarray, pool: Any) -> Any:
+        """``conv``'s prepared int8 layer with weights ``w`` and ``pool``'s int32 max-pool."""
         a, pa = conv.attrs, pool.attrs
-        layer = N.Int8ConvLayer(
-            w2,
+        return N.Int8ConvLayer(
+            np.ascontiguousarray(w),
             tuple(a["stride"]),
             tuple(a["padding"]),
             kernels=self.kernels,
@@ -333,17 +344,16 @@ class Engine:
             pool_stride=tuple(pa["stride"]),
             pool_padding=tuple(pa["padding"]),
         )
-        outs = ([y] if keep_y else []) + ([thr.outputs[0]] if thr is not None else [])
-        names = (conv.name, rq.name, pool.name, *([thr.name] if thr is not None else []))
-        steps[i] = Step(
-            (conv.inputs[0],),
-            outs[0],
-            lambda xs: ist([layer(xs[0], th)], th),
-            names,
-            (),
-            tuple(outs[1:]),
-        )
-        absorbed.update([producer[u], producer[v], *([thr_i] if thr_i is not None else [])])
+
+    def _thr_kw(self, thr: Any | None) -> dict[str, Any]:
+        """The ``thr`` / ``direction`` keywords of a stream for threshold op ``thr`` (or none)."""
+        if thr is None:
+            return {}
+        g = self.graph
+        return {
+            "thr": g.tensors[thr.params["thr"]],
+            "direction": g.tensors[thr.params["direction"]],
+        }
 
     def _pool_first_step(
         self,
@@ -373,32 +383,16 @@ class Engine:
         flip = np.prod(np.sign(scales), axis=0) < 0
         if bool(np.any(w[flip] == -128)):
             return None
-        w2 = np.ascontiguousarray(np.where(flip.reshape(-1, 1, 1, 1), -w, w))
         s1 = np.ascontiguousarray(np.where(flip, -stages[0][0], stages[0][0]))
-        a, pa = conv.attrs, pool.attrs
-        kw: dict[str, Any] = {}
-        if thr is not None:
-            kw = {
-                "thr": g.tensors[thr.params["thr"]],
-                "direction": g.tensors[thr.params["direction"]],
-            }
         fs = N.FloatStream(
             o,
             [True],
             [[(s1, stages[0][1]), *stages[1:]]],
             keep_y=keep_y,
             kernels=self.kernels,
-            **kw,
+            **self._thr_kw(thr),
         )
-        layer = N.Int8ConvLayer(
-            w2,
-            tuple(a["stride"]),
-            tuple(a["padding"]),
-            kernels=self.kernels,
-            pool_kernel=tuple(pa["kernel"]),
-            pool_stride=tuple(pa["stride"]),
-            pool_padding=tuple(pa["padding"]),
-        )
+        layer = self._pooled_u8_layer(conv, np.where(flip.reshape(-1, 1, 1, 1), -w, w), pool)
         return lambda xs: fs([layer(xs[0], th)], th)
 
     def _fuse_streams(
@@ -495,12 +489,7 @@ class Engine:
             else:
                 continue
             o = self.values[y if op.type != "threshold_f32_bits" else op.inputs[0]].shape[-1]
-            kw: dict[str, Any] = {}
-            if thr_op is not None:
-                kw = {
-                    "thr": g.tensors[thr_op.params["thr"]],
-                    "direction": g.tensors[thr_op.params["direction"]],
-                }
+            kw = self._thr_kw(thr_op)
             fs = N.FloatStream(
                 o,
                 [od[1] for od in operands],
@@ -603,12 +592,7 @@ class Engine:
             thr_op = ops[thr_i] if thr_i is not None else None
             keep_y = thr_op is None or uses.get(y, 0) > 1 or y == g.output
             lo, hi = op.attrs.get("clamp", (None, None))
-            kw: dict[str, Any] = {}
-            if thr_op is not None:
-                kw = {
-                    "thr": g.tensors[thr_op.params["thr"]],
-                    "direction": g.tensors[thr_op.params["direction"]],
-                }
+            kw = self._thr_kw(thr_op)
             ist = N.IntStream(
                 o,
                 [spec for _, spec, _ in operands],

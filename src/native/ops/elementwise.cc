@@ -26,6 +26,22 @@ constexpr std::int64_t kI32Max = std::numeric_limits<std::int32_t>::max();
 
 inline std::int64_t clamp64(std::int64_t v, std::int64_t lo, std::int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// One row of int64 requantization, q = (x m + b) >> shift clamped to [lo, hi]; returns nonzero
+// when some q lay outside [lo, hi]. Inlined into each target clone below (M: int32 or int64).
+template <class M>
+inline __attribute__((always_inline)) std::int64_t requant_cols(const std::int32_t* __restrict xr, std::int64_t cols,
+                                                                const M* __restrict m, const std::int64_t* __restrict b,
+                                                                int shift, std::int64_t lo, std::int64_t hi,
+                                                                std::int32_t* __restrict yr) {
+  std::int64_t out_of_range = 0;
+  for (std::int64_t c = 0; c < cols; ++c) {
+    const std::int64_t q = (std::int64_t{xr[c]} * std::int64_t{m[c]} + b[c]) >> shift;
+    out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
+    yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
+  }
+  return out_of_range;
+}
+
 // Rows of the narrow requantization (|m| < 2^31: a 32 x 32 -> 64-bit product, exact in int64
 // with |b| < 2^62), clamped to [lo, hi] (the int32 range when unclamped; the caller then checks
 // the range separately). Built for AVX-512 / AVX2 / baseline and picked at load time (GCC
@@ -40,11 +56,7 @@ bool requant_rows_narrow(const std::int32_t* __restrict x, std::int64_t rows, st
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int32_t* __restrict xr = x + r * cols;
     std::int32_t* __restrict yr = y + r * cols;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const std::int64_t q = (std::int64_t{xr[c]} * std::int64_t{m32[c]} + b[c]) >> shift;
-      out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
-      yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
-    }
+    out_of_range |= requant_cols(xr, cols, m32, b, shift, lo, hi, yr);
   }
   return out_of_range == 0;
 }
@@ -69,11 +81,7 @@ bool requant_rows_wide(const std::int32_t* __restrict x, std::int64_t rows, std:
       amax = std::max(amax, v < 0 ? -v : v);
     }
     if (amax <= xlim) {
-      for (std::int64_t c = 0; c < cols; ++c) {
-        const std::int64_t q = (std::int64_t{xr[c]} * m[c] + b[c]) >> shift;
-        out_of_range |= static_cast<std::int64_t>(q < lo) | static_cast<std::int64_t>(q > hi);
-        yr[c] = static_cast<std::int32_t>(q < lo ? lo : (q > hi ? hi : q));
-      }
+      out_of_range |= requant_cols(xr, cols, m, b, shift, lo, hi, yr);
     } else {
       for (std::int64_t c = 0; c < cols; ++c) {
         const __int128 q = (static_cast<__int128>(xr[c]) * m[c] + b[c]) >> shift;
