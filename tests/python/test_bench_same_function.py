@@ -170,3 +170,30 @@ def test_bench_reports_the_same_function_check(tmp_path: Path) -> None:
     for a in ch["same_function"].values():
         assert a["unexplained"] == 0 and a["samples"] == 2
     assert "same function as the engine ok" in B.format_report(res)
+
+
+def test_bench_skips_onnxruntime_with_a_note_where_the_graph_cannot_be_exported() -> None:
+    """A requantization whose |x m + b| may pass 2^53 has no exact ONNX form (float64): the
+    bench reports the ONNX Runtime baselines as skipped, naming the op, instead of failing."""
+    pytest.importorskip("onnxruntime")
+    graph, _ = B.zoo_model("bireal_resnet20", width=8, residual="int")
+    rq = next(op for op in graph.ops if op.type == "requant_i32")
+    # the same function with 2^20 larger multipliers: beyond exact float64 in ONNX
+    graph.tensors[rq.params["m"]] = graph.tensors[rq.params["m"]] * 2**20
+    graph.tensors[rq.params["b"]] = graph.tensors[rq.params["b"]] * 2**20
+    rq.attrs["shift"] = int(rq.attrs["shift"]) + 20
+    res = B.bench(
+        graph,
+        threads=[1],
+        batches=[1],
+        repeat=1,
+        warmup=0,
+        baselines=["ort"],
+        layers=False,
+        probe_seconds=0,
+    )
+    assert any(
+        n.startswith("ort_fp32_ms and ort_int8_ms skipped") and rq.name in n and "2^53" in n
+        for n in res["notes"]
+    ), res["notes"]
+    assert "ort_fp32" not in res["checks"]["same_function"]

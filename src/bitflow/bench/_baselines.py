@@ -159,6 +159,14 @@ class _Baselines:
                     "(pip install 'bitflow[bench]')"
                 )
                 self.wanted.discard("ort")
+        if "ort" in self.wanted:
+            from ..export import ExportError
+
+            try:
+                self._onnx_files()
+            except ExportError as e:  # e.g. a requantization beyond exact float64 in ONNX
+                notes.append(f"ort_fp32_ms and ort_int8_ms skipped: {e}")
+                self.wanted.discard("ort")
         if "openvino" in self.wanted:
             try:
                 import openvino as ov
