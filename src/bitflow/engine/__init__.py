@@ -114,7 +114,11 @@ class Engine:
         fixed-point first layer ``conv2d_u8i8 [-> maxpool_i32] -> threshold_bits`` one call of
         :class:`bitflow._native.Int8ConvLayer` (weights packed for the VNNI kernel once); every
         other op is its own step. The fused steps compute the same ops with the same kernels,
-        so the output is identical bit for bit (``_steps`` keeps the op-by-op form for checks)."""
+        so the output is identical bit for bit (``_steps`` keeps the op-by-op form for checks).
+        Residual graphs add three fusions, each a pass over rows with the same operations:
+        :meth:`_fuse_pool_first` (a fixed-point stem pooled before its affine chain or its
+        requantization), :meth:`_fuse_streams` (float residual stream) and
+        :meth:`_fuse_int_streams` (integer residual stream)."""
         ops = self.graph.ops
         uses: dict[str, int] = {}
         for op in ops:
