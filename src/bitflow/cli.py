@@ -564,6 +564,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
             methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
             backbone=a.backbone,
             epochs=a.epochs,
+            precision=a.precision,
             records=a.records,
             collect=a.collect,
             log=log,
@@ -645,6 +646,13 @@ def _add_reproduce(sub: Any) -> None:
         default=None,
         help="survey: a directory of per-run records (commit them): recorded runs of the same "
         "recipe are not trained again, finished runs are added",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("fp32", "bf16", "auto"),
+        help="survey: training arithmetic (default auto: bfloat16 convolutions where the CPU has "
+        "them natively, else float32; a recipe of its own in --records)",
     )
     p.add_argument(
         "--collect",

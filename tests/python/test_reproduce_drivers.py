@@ -95,6 +95,7 @@ def _tiny_survey(
         limit_test=16,
         width=kw.pop("width", 2),
         repeat=2,
+        precision=kw.pop("precision", "fp32"),
         log=lambda m: None,
         **kw,
     )
@@ -300,6 +301,38 @@ def test_reproduce_survey_records_make_the_table_grow_over_sittings(
     assert [(out.parent.name, kw["seed"]) for out, kw, _ in tr3.calls[2:]] == [("bnn", 0)]
     with pytest.raises(ValueError, match="records"):
         _tiny_survey(tmp_path / "f", ["bnn"], (0,), collect=True)
+
+
+def test_reproduce_survey_bf16_is_a_recipe_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bfloat16 trainings get the precision passed to every training and a records directory of
+    their own (``-pbf16``); the float32 records keep the directory and recipe they had before the
+    option existed (no precision key), so neither sitting takes the other's runs."""
+    rec = tmp_path / "records"
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    _tiny_survey(tmp_path / "a", ["bnn"], (0,), records=rec, precision="fp32")
+    _tiny_survey(tmp_path / "b", ["bnn"], (0,), records=rec, precision="bf16")
+    assert [kw["precision"] for _, kw, _ in tr.calls] == ["fp32", "fp32", "bf16", "bf16"]
+    base = rec / "bitflow_lenet"
+    assert sorted(p.name for p in base.iterdir()) == ["e1-n32-t16-w2", "e1-n32-t16-w2-pbf16"]
+    r32 = json.loads((base / "e1-n32-t16-w2" / "bnn" / "seed0.json").read_text())
+    r16 = json.loads((base / "e1-n32-t16-w2-pbf16" / "bnn" / "seed0.json").read_text())
+    assert "precision" not in r32["recipe"] and r16["recipe"]["precision"] == "bf16"
+    # each sitting again: both recorded, nothing trained; the report says which arithmetic
+    n = len(tr.calls)
+    again = _tiny_survey(tmp_path / "c", ["bnn"], (0,), records=rec, precision="bf16")
+    assert len(tr.calls) == n and "bf16 training" in again["text"]
+    # auto: what this CPU computes natively (the trainer's own rule), recorded as such
+    from bitflow.train.trainer import native_bf16
+
+    _tiny_survey(tmp_path / "e", ["bnn"], (0,), records=rec, precision="auto")
+    assert len(tr.calls) == n  # recorded under the resolved precision: nothing trained
+    col = _tiny_survey(tmp_path / "f", ["bnn"], (0,), records=rec, precision="auto", collect=True)
+    assert ("bf16 training" if native_bf16(torch.device("cpu")) else "fp32 training") in col["text"]
+    with pytest.raises(ValueError, match="precision"):
+        _tiny_survey(tmp_path / "d", ["bnn"], (0,), precision="half")
 
 
 def test_reproduce_survey_full_width_is_the_recipes_for_backbone_and_twin(
