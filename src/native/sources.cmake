@@ -19,7 +19,8 @@ set(BF_NATIVE_SOURCES
   ${BF_NATIVE}/ops/float_stream.cc
   ${BF_NATIVE}/ops/input_prep.cc
   ${BF_NATIVE}/ops/u8b1_conv.cc
-  ${BF_NATIVE}/ops/survey.cc)
+  ${BF_NATIVE}/ops/survey.cc
+  ${BF_NATIVE}/ops/ste.cc)
 set_source_files_properties(${BF_NATIVE}/ops/input_prep.cc PROPERTIES COMPILE_OPTIONS "-fno-trapping-math")
 
 set(BF_X86 OFF)
@@ -68,7 +69,7 @@ if(BF_X86)
     PROPERTIES COMPILE_OPTIONS "-mpopcnt")
   # the target_clones of the integer residual ops: let the x86-64-v4 clones use 512-bit vectors
   # (GCC otherwise prefers 256 bits there); the other clones are unaffected
-  set_source_files_properties(${BF_NATIVE}/ops/elementwise.cc
+  set_source_files_properties(${BF_NATIVE}/ops/elementwise.cc ${BF_NATIVE}/ops/ste.cc
     PROPERTIES COMPILE_OPTIONS "-mprefer-vector-width=512")
   set_source_files_properties(${BF_AVX2_SOURCES}
     PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mpopcnt")

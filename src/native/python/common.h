@@ -297,5 +297,6 @@ void bind_dag(nb::module_& m);
 void bind_layers(nb::module_& m);
 void bind_float_stream(nb::module_& m);
 void bind_survey(nb::module_& m);
+void bind_train(nb::module_& m);
 
 }  // namespace bitflow::pyb

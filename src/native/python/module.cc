@@ -19,4 +19,5 @@ NB_MODULE(_native, m) {
   bind_layers(m);
   bind_float_stream(m);
   bind_survey(m);
+  bind_train(m);
 }

@@ -90,6 +90,10 @@ NATIVE_NON_OPS = frozenset(
         "FloatStream",  # the engine's fused plan: affine chains -> add_f32 -> threshold_f32_bits
         "IntStream",  # the engine's fused plan: requant_i32 -> add_i32 -> threshold_bits
         "maxpool_f32_fast",  # the engine's fused plan: maxpool_f32 vectorized and threaded
+        # training, not inference: the one-pass STE passes of bitflow.nn.functional
+        "ste_sign",
+        "ste_gate",
+        "approx_sign_grad",
     }
 )
 
