@@ -64,6 +64,7 @@ class _Trainer:
         )
         n = len(self.calls) + 1
         res = {"checkpoint": str(ckpt), "test_accuracy": n / 64, "seconds_per_epoch": 0.5 * n}
+        (out / "result.json").write_text(json.dumps(res))  # as the real _train leaves it
         self.calls.append((out, kw, res))
         return res
 
@@ -301,6 +302,40 @@ def test_reproduce_survey_records_make_the_table_grow_over_sittings(
     assert [(out.parent.name, kw["seed"]) for out, kw, _ in tr3.calls[2:]] == [("bnn", 0)]
     with pytest.raises(ValueError, match="records"):
         _tiny_survey(tmp_path / "f", ["bnn"], (0,), collect=True)
+
+
+def test_reproduce_survey_takes_up_an_interrupted_sitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sitting stopped after a training but before its deploy (the record has no deploy),
+    then run again with the same ``out``: the finished checkpoint on disk is deployed, and kd's
+    teacher is the twin's checkpoint on disk, with nothing trained again; a result on disk that
+    is not the record's run is not taken."""
+    rec, out = tmp_path / "records", tmp_path / "out"
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    first = _tiny_survey(out, ["bnn"], (0,), records=rec)
+    d = rec / "bitflow_lenet" / "e1-n32-t16-w2"
+    r = json.loads((d / "bnn" / "seed0.json").read_text())
+    dep = r.pop("deploy")
+    (d / "bnn" / "seed0.json").write_text(json.dumps(r))  # stopped before the deploy
+    n = len(tr.calls)
+    again = _tiny_survey(out, ["bnn", "kd"], (0,), records=rec)
+    assert [(o.parent.name, kw["seed"]) for o, kw, _ in tr.calls[n:]] == [("kd", 0)]
+    assert tr.calls[-1][1]["method_args"] == {"teacher": str(out / "fp" / "seed0" / "best.pt")}
+    redone = json.loads((d / "bnn" / "seed0.json").read_text())["deploy"]
+    assert redone["bfn_bytes"] == dep["bfn_bytes"] and redone["sign_mismatches"] == 0
+    assert {x["method"]: x for x in again["rows"]}["bnn"]["bfn_bytes"] == first["rows"][1][
+        "bfn_bytes"
+    ]
+    # another run's result in the twin's directory: not the record's, so the twin is retrained
+    res = json.loads((out / "fp" / "seed0" / "result.json").read_text())
+    res["test_accuracy"] += 0.25
+    (out / "fp" / "seed0" / "result.json").write_text(json.dumps(res))
+    (d / "kd" / "seed0.json").unlink()
+    n = len(tr.calls)
+    _tiny_survey(out, ["kd"], (0,), records=rec)
+    assert [o.parent.name for o, _, _ in tr.calls[n:]] == ["fp", "kd"]
 
 
 def test_reproduce_survey_bf16_is_a_recipe_of_its_own(

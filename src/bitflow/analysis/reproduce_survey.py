@@ -125,6 +125,20 @@ class _Records:
             atomic_write_json(p, {**rec, "recipe": self.recipe})
 
 
+def _finished_checkpoint(run_dir: Path, rec: dict[str, Any]) -> str | None:
+    """The checkpoint of a finished training in ``run_dir`` whose result is the record ``rec``
+    (same test accuracy and seconds per epoch), else None."""
+    try:
+        res = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = res.get("test_accuracy") == rec["test_accuracy"] and res.get(
+        "seconds_per_epoch"
+    ) == rec.get("seconds_per_epoch")
+    ckpt = res.get("checkpoint")
+    return str(ckpt) if same and ckpt and Path(ckpt).exists() else None
+
+
 def _recipe_width(data: str, backbone: str) -> int | None:
     """The width the backbone's default recipe trains it at (``model_defaults``; the Bi-Real
     ResNet-20's 24), passed to the twin too so that both have the same channels; else None (the
@@ -244,6 +258,11 @@ def reproduce_survey(
         """The record of one run: recorded, else trained now (and recorded), else None."""
         rec = store.get(name, s)
         if rec is not None:
+            # its checkpoint, when an earlier sitting with this ``out`` left it: kd's teacher
+            # and a deploy that sitting did not reach need no new training
+            done = _finished_checkpoint(out / name / f"seed{s}", rec)
+            if done is not None:
+                ckpts.setdefault((name, s), done)
             return rec
         if collect:
             return None
