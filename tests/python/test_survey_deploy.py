@@ -631,3 +631,23 @@ def test_every_method_exports_and_onnxruntime_matches_the_engine(
     a = agreement(graph, x, onnxruntime_logits(to_onnx(graph, "onnx")), Engine(graph).logits)
     assert a.unexplained == 0, a
     assert a.same_predictions >= 60 and a.samples - a.near_threshold_samples >= 8, a
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_conv2d_f32b1_reference_in_image_chunks(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference sums a few images at a time (to stay in cache): chunks of 1, 2 and 3
+    images over a batch of 5 (a last chunk shorter than the others) give the definition."""
+    from bitflow.ir.ops import survey as ops_survey
+
+    rng = np.random.default_rng(chunk)
+    x = (rng.normal(0, 1, (5, 4, 3, 6)) * 10.0 ** rng.integers(-3, 4, (5, 4, 3, 6))).astype(
+        np.float32
+    )
+    pm1 = np.where(rng.random((7, 3, 3, 6)) < 0.5, -1, 1).astype(np.int8)
+    one_image = 4 * 3 * 7 * 4  # bytes of one image's output (stride 1, padding 1)
+    monkeypatch.setattr(ops_survey, "_CHUNK_BYTES", chunk * one_image)
+    got = ops_survey.conv_f32b1_reference(x, pm1, (1, 1), (1, 1))
+    want = _sequential_oracle(x, pm1, 1, 1)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

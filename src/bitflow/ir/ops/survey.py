@@ -96,6 +96,9 @@ register(
 # ----------------------------------------------------------------------------- W1 / A32
 
 
+_CHUNK_BYTES = 1 << 18
+
+
 def conv_f32b1_reference(
     x: np.ndarray, pm1: np.ndarray, stride: tuple[int, int], padding: tuple[int, int]
 ) -> np.ndarray:
@@ -104,14 +107,21 @@ def conv_f32b1_reference(
     o, kh, kw, c = pm1.shape
     xp = rk.pad(np.asarray(x, np.float32), padding[0], padding[1], 0.0)
     win = rk.windows(xp, kh, kw, stride[0], stride[1])  # [N, Ho, Wo, kh, kw, C]
-    acc = np.zeros((*win.shape[:3], o), np.float32)
-    neg = pm1 < 0
-    for i in range(kh):
-        for j in range(kw):
-            for ch in range(c):
-                xv = win[:, :, :, i, j, ch][..., None]
-                acc = acc + np.where(neg[:, i, j, ch], -xv, xv)  # float32 + float32: one rounding
-    return acc
+    out = np.empty((*win.shape[:3], o), np.float32)
+    s = pm1.astype(np.float32)
+    # a few images at a time, so that the running sums stay in cache over the kh * kw * C steps
+    # (3-4x faster than whole-batch steps on 10,000 images; the order per output is the same)
+    per = max(1, _CHUNK_BYTES // max(1, out[:1].nbytes))
+    for n0 in range(0, out.shape[0], per):
+        wn, acc = win[n0 : n0 + per], out[n0 : n0 + per]
+        acc[...] = 0.0
+        tmp = np.empty_like(acc)
+        for i in range(kh):
+            for j in range(kw):
+                for ch in range(c):
+                    np.multiply(wn[:, :, :, i, j, ch][..., None], s[:, i, j, ch], out=tmp)  # +-x
+                    np.add(acc, tmp, out=acc)  # float32 + float32: one rounding
+    return out
 
 
 def _weights(op: Op, tensors: Mapping[str, np.ndarray], c: int, ndim: int) -> np.ndarray:
