@@ -46,6 +46,11 @@ def main() -> None:
     ap.add_argument("--model", default="bireal_resnet20")
     ap.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--method", default=None, help="a survey method (bitflow.methods)")
+    ap.add_argument(
+        "--eager-only",
+        action="store_true",
+        help="skip the compiled settings (their compilation takes minutes on a busy machine)",
+    )
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=28)
     ap.add_argument("--channels", type=int, default=1)
@@ -65,6 +70,8 @@ def main() -> None:
     settings: dict[str, Any] = {}
     for prec in ("fp32", "bf16"):
         for comp, ste in ((False, True), (True, True), (False, False)):
+            if comp and a.eager_only:
+                continue
             torch.manual_seed(0)
             model = (
                 create(a.model, **kw) if a.method is None else build_model(a.model, a.method, **kw)
