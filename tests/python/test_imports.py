@@ -48,7 +48,8 @@ ALLOWED: dict[str, set[str]] = {
     "_bits": set(),
     "options": set(),  # KEY=VALUE model options (the CLI and the benchmarks)
     "_checkpoint": {"_io"},
-    "nn": {"_registry", "_bits"},
+    # nn: the one-pass STE kernels of training (bitflow.nn.functional) are in the shared core
+    "nn": {"_registry", "_bits", "_native"},
     "models": {"nn", "_registry"},
     "data": {"_io"},
     # the survey methods: a registry of model builders, training hooks and deploy rewrites over
