@@ -172,3 +172,51 @@ def test_survey_doc_catalogue_is_the_method_registry() -> None:
         for d in methods.describe()
     ]
     assert rows == want, "\n".join(want)
+
+
+#: the committed records of the full survey table (bfloat16 recipe, VGG-small chain)
+SURVEY_RECORDS = (
+    ROOT / "benchmarks/results/survey/bitflow_vgg_small/erecipe-nall-tall-wdefault-pbf16"
+)
+
+
+def survey_records_table(records: Path = SURVEY_RECORDS) -> str:
+    """The Markdown table of docs/survey.md §3 recomputed from the per-run records: per method
+    (twin first, then the registry's order) the seeds recorded, the mean and every seed's test
+    accuracy, and from the first seed's deploy record the engine time, the speed-up over the twin
+    timed back to back and the verify counts. ``python -c 'from tests.python.test_docs import
+    survey_records_table as t; print(t())'`` prints it for the docs."""
+    import json
+    import statistics
+
+    from bitflow import methods
+
+    lines = [
+        "| method | W/A | seeds | test acc. % (mean; per seed) | engine ms | speed-up vs twin | "
+        "verify: sign / pred. mismatches |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ["fp", *methods.list_methods()]:
+        recs = [json.loads(p.read_text()) for p in sorted((records / name).glob("seed*.json"))]
+        if not recs:
+            continue
+        accs = [100 * r["test_accuracy"] for r in recs]
+        bits = "32/32" if name == "fp" else "{}/{}".format(*methods.get_method(name).bits)
+        dep = next((r["deploy"] for r in recs if "engine_ms" in r.get("deploy", {})), None)
+        ms = f"{dep['engine_ms']:.3f}" if dep else "-"
+        sp = f"{dep['torch_fp32_ms'] / dep['engine_ms']:.1f}x" if dep else "-"
+        ver = f"{dep['sign_mismatches']} / {dep['prediction_mismatches']}" if dep else "-"
+        lines.append(
+            f"| {'full precision (twin)' if name == 'fp' else name} | {bits} | {len(recs)} | "
+            f"{statistics.mean(accs):.2f}; {', '.join(f'{a:.2f}' for a in accs)} | {ms} | {sp} | "
+            f"{ver} |"
+        )
+    return "\n".join(lines)
+
+
+def test_survey_doc_table_is_the_committed_records() -> None:
+    """The accuracy table of docs/survey.md §3 is the records in benchmarks/results/survey,
+    number for number: a record added, changed or lost without the docs fails here."""
+    text = (ROOT / "docs" / "survey.md").read_text()
+    block = text.split("<!-- survey-table: begin -->")[1].split("<!-- survey-table: end -->")[0]
+    assert block.strip() == survey_records_table()
