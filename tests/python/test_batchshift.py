@@ -204,6 +204,24 @@ def test_paper_eq13_agrees_when_eps_is_zero(
         )
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lanes(), st.data())
+def test_zero_alpha_channels_are_constant_decisions(p: dict, data: st.DataObject) -> None:
+    """alpha = 0 (a filter whose weights are all zero: mean |W| = 0) makes ``z = b`` for every
+    input, so the decision is the constant ``sign(BN(relu?(b)))``; the rule must say so on every
+    reachable x (the oracle evaluates the model with alpha = 0), and the other lanes keep theirs."""
+    n, c = p["n"], p["c"]
+    zero = np.array(data.draw(st.lists(st.booleans(), min_size=c, max_size=c)))
+    p = {**p, "alpha": np.where(zero, np.float32(0), p["alpha"]).astype(np.float32)}
+    th = bs.int_thresholds(
+        lo=-n, hi=n, bn=p["bn"], alpha=p["alpha"], bias=p["bias"], relu=p["relu"]
+    )
+    x = np.arange(-n, n + 1, dtype=np.int64)[:, None].repeat(c, 1)
+    np.testing.assert_array_equal(th.apply(x), oracle(x.astype(np.float64), p))
+    assert np.all(np.isin(th.kind[zero], (bs.CONST_POS, bs.CONST_NEG)))
+    assert np.all(np.isnan(th.tau[zero]))
+
+
 def test_special_cases() -> None:
     """gamma = 0 -> constant sign(beta) (sign(0) = +1); beta = 0 with mu on an integer -> the
     tie x = mu/alpha is +1 (BN = 0); ReLU with c <= 0 and gamma > 0 -> always +1."""
@@ -338,7 +356,9 @@ def test_bad_parameters_raise() -> None:
         bs.BNParams(**{**ok, "var": np.zeros(2, np.float32), "eps": 0.0})
     bn = bs.BNParams(**ok)
     with pytest.raises(ValueError, match="alpha"):
-        bs.int_thresholds(lo=-3, hi=3, bn=bn, alpha=np.array([1, 0], np.float32))
+        bs.int_thresholds(lo=-3, hi=3, bn=bn, alpha=np.array([1, -1], np.float32))
+    with pytest.raises(ValueError, match="alpha"):
+        bs.int_thresholds(lo=-3, hi=3, bn=bn, alpha=np.array([1, math.inf], np.float32))
     with pytest.raises(ValueError, match="lo <= hi"):
         bs.int_thresholds(lo=3, hi=-3, bn=bn)
 

@@ -246,6 +246,36 @@ def test_reproduce_survey_goes_on_past_a_method_the_model_cannot_deploy(
     assert (tmp_path / "report.md").exists()
 
 
+def test_reproduce_survey_goes_on_past_a_deploy_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a conversion that raises (here a stand-in for a converter bug: the BNN+ alpha = 0 channel
+    # refused before it was handled) costs that row its deploy, not the sitting: the row names
+    # the error, the rows after it deploy, the record keeps no deploy, and the next sitting with
+    # the same --out deploys the checkpoint left on disk
+    rec, out = tmp_path / "records", tmp_path / "out"
+    monkeypatch.setattr(RS, "_train", _Trainer())
+    real = RS._deploy
+
+    def failing(ckpt: str, *a: Any, **k: Any) -> dict[str, Any]:
+        if "/xnor/" in ckpt.replace("\\", "/"):
+            raise ValueError("layer '3': a converter bug")
+        return real(ckpt, *a, **k)
+
+    monkeypatch.setattr(RS, "_deploy", failing)
+    r = _tiny_survey(out, ["xnor", "bnn"], (0,), records=rec)
+    rows = {x["method"]: x for x in r["rows"]}
+    assert rows["xnor"]["deploy"] == "deploy failed: ValueError: layer '3': a converter bug"
+    assert rows["xnor"]["engine_ms"] is None and rows["bnn"]["sign_mismatches"] == 0
+    d = rec / "bitflow_lenet" / "e1-n32-t16-w2"
+    assert "deploy" not in json.loads((d / "xnor" / "seed0.json").read_text())
+    assert "deploy failed" in (out / "report.md").read_text()
+    monkeypatch.setattr(RS, "_deploy", real)
+    again = {x["method"]: x for x in _tiny_survey(out, ["xnor"], (0,), records=rec)["rows"]}
+    assert again["xnor"]["sign_mismatches"] == 0 and again["xnor"]["engine_ms"] > 0
+    assert json.loads((d / "xnor" / "seed0.json").read_text())["deploy"]["bfn_bytes"] > 0
+
+
 def test_reproduce_survey_records_make_the_table_grow_over_sittings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -651,3 +651,59 @@ def test_conv2d_f32b1_reference_in_image_chunks(
     got = ops_survey.conv_f32b1_reference(x, pm1, (1, 1), (1, 1))
     want = _sequential_oracle(x, pm1, 1, 1)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# ------------------------------------------- alpha = 0 or < 0: zero filters, learned scales
+@pytest.mark.parametrize(
+    ("backbone", "method"),
+    [
+        ("bitflow_vgg_small", "bnnplus"),
+        ("bitflow_vgg_small", "xnor"),
+        ("bitflow_vgg_small", "bwn"),
+        ("bitflow_vgg_small", "dorefa"),
+        ("bireal_resnet20", "bnnplus"),
+        ("bireal_resnet20", "xnor"),
+    ],
+)
+def test_zero_and_negative_scales_deploy_exactly(backbone: str, method: str) -> None:
+    """A filter whose real weights are all zero has ``alpha = mean |W| = 0``: its output is the
+    bias for every input. BNN+'s learned scale can reach 0 or go negative (a VGG-small BNN+
+    training ended with one the converter refused). The converted model must still be exact:
+    same signs, logits within the float bound, same predictions, engine == reference on every
+    kernel set. For BNN+ the scales are set directly: channel 1 to 0, channel 2 negative; for
+    the others channel 1's weights are zeroed (DoReFa's 1-bit scale is the layer's mean |W|,
+    so there the zeroed filter keeps alpha > 0 and only its sign(0) = +1 weights are tested)."""
+    kw = {"width": 4, "fc": 16} if "vgg" in backbone else {"width": 4}
+    model = methods.build_model(backbone, method, **kw)
+    touched = 0
+    with torch.no_grad():
+        for m in model.modules():
+            wq = getattr(m, "weight_quantizer", None)
+            if isinstance(wq, S.BnnPlusWeight):
+                wq.alpha[1] = 0.0
+                wq.alpha[2] = -0.7 * wq.alpha[2]
+                touched += 1
+            elif wq is not None and getattr(wq, "bits", 0) == 1 and hasattr(m, "weight"):
+                m.weight[1].zero_()  # one whole output channel (filter or FC row)
+                touched += 1
+    assert touched >= 3
+    model = _calibrated(model, seed=21)
+    scales = []
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "weight_quantizer", None) is not None and hasattr(m, "quantized_weight"):
+                _, a = m.quantized_weight()
+                if a is not None:
+                    scales.append(a.reshape(-1)[:3].tolist())
+    assert scales
+    if method == "bnnplus":  # the cases under test are reached
+        assert all(a[1] == 0 and a[2] < 0 for a in scales)
+    elif method != "dorefa":
+        assert all(a[1] == 0 for a in scales)
+    x = np.random.default_rng(22).random((24, 1, 28, 28), dtype=np.float32)
+    graph = methods.convert(model)
+    r = verify(model, graph, x)
+    assert r["sign_mismatches"] == 0, r
+    assert r["logits_outside_bound"] == 0, r
+    assert r["prediction_mismatches_unexplained"] == 0 and verify_ok(r), r
+    _check_engine(graph, x)

@@ -349,10 +349,19 @@ def reproduce_survey(
                     # BatchNorm of both directions after a pool): the row says so, the table goes on
                     log(f"[survey] {name}: not deployable: {e}")
                     dep = {"refused": f"not on {backbone}: {str(e).split('; supported:')[0]}"}
+                except (ValueError, RuntimeError) as e:
+                    # a model the converter should take but could not (a converter bug, a
+                    # corrupt checkpoint): the row names the error and the table goes on; the
+                    # record keeps no deploy, so a later sitting with this --out (the
+                    # checkpoint still on disk) deploys it again once the cause is fixed
+                    log(f"[survey] {name}: deploy failed: {type(e).__name__}: {e}")
+                    row["deploy"] = f"deploy failed: {type(e).__name__}: {e}"
+                    dep = None
                 else:  # the twin timed right after the engine: the speed-up of this sitting
                     dep["torch_fp32_ms"] = _timing_torch(create(twin, **shape, **small), x1, repeat)
                     dep["cpu"] = cpu_name()
-                store.put(name, s0, {**recs[s0], "deploy": dep})
+                if dep is not None:
+                    store.put(name, s0, {**recs[s0], "deploy": dep})
             if dep is not None and "refused" in dep:
                 row["deploy"] = dep["refused"]
             elif dep is not None:

@@ -198,10 +198,23 @@ class _ConverterBase:
             raise ValueError(f"layer {name!r}: binarized weights are not all +-1")
         o = bn_.shape[0]
         a = _f32(alpha) if alpha is not None else np.ones(o, np.float32)
-        if not np.all(np.isfinite(a)) or np.any(a <= 0):
+        if not np.all(np.isfinite(a)):
             raise ValueError(
-                f"layer {name!r}: scaling factor alpha must be > 0 (a channel has all-zero weights?)"
+                f"layer {name!r}: scaling factor alpha must be finite "
+                f"(got {a[~np.isfinite(a)][:4].tolist()})"
             )
+        # A learned scale (BNN+) may end up negative: alpha sign(W) = (-alpha)(-sign(W)) with both
+        # negations exact in IEEE arithmetic (sums of negated terms round symmetrically), so the
+        # channel's binary weights are flipped and its scale made positive; every rule below
+        # then sees a non-decreasing ``alpha x + b`` (which max-pooling of the int32 sums needs:
+        # max(alpha x_i) = alpha max(x_i) only for alpha >= 0). alpha = 0 is a filter whose real
+        # weights are all zero (XNOR-Net's mean |W| of a pruned filter, a BNN+ scale at zero):
+        # PyTorch's value is then the bias for every input, which the exact rules express as a
+        # constant decision and the float forms as ``0 * acc + b``.
+        neg = a < 0
+        if np.any(neg):
+            bn_ = np.where(neg.reshape((o,) + (1,) * (bn_.ndim - 1)), -bn_, bn_).astype(bn_.dtype)
+            a = np.where(neg, -a, a).astype(np.float32)
         return bn_, a
 
     # ----------------------------------------------------------------- consumers

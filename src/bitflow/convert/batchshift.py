@@ -9,7 +9,8 @@ The composite (BitFlow-Net Eq. 12, 16; docs/architecture.md §3)
 -----------------------------------------------------------------
 A binary layer produces an integer ``x`` per output channel (the xnor-popcount dot product,
 ``x`` in ``[-N, N]`` for fan-in ``N``; for the int8 first layer the int32 accumulator). The
-model then computes, per channel, with ``alpha > 0`` (Eq. 3, 5; 1 without a scaling factor) and
+model then computes, per channel, with ``alpha >= 0`` (Eq. 3, 5; 1 without a scaling factor;
+0 for a filter whose weights are all zero, which makes ``z = b`` and the decision a constant) and
 a layer bias ``b`` (usually 0)::
 
     z   = alpha * x + b
@@ -289,9 +290,10 @@ class _Lane:
         return not self.positive(x)
 
     def tau(self) -> float:
-        """Real threshold on ``x`` ignoring the ReLU (float64, for reports)."""
+        """Real threshold on ``x`` ignoring the ReLU (float64, for reports; NaN when the decision
+        does not depend on ``x``: ``gamma = 0`` or ``alpha = 0``)."""
         g = float(self.gamma)
-        if g == 0.0:
+        if g == 0.0 or self.alpha == 0:
             return math.nan
         c = float(self.mean) - float(self.beta) * math.sqrt(float(self.v)) / g
         return (c - float(self.bias)) / float(self.alpha)
@@ -406,8 +408,8 @@ def _lanes(
         raise ValueError(f"BatchNorm has {bn.channels} channels, the layer has {n}")
     al = _broadcast("alpha", alpha, n, np.float32)
     bi = _broadcast("bias", bias, n, np.float32)
-    if not np.all(np.isfinite(al)) or np.any(al <= 0):
-        raise ValueError("every scaling factor alpha must be finite and > 0")
+    if not np.all(np.isfinite(al)) or np.any(al < 0):
+        raise ValueError("every scaling factor alpha must be finite and >= 0")
     if not np.all(np.isfinite(bi)):
         raise ValueError("the layer bias contains NaN or infinity")
     return [

@@ -458,8 +458,9 @@ class BnnPlusWeight(Q.WeightQuantizer):
     """BNN+ weights (BNN+ paper, Sec. 3; the survey names it without equations): ``b = sign(w)``
     with the SignSwish-derivative backward, times a learned per-output-channel scale ``alpha``
     (initialized to ``mean |w_o|``). The regularizer ``R1(w) = |alpha - |w||`` (or ``R2`` squared)
-    is added to the loss by :func:`bnnplus_regularizer`. Deployable (``alpha > 0`` is a channel
-    scale; the converter refuses an ``alpha <= 0``)."""
+    is added to the loss by :func:`bnnplus_regularizer`. Deployable: ``alpha`` is a channel
+    scale of any sign (the converter flips a channel with ``alpha < 0``: ``alpha sign(w) =
+    (-alpha)(-sign(w))``, exact; ``alpha = 0`` is a constant channel)."""
 
     has_scale = True
 
