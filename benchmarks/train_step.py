@@ -5,11 +5,12 @@
 
 One step = forward, cross entropy, backward, Adam step, on a random batch (``--batch``,
 channels_last as ``bitflow train`` does), ``--threads`` intra-op threads; ``--method NAME``
-builds the backbone with a survey method's quantizers. Six settings: fp32 eager, fp32
+builds the backbone with a survey method's quantizers. Eight settings: fp32 eager, fp32
 ``torch.compile``, bf16 autocast eager, bf16 autocast compiled (what ``bitflow train --precision
 bf16 --compile`` runs), and the two eager ones again with the STEs as PyTorch expressions
 instead of the native one-pass kernels (``torch STE``; compiled graphs always fuse the
-expressions). The settings are interleaved over
+expressions), and the two eager STE-native ones without the trainer's layout hooks
+(``mixed layouts``: :func:`bitflow.train.trainer.channels_last_`). The settings are interleaved over
 ``--rounds`` rounds of ``--steps`` steps (so a busy machine slows each alike) after warm-up
 steps that include compilation; reported: median ms per step and the ratio to fp32 eager, plus
 the CPU's bfloat16 features (AMX-BF16, AVX512-BF16: without them bf16 is emulated). Not
@@ -69,17 +70,23 @@ def main() -> None:
 
     settings: dict[str, Any] = {}
     for prec in ("fp32", "bf16"):
-        for comp, ste in ((False, True), (True, True), (False, False)):
+        for comp, ste, hooks in (
+            (False, True, True),
+            (True, True, False),
+            (False, False, True),
+            (False, True, False),
+        ):
             if comp and a.eager_only:
                 continue
             torch.manual_seed(0)
             model = (
                 create(a.model, **kw) if a.method is None else build_model(a.model, a.method, **kw)
             ).train()
-            channels_last_(model)  # as bitflow train does (4-D parameters only)
+            channels_last_(model, layout_hooks=hooks)  # as bitflow train does
             net = torch.compile(model) if comp else model
             opt = torch.optim.Adam(model.parameters(), 1e-3)
             name = f"{prec} {'compiled' if comp else 'eager'}{'' if ste else ' (torch STE)'}"
+            name += "" if hooks or comp else " (mixed layouts)"
             settings[name] = (net, opt, prec == "bf16", ste)
 
     def step(net: Any, opt: torch.optim.Optimizer, bf16: bool, ste: bool) -> None:
@@ -107,10 +114,10 @@ def main() -> None:
         f"\n{a.model} {a.method or ''} {kw}, batch {a.batch}, {a.threads} thread(s), torch {torch.__version__}, "
         f"CPU bfloat16 features: {', '.join(_cpu_bf16()) or 'none (emulated)'}"
     )
-    print(f"{'setting':<24} {'ms/step':>9} {'speed-up':>9}")
+    print(f"{'setting':<28} {'ms/step':>9} {'speed-up':>9}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:<24} {1e3 * med:9.1f} {base / med:8.2f}x")
+        print(f"{name:<28} {1e3 * med:9.1f} {base / med:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -271,13 +271,52 @@ def precise_bn_(
     return len(bns)
 
 
-def channels_last_(model: nn.Module) -> None:
+def _conv_output_channels_last(_m: nn.Module, _inputs: Any, out: Any) -> Any:
+    """Conv2d forward hook: the output as channels_last (the same values; no copy when it is)."""
+    if isinstance(out, torch.Tensor) and out.dim() == 4:
+        return out.contiguous(memory_format=torch.channels_last)
+    return None
+
+
+def _grad_channels_last(g: torch.Tensor) -> torch.Tensor:
+    return g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g
+
+
+def _bn_grad_channels_last(_m: nn.Module, _inputs: Any, out: Any) -> None:
+    """BatchNorm2d forward hook: the gradient that reaches this BatchNorm's backward arrives as
+    channels_last, like its input."""
+    if isinstance(out, torch.Tensor) and out.dim() == 4 and out.requires_grad:
+        out.register_hook(_grad_channels_last)
+
+
+def channels_last_(model: nn.Module, layout_hooks: bool = False) -> list[Any]:
     """Store every 4-d parameter and buffer of ``model`` as channels_last, in place (``Module.to``
-    refuses models with other ranks, e.g. MCN's 5-d latent filters, which stay as they are)."""
+    refuses models with other ranks, e.g. MCN's 5-d latent filters, which stay as they are).
+
+    ``layout_hooks`` (eager training): also keep the activations and their gradients
+    channels_last where PyTorch would mix layouts, which sends BatchNorm's backward to a slow
+    generic path (measured here, 64 x 32 x 28 x 28 bfloat16, one thread: 3.3 ms with input and
+    gradient both channels_last, 92 ms with an NCHW input and a channels_last gradient, 40 ms
+    both NCHW). Two places mix them: a convolution of a 1-channel image (a ``[B, 1, H, W]``
+    tensor is both layouts at once, so oneDNN returns NCHW while every later convolution's
+    gradient comes back channels_last), and the gradient of a global average pool (an expand,
+    NCHW-like) flowing back into the last stage. Hooks: every ``Conv2d`` output made
+    channels_last, every ``BatchNorm2d`` output's gradient made channels_last. Layouts only: the
+    values are the same (a kernel chosen for another layout may round a float sum in another
+    order). Returns the hook handles (``handle.remove()`` undoes them). A compiled model chooses
+    its own layouts: no hooks there."""
     with torch.no_grad():
         for t in (*model.parameters(), *model.buffers()):
             if t.dim() == 4:
                 t.data = t.data.contiguous(memory_format=torch.channels_last)
+    handles: list[Any] = []
+    if layout_hooks:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(_conv_output_channels_last))
+            elif isinstance(m, nn.BatchNorm2d):
+                handles.append(m.register_forward_hook(_bn_grad_channels_last))
+    return handles
 
 
 def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +510,7 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             _calibrate(model, data.train, cfg.seed)
     model = model.to(device)
     if cfg.channels_last:
-        channels_last_(model)
+        channels_last_(model, layout_hooks=not cfg.compile)
     config = dict(model.bitflow_config)  # type: ignore[arg-type]
     opt = _optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _group_lambdas(opt, recipe))
