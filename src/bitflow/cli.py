@@ -567,6 +567,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
             precision=a.precision,
             records=a.records,
             collect=a.collect,
+            jobs=a.jobs,
             log=log,
         )
         print(json.dumps(rep) if a.json else rep["text"])
@@ -658,6 +659,13 @@ def _add_reproduce(sub: Any) -> None:
         "--collect",
         action="store_true",
         help="survey: write the table from --records alone (no training; rows count their seeds)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="survey: trainings run this many at a time in worker processes, each with "
+        "cpu_count/JOBS threads (default 1); deploys and timings follow when they are done",
     )
     p.set_defaults(func=_cmd_reproduce)
 

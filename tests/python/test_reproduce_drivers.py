@@ -276,6 +276,80 @@ def test_reproduce_survey_goes_on_past_a_deploy_that_fails(
     assert json.loads((d / "xnor" / "seed0.json").read_text())["deploy"]["bfn_bytes"] > 0
 
 
+def test_reproduce_survey_jobs_train_each_run_once_twins_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``jobs=2``: every missing run trained exactly once with the arguments a one-job sitting
+    passes (the pool here is threads, so the stand-in trainer is seen; the real one spawns
+    processes, next test), the twins before any method, kd taught by its own seed's twin, a
+    record per run, deploys after the pool; a second sitting trains nothing; the table is the
+    one a one-job sitting writes from the same records."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rec, out = tmp_path / "records", tmp_path / "out"
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    made: list[int] = []
+    monkeypatch.setattr(
+        RS, "_executor", lambda jobs: made.append(jobs) or ThreadPoolExecutor(max_workers=jobs)
+    )
+    r = _tiny_survey(out, ["bnn", "kd"], (0, 1), records=rec, jobs=2)
+    assert made == [2, 2]  # one pool for the twins, one for the methods
+    runs = [(o.parent.name, kw["seed"]) for o, kw, _ in tr.calls]
+    assert sorted(runs) == sorted((n, s) for n in ("fp", "bnn", "kd") for s in (0, 1))
+    assert {n for n, _ in runs[:2]} == {"fp"}  # the twins first
+    for o, kw, _ in tr.calls:
+        if o.parent.name == "kd":
+            assert kw["method_args"] == {
+                "teacher": str(out / "fp" / f"seed{kw['seed']}" / "best.pt")
+            }
+    # the same training arguments as a one-job sitting gives
+    tr1 = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr1)
+    _tiny_survey(tmp_path / "one", ["bnn", "kd"], (0, 1))
+    key = lambda c: (c[0].parent.name, c[1]["seed"])  # noqa: E731
+    one = {key(c): c[1] for c in tr1.calls}
+    for c in tr.calls:
+        kw, want = dict(c[1]), dict(one[key(c)])
+        if "teacher" in (kw.get("method_args") or {}):
+            kw["method_args"] = want["method_args"] = "teacher"  # a path under each sitting's out
+        assert kw == want, key(c)
+    d = rec / "bitflow_lenet" / "e1-n32-t16-w2"
+    for o, kw, res in tr.calls:
+        got = json.loads((d / o.parent.name / f"seed{kw['seed']}.json").read_text())
+        assert got["test_accuracy"] == res["test_accuracy"]
+    rows = {x["method"]: x for x in r["rows"]}
+    assert rows["bnn"]["sign_mismatches"] == 0 and (out / "kd" / "model.bfn").exists()
+    tr2 = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr2)
+    again = _tiny_survey(tmp_path / "again", ["bnn", "kd"], (0, 1), records=rec, jobs=2)
+    assert tr2.calls == []
+    col = _tiny_survey(tmp_path / "col", ["bnn", "kd"], (0, 1), records=rec, collect=True)
+    strip = lambda rs: [{k: v for k, v in x.items() if k != "torch_fp32_ms"} for x in rs]  # noqa: E731
+    assert strip(again["rows"]) == strip(col["rows"]) == strip(r["rows"])
+    # without records: the pool's runs are the table's (nothing trained twice)
+    tr3 = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr3)
+    norec = _tiny_survey(tmp_path / "norec", ["bnn"], (0,), jobs=2)
+    assert sorted(o.parent.name for o, _, _ in tr3.calls) == ["bnn", "fp"]
+    assert {x["method"]: x for x in norec["rows"]}["bnn"]["accuracies"] == [
+        tr3.runs(tmp_path / "norec" / "bnn")[0]["test_accuracy"]
+    ]
+    with pytest.raises(ValueError, match="jobs"):
+        _tiny_survey(tmp_path / "bad", ["bnn"], (0,), jobs=0)
+
+
+@pytest.mark.slow  # ~1 minute idle, 2.5 under load: real trainings and spawned interpreters
+def test_reproduce_survey_jobs_spawn_real_trainings(tmp_path: Path) -> None:
+    """The real pool (spawned worker processes, real trainings of a width-2 LeNet on 32 images):
+    the same accuracies as the same runs trained in this process, one job."""
+    two = _tiny_survey(tmp_path / "two", ["bnn", "xnor"], (0,), jobs=2)
+    one = _tiny_survey(tmp_path / "one", ["bnn", "xnor"], (0,))
+    assert [x["accuracies"] for x in two["rows"]] == [x["accuracies"] for x in one["rows"]]
+    for n in ("fp", "bnn", "xnor"):
+        assert (tmp_path / "two" / n / "seed0" / "best.pt").exists()
+
+
 def test_reproduce_survey_records_make_the_table_grow_over_sittings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,12 @@ and PyTorch fp32 twin ms measured back to back, and the CPU they ran on). Record
 be committed: a later run with the same recipe takes a recorded run as done, so the table grows
 over sittings with ``--methods`` / ``--seeds`` slices, and ``collect=True`` (``--collect``)
 writes the table from the records alone, a row counting the seeds it has.
+
+**Jobs** (``jobs=N``, ``--jobs N``): the sitting's trainings run ``N`` at a time in worker
+processes, each with ``cpu_count // N`` threads (the twins first, then the methods, kd after its
+teacher); conversion, verification and the engine timings follow in this process once they are
+done, on a quiet machine. Small models train faster as N one-thread runs than as one run on N
+threads. Each training is the same call with the same seed as in a one-job sitting.
 """
 
 from __future__ import annotations
@@ -139,6 +145,66 @@ def _finished_checkpoint(run_dir: Path, rec: dict[str, Any]) -> str | None:
     return str(ckpt) if same and ckpt and Path(ckpt).exists() else None
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _pool_train(run_dir: Path, kw: dict[str, Any]) -> dict[str, Any]:
+    """One training in a worker process (module level: spawned workers import it)."""
+    return _train(run_dir, **kw)
+
+
+def _executor(jobs: int) -> Any:
+    """The worker pool of a ``jobs > 1`` sitting: spawned processes (a forked child of a process
+    that already ran PyTorch's thread pools can hang), ``cpu_count // jobs`` threads each."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(threads,),
+    )
+
+
+def _run_pool(
+    jobs: int,
+    tasks: list[tuple[str, int, Path, dict[str, Any]]],
+    done: Callable[[str, int, dict[str, Any]], None],
+    log: Any,
+) -> None:
+    """Run ``tasks`` (name, seed, run directory, training arguments) ``jobs`` at a time; call
+    ``done(name, seed, result)`` in this process as each finishes. The first failure cancels
+    what has not started and is raised once the running ones end."""
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    if not tasks:
+        return
+    ex = _executor(jobs)
+    try:
+        futs = {}
+        for name, s, run_dir, kw in tasks:
+            futs[ex.submit(_pool_train, run_dir, kw)] = (name, s)
+            log(f"[survey] {name}, seed {s} (queued, {jobs} jobs)")
+        pending = set(futs)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in finished:
+                name, s = futs[f]
+                r = f.result()  # raises the worker's exception
+                log(f"[survey] {name}, seed {s}: test accuracy {r['test_accuracy']:.4f}")
+                done(name, s, r)
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+
+
 def _recipe_width(data: str, backbone: str) -> int | None:
     """The width the backbone's default recipe trains it at (``model_defaults``; the Bi-Real
     ResNet-20's 24), passed to the twin too so that both have the same channels; else None (the
@@ -183,6 +249,7 @@ def reproduce_survey(
     precision: str = "auto",
     records: str | Path | None = None,
     collect: bool = False,
+    jobs: int = 1,
     log: Any = print,
 ) -> dict[str, Any]:
     """Train every method (``methods_``, default all) on ``backbone`` and the full-precision
@@ -198,7 +265,8 @@ def reproduce_survey(
     both CPUs this table was measured on; about 1.8x faster per step of the VGG-small chain than
     float32), else float32. Evaluation, verification and deployment are float32 either way. A
     bfloat16 table is a recipe of its own in the records (its directory ends in ``-pbf16``).
-    ``records`` / ``collect``: the committed per-run records (module docstring)."""
+    ``records`` / ``collect``: the committed per-run records (module docstring).
+    ``jobs``: trainings run that many at a time in worker processes (module docstring)."""
     import torch
 
     from .. import methods as M
@@ -212,6 +280,8 @@ def reproduce_survey(
     if precision not in ("fp32", "bf16", "auto"):
         raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     precision = resolve_precision(precision, torch.device("cpu"))
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     if collect and records is None:
         raise ValueError("collect=True (--collect) writes the table from records: give records=DIR")
     names = methods_ or M.list_methods()
@@ -248,14 +318,76 @@ def reproduce_survey(
     twin = TWINS[backbone]
     ckpts: dict[tuple[str, int], str] = {}  # checkpoints trained in this sitting
 
+    fp_kw: dict[str, Any] = {"model": twin, "model_kwargs": dict(small), **common}
+
     def fp_train(s: int) -> dict[str, Any]:
         log(f"[survey] full-precision twin {twin}, seed {s}")
-        r = _train(out / "fp" / f"seed{s}", model=twin, seed=s, model_kwargs=dict(small), **common)
+        r = _train(out / "fp" / f"seed{s}", seed=s, **fp_kw)
         ckpts["fp", s] = r["checkpoint"]
         return r
 
+    pooled: dict[tuple[str, int], dict[str, Any]] = {}  # records of the runs the pool trained
+
+    def record(name: str, s: int, r: dict[str, Any]) -> dict[str, Any]:
+        rec = {"test_accuracy": r["test_accuracy"], "seconds_per_epoch": r["seconds_per_epoch"]}
+        store.put(name, s, rec)
+        return rec
+
+    def pool_done(name: str, s: int, r: dict[str, Any]) -> None:
+        ckpts[name, s] = r["checkpoint"]
+        pooled[name, s] = record(name, s, r)
+
+    def method_kwargs(name: str, s: int, teacher: str | None) -> dict[str, Any]:
+        return {
+            "model": backbone,
+            "seed": s,
+            "model_kwargs": dict(small),
+            "method": name,
+            "method_args": {"teacher": teacher} if name == "kd" else {},
+            **common,
+        }
+
+    if jobs > 1 and not collect:
+        # the sitting's trainings in the pool: the twins first (kd's teacher: a twin whose
+        # record exists but whose checkpoint is not on disk is trained again, as below), then
+        # every method run without a record
+        def teacher_at_hand(s: int) -> bool:
+            rec = store.get("fp", s)
+            return (
+                rec is not None and _finished_checkpoint(out / "fp" / f"seed{s}", rec) is not None
+            )
+
+        todo = [(n, s) for s in seeds for n in names if store.get(n, s) is None]
+        fp_seeds = [
+            s
+            for s in seeds
+            if store.get("fp", s) is None or (("kd", s) in todo and not teacher_at_hand(s))
+        ]
+        _run_pool(
+            jobs,
+            [("fp", s, out / "fp" / f"seed{s}", {**fp_kw, "seed": s}) for s in fp_seeds],
+            pool_done,
+            log,
+        )
+        for s in seeds:  # twins recorded before this sitting, with their checkpoint on disk
+            rec = store.get("fp", s)
+            done_ckpt = _finished_checkpoint(out / "fp" / f"seed{s}", rec) if rec else None
+            if done_ckpt is not None:
+                ckpts.setdefault(("fp", s), done_ckpt)
+        _run_pool(
+            jobs,
+            [
+                (n, s, out / n / f"seed{s}", method_kwargs(n, s, ckpts.get(("fp", s))))
+                for n, s in todo
+            ],
+            pool_done,
+            log,
+        )
+
     def run(name: str, s: int, train_fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         """The record of one run: recorded, else trained now (and recorded), else None."""
+        if (name, s) in pooled:
+            return pooled[name, s]
         rec = store.get(name, s)
         if rec is not None:
             # its checkpoint, when an earlier sitting with this ``out`` left it: kd's teacher
@@ -266,10 +398,7 @@ def reproduce_survey(
             return rec
         if collect:
             return None
-        r = train_fn()
-        rec = {"test_accuracy": r["test_accuracy"], "seconds_per_epoch": r["seconds_per_epoch"]}
-        store.put(name, s, rec)
-        return rec
+        return record(name, s, train_fn())
 
     from ..data import eval_arrays
 
@@ -299,19 +428,11 @@ def reproduce_survey(
         m = M.get_method(name)
 
         def method_train(s: int, name: str = name) -> dict[str, Any]:
-            margs: dict[str, Any] = {}
+            teacher = None
             if name == "kd":  # the teacher: this seed's twin, trained in this sitting if needed
-                margs["teacher"] = ckpts.get(("fp", s)) or fp_train(s)["checkpoint"]
+                teacher = ckpts.get(("fp", s)) or fp_train(s)["checkpoint"]
             log(f"[survey] {name}, seed {s}")
-            r = _train(
-                out / name / f"seed{s}",
-                model=backbone,
-                seed=s,
-                model_kwargs=dict(small),
-                method=name,
-                method_args=margs,
-                **common,
-            )
+            r = _train(out / name / f"seed{s}", **method_kwargs(name, s, teacher))
             ckpts[name, s] = r["checkpoint"]
             return r
 
