@@ -351,17 +351,16 @@ def reproduce_survey(
         # the sitting's trainings in the pool: the twins first (kd's teacher: a twin whose
         # record exists but whose checkpoint is not on disk is trained again, as below), then
         # every method run without a record
-        def teacher_at_hand(s: int) -> bool:
+        def twin_on_disk(s: int) -> str | None:
             rec = store.get("fp", s)
-            return (
-                rec is not None and _finished_checkpoint(out / "fp" / f"seed{s}", rec) is not None
-            )
+            return _finished_checkpoint(out / "fp" / f"seed{s}", rec) if rec else None
 
+        on_disk = {s: c for s in seeds if (c := twin_on_disk(s)) is not None}
         todo = [(n, s) for s in seeds for n in names if store.get(n, s) is None]
         fp_seeds = [
             s
             for s in seeds
-            if store.get("fp", s) is None or (("kd", s) in todo and not teacher_at_hand(s))
+            if store.get("fp", s) is None or (("kd", s) in todo and s not in on_disk)
         ]
         _run_pool(
             jobs,
@@ -369,11 +368,8 @@ def reproduce_survey(
             pool_done,
             log,
         )
-        for s in seeds:  # twins recorded before this sitting, with their checkpoint on disk
-            rec = store.get("fp", s)
-            done_ckpt = _finished_checkpoint(out / "fp" / f"seed{s}", rec) if rec else None
-            if done_ckpt is not None:
-                ckpts.setdefault(("fp", s), done_ckpt)
+        for s, c in on_disk.items():  # twins recorded before this sitting, checkpoint on disk
+            ckpts.setdefault(("fp", s), c)
         _run_pool(
             jobs,
             [
