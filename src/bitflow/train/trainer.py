@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, atomic_write_json
-from ..methods import build_model, hooks_for, soft_cross_entropy
+from ..methods import build_model, hooks_for, method_recipe, soft_cross_entropy
 from ..nn import clip_weights_, set_real_mode
 from .augment import augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -468,6 +468,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
         real_epochs=cfg.real_epochs,
         precision=cfg.precision,
         precise_bn=cfg.precise_bn,
+    )
+    # what the method needs (BinaryConnect stochastic: precise BN) unless the run says otherwise
+    recipe = recipe.override(
+        **{k: v for k, v in method_recipe(cfg.method).items() if getattr(cfg, k, None) is None}
     )
     if recipe.distill and cfg.method == "kd":
         raise ValueError(
