@@ -564,6 +564,8 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
             methods_=[m.strip() for m in a.methods.split(",")] if a.methods else None,
             backbone=a.backbone,
             epochs=a.epochs,
+            limit_train=a.limit_train,
+            width=a.width,
             precision=a.precision,
             records=a.records,
             collect=a.collect,
@@ -659,6 +661,19 @@ def _add_reproduce(sub: Any) -> None:
         "--collect",
         action="store_true",
         help="survey: write the table from --records alone (no training; rows count their seeds)",
+    )
+    p.add_argument(
+        "--limit-train",
+        type=_COUNT,
+        default=None,
+        help="survey: train on the first N training samples (default all; --quick 5000); a "
+        "recipe of its own in --records",
+    )
+    p.add_argument(
+        "--width",
+        type=_COUNT,
+        default=None,
+        help="survey: the backbone's (and its twin's) width (default: the recipe's; --quick 8)",
     )
     p.add_argument(
         "--jobs",

@@ -554,3 +554,28 @@ def test_reproduce_mcn_tables_are_the_runs_and_the_models(
     assert f"| {row['models']['wrn']['params']:,} |" in line
     assert f"{100 * row['models']['mcn1']['test_accuracy']:.2f} \\| -" in line
     assert (tmp_path / "mcn_tables.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reproduce_survey_cli_passes_the_recipe_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``bitflow reproduce survey --limit-train N --width W --epochs E`` reaches the driver as
+    that recipe (a shorter one for the ResNet-20 backbone); a non-positive count is refused."""
+    from bitflow.cli import main
+
+    seen: dict = {}
+
+    def fake(out: str, **kw: object) -> dict:
+        seen.update(kw, out=out)
+        return {"text": "table"}
+
+    monkeypatch.setattr(RS, "reproduce_survey", fake)
+    argv = ["reproduce", "survey", "--backbone", "bireal_resnet20", "--out", str(tmp_path)]
+    rc = main([*argv, "--limit-train", "20000", "--width", "16", "--epochs", "10"])
+    assert rc == 0
+    assert (seen["limit_train"], seen["width"], seen["epochs"]) == (20000, 16, 10)
+    assert seen["backbone"] == "bireal_resnet20" and seen["out"] == str(tmp_path)
+    main([*argv])
+    assert (seen["limit_train"], seen["width"], seen["epochs"]) == (None, None, None)
+    with pytest.raises(SystemExit):
+        main([*argv, "--limit-train", "0"])

@@ -707,3 +707,74 @@ def test_zero_and_negative_scales_deploy_exactly(backbone: str, method: str) -> 
     assert r["logits_outside_bound"] == 0, r
     assert r["prediction_mismatches_unexplained"] == 0 and verify_ok(r), r
     _check_engine(graph, x)
+
+
+def test_verify_bounds_pytorchs_float_sums_over_k_bit_levels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DoReFa's 4-bit activations ``q / 15`` are not float32 numbers, so PyTorch's convolution
+    over them is not the exact ``(alpha / 15) sum w q`` the converter's integer thresholds decide
+    on. Here BatchNorm '13' is set so that each channel's level boundary 1 (``z = 3 / 30``) falls
+    on that channel's most frequent accumulator value ``a0`` of layer '10' (up to float32's
+    rounding of the running mean, ~1e-5 accumulator units), where PyTorch's float32 sum, off by
+    up to ``gamma_{K+2} sum q``, lands on either side: thousands of level differences at layer
+    '14'. ``verify`` must report each as near-threshold (``|acc - t| <= gamma_{K+2} sum q + 1``,
+    see ``_level_sum_near``) and the rest as downstream of those, with 0 real mismatches; without
+    that bound they are all real (the oracle: the same report with the bound switched off)."""
+    import sys
+
+    vmod = sys.modules["bitflow.convert.verify"]
+    torch.manual_seed(14)  # the initial weights too
+    model = _calibrated(
+        methods.build_model("bitflow_vgg_small", "dorefa_w1a4", width=16, fc=16), seed=14
+    )
+    x = np.random.default_rng(15).random((128, 1, 28, 28), dtype=np.float32)
+    _, inter = R.run(methods.convert(model), x, return_intermediates=True)
+    acc = inter["12"]  # layer 10's int32 sums after the max-pool, NHWC: what BN '13' sees
+    alpha = np.float64(model[10].weight.detach().abs().mean())  # DoReFa's E(|w|) (float32)
+    a0 = np.array(
+        [
+            np.bincount(np.append(acc[..., c][acc[..., c] > 0], 1)).argmax()
+            for c in range(acc.shape[-1])
+        ]
+    )
+    bn = model[13]
+    with torch.no_grad():  # z = (s - mean) / sqrt(1 + eps) = 3/30 exactly when s = alpha a0 / 15
+        bn.weight.fill_(1.0)
+        bn.bias.fill_(0.0)
+        bn.running_var.fill_(1.0)
+        bn.running_mean.copy_(torch.from_numpy(alpha * a0 / 15 - 0.1 * np.sqrt(1.0 + bn.eps)))
+    graph = methods.convert(model)
+    r = verify(model, graph, x)
+    near = r["near_threshold"]
+    assert near["count"] > 100, r
+    assert r["sign_mismatches"] == 0 and verify_ok(r), r
+    assert all(m["margin"] <= m["bound"] for m in near["margins"])
+    # (the calibrated model has a few such events of its own at layers 7 and 10; the first
+    # layer's are float32 ones)
+    assert all(m["bound"] < 1.1 for m in near["margins"] if m["layer"] != "3")
+    monkeypatch.setattr(vmod, "_level_sum_near", lambda *a: None)
+    r0 = verify(model, graph, x)
+    assert r0["sign_mismatches_by_layer"]["14"] > 100
+    # the same differences, classified otherwise: without the bound every one is real
+    n0 = r0["near_threshold"]
+    assert (
+        r0["sign_mismatches"] + n0["count"] + n0["downstream"] == near["count"] + near["downstream"]
+    )
+
+
+def test_level_sum_bound_holds_for_pytorchs_convolution() -> None:
+    """The bound ``_level_sum_near`` uses, checked against PyTorch itself: for random 4-bit levels
+    and +-1 filters, ``|15 conv(q / 15, w) - conv(q, w)| <= gamma_{K+2} sum q`` at every output
+    (the exact integer sum computed in int64)."""
+    from bitflow.ir.reference import gamma32
+
+    g = torch.Generator().manual_seed(3)
+    for c, k in ((3, 3), (64, 3), (128, 3), (256, 1)):
+        q = torch.randint(0, 16, (4, c, 9, 9), generator=g)
+        w = torch.randint(0, 2, (8, c, k, k), generator=g) * 2 - 1
+        got = F.conv2d(q.float() / 15, w.float()).double() * 15
+        exact = F.conv2d(q.double(), w.double())  # integers < 2^53: exact
+        s = F.conv2d(q.double(), torch.ones(1, c, k, k, dtype=torch.float64))
+        bound = gamma32(c * k * k + 2) * s  # accumulator units
+        assert torch.all((got - exact).abs() <= bound + 1e-9 * exact.abs()), (c, k)

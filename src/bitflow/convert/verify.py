@@ -17,6 +17,14 @@ float BatchNorm (``affine_f32`` -> ``bitpack``) rounds differently from PyTorch'
 whose BN output lies within a few float32 roundings of 0 is reported the same way. Everything else is a
 real mismatch and must be zero for a correct conversion.
 
+k-bit unsigned levels (DoReFa / PACT, ``threshold_u8`` after a ``conv2d_u8b1`` / ``dense_u8b1``)
+are decided on exact integer sums ``sum w q``, while PyTorch sums the float32 values ``q c / L``
+(DoReFa's ``q / 15`` is no float32 number): a level difference is near-threshold when the exact
+sum lies within ``gamma_{K+2} sum q + 1`` of a threshold (:func:`_level_sum_near`; in practice
+the accumulators next to a threshold). A near-threshold event explains the differences in later
+layers of its sample (``downstream``), not the other decisions of its own layer, which read the
+same matching input.
+
 Graphs with a float residual stream (mode ``mixed``: Bi-Real-style ``BN(BinConv(sign x)) +
 x``) take sign decisions on float sums; a difference there is near-threshold when the value
 lies within twice the propagated float32 error bound of :func:`~bitflow.ir.reference.
@@ -37,7 +45,7 @@ from torch import nn
 
 from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
-from ..ir.reference import conv_f32_error_bound, float_error_bounds, run
+from ..ir.reference import conv_f32_error_bound, float_error_bounds, gamma32, run
 from ..ir.reference import pool_windows as _pool
 from ._mbbn import torch_levels
 
@@ -136,6 +144,64 @@ def _near_info(
     ):  # a float stream (residual adds, shortcuts): its propagated bound, both sides
         bound = np.maximum(bound, 2 * eb)
     return yv, thr, bound
+
+
+def _level_sum_near(
+    graph: Graph, inter: dict[str, np.ndarray], key: str, nb: int, modules: dict[str, nn.Module]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(acc, thresholds [F, L], bound)`` for k-bit levels ``key`` decided by ``threshold_u8``
+    on the exact int32 sum of a ``conv2d_u8b1`` / ``dense_u8b1`` over k-bit levels (through
+    ``maxpool_i32`` / ``flatten``), or None.
+
+    The converter's integer thresholds are exact for the real-valued ``(c / L) sum w q``; PyTorch
+    sums the float32 values ``a = fl(q c / L)`` instead (DoReFa ``q / 15`` is not a float32
+    number), in some order. By Higham Eq. 3.5 its sum is within ``gamma_{K+2} (c / L) sum q`` of
+    the real one (``K`` the fan-in, one more rounding for each ``a``, one for the weight scale),
+    i.e. ``B = gamma_{K+2} sum q`` accumulator units. A decision ``acc >= t`` (``t`` integer, the
+    real boundary in ``(t - 1, t]``) can then differ only when ``|acc - t| <= B + 1``; that is
+    the bound returned (``B`` pooled like the values). With ``L = 1`` and ``c = 1`` the sums are
+    exact integers and this returns None: every difference is real."""
+    producer = {op.outputs[0]: op for op in graph.ops}
+    v = key
+    while v in producer and producer[v].type == "flatten":
+        v = producer[v].inputs[0]
+    dec = producer.get(v)
+    if dec is None or dec.type != "threshold_u8":
+        return None
+    chain: list[Op] = []
+    v = dec.inputs[0]
+    while v in producer and producer[v].type in ("maxpool_i32", "flatten"):
+        chain.append(producer[v])
+        v = producer[v].inputs[0]
+    src = producer.get(v)
+    if src is None or src.type not in ("conv2d_u8b1", "dense_u8b1"):
+        return None
+    levels = int(src.attrs.get("input_levels", 0))
+    if levels <= 1 and _act_range(modules[src.attrs["source"]]) == 1.0:
+        return None
+    q = inter[src.inputs[0]].astype(np.int64)
+    w = graph.tensors[src.params["w"]]
+    if src.type == "conv2d_u8b1":
+        from ..ir import _refkernels as rk
+
+        kh, kw = int(w.shape[1]), int(w.shape[2])
+        ones = np.ones((1, kh, kw, q.shape[-1]), np.int64)
+        st, pd = src.attrs["stride"], src.attrs["padding"]
+        sums = rk.conv(q, ones, (int(st[0]), int(st[1])), (int(pd[0]), int(pd[1])), 0, np.int64)
+        fan = kh * kw * q.shape[-1]
+        e = np.broadcast_to(gamma32(fan + 2) * sums.astype(np.float64), inter[src.outputs[0]].shape)
+    else:
+        fan = int(src.attrs["channels"])
+        sums = q.reshape(nb, -1).sum(1).astype(np.float64)
+        e = np.broadcast_to((gamma32(fan + 2) * sums)[:, None], inter[src.outputs[0]].shape)
+    for pop in chain[::-1]:
+        if pop.type == "maxpool_i32":
+            e = _pool(np.ascontiguousarray(e), pop, 0.0, np.max)
+    acc = inter[dec.inputs[0]].reshape(nb, -1).astype(np.float64)
+    bound = np.ascontiguousarray(e).reshape(nb, -1) + 1.0  # a flatten keeps the NHWC order
+    t = graph.tensors[dec.params["thr"]].astype(np.float64)
+    thr = t[np.arange(acc.shape[1]) % t.shape[0]]
+    return acc, thr, bound
 
 
 def _act_range(layer: nn.Module) -> float:
@@ -346,14 +412,18 @@ def verify(
                 res["signs_compared"] += bad.size
                 near_info = (
                     _near_info(graph, inter, key, nb, err_bound, first=op is bin_ops[0], fbounds=fb)
+                    or _level_sum_near(graph, inter, key, nb, modules)
                     if bad.any()
                     else None
                 )
+                # a near-threshold event explains the differences after it, not the other
+                # decisions of its own layer (they read the same, matching input)
+                near_before = near_samples.copy()
                 if near_info is not None:
                     bad = _split_near(res, near_info, bad, near_samples, start, op.attrs["source"])
-                down = bad & near_samples[:, None]
+                down = bad & near_before[:, None]
                 res["near_threshold"]["downstream"] += int(down.sum())
-                real = int((bad & ~near_samples[:, None]).sum())
+                real = int((bad & ~near_before[:, None]).sum())
                 res["sign_mismatches"] += real
                 res["sign_mismatches_by_layer"][op.attrs["source"]] += real
             if fb is not None and graph.output in fb:
