@@ -246,21 +246,27 @@ def test_proxquant_hook_pulls_weights_to_pm1(teacher: str) -> None:
     torch.testing.assert_close(w1, w0 + 0.1 * torch.where(w0 < 0, -1.0, 1.0))
 
 
-def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _train_tiny(out: Path, method: str, limit_train: int) -> dict:
+    """One epoch of the width-4 VGG-small chain with ``method`` on the first ``limit_train``
+    Fashion-MNIST training images."""
     cfg = TrainConfig(
         model="bitflow_vgg_small",
         data="fashion-mnist",
-        out=str(tmp_path / "r"),
+        out=str(out),
         epochs=1,
         batch_size=64,
-        limit_train=256,
+        limit_train=limit_train,
         limit_test=64,
         seed=0,
         progress=False,
         model_kwargs=dict(TINY),
-        method="reactnet_rsign",
+        method=method,
     )
-    res = train(cfg)
+    return train(cfg)
+
+
+def test_train_checkpoint_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _train_tiny(tmp_path / "r", "reactnet_rsign", 256)
     model, state = model_from_checkpoint(res["checkpoint"])
     assert state["model_config"]["method"] == "reactnet_rsign"
     assert any(isinstance(m, S.RSign) for m in model.modules())
@@ -392,20 +398,7 @@ def test_binaryconnect_stochastic_batchnorm_fits_the_deterministic_network(tmp_p
     assert methods.method_recipe("binaryconnect_stochastic") == {"precise_bn": 10_000}
     assert methods.method_recipe("binaryconnect") == {}
     assert methods.method_recipe(None) == {}
-    cfg = TrainConfig(
-        model="bitflow_vgg_small",
-        data="fashion-mnist",
-        out=str(tmp_path / "r"),
-        epochs=1,
-        batch_size=64,
-        limit_train=300,
-        limit_test=64,
-        seed=0,
-        progress=False,
-        model_kwargs=dict(TINY),
-        method="binaryconnect_stochastic",
-    )
-    res = train(cfg)
+    res = _train_tiny(tmp_path / "r", "binaryconnect_stochastic", 300)
     model, state = model_from_checkpoint(res["checkpoint"])
     assert state["recipe"]["precise_bn"] == 10_000
     data = get_data("fashion-mnist", seed=0, limit_train=300, limit_test=64)
