@@ -579,3 +579,31 @@ def test_reproduce_survey_cli_passes_the_recipe_options(
     assert (seen["limit_train"], seen["width"], seen["epochs"]) == (None, None, None)
     with pytest.raises(SystemExit):
         main([*argv, "--limit-train", "0"])
+
+
+def test_reproduce_survey_deploys_a_row_once_across_sittings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row is converted, verified and timed once: a later sitting that adds another seed
+    (``--seeds 1``) takes the deploy recorded with seed 0 instead of deploying again."""
+    tr = _Trainer()
+    monkeypatch.setattr(RS, "_train", tr)
+    deploys: list[str] = []
+    real = RS._deploy
+
+    def counting(ckpt: str, *a: Any, **k: Any) -> Any:
+        deploys.append(ckpt)
+        return real(ckpt, *a, **k)
+
+    monkeypatch.setattr(RS, "_deploy", counting)
+    rec = tmp_path / "records"
+    r0 = _tiny_survey(tmp_path / "s0", ["bnn"], (0,), records=rec)
+    assert len(deploys) == 1
+    r1 = _tiny_survey(tmp_path / "s1", ["bnn"], (1,), records=rec)
+    assert len(deploys) == 1 and len(tr.calls) == 4  # twin + bnn, per seed
+    row0 = next(x for x in r0["rows"] if x["method"] == "bnn")
+    row1 = next(x for x in r1["rows"] if x["method"] == "bnn")
+    assert row1["bfn_bytes"] == row0["bfn_bytes"] and row1["engine_ms"] == row0["engine_ms"]
+    assert row1["accuracies"] == [tr.calls[3][2]["test_accuracy"]]
+    seed1 = json.loads(next(rec.rglob("bnn/seed1.json")).read_text())
+    assert "deploy" not in seed1

@@ -16,8 +16,10 @@ configuration is reused, so an interrupted reproduction continues where it stopp
 **Records** (``records=DIR``, ``--records DIR``): the full table is far more compute than one
 sitting (15 epochs x 60,000 images x 3 seeds x 21 rows per backbone), so every finished run
 also leaves a small JSON record, ``DIR/<backbone>/<recipe>/<method>/seed<S>.json`` (accuracy,
-seconds per epoch; for the first seed the deploy result: ``.bfn`` bytes, verify counts, engine
-and PyTorch fp32 twin ms measured back to back, and the CPU they ran on). Records are meant to
+seconds per epoch; for the first seed of the sitting that deploys the row the deploy result:
+``.bfn`` bytes, verify counts, engine and PyTorch fp32 twin ms measured back to back, and the
+CPU they ran on). A row is deployed once: a later sitting with other seeds takes the recorded
+deploy (conversion and a 10,000-image verify cost minutes of a CPU the trainings need). Records are meant to
 be committed: a later run with the same recipe takes a recorded run as done, so the table grows
 over sittings with ``--methods`` / ``--seeds`` slices, and ``collect=True`` (``--collect``)
 writes the table from the records alone, a row counting the seeds it has.
@@ -123,6 +125,21 @@ class _Records:
             return None
         rec = json.loads(p.read_text())
         return rec if rec.get("recipe") == self.recipe else None  # another recipe: not this run
+
+    def deployed(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """``(seed, deploy)`` of the lowest seed of row ``name`` whose record of this recipe
+        holds a deploy (a row is deployed once, from one seed), else None."""
+        if self.dir is None:
+            return None
+        for p in sorted((self.dir / name.replace(" ", "_")).glob("seed*.json")):
+            try:
+                seed = int(p.stem[4:])
+            except ValueError:
+                continue
+            rec = self.get(name, seed)
+            if rec is not None and "deploy" in rec:
+                return seed, rec["deploy"]
+        return None
 
     def put(self, name: str, seed: int, rec: dict[str, Any]) -> None:
         p = self.path(name, seed)
@@ -455,6 +472,8 @@ def reproduce_survey(
         s0 = seeds[0]
         if m.deployable and s0 in recs:
             dep = recs[s0].get("deploy")
+            if dep is None and (prior := store.deployed(name)) is not None:
+                dep = prior[1]  # deployed from another seed's run: once per row
             if dep is None and (name, s0) in ckpts:
                 log(f"[survey] {name}: convert, verify, time the engine")
                 try:
