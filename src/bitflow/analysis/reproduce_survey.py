@@ -19,10 +19,10 @@ also leaves a small JSON record, ``DIR/<backbone>/<recipe>/<method>/seed<S>.json
 seconds per epoch; for the first seed of the sitting that deploys the row the deploy result:
 ``.bfn`` bytes, verify counts, engine and PyTorch fp32 twin ms measured back to back, and the
 CPU they ran on). A row is deployed once: a later sitting with other seeds takes the recorded
-deploy (conversion and a 10,000-image verify cost minutes of a CPU the trainings need). Records are meant to
-be committed: a later run with the same recipe takes a recorded run as done, so the table grows
-over sittings with ``--methods`` / ``--seeds`` slices, and ``collect=True`` (``--collect``)
-writes the table from the records alone, a row counting the seeds it has.
+deploy (conversion and a 10,000-image verify cost minutes of a CPU the trainings need). Records
+are meant to be committed: a later run with the same recipe takes a recorded run as done, so the
+table grows over sittings with ``--methods`` / ``--seeds`` slices, and ``collect=True``
+(``--collect``) writes the table from the records alone, a row counting the seeds it has.
 
 **Jobs** (``jobs=N``, ``--jobs N``): the sitting's trainings run ``N`` at a time in worker
 processes, each with ``cpu_count // N`` threads (the twins first, then the methods, kd after its

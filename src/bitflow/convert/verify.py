@@ -177,7 +177,9 @@ def _level_sum_near(
     if src is None or src.type not in ("conv2d_u8b1", "dense_u8b1"):
         return None
     levels = int(src.attrs.get("input_levels", 0))
-    if levels <= 1 and _act_range(modules[src.attrs["source"]]) == 1.0:
+    if levels == 0:  # MCN's uint8 codes, not the k-bit levels of an input quantizer
+        return None
+    if levels == 1 and _act_range(modules[src.attrs["source"]]) == 1.0:
         return None
     q = inter[src.inputs[0]].astype(np.int64)
     w = graph.tensors[src.params["w"]]
