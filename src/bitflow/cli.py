@@ -401,12 +401,19 @@ def _cmd_verify(a: argparse.Namespace) -> int:
             f"{report['accuracy_integer']:.4f}; prediction mismatches {report['prediction_mismatches']} "
             f"({report['prediction_mismatches_unexplained']} not explained by near-threshold events), "
             f"sign mismatches {report['sign_mismatches']} of {report.get('signs_compared', '?')}, "
-            f"ties {report['ties']}, near-threshold {report['near_threshold']['count']}, "
-            f"max |logit diff| {report['max_logit_abs_diff']:.3g}"
+            f"ties {report['ties']}, near-threshold {report['near_threshold']['count']}"
+            + _near_by_layer(report["near_threshold"].get("by_layer", {}))
+            + f", max |logit diff| {report['max_logit_abs_diff']:.3g}"
         )
     # exit 0 when every difference is legitimate (near-threshold decisions and the predictions
     # they change); 1 for a real sign mismatch or an unexplained prediction (README "Exit codes")
     return 0 if verify_ok(report) else 1
+
+
+def _near_by_layer(counts: dict[str, int]) -> str:
+    """`` (layer '14' 1200, layer '19' 1167)`` for the layers with near-threshold events."""
+    parts = [f"layer {k!r} {v}" for k, v in counts.items() if v]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _add_verify(sub: Any) -> None:

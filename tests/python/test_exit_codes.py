@@ -119,6 +119,12 @@ def test_verify_exit_codes(files: dict, capsys: pytest.CaptureFixture[str]) -> N
     assert r["prediction_mismatches"] == N and r["prediction_mismatches_unexplained"] == 0, r
     assert r["sign_mismatches"] == 0 and r["near_threshold"]["samples"] == N
     assert code == 0
+    assert sum(r["near_threshold"]["by_layer"].values()) == r["near_threshold"]["count"] > 0
+    # the text form names the layers with near-threshold events and their counts
+    assert cli.main(["verify", str(d / "m.pt"), str(d / "near.bfn"), "--limit", str(N)]) == 0
+    (layer, count), *_ = r["near_threshold"]["by_layer"].items()
+    want = f"near-threshold {r['near_threshold']['count']} (layer {layer!r} {count}"
+    assert want in capsys.readouterr().out
     # 0.2 away from the threshold: real sign mismatches and unexplained predictions: exit 1
     code, r = _main(
         capsys, "verify", str(d / "m.pt"), str(d / "real.bfn"), "--limit", str(N), "--json"

@@ -750,6 +750,7 @@ def test_verify_bounds_pytorchs_float_sums_over_k_bit_levels(
     assert near["count"] > 100, r
     assert r["sign_mismatches"] == 0 and verify_ok(r), r
     assert all(m["margin"] <= m["bound"] for m in near["margins"])
+    assert sum(near["by_layer"].values()) == near["count"] and near["by_layer"]["14"] > 100
     # (the calibrated model has a few such events of its own at layers 7 and 10; the first
     # layer's are float32 ones)
     assert all(m["bound"] < 1.1 for m in near["margins"] if m["layer"] != "3")

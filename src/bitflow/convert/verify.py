@@ -238,6 +238,8 @@ def _split_near(
     near = np.zeros_like(bad)
     near[rows[is_near], cols[is_near]] = True
     res["near_threshold"]["count"] += int(is_near.sum())
+    by_layer = res["near_threshold"]["by_layer"]
+    by_layer[layer] = by_layer.get(layer, 0) + int(is_near.sum())
     for i in np.nonzero(is_near)[0]:
         if len(res["near_threshold"]["margins"]) >= _MAX_REPORTED:
             break
@@ -272,7 +274,8 @@ def verify(
     near-threshold event: must be 0), ``sign_mismatches`` (real ones, over every binarized layer's
     input), ``signs_compared``, ``sign_mismatches_by_layer``, ``ties`` (reachable integers where
     PyTorch's float32 BatchNorm disagrees with the exact rule, from the conversion),
-    ``near_threshold`` (``count``, ``samples``, ``downstream`` and up to 50 ``margins``),
+    ``near_threshold`` (``count``, ``by_layer`` counts, ``samples``, ``downstream`` and up to 50
+    ``margins``),
     ``max_logit_abs_diff``, ``logits_outside_bound`` and ``near_ties`` (``mixed`` graphs, see
     the module docstring).
     """
@@ -357,7 +360,13 @@ def verify(
         "sign_mismatches_by_layer": {op.attrs["source"]: 0 for op in bin_ops},
         "ties": int(sum(int(op.attrs.get("ties", 0)) for op in graph.ops)),
         "float_ties": int(sum(int(op.attrs.get("float_ties", 0)) for op in graph.ops)),
-        "near_threshold": {"count": 0, "samples": 0, "downstream": 0, "margins": []},
+        "near_threshold": {
+            "count": 0,
+            "by_layer": {},
+            "samples": 0,
+            "downstream": 0,
+            "margins": [],
+        },
         "max_logit_abs_diff": 0.0,
         "logits_outside_bound": 0,
         "near_ties": 0,
