@@ -779,3 +779,15 @@ def test_level_sum_bound_holds_for_pytorchs_convolution() -> None:
         s = F.conv2d(q.double(), torch.ones(1, c, k, k, dtype=torch.float64))
         bound = gamma32(c * k * k + 2) * s  # accumulator units
         assert torch.all((got - exact).abs() <= bound + 1e-9 * exact.abs()), (c, k)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad"), [(3, 1, 1), (3, 2, 0), (1, 1, 0), (2, 2, 1)])
+def test_window_sums_is_a_convolution_with_ones(k: int, stride: int, pad: int) -> None:
+    """``reference.window_sums`` (the ``sum q`` of verify's k-bit bound) against PyTorch's
+    convolution of the same integers with an all-ones filter, zero padding (float64: exact)."""
+    q = np.random.default_rng(k + stride).integers(0, 16, (2, 7, 9, 5))
+    got = R.window_sums(q, (k, k), (stride, stride), (pad, pad))
+    x = torch.from_numpy(q).double().permute(0, 3, 1, 2)
+    want = F.conv2d(x, torch.ones(1, 5, k, k, dtype=torch.float64), stride=stride, padding=pad)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want.permute(0, 2, 3, 1).numpy().astype(np.int64))

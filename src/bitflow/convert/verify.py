@@ -45,7 +45,7 @@ from torch import nn
 
 from ..ir.bits import plane_levels, unpack_bits
 from ..ir.graph import BINARY_OPS, Graph, Op
-from ..ir.reference import conv_f32_error_bound, float_error_bounds, gamma32, run
+from ..ir.reference import conv_f32_error_bound, float_error_bounds, gamma32, run, window_sums
 from ..ir.reference import pool_windows as _pool
 from ._mbbn import torch_levels
 
@@ -184,12 +184,9 @@ def _level_sum_near(
     q = inter[src.inputs[0]].astype(np.int64)
     w = graph.tensors[src.params["w"]]
     if src.type == "conv2d_u8b1":
-        from ..ir import _refkernels as rk
-
         kh, kw = int(w.shape[1]), int(w.shape[2])
-        ones = np.ones((1, kh, kw, q.shape[-1]), np.int64)
         st, pd = src.attrs["stride"], src.attrs["padding"]
-        sums = rk.conv(q, ones, (int(st[0]), int(st[1])), (int(pd[0]), int(pd[1])), 0, np.int64)
+        sums = window_sums(q, (kh, kw), (int(st[0]), int(st[1])), (int(pd[0]), int(pd[1])))
         fan = kh * kw * q.shape[-1]
         e = np.broadcast_to(gamma32(fan + 2) * sums.astype(np.float64), inter[src.outputs[0]].shape)
     else:

@@ -135,6 +135,18 @@ def pool_windows(
     return pool(x, op, fill, reduce)
 
 
+def window_sums(
+    x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> np.ndarray:
+    """``sum`` over every convolution window (all channels, zero padding) of an NHWC integer
+    array ``x [N, H, W, C]``, in int64: ``[N, Ho, Wo, 1]``. For reports that bound a convolution
+    over ``x`` by the size of its inputs (``sum_i |x_i|`` for ``x >= 0``)."""
+    from ._refkernels import conv
+
+    ones = np.ones((1, kernel[0], kernel[1], x.shape[-1]), np.int64)
+    return conv(x.astype(np.int64, copy=False), ones, stride, padding, 0, np.int64)
+
+
 def gamma32(n: int) -> float:
     """Higham's ``gamma_n = n u / (1 - n u)`` for float32 (``u = 2^-24``): a sum of ``n``
     products ``sum_i a_i b_i`` (or ``n + 1`` terms) computed in float32 in any order, with or
@@ -461,4 +473,5 @@ __all__ = [
     "preprocess",
     "run",
     "run_op",
+    "window_sums",
 ]
