@@ -46,8 +46,16 @@ def test_trained_model_is_exact_on_the_full_test_set(tmp_path: Path, first_layer
     _cli("convert", "run/best.pt", "-o", "m.bfn", "--json", cwd=tmp_path)
     v = json.loads(_cli("verify", "run/best.pt", "m.bfn", "--json", cwd=tmp_path))
     assert v["samples"] == 10000
-    assert v["prediction_mismatches"] == 0 and v["sign_mismatches"] == 0
-    assert v["accuracy_torch"] == v["accuracy_integer"]
+    assert v["sign_mismatches"] == 0 and v["prediction_mismatches_unexplained"] == 0
+    if first_layer == "int8":  # integers from the first layer on: nothing to round differently
+        assert v["prediction_mismatches"] == 0 and v["near_threshold"]["count"] == 0
+        assert v["accuracy_torch"] == v["accuracy_integer"]
+    else:
+        # a float first layer can put a value within float32 error of its threshold; such a
+        # near-threshold event may flip a prediction (a run of this test had 1 of 10,000), and
+        # every flipped prediction lies in a sample with one
+        assert v["prediction_mismatches"] <= v["near_threshold"]["samples"]
+        assert abs(v["accuracy_torch"] - v["accuracy_integer"]) <= v["prediction_mismatches"] / 1e4
     r = json.loads(_cli("run", "m.bfn", "--json", cwd=tmp_path))
     assert r["reference"]["exact_mismatches"] == 0
     assert r["accuracy"] == pytest.approx(
