@@ -94,10 +94,14 @@ def calibrate(model: nn.Module, x: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
+BACKBONES = ["bitflow_vgg_small", "bireal_resnet20"]  # the survey table's two backbones
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("name", sorted(set(DEPLOYABLE) | set(NOT_YET)))
-def test_every_method_trains_a_step(name: str, teacher: str) -> None:
+def test_every_method_trains_a_step(name: str, backbone: str, teacher: str) -> None:
     torch.manual_seed(1)
-    model = _build(name, teacher)
+    model = _build(name, teacher, backbone)
     assert model.bitflow_config["method"] == name
     hooks = methods.hooks_for(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -120,10 +124,14 @@ def test_every_method_trains_a_step(name: str, teacher: str) -> None:
             assert float(m.progress) == 0.5
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("name", DEPLOYABLE)
-def test_deployable_methods_convert_exactly(name: str, teacher: str) -> None:
+def test_deployable_methods_convert_exactly(name: str, backbone: str, teacher: str) -> None:
+    """Every method on both backbones of the survey table (the residual one: a shortcut around
+    every binary conv, the float stream): same signs, predictions equal or near-threshold, engine
+    == reference. (kd's teacher is the VGG twin for both: the student only reads its logits.)"""
     torch.manual_seed(2)
-    model = _build(name, teacher)
+    model = _build(name, teacher, backbone)
     if name.startswith("reactnet"):
         with torch.no_grad():
             for m in model.modules():
