@@ -5,10 +5,10 @@ Courbariaux et al. 2015, Sec. 2.6, and how far its latent weights are from +-1.
 
 Rules: (1) ``sign(w)`` with the checkpoint's BatchNorm statistics (what ``bitflow`` evaluates and
 deploys; the method's recipe already re-estimates them under ``sign(w)``); (2) the real-valued
-latent weights ``clip(w, -1, 1)`` (the paper's rule for the stochastic form; no binary network),
-with the BatchNorm statistics re-estimated under them (precise BN, 10,000 training images).
-Per binary layer: the share of latent weights with ``|w| < 0.1``, i.e. sampled as ``+1`` with a
-probability within 0.05 of 1/2. Fashion-MNIST test set (10,000 images). Not collected by pytest.
+latent weights ``clip(w, -H, H) / H`` (the paper's rule for the stochastic form; no binary
+network; ``H``: the layer's range, Glorot's or 1), with the BatchNorm statistics re-estimated under
+them (precise BN, 10,000 training images). Per binary layer: the share of latent weights with
+``|w| / H < 0.1``, i.e. sampled as ``+1`` with a probability within 0.05 of 1/2. Fashion-MNIST test set (10,000 images). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -42,12 +42,18 @@ def main() -> None:
     model, _ = model_from_checkpoint(a.checkpoint)
     for name, m in model.named_modules():
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
-            small = float((m.weight.detach().abs() < 0.1).float().mean())
-            print(f"layer {name}: |w| < 0.1 for {100 * small:.1f} % of the latent weights")
+            h = float(getattr(m.weight_quantizer, "h", 1.0))
+            small = float((m.weight.detach().abs() < 0.1 * h).float().mean())
+            print(
+                f"layer {name} (H = {h:.4g}): |w| / H < 0.1 for {100 * small:.1f} % of the weights"
+            )
     print(f"sign(w), checkpoint BatchNorm: {100 * _accuracy(model, x, y):.2f} %")
     decompose = S.StochasticBinaryConnect.decompose
-    try:  # the real-valued rule: every layer's weight quantizer returns clip(w)
-        S.StochasticBinaryConnect.decompose = lambda self, w: (w.clamp(-1.0, 1.0), None)  # type: ignore[method-assign]
+    try:  # the real-valued rule: every layer's weight quantizer returns clip(w, -H, H) / H
+        S.StochasticBinaryConnect.decompose = lambda self, w: (  # type: ignore[method-assign]
+            w.clamp(-self.h, self.h) / self.h,
+            None,
+        )
         real, _ = model_from_checkpoint(a.checkpoint)
         precise_bn_(real, data.train, torch.device("cpu"), 10_000, seed=0)
         print(f"real-valued clip(w), precise BatchNorm: {100 * _accuracy(real, x, y):.2f} %")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from bitflow.convert.verify import verify_ok
 from bitflow.engine import Engine, available_kernels
 from bitflow.engine.check import compare_with_reference
 from bitflow.models import create
+from bitflow.nn import BinaryConv2d, BinaryLinear
 from bitflow.nn import survey as S
 from bitflow.train import TrainConfig, save_checkpoint, train
 from bitflow.train.checkpoint import model_from_checkpoint
@@ -389,6 +391,42 @@ def test_a_models_own_method_option_passes_through() -> None:
     assert m.bitflow_config["kwargs"]["method"] == "encoder" and "method" not in {
         k for k in m.bitflow_config if k != "kwargs"
     }
+
+
+def test_binaryconnect_stochastic_uses_glorots_range_per_layer(tmp_path: Path) -> None:
+    """BinaryConnect's layers (Courbariaux et al. 2015; their code: ``H = sqrt(6 / (n_in +
+    n_out)) / 2`` with ``n_in = I k_h k_w``, ``n_out = O k_h k_w``, weights ``U(-H, H)``, clipped
+    to ``[-H, H]``, ``P(+1) = hard_sigmoid(w / H)``). Oracle: that formula written out per layer.
+    ``glorot=False`` keeps the survey's ``H = 1``. A trained checkpoint rebuilds the same ranges
+    and its latent weights stay inside them."""
+    model = methods.build_model("bitflow_vgg_small", "binaryconnect_stochastic", **TINY)
+    layers = [m for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
+    assert len(layers) == 5  # 4 binary convs and the binary FC of the VGG-small plan
+    for m in layers:
+        w = m.weight
+        if w.dim() == 4:
+            o, i, kh, kw = w.shape
+            h = math.sqrt(6.0 / (i * kh * kw + o * kh * kw)) / 2.0
+        else:
+            h = math.sqrt(6.0 / (w.shape[1] + w.shape[0])) / 2.0
+        q = m.weight_quantizer
+        assert isinstance(q, S.StochasticBinaryConnect)
+        assert q.h == pytest.approx(h, rel=1e-12) and m.weight_clip == pytest.approx(h, rel=1e-12)
+        assert float(w.abs().max()) <= h and float(w.abs().max()) > 0.8 * h  # U(-H, H)
+    plain = methods.build_model(
+        "bitflow_vgg_small", "binaryconnect_stochastic", {"glorot": False}, **TINY
+    )
+    for m in plain.modules():
+        if isinstance(m, (BinaryConv2d, BinaryLinear)):
+            assert isinstance(m.weight_quantizer, S.StochasticBinaryConnect)
+            assert m.weight_quantizer.h == 1.0 and m.weight_clip == 1.0
+    res = _train_tiny(tmp_path / "r", "binaryconnect_stochastic", 300)
+    trained, _ = model_from_checkpoint(res["checkpoint"])
+    got = [m for m in trained.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
+    for a, b in zip(got, layers, strict=True):
+        assert a.weight_quantizer.h == b.weight_quantizer.h  # type: ignore[union-attr]
+        h32 = float(torch.tensor(a.weight_quantizer.h, dtype=torch.float32))  # type: ignore[union-attr]
+        assert float(a.weight.abs().max()) <= h32  # the clip, in the weights' float32
 
 
 def test_binaryconnect_stochastic_batchnorm_fits_the_deterministic_network(tmp_path: Path) -> None:

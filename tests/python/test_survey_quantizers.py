@@ -184,9 +184,11 @@ def test_pact_forward_and_gradients(k: int) -> None:
 # ------------------------------------------------------------------ BinaryConnect stochastic
 
 
-def test_binaryconnect_stochastic() -> None:
-    q = Q.get("bc_stochastic")
-    w = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.4, 1.0, 3.0])
+@pytest.mark.parametrize("h", [1.0, 0.05])
+def test_binaryconnect_stochastic(h: float) -> None:
+    q = S.StochasticBinaryConnect(h)
+    assert Q.get("bc_stochastic").h == 1.0  # the registered name: the survey's Eq. 7
+    w = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.4, 1.0, 3.0]) * h
     q.eval()
     assert torch.equal(q.decompose(w)[0], _sign(w))
     q.train()
@@ -195,11 +197,15 @@ def test_binaryconnect_stochastic() -> None:
     draws = torch.stack([q.decompose(w)[0] for _ in range(n)])
     assert set(draws.unique().tolist()) == {-1.0, 1.0}
     p_hat = (draws == 1).float().mean(0)
-    p = ((w + 1) / 2).clamp(0, 1)  # survey Eq. 7
+    # survey Eq. 7 on w / h: the grid is the same multiples of h, so p is the same for both h
+    p = torch.tensor([0.0, 0.0, 0.25, 0.5, 0.7, 1.0, 1.0])
     # binomial sd <= sqrt(0.25 / n) = 0.0035; 6 sd: a false failure has probability < 2e-9 per
     # weight (a normal tail; the seed is fixed, so the draw is the same every run)
     assert ((p_hat - p).abs() <= 6 * math.sqrt(0.25 / n)).all(), (p_hat, p)
+    # BinaryConnect applies the gradient of w_b to w unchanged, whatever h
     assert torch.equal(_grad(lambda x: q.decompose(x)[0], w), torch.ones_like(w))
+    with pytest.raises(ValueError, match="must be positive"):
+        S.StochasticBinaryConnect(0.0)
 
 
 # ------------------------------------------------------------------ DSQ

@@ -157,19 +157,20 @@ class ClippedIdentity(torch.autograd.Function):
 
 class StochasticSignSTE(torch.autograd.Function):
     """BinaryConnect's stochastic binarization (survey Eq. 6-7): ``w_b = +1`` with probability
-    ``p = hard_sigmoid(w) = clip((w + 1) / 2, 0, 1)``, else -1; backward identity (BinaryConnect
-    propagates the gradient of ``w_b`` to ``w`` unchanged and clips ``w`` to [-1, 1] after the
-    update: the layers' ``weight_clip=1``). ``u`` is a uniform [0, 1) sample of ``w``'s shape:
-    ``w_b = +1 iff u < p``."""
+    ``p = hard_sigmoid(w / H) = clip((w / H + 1) / 2, 0, 1)``, else -1; backward identity
+    (BinaryConnect propagates the gradient of ``w_b`` to ``w`` unchanged and clips ``w`` to
+    ``[-H, H]`` after the update: the layer's ``weight_clip = H``). ``H = 1`` is the survey's
+    Eq. 7; BinaryConnect's own layers use Glorot's ``H`` (:class:`StochasticBinaryConnect`).
+    ``u`` is a uniform [0, 1) sample of ``w``'s shape: ``w_b = +1 iff u < p``."""
 
     @staticmethod
-    def forward(ctx: Any, w: Tensor, u: Tensor) -> Tensor:
-        p = ((w + 1.0) / 2.0).clamp(0.0, 1.0)
+    def forward(ctx: Any, w: Tensor, u: Tensor, h: float = 1.0) -> Tensor:
+        p = ((w / h + 1.0) / 2.0).clamp(0.0, 1.0)
         return torch.where(u < p, torch.ones_like(w), -torch.ones_like(w))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
 
 
 # ----------------------------------------------------------------------------- input quantizers
@@ -331,13 +332,24 @@ for _k in (2, 4):
 class StochasticBinaryConnect(Q.WeightQuantizer):
     """BinaryConnect stochastic weights (survey Eq. 6-7, :class:`StochasticSignSTE`) while
     training; deterministic ``sign(w)`` in eval mode (BinaryConnect's test-time rule, and the
-    binary network that is deployed). Draws use the global torch RNG, which the trainer seeds
-    per epoch."""
+    binary network that is deployed). ``h``: the latent weights' range ``[-h, h]`` (the layer
+    clips to it), ``P(w_b = +1) = clip((w / h + 1) / 2, 0, 1)``; 1 for the survey's Eq. 7, Glorot's
+    ``sqrt(1.5 / (fan_in + fan_out))`` in the registered method (``bitflow.methods``, option
+    ``glorot``). Draws use the global torch RNG, which the trainer seeds per epoch."""
+
+    def __init__(self, h: float = 1.0) -> None:
+        super().__init__()
+        if not h > 0:
+            raise ValueError(f"h (the latent weights' range) must be positive, got {h}")
+        self.h = float(h)
 
     def decompose(self, w: Tensor) -> tuple[Tensor, Tensor | None]:
         if not self.training:
             return identity_ste(w), None
-        return StochasticSignSTE.apply(w, torch.rand_like(w)), None
+        return StochasticSignSTE.apply(w, torch.rand_like(w), self.h), None
+
+    def extra_repr(self) -> str:
+        return f"h={self.h:.6g}"
 
 
 class _DoReFaWeight(Q.WeightQuantizer):
