@@ -202,7 +202,10 @@ def _bc_glorot(model: nn.Module, args: dict[str, Any]) -> None:
     layer's learning rate by ``1 / H`` over the range ``[-1, 1]``: the latent weights cross their
     range in a few hundred steps and saturate, where sampling and the deployed ``sign(w)`` agree.
     ``glorot=False``: ``H = 1`` (the survey's Eq. 7 as written), weights as the backbone built them."""
-    if not args.get("glorot", True):
+    glorot = args.get("glorot", True)
+    if not isinstance(glorot, bool):
+        raise ValueError(f"binaryconnect_stochastic: glorot must be true or false, got {glorot!r}")
+    if not glorot:
         return
     for _p, _a, m in _binary_modules(model):
         h = glorot_h(m.weight.shape)

@@ -420,6 +420,10 @@ def test_binaryconnect_stochastic_uses_glorots_range_per_layer(tmp_path: Path) -
         if isinstance(m, (BinaryConv2d, BinaryLinear)):
             assert isinstance(m.weight_quantizer, S.StochasticBinaryConnect)
             assert m.weight_quantizer.h == 1.0 and m.weight_clip == 1.0
+    with pytest.raises(ValueError, match="glorot must be true or false"):
+        methods.build_model(
+            "bitflow_vgg_small", "binaryconnect_stochastic", {"glorot": "no"}, **TINY
+        )
     res = _train_tiny(tmp_path / "r", "binaryconnect_stochastic", 300)
     trained, _ = model_from_checkpoint(res["checkpoint"])
     got = [m for m in trained.modules() if isinstance(m, (BinaryConv2d, BinaryLinear))]
