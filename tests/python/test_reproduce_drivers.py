@@ -607,3 +607,58 @@ def test_reproduce_survey_deploys_a_row_once_across_sittings(
     assert row1["accuracies"] == [tr.calls[3][2]["test_accuracy"]]
     seed1 = json.loads(next(rec.rglob("bnn/seed1.json")).read_text())
     assert "deploy" not in seed1
+
+
+def test_a_run_on_disk_is_taken_only_if_it_is_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drivers take a finished run in their ``--out`` directory as done and resume an
+    interrupted one. A run with the same config but an older definition of its method is not
+    that run: BinaryConnect stochastic's recipe gained precise BN and its layers Glorot's range
+    (both with the same ``TrainConfig``), and a sitting took the old run's 18.29 % as the new
+    method's. A real one-epoch training first; then the definition changes (the method's recipe,
+    a default option) must train again, from the start."""
+    import bitflow.train as BT
+    from bitflow.analysis import reproduce as R
+    from bitflow.train import trainer as T
+
+    kw: dict[str, Any] = {
+        "model": "bitflow_lenet",
+        "data": "fashion-mnist",
+        "epochs": 1,
+        "limit_train": 64,
+        "limit_test": 16,
+        "seed": 0,
+        "model_kwargs": {"width": 2, "fc": 8},
+        "method": "binaryconnect_stochastic",
+        "precision": "fp32",
+    }
+    first = R._train(tmp_path, **kw)
+    assert first["recipe_values"]["precise_bn"] == 10_000
+    assert first["model_config"]["method_args"] == {"glorot": True}
+    calls: list[bool] = []
+
+    def fake_train(cfg: Any) -> dict[str, Any]:
+        calls.append(cfg.resume)
+        return {"trained": True}
+
+    monkeypatch.setattr(BT, "train", fake_train)
+    result = (tmp_path / "result.json").read_text()
+    assert R._train(tmp_path, **kw) == first and calls == []  # the same run: taken as done
+    (tmp_path / "result.json").unlink()  # interrupted after its last checkpoint: resumed
+    assert R._train(tmp_path, **kw) == {"trained": True} and calls == [True]
+    real_recipe, real_args = T.method_recipe, M.method_args
+    changes = [  # the method's recipe; a method option's default (the run's config is the same)
+        (T, "method_recipe", lambda n: {**real_recipe(n), "precise_bn": 5_000}),
+        (M, "method_args", lambda n, g=None: {**real_args(n, g), "glorot": False}),
+    ]
+    for module, name, changed in changes:
+        with monkeypatch.context() as mp:
+            mp.setattr(module, name, changed)
+            for finished in (True, False):  # finished or interrupted: trained from the start
+                if finished:
+                    (tmp_path / "result.json").write_text(result)
+                else:
+                    (tmp_path / "result.json").unlink()
+                calls.clear()
+                assert R._train(tmp_path, **kw) == {"trained": True} and calls == [False]

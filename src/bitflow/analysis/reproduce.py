@@ -38,14 +38,30 @@ PAPER_TABLE2 = {
 }
 
 
+def _json(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
 def _train(out: Path, **kw: Any) -> dict[str, Any]:
+    """``bitflow.train.train`` into ``out``, unless ``out`` holds that run already: a finished
+    one (``result.json``) is returned, an interrupted one (``last.pt``) resumed. "That run" is the
+    same config, the same recipe values (a method's recipe can change: ``resolve_recipe``) and
+    the same method options with their current defaults; anything else trains from the start."""
+    from ..methods import method_args
     from ..train import TrainConfig, train
+    from ..train.trainer import resolve_recipe
 
     cfg = TrainConfig(out=str(out), progress=False, **kw)
+    want_recipe = _json(resolve_recipe(cfg)[0].to_dict())
+    want_args = _json(method_args(cfg.method, cfg.method_args)) if cfg.method else None
     res_path = out / "result.json"
     if res_path.exists():
         prev = json.loads(res_path.read_text())
-        if prev.get("config") == json.loads(json.dumps(asdict(cfg))):
+        if (
+            prev.get("config") == _json(asdict(cfg))
+            and prev.get("recipe_values") == want_recipe
+            and (prev.get("model_config") or {}).get("method_args") == want_args
+        ):
             return prev  # type: ignore[no-any-return]
     resume = (out / "last.pt").exists()
     if resume:
@@ -56,6 +72,8 @@ def _train(out: Path, **kw: Any) -> dict[str, Any]:
             st.get("data") == cfg.data
             and st.get("seed") == cfg.seed
             and st["model_config"]["name"] == cfg.model
+            and _json(st.get("recipe")) == want_recipe
+            and _json(st["model_config"].get("method_args")) == want_args
         )
     cfg.resume = resume
     try:

@@ -440,7 +440,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dd.close()
 
 
-def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> dict[str, Any]:
+def resolve_recipe(cfg: TrainConfig) -> tuple[Recipe, Any]:
+    """The recipe a run of ``cfg`` trains with (the named or default recipe, the run's overrides,
+    then what the method needs unless the run sets it: :func:`bitflow.methods.method_recipe`) and
+    the probed image-folder geometry (None unless ``cfg.data`` is a folder whose recipe or input
+    size depends on it). Records and resumed runs compare against it: a method whose recipe
+    changed is not the run on disk."""
     geometry = None
     recipe_name = cfg.recipe
     if cfg.data.startswith("folder:") and (
@@ -473,6 +478,11 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
     recipe = recipe.override(
         **{k: v for k, v in method_recipe(cfg.method).items() if getattr(cfg, k, None) is None}
     )
+    return recipe, geometry
+
+
+def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> dict[str, Any]:
+    recipe, geometry = resolve_recipe(cfg)
     if recipe.distill and cfg.method == "kd":
         raise ValueError(
             "method 'kd' brings its own teacher; use a recipe without distill='warmup' with it"
@@ -738,6 +748,10 @@ def _train(cfg: TrainConfig, device: torch.device, dd: _Dist, get_data: Any) -> 
             "world_size": dd.world,
             "device": str(device),
             "config": asdict(cfg),
+            # what the run was, beyond its config: the recipe's values and the model as built
+            # (a method's options with their defaults), so a later definition is not taken for it
+            "recipe_values": recipe.to_dict(),
+            "model_config": config,
         }
         atomic_write_json(out / "result.json", result)
     dd.barrier()
