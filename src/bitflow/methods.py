@@ -750,6 +750,7 @@ __all__ = [
     "convert",
     "describe",
     "get_method",
+    "glorot_h",
     "hooks_for",
     "list_methods",
     "method_args",
